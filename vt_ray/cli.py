@@ -1,0 +1,56 @@
+"""``python -m vt_ray <command>``: one entrypoint, locally and under ``ray job submit``.
+
+Commands are registered in ``COMMANDS`` as (module, help); each module has ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are imported only when their command runs, so ``--help`` is instant and a
+command never pays for another's imports (vLLM, Ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-tiny-model": ("vt_ray.models.tiny_cli", "write a tiny random Qwen2.5-VL with an offline tokenizer"),
+    "make-synthetic-data": ("vt_ray.data.synthetic_cli", "write small synthetic videos and a dataset"),
+    "config": ("vt_ray.config.cli", "print the resolved recipe (validates it)"),
+    "generate": ("vt_ray.rollout.generate_cli", "sample responses for dataset videos with vLLM (or HF)"),
+    "demo": ("vt_ray.demo", "the tiny end-to-end run on a local Ray cluster"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vt_ray",
+        description="Video-Thinker on Ray. Recipe commands take recipe=PATH and key=value overrides.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_help(sys.stderr)
+            print(f"\nunknown command: {argv[0]}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"python -m vt_ray {name}", description=COMMANDS[name][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(rest)
+    from vt_ray.config.errors import ConfigError
+
+    try:
+        return int(module.run(args) or 0)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

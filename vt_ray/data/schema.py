@@ -1,0 +1,99 @@
+"""The project's training/eval sample schema and its JSONL reader/writer.
+
+One JSON object per line. SFT uses ``trace``; GRPO and evaluation use question, options, answer, windows and
+captions. Every source (synthetic data, curated data, benchmark loaders) writes this schema.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ANSWER_TYPES = ("multiple_choice", "numeric", "free_text")
+OPTION_LETTERS = string.ascii_uppercase
+
+
+class SampleFormatError(ValueError):
+    """A dataset line does not follow the schema; names the file and line."""
+
+
+@dataclass
+class VideoSample:
+    uid: str
+    """Unique and stable across runs: the resume and dedup key."""
+    video: str
+    """Video file path; relative paths resolve against the dataset file's directory."""
+    question: str
+    answer: str
+    """Option letter for multiple choice, a number for numeric, text otherwise."""
+    options: list[str] = field(default_factory=list)
+    """Option texts in letter order (A, B, ...), without the letters."""
+    answer_type: str = "multiple_choice"
+    duration: float | None = None
+    """Video duration in seconds, when known (format reward checks windows against it)."""
+    windows: list[list[float]] = field(default_factory=list)
+    """Ground-truth evidence windows [[start, end], ...] in seconds."""
+    captions: list[str] = field(default_factory=list)
+    """Reference descriptions aligned with ``windows``."""
+    trace: str | None = None
+    """Gold structured trace (<time>/<caption>/<think>/<answer>), the SFT target."""
+    source: str = ""
+    category: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.answer_type not in ANSWER_TYPES:
+            raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {self.answer_type!r}")
+        if self.answer_type == "multiple_choice":
+            letters = OPTION_LETTERS[: len(self.options)]
+            if not self.options or self.answer not in letters:
+                raise ValueError(f"multiple-choice answer {self.answer!r} is not one of the options {letters!r}")
+        if len(self.captions) not in (0, len(self.windows)):
+            raise ValueError("captions must be empty or aligned one-to-one with windows")
+        for w in self.windows:
+            if len(w) != 2 or not 0 <= w[0] <= w[1]:
+                raise ValueError(f"bad window {w!r}: need [start, end] with 0 <= start <= end")
+
+    def options_text(self) -> str:
+        """Options as the prompt shows them: one ``A. text`` per line."""
+        return "\n".join(f"{OPTION_LETTERS[i]}. {text}" for i, text in enumerate(self.options))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def video_path(self, dataset_dir: str | Path) -> Path:
+        p = Path(self.video)
+        return p if p.is_absolute() else Path(dataset_dir) / p
+
+
+def read_samples(path: str | Path) -> list[VideoSample]:
+    return list(iter_samples(path))
+
+
+def iter_samples(path: str | Path) -> Iterator[VideoSample]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield VideoSample(**json.loads(line))
+            except (json.JSONDecodeError, TypeError, ValueError) as err:
+                raise SampleFormatError(f"{path}:{lineno}: {err}") from err
+
+
+def write_samples(path: str | Path, samples: Iterable[VideoSample]) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w") as f:
+        for s in samples:
+            f.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")
+            count += 1
+    return count
