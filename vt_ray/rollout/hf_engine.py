@@ -1,0 +1,99 @@
+"""transformers ``generate`` behind the same interface as :class:`VllmEngine`: for debugging, as a fallback
+where vLLM is unavailable, and as the reference in the rollout benchmark.
+
+Log-probs are of the raw (untempered) model distribution, as vLLM returns them by default, so both backends
+feed GRPO the same quantity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+import torch
+
+from vt_ray.config.schema import ModelConfig, RolloutConfig
+from vt_ray.rollout.types import Completion, GenerationRequest, RolloutResult, SamplingSettings
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HfEngine:
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0, model_path: str | None = None):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.model_path = model_path or model.path
+        self.rollout = rollout
+        self.seed = seed
+        self.weight_version = 0
+        self.processor = AutoProcessor.from_pretrained(self.model_path)
+        self.tokenizer = self.processor.tokenizer
+        self.model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=_DTYPES[model.dtype]).eval()
+        self._eos = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[RolloutResult]:
+        return [self._generate_one(r, sampling) for r in requests]
+
+    def _generate_one(self, req: GenerationRequest, s: SamplingSettings) -> RolloutResult:
+        inputs = self.processor(
+            text=[req.prompt],
+            videos=[req.frames],
+            return_tensors="pt",
+            do_sample_frames=False,
+            videos_kwargs={"fps": req.video_metadata.get("fps", 2.0)},
+        )
+        prompt_len = inputs["input_ids"].shape[1]
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        greedy = s.temperature == 0
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=s.max_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else s.temperature,
+            top_p=None if greedy else s.top_p,
+            num_return_sequences=s.n,
+            stop_strings=list(s.stop) or None,
+            tokenizer=self.tokenizer,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [n, L, V]
+        completions = []
+        for i in range(s.n):
+            ids = out.sequences[i, prompt_len:].tolist()  # [L] padded after EOS
+            length = next((j + 1 for j, t in enumerate(ids) if t in self._eos), len(ids))
+            ids = ids[:length]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            finished = length < len(out.logits) or (ids and ids[-1] in self._eos) or _ends_with_stop(text, s.stop)
+            completions.append(
+                Completion(
+                    text=text,
+                    token_ids=ids,
+                    logprobs=[float(logprobs[i, j, t]) for j, t in enumerate(ids)],
+                    finish_reason="stop" if finished else "length",
+                )
+            )
+        return RolloutResult(req.uid, inputs["input_ids"][0].tolist(), completions)
+
+    @torch.no_grad()
+    def prompt_logprobs(self, text: str) -> list[float]:
+        ids = self.tokenizer(text, return_tensors="pt")["input_ids"]  # [1, T]
+        logits = self.model(input_ids=ids).logits.float()  # [1, T, V]
+        lp = logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])  # [T-1, 1]
+        return lp[:, 0].tolist()
+
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor] | bytes, version: int) -> int:
+        if isinstance(state_dict, bytes | bytearray):
+            from safetensors.torch import load
+
+            state_dict = load(bytes(state_dict))
+        self.model.load_state_dict(dict(state_dict), strict=True)
+        self.weight_version = version
+        return len(state_dict)
+
+
+def _ends_with_stop(text: str, stops: Sequence[str]) -> bool:
+    return any(text.endswith(s) for s in stops)
+
