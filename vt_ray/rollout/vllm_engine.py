@@ -67,7 +67,8 @@ class VllmEngine:
             stop=list(s.stop),
             include_stop_str_in_output=True,  # keep "</answer>" so the trace is closed
             logprobs=0,  # the sampled token's logprob, which GRPO needs as the behaviour policy's
-            seed=s.seed,
+            # No per-request seed: on CPU, seeded requests crash vLLM 0.32 under chunked prefill ("CPU Generator
+            # does not use offset"). The engine-level seed (LLM(seed=...)) keeps runs reproducible.
         )
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[RolloutResult]:
