@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from vt_ray.algo.config import AlgorithmConfig
+from vt_ray.cluster.config import ResourcesConfig
 from vt_ray.config.errors import ConfigError, check
+from vt_ray.eval.config import EvalConfig
+from vt_ray.learner.config import LearnerConfig, SftConfig
 from vt_ray.rewards.config import RewardConfig
 
 
@@ -152,6 +155,10 @@ class RecipeConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self) -> None:
         check(

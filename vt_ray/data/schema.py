@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import string
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +97,9 @@ def write_samples(path: str | Path, samples: Iterable[VideoSample]) -> int:
             f.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def resolve_video_paths(samples: Iterable[VideoSample], dataset_dir: str | Path) -> list[VideoSample]:
+    """Samples with absolute video paths, so they can be shipped to workers on any node sharing the storage."""
+    base = Path(dataset_dir).resolve()
+    return [replace(s, video=str(s.video_path(base))) for s in samples]

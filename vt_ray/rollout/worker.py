@@ -1,0 +1,96 @@
+"""One rollout worker: decodes each video once, builds its prompt, checks the prompt budget, and samples G
+responses with its engine. A plain class (constructible without Ray); :mod:`vt_ray.rollout.group` wraps it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from vt_ray.config.schema import RecipeConfig
+from vt_ray.data.schema import VideoSample
+from vt_ray.rollout.budget import PromptBudget, fit_to_budget
+from vt_ray.rollout.engines import make_engine
+from vt_ray.rollout.prompting import prompt_text
+from vt_ray.rollout.types import GenerationRequest, RolloutResult, SamplingSettings
+from vt_ray.testing.faults import crash_point
+from vt_ray.video.errors import VideoError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SkippedSample:
+    uid: str
+    video: str
+    reason: str  # short label, e.g. "corrupt", "missing", "overlong"
+    detail: str = ""
+
+
+@dataclass
+class RolloutBatchResult:
+    results: list[RolloutResult] = field(default_factory=list)  # samples that were generated, in input order
+    skipped: list[SkippedSample] = field(default_factory=list)
+    downsampled: int = 0  # samples whose frames were reduced to fit the prompt budget
+
+    @staticmethod
+    def merge(parts: Sequence[RolloutBatchResult]) -> RolloutBatchResult:
+        out = RolloutBatchResult()
+        for p in parts:
+            out.results += p.results
+            out.skipped += p.skipped
+            out.downsampled += p.downsampled
+        return out
+
+    def skipped_counts(self) -> dict[str, int]:
+        return dict(Counter(s.reason for s in self.skipped))
+
+
+class RolloutWorker:
+    def __init__(self, cfg: RecipeConfig, rank: int = 0, model_path: str | None = None) -> None:
+        self.cfg, self.rank = cfg, rank
+        self.engine = make_engine(cfg.model, cfg.rollout, seed=cfg.run.seed + rank, model_path=model_path)
+        from transformers import AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(model_path or cfg.model.path)
+        self.budget = PromptBudget.from_config(cfg)
+
+    def ready(self) -> int:
+        return self.rank
+
+    def weight_version(self) -> int:
+        return int(self.engine.weight_version)
+
+    def update_weights(self, blob: bytes, version: int) -> int:
+        return self.engine.update_weights(blob, version)
+
+    def prompt_logprobs(self, text: str) -> list[float]:
+        return self.engine.prompt_logprobs(text)
+
+    def prepare(self, samples: Sequence[VideoSample]) -> tuple[list[GenerationRequest], RolloutBatchResult]:
+        """Decode and budget-check each sample; failures become skip records, never exceptions."""
+        requests, report = [], RolloutBatchResult()
+        for sample in samples:
+            prompt = prompt_text(self.processor, sample, self.cfg.prompt)
+            try:
+                fitted = fit_to_budget(sample.video, prompt, self.processor.tokenizer, self.cfg.video, self.budget)
+            except VideoError as err:
+                log.warning("skipping %s: %s", sample.uid, err)
+                report.skipped.append(SkippedSample(sample.uid, sample.video, err.reason, str(err)))
+                continue
+            if fitted.video is None:
+                report.skipped.append(SkippedSample(sample.uid, sample.video, "overlong", fitted.detail))
+                continue
+            report.downsampled += int(fitted.downsampled)
+            video = fitted.video
+            requests.append(GenerationRequest(sample.uid, prompt, video.frames, video.vllm_metadata()))
+        return requests, report
+
+    def generate(self, samples: Sequence[VideoSample], sampling: SamplingSettings) -> RolloutBatchResult:
+        crash_point("rollout.generate", self.rank)
+        requests, report = self.prepare(samples)
+        if requests:
+            report.results = self.engine.generate(requests, sampling)
+        return report

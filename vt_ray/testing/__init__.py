@@ -1,0 +1,1 @@
+"""Fault injection for reliability tests: real processes, real crashes, at named points."""
