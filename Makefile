@@ -6,6 +6,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test test-fast bench clean
 setup:
 	@bash tools/setup_env.sh
+	@bash tools/setup_wordnet.sh
 
 demo: setup
 	$(PY) -m vt_ray demo
