@@ -1,10 +1,70 @@
-"""Algorithm (GRPO) section of the recipe (filled in by the algorithm stage)."""
+"""Algorithm (GRPO) section of the recipe: advantages, clipped surrogate, KL to the reference, entropy.
+
+From the paper: GRPO with group-standardised advantages, no critic, KL penalty to the frozen reference (the
+SFT model) with coefficient 0.04. Not stated by the paper, so assumptions here: the KL estimator (k3, the
+GRPO/DeepSeekMath choice), the clip ratios (0.2/0.2, PPO's default), token-mean aggregation, Bessel-corrected
+group std, eps, and no entropy bonus, dual clip or group filtering.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vt_ray.config.errors import check
+
+ADV_ESTIMATORS = ("grpo", "rloo")  # kept in sync with vt_ray.algo.advantages.ADV_ESTIMATORS (tested)
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
 
 @dataclass
 class AlgorithmConfig:
-    """Placeholder until the GRPO module lands."""
+    adv_estimator: str = "grpo"
+    """grpo: r - mean(group) (paper) | rloo: r - mean(rest of the group) (leave-one-out baseline)."""
+    norm_by_std: bool = True
+    """Divide advantages by the group std + eps (paper GRPO). False with grpo is Dr. GRPO's advantage."""
+    eps: float = 1e-6
+    """Added to the group std before dividing (assumption)."""
+    filter_zero_variance_groups: bool = False
+    """Mask out groups whose rewards are all equal (DAPO dynamic sampling): they carry no advantage signal but
+    still count in the token-mean denominator. Off in the paper (assumption)."""
+    clip_ratio_low: float = 0.2
+    """Lower clip: ratio >= 1 - clip_ratio_low (assumption: PPO's 0.2)."""
+    clip_ratio_high: float = 0.2
+    """Upper clip: ratio <= 1 + clip_ratio_high (assumption; DAPO's clip-higher uses 0.28)."""
+    dual_clip_c: float = 0.0
+    """Dual clip: for negative advantages the loss is capped at -A * c (c > 1, e.g. 3). 0 = off."""
+    loss_agg_mode: str = "token-mean"
+    """token-mean (every response token weighs the same) | seq-mean-token-sum | seq-mean-token-mean
+    (original GRPO: mean per response, then over responses) (assumption: token-mean)."""
+    use_kl_loss: bool = True
+    """KL to the reference as a loss term with ``kl_coef`` (paper: a KL penalty, coefficient 0.04)."""
+    use_kl_in_reward: bool = False
+    """Instead, subtract ``kl_coef`` * sum_t KL_t from each response's score before the advantages."""
+    kl_coef: float = 0.04
+    """KL coefficient (paper: 0.04). 0 disables KL and the reference model."""
+    kl_estimator: str = "k3"
+    """k1: log p/q | k2: (log p/q)^2 / 2 | k3: q/p - log q/p - 1 (non-negative, low variance; assumption)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: loss -= entropy_coef * entropy (0 = off; entropy is still logged when logits are given)."""
+
+    def __post_init__(self) -> None:
+        check(self.adv_estimator in ADV_ESTIMATORS, "algorithm.adv_estimator", f"must be one of {ADV_ESTIMATORS}")
+        check(self.eps > 0, "algorithm.eps", "must be > 0")
+        check(0 <= self.clip_ratio_low < 1, "algorithm.clip_ratio_low", "must be in [0, 1)")
+        check(self.clip_ratio_high >= 0, "algorithm.clip_ratio_high", "must be >= 0")
+        check(self.dual_clip_c == 0 or self.dual_clip_c > 1, "algorithm.dual_clip_c", "must be 0 (off) or > 1")
+        check(self.loss_agg_mode in LOSS_AGG_MODES, "algorithm.loss_agg_mode", f"must be one of {LOSS_AGG_MODES}")
+        check(self.kl_estimator in KL_ESTIMATORS, "algorithm.kl_estimator", f"must be one of {KL_ESTIMATORS}")
+        check(self.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+        check(
+            not (self.use_kl_loss and self.use_kl_in_reward),
+            "algorithm.use_kl_in_reward",
+            "KL is either a loss term (use_kl_loss) or a reward penalty, not both",
+        )
+        check(self.entropy_coef >= 0, "algorithm.entropy_coef", "must be >= 0")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the learner must keep a frozen reference model for log-probs."""
+        return self.kl_coef > 0 and (self.use_kl_loss or self.use_kl_in_reward)

@@ -1,15 +1,97 @@
-"""Learner (FSDP2) and SFT sections of the recipe (filled in by the learner stage)."""
+"""Learner (FSDP2) and SFT sections of the recipe."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vt_ray.config.errors import check
+
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 @dataclass
 class LearnerConfig:
-    """Placeholder until the learner lands."""
+    # Worker count, CPUs and GPUs per rank live in ``resources.learner`` (one place for placement).
+    backend: str = "auto"
+    """torch.distributed backend: auto (gloo on CPU, nccl on GPU) | gloo | nccl."""
+    param_dtype: str = "float32"
+    """FSDP2 mixed precision: dtype of the all-gathered parameters used in forward/backward (bfloat16 on GPU).
+    Sharded master weights and optimizer state always stay float32."""
+    reduce_dtype: str = "float32"
+    """FSDP2 mixed precision: dtype of the gradient reduce-scatter."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder/vision block in backward (HF gradient checkpointing, non-reentrant)."""
+    micro_batch_size: int = 1
+    """Sequences per forward/backward on one rank. Gradient accumulation is implied: a mini-batch is split
+    over ranks, then into micro-batches of this size, and their gradients are summed before one step."""
+    lr: float = 5e-6
+    """Peak AdamW learning rate (paper, GRPO: 5e-6; 1e-5 collapses training). SFT uses ``sft.lr``."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (assumption: torch defaults)."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay (paper: 0.01)."""
+    warmup_steps: int = 0
+    """Linear warmup optimizer steps; when 0, ``warmup_ratio`` of the total steps is used."""
+    warmup_ratio: float = 0.0
+    """Warmup as a share of the total optimizer steps (used when ``warmup_steps`` is 0)."""
+    min_lr_ratio: float = 0.0
+    """Cosine decay floor as a share of the peak lr (1.0 = constant lr after warmup)."""
+    grad_clip: float = 5.0
+    """Max global gradient norm (paper: 5); <= 0 disables clipping (the norm is still reported)."""
+    reference: str = "sharded"
+    """Frozen reference model for the KL term: sharded (FSDP2 like the policy) | cpu_offload (FSDP2 with
+    parameters kept in host memory, GPU only; same as sharded on CPU) | none (no KL term)."""
+    reference_path: str = ""
+    """Reference model directory; empty = the policy's initial weights (model.path, i.e. the SFT model)."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every K optimizer steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Resumable checkpoints to keep; older ones are deleted after a new one is complete."""
+    timeout_s: float = 1800.0
+    """Timeout for collectives and for every remote call from the driver (a hang becomes a named error)."""
+
+    def __post_init__(self) -> None:
+        check(self.backend in ("auto", "gloo", "nccl"), "learner.backend", f"unknown backend {self.backend!r}")
+        check(self.param_dtype in DTYPES, "learner.param_dtype", f"unknown dtype {self.param_dtype!r}")
+        check(self.reduce_dtype in DTYPES, "learner.reduce_dtype", f"unknown dtype {self.reduce_dtype!r}")
+        check(self.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
+        check(self.lr > 0, "learner.lr", "must be > 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "learner.betas", "need two in [0, 1)")
+        check(self.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
+        check(self.warmup_steps >= 0, "learner.warmup_steps", "must be >= 0")
+        check(0 <= self.warmup_ratio < 1, "learner.warmup_ratio", "must be in [0, 1)")
+        check(0 <= self.min_lr_ratio <= 1, "learner.min_lr_ratio", "must be in [0, 1]")
+        check(
+            self.reference in ("sharded", "cpu_offload", "none"),
+            "learner.reference",
+            f"unknown placement {self.reference!r} (sharded | cpu_offload | none)",
+        )
+        check(self.checkpoint_every >= 0, "learner.checkpoint_every", "must be >= 0")
+        check(self.keep_last >= 1, "learner.keep_last", "must be >= 1")
+        check(self.timeout_s > 0, "learner.timeout_s", "must be > 0")
 
 
 @dataclass
 class SftConfig:
-    """Placeholder until the SFT stage lands."""
+    train_file: str = ""
+    """SFT samples with a gold ``trace`` (project JSONL schema); empty = data.train_file."""
+    epochs: int = 1
+    """Passes over the SFT data (paper: 1)."""
+    batch_size: int = 16
+    """Sequences per optimizer step, over all learner ranks (paper: 16)."""
+    lr: float = 1e-5
+    """Peak learning rate for SFT (paper: 1e-5); the schedule shape comes from the learner section."""
+    output_dir: str = ""
+    """Where the SFT run writes ``hf/`` (the Hugging Face checkpoint GRPO starts from) and ``checkpoints/``;
+    empty = {run.output_dir}/{run.name}/sft."""
+    resume: bool = True
+    """Continue from the latest resumable checkpoint in ``output_dir`` when there is one."""
+    drop_last: bool = False
+    """Drop a final partial batch (kept by default: small datasets would lose a large share)."""
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "sft.epochs", "must be >= 1")
+        check(self.batch_size >= 1, "sft.batch_size", "must be >= 1")
+        check(self.lr > 0, "sft.lr", "must be > 0")

@@ -1,0 +1,289 @@
+"""Learner: collation, the lr schedule, weight export / HF checkpoints, and resumable checkpoints.
+
+The learner runs in-process here (a world of one gloo rank); the multi-rank FSDP test is in
+test_learner_fsdp_equivalence.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vt_ray.config.errors import ConfigError
+from vt_ray.config.loader import load_config
+from vt_ray.learner.batch import Example, TrainBatch, collate
+from vt_ray.learner.schedule import lr_factor
+
+SYSTEM = [{"role": "system", "content": [{"type": "text", "text": "You are a video analyst."}]}]
+
+
+def make_examples(processor, n: int, seed: int = 0, frames_shape=(4, 56, 56, 3), extras: bool = False) -> list[Example]:
+    """``n`` prompts over random frames with gold-trace responses of different lengths."""
+    rng = np.random.default_rng(seed)
+    tok = processor.tokenizer
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    out = []
+    for i in range(n):
+        msgs = SYSTEM + [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": f"What happens? {'why ' * i}"}]}]
+        prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        trace = "<time>0.0-1.0</time> <caption>a red box moves</caption> <think>it moves</think> " * (1 + i % 3)
+        response = tok(trace + f"<answer>{'ABCD'[i % 4]}</answer>", add_special_tokens=False)["input_ids"] + [im_end]
+        token_extras = {"old_logprobs": [-0.1 * (j + 1) for j in range(len(response))]} if extras else {}
+        seq_extras = {"advantages": float(i) - 1.5} if extras else {}
+        frames = rng.integers(0, 256, size=frames_shape, dtype=np.uint8)
+        out.append(Example(prompt, frames, response, {}, token_extras, seq_extras, uid=f"s{i}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir: Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+# ---- (a) collate ----------------------------------------------------------------------------------------
+def test_collate_loss_mask_covers_exactly_the_response(processor) -> None:
+    examples = make_examples(processor, 3, extras=True)
+    batch = collate(processor, examples)
+    pad = processor.tokenizer.pad_token_id
+    assert batch.input_ids.shape[0] == 3 and batch.video_grid_thw.shape == (3, 3)
+    for i, ex in enumerate(examples):
+        enc = processor(text=[ex.prompt], videos=[ex.frames], return_tensors="pt", do_sample_frames=False)
+        prompt_ids = enc["input_ids"][0].tolist()
+        n_p, n_r = len(prompt_ids), len(ex.response_ids)
+        row, mask = batch.input_ids[i], batch.response_mask[i]
+        assert row[:n_p].tolist() == prompt_ids  # prompt first, unchanged (left-aligned: right padding)
+        assert row[n_p : n_p + n_r].tolist() == list(ex.response_ids)
+        assert mask.nonzero()[:, 0].tolist() == list(range(n_p, n_p + n_r))  # exactly the response positions
+        assert batch.attention_mask[i].sum() == n_p + n_r and batch.attention_mask[i, : n_p + n_r].all()
+        assert (row[n_p + n_r :] == pad).all()
+        # per-token extras sit on the response tokens they belong to; per-sequence extras in sample order
+        assert batch.token_extras["old_logprobs"][i, n_p : n_p + n_r].tolist() == pytest.approx(ex.token_extras["old_logprobs"])
+        assert batch.token_extras["old_logprobs"][i, :n_p].abs().sum() == 0
+        assert batch.seq_extras["advantages"][i] == pytest.approx(ex.seq_extras["advantages"])
+    assert batch.num_tokens == sum(len(e.response_ids) for e in examples)
+    assert batch.pixel_values_videos.shape[0] == int(batch.video_grid_thw.prod(-1).sum())
+
+
+def test_collate_passes_sampling_metadata_like_vllm(processor) -> None:
+    """Seconds per temporal patch come from how frames were sampled: 4 of 120 frames at 30 fps = 1 fps."""
+    ex = make_examples(processor, 1)[0]
+    assert collate(processor, [ex]).second_per_grid_ts.tolist() == [1.0]  # default: frames at 2 fps
+    ex.video_metadata = {"fps": 30.0, "total_num_frames": 120, "frames_indices": [0, 40, 80, 119],
+                         "duration": 4.0, "video_backend": "pyav", "do_sample_frames": False}
+    assert collate(processor, [ex]).second_per_grid_ts.tolist() == [2.0]
+
+
+def test_collate_rejects_misaligned_extras(processor) -> None:
+    ex = make_examples(processor, 1, extras=True)[0]
+    ex.token_extras = {"old_logprobs": [0.0]}
+    with pytest.raises(ValueError, match="old_logprobs has 1 values"):
+        collate(processor, [ex])
+
+
+def test_split_select_concat_round_trip(processor) -> None:
+    batch = collate(processor, make_examples(processor, 5, extras=True))
+    parts = batch.split(2)
+    assert [len(p) for p in parts] == [3, 2]
+    back = TrainBatch.concat(parts)
+    for name in ("input_ids", "attention_mask", "response_mask", "pixel_values_videos", "video_grid_thw"):
+        assert torch.equal(getattr(back, name), getattr(batch, name)), name
+    assert torch.equal(back.token_extras["old_logprobs"], batch.token_extras["old_logprobs"])
+    one = batch.select(1, 2)
+    assert one.input_ids.shape[1] == int(batch.attention_mask[1].sum())  # unused padding trimmed
+    filler = batch.without_loss()
+    assert len(filler) == 1 and filler.num_tokens == 0
+    assert batch.split(7)[5:] == [None, None]
+
+
+# ---- config and schedule ---------------------------------------------------------------------------------
+def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
+    f = [lr_factor(s, warmup=2, total=10, min_ratio=0.1) for s in range(12)]
+    assert f[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert all(a >= b for a, b in zip(f[2:], f[3:]))  # monotone decay after warmup
+    assert f[10] == pytest.approx(0.1) and f[11] == pytest.approx(0.1)
+    assert f[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_learner_config_validation_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="learner.reference"):
+        load_config(None, ["learner.reference=gpu"])
+    with pytest.raises(ConfigError, match="sft.epochs"):
+        load_config(None, ["sft.epochs=0"])
+
+
+# ---- in-process learner ----------------------------------------------------------------------------------
+def _cfg(model_dir: Path, *extra: str):
+    return load_config(None, [f"model.path={model_dir}", "learner.lr=1e-3", "learner.micro_batch_size=2", *extra])
+
+
+def _learner(model_dir: Path, *extra: str, total_steps: int = 4):
+    from vt_ray.learner.worker import LearnerWorker
+
+    worker = LearnerWorker(_cfg(model_dir, *extra))
+    worker.setup(total_steps=total_steps)
+    return worker
+
+
+def test_export_keys_and_save_hf_reload_gives_identical_logits(tiny_model_dir: Path, processor, tmp_path: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    worker = _learner(tiny_model_dir, "learner.reference=none")
+    batch = collate(processor, make_examples(processor, 3))
+    worker.train_step(batch, num_micro=2, loss_name="sft")  # exported weights differ from the source's
+
+    hf = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    exported = worker.export_state_dict()
+    assert list(exported) == list(hf.state_dict())
+    assert any(not torch.equal(exported[k], v) for k, v in hf.state_dict().items())
+
+    out = Path(worker.save_hf(str(tmp_path / "hf")))
+    reloaded = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in exported.items())
+    with torch.no_grad():
+        worker.model.eval()
+        ours = worker.model(**batch.model_inputs(), use_cache=False).logits
+        theirs = reloaded(**batch.model_inputs(), use_cache=False).logits
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+    assert (out / "preprocessor_config.json").exists() or (out / "processor_config.json").exists()
+
+
+def test_reference_logprobs_stay_at_the_initial_weights(tiny_model_dir: Path, processor) -> None:
+    worker = _learner(tiny_model_dir, "learner.reference=sharded")
+    batch = collate(processor, make_examples(processor, 2))
+    ref_before = worker.compute_logprobs(batch, num_micro=1, which="reference")
+    policy_before = worker.compute_logprobs(batch, num_micro=1, which="policy")
+    assert torch.allclose(ref_before, policy_before, atol=1e-6)
+    assert (ref_before[~batch.response_mask.bool()] == 0).all() and (ref_before[batch.response_mask.bool()] < 0).all()
+    worker.train_step(batch, num_micro=1)
+    assert torch.equal(worker.compute_logprobs(batch, num_micro=1, which="reference"), ref_before)
+    after = worker.compute_logprobs(batch, num_micro=1, which="policy")
+    mask = batch.response_mask.bool()
+    assert after[mask].mean() > policy_before[mask].mean()  # SFT raised the response likelihood
+
+
+def test_checkpoint_round_trip_resumes_exactly(tiny_model_dir: Path, processor, tmp_path: Path) -> None:
+    batches = [collate(processor, make_examples(processor, 3, seed=s)) for s in range(3)]
+    root = tmp_path / "ckpt"
+    a = _learner(tiny_model_dir, "learner.reference=none", "learner.keep_last=2", "learner.warmup_steps=1")
+    a.train_step(batches[0], num_micro=2)
+    a.save_checkpoint(str(root), {"epoch": 0, "next_index": 3})
+    rng_after_save = torch.rand(4)
+    expected = a.train_step(batches[1], num_micro=2)
+    expected_weights = a.export_state_dict()
+
+    b = _learner(tiny_model_dir, "learner.reference=none", "learner.keep_last=2", "learner.warmup_steps=1")
+    assert b.load_checkpoint(str(root)) == {"epoch": 0, "next_index": 3}
+    assert b.step == 1
+    assert torch.equal(torch.rand(4), rng_after_save)
+    got = b.train_step(batches[1], num_micro=2)
+    assert got["lr"] == expected["lr"] and got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    weights = b.export_state_dict()
+    assert max((weights[k] - v).abs().max().item() for k, v in expected_weights.items()) < 1e-6
+
+    # Without the optimizer state the same step lands elsewhere: the check above can fail.
+    c = _learner(tiny_model_dir, "learner.reference=none", "learner.warmup_steps=1")
+    c.train_step(batches[0], num_micro=2)
+    c.optimizer.state.clear()
+    c.train_step(batches[1], num_micro=2)
+    assert max((c.export_state_dict()[k] - v).abs().max().item() for k, v in expected_weights.items()) > 1e-5
+
+    # keep_last: three saves leave the newest two, and `latest` names the newest.
+    b.save_checkpoint(str(root))
+    b.train_step(batches[2], num_micro=2)
+    b.save_checkpoint(str(root))
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000002", "step_00000003"]
+    assert (root / "latest").read_text().strip() == "step_00000003"
+    assert not list(root.glob(".tmp_*"))
+
+
+def test_load_checkpoint_without_one_returns_none(tiny_model_dir: Path, tmp_path: Path) -> None:
+    worker = _learner(tiny_model_dir, "learner.reference=none")
+    assert worker.load_checkpoint(str(tmp_path / "nothing")) is None
+    assert worker.step == 0
+
+
+# ---- SFT data ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vt_ray.data.synthetic import make_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("syn")
+    make_synthetic_dataset(out, 6, seed=0, val_fraction=0.0)
+    return out
+
+
+def test_sft_batches_resume_at_the_data_position() -> None:
+    from vt_ray.learner.sft_data import epoch_order, iter_batches, steps_per_epoch
+
+    samples = list(range(7))
+    full = [(e, b, s) for e, b, s in iter_batches(samples, 3, 2, seed=5, drop_last=False)]
+    assert len(full) == 2 * steps_per_epoch(7, 3, False) == 6
+    assert sorted(x for e, _, s in full if e == 0 for x in s) == samples  # each sample once per epoch
+    assert epoch_order(7, 0, 5) == epoch_order(7, 0, 5) != epoch_order(7, 1, 5)
+    resumed = list(iter_batches(samples, 3, 2, seed=5, drop_last=False, start=(0, 6)))
+    assert resumed == full[2:]
+    assert steps_per_epoch(7, 3, True) == 2 and steps_per_epoch(2, 3, True) == 0
+
+
+def test_sft_example_is_prompt_plus_gold_trace_and_end_of_turn(tiny_model_dir: Path, processor, synthetic_dir: Path) -> None:
+    from vt_ray.learner.sft_data import SftExampleBuilder, load_sft_samples
+
+    cfg = load_config("recipes/tiny_cpu.yaml" if Path("recipes/tiny_cpu.yaml").exists() else None,
+                      [f"model.path={tiny_model_dir}"])
+    samples = load_sft_samples(synthetic_dir / "train.jsonl")
+    example = SftExampleBuilder(cfg, processor).build(samples[0])
+    assert example is not None and example.frames.dtype == np.uint8 and example.frames.shape[-1] == 3
+    text = processor.tokenizer.decode(example.response_ids)
+    assert text == samples[0].trace.strip() + "<|im_end|>"
+    batch = collate(processor, [example])
+    tail = batch.input_ids[0, batch.response_mask[0].bool()].tolist()
+    assert tail == list(example.response_ids)
+    assert batch.second_per_grid_ts[0] > 0
+
+
+def test_grpo_loss_plugs_into_the_learner_hook(tiny_model_dir: Path, processor) -> None:
+    """The algorithm module's loss runs through train_step by name, fed the learner's own log-probs."""
+    worker = _learner(tiny_model_dir, "learner.reference=sharded")
+    batch = collate(processor, make_examples(processor, 4))
+    batch.token_extras = {
+        "old_logprobs": worker.compute_logprobs(batch, num_micro=2, which="policy"),
+        "ref_logprobs": worker.compute_logprobs(batch, num_micro=2, which="reference"),
+    }
+    batch.seq_extras = {"advantages": torch.tensor([1.0, -1.0, 0.5, -0.5])}
+    metrics = worker.train_step(batch, num_micro=2, loss_name="grpo")
+    assert "actor/pg_loss" in metrics and math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    after = worker.compute_logprobs(batch, num_micro=2, which="policy")
+    mask = batch.response_mask.bool()
+    gain = (after - batch.token_extras["old_logprobs"])[mask]
+    rows = mask.nonzero()[:, 0]
+    # positive advantage -> likelihood up, negative -> down (on average over each response)
+    assert gain[rows == 0].mean() > 0 > gain[rows == 1].mean()
+
+
+def test_activation_checkpointing_changes_memory_not_math(tiny_model_dir: Path, processor) -> None:
+    batch = collate(processor, make_examples(processor, 2))
+    plain = _learner(tiny_model_dir, "learner.reference=none")
+    ckpt = _learner(tiny_model_dir, "learner.reference=none", "learner.activation_checkpointing=true")
+    assert any(getattr(m, "gradient_checkpointing", False) for m in ckpt.model.modules())
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in plain.model.modules())
+    a, b = plain.train_step(batch, num_micro=1), ckpt.train_step(batch, num_micro=1)
+    assert b["loss"] == pytest.approx(a["loss"], abs=1e-6) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    wa, wb = plain.export_state_dict(), ckpt.export_state_dict()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+
+
+def test_bf16_mixed_precision_trains_float32_master_weights(tiny_model_dir: Path, processor) -> None:
+    batch = collate(processor, make_examples(processor, 2))
+    worker = _learner(tiny_model_dir, "learner.reference=none", "learner.param_dtype=bfloat16")
+    first = worker.train_step(batch, num_micro=1)
+    second = worker.train_step(batch, num_micro=1)
+    assert second["loss"] < first["loss"]
+    assert all(p.dtype == torch.float32 for p in worker.model.parameters())  # sharded masters stay fp32
+    assert all(v.dtype == torch.float32 for v in worker.export_state_dict().values())  # model.dtype=float32
+    assert all(v.dtype == torch.bfloat16 for v in worker.export_state_dict("bfloat16").values())

@@ -1,0 +1,122 @@
+"""GRPO from the recipe's ``algorithm`` section: advantages for a batch, and the loss (+ metrics) for a
+micro-batch. The learner calls these two functions; everything else in :mod:`vt_ray.algo` is their parts.
+
+Per step: scores [N] (one per response, from the rewards) and group ids -> :func:`compute_grpo_advantages`
+-> advantages [N] and a keep mask [N]; then per micro-batch :func:`grpo_loss` with the policy's log-probs,
+the rollout (old) log-probs and the reference log-probs of the response tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vt_ray.algo.advantages import GroupIds, compute_advantages, group_inverse, nonzero_variance_mask
+from vt_ray.algo.config import AlgorithmConfig
+from vt_ray.algo.losses import (
+    agg_loss,
+    entropy_from_logits,
+    kl_estimate,
+    kl_penalized_scores,
+    policy_loss,
+    zero_masked,
+)
+
+
+def _stats(x: torch.Tensor, prefix: str) -> dict[str, float]:
+    x = x.detach().double()
+    if x.numel() == 0:
+        return {}
+    std = x.std().item() if x.numel() > 1 else 0.0
+    return {
+        f"{prefix}mean": x.mean().item(),
+        f"{prefix}std": std,
+        f"{prefix}min": x.min().item(),
+        f"{prefix}max": x.max().item(),
+    }
+
+
+def compute_grpo_advantages(
+    cfg: AlgorithmConfig, scores: torch.Tensor, group_ids: GroupIds
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(advantages [N], keep [N] bool, metrics). ``keep`` is False for responses of zero-variance groups
+    when ``filter_zero_variance_groups`` is on: multiply it into the token mask (they then do not count in
+    any denominator). The metrics cover rewards, advantages and group statistics."""
+    scores = scores.detach()
+    varied = nonzero_variance_mask(scores, group_ids)  # [N]
+    keep = varied if cfg.filter_zero_variance_groups else torch.ones_like(varied)  # [N]
+    adv = compute_advantages(cfg.adv_estimator, scores, group_ids, norm_by_std=cfg.norm_by_std, eps=cfg.eps)
+    adv = torch.where(keep, adv, torch.zeros_like(adv))  # [N]
+    inverse, n_groups = group_inverse(group_ids)
+    group_varied = torch.zeros(n_groups, dtype=torch.bool).index_put_((inverse,), varied)  # [G]
+    metrics = {
+        **_stats(scores, "reward/score_"),
+        **_stats(adv, "algo/advantage_"),
+        "algo/groups": float(n_groups),
+        "algo/zero_variance_group_frac": 1.0 - group_varied.double().mean().item() if n_groups else 0.0,
+        "algo/kept_frac": keep.double().mean().item() if keep.numel() else 0.0,
+    }
+    return adv, keep, metrics
+
+
+def apply_kl_in_reward(
+    cfg: AlgorithmConfig, scores: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Scores minus the KL penalty when ``use_kl_in_reward`` (else unchanged), before the advantages."""
+    if not (cfg.use_kl_in_reward and cfg.kl_coef > 0):
+        return scores, {}
+    penalized = kl_penalized_scores(scores, old_logp, ref_logp, mask, cfg.kl_coef, cfg.kl_estimator)  # [N]
+    return penalized, {"algo/kl_in_reward": ((scores - penalized) / cfg.kl_coef).mean().item()}
+
+
+def grpo_loss(
+    cfg: AlgorithmConfig,
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss = policy loss + kl_coef * KL (if ``use_kl_loss``) - entropy_coef * entropy, and its metrics.
+
+    logp, old_logp, ref_logp, mask: [N, T]; advantages: [N]; logits: [N, T, V] aligned with the tokens, or
+    entropy [N, T] precomputed. ``old_logp`` None means on-policy (ratio 1, the rollout is this policy).
+    ``num_tokens``/``num_seqs``: global denominators, see :func:`vt_ray.algo.losses.agg_loss`.
+    """
+    old = logp.detach() if old_logp is None else old_logp
+    agg = {"num_tokens": num_tokens, "num_seqs": num_seqs}
+    pg_loss, pg = policy_loss(
+        logp,
+        old,
+        advantages,
+        mask,
+        clip_ratio_low=cfg.clip_ratio_low,
+        clip_ratio_high=cfg.clip_ratio_high,
+        dual_clip_c=cfg.dual_clip_c,
+        loss_agg_mode=cfg.loss_agg_mode,
+        **agg,
+    )
+    loss = pg_loss
+    metrics = {"actor/pg_loss": pg_loss.item(), **{f"actor/pg_{k}": v.item() for k, v in pg.items()}}
+    if cfg.use_kl_loss and cfg.kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("algorithm.use_kl_loss with kl_coef > 0 needs ref_logp")
+        kl_mat = kl_estimate(zero_masked(logp, mask), zero_masked(ref_logp.detach(), mask), cfg.kl_estimator)
+        kl = agg_loss(kl_mat, mask, cfg.loss_agg_mode, **agg)
+        loss = loss + cfg.kl_coef * kl
+        metrics["actor/kl_loss"] = kl.item()
+    if entropy is None and logits is not None:
+        entropy = entropy_from_logits(logits)  # [N, T]
+    if entropy is not None:
+        ent = agg_loss(zero_masked(entropy, mask), mask, cfg.loss_agg_mode, **agg)
+        if cfg.entropy_coef > 0:
+            loss = loss - cfg.entropy_coef * ent
+        metrics["actor/entropy"] = ent.item()
+    elif cfg.entropy_coef > 0:
+        raise ValueError("algorithm.entropy_coef > 0 needs logits or entropy")
+    metrics["actor/loss"] = loss.item()
+    return loss, metrics

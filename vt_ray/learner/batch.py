@@ -1,0 +1,257 @@
+"""The learner's input: prompt (with video) + response token ids, collated into right-padded tensors.
+
+Every per-token tensor is aligned with ``input_ids``: position ``t`` holds the quantity for token ``t`` (its
+log-prob given tokens ``< t``). ``response_mask`` is 1 exactly on response tokens, so SFT and GRPO losses are
+masked sums over the same positions the rollout engine sampled. Right padding keeps the prompt positions of a
+sample independent of the batch it lands in (Qwen2.5-VL's 3D rope index reads the attention mask).
+
+A batch is a plain dataclass of CPU tensors: cheap to pickle through Ray, and sliceable by sample so the
+group can shard a mini-batch over ranks and a rank can cut it into micro-batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Example:
+    """One training sequence before collation."""
+
+    prompt: str
+    """Rendered chat prompt with one video placeholder, ending in the assistant generation prompt."""
+    frames: np.ndarray
+    """[T, H, W, 3] uint8 decoded frames (T even for Qwen2.5-VL's temporal patches)."""
+    response_ids: Sequence[int]
+    """Response token ids, as sampled (GRPO) or tokenised from the gold trace + <|im_end|> (SFT)."""
+    video_metadata: Mapping[str, Any] = field(default_factory=dict)
+    """How ``frames`` were sampled, as the rollout engines get it (``DecodedVideo.vllm_metadata()``): source
+    fps, total frames and frame indices set the seconds per temporal patch (temporal rope positions).
+    Empty = frames taken at 2 fps."""
+    token_extras: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    """Per response token values (e.g. old_logprobs), each of length ``len(response_ids)``."""
+    seq_extras: Mapping[str, float] = field(default_factory=dict)
+    """Per sequence values (e.g. advantages)."""
+    uid: str = ""
+
+
+@dataclass
+class TrainBatch:
+    input_ids: torch.Tensor  # [B, L] long, right padded with pad_token_id
+    attention_mask: torch.Tensor  # [B, L] long
+    response_mask: torch.Tensor  # [B, L] float32, 1 on response tokens
+    pixel_values_videos: torch.Tensor  # [N_patches, D] float32, samples' patches concatenated in order
+    video_grid_thw: torch.Tensor  # [B, 3] long, one video per sample
+    second_per_grid_ts: torch.Tensor  # [B] float32
+    mm_token_type_ids: torch.Tensor | None = None  # [B, L] long (processor's modality ids), when provided
+    token_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, L] float32
+    seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] float32
+    uids: list[str] = field(default_factory=list)
+    pad_token_id: int = 0
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """Response tokens (the loss positions)."""
+        return int(self.response_mask.sum().item())
+
+    @property
+    def num_sequences(self) -> int:
+        """Sequences with at least one response token (fillers from :meth:`without_loss` have none)."""
+        return int((self.response_mask.sum(-1) > 0).sum().item())
+
+    def patch_offsets(self) -> list[int]:
+        """Start of each sample's patches in ``pixel_values_videos`` (length B + 1)."""
+        counts = self.video_grid_thw.prod(-1).tolist()
+        return [0, *np.cumsum(counts).tolist()]
+
+    def select(self, start: int, end: int) -> TrainBatch:
+        """Samples ``[start, end)``, with padding columns that no selected sample uses trimmed off."""
+        if not 0 <= start < end <= len(self):
+            raise IndexError(f"bad slice [{start}, {end}) of a batch of {len(self)}")
+        offsets = self.patch_offsets()
+        width = int(self.attention_mask[start:end].sum(-1).max().item())
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t[start:end, :width].clone()
+
+        return replace(
+            self,
+            input_ids=rows(self.input_ids),
+            attention_mask=rows(self.attention_mask),
+            response_mask=rows(self.response_mask),
+            pixel_values_videos=self.pixel_values_videos[offsets[start] : offsets[end]].clone(),
+            video_grid_thw=self.video_grid_thw[start:end].clone(),
+            second_per_grid_ts=self.second_per_grid_ts[start:end].clone(),
+            mm_token_type_ids=None if self.mm_token_type_ids is None else rows(self.mm_token_type_ids),
+            token_extras={k: rows(v) for k, v in self.token_extras.items()},
+            seq_extras={k: v[start:end].clone() for k, v in self.seq_extras.items()},
+            uids=self.uids[start:end],
+        )
+
+    def split(self, parts: int) -> list[TrainBatch | None]:
+        """``parts`` contiguous pieces, sizes differing by at most one; ``None`` for a piece with no sample."""
+        base, extra = divmod(len(self), parts)
+        out: list[TrainBatch | None] = []
+        start = 0
+        for i in range(parts):
+            end = start + base + (1 if i < extra else 0)
+            out.append(self.select(start, end) if end > start else None)
+            start = end
+        return out
+
+    def chunks(self, size: int) -> list[TrainBatch]:
+        """Consecutive pieces of at most ``size`` samples."""
+        return [self.select(i, min(i + size, len(self))) for i in range(0, len(self), size)]
+
+    def without_loss(self) -> TrainBatch:
+        """One sample with an all-zero response mask: a filler forward/backward that contributes nothing.
+
+        FSDP ranks must run the same number of forward/backward passes (each one all-gathers), so a rank
+        with fewer samples than its peers runs fillers instead of deadlocking them.
+        """
+        one = self.select(0, 1)
+        one.response_mask = torch.zeros_like(one.response_mask)
+        one.seq_extras = {k: torch.zeros_like(v) for k, v in one.seq_extras.items()}
+        one.uids = [""]
+        return one
+
+    def model_inputs(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Keyword arguments for Qwen2.5-VL's forward."""
+        inputs = {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "pixel_values_videos": self.pixel_values_videos,
+            "video_grid_thw": self.video_grid_thw,
+            "second_per_grid_ts": self.second_per_grid_ts,
+        }
+        if self.mm_token_type_ids is not None:
+            inputs["mm_token_type_ids"] = self.mm_token_type_ids
+        return {k: v.to(device) for k, v in inputs.items()}
+
+    def first_response_position(self) -> int:
+        """Smallest index of a response token over the batch (the loss never needs logits before it)."""
+        cols = self.response_mask.sum(0).nonzero()
+        return int(cols[0].item()) if len(cols) else int(self.input_ids.shape[1]) - 1
+
+    @staticmethod
+    def concat(batches: Sequence[TrainBatch]) -> TrainBatch:
+        """Stack batches (re-padding to the widest); the inverse of :meth:`split`."""
+        if not batches:
+            raise ValueError("nothing to concatenate")
+        width = max(b.input_ids.shape[1] for b in batches)
+        pad_id = batches[0].pad_token_id
+
+        def cat(get: Any, value: float) -> torch.Tensor:
+            return torch.cat([_pad_right(get(b), width, value) for b in batches])
+
+        first = batches[0]
+        return TrainBatch(
+            input_ids=cat(lambda b: b.input_ids, pad_id),
+            attention_mask=cat(lambda b: b.attention_mask, 0),
+            response_mask=cat(lambda b: b.response_mask, 0),
+            pixel_values_videos=torch.cat([b.pixel_values_videos for b in batches]),
+            video_grid_thw=torch.cat([b.video_grid_thw for b in batches]),
+            second_per_grid_ts=torch.cat([b.second_per_grid_ts for b in batches]),
+            mm_token_type_ids=None if first.mm_token_type_ids is None else cat(lambda b: b.mm_token_type_ids, 0),
+            token_extras={k: cat(lambda b, k=k: b.token_extras[k], 0) for k in first.token_extras},
+            seq_extras={k: torch.cat([b.seq_extras[k] for b in batches]) for k in first.seq_extras},
+            uids=[u for b in batches for u in b.uids],
+            pad_token_id=pad_id,
+        )
+
+
+def _pad_right(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+
+# VideoMetadata's fields; vLLM drops the rest (e.g. do_sample_frames) before calling the HF processor.
+_METADATA_KEYS = ("total_num_frames", "fps", "width", "height", "duration", "video_backend", "frames_indices")
+
+
+def processor_metadata(frames: np.ndarray, video_metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata the HF processor gets, exactly as vLLM passes it (so both see the same rope positions).
+
+    Note: ``videos_kwargs={"fps": ...}`` is ignored by the Qwen2.5-VL processor in transformers 5 (it reads
+    ``sampled_fps`` from the metadata and falls back to 24 fps), hence metadata, never a bare fps.
+    """
+    if not video_metadata:
+        n = int(frames.shape[0])
+        return {"fps": 2.0, "total_num_frames": n, "frames_indices": list(range(n)), "duration": n / 2.0}
+    return {k: video_metadata[k] for k in _METADATA_KEYS if k in video_metadata}
+
+
+def encode_prompt(
+    processor: Any, prompt: str, frames: np.ndarray, video_metadata: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Prompt + video -> model inputs, the way vLLM's Qwen2.5-VL processing does it."""
+    return processor(
+        text=[prompt],
+        videos=[frames],
+        return_tensors="pt",
+        do_sample_frames=False,
+        video_metadata=[processor_metadata(frames, video_metadata)],
+    )
+
+
+def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
+    """Right-padded batch of prompt + response sequences; loss mask on the response tokens only."""
+    if not examples:
+        raise ValueError("collate needs at least one example")
+    pad_id = processor.tokenizer.pad_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has no pad token")
+    token_keys = set(examples[0].token_extras)
+    seq_keys = set(examples[0].seq_extras)
+    rows: list[dict[str, torch.Tensor]] = []
+    pixels, grids, seconds = [], [], []
+    for ex in examples:
+        if set(ex.token_extras) != token_keys or set(ex.seq_extras) != seq_keys:
+            raise ValueError(f"example {ex.uid!r}: extras differ from the first example's")
+        if len(ex.response_ids) == 0:
+            raise ValueError(f"example {ex.uid!r}: empty response")
+        enc = encode_prompt(processor, ex.prompt, ex.frames, ex.video_metadata)
+        prompt_ids = enc["input_ids"][0]
+        response = torch.as_tensor(list(ex.response_ids), dtype=torch.long)
+        n_prompt, n_resp = len(prompt_ids), len(response)
+        row = {
+            "input_ids": torch.cat([prompt_ids, response]),
+            "attention_mask": torch.ones(n_prompt + n_resp, dtype=torch.long),
+            "response_mask": torch.cat([torch.zeros(n_prompt), torch.ones(n_resp)]),
+        }
+        if "mm_token_type_ids" in enc:
+            row["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"][0], torch.zeros(n_resp, dtype=torch.long)])
+        for key in token_keys:
+            values = torch.as_tensor(list(ex.token_extras[key]), dtype=torch.float32)
+            if len(values) != n_resp:
+                raise ValueError(f"example {ex.uid!r}: {key} has {len(values)} values for {n_resp} response tokens")
+            row["x:" + key] = torch.cat([torch.zeros(n_prompt), values])
+        rows.append(row)
+        pixels.append(enc["pixel_values_videos"])
+        grids.append(enc["video_grid_thw"])
+        seconds.append(enc.get("second_per_grid_ts", torch.ones(1)).float())
+    width = max(len(r["input_ids"]) for r in rows)
+
+    def stack(key: str, value: float) -> torch.Tensor:
+        return torch.stack([_pad_right(r[key][None], width, value)[0] for r in rows])
+
+    return TrainBatch(
+        input_ids=stack("input_ids", pad_id),
+        attention_mask=stack("attention_mask", 0),
+        response_mask=stack("response_mask", 0).float(),
+        pixel_values_videos=torch.cat(pixels),
+        video_grid_thw=torch.cat(grids).long(),
+        second_per_grid_ts=torch.cat(seconds),
+        mm_token_type_ids=stack("mm_token_type_ids", 0) if "mm_token_type_ids" in rows[0] else None,
+        token_extras={k: stack("x:" + k, 0).float() for k in sorted(token_keys)},
+        seq_extras={k: torch.tensor([float(ex.seq_extras[k]) for ex in examples]) for k in sorted(seq_keys)},
+        uids=[ex.uid for ex in examples],
+        pad_token_id=int(pad_id),
+    )

@@ -1,0 +1,81 @@
+"""The loss hook between the learner and the algorithm, and the SFT loss.
+
+A loss function gets the policy's per-token log-probs of one micro-batch and returns that micro-batch's
+*share* of the mini-batch loss: the learner sums shares over micro-batches (gradient accumulation) and over
+ranks (it scales by the world size to undo FSDP's gradient averaging). Normalisers therefore come from the
+whole mini-batch (:class:`LossNorm`), which makes the update independent of how the mini-batch is split over
+ranks and micro-batches: 2 sharded learners compute exactly what 1 learner computes.
+
+Metrics follow the same rule (shares that sum to the mini-batch value), so a token-mean metric is
+``sum(x * mask) / norm.num_tokens``.
+
+Losses are looked up by name: ``sft``, ``grpo`` (the algorithm module, resolved lazily), or
+``package.module:factory`` for anything else. A factory takes the recipe and returns the loss function, so
+hyperparameters (clip epsilon, KL coefficient) are bound once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from vt_ray.learner.batch import TrainBatch
+
+
+@dataclass(frozen=True)
+class LossNorm:
+    """Counts over the whole mini-batch (all micro-batches on all ranks), real samples only."""
+
+    num_tokens: int
+    """Response tokens (sum of response_mask)."""
+    num_sequences: int
+    """Sequences."""
+
+
+class LossFn(Protocol):
+    def __call__(
+        self, logprobs: torch.Tensor, batch: TrainBatch, norm: LossNorm
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``logprobs`` [B, L] aligned with ``batch.input_ids``. Returns (scalar loss share, metric shares)."""
+        ...
+
+
+LossFactory = Callable[[Any], LossFn]
+
+
+def token_mean_share(values: torch.Tensor, batch: TrainBatch, norm: LossNorm) -> torch.Tensor:
+    """This micro-batch's share of the mini-batch token mean of ``values`` over response tokens."""
+    return (values * batch.response_mask).sum() / max(norm.num_tokens, 1)
+
+
+def sft_loss(logprobs: torch.Tensor, batch: TrainBatch, norm: LossNorm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-mean negative log-likelihood of the response tokens (trace + answer + <|im_end|>)."""
+    loss = token_mean_share(-logprobs, batch, norm)
+    return loss, {"sft/nll": loss.detach()}
+
+
+def _grpo_factory(cfg: Any) -> LossFn:
+    # The GRPO math lives in vt_ray.algo (written separately); it exposes ``make_loss(cfg) -> LossFn``.
+    module = importlib.import_module("vt_ray.algo.loss")
+    return module.make_loss(cfg)
+
+
+BUILTIN: dict[str, LossFactory] = {
+    "sft": lambda cfg: sft_loss,
+    "grpo": _grpo_factory,
+}
+
+
+def resolve_loss(name: str, cfg: Any) -> LossFn:
+    """The loss function named ``name`` (see the module docstring), bound to the recipe ``cfg``."""
+    if name in BUILTIN:
+        return BUILTIN[name](cfg)
+    if ":" in name:
+        module_name, attr = name.split(":", 1)
+        factory = getattr(importlib.import_module(module_name), attr)
+        return factory(cfg)
+    raise KeyError(f"unknown loss {name!r}: use one of {sorted(BUILTIN)} or 'package.module:factory'")

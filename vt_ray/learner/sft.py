@@ -1,0 +1,109 @@
+"""The SFT stage: token-mean NLL on gold traces with the learner group, then a Hugging Face checkpoint.
+
+Output layout (``sft.output_dir``, default {run.output_dir}/{run.name}/sft):
+    recipe.yaml        the resolved recipe
+    metrics.jsonl      one line per optimizer step
+    checkpoints/       resumable checkpoints (every learner.checkpoint_every steps and at the end)
+    hf/                the SFT model: GRPO's initial policy and reference (model.path for the next stage)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vt_ray.config.loader import to_yaml
+from vt_ray.config.schema import RecipeConfig
+from vt_ray.learner.batch import collate
+from vt_ray.learner.sft_data import (
+    SftExampleBuilder,
+    iter_batches,
+    load_sft_samples,
+    sft_train_file,
+    steps_per_epoch,
+)
+
+log = logging.getLogger(__name__)
+
+
+def sft_output_dir(cfg: RecipeConfig) -> Path:
+    return Path(cfg.sft.output_dir or Path(cfg.run.output_dir) / cfg.run.name / "sft")
+
+
+@dataclass
+class SftResult:
+    hf_dir: str
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+    skipped: dict[str, int] = field(default_factory=dict)
+    resumed_from_step: int = 0
+
+
+def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> SftResult:
+    """Train on ``sft.train_file`` for ``sft.epochs`` and write ``<output_dir>/hf``. Needs Ray initialised."""
+    from transformers import AutoProcessor
+
+    from vt_ray.learner.group import LearnerGroup
+
+    out = sft_output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(to_yaml(cfg))
+    samples = load_sft_samples(sft_train_file(cfg))
+    processor = AutoProcessor.from_pretrained(cfg.model.path)
+    builder = SftExampleBuilder(cfg, processor)
+    per_epoch = steps_per_epoch(len(samples), cfg.sft.batch_size, cfg.sft.drop_last)
+    total = per_epoch * cfg.sft.epochs
+    log.info("SFT: %d samples, %d steps (%d epochs), %d learners", len(samples), total, cfg.sft.epochs, cfg.resources.learner.num_workers)
+
+    group = LearnerGroup(cfg, runtime_env=runtime_env)
+    try:
+        group.setup(total_steps=total, model_path=cfg.model.path, lr=cfg.sft.lr, reference="none")
+        ckpt_root = str(out / "checkpoints")
+        position = (0, 0)
+        resumed = 0
+        if cfg.sft.resume:
+            extra = group.load_checkpoint(ckpt_root)
+            if extra is not None:
+                position = (int(extra["epoch"]), int(extra["next_index"]))
+                resumed = int(extra.get("step", 0))
+                log.info("SFT resumes at step %d (epoch %d, sample %d)", resumed, *position)
+        losses: list[float] = []
+        step = resumed
+        extra_state = {"epoch": position[0], "next_index": position[1], "step": step}
+        with (out / "metrics.jsonl").open("a") as metrics_file:
+            for epoch, begin, batch_samples in iter_batches(
+                samples, cfg.sft.batch_size, cfg.sft.epochs, cfg.run.seed, cfg.sft.drop_last, position
+            ):
+                started = time.perf_counter()
+                examples = builder.build_many(batch_samples)
+                if not examples:
+                    log.warning("SFT: no usable sample in the batch at epoch %d index %d; skipped", epoch, begin)
+                    continue
+                metrics = group.train_step(collate(processor, examples), "sft")
+                step += 1
+                losses.append(metrics["loss"])
+                extra_state = {"epoch": epoch, "next_index": begin + cfg.sft.batch_size, "step": step}
+                record = {"step": step, "epoch": epoch, "batch_time_s": time.perf_counter() - started, **metrics}
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                log.info("SFT step %d/%d loss %.4f grad_norm %.3f lr %.2e", step, total, metrics["loss"],
+                         metrics["grad_norm"], metrics["lr"])
+                if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
+                    group.save_checkpoint(ckpt_root, extra_state)
+        group.save_checkpoint(ckpt_root, extra_state)
+        hf_dir = group.save_hf(str(out / "hf"))
+    finally:
+        group.shutdown()
+    return SftResult(
+        hf_dir=hf_dir,
+        steps=step,
+        first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None,
+        skipped=dict(builder.skipped.counts),
+        resumed_from_step=resumed,
+    )

@@ -1,0 +1,112 @@
+"""SFT data: samples with a gold trace -> (prompt with video, response ids) examples, in a seeded order.
+
+The prompt is built exactly as in GRPO and evaluation (same chat template, same frame sampling and prompt
+budget as the rollout workers), so SFT teaches the format in the context the policy will later see. The
+response is the gold trace followed by ``<|im_end|>``: the model must also learn to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vt_ray.config.schema import RecipeConfig
+from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
+from vt_ray.learner.batch import Example
+from vt_ray.rollout.prompting import prompt_text
+
+log = logging.getLogger(__name__)
+
+END_OF_TURN = "<|im_end|>"
+
+
+def sft_train_file(cfg: RecipeConfig) -> str:
+    return cfg.sft.train_file or cfg.data.train_file
+
+
+def load_sft_samples(path: str | Path) -> list[VideoSample]:
+    """Samples that have a gold trace, with absolute video paths (shipped to any node)."""
+    samples = resolve_video_paths(read_samples(path), Path(path).parent)
+    with_trace = [s for s in samples if s.trace and s.trace.strip()]
+    if not with_trace:
+        raise ValueError(f"{path}: no sample has a 'trace' (SFT needs gold traces)")
+    if len(with_trace) < len(samples):
+        log.warning("%s: %d of %d samples have no trace and are skipped", path, len(samples) - len(with_trace), len(samples))
+    return with_trace
+
+
+def response_text(sample: VideoSample) -> str:
+    assert sample.trace is not None
+    return sample.trace.strip() + END_OF_TURN
+
+
+def epoch_order(num_samples: int, epoch: int, seed: int) -> list[int]:
+    """A seeded permutation per epoch: the same run resumes into the same order."""
+    return np.random.default_rng([seed, epoch]).permutation(num_samples).tolist()
+
+
+def batch_starts(num_samples: int, batch_size: int, drop_last: bool) -> list[int]:
+    last = num_samples - batch_size if drop_last else num_samples - 1
+    return list(range(0, max(last, -1) + 1, batch_size))
+
+
+@dataclass
+class SkipCounts:
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+
+class SftExampleBuilder:
+    """Decodes a sample's video (fitted to the prompt budget) and tokenises its response."""
+
+    def __init__(self, cfg: RecipeConfig, processor: Any) -> None:
+        from vt_ray.rollout.budget import PromptBudget
+
+        self.cfg, self.processor = cfg, processor
+        self.budget = PromptBudget.from_config(cfg)
+        self.skipped = SkipCounts()
+
+    def build(self, sample: VideoSample) -> Example | None:
+        """The example, or None (counted in ``skipped``) for an unreadable or over-budget video."""
+        from vt_ray.rollout.budget import fit_to_budget
+        from vt_ray.video.errors import VideoError
+
+        prompt = prompt_text(self.processor, sample, self.cfg.prompt)
+        try:
+            fitted = fit_to_budget(sample.video, prompt, self.processor.tokenizer, self.cfg.video, self.budget)
+        except VideoError as err:
+            log.warning("SFT skips %s: %s", sample.uid, err)
+            self.skipped.add(err.reason)
+            return None
+        if fitted.video is None:
+            self.skipped.add("overlong")
+            return None
+        ids = self.processor.tokenizer(response_text(sample), add_special_tokens=False)["input_ids"]
+        return Example(prompt, fitted.video.frames, ids, fitted.video.vllm_metadata(), uid=sample.uid)
+
+    def build_many(self, samples: Sequence[VideoSample]) -> list[Example]:
+        return [ex for ex in (self.build(s) for s in samples) if ex is not None]
+
+
+def iter_batches(
+    samples: Sequence[VideoSample], batch_size: int, epochs: int, seed: int, drop_last: bool,
+    start: tuple[int, int] = (0, 0),
+) -> Iterator[tuple[int, int, list[VideoSample]]]:
+    """(epoch, batch start index, samples) for every batch from data position ``start`` = (epoch, index)."""
+    for epoch in range(start[0], epochs):
+        order = epoch_order(len(samples), epoch, seed)
+        for begin in batch_starts(len(samples), batch_size, drop_last):
+            if epoch == start[0] and begin < start[1]:
+                continue
+            yield epoch, begin, [samples[i] for i in order[begin : begin + batch_size]]
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    return len(batch_starts(num_samples, batch_size, drop_last))

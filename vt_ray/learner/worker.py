@@ -1,0 +1,389 @@
+"""One learner rank: the policy (and frozen reference) sharded with FSDP2, AdamW, the lr schedule, and the
+operations the driver calls. A plain class, usable in-process (world size 1, tests) or as a Ray actor
+(:mod:`vt_ray.learner.group`).
+
+Every public method that touches the model is a collective: all ranks must call it, with their own shard of
+the batch and the same ``num_micro`` (FSDP all-gathers parameters in every forward, so ranks must run the
+same number of forward/backward passes; a short rank runs zero-loss fillers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+from vt_ray.config.schema import RecipeConfig
+from vt_ray.learner import checkpoint as ckpt
+from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
+from vt_ray.learner.schedule import lr_factor, warmup_steps
+from vt_ray.testing.faults import crash_point
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def node_ip() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.util.get_node_ip_address())
+    except ImportError:  # pragma: no cover - ray is a dependency, but the worker does not need it
+        pass
+    return "127.0.0.1"
+
+
+def token_logprobs(model: torch.nn.Module, batch: TrainBatch, device: torch.device) -> torch.Tensor:
+    """[B, L] log p(token t | tokens < t) under ``model`` on response tokens, aligned with ``batch.input_ids``;
+    0 elsewhere, so the result does not depend on how samples were batched.
+
+    Logits are computed only from the first response position on: the prompt is mostly video tokens, and
+    the [B, L, vocab] float32 logits are the largest activation of the step.
+    """
+    ids = batch.input_ids.to(device)
+    length = ids.shape[1]
+    start = max(batch.first_response_position() - 1, 0)
+    out = model(**batch.model_inputs(device), use_cache=False, logits_to_keep=length - start)
+    logits = out.logits[:, :-1].float()  # predicts tokens start+1 .. L-1
+    targets = ids[:, start + 1 :]
+    picked = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
+    full = torch.nn.functional.pad(picked, (start + 1, 0))  # [B, L]
+    return torch.where(batch.response_mask.to(device).bool(), full, torch.zeros_like(full))
+
+
+def _block_classes(model: torch.nn.Module) -> tuple[str, ...]:
+    """Transformer blocks to shard one by one: HF lists them as the modules never split across devices."""
+    return tuple(getattr(model, "_no_split_modules", None) or ())
+
+
+def shard_model(
+    model: torch.nn.Module, mesh: Any, mp: MixedPrecisionPolicy | None, offload: bool
+) -> torch.nn.Module:
+    """FSDP2: each decoder and vision block is its own all-gather unit, then the root takes the rest."""
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if mp is not None:
+        kwargs["mp_policy"] = mp
+    if offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    names = _block_classes(model)
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"no transformer blocks ({names}) found in {type(model).__name__}")
+    for block in blocks:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+class LearnerWorker:
+    def __init__(self, cfg: RecipeConfig, rank: int = 0, world_size: int = 1) -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.lcfg = cfg.learner
+        use_cuda = self.cfg.resources.learner.gpus_per_worker > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        self.model: torch.nn.Module | None = None
+        self.reference: torch.nn.Module | None = None
+        self.step = 0
+        self._losses: dict[str, LossFn] = {}
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def address(self) -> tuple[str, int]:
+        """Rank 0's node address and a free port there: the rendezvous point of the process group."""
+        return node_ip(), free_port()
+
+    def setup(
+        self,
+        master_addr: str = "127.0.0.1",
+        master_port: int | None = None,
+        *,
+        total_steps: int = 1,
+        model_path: str | None = None,
+        lr: float | None = None,
+        reference: str | None = None,
+    ) -> int:
+        """Join the process group, load and shard the model(s), build the optimizer and schedule.
+
+        ``model_path``/``lr``/``reference`` override the recipe (SFT trains model.path at sft.lr with no
+        reference; GRPO starts from the SFT checkpoint). Returns the number of policy parameters.
+        """
+        from torch.distributed.device_mesh import init_device_mesh
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+        self._init_process_group(master_addr, master_port)
+        torch.manual_seed(self.cfg.run.seed + self.rank)
+        self.mesh = init_device_mesh(self.device.type, (self.world_size,))
+        self.model_path = model_path or self.cfg.model.path
+        self.hf_config = AutoConfig.from_pretrained(self.model_path)
+        self.processor = AutoProcessor.from_pretrained(self.model_path)
+
+        # Master weights stay float32; FSDP casts the all-gathered copy to param_dtype for compute.
+        model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=torch.float32)
+        model.config.use_cache = False
+        if self.lcfg.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        mp = MixedPrecisionPolicy(param_dtype=DTYPES[self.lcfg.param_dtype], reduce_dtype=DTYPES[self.lcfg.reduce_dtype])
+        self.model = shard_model(model.train(), self.mesh, mp, offload=False)
+
+        placement = self.lcfg.reference if reference is None else reference
+        if placement != "none":
+            ref_path = self.lcfg.reference_path or self.model_path
+            ref = AutoModelForImageTextToText.from_pretrained(ref_path, dtype=DTYPES[self.lcfg.param_dtype]).eval()
+            ref.requires_grad_(False)
+            offload = placement == "cpu_offload" and self.device.type == "cuda"
+            self.reference = shard_model(ref, self.mesh, None, offload=offload)
+
+        peak_lr = self.lcfg.lr if lr is None else lr
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=peak_lr,
+            betas=tuple(self.lcfg.betas),
+            eps=self.lcfg.eps,
+            weight_decay=self.lcfg.weight_decay,
+        )
+        warmup = warmup_steps(total_steps, self.lcfg.warmup_steps, self.lcfg.warmup_ratio)
+        min_ratio = self.lcfg.min_lr_ratio
+        self.total_steps = total_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, total_steps, min_ratio)
+        )
+        self.step = 0
+        return sum(p.numel() for p in self.model.parameters())  # DTensor numel is the global size
+
+    def ready(self) -> int:
+        return self.rank
+
+    def _init_process_group(self, master_addr: str, master_port: int | None) -> None:
+        backend = self.lcfg.backend
+        if backend == "auto":
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if dist.is_initialized():
+            if dist.get_world_size() != self.world_size:
+                raise RuntimeError(f"a process group of {dist.get_world_size()} ranks already exists")
+            return
+        os.environ["MASTER_ADDR"] = master_addr
+        os.environ["MASTER_PORT"] = str(master_port or free_port())
+        dist.init_process_group(
+            backend,
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=timedelta(seconds=self.lcfg.timeout_s),
+        )
+
+    # ---- forward / update ----------------------------------------------------------------------------------
+    def _micro_batches(self, shard: TrainBatch, num_micro: int) -> tuple[list[TrainBatch], list[bool]]:
+        """``num_micro`` micro-batches of ``micro_batch_size`` at most; fillers (flag False) pad a short rank."""
+        real = shard.chunks(self.lcfg.micro_batch_size)
+        if len(real) > num_micro:
+            raise ValueError(f"{len(shard)} sequences need {len(real)} micro-batches, but num_micro={num_micro}")
+        fillers = [shard.without_loss() for _ in range(num_micro - len(real))]
+        return real + fillers, [True] * len(real) + [False] * len(fillers)
+
+    @torch.no_grad()
+    def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:
+        """[B, L] per-token log-probs of this rank's shard under the policy or the reference (CPU tensor)."""
+        model = self._model(which)
+        model.eval()
+        micro, real = self._micro_batches(shard, num_micro)
+        outs = [token_logprobs(model, mb, self.device).cpu() for mb in micro]
+        width = shard.input_ids.shape[1]
+        return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o, r in zip(outs, real) if r])
+
+    def _model(self, which: str) -> torch.nn.Module:
+        model = {"policy": self.model, "reference": self.reference}.get(which)
+        if model is None:
+            raise ValueError(f"no {which!r} model on this learner (learner.reference={self.lcfg.reference!r})")
+        return model
+
+    def _loss_fn(self, name: str) -> LossFn:
+        if name not in self._losses:
+            self._losses[name] = resolve_loss(name, self.cfg)
+        return self._losses[name]
+
+    def train_step(self, shard: TrainBatch, num_micro: int, loss_name: str = "sft") -> dict[str, float]:
+        """One optimizer step over the mini-batch whose shard this rank holds (gradient accumulation over
+        its micro-batches). Returns mini-batch metrics, identical on every rank."""
+        assert self.model is not None, "call setup() first"
+        started = time.perf_counter()
+        loss_fn = self._loss_fn(loss_name)
+        micro, real = self._micro_batches(shard, num_micro)
+        counts = torch.tensor([float(shard.num_tokens), float(shard.num_sequences)])
+        dist.all_reduce(counts)
+        norm = LossNorm(num_tokens=int(counts[0]), num_sequences=int(counts[1]))
+
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {"loss": 0.0}
+        for mb, is_real in zip(micro, real):
+            logprobs = token_logprobs(self.model, mb, self.device)
+            loss, metrics = loss_fn(logprobs, mb, norm)
+            # FSDP averages gradients over ranks; shares are meant to be summed, hence the world size.
+            (loss * self.world_size).backward()
+            if is_real:
+                sums["loss"] += float(loss.detach())
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+
+        grad_norm = self._clip_grad_norm()
+        lr = float(self.scheduler.get_last_lr()[0])
+        finite = math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+        else:  # a non-finite gradient would poison Adam's moments: skip the update, keep the schedule moving
+            log.warning("learner[%d] step %d: non-finite grad norm, update skipped", self.rank, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+        keys = sorted(sums)
+        reduced = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(reduced)
+        out = {k: float(v) for k, v in zip(keys, reduced.tolist())}
+        out.update(
+            grad_norm=grad_norm,
+            lr=lr,
+            step=float(self.step),
+            skipped=float(not finite),
+            num_tokens=float(norm.num_tokens),
+            num_sequences=float(norm.num_sequences),
+            step_time_s=time.perf_counter() - started,
+        )
+        return out
+
+    def _clip_grad_norm(self) -> float:
+        """Global gradient norm (over all shards), clipping when learner.grad_clip > 0."""
+        assert self.model is not None
+        max_norm = self.lcfg.grad_clip if self.lcfg.grad_clip > 0 else float("inf")
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        total = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(total, "full_tensor"):  # a DTensor when the grads are sharded
+            total = total.full_tensor()
+        return float(total)
+
+    # ---- export ----------------------------------------------------------------------------------------------
+    def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
+        """The full policy state dict in Hugging Face naming, on rank 0 (empty elsewhere), in ``dtype``
+        (default model.dtype, the serving dtype). Collective."""
+        assert self.model is not None
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return {}
+        target = DTYPES[dtype or self.cfg.model.dtype]
+        return {k: v.to(target) if v.is_floating_point() else v for k, v in full.items()}
+
+    def export_safetensors(self, dtype: str | None = None) -> bytes | None:
+        """Rank 0: the state dict as one safetensors blob, the rollout engines' weight-update format."""
+        from safetensors.torch import save
+
+        state = self.export_state_dict(dtype)
+        return save({k: v.contiguous() for k, v in state.items()}) if self.rank == 0 else None
+
+    def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
+        """A Hugging Face model directory (safetensors + config + generation config + processor) that
+        transformers and vLLM load directly. Written to a temp dir, then renamed. Collective."""
+        from huggingface_hub import save_torch_state_dict
+        from transformers import GenerationConfig
+
+        dtype = dtype or self.cfg.model.dtype
+        state = self.export_state_dict(dtype)
+        out = Path(out_dir)
+        if self.rank == 0:
+            tmp = out.with_name(f".tmp_{out.name}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_torch_state_dict(state, tmp, max_shard_size="5GB")
+            config = self.hf_config
+            config.dtype = dtype
+            if getattr(config, "text_config", None) is not None:
+                config.text_config.dtype = dtype
+            config.save_pretrained(tmp)
+            try:
+                GenerationConfig.from_pretrained(self.model_path).save_pretrained(tmp)
+            except OSError:  # the source model had no generation config
+                pass
+            self.processor.save_pretrained(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        dist.barrier()
+        return str(out)
+
+    # ---- resumable checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, root: str, extra_state: dict[str, Any] | None = None) -> str:
+        """Model + optimizer (DCP, sharded), scheduler, step, extra state (e.g. data position) and each rank's
+        RNG, into ``root/step_N``; then ``latest`` and pruning to learner.keep_last. Collective."""
+        assert self.model is not None
+        tmp = ckpt.tmp_dir(root, self.step)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        torch.save(ckpt.rng_state(), tmp / f"rng_rank{self.rank}.pt")
+        if self.rank == 0:
+            state = {
+                "step": self.step,
+                "scheduler": self.scheduler.state_dict(),
+                "world_size": self.world_size,
+                "extra": extra_state or {},
+            }
+            torch.save(state, tmp / ckpt.TRAINER_STATE)
+        crash_point("learner.save_checkpoint", self.rank)  # tests: a kill with the shards written, not committed
+        dist.barrier()
+        final = Path(root) / ckpt.step_dir_name(self.step)
+        if self.rank == 0:
+            final = ckpt.commit(root, self.step, self.lcfg.keep_last)
+        dist.barrier()
+        return str(final)
+
+    def load_checkpoint(self, path: str) -> dict[str, Any] | None:
+        """Restore from a checkpoint root (its ``latest``) or a step dir; returns the extra state, or None
+        when there is no checkpoint. Collective."""
+        assert self.model is not None
+        found = ckpt.resolve(path)
+        if found is None:
+            return None
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(found))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        trainer = ckpt.load_trusted(found / ckpt.TRAINER_STATE)
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        self.step = int(trainer["step"])
+        rng_file = found / f"rng_rank{self.rank}.pt"
+        if rng_file.is_file():
+            ckpt.set_rng_state(ckpt.load_trusted(rng_file))
+        else:  # resumed on more ranks than saved: the new ranks keep their seeded RNG
+            log.warning("learner[%d]: no RNG state in %s", self.rank, found)
+        dist.barrier()
+        return dict(trainer["extra"])
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,110 @@
+"""The composite reward: every component of one response, and their weighted total (the same code for the
+trainer's reward workers and the ``score`` command).
+
+``RewardScorer.score`` returns ``{accuracy, format, temporal_iou, caption_similarity, length_penalty,
+<custom names>..., total, errors, timeouts}``. Built-in components are always computed (cheap, and reported
+even at weight 0 so a run can watch them); ``total = sum(weight * value)``. Built-ins run inline: they never
+raise by contract, but a bug still only zeroes that component and counts an error. Custom rewards run under
+the guard of ``reward.isolation`` (see :mod:`vt_ray.rewards.guard`).
+
+Not thread-safe: use one scorer per thread/actor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from vt_ray.rewards.accuracy import accuracy_reward
+from vt_ray.rewards.config import RewardConfig
+from vt_ray.rewards.format import format_reward
+from vt_ray.rewards.guard import RewardFn, RewardGuard, make_guard, resolve_import_path
+from vt_ray.rewards.optional import caption_similarity, length_penalty, temporal_iou
+from vt_ray.rewards.target import RewardTarget
+from vt_ray.trace import ParsedTrace, parse_trace
+
+log = logging.getLogger(__name__)
+Builtin = Callable[[ParsedTrace, str, RewardTarget, RewardConfig], float]
+
+BUILTINS: dict[str, Builtin] = {
+    "accuracy": accuracy_reward,
+    "format": lambda tr, _resp, t, c: format_reward(tr, t.duration, c.format_mode, c.window_slack_s),
+    "temporal_iou": lambda tr, _resp, t, _c: temporal_iou(tr.windows, t.windows, t.duration),
+    "caption_similarity": lambda tr, _resp, t, c: caption_similarity(tr.captions, t.captions, c.caption_metric),
+    "length_penalty": lambda _tr, resp, _t, c: length_penalty(resp, c.length_max_words, c.length_buffer_words),
+}
+
+
+class RewardScorer:
+    """Scores responses with the configured rewards and keeps run-level counters for metrics."""
+
+    def __init__(self, cfg: RewardConfig) -> None:
+        self.cfg = cfg
+        self.weights = cfg.weights()
+        # Resolve user rewards now so a bad import path fails before the first step, naming its key.
+        functions: dict[str, RewardFn] = {
+            c.path: resolve_import_path(c.path, f"reward.custom[{i}].path") for i, c in enumerate(cfg.custom)
+        }
+        self._guard: RewardGuard | None = (
+            make_guard(cfg.isolation, functions, cfg.timeout_s) if cfg.custom else None
+        )
+        self.counters = {"scored": 0, "errors": 0, "timeouts": 0}
+
+    def score(self, response: str, target: RewardTarget) -> dict[str, float]:
+        if not isinstance(response, str):
+            response = "" if response is None else str(response)
+        trace = parse_trace(response)
+        out: dict[str, float] = {}
+        errors = timeouts = 0
+        for name, fn in BUILTINS.items():
+            try:
+                out[name] = float(fn(trace, response, target, self.cfg))
+            except Exception:  # noqa: BLE001 - a reward bug must not crash a training step
+                log.exception("built-in reward %s failed on response %r", name, response[:200])
+                out[name], errors = 0.0, errors + 1
+        for c in self.cfg.custom:
+            assert self._guard is not None
+            value, outcome = self._guard.call(c.path, response, target)
+            out[c.name] = value
+            errors += outcome == "error"
+            timeouts += outcome == "timeout"
+        out["total"] = sum(self.weights[name] * out[name] for name in self.weights)
+        out["errors"], out["timeouts"] = float(errors), float(timeouts)
+        self.counters["scored"] += 1
+        self.counters["errors"] += errors
+        self.counters["timeouts"] += timeouts
+        return out
+
+    def score_batch(self, responses: Sequence[str], targets: Sequence[RewardTarget]) -> list[dict[str, float]]:
+        if len(responses) != len(targets):
+            raise ValueError(f"{len(responses)} responses but {len(targets)} targets")
+        return [self.score(r, t) for r, t in zip(responses, targets)]
+
+    def close(self) -> None:
+        if self._guard is not None:
+            self._guard.close()
+
+    def __enter__(self) -> RewardScorer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def score_response(response: str, target: RewardTarget, cfg: RewardConfig) -> dict[str, float]:
+    """One response, every component and ``total``. Starts (and stops) the custom-reward guard if needed:
+    score many responses with one :class:`RewardScorer` instead."""
+    with RewardScorer(cfg) as scorer:
+        return scorer.score(response, target)
+
+
+def reward_metrics(results: Sequence[dict[str, float]], prefix: str = "reward/") -> dict[str, float]:
+    """Batch means of every component (``reward/<name>``) and summed ``errors``/``timeouts`` counts."""
+    if not results:
+        return {}
+    out: dict[str, float] = {}
+    for name in results[0]:
+        values = [r[name] for r in results]
+        out[prefix + name] = sum(values) if name in ("errors", "timeouts") else sum(values) / len(values)
+    return out

@@ -1,0 +1,82 @@
+"""What a response is scored against: the ground truth of one sample, without the video.
+
+Built from a :class:`~vt_ray.data.schema.VideoSample` (trainer) or a score-file line (``score`` command), so
+both paths score with the same code. Plain data: JSON round-trips it to the reward worker process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vt_ray.data.schema import ANSWER_TYPES, VideoSample
+
+
+@dataclass(frozen=True)
+class RewardTarget:
+    answer: str
+    """Gold answer: option letter (multiple choice), number (numeric) or text (free text)."""
+    answer_type: str = "multiple_choice"
+    options: tuple[str, ...] = ()
+    """Option texts in letter order, without the letters."""
+    windows: tuple[tuple[float, float], ...] = ()
+    """Ground-truth evidence windows in seconds."""
+    captions: tuple[str, ...] = ()
+    """Reference captions for the windows."""
+    duration: float | None = None
+    """Video duration in seconds, when known."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Anything else a custom reward may want (e.g. category); ignored by the built-in rewards."""
+
+    def __post_init__(self) -> None:
+        if self.answer_type not in ANSWER_TYPES:
+            raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {self.answer_type!r}")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration >= 0):
+            raise ValueError(f"duration must be a finite number >= 0, got {self.duration!r}")
+
+    @classmethod
+    def from_sample(cls, sample: VideoSample) -> RewardTarget:
+        return cls(
+            answer=sample.answer,
+            answer_type=sample.answer_type,
+            options=tuple(sample.options),
+            windows=tuple((float(w[0]), float(w[1])) for w in sample.windows),
+            captions=tuple(sample.captions),
+            duration=sample.duration,
+            extra={"uid": sample.uid, "category": sample.category, "source": sample.source},
+        )
+
+    @classmethod
+    def from_json(cls, line: dict[str, Any]) -> RewardTarget:
+        """From a score-file line ``{"answer", "options"?, "answer_type"?, "windows"?, "captions"?,
+        "duration"?, ...}``. Without ``answer_type``: multiple choice if options are given, numeric if the
+        answer is a number, else free text. Raises ValueError/TypeError/KeyError on a malformed line."""
+        if "answer" not in line:
+            raise KeyError("missing 'answer'")
+        answer = str(line["answer"]).strip()
+        options = tuple(str(o) for o in line.get("options") or ())
+        answer_type = line.get("answer_type") or _infer_answer_type(answer, options)
+        duration = line.get("duration")
+        return cls(
+            answer=answer,
+            answer_type=answer_type,
+            options=options,
+            windows=tuple((float(w[0]), float(w[1])) for w in line.get("windows") or ()),
+            captions=tuple(str(c) for c in line.get("captions") or ()),
+            duration=None if duration is None else float(duration),
+            extra=dict(line.get("extra") or {}),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _infer_answer_type(answer: str, options: tuple[str, ...]) -> str:
+    if options:
+        return "multiple_choice"
+    try:
+        float(answer.replace(",", ""))
+        return "numeric"
+    except ValueError:
+        return "free_text"
