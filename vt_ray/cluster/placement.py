@@ -1,0 +1,77 @@
+"""Ray side of the layout: preflight against the cluster, placement groups, and per-actor options.
+
+Only this module (and the actor-group wrappers that call it) knows about placement groups; roles stay plain
+classes. The bundles come from :func:`vt_ray.cluster.config.placement_groups`, the same function the planner
+and the manifest test use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from vt_ray.cluster.config import PlacementGroupSpec, ResourcesConfig, placement_groups, total_resources
+
+
+class InsufficientResources(RuntimeError):
+    """The cluster cannot hold the recipe's placement groups (raised before any actor or model starts)."""
+
+
+def preflight(res: ResourcesConfig, available: Mapping[str, float]) -> None:
+    """Fail fast with 'need N GPU, cluster has M' instead of waiting forever for a placement group."""
+    need = total_resources(placement_groups(res))
+    short = [f"need {n:g} {key}, cluster has {available.get(key, 0):g}" for key, n in need.items()
+             if n > available.get(key, 0) + 1e-9]
+    if short:
+        raise InsufficientResources("; ".join(short) + " (recipe resources section vs ray.cluster_resources())")
+
+
+@dataclass
+class PlacedGroup:
+    spec: PlacementGroupSpec
+    pg: PlacementGroup
+
+    def actor_options(self, role: str, rank: int) -> dict[str, Any]:
+        """``.options(**...)`` for actor ``rank`` of ``role``: its share of bundle ``rank``. Child tasks stay
+        in the group so a role's helpers cannot land on another node."""
+        request = self.spec.requests[role]
+        return {
+            "num_cpus": request.get("CPU", 0),
+            "num_gpus": request.get("GPU", 0),
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=self.pg, placement_group_bundle_index=rank,
+                placement_group_capture_child_tasks=True,
+            ),
+        }
+
+
+def create_placement_groups(res: ResourcesConfig, timeout_s: float = 300.0) -> dict[str, PlacedGroup]:
+    """Preflight, then one placement group per spec, waited for with a timeout naming the group."""
+    preflight(res, ray.cluster_resources())
+    placed: dict[str, PlacedGroup] = {}
+    try:
+        for spec in placement_groups(res):
+            pg = placement_group([dict(b) for b in spec.bundles], strategy=spec.strategy, name=f"vt_{spec.name}")
+            placed[spec.name] = PlacedGroup(spec, pg)
+            try:
+                ray.get(pg.ready(), timeout=timeout_s)
+            except GetTimeoutError as err:
+                raise InsufficientResources(
+                    f"placement group {spec.name!r} ({len(spec.bundles)} x {spec.bundles[0]}, {spec.strategy}) "
+                    f"not placed within {timeout_s:.0f} s: the bundles do not fit the nodes"
+                ) from err
+    except BaseException:
+        remove_placement_groups(placed)
+        raise
+    return placed
+
+
+def remove_placement_groups(placed: Mapping[str, PlacedGroup]) -> None:
+    for group in placed.values():
+        remove_placement_group(group.pg)
