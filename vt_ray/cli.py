@@ -16,8 +16,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("vt_ray.models.tiny_cli", "write a tiny random Qwen2.5-VL with an offline tokenizer"),
     "make-synthetic-data": ("vt_ray.data.synthetic_cli", "write small synthetic videos and a dataset"),
     "config": ("vt_ray.config.cli", "print the resolved recipe (validates it)"),
+    "plan": ("vt_ray.cluster.plan_cli", "per-GPU memory plan and placement groups for a recipe (refuses overflow)"),
     "generate": ("vt_ray.rollout.generate_cli", "sample responses for dataset videos with vLLM (or HF)"),
+    "sft": ("vt_ray.learner.sft_cli", "supervised fine-tuning on gold traces with the FSDP2 learner group"),
+    "train": ("vt_ray.trainer.train_cli", "GRPO training on Ray (locally or under ray job submit); resumes"),
+    "eval": ("vt_ray.eval.eval_cli", "evaluate a checkpoint on benchmarks and frame counts; writes a report"),
     "demo": ("vt_ray.demo", "the tiny end-to-end run on a local Ray cluster"),
+    "score": ("vt_ray.rewards.score_cli", "score a JSONL of responses with the recipe's rewards"),
 }
 
 

@@ -16,6 +16,7 @@ from vt_ray.config.errors import ConfigError, check
 from vt_ray.eval.config import EvalConfig
 from vt_ray.learner.config import LearnerConfig, SftConfig
 from vt_ray.rewards.config import RewardConfig
+from vt_ray.trainer.config import TrainerConfig
 
 
 def _prompt(name: str) -> str:
@@ -132,6 +133,9 @@ class RolloutConfig:
     the memory on CPU. Set false for the multi-process engine (GPU default)."""
     kv_cache_gib: int = 1
     """CPU only: VLLM_CPU_KVCACHE_SPACE in GiB."""
+    enable_sleep_mode: bool = False
+    """Free vLLM's weights and KV cache while the learner trains, restore them before the weight sync: what makes
+    a colocated layout (resources.colocate) fit on one GPU. GPU only (vLLM sleep mode needs CUDA)."""
 
     def __post_init__(self) -> None:
         check(self.backend in ("vllm", "hf"), "rollout.backend", f"unknown backend {self.backend!r} (vllm | hf)")
@@ -159,8 +163,14 @@ class RecipeConfig:
     sft: SftConfig = field(default_factory=SftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
+        check(
+            not self.rollout.enable_sleep_mode or self.resources.gpus_per_node > 0,
+            "rollout.enable_sleep_mode",
+            "vLLM sleep mode needs GPUs (resources.gpus_per_node is 0)",
+        )
         check(
             self.data.max_prompt_tokens + self.rollout.max_tokens <= self.rollout.max_model_len,
             "rollout.max_model_len",

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 from vt_ray.data.schema import OPTION_LETTERS, VideoSample
 from vt_ray.eval.records import ItemResult
+from vt_ray.rewards.accuracy import extract_choice, extract_number, normalize_text, numbers_match
+from vt_ray.rewards.config import RewardConfig
 from vt_ray.trace import ParsedTrace, parse_trace
 
 Window = Sequence[float]
@@ -53,46 +55,19 @@ _REFLECTION_RE = re.compile(
 
 # --- answers ------------------------------------------------------------------------------------------------
 
-_LETTER_RE = re.compile(r"^\s*(?:\(|\[)?\s*(?:option\s+|answer\s*:?\s*)?([A-Z])\s*(?:\)|\]|\.|:|,|\s|$)", re.I)
-_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_text(text: str) -> str:
-    """Lower case, no punctuation, no articles, single spaces: for free-text answers and caption comparison."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(_ARTICLES_RE.sub(" ", text).split())
-
-
-def _is_word(text: str, pos: int) -> bool:
-    """The capital at ``pos`` is the article "A" or the pronoun "I" ("A red ball", "I think"), not an option."""
-    return text[pos] in "AI" and re.match(r"\s+[a-z]", text[pos + 1 :]) is not None
-
-
 def extract_answer(answer_text: str | None, answer_type: str, options: Sequence[str] = ()) -> str | None:
-    """The normalised prediction from an ``<answer>`` content, or None when nothing usable is there."""
+    """The normalised prediction from an ``<answer>`` content, or None when nothing usable is there.
+
+    The same readers as the accuracy reward (:mod:`vt_ray.rewards.accuracy`), so training and evaluation agree
+    on what counts as an answer: "B", "(B)", "Answer: B", the option text itself, numbers, normalised text."""
     if answer_text is None or not answer_text.strip():
         return None
-    text = answer_text.strip()
     if answer_type == "multiple_choice":
-        letters = OPTION_LETTERS[: len(options)] if options else OPTION_LETTERS
-        norm = normalize_text(text)
-        for i, option in enumerate(options):  # the option's own text first: "A red ball" is not option A
-            if norm and norm == normalize_text(option):
-                return OPTION_LETTERS[i]
-        m = _LETTER_RE.match(text)
-        if (
-            m
-            and m.group(1).upper() in letters
-            and (len(text) <= 3 or m.group(1).isupper())
-            and not _is_word(text, m.start(1))
-        ):
-            return m.group(1).upper()
-        found = {x.group(1) for x in re.finditer(rf"\b([{letters}])\b", text) if not _is_word(text, x.start(1))}
-        return found.pop() if len(found) == 1 else None
+        return extract_choice(answer_text, tuple(options))
     if answer_type == "numeric":
-        m = re.search(r"-?\d+(?:,\d{3})*(?:\.\d+)?", text)
-        return m.group(0).replace(",", "") if m else None
-    return normalize_text(text) or None
+        value = extract_number(answer_text)
+        return None if value is None else repr(value)
+    return normalize_text(answer_text) or None
 
 
 def answer_correct(predicted: str | None, gold: str, answer_type: str) -> bool:
@@ -101,10 +76,9 @@ def answer_correct(predicted: str | None, gold: str, answer_type: str) -> bool:
     if answer_type == "multiple_choice":
         return predicted.upper() == gold.strip().upper()
     if answer_type == "numeric":
-        try:
-            return math.isclose(float(predicted), float(gold), rel_tol=1e-4, abs_tol=1e-6)
-        except ValueError:
-            return False
+        gold_value = extract_number(gold)
+        tol = RewardConfig()
+        return gold_value is not None and numbers_match(float(predicted), gold_value, tol.numeric_abs_tol, tol.numeric_rel_tol)
     return predicted == normalize_text(gold)
 
 

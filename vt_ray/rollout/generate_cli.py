@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     worker = RolloutWorker(cfg, model_path=args.model)
     ready = time.perf_counter()
     sampling = SamplingSettings(
-        n=args.n or cfg.rollout.n,
+        n=1 if args.greedy else (args.n or cfg.rollout.n),
         temperature=0.0 if args.greedy else cfg.rollout.temperature,
         top_p=cfg.rollout.top_p,
         max_tokens=cfg.rollout.max_tokens,

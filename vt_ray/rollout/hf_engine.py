@@ -14,6 +14,8 @@ import torch
 
 from vt_ray.config.schema import ModelConfig, RolloutConfig
 from vt_ray.rollout.types import Completion, GenerationRequest, RolloutResult, SamplingSettings
+from vt_ray.learner.batch import encode_prompt
+from vt_ray.rollout.prompting import banned_token_ids
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,6 +31,7 @@ class HfEngine:
         self.processor = AutoProcessor.from_pretrained(self.model_path)
         self.tokenizer = self.processor.tokenizer
         self.model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=_DTYPES[model.dtype]).eval()
+        self._banned = [[i] for i in banned_token_ids(self.tokenizer)]  # vision placeholders: never sampled
         self._eos = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
 
     @torch.no_grad()
@@ -36,13 +39,9 @@ class HfEngine:
         return [self._generate_one(r, sampling) for r in requests]
 
     def _generate_one(self, req: GenerationRequest, s: SamplingSettings) -> RolloutResult:
-        inputs = self.processor(
-            text=[req.prompt],
-            videos=[req.frames],
-            return_tensors="pt",
-            do_sample_frames=False,
-            videos_kwargs={"fps": req.video_metadata.get("fps", 2.0)},
-        )
+        # Frames + vLLM-style metadata, exactly as the learner encodes them: same temporal positions everywhere
+        # (transformers ignores a bare ``fps`` kwarg when frames are pre-sampled).
+        inputs = encode_prompt(self.processor, req.prompt, req.frames, req.video_metadata)
         prompt_len = inputs["input_ids"].shape[1]
         if s.seed is not None:
             torch.manual_seed(s.seed)
@@ -55,6 +54,7 @@ class HfEngine:
             top_p=None if greedy else s.top_p,
             num_return_sequences=s.n,
             stop_strings=list(s.stop) or None,
+            bad_words_ids=self._banned or None,
             tokenizer=self.tokenizer,
             output_logits=True,
             return_dict_in_generate=True,
@@ -83,6 +83,15 @@ class HfEngine:
         logits = self.model(input_ids=ids).logits.float()  # [1, T, V]
         lp = logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])  # [T-1, 1]
         return lp[:, 0].tolist()
+
+    def sleep(self) -> None:  # the debugging backend keeps its weights: nothing to free
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
+    def reseed(self, seed: int) -> None:
+        torch.manual_seed(seed)
 
     def update_weights(self, state_dict: Mapping[str, torch.Tensor] | bytes, version: int) -> int:
         if isinstance(state_dict, bytes | bytearray):

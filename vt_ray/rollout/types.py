@@ -43,3 +43,9 @@ class RolloutResult:
     uid: str
     prompt_token_ids: list[int]
     completions: list[Completion]
+    prompt: str = ""
+    """The rendered prompt text (filled by the rollout worker): the learner re-encodes exactly this."""
+    frames: np.ndarray | None = None
+    """The frames the engine saw (after any budget downsampling): the learner scores on the same pixels."""
+    video_metadata: dict[str, Any] = field(default_factory=dict)
+    """How ``frames`` were sampled (``DecodedVideo.vllm_metadata()``): sets the temporal positions."""

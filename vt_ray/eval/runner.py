@@ -1,0 +1,90 @@
+"""Evaluate a checkpoint on the recipe's benchmarks through rollout actors (vLLM), resumably.
+
+For each benchmark and each frame count of the sweep, items not yet in ``results.jsonl`` are generated in
+chunks across the rollout workers and scored with :func:`vt_ray.eval.metrics.score_item`; every chunk is
+appended as soon as it is scored, so a killed evaluation resumes where it stopped and never re-runs a finished
+(benchmark, uid, frames). Unreadable or over-long videos are recorded in ``skipped.jsonl`` (and not retried).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from vt_ray.config.schema import RecipeConfig
+from vt_ray.eval.loaders import load_benchmark
+from vt_ray.eval.metrics import score_item
+from vt_ray.eval.records import iter_results, read_results, write_results
+from vt_ray.eval.report import ReportOptions, build_report
+from vt_ray.rollout.types import SamplingSettings
+
+CHUNK = 32  # items per round trip: progress is saved at least this often
+
+
+def eval_sampling(cfg: RecipeConfig) -> SamplingSettings:
+    e = cfg.eval
+    temperature = 0.0 if e.greedy else e.temperature
+    return SamplingSettings(n=1, temperature=temperature, top_p=1.0 if e.greedy else e.top_p,
+                            max_tokens=e.max_tokens, stop=list(cfg.rollout.stop))
+
+
+def _skipped_keys(path: Path) -> set[tuple[str, str, int]]:
+    if not path.is_file():
+        return set()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return {(r["benchmark"], r["uid"], r["frames"]) for r in rows}
+
+
+def evaluate(cfg: RecipeConfig, rollout_group: Any = None, num_workers: int | None = None) -> dict[str, Any]:
+    """Run (or finish) the evaluation and write the report; returns the summary. Uses ``rollout_group`` when
+    given (e.g. the trainer's engines), else starts one on the current Ray cluster for ``model.path``."""
+    out = Path(cfg.eval.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path, skipped_path = out / "results.jsonl", out / "skipped.jsonl"
+    done = {r.key() for r in iter_results(results_path)} if results_path.is_file() else set()
+    done |= _skipped_keys(skipped_path)
+    benches = [(b, load_benchmark(b.format, b.path, b.video_root or None, limit=b.limit)) for b in cfg.eval.benchmarks]
+    owned = rollout_group is None
+    if owned:
+        from vt_ray.rollout.group import RolloutGroup
+
+        rollout_group = RolloutGroup(cfg, num_workers=num_workers or cfg.resources.rollout.num_workers,
+                                     num_cpus=cfg.resources.rollout.cpus_per_worker,
+                                     num_gpus=cfg.resources.rollout.gpus_per_worker)
+    sampling = eval_sampling(cfg)
+    start, generated = time.perf_counter(), 0
+    try:
+        for bench, samples in benches:
+            for frames in cfg.eval.frame_counts:
+                video = dataclasses.replace(cfg.video, num_frames=frames, max_frames=max(frames, cfg.video.max_frames),
+                                            min_frames=min(cfg.video.min_frames, frames))
+                todo = [s for s in samples if (bench.name, s.uid, frames) not in done]
+                by_uid = {s.uid: s for s in todo}
+                for i in range(0, len(todo), CHUNK):
+                    batch = rollout_group.generate(todo[i : i + CHUNK], sampling, video)
+                    items = []
+                    for r in batch.results:
+                        item = score_item(by_uid[r.uid], r.completions[0].text, benchmark=bench.name, frames=frames)
+                        item.extra.update(prompt_tokens=len(r.prompt_token_ids),
+                                          response_tokens=len(r.completions[0].token_ids),
+                                          frames_used=len(r.video_metadata.get("frames_indices", [])))
+                        items.append(item)
+                    write_results(results_path, items, append=True)
+                    with skipped_path.open("a") as f:
+                        for s in batch.skipped:
+                            f.write(json.dumps({"benchmark": bench.name, "uid": s.uid, "frames": frames,
+                                                "reason": s.reason, "detail": s.detail}) + "\n")
+                    generated += len(items)
+                    print(f"[eval] {bench.name} @ {frames} frames: {min(i + CHUNK, len(todo))}/{len(todo)}", flush=True)
+    finally:
+        if owned:
+            rollout_group.shutdown()
+    summary = build_report(read_results(results_path) if results_path.is_file() else [], out,
+                           ReportOptions.from_config(cfg.eval))
+    summary["run"] = {"generated_now": generated, "seconds": round(time.perf_counter() - start, 1),
+                      "skipped_total": len(_skipped_keys(skipped_path)), "model": cfg.model.path}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    return summary

@@ -1,0 +1,1 @@
+"""The GRPO driver: the step loop that ties rollout, reward and learner roles together on Ray."""

@@ -1,0 +1,51 @@
+"""Trainer (driver loop) section of the recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vt_ray.config.errors import check
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 100
+    """GRPO steps (each: one batch of prompts, G rollouts each, one policy update)."""
+    prompts_per_step: int = 32
+    """Prompts drawn per step; the step trains on prompts_per_step x rollout.n responses (assumption)."""
+    update_epochs: int = 1
+    """Passes of policy updates over each step's responses (paper GRPO: 1, on-policy)."""
+    mini_batch_size: int = 0
+    """Responses per optimizer step (0: all of the step's responses, one optimizer step per epoch). With more
+    than one mini-batch or epoch, old log-probs are recomputed by the learner and the ratio is clipped."""
+    val_every: int = 0
+    """Validate on data.val_file every K steps (0: only at the end)."""
+    val_samples: int = 0
+    """Validation prompts per validation (0: the whole split)."""
+    save_every: int = 10
+    """Checkpoint every K steps (and always at the end and on SIGTERM). How many are kept: learner.keep_last."""
+    resume_mode: str = "auto"
+    """auto: continue from the latest complete checkpoint in the run directory if any; never: start fresh
+    (refuses to overwrite a run directory that has checkpoints)."""
+    first_step_timeout_s: float = 3600.0
+    """Timeout for every remote call during the first step (engine warm-up, compilation)."""
+    step_timeout_s: float = 900.0
+    """Timeout for every remote call after the first step: a stuck role raises StepTimeout naming itself."""
+    stop_grace_s: float = 120.0
+    """On SIGTERM: time allowed to finish the current step and write a checkpoint before actors are killed."""
+    log_every: int = 1
+    wandb_mode: str = "offline"
+    """offline | online | disabled. Online needs WANDB_API_KEY in the environment (never in the recipe)."""
+    wandb_project: str = "vt_ray"
+    wandb_entity: str = ""
+
+    def __post_init__(self) -> None:
+        check(self.total_steps >= 1, "trainer.total_steps", "must be >= 1")
+        check(self.prompts_per_step >= 1, "trainer.prompts_per_step", "must be >= 1")
+        check(self.update_epochs >= 1, "trainer.update_epochs", "must be >= 1")
+        check(self.mini_batch_size >= 0, "trainer.mini_batch_size", "must be >= 0")
+        check(self.val_every >= 0, "trainer.val_every", "must be >= 0")
+        check(self.save_every >= 1, "trainer.save_every", "must be >= 1")
+        check(self.resume_mode in ("auto", "never"), "trainer.resume_mode", f"unknown mode {self.resume_mode!r}")
+        check(self.first_step_timeout_s > 0 and self.step_timeout_s > 0, "trainer.step_timeout_s", "must be > 0")
+        check(self.wandb_mode in ("offline", "online", "disabled"), "trainer.wandb_mode", "offline | online | disabled")

@@ -1,0 +1,399 @@
+"""The GRPO driver loop on Ray.
+
+Each step: draw prompts (deterministic, resumable order) -> rollout actors sample G responses per prompt from
+the decoded video -> reward actors score them -> learners compute old/reference log-probs -> group-relative
+advantages -> GRPO update over mini-batches and epochs -> new weights pushed into the running engines ->
+metrics, validation and checkpoints on schedule.
+
+Reliability: every remote call has a timeout naming role, method and rank (long for the first step, shorter
+after); a rollout actor that dies is restarted and only its prompts are re-sent; a video that cannot be decoded
+or does not fit the prompt budget is skipped, counted, remembered in the checkpoint and replaced from the
+sampler; SIGTERM finishes the current step, checkpoints and exits cleanly; a checkpoint is either complete or
+ignored; a resumed run continues with the same data order and sampler seeds, so its steps equal the
+uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
+from vt_ray.config.loader import to_yaml
+from vt_ray.cluster.placement import create_placement_groups, remove_placement_groups
+from vt_ray.config.schema import RecipeConfig
+from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
+from vt_ray.rewards.composite import reward_metrics
+from vt_ray.rewards.target import RewardTarget
+from vt_ray.rollout.types import RolloutResult, SamplingSettings
+from vt_ray.testing.faults import crash_point
+from vt_ray.trace import parse_trace
+from vt_ray.trainer.metrics import MetricsLogger, truncate_jsonl
+from vt_ray.trainer.sampler import PromptSampler
+
+log = logging.getLogger(__name__)
+MAX_REFILL_ROUNDS = 3
+
+
+@dataclass
+class Responses:
+    """A step's generated data, flattened to one row per response (group = prompt index)."""
+
+    results: list[RolloutResult]
+    samples: list[VideoSample]
+    texts: list[str]
+    group_ids: list[int]
+    token_counts: list[int]
+    truncated: list[bool]
+
+
+def sampling_for_training(cfg: RecipeConfig) -> SamplingSettings:
+    r = cfg.rollout
+    return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, stop=list(r.stop))
+
+
+def sampling_for_validation(cfg: RecipeConfig) -> SamplingSettings:
+    return SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_tokens=cfg.rollout.max_tokens, stop=list(cfg.rollout.stop))
+
+
+class GracefulStop:
+    """SIGTERM/SIGINT: finish the current step, checkpoint, exit. A watchdog hard-exits after the grace period
+    so a stuck step cannot keep a preempted pod alive."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.requested = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested.is_set():  # second signal: stop now
+            os._exit(128 + signum)
+        log.warning("signal %d: finishing the current step, then checkpointing (grace %.0f s)", signum, self.grace_s)
+        print(f"[train] received signal {signum}: checkpointing after the current step", flush=True)
+        self.requested.set()
+        threading.Thread(target=self._watchdog, args=(signum,), daemon=True).start()
+
+    def _watchdog(self, signum: int) -> None:
+        time.sleep(self.grace_s)  # a deadline, not a test synchronisation
+        print(f"[train] grace period of {self.grace_s:.0f} s exceeded: exiting without a final checkpoint", flush=True)
+        os._exit(128 + signum)
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: RecipeConfig) -> None:
+        self.cfg = cfg
+        self.tc = cfg.trainer
+        self.run_dir = Path(cfg.run.output_dir).resolve() / cfg.run.name
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.step = 0
+        self.skip_totals: Counter[str] = Counter()
+        self.stop = GracefulStop(self.tc.stop_grace_s)
+        self.placement: Any = None
+        self.rollout: Any = None
+        self.rewards: Any = None
+        self.learner: Any = None
+        self.logger: MetricsLogger | None = None
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        train_file, val_file = Path(self.cfg.data.train_file), Path(self.cfg.data.val_file)
+        self.train = resolve_video_paths(read_samples(train_file), train_file.parent)
+        self.val = resolve_video_paths(read_samples(val_file), val_file.parent) if val_file.is_file() else []
+        if self.tc.val_samples:
+            self.val = self.val[: self.tc.val_samples]
+        self.sampler = PromptSampler(self.train, seed=self.cfg.run.seed)
+
+    def _start_roles(self) -> None:
+        from transformers import AutoProcessor
+
+        from vt_ray.learner.group import LearnerGroup
+        from vt_ray.rollout.group import RolloutGroup
+        from vt_ray.trainer.reward_group import RewardGroup
+
+        res = self.cfg.resources
+        timeout = self.tc.first_step_timeout_s
+        self.placement = create_placement_groups(res, timeout_s=timeout)
+        self.processor = AutoProcessor.from_pretrained(self.cfg.model.path)
+        self.learner = LearnerGroup(self.cfg, actor_options=lambda rank: self._options("learner", rank))
+        self.rollout = RolloutGroup(
+            self.cfg, num_workers=res.rollout.num_workers, call_timeout_s=timeout,
+            actor_options=lambda rank: self._options("rollout", rank),
+        )
+        self.rewards = RewardGroup(
+            self.cfg.reward, res.reward.num_workers, lambda rank: self._options("reward", rank), timeout
+        )
+        self.learner.setup(total_steps=self.optimizer_steps_total(), model_path=self.cfg.model.path)
+
+    def _options(self, role: str, rank: int) -> dict[str, Any]:
+        group = next(g for g in self.placement.values() if role in g.spec.requests)
+        return group.actor_options(role, rank)
+
+    def optimizer_steps_total(self) -> int:
+        return self.tc.total_steps * self.tc.update_epochs * self._minibatches_per_step()
+
+    def _minibatches_per_step(self) -> int:
+        responses = self.tc.prompts_per_step * self.cfg.rollout.n
+        size = self.tc.mini_batch_size or responses
+        return max(1, -(-responses // size))
+
+    def _set_timeouts(self, seconds: float) -> None:
+        self.rollout.call_timeout_s = seconds
+        self.rewards.call_timeout_s = seconds
+        self.learner.timeout_s = seconds
+
+    # ---- resume --------------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        from vt_ray.learner.checkpoint import resolve
+
+        found = resolve(self.ckpt_root) if self.ckpt_root.is_dir() else None
+        partial = sorted(p.name for p in self.ckpt_root.glob(".tmp_*")) if self.ckpt_root.is_dir() else []
+        if partial:
+            print(f"[train] ignoring incomplete checkpoint(s) from an interrupted save: {partial}", flush=True)
+        if found is None:
+            return
+        if self.tc.resume_mode == "never":
+            raise RuntimeError(f"{self.ckpt_root} has checkpoints and trainer.resume_mode=never: use a new run.name")
+        state = self.learner.load_checkpoint(str(found)) or {}
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.skip_totals = Counter(state.get("skip_totals", {}))
+        for name in ("samples.jsonl", "validation.jsonl"):
+            truncate_jsonl(self.run_dir / name, self.step)
+        self._sync_weights()  # the engines start from model.path: give them the restored policy
+        print(f"[train] resumed from {found} at step {self.step}", flush=True)
+
+    def _driver_state(self) -> dict[str, Any]:
+        return {"step": self.step, "sampler": self.sampler.state_dict(), "skip_totals": dict(self.skip_totals)}
+
+    def save(self) -> str:
+        start = time.perf_counter()
+        path = self.learner.save_checkpoint(str(self.ckpt_root), extra_state=self._driver_state())
+        print(f"[train] checkpoint step {self.step} -> {path} ({time.perf_counter() - start:.1f} s)", flush=True)
+        return path
+
+    # ---- one step ------------------------------------------------------------------------------------------
+    def _generate(self, first: list[VideoSample]) -> tuple[list[RolloutResult], list[VideoSample], Counter[str]]:
+        """Responses for ``len(first)`` prompts: skipped samples are counted, remembered and replaced."""
+        want, by_uid = len(first), {s.uid: s for s in first}
+        results: list[RolloutResult] = []
+        skipped: Counter[str] = Counter()
+        todo = first
+        for _ in range(MAX_REFILL_ROUNDS + 1):
+            out = self.rollout.generate(todo, sampling_for_training(self.cfg))
+            results += out.results
+            for s in out.skipped:
+                self.sampler.mark_skipped(s.uid, s.reason)
+                skipped[s.reason] += 1
+                log.warning("skipped %s (%s): %s", s.video, s.reason, s.detail)
+            if len(results) >= want or not out.skipped:
+                break
+            todo = self.sampler.take(want - len(results))
+            by_uid.update((s.uid, s) for s in todo)
+        return results, [by_uid[r.uid] for r in results], skipped
+
+    def _flatten(self, results: list[RolloutResult], samples: list[VideoSample]) -> Responses:
+        texts, groups, tokens, truncated = [], [], [], []
+        for g, r in enumerate(results):
+            for c in r.completions:
+                texts.append(c.text)
+                groups.append(g)
+                tokens.append(len(c.token_ids))
+                truncated.append(c.finish_reason == "length")
+        return Responses(results, samples, texts, groups, tokens, truncated)
+
+    def _train_batch(self, data: Responses, scores: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
+        from vt_ray.learner.batch import Example, collate
+
+        examples = [
+            Example(prompt=r.prompt, frames=r.frames, response_ids=c.token_ids, video_metadata=r.video_metadata, uid=r.uid,
+                    token_extras={"sampler_logprobs": c.logprobs})
+            for r in data.results for c in r.completions
+        ]
+        batch = collate(self.processor, examples)
+        timings: dict[str, float] = {}
+        metrics: dict[str, float] = {}
+        start = time.perf_counter()
+        mask = batch.response_mask
+        recompute_old = self.tc.update_epochs > 1 or self._minibatches_per_step() > 1
+        old = self.learner.compute_logprobs(batch, "policy") if recompute_old else None
+        ref = self.learner.compute_logprobs(batch, "reference") if self.cfg.algorithm.needs_reference else None
+        timings["time/logprobs_s"] = time.perf_counter() - start
+        if old is not None:
+            rollout_lp = batch.token_extras["sampler_logprobs"]
+            metrics["rollout/learner_logprob_abs_diff"] = float(((old - rollout_lp).abs() * mask).sum() / mask.sum())
+            batch.token_extras["old_logprobs"] = old
+        if ref is not None:
+            batch.token_extras["ref_logprobs"] = ref
+            if self.cfg.algorithm.use_kl_in_reward:
+                current = old if old is not None else self.learner.compute_logprobs(batch, "policy")
+                scores, kl_metrics = apply_kl_in_reward(self.cfg.algorithm, scores, current, ref, mask)
+                metrics.update(kl_metrics)
+        adv, keep, adv_metrics = compute_grpo_advantages(self.cfg.algorithm, scores, data.group_ids)
+        metrics.update(adv_metrics)
+        batch.seq_extras["advantages"] = adv.float()
+        batch.response_mask = mask * keep.float()[:, None]
+        start = time.perf_counter()
+        size = self.tc.mini_batch_size or len(batch)
+        update: list[dict[str, float]] = []
+        for _ in range(self.tc.update_epochs):
+            for mini in batch.chunks(size):
+                update.append(self.learner.train_step(mini, "grpo"))
+        timings["time/update_s"] = time.perf_counter() - start
+        for key in update[0]:  # the learner's own keys (loss, grad_norm, lr, ...) go under actor/
+            name = key if "/" in key else f"actor/{key}"
+            metrics[name] = sum(u[key] for u in update) / len(update)
+        return metrics, timings
+
+    def _sync_weights(self) -> float:
+        start = time.perf_counter()
+        if self.cfg.rollout.enable_sleep_mode:
+            self.rollout.wake_up()
+        blob = self.learner.export_safetensors(self.cfg.model.dtype)
+        self.rollout.update_weights(blob, version=self.step)
+        return time.perf_counter() - start
+
+    def train_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self.rollout.reseed(self.cfg.run.seed * 1_000_003 + self.step)
+        prompts = self.sampler.take(self.tc.prompts_per_step)
+        results, samples, skipped = self._generate(prompts)
+        if not results:
+            raise RuntimeError(f"step {self.step}: every prompt was skipped ({dict(skipped)})")
+        data = self._flatten(results, samples)
+        if self.cfg.rollout.enable_sleep_mode:
+            self.rollout.sleep()  # colocated: the learner gets the GPU memory back
+        t1 = time.perf_counter()
+        targets = [RewardTarget.from_sample(samples[g]) for g in data.group_ids]
+        scored = self.rewards.score(data.texts, targets)
+        t2 = time.perf_counter()
+        scores = torch.tensor([s["total"] for s in scored], dtype=torch.float32)
+        metrics, timings = self._train_batch(data, scores)
+        self.step += 1
+        sync_s = self._sync_weights()
+        self.skip_totals.update(skipped)
+        parsed = [parse_trace(t) for t in data.texts]
+        metrics.update(reward_metrics(scored))
+        metrics.update({
+            "trace/valid_share": sum(p.violations == () for p in parsed) / len(parsed),
+            "response/length_mean": sum(data.token_counts) / len(data.token_counts),
+            "response/length_max": float(max(data.token_counts)),
+            "response/truncated_share": sum(data.truncated) / len(data.truncated),
+            "data/prompts": float(len(results)),
+            "data/responses": float(len(data.texts)),
+            "data/consumed_total": float(self.sampler.state.consumed),
+            "rollout/actor_restarts": float(self.rollout.metrics.actor_restarts),
+            "time/rollout_s": t1 - t0,
+            "time/reward_s": t2 - t1,
+            "time/weight_sync_s": sync_s,
+            **timings,
+            **{f"data/skipped_{k}": float(v) for k, v in self.skip_totals.items()},
+        })
+        metrics["time/step_s"] = time.perf_counter() - t0
+        with (self.run_dir / "samples.jsonl").open("a") as f:
+            f.write(json.dumps({"step": self.step, "uids": [r.uid for r in results]}) + "\n")
+        return metrics
+
+    # ---- validation ----------------------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        if not self.val:
+            return {}
+        start = time.perf_counter()
+        out = self.rollout.generate(self.val, sampling_for_validation(self.cfg))
+        by_uid = {s.uid: s for s in self.val}
+        texts = [r.completions[0].text for r in out.results]
+        scored = self.rewards.score(texts, [RewardTarget.from_sample(by_uid[r.uid]) for r in out.results])
+        metrics = reward_metrics(scored, prefix="val/")
+        metrics["val/valid_share"] = sum(parse_trace(t).violations == () for t in texts) / max(len(texts), 1)
+        metrics["val/samples"] = float(len(texts))
+        metrics["time/val_s"] = time.perf_counter() - start
+        with (self.run_dir / "validation.jsonl").open("a") as f:
+            for r, text, s in zip(out.results, texts, scored):
+                f.write(json.dumps({"step": self.step, "uid": r.uid, "response": text, **s}) + "\n")
+        return metrics
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "recipe.yaml").write_text(to_yaml(self.cfg))
+        self._load_data()
+        self.stop.install()
+        summary: dict[str, Any] = {"run_dir": str(self.run_dir)}
+        try:
+            self._start_roles()
+            self._resume()
+            self.logger = MetricsLogger(
+                self.run_dir, self.cfg.run.name, json.loads(json.dumps(_plain(self.cfg))), self.tc.wandb_mode,
+                self.tc.wandb_project, self.tc.wandb_entity, resume_step=self.step,
+            )
+            if self.step == 0:
+                self._truncate_run_logs()
+                if self.val:
+                    before = self.validate()
+                    self.logger.log(0, before)
+            first = True
+            while self.step < self.tc.total_steps and not self.stop.requested.is_set():
+                metrics = self.train_step()
+                if first:
+                    self._set_timeouts(self.tc.step_timeout_s)
+                    first = False
+                last = self.step == self.tc.total_steps
+                if self.val and ((self.tc.val_every and self.step % self.tc.val_every == 0) or last):
+                    metrics.update(self.validate())
+                self.logger.log(self.step, metrics)
+                if self.step % self.tc.save_every == 0 or last or self.stop.requested.is_set():
+                    self.save()
+                    crash_point("trainer.after_save", self.step)  # tests: SIGKILL-equivalent right after a save
+            summary["step"] = self.step
+            summary["stopped_early"] = self.stop.requested.is_set()
+            if self.step >= self.tc.total_steps and not self.stop.requested.is_set():
+                hf_dir = self.run_dir / "hf"
+                self.learner.save_hf(str(hf_dir), self.cfg.model.dtype)
+                summary["hf_checkpoint"] = str(hf_dir)
+            return summary
+        finally:
+            self.shutdown()
+            self.stop.uninstall()
+
+    def _truncate_run_logs(self) -> None:
+        for name in ("samples.jsonl", "validation.jsonl", "metrics.jsonl"):
+            (self.run_dir / name).unlink(missing_ok=True)
+
+    def shutdown(self) -> None:
+        for role in (self.rollout, self.rewards, self.learner):
+            if role is not None:
+                try:
+                    role.shutdown()
+                except Exception as err:  # keep tearing down the rest
+                    log.warning("shutdown of %s failed: %s", type(role).__name__, err)
+        if self.placement is not None:
+            remove_placement_groups(self.placement)
+            self.placement = None
+        if self.logger is not None:
+            self.logger.close()
+
+
+def _plain(cfg: RecipeConfig) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

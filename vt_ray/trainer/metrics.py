@@ -1,0 +1,83 @@
+"""Step metrics to the console, a JSONL file and Weights & Biases (offline unless the recipe says online).
+
+The JSONL file is the source of truth for tests and plots; a resumed run truncates it to the checkpointed step
+so no step appears twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CONSOLE_KEYS = (
+    "reward/total",
+    "reward/accuracy",
+    "reward/format",
+    "val/accuracy",
+    "trace/valid_share",
+    "actor/pg_loss",
+    "actor/kl_loss",
+    "response/length_mean",
+    "time/step_s",
+)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, run_name: str, config: dict[str, Any], wandb_mode: str = "offline",
+                 wandb_project: str = "vt_ray", wandb_entity: str = "", resume_step: int = 0) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(resume_step)
+        self._wandb = None
+        if wandb_mode != "disabled":
+            try:
+                import wandb
+
+                self._wandb = wandb.init(
+                    project=wandb_project, entity=wandb_entity or None, name=run_name, dir=str(run_dir),
+                    mode=wandb_mode, config=config, id=f"{run_name}", resume="allow",
+                )
+            except Exception as err:  # logging must never stop training; the JSONL file is always there
+                log.warning("W&B disabled: %s", err)
+
+    def _truncate_after(self, step: int) -> None:
+        truncate_jsonl(self.path, step)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
+        shown = "  ".join(
+            f"{k.replace('reward/', '').replace('/', '_')}={metrics[k]:.3f}" for k in CONSOLE_KEYS if isinstance(metrics.get(k), int | float)
+        )
+        print(f"[step {step}] {shown}", flush=True)
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Drop records of steps after ``step`` (written after the checkpoint a run resumes from)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
