@@ -133,6 +133,8 @@ def _learner(model_dir: Path, *extra: str, total_steps: int = 4):
 def test_export_keys_and_save_hf_reload_gives_identical_logits(tiny_model_dir: Path, processor, tmp_path: Path) -> None:
     from transformers import AutoModelForImageTextToText
 
+    from vt_ray.models.hf_load import load_vl_model
+
     worker = _learner(tiny_model_dir, "learner.reference=none")
     batch = collate(processor, make_examples(processor, 3))
     worker.train_step(batch, num_micro=2, loss_name="sft")  # exported weights differ from the source's
@@ -143,7 +145,7 @@ def test_export_keys_and_save_hf_reload_gives_identical_logits(tiny_model_dir: P
     assert any(not torch.equal(exported[k], v) for k, v in hf.state_dict().items())
 
     out = Path(worker.save_hf(str(tmp_path / "hf")))
-    reloaded = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
+    reloaded = load_vl_model(str(out), torch.float32).eval()
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in exported.items())
     with torch.no_grad():
         worker.model.eval()

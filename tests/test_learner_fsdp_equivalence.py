@@ -40,10 +40,10 @@ def batch(tiny_model_dir: Path):
 
 def plain_reference(model_dir: Path, batch) -> tuple[list[float], dict[str, torch.Tensor]]:
     """The textbook update, no FSDP: whole batch, token-mean NLL, clip, AdamW, same schedule."""
-    from transformers import AutoModelForImageTextToText
+    from vt_ray.models.hf_load import load_vl_model
 
     cfg = load_config(None, [f"model.path={model_dir}", *OVERRIDES]).learner
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).train()
+    model = load_vl_model(str(model_dir), torch.float32).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 0, STEPS, cfg.min_lr_ratio))
     losses = []

@@ -49,3 +49,34 @@ def test_weight_update_in_place_matches_transformers(engine, tiny_model_dir: Pat
     after_hf = _hf_prompt_logprobs(model, tok, PROBE)
     assert (after_vllm - before_vllm).abs().max() > 1e-3  # the update took effect
     torch.testing.assert_close(after_vllm, after_hf, atol=1e-4, rtol=0)
+
+
+def test_video_prompt_logprobs_match_the_learner_forward(engine, tiny_model_dir: Path, synthetic_dir: Path) -> None:
+    """The learner scores rollouts with transformers; vLLM samples them. Every token after the video must see
+    the same positions and vision features, or GRPO's importance ratios and the SFT policy are wrong."""
+    from transformers import AutoProcessor
+
+    from vt_ray.config.loader import load_config
+    from vt_ray.data.schema import read_samples, resolve_video_paths
+    from vt_ray.learner.batch import encode_prompt
+    from vt_ray.models.hf_load import load_vl_model
+    from vt_ray.rollout.prompting import prompt_text
+    from vt_ray.video import read_video
+
+    cfg = load_config(str(Path(__file__).parents[1] / "recipes/tiny_cpu.yaml"), [f"model.path={tiny_model_dir}"])
+    sample = resolve_video_paths(read_samples(synthetic_dir / "val.jsonl"), synthetic_dir)[0]
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    text = prompt_text(processor, sample, cfg.prompt) + sample.trace + "<|im_end|>"
+    video = read_video(sample.video, cfg.video)
+    engine.update_weights(load_vl_model(str(tiny_model_dir), torch.float32).state_dict(), version=2)  # pristine
+
+    inputs = encode_prompt(processor, text, video.frames, video.vllm_metadata())
+    assert float(inputs["second_per_grid_ts"][0]) > 1.0  # temporal positions outrun the spatial ones
+    model = load_vl_model(str(tiny_model_dir), torch.float32).eval()
+    with torch.no_grad():
+        logits = model(**inputs).logits[0].double()
+    ids = inputs["input_ids"][0]
+    hf = logits[:-1].log_softmax(-1).gather(-1, ids[1:, None])[:, 0]
+    ours = torch.tensor(engine.prompt_logprobs(text, (video.frames, video.vllm_metadata())), dtype=torch.float64)
+    assert ours.shape == hf.shape
+    torch.testing.assert_close(ours, hf, atol=1e-4, rtol=0)

@@ -133,7 +133,9 @@ class LearnerWorker:
         reference; GRPO starts from the SFT checkpoint). Returns the number of policy parameters.
         """
         from torch.distributed.device_mesh import init_device_mesh
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoProcessor
+
+        from vt_ray.models.hf_load import load_vl_model
 
         self._init_process_group(master_addr, master_port)
         torch.manual_seed(self.cfg.run.seed + self.rank)
@@ -143,7 +145,7 @@ class LearnerWorker:
         self.processor = AutoProcessor.from_pretrained(self.model_path)
 
         # Master weights stay float32; FSDP casts the all-gathered copy to param_dtype for compute.
-        model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=torch.float32)
+        model = load_vl_model(self.model_path, torch.float32)
         model.config.use_cache = False
         if self.lcfg.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -153,7 +155,7 @@ class LearnerWorker:
         placement = self.lcfg.reference if reference is None else reference
         if placement != "none":
             ref_path = self.lcfg.reference_path or self.model_path
-            ref = AutoModelForImageTextToText.from_pretrained(ref_path, dtype=DTYPES[self.lcfg.param_dtype]).eval()
+            ref = load_vl_model(ref_path, DTYPES[self.lcfg.param_dtype]).eval()
             ref.requires_grad_(False)
             offload = placement == "cpu_offload" and self.device.type == "cuda"
             self.reference = shard_model(ref, self.mesh, None, offload=offload)

@@ -22,7 +22,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 class HfEngine:
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0, model_path: str | None = None):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoProcessor
+
+        from vt_ray.models.hf_load import load_vl_model
 
         self.model_path = model_path or model.path
         self.rollout = rollout
@@ -30,7 +32,7 @@ class HfEngine:
         self.weight_version = 0
         self.processor = AutoProcessor.from_pretrained(self.model_path)
         self.tokenizer = self.processor.tokenizer
-        self.model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=_DTYPES[model.dtype]).eval()
+        self.model = load_vl_model(self.model_path, _DTYPES[model.dtype]).eval()
         self._banned = [[i] for i in banned_token_ids(self.tokenizer)]  # vision placeholders: never sampled
         self._eos = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
 

@@ -91,11 +91,15 @@ class VllmEngine:
             for req, out in zip(requests, outputs, strict=True)
         ]
 
-    def prompt_logprobs(self, text: str) -> list[float]:
-        """Log-probs of each token of a plain text prompt after the first: the weight-sync probe."""
+    def prompt_logprobs(self, text: str, video: tuple[Any, dict[str, Any]] | None = None) -> list[float]:
+        """Log-probs of each prompt token after the first: the weight-sync probe and the video parity check.
+
+        ``video`` is (frames, vllm metadata) for a prompt with one video placeholder.
+        """
         from vllm import SamplingParams
 
-        out = self.llm.generate([text], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+        prompt: Any = text if video is None else {"prompt": text, "multi_modal_data": {"video": video}}
+        out = self.llm.generate([prompt], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
         ids = out.prompt_token_ids
         return [float(lp[ids[i]].logprob) for i, lp in enumerate(out.prompt_logprobs) if lp is not None]
 
