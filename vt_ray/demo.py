@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     _timed(state, "tiny model", lambda: stage_model(state))
     _timed(state, "synthetic data", lambda: stage_data(state, args.num_videos))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_SILENT", "true")  # the run stays in runs/<name>/wandb; the summary says where
     res = cfg.resources
     ray.init(num_cpus=res.num_nodes * res.cpus_per_node, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}})

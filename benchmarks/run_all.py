@@ -1,0 +1,26 @@
+"""``make bench``: every benchmark in turn, each printing its own figures (nothing here asserts on time)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ("benchmarks.rollout_throughput", "benchmarks.curation_throughput")
+
+
+def main() -> int:
+    for name in BENCHMARKS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            print(f"[bench] {name}: not present, skipped", flush=True)
+            continue
+        print(f"[bench] {name}", flush=True)
+        module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
