@@ -197,6 +197,9 @@ def encode_prompt(
         videos=[frames],
         return_tensors="pt",
         do_sample_frames=False,
+        # Frames arrive already resized to video.max_pixels (vt_ray.video), so the per-frame cap has nothing to
+        # do; False is transformers' current default (what vLLM gets) and says so instead of warning each call.
+        cap_pixels_per_frame=False,
         video_metadata=[processor_metadata(frames, video_metadata)],
     )
 

@@ -1,5 +1,6 @@
 """``python -m vt_ray generate recipe=... [--split val] [--limit N] [--out FILE]``: sample traces for dataset
-videos with the recipe's rollout engine and write them as JSONL (one line per sample, all n responses).
+videos with the recipe's rollout engine and write them as JSONL: one line per response with the sample's ground
+truth, the input ``python -m vt_ray score`` takes.
 
 Runs one worker in this process (no Ray): the quickest way to look at what a checkpoint writes.
 """
@@ -9,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from vt_ray.config.loader import load_from_cli
 from vt_ray.data.schema import read_samples, resolve_video_paths
+from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.types import SamplingSettings
 from vt_ray.trace import parse_trace
 
@@ -54,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
     tokens = sum(len(c.token_ids) for c in responses)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        by_uid = {s.uid: s for s in samples}
         with open(args.out, "w") as f:
             for r in batch.results:
-                f.write(json.dumps({"uid": r.uid, "prompt_tokens": len(r.prompt_token_ids),
-                                    "responses": [asdict(c) for c in r.completions]}) + "\n")
+                truth = RewardTarget.from_sample(by_uid[r.uid]).to_json()
+                for index, c in enumerate(r.completions):
+                    f.write(json.dumps({"uid": r.uid, "index": index, "response": c.text, **truth,
+                                        "finish_reason": c.finish_reason, "response_tokens": len(c.token_ids),
+                                        "prompt_tokens": len(r.prompt_token_ids)}, ensure_ascii=False) + "\n")
     print(
         f"{cfg.rollout.backend}: {len(batch.results)} samples x {sampling.n} responses, {tokens} tokens in "
         f"{done - ready:.1f} s ({tokens / max(done - ready, 1e-9):.0f} tok/s; engine start {ready - start:.1f} s); "
