@@ -192,6 +192,8 @@ def encode_prompt(
     processor: Any, prompt: str, frames: np.ndarray, video_metadata: Mapping[str, Any]
 ) -> dict[str, torch.Tensor]:
     """Prompt + video -> model inputs, the way vLLM's Qwen2.5-VL processing does it."""
+    if not frames.flags.writeable:  # zero-copy from Ray's object store; torch.from_numpy warns on those
+        frames = frames.copy()
     return processor(
         text=[prompt],
         videos=[frames],
