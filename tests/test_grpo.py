@@ -380,5 +380,26 @@ def test_learner_loss_shares_add_up_to_grpo_loss(mode: str) -> None:
     summed = {k: sum(float(m[k]) for _, m in shares) for k in shares[0][1]}
     for key in ("actor/pg_loss", "actor/pg_clipfrac", "actor/pg_ppo_kl", "actor/kl_loss"):
         assert summed[key] == pytest.approx(full_metrics[key], abs=1e-6)
-    with pytest.raises(ConfigError, match="entropy"):
-        make_loss(AlgorithmConfig(entropy_coef=0.1))
+    assert loss_fn.entropy == "metric"  # logged by default, no gradient
+    with pytest.raises(ValueError, match="entropy"):
+        make_loss(AlgorithmConfig(entropy_coef=0.1))(logp, batch, norm)  # the learner must supply it
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_learner_loss_entropy_bonus_shares_match_grpo_loss(mode: str) -> None:
+    from vt_ray.algo.loss import make_loss
+    from vt_ray.learner.losses import LossNorm
+
+    logp, old, ref, adv, mask = _batch(12)
+    logits = torch.randn(*mask.shape, 6, dtype=F64, generator=torch.Generator().manual_seed(3))
+    cfg = AlgorithmConfig(loss_agg_mode=mode, entropy_coef=0.1)
+    loss_fn = make_loss(cfg)
+    assert loss_fn.entropy == "grad"
+    batch = _train_batch(logp, old, ref, adv, mask)
+    batch.token_extras["entropy"] = entropy_from_logits(logits).double()
+    norm = LossNorm(num_tokens=int(mask.sum()), num_sequences=len(batch))
+    full, full_metrics = grpo_loss(cfg, logp, adv, mask, old_logp=old, ref_logp=ref, logits=logits)
+    shares = [loss_fn(logp[s], batch.select(s.start, s.stop), norm) for s in (slice(0, 2), slice(2, 4))]
+    torch.testing.assert_close(sum(loss for loss, _ in shares), full, rtol=0, atol=1e-6)
+    assert sum(float(m["actor/entropy"]) for _, m in shares) == pytest.approx(full_metrics["actor/entropy"], abs=1e-6)
+    assert make_loss(AlgorithmConfig(log_entropy=False)).entropy is None

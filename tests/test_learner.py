@@ -260,6 +260,8 @@ def test_grpo_loss_plugs_into_the_learner_hook(tiny_model_dir: Path, processor) 
     batch.seq_extras = {"advantages": torch.tensor([1.0, -1.0, 0.5, -0.5])}
     metrics = worker.train_step(batch, num_micro=2, loss_name="grpo")
     assert "actor/pg_loss" in metrics and math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    vocab = worker.hf_config.text_config.vocab_size
+    assert 0 < metrics["actor/entropy"] <= math.log(vocab) + 1e-4  # the policy's, in nats, over the vocabulary
     after = worker.compute_logprobs(batch, num_micro=2, which="policy")
     mask = batch.response_mask.bool()
     gain = (after - batch.token_extras["old_logprobs"])[mask]

@@ -46,7 +46,10 @@ class AlgorithmConfig:
     kl_estimator: str = "k3"
     """k1: log p/q | k2: (log p/q)^2 / 2 | k3: q/p - log q/p - 1 (non-negative, low variance; assumption)."""
     entropy_coef: float = 0.0
-    """Entropy bonus: loss -= entropy_coef * entropy (0 = off; entropy is still logged when logits are given)."""
+    """Entropy bonus: loss -= entropy_coef * entropy (0 = off)."""
+    log_entropy: bool = True
+    """Log the policy's token entropy (actor/entropy) during updates; costs one softmax over the vocabulary
+    per micro-batch, without gradient."""
 
     def __post_init__(self) -> None:
         check(self.adv_estimator in ADV_ESTIMATORS, "algorithm.adv_estimator", f"must be one of {ADV_ESTIMATORS}")

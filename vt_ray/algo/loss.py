@@ -8,8 +8,9 @@ values. Shares come from dividing by the mini-batch counts in ``norm`` instead o
 Reads from the batch: ``seq_extras["advantages"]`` [B]; ``token_extras["old_logprobs"]`` (recomputed by the
 learner) or else ``token_extras["rollout_logprobs"]`` (the sampling engine's) as the behaviour policy, or
 on-policy (ratio 1) when neither is present; ``token_extras["ref_logprobs"]`` for the KL loss.
-Limits: the learner passes log-probs, not logits, so there is no entropy metric or bonus here (a recipe with
-``algorithm.entropy_coef > 0`` fails at setup); ``norm.num_sequences`` counts every sequence, including ones a
+Entropy: the function's ``entropy`` attribute asks the learner for the policy's per-token entropy
+(``token_extras["entropy"]``): "grad" for a bonus (``algorithm.entropy_coef > 0``), "metric" to log it
+(``algorithm.log_entropy``), None for neither. Limits: ``norm.num_sequences`` counts every sequence, including ones a
 zero-variance filter masked out, so seq-mean modes divide by slightly more than :func:`agg_loss` would.
 """
 
@@ -21,14 +22,11 @@ import torch
 
 from vt_ray.algo.config import AlgorithmConfig
 from vt_ray.algo.losses import agg_loss, kl_estimate, policy_loss, zero_masked
-from vt_ray.config.errors import ConfigError
 
 
 def make_loss(cfg: Any):
     """The GRPO loss function bound to a recipe (or directly to an :class:`AlgorithmConfig`)."""
     acfg: AlgorithmConfig = getattr(cfg, "algorithm", cfg)
-    if acfg.entropy_coef > 0:
-        raise ConfigError("algorithm.entropy_coef", "the learner passes log-probs, not logits: no entropy bonus")
     use_kl = acfg.use_kl_loss and acfg.kl_coef > 0
 
     def grpo_loss_share(logprobs: torch.Tensor, batch: Any, norm: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -63,6 +61,14 @@ def make_loss(cfg: Any):
                           acfg.loss_agg_mode, **agg)  # fmt: skip
             loss = loss + acfg.kl_coef * kl
             metrics["actor/kl_loss"] = kl.detach()
+        if "entropy" in extras:
+            ent = agg_loss(zero_masked(extras["entropy"].to(logprobs), mask), mask, acfg.loss_agg_mode, **agg)
+            metrics["actor/entropy"] = ent.detach()
+            if acfg.entropy_coef > 0:
+                loss = loss - acfg.entropy_coef * ent
+        elif acfg.entropy_coef > 0:
+            raise ValueError("algorithm.entropy_coef > 0 needs token_extras['entropy'] from the learner")
         return loss, metrics
 
+    grpo_loss_share.entropy = "grad" if acfg.entropy_coef > 0 else ("metric" if acfg.log_entropy else None)
     return grpo_loss_share

@@ -59,22 +59,45 @@ def node_ip() -> str:
     return "127.0.0.1"
 
 
-def token_logprobs(model: torch.nn.Module, batch: TrainBatch, device: torch.device) -> torch.Tensor:
-    """[B, L] log p(token t | tokens < t) under ``model`` on response tokens, aligned with ``batch.input_ids``;
-    0 elsewhere, so the result does not depend on how samples were batched.
+def _response_logits(model: torch.nn.Module, batch: TrainBatch, device: torch.device) -> tuple[torch.Tensor, int]:
+    """[B, L-start-1, vocab] float32 logits predicting tokens start+1 .. L-1, and ``start``.
 
     Logits are computed only from the first response position on: the prompt is mostly video tokens, and
     the [B, L, vocab] float32 logits are the largest activation of the step.
     """
-    ids = batch.input_ids.to(device)
-    length = ids.shape[1]
     start = max(batch.first_response_position() - 1, 0)
+    length = batch.input_ids.shape[1]
     out = model(**batch.model_inputs(device), use_cache=False, logits_to_keep=length - start)
-    logits = out.logits[:, :-1].float()  # predicts tokens start+1 .. L-1
-    targets = ids[:, start + 1 :]
-    picked = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
-    full = torch.nn.functional.pad(picked, (start + 1, 0))  # [B, L]
+    return out.logits[:, :-1].float(), start
+
+
+def _on_responses(values: torch.Tensor, start: int, batch: TrainBatch, device: torch.device) -> torch.Tensor:
+    """Per-token values aligned with ``batch.input_ids`` ([B, L]), 0 off the response tokens, so results do
+    not depend on how samples were batched."""
+    full = torch.nn.functional.pad(values, (start + 1, 0))
     return torch.where(batch.response_mask.to(device).bool(), full, torch.zeros_like(full))
+
+
+def token_logprobs(model: torch.nn.Module, batch: TrainBatch, device: torch.device) -> torch.Tensor:
+    """[B, L] log p(token t | tokens < t) under ``model`` on response tokens; 0 elsewhere."""
+    return token_logprobs_and_entropy(model, batch, device, entropy=None)[0]
+
+
+def token_logprobs_and_entropy(
+    model: torch.nn.Module, batch: TrainBatch, device: torch.device, entropy: str | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs as :func:`token_logprobs`, plus the policy's per-token entropy [B, L] when ``entropy`` is
+    "metric" (no gradient) or "grad" (for an entropy bonus). The entropy costs one more [B, L, vocab] tensor
+    (the softmax) while it is computed."""
+    logits, start = _response_logits(model, batch, device)
+    targets = batch.input_ids.to(device)[:, start + 1 :]
+    lse = logits.logsumexp(-1)
+    picked = logits.gather(-1, targets[..., None])[..., 0] - lse
+    ent = None
+    if entropy is not None:
+        with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+            ent = _on_responses(lse - (logits.softmax(-1) * logits).sum(-1), start, batch, device)
+    return _on_responses(picked, start, batch, device), ent
 
 
 def _block_classes(model: torch.nn.Module) -> tuple[str, ...]:
@@ -242,7 +265,10 @@ class LearnerWorker:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {"loss": 0.0}
         for mb, is_real in zip(micro, real):
-            logprobs = token_logprobs(self.model, mb, self.device)
+            logprobs, entropy = token_logprobs_and_entropy(self.model, mb, self.device,
+                                                           getattr(loss_fn, "entropy", None))
+            if entropy is not None:
+                mb.token_extras["entropy"] = entropy
             loss, metrics = loss_fn(logprobs, mb, norm)
             # FSDP averages gradients over ranks; shares are meant to be summed, hence the world size.
             (loss * self.world_size).backward()

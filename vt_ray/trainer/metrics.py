@@ -22,6 +22,8 @@ CONSOLE_KEYS = (
     "trace/valid_share",
     "actor/pg_loss",
     "actor/kl_loss",
+    "actor/entropy",
+    "actor/pg_clipfrac",
     "response/length_mean",
     "time/step_s",
 )
