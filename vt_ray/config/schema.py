@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 
+from data_pipeline.config import CurateConfig
 from vt_ray.algo.config import AlgorithmConfig
 from vt_ray.cluster.config import ResourcesConfig
 from vt_ray.config.errors import ConfigError, check
@@ -164,6 +165,7 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
 
     def __post_init__(self) -> None:
         check(

@@ -1,0 +1,1 @@
+"""Test helpers for the curation pipeline: a scripted OpenAI-compatible server."""
