@@ -5,40 +5,30 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from vt_ray.cluster.local_cluster import LocalRayCluster, NodeSpec
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def head_node():
-    """A one-node cluster with the dashboard (the job server), torn down whatever happens."""
-    temp = tempfile.mkdtemp(prefix="vtj", dir="/tmp")
-    gcs, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    start = [RAY, "start", "--head", f"--port={gcs}", "--num-cpus=4", "--include-dashboard=true",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
-             "--disable-usage-stats", "--object-store-memory=200000000"]
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
-    try:
-        yield f"http://127.0.0.1:{dash}", env
-    finally:
-        subprocess.run([RAY, "stop", "--force"], env={**env, "RAY_TMPDIR": temp}, capture_output=True, timeout=120)
+def head_node(monkeypatch: pytest.MonkeyPatch):
+    """A one-node cluster with the dashboard (the job server), in sessions of its own and torn down by ending
+    exactly those (never ``ray stop``, which would kill every Ray cluster on the machine)."""
+    # The job's `python` is looked up on the head's PATH (inherited by `ray start`): make it this venv's.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with LocalRayCluster(NodeSpec("head", 4), [], dashboard=True) as cluster:
+        # The cluster's token is in this process's environment now (LocalRayCluster put it there): the job CLI
+        # and, through the raylet, the job's driver use it.
+        yield cluster.dashboard_url, dict(os.environ)
 
 
 @pytest.mark.slow

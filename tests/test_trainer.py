@@ -4,13 +4,15 @@ data), run as the real command in subprocesses, plus its pure parts.
 Reliability targets (notes/field-conventions.md C8) checked here: resume equivalence after a crash during a
 checkpoint save (the partial checkpoint is ignored, the run continues from the previous complete one and its
 steps equal an uninterrupted run's), bad videos skipped and counted without failing the step, a clean stop on
-SIGTERM that checkpoints and resumes, and a stuck role that raises an error naming itself.
+SIGTERM to the driver's process group that checkpoints, leaves no process behind and resumes, and a stuck role
+that raises an error naming itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,19 +147,47 @@ def test_crash_during_save_resumes_from_last_complete_checkpoint_with_identical_
     assert (tmp_path / "b" / "t" / "hf" / "config.json").is_file()
 
 
+def _session_processes(sid: int) -> list:
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid:
+                procs.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    return procs
+
+
+def _wait_gone(sid: int) -> list[str]:
+    """Processes of session ``sid`` still alive after they were given 30 s to exit (a bound, not a wait)."""
+    import psutil
+
+    _, alive = psutil.wait_procs(_session_processes(sid), timeout=30)
+    return [" ".join(p.cmdline())[:120] for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_the_same_command_resumes(tiny_model_dir: Path, train_data: Path, tmp_path: Path) -> None:
+    """SIGTERM to the driver's whole process group (Ctrl-C-like delivery, ``timeout``, systemd or a container
+    stop of the group): the local Ray cluster is in its own session, so it keeps serving until the driver has
+    finished the step and checkpointed; afterwards nothing of the run or its cluster is left."""
     cmd = _command(tiny_model_dir, train_data, tmp_path, "trainer.total_steps=50", "trainer.save_every=100")
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True)
     lines = []
     assert proc.stdout is not None
-    for line in proc.stdout:  # wait for a real training step, then preempt
-        lines.append(line)
-        if line.startswith("[step 1]"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    out, _ = proc.communicate(timeout=300)
+    try:
+        for line in proc.stdout:  # wait for a real training step, then preempt
+            lines.append(line)
+            if line.startswith("[step 1]"):
+                os.killpg(proc.pid, signal.SIGTERM)  # the driver's group, not just the driver
+                break
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     text = "".join(lines) + out
     assert proc.returncode == 0, text[-3000:]
     assert "checkpointing after the current step" in text
@@ -165,14 +195,20 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tiny_model_dir: Path, 
     assert summary["stopped_early"] is True
     stopped_at = summary["step"]
     run_dir = tmp_path / "t"
-    assert (run_dir / "checkpoints" / "latest").is_file()
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{stopped_at:08d}"
     assert max(_steps(run_dir)) == stopped_at
+    cluster_sid = int(re.search(r"local Ray cluster at \S+: session (\d+)", text).group(1))
+    assert cluster_sid != proc.pid
+    assert _wait_gone(proc.pid) == []  # nothing left in the driver's session ...
+    assert _wait_gone(cluster_sid) == []  # ... nor in the cluster's: raylet, GCS, actors all gone
 
     again = _run(_command(tiny_model_dir, train_data, tmp_path, f"trainer.total_steps={stopped_at + 1}",
                           "trainer.save_every=100"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"at step {stopped_at}" in again.stdout
-    assert sorted(_steps(run_dir)) == list(range(stopped_at + 2))
+    assert sorted(_steps(run_dir)) == list(range(stopped_at + 2))  # no step logged twice, none missing
+    sampled = [r["step"] for r in read_metrics(run_dir / "samples.jsonl")]
+    assert sampled == list(range(1, stopped_at + 2))  # each step's prompts recorded once, in order
 
 
 @pytest.mark.slow

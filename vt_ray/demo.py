@@ -156,6 +156,8 @@ def _fmt(x: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     import ray
 
+    from vt_ray.trainer.train_cli import init_ray
+
     state = DemoState(Path(args.out).resolve(), Path(args.recipe), list(args.overrides))
     state.out.mkdir(parents=True, exist_ok=True)
     cfg = state.recipe()  # fail on a bad override before any work
@@ -164,9 +166,7 @@ def run(args: argparse.Namespace) -> int:
     _timed(state, "synthetic data", lambda: stage_data(state, args.num_videos))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")  # the run stays in runs/<name>/wandb; the summary says where
-    res = cfg.resources
-    ray.init(num_cpus=res.num_nodes * res.cpus_per_node, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}})
+    cluster = init_ray(cfg)  # the same local cluster `train` starts (own session, private, stopped at exit)
     try:
         _timed(state, "eval base", lambda: stage_eval(state, "base", state.model_dir))
         sft_dir = _timed(state, "sft", lambda: stage_sft(state))
@@ -174,7 +174,10 @@ def run(args: argparse.Namespace) -> int:
         grpo_dir = _timed(state, "grpo", lambda: stage_grpo(state, sft_dir))
         _timed(state, "eval grpo", lambda: stage_eval(state, "grpo", grpo_dir))
     finally:
-        ray.shutdown()
+        if cluster is not None:
+            cluster.stop()
+        else:
+            ray.shutdown()
     state.summary["timings_s"] = {**state.timings, "total": round(time.perf_counter() - start, 1)}
     (state.out / "summary.json").write_text(json.dumps(state.summary, indent=2) + "\n")
     _print_summary(state)

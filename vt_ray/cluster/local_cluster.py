@@ -6,6 +6,11 @@ a fresh short temp dir (unix socket paths are limited to ~100 bytes), free ports
 auth token, and ``ray start`` processes in their own sessions. :meth:`LocalRayCluster.stop` ends exactly those
 process groups (SIGTERM, then SIGKILL) and never calls ``ray stop``, which would kill every Ray on the machine.
 
+Each worker node gets a temp dir of its own under the cluster's: with one shared dir, the nodes' runtime-env
+agents unpack a job's ``--working-dir`` package into the same place, each removing the others' copy first, and
+the job's modules vanish while it imports them. ``dashboard=True`` starts the head's dashboard, the job server
+``ray job submit`` talks to (at :attr:`LocalRayCluster.dashboard_url`).
+
 Simulated GPUs are Ray's logical ``GPU`` resource (``--num-gpus``): actors get a ``CUDA_VISIBLE_DEVICES`` but
 there is no device, so only placement is exercised, not CUDA. Set VT_RAY_KEEP_TMP=1 to keep the session logs.
 """
@@ -39,7 +44,7 @@ class NodeSpec:
     resources: dict[str, float] = field(default_factory=dict)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """n distinct ports the OS reports free now (held open together so they differ)."""
     socks = [socket.socket() for _ in range(n)]
     try:
@@ -54,9 +59,12 @@ def _free_ports(n: int) -> list[int]:
 class LocalRayCluster:
     """``with LocalRayCluster(head, workers) as cluster: ray.init(address=cluster.address)``."""
 
-    def __init__(self, head: NodeSpec, workers: list[NodeSpec], start_timeout_s: float = 180.0) -> None:
+    def __init__(self, head: NodeSpec, workers: list[NodeSpec], start_timeout_s: float = 180.0,
+                 dashboard: bool = False) -> None:
         self.head, self.workers = head, workers
         self.start_timeout_s = start_timeout_s
+        self.dashboard = dashboard
+        self.dashboard_port = 0
         self.temp_dir = Path(tempfile.mkdtemp(prefix="vtr", dir="/tmp"))
         self.address = ""
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -68,13 +76,14 @@ class LocalRayCluster:
     def _node_args(self, node: NodeSpec, ports: list[int]) -> list[str]:
         node_manager, object_manager, metrics, agent_listen, agent_grpc, runtime_env, *worker_ports = ports
         resources = {**node.resources, MARKER_PREFIX + node.name: 1}
+        temp_dir = self.temp_dir if node is self.head else self.temp_dir / node.name  # short: socket path limit
         return [
             f"--num-cpus={node.num_cpus:g}", f"--num-gpus={node.num_gpus}", f"--resources={json.dumps(resources)}",
             "--node-ip-address=127.0.0.1", f"--node-manager-port={node_manager}",
             f"--object-manager-port={object_manager}", f"--metrics-export-port={metrics}",
             f"--dashboard-agent-listen-port={agent_listen}", f"--dashboard-agent-grpc-port={agent_grpc}",
             f"--runtime-env-agent-port={runtime_env}", f"--worker-port-list={','.join(map(str, worker_ports))}",
-            f"--temp-dir={self.temp_dir}", "--object-store-memory=100000000", "--disable-usage-stats",
+            f"--temp-dir={temp_dir}", "--object-store-memory=100000000", "--disable-usage-stats",
             "--block",
         ]
 
@@ -93,12 +102,16 @@ class LocalRayCluster:
         ``ray start``s in one session race for log file names), each waited for until it has registered."""
         # Every port of every node from one batch, so no two listeners of this cluster can collide.
         per_node = 6 + WORKER_PORTS_PER_NODE
-        ports = _free_ports(2 + per_node * (1 + len(self.workers)))
-        gcs, client, ports = ports[0], ports[1], ports[2:]
+        ports = free_ports(3 + per_node * (1 + len(self.workers)))
+        gcs, client, dash, ports = ports[0], ports[1], ports[2], ports[3:]
         self.address = f"127.0.0.1:{gcs}"
+        dashboard = ["--include-dashboard=false"]
+        if self.dashboard:
+            self.dashboard_port = dash
+            dashboard = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
         try:
-            self._spawn(self.head, ["--head", f"--port={gcs}", f"--ray-client-server-port={client}",
-                                    "--include-dashboard=false"], ports[:per_node])
+            self._spawn(self.head, ["--head", f"--port={gcs}", f"--ray-client-server-port={client}", *dashboard],
+                        ports[:per_node])
             self._connect()
             self._wait_for(self.head)
             for i, worker in enumerate(self.workers, start=1):
@@ -108,6 +121,13 @@ class LocalRayCluster:
             self.stop()
             raise
         return self
+
+    @property
+    def dashboard_url(self) -> str:
+        """The job server's address for ``ray job submit --address`` (needs ``dashboard=True``)."""
+        if not self.dashboard_port:
+            raise RuntimeError("this LocalRayCluster was started without dashboard=True")
+        return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _check_alive(self) -> None:
         for proc in self.procs:
@@ -121,7 +141,7 @@ class LocalRayCluster:
         self._saved_env = {k: os.environ.get(k) for k in (*self._auth_env, "RAY_AUTH_TOKEN_PATH")}
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         os.environ.update(self._auth_env)
-        _reset_ray_auth_cache()
+        reset_ray_auth_cache()
         deadline = time.monotonic() + self.start_timeout_s
         while not ray.is_initialized():
             self._check_alive()
@@ -147,7 +167,7 @@ class LocalRayCluster:
 
     def _log_tails(self, lines: int = 15) -> str:
         tails = []
-        for log in sorted(self.temp_dir.glob("*.log")):
+        for log in sorted(self.temp_dir.glob("*.log")):  # ray start's output per node (not the session logs)
             tails.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(tails)
 
@@ -159,13 +179,13 @@ class LocalRayCluster:
         if ray.is_initialized():
             ray.shutdown()
         for proc in reversed(self.procs):
-            _signal_group(proc, signal.SIGTERM)
+            signal_session(proc.pid, signal.SIGTERM)
         for proc in reversed(self.procs):
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
-            _signal_group(proc, signal.SIGKILL)  # stragglers in the session (raylet, workers)
+            signal_session(proc.pid, signal.SIGKILL)  # stragglers in the session (raylet, workers)
             proc.wait()
         self.procs.clear()
         for log in self._logs:
@@ -179,7 +199,7 @@ class LocalRayCluster:
             else:
                 os.environ[key] = value
         if self._saved_env:
-            _reset_ray_auth_cache()
+            reset_ray_auth_cache()
         self._saved_env = {}
 
     def __enter__(self) -> "LocalRayCluster":
@@ -190,7 +210,7 @@ class LocalRayCluster:
         self.stop()
 
 
-def _reset_ray_auth_cache() -> None:
+def reset_ray_auth_cache() -> None:
     """Ray caches the auth mode and token per process; re-read them from the environment (as Ray's own
     ``reset_auth_token_state`` test helper does), so a driver that met another cluster earlier still connects."""
     from ray._raylet import AuthenticationTokenLoader, Config
@@ -199,9 +219,9 @@ def _reset_ray_auth_cache() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    """Signal the process group that ``start_new_session`` made for ``proc`` (its pgid is its pid)."""
+def signal_session(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group ``start_new_session`` made for the process ``pid`` (its pgid is its pid)."""
     try:
-        os.killpg(proc.pid, sig)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         pass

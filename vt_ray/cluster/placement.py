@@ -75,3 +75,21 @@ def create_placement_groups(res: ResourcesConfig, timeout_s: float = 300.0) -> d
 def remove_placement_groups(placed: Mapping[str, PlacedGroup]) -> None:
     for group in placed.values():
         remove_placement_group(group.pg)
+
+
+def placement_report(placed: Mapping[str, PlacedGroup]) -> list[dict[str, Any]]:
+    """Where each (role, rank) runs: its group's bundle ``rank`` and the node Ray reserved it on.
+
+    Read from the placement-group table, not from the actors: an actor scheduled into bundle ``rank`` runs on
+    that bundle's node, so this holds for every role without a call into it (and works before they start).
+    """
+    ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    rows: list[dict[str, Any]] = []
+    for name, group in placed.items():
+        nodes = ray.util.placement_group_table(group.pg)["bundles_to_node_id"]
+        for role, request in group.spec.requests.items():
+            for rank in range(len(group.spec.bundles)):
+                node_id = nodes.get(rank, "")
+                rows.append({"role": role, "rank": rank, "group": name, "strategy": group.spec.strategy,
+                             "node_id": node_id, "node_ip": ips.get(node_id, ""), "resources": dict(request)})
+    return rows

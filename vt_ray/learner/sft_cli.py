@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from dataclasses import asdict
 
@@ -26,14 +25,19 @@ def run(args: argparse.Namespace) -> int:
 
     from vt_ray.learner.sft import run_sft
 
+    from vt_ray.trainer.train_cli import init_ray
+
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=True)
+    cluster = init_ray(cfg)  # joins the job's cluster, or starts the same local one `train` uses
     start = time.perf_counter()
+    ok = False
     try:
         result = run_sft(cfg)
+        ok = True
     finally:
-        if started_here:
+        if cluster is not None:
+            cluster.stop(keep_logs=not ok)
+        elif started_here:
             ray.shutdown()
     print(json.dumps({**asdict(result), "time_s": round(time.perf_counter() - start, 1)}, indent=2))
     return 0

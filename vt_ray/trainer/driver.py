@@ -30,7 +30,7 @@ import torch
 
 from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
 from vt_ray.config.loader import to_yaml
-from vt_ray.cluster.placement import create_placement_groups, remove_placement_groups
+from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
 from vt_ray.rewards.composite import reward_metrics
@@ -67,12 +67,20 @@ def sampling_for_validation(cfg: RecipeConfig) -> SamplingSettings:
 
 
 class GracefulStop:
-    """SIGTERM/SIGINT: finish the current step, checkpoint, exit. A watchdog hard-exits after the grace period
-    so a stuck step cannot keep a preempted pod alive."""
+    """SIGTERM/SIGINT: finish the current step, checkpoint, exit 0. A watchdog hard-exits with 128+signal after
+    the grace period, so a stuck step cannot keep a preempted pod alive (the previous complete checkpoint
+    stands); a second signal exits at once the same way.
+
+    The handler only sets an event: it may run between any two bytecodes of the main thread, even inside a
+    ``print`` to the same stream, where printing again raises "reentrant call". The watchdog thread reports the
+    stop and keeps the deadline; :meth:`uninstall` disarms it once the stop is done.
+    """
 
     def __init__(self, grace_s: float) -> None:
         self.grace_s = grace_s
         self.requested = threading.Event()
+        self.signum = 0
+        self._disarmed = threading.Event()
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -80,8 +88,11 @@ class GracefulStop:
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
+        self._disarmed.clear()
+        threading.Thread(target=self._watchdog, name="graceful-stop", daemon=True).start()
 
     def uninstall(self) -> None:
+        self._disarmed.set()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
@@ -89,15 +100,23 @@ class GracefulStop:
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.requested.is_set():  # second signal: stop now
             os._exit(128 + signum)
-        log.warning("signal %d: finishing the current step, then checkpointing (grace %.0f s)", signum, self.grace_s)
-        print(f"[train] received signal {signum}: checkpointing after the current step", flush=True)
+        self.signum = signum
         self.requested.set()
-        threading.Thread(target=self._watchdog, args=(signum,), daemon=True).start()
 
-    def _watchdog(self, signum: int) -> None:
-        time.sleep(self.grace_s)  # a deadline, not a test synchronisation
+    def _watchdog(self) -> None:
+        while not self.requested.wait(timeout=1.0):  # wakes to notice uninstall(); no timing depends on it
+            if self._disarmed.is_set():
+                return
+        if self._disarmed.is_set():
+            return
+        log.warning("signal %d: finishing the current step, then checkpointing (grace %.0f s)", self.signum,
+                    self.grace_s)
+        print(f"[train] received signal {self.signum}: checkpointing after the current step "
+              f"(grace {self.grace_s:.0f} s)", flush=True)
+        if self._disarmed.wait(self.grace_s):  # a deadline, not a test synchronisation
+            return
         print(f"[train] grace period of {self.grace_s:.0f} s exceeded: exiting without a final checkpoint", flush=True)
-        os._exit(128 + signum)
+        os._exit(128 + self.signum)
 
 
 class GRPOTrainer:
@@ -134,6 +153,8 @@ class GRPOTrainer:
         res = self.cfg.resources
         timeout = self.tc.first_step_timeout_s
         self.placement = create_placement_groups(res, timeout_s=timeout)
+        # Where every role's actors run (role, rank, node): for multi-node runs and their tests.
+        (self.run_dir / "placement.json").write_text(json.dumps(placement_report(self.placement), indent=1))
         self.processor = AutoProcessor.from_pretrained(self.cfg.model.path)
         self.learner = LearnerGroup(self.cfg, actor_options=lambda rank: self._options("learner", rank))
         self.rollout = RolloutGroup(

@@ -1,44 +1,65 @@
 """``python -m vt_ray train recipe=PATH [key=value ...]``: GRPO training, locally or as a Ray job.
 
-Under ``ray job submit`` (or with ``RAY_ADDRESS`` set) it joins that cluster; otherwise it starts an embedded
-local cluster sized from ``resources`` (num_nodes x cpus_per_node logical CPUs). Running the same command again
-resumes from the run directory's latest complete checkpoint.
+Under ``ray job submit`` (or with ``RAY_ADDRESS`` set) it joins that cluster; otherwise it starts a local
+single-node cluster sized from ``resources`` (num_nodes x cpus_per_node logical CPUs) in a session of its own
+(:mod:`vt_ray.trainer.embedded_cluster`), so a signal sent to the driver's whole process group stops only the
+driver. Running the same command again resumes from the run directory's latest complete checkpoint.
+
+Exit codes: 0 when training finished or was stopped by SIGTERM/SIGINT after a checkpoint (the summary has
+``stopped_early: true``); 128+signal (143, 130) when the stop could not checkpoint within
+``trainer.stop_grace_s`` or a second signal came (the previous complete checkpoint stands); 1 on errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 
 from vt_ray.config.loader import load_from_cli
+
+WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe=PATH and overrides")
 
 
-def init_ray(cfg) -> None:
+def init_ray(cfg):
+    """Connect to the job's cluster, or start a local one; returns the local cluster (None under a job). The
+    local cluster is also stopped at interpreter exit, so callers that never stop it (eval) leave nothing."""
     import ray
 
     if ray.is_initialized():
-        return
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}}
+        return None
     if os.environ.get("RAY_ADDRESS"):  # a cluster: ray job submit sets this for the entrypoint
         # The job's runtime env (--working-dir, --runtime-env) already applies to every actor; passing another
         # here is an error under a job ("Failed to merge the Job's runtime env").
         ray.init(address="auto", log_to_driver=True)
-        return
+        return None
+    from vt_ray.trainer.embedded_cluster import EmbeddedCluster
+
     res = cfg.resources
-    ray.init(num_cpus=res.num_nodes * res.cpus_per_node, num_gpus=res.num_nodes * res.gpus_per_node,
-             include_dashboard=False, runtime_env=env, log_to_driver=False)
+    cluster = EmbeddedCluster(num_cpus=res.num_nodes * res.cpus_per_node, num_gpus=res.num_nodes * res.gpus_per_node)
+    cluster.start(WORKER_ENV)
+    atexit.register(cluster.stop)
+    print(f"[train] local Ray cluster at {cluster.address}: session {cluster.session_id}, logs {cluster.temp_dir}",
+          flush=True)
+    return cluster
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_from_cli(args.overrides)
-    init_ray(cfg)
+    cluster = init_ray(cfg)
     from vt_ray.trainer.driver import GRPOTrainer
 
-    summary = GRPOTrainer(cfg).fit()
+    ok = False
+    try:
+        summary = GRPOTrainer(cfg).fit()
+        ok = True
+    finally:
+        if cluster is not None:
+            cluster.stop(keep_logs=not ok)  # after a failure the Ray session logs are worth keeping
     print(json.dumps(summary, indent=2))
     return 0
