@@ -9,7 +9,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 
 from vt_ray.data.schema import OPTION_LETTERS, read_samples
 from vt_ray.data.synthetic import COLORS, make_synthetic_dataset

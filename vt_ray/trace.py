@@ -89,7 +89,7 @@ class ParsedTrace:
 # --- time windows -------------------------------------------------------------------------------------------
 
 _NUM = r"\d+(?:\.\d+)?"
-_CLOCK = rf"\d+:\d{{1,2}}(?::\d{{1,2}})?(?:\.\d+)?"  # MM:SS, H:MM:SS, with optional fraction
+_CLOCK = r"\d+:\d{1,2}(?::\d{1,2})?(?:\.\d+)?"  # MM:SS, H:MM:SS, with optional fraction
 _POINT = rf"(?:{_CLOCK}|{_NUM})\s*(?:s|sec|secs|second|seconds)?"
 _WINDOW_RE = re.compile(
     rf"^\s*(?:from\s+)?({_POINT})\s*(?:-|–|—|to|~)\s*({_POINT})\s*(?:s|sec|secs|seconds?)?\s*\.?\s*$",

@@ -30,14 +30,12 @@ Definitions (the paper names the metrics but not these details; these are ours, 
 
 from __future__ import annotations
 
-import math
 import re
-import string
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vt_ray.data.schema import OPTION_LETTERS, VideoSample
+from vt_ray.data.schema import VideoSample
 from vt_ray.eval.records import ItemResult
 from vt_ray.rewards.accuracy import extract_choice, extract_number, normalize_text, numbers_match
 from vt_ray.rewards.config import RewardConfig
