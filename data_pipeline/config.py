@@ -96,6 +96,9 @@ class SourceConfig:
     """Directory the records' video paths are relative to ("" = as given)."""
     limit: int = 0
     """Read at most this many records (0 = all)."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Adapter keywords, e.g. ``{video_ext: .mkv}``, YouCook2 ``{subset: training}``, TutorialVQA
+    ``{videos_path: ...}`` (see each module in data_pipeline/sources)."""
 
 
 @dataclass

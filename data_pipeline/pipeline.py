@@ -44,7 +44,7 @@ def read_records(src: SourceConfig) -> Iterator[dict[str, Any]]:
     else:
         from data_pipeline.sources import read_source  # lazy: written separately, heavy readers stay unloaded
 
-        lines = (r.to_dict() for r in read_source(src.name, src.path))
+        lines = (r.to_dict() for r in read_source(src.name, src.path, **src.options))
     for rec in lines:
         if src.limit and count >= src.limit:
             return

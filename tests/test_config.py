@@ -27,6 +27,21 @@ def test_overrides_apply_with_types() -> None:
     assert cfg.video.num_frames == 8  # from the recipe file
 
 
+def test_overrides_reach_into_lists() -> None:
+    recipe = ROOT / "recipes/curate_activitynet_example.yaml"
+    cfg = load_config(recipe, ["curate.sources.1.limit=5", "curate.sources.1.options={subset: training}"])
+    youcook = cfg.curate.sources[1]
+    assert (youcook.name, youcook.limit, dict(youcook.options)) == ("youcook2", 5, {"subset": "training"})
+    assert cfg.curate.sources[0].limit == 0  # the other entries are untouched
+    for bad, key in (("curate.sources.9.limit=1", "curate.sources.9.limit"),
+                     ("curate.sources.1.bogus=1", "curate.sources.1.bogus")):
+        with pytest.raises(ConfigError) as info:
+            load_config(recipe, [bad])
+        assert info.value.key == key
+    with pytest.raises(ConfigError, match="limit"):
+        load_config(recipe, ["curate.sources.1.limit=abc"])
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "r.yaml"
     path.write_text(text)

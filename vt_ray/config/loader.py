@@ -53,6 +53,22 @@ def _read_yaml(path: Path) -> DictConfig:
     return OmegaConf.create(data)
 
 
+def _apply_override(merged: DictConfig, item: str) -> DictConfig:
+    """``key=value`` into the config. A key through a list index (``curate.sources.1.limit=5``) goes through
+    ``OmegaConf.update``: a dotlist merge would turn the index into a mapping key and fail on the list."""
+    key, sep, raw = item.partition("=")
+    if sep and any(part.isdigit() for part in key.split(".")):
+        value = OmegaConf.from_dotlist([f"value={raw}"])["value"]  # the same value grammar as a dotlist
+        if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
+            raise ConfigError(key, "no such key (or list index out of range)", COMMAND_LINE)
+        OmegaConf.update(merged, key, value, merge=True)
+        return merged
+    return OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+
+
+_MISSING = object()
+
+
 def load_config(recipe: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
     """The typed recipe. Raises :class:`ConfigError` naming the key and its source on any problem."""
     merged: DictConfig = OmegaConf.structured(RecipeConfig)
@@ -65,9 +81,11 @@ def load_config(recipe: str | os.PathLike[str] | None = None, overrides: Sequenc
             raise _from_error(err, source) from err
     for item in overrides:
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = _apply_override(merged, item)
         except OmegaConfBaseException as err:
             raise _from_error(err, f"{COMMAND_LINE} ({item})") from err
+        except ConfigError:
+            raise
         except ValueError as err:  # from_dotlist on a malformed token
             raise ConfigError(item, str(err), COMMAND_LINE) from err
     try:
