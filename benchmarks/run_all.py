@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("benchmarks.rollout_throughput", "benchmarks.curation_throughput")
+BENCHMARKS = ("benchmarks.rollout_throughput", "benchmarks.curation_throughput", "benchmarks.learner_load_memory")
 
 
 def main() -> int:

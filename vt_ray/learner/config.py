@@ -21,6 +21,12 @@ class LearnerConfig:
     """FSDP2 mixed precision: dtype of the gradient reduce-scatter."""
     activation_checkpointing: bool = False
     """Recompute each decoder/vision block in backward (HF gradient checkpointing, non-reentrant)."""
+    load_on_rank0: bool = True
+    """Memory-efficient model loading with more than one rank: every rank builds the policy and the reference on
+    the meta device and shards them, allocating only its own shard; rank 0 alone reads each checkpoint (one full
+    model at a time) and broadcasts it. At 7B with 8 ranks per node the other ranks then never hold the full
+    28 GB float32 policy or 15 GB bfloat16 reference, only their 1/8 shards. False (or a single rank): every
+    rank loads the full checkpoint, then shards it. The resulting learner is the same either way."""
     micro_batch_size: int = 1
     """Sequences per forward/backward on one rank. Gradient accumulation is implied: a mini-batch is split
     over ranks, then into micro-batches of this size, and their gradients are summed before one step."""

@@ -9,12 +9,14 @@ same number of forward/backward passes; a short rank runs zero-loss fillers).
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
@@ -100,6 +103,15 @@ def token_logprobs_and_entropy(
     return _on_responses(picked, start, batch, device), ent
 
 
+def _tied_parameter_groups(model: torch.nn.Module) -> list[list[str]]:
+    """Names of parameters that are one shared tensor (e.g. lm_head and the embedding with
+    tie_word_embeddings), as groups of two or more."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
 def _block_classes(model: torch.nn.Module) -> tuple[str, ...]:
     """Transformer blocks to shard one by one: HF lists them as the modules never split across devices."""
     return tuple(getattr(model, "_no_split_modules", None) or ())
@@ -158,8 +170,6 @@ class LearnerWorker:
         from torch.distributed.device_mesh import init_device_mesh
         from transformers import AutoConfig, AutoProcessor
 
-        from vt_ray.models.hf_load import load_vl_model
-
         self._init_process_group(master_addr, master_port)
         torch.manual_seed(self.cfg.run.seed + self.rank)
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
@@ -167,21 +177,26 @@ class LearnerWorker:
         self.hf_config = AutoConfig.from_pretrained(self.model_path)
         self.processor = AutoProcessor.from_pretrained(self.model_path)
 
+        def prepare_policy(model: torch.nn.Module) -> torch.nn.Module:
+            model.config.use_cache = False
+            if self.lcfg.activation_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return model.train()
+
+        def prepare_reference(model: torch.nn.Module) -> torch.nn.Module:
+            return model.eval().requires_grad_(False)
+
         # Master weights stay float32; FSDP casts the all-gathered copy to param_dtype for compute.
-        model = load_vl_model(self.model_path, torch.float32)
-        model.config.use_cache = False
-        if self.lcfg.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         mp = MixedPrecisionPolicy(param_dtype=DTYPES[self.lcfg.param_dtype], reduce_dtype=DTYPES[self.lcfg.reduce_dtype])
-        self.model = shard_model(model.train(), self.mesh, mp, offload=False)
+        self.model = self._load_sharded(self.model_path, torch.float32, prepare_policy, mp, offload=False)
 
         placement = self.lcfg.reference if reference is None else reference
         if placement != "none":
             ref_path = self.lcfg.reference_path or self.model_path
-            ref = load_vl_model(ref_path, DTYPES[self.lcfg.param_dtype]).eval()
-            ref.requires_grad_(False)
             offload = placement == "cpu_offload" and self.device.type == "cuda"
-            self.reference = shard_model(ref, self.mesh, None, offload=offload)
+            self.reference = self._load_sharded(
+                ref_path, DTYPES[self.lcfg.param_dtype], prepare_reference, None, offload=offload
+            )
 
         peak_lr = self.lcfg.lr if lr is None else lr
         self.optimizer = torch.optim.AdamW(
@@ -202,6 +217,57 @@ class LearnerWorker:
 
     def ready(self) -> int:
         return self.rank
+
+    def _load_sharded(
+        self,
+        path: str,
+        dtype: torch.dtype,
+        prepare: Callable[[torch.nn.Module], torch.nn.Module],
+        mp: MixedPrecisionPolicy | None,
+        offload: bool,
+    ) -> torch.nn.Module:
+        """The model at ``path`` in ``dtype``, ``prepare``d (train/eval mode, flags), sharded over the mesh.
+
+        With learner.load_on_rank0 and more than one rank, no rank but 0 ever holds the full model: all ranks
+        build it on the meta device and shard it, allocate their shard only (``to_empty``), then rank 0 reads
+        the checkpoint and broadcasts it tensor by tensor into the shards (the torchtitan/torchtune recipe).
+        Otherwise every rank loads the full model, then shards it. Collective.
+        """
+        from vt_ray.models.hf_load import build_vl_model_on_meta, load_vl_model
+
+        if not (self.lcfg.load_on_rank0 and self.world_size > 1):
+            return shard_model(prepare(load_vl_model(path, dtype)), self.mesh, mp, offload)
+
+        model = prepare(build_vl_model_on_meta(path, dtype))
+        tied = _tied_parameter_groups(model)
+        model = shard_model(model, self.mesh, mp, offload)
+        # With CPUOffloadPolicy (pin_memory), FSDP2 moves each shard to pinned host memory right after it is
+        # allocated here, so the GPU holds one module's shard at most for a moment.
+        model.to_empty(device=self.device)
+        source = load_vl_model(path, dtype) if self.rank == 0 else None
+        with torch.no_grad():
+            full = source.state_dict() if source is not None else {}
+            set_model_state_dict(
+                model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
+            )
+            del full
+            # FSDP2 does not shard buffers (each rank holds them whole), and the non-persistent ones (Qwen2.5-VL's
+            # text and vision rotary ``inv_freq`` / ``original_inv_freq``) are not in the state dict: after
+            # ``to_empty`` they hold uninitialised memory. Rank 0's plain-loaded model has the values
+            # ``from_pretrained`` gives them, so every rank takes all buffers from it (a few KB) rather than
+            # recomputing them with model-specific init code that could drift from transformers'.
+            for name, buf in model.named_buffers():
+                if source is not None:
+                    buf.copy_(source.get_buffer(name))
+                dist.broadcast(buf, src=0)
+        # The full model must go now, not at the next cyclic GC: use_released_rope_index binds a method to the
+        # model (a reference cycle), so dropping the name alone would keep rank 0 holding the whole policy
+        # while it reads the reference.
+        del source
+        gc.collect()
+        if _tied_parameter_groups(model) != tied:  # tie_word_embeddings: lm_head must still be the embedding
+            raise RuntimeError(f"tied parameters {tied} were untied by meta-device loading")
+        return model
 
     def _init_process_group(self, master_addr: str, master_port: int | None) -> None:
         backend = self.lcfg.backend

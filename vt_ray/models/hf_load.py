@@ -6,6 +6,8 @@ learner, the transformers backend and vLLM agree on every token's position.
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import Any
 
 import torch
@@ -17,3 +19,22 @@ def load_vl_model(path: str, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForImageTextToText
 
     return use_released_rope_index(AutoModelForImageTextToText.from_pretrained(path, dtype=dtype))
+
+
+def build_vl_model_on_meta(path_or_config: str | os.PathLike[str] | Any, dtype: torch.dtype) -> Any:
+    """The model :func:`load_vl_model` returns for the same directory (or its config), with no storage: every
+    parameter and buffer on the meta device, in eval mode like ``from_pretrained``'s. For sharding before the
+    weights exist (the learner's ``load_on_rank0``); the caller allocates (``to_empty``) and fills it.
+
+    Non-persistent buffers (the rotary ``inv_freq``) are not in a state dict, so loading one does not restore
+    them: the caller must. A config object is copied first (``from_config`` may write to it).
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    if isinstance(path_or_config, (str, os.PathLike)):
+        config = AutoConfig.from_pretrained(path_or_config)
+    else:
+        config = copy.deepcopy(path_or_config)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    return use_released_rope_index(model.eval())
