@@ -29,7 +29,8 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def tied_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with tie_word_embeddings=True (lm_head is the embedding; the checkpoint has no lm_head)."""
+    """The tiny model with tie_word_embeddings=True (lm_head is the embedding; the checkpoint has no lm_head),
+    saved in bfloat16 like the released Qwen2.5-VL: rank 0 then reads it in bf16 and the shards widen it."""
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
     out = tmp_path_factory.mktemp("tied") / "model"
@@ -39,7 +40,11 @@ def tied_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     torch.manual_seed(1)
     model = Qwen2_5_VLForConditionalGeneration(config)
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    model.to(torch.bfloat16).config.dtype = torch.bfloat16
     model.save_pretrained(out)
+    from vt_ray.models.hf_load import stored_dtype
+
+    assert stored_dtype(out) == torch.bfloat16
     return out
 
 
@@ -155,7 +160,7 @@ def test_sharded_weights_are_the_checkpoint_and_buffers_the_plain_models(
     assert list(policy_sd) == list(plain_policy.state_dict()) == list(reference_sd)
     ckpt = checkpoint_tensors(model_dir, list(policy_sd))
     for key, value in policy_sd.items():
-        assert value.dtype == torch.float32 and torch.equal(value, ckpt[key]), key
+        assert value.dtype == torch.float32 and torch.equal(value, ckpt[key].to(torch.float32)), key
         assert reference_sd[key].dtype == param_dtype and torch.equal(reference_sd[key], ckpt[key].to(param_dtype)), key
     if case.startswith("tied"):
         assert torch.equal(policy_sd["lm_head.weight"], policy_sd["model.language_model.embed_tokens.weight"])

@@ -233,7 +233,7 @@ class LearnerWorker:
         the checkpoint and broadcasts it tensor by tensor into the shards (the torchtitan/torchtune recipe).
         Otherwise every rank loads the full model, then shards it. Collective.
         """
-        from vt_ray.models.hf_load import build_vl_model_on_meta, load_vl_model
+        from vt_ray.models.hf_load import build_vl_model_on_meta, load_vl_model, stored_dtype
 
         if not (self.lcfg.load_on_rank0 and self.world_size > 1):
             return shard_model(prepare(load_vl_model(path, dtype)), self.mesh, mp, offload)
@@ -244,7 +244,11 @@ class LearnerWorker:
         # With CPUOffloadPolicy (pin_memory), FSDP2 moves each shard to pinned host memory right after it is
         # allocated here, so the GPU holds one module's shard at most for a moment.
         model.to_empty(device=self.device)
-        source = load_vl_model(path, dtype) if self.rank == 0 else None
+        # Rank 0 reads the weights in the narrower of their stored dtype and the target: the copy into each shard
+        # widens them exactly (bf16 -> fp32), so the released bf16 checkpoint never exists as a full fp32 copy.
+        stored = stored_dtype(path)
+        narrow = stored if stored is not None and stored.itemsize < dtype.itemsize else dtype
+        source = load_vl_model(path, narrow) if self.rank == 0 else None
         with torch.no_grad():
             full = source.state_dict() if source is not None else {}
             set_model_state_dict(

@@ -21,6 +21,16 @@ def load_vl_model(path: str, dtype: torch.dtype) -> Any:
     return use_released_rope_index(AutoModelForImageTextToText.from_pretrained(path, dtype=dtype))
 
 
+def stored_dtype(path: str | os.PathLike[str]) -> torch.dtype | None:
+    """The floating dtype the checkpoint's weights were saved in (its config's ``dtype``), None if unknown."""
+    from transformers import AutoConfig
+
+    value = getattr(AutoConfig.from_pretrained(path), "dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) and value.is_floating_point else None
+
+
 def build_vl_model_on_meta(path_or_config: str | os.PathLike[str] | Any, dtype: torch.dtype) -> Any:
     """The model :func:`load_vl_model` returns for the same directory (or its config), with no storage: every
     parameter and buffer on the meta device, in eval mode like ``from_pretrained``'s. For sharding before the
