@@ -233,6 +233,43 @@ def test_sft_batches_resume_at_the_data_position() -> None:
     assert steps_per_epoch(7, 3, True) == 2 and steps_per_epoch(2, 3, True) == 0
 
 
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_prefetch_keeps_order_runs_ahead_and_stops_early(depth: int) -> None:
+    import threading
+
+    from vt_ray.learner.sft_data import prefetched
+
+    built: list[int] = []
+    gate = threading.Event()
+
+    def build(x: int) -> int:
+        if x == 1 and depth:
+            assert gate.wait(timeout=60)  # item 1 is built only after the consumer holds item 0
+        built.append(x)
+        return x * 10
+
+    out = []
+    for item, value in prefetched(range(8), build, depth):
+        out.append((item, value))
+        gate.set()
+        if item == 4:
+            break  # leaving early: nothing queued beyond depth is built, the pool shuts down
+    assert out == [(i, i * 10) for i in range(5)]
+    assert built[:5] == [0, 1, 2, 3, 4]  # built in order, one thread
+    assert len(built) <= 5 + depth  # never more than depth ahead of the consumer
+
+    def failing(x: int) -> int:
+        if x == 2:
+            raise ValueError("bad batch 2")
+        return x
+
+    seen = []
+    with pytest.raises(ValueError, match="bad batch 2"):
+        for item, _ in prefetched(range(5), failing, depth):
+            seen.append(item)
+    assert seen == [0, 1]  # the error surfaces at its own item, as when building inline
+
+
 def test_sft_example_is_prompt_plus_gold_trace_and_end_of_turn(tiny_model_dir: Path, processor, synthetic_dir: Path) -> None:
     from vt_ray.learner.sft_data import SftExampleBuilder, load_sft_samples
 

@@ -96,8 +96,12 @@ class SftConfig:
     """Continue from the latest resumable checkpoint in ``output_dir`` when there is one."""
     drop_last: bool = False
     """Drop a final partial batch (kept by default: small datasets would lose a large share)."""
+    prefetch_batches: int = 2
+    """Batches decoded and tokenised ahead, in a driver thread, while the learners train on the current one
+    (0 = build each batch only when it is needed). Costs this many batches of pixels in driver memory."""
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "sft.epochs", "must be >= 1")
+        check(self.prefetch_batches >= 0, "sft.prefetch_batches", "must be >= 0")
         check(self.batch_size >= 1, "sft.batch_size", "must be >= 1")
         check(self.lr > 0, "sft.lr", "must be > 0")

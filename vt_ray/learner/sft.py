@@ -23,6 +23,7 @@ from vt_ray.learner.sft_data import (
     SftExampleBuilder,
     iter_batches,
     load_sft_samples,
+    prefetched,
     sft_train_file,
     steps_per_epoch,
 )
@@ -75,26 +76,35 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
         losses: list[float] = []
         step = resumed
         extra_state = {"epoch": position[0], "next_index": position[1], "step": step}
+
+        def build(item: tuple[int, int, list[Any]]) -> Any:
+            examples = builder.build_many(item[2])
+            return collate(processor, examples) if examples else None
+
         with (out / "metrics.jsonl").open("a") as metrics_file:
-            for epoch, begin, batch_samples in iter_batches(
+            batches = iter_batches(
                 samples, cfg.sft.batch_size, cfg.sft.epochs, cfg.run.seed, cfg.sft.drop_last, position
-            ):
-                started = time.perf_counter()
-                examples = builder.build_many(batch_samples)
-                if not examples:
+            )
+            started = time.perf_counter()
+            for (epoch, begin, _), batch in prefetched(batches, build, cfg.sft.prefetch_batches):
+                if batch is None:
                     log.warning("SFT: no usable sample in the batch at epoch %d index %d; skipped", epoch, begin)
                     continue
-                metrics = group.train_step(collate(processor, examples), "sft")
+                waited = time.perf_counter() - started  # time the learners waited for this batch's data
+                metrics = group.train_step(batch, "sft")
                 step += 1
                 losses.append(metrics["loss"])
                 extra_state = {"epoch": epoch, "next_index": begin + cfg.sft.batch_size, "step": step}
-                record = {"step": step, "epoch": epoch, "batch_time_s": time.perf_counter() - started, **metrics}
+                now = time.perf_counter()
+                record = {"step": step, "epoch": epoch, "batch_time_s": now - started, "data_wait_s": waited,
+                          **metrics}
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 log.info("SFT step %d/%d loss %.4f grad_norm %.3f lr %.2e", step, total, metrics["loss"],
                          metrics["grad_norm"], metrics["lr"])
                 if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
                     group.save_checkpoint(ckpt_root, extra_state)
+                started = time.perf_counter()
         group.save_checkpoint(ckpt_root, extra_state)
         hf_dir = group.save_hf(str(out / "hf"))
     finally:

@@ -8,10 +8,12 @@ response is the gold trace followed by ``<|im_end|>``: the model must also learn
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +25,8 @@ from vt_ray.rollout.prompting import prompt_text
 log = logging.getLogger(__name__)
 
 END_OF_TURN = "<|im_end|>"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def sft_train_file(cfg: RecipeConfig) -> str:
@@ -106,6 +110,36 @@ def iter_batches(
             if epoch == start[0] and begin < start[1]:
                 continue
             yield epoch, begin, [samples[i] for i in order[begin : begin + batch_size]]
+
+
+def prefetched(items: Iterable[T], build: Callable[[T], R], depth: int) -> Iterator[tuple[T, R]]:
+    """``(item, build(item))`` in order, with up to ``depth`` builds running ahead in one background thread.
+
+    Why a thread and not Ray tasks: the driver only waits on the learners' remote ``train_step`` meanwhile, the
+    video decoder and the tokenizer release the GIL for most of their work, and a batch built here goes to the
+    learners once (a Ray task's result would travel to the driver first). One thread keeps the build order,
+    and so the data order and the skip counts, exactly those of ``depth=0``. An error in a build surfaces at
+    that item, as it would inline; leaving the loop early cancels what has not started.
+    """
+    if depth <= 0:
+        for item in items:
+            yield item, build(item)
+        return
+    pending: deque[tuple[T, Future[R]]] = deque()
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sft-prefetch") as pool:
+        try:
+            for item in it:
+                pending.append((item, pool.submit(build, item)))
+                if len(pending) > depth:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, drop_last: bool) -> int:
