@@ -16,6 +16,7 @@ from vt_ray.cluster.manifests import (
     KIND_FILES,
     cel_errors,
     cluster_spec,
+    grace_errors,
     layout_errors,
     recipe_of,
     schema_errors,
@@ -89,6 +90,12 @@ def test_rayjob_cleans_up_and_retries_from_shared_storage(name: str, doc: dict[s
         assert job["activeDeadlineSeconds"] > 0 and job["backoffLimit"] >= 1
 
 
+@pytest.mark.parametrize(("name", "doc"), RAY_DOCS, ids=_ids(RAY_DOCS))
+def test_pods_outlive_the_checkpoint_on_sigterm(name: str, doc: dict[str, Any]) -> None:
+    cfg = load_config(ROOT / recipe_of(doc))  # type: ignore[operator]
+    assert grace_errors(doc, cfg.trainer.stop_grace_s) == []
+
+
 # The checks must be able to fail: each mutation below is caught by the check that guards it.
 def _base(kind: str) -> dict[str, Any]:
     return copy.deepcopy(next(doc for _, doc in RAY_DOCS if doc["kind"] == kind))
@@ -118,6 +125,19 @@ def test_cel_rules() -> None:
     doc["spec"]["deletionStrategy"] = {"onSuccess": {"policy": "DeleteCluster"}}
     errors = cel_errors(doc)
     assert len(errors) == 2
+    assert any("needs both onSuccess and onFailure" in e for e in errors)
+    assert any("needs shutdownAfterJobFinishes" in e for e in errors)
+    doc = _base("RayJob")
+    doc["spec"]["deletionStrategy"] = {"onSuccess": {"policy": "DeleteCluster"},
+                                       "onFailure": {"policy": "DeleteNone"}, "deletionRules": []}
+    assert cel_errors(doc) == ["deletionStrategy: onSuccess/onFailure and deletionRules are exclusive"]
+
+
+def test_short_termination_grace_is_caught() -> None:
+    doc = _base("RayJob")
+    del cluster_spec(doc)["headGroupSpec"]["template"]["spec"]["terminationGracePeriodSeconds"]  # k8s: 30 s
+    errors = grace_errors(doc, 120)
+    assert len(errors) == 1 and errors[0].startswith("head: terminationGracePeriodSeconds 30 < ")
 
 
 def test_gpu_mismatch_is_caught() -> None:
@@ -140,3 +160,6 @@ def test_version_mismatch_is_caught() -> None:
     doc = _base("RayCluster")
     doc["spec"]["rayVersion"] = "2.59.0"
     assert version_errors(doc, RAY_PIN)
+    doc = _base("RayJob")
+    cluster_spec(doc)["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] = "vt-ray:2.59.0-gpu"
+    assert version_errors(doc, RAY_PIN) == [f"image vt-ray:2.59.0-gpu tag does not start with {RAY_PIN}"]

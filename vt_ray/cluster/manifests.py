@@ -135,6 +135,23 @@ def layout_errors(manifest: dict[str, Any], res: ResourcesConfig) -> list[str]:
     return errors
 
 
+SIGTERM_MARGIN_S = 30  # process teardown after the checkpoint: actors, placement groups, W&B sync
+
+
+def grace_errors(manifest: dict[str, Any], stop_grace_s: float) -> list[str]:
+    """Every pod must give the driver time to checkpoint on SIGTERM: Kubernetes sends SIGKILL after the pod's
+    terminationGracePeriodSeconds (default 30 s), well before a trainer.stop_grace_s of minutes."""
+    spec = cluster_spec(manifest)
+    errors = []
+    for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]:
+        name = group.get("groupName", "head")
+        grace = group["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        if grace < stop_grace_s + SIGTERM_MARGIN_S:
+            errors.append(f"{name}: terminationGracePeriodSeconds {grace} < trainer.stop_grace_s {stop_grace_s:g} "
+                          f"+ {SIGTERM_MARGIN_S} s")
+    return errors
+
+
 def version_errors(manifest: dict[str, Any], ray_pin: str) -> list[str]:
     """rayVersion must equal the Ray pin and prefix every image tag, so the operator and the image agree."""
     spec = cluster_spec(manifest)
