@@ -31,7 +31,12 @@ Messages = list[dict[str, Any]]
 
 
 class EndpointError(RuntimeError):
-    """A request failed for good (after retries, or a non-retryable status). Never contains the API key."""
+    """A request failed for good (after retries, or a non-retryable status). Never contains the API key.
+    ``attempts``/``rate_limited``: HTTP attempts made and 429s among them, for the cost report."""
+
+    def __init__(self, message: str, attempts: int = 0, rate_limited: int = 0) -> None:
+        super().__init__(message)
+        self.attempts, self.rate_limited = attempts, rate_limited
 
 
 @dataclass
@@ -147,7 +152,7 @@ class ChatClient:
                     rate_limited += 1
                     delay = _retry_after(resp.headers.get("retry-after"), self.cfg.backoff_max_s)
                 elif resp.status_code < 500:
-                    raise EndpointError(f"{self.name}: {last}")
+                    raise EndpointError(f"{self.name}: {last}", retries + 1, rate_limited)
             if k == self.cfg.max_retries:
                 break
             if delay is None:  # full jitter: spreads retries of many workers after a shared outage
@@ -155,7 +160,7 @@ class ChatClient:
             retries += 1
             waited += delay
             time.sleep(delay)
-        raise EndpointError(f"{self.name}: gave up after {retries + 1} attempts: {last}")
+        raise EndpointError(f"{self.name}: gave up after {retries + 1} attempts: {last}", retries + 1, rate_limited)
 
     def _parse(self, resp: httpx.Response, key: str, retries: int, rate_limited: int, waited: float,
                secret: str | None) -> ChatResult:

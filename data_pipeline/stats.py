@@ -13,7 +13,7 @@ from typing import Any
 from data_pipeline.config import STEPS, CurateConfig
 
 USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
-              "cached_completion_tokens", "retries", "rate_limited")
+              "cached_completion_tokens", "retries", "rate_limited", "failed_calls")
 
 
 def _per_step(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -77,7 +77,8 @@ def render_markdown(stats: dict[str, Any]) -> str:
         f"{stats['regenerated']} needed trace regeneration (max {stats['max_regenerations']}); "
         f"{stats['seconds']:.1f} s, prompts {stats['prompt_version']}.", "",
         f"Cost: {c['calls']} paid calls ({c['prompt_tokens']} prompt + {c['completion_tokens']} completion "
-        f"tokens), {c['cache_hits']} cache hits, {c['retries']} retries ({c['rate_limited']} rate limited).", "",
+        f"tokens), {c['cache_hits']} cache hits, {c['retries']} retries ({c['rate_limited']} rate limited), "
+        f"{c['failed_calls']} requests failed for good.", "",
         "## Per source", "",
         "| source | records | kept | regenerated | dropped | drop reasons |", "|---|---|---|---|---|---|",
     ]

@@ -63,10 +63,14 @@ def _step(row: dict[str, Any], step: str) -> dict[str, Any]:
     return row["steps"].setdefault(step, {"attempts": 0, "outcome": None, "failures": []})
 
 
+def _usage(row: dict[str, Any], step: str) -> dict[str, int]:
+    return row["usage"].setdefault(step, {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                          "cached_prompt_tokens": 0, "cached_completion_tokens": 0, "retries": 0,
+                                          "rate_limited": 0, "failed_calls": 0})
+
+
 def _account(row: dict[str, Any], step: str, result: ChatResult) -> None:
-    u = row["usage"].setdefault(step, {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                       "cached_prompt_tokens": 0, "cached_completion_tokens": 0, "retries": 0,
-                                       "rate_limited": 0})
+    u = _usage(row, step)
     if result.cached:
         u["cache_hits"] += 1
         u["cached_prompt_tokens"] += result.prompt_tokens
@@ -89,7 +93,14 @@ def _ask(row: dict[str, Any], step: str, client: ChatClient, messages: list[dict
          template: str) -> str:
     _step(row, step)["attempts"] += 1
     row["prompts"][step] = template
-    result = client.chat(messages, attempt=attempt, template=template)
+    try:
+        result = client.chat(messages, attempt=attempt, template=template)
+    except EndpointError as err:  # no answer, but the attempts happened: the cost report shows them
+        u = _usage(row, step)
+        u["failed_calls"] += 1
+        u["retries"] += max(err.attempts - 1, 0)
+        u["rate_limited"] += err.rate_limited
+        raise
     _account(row, step, result)
     return result.content
 

@@ -201,6 +201,7 @@ def test_regeneration_budget_and_parse_retries(ray_local, tmp_path: Path) -> Non
         _caption_record("badtrace", "a dog runs [bad-trace:2]", "a cat sleeps"),
         _caption_record("badjson", "a man sings [bad-json:1]", "a woman claps"),
         _caption_record("single", "only one segment"),
+        _caption_record("down", "a bell rings [http500:99]", "a door opens"),  # the endpoint never recovers
         {"uid": "empty", "source": "star", "video": "x.mp4", "duration": None, "segments": []},
         {"uid": "num", "source": "scalelong", "video": "x.mp4", "duration": 30.0, "segments": [],
          "question": "How many jumps?", "answer": "3", "answer_type": "numeric", "windows": [[1.0, 4.0]]},
@@ -215,11 +216,16 @@ def test_regeneration_budget_and_parse_retries(ray_local, tmp_path: Path) -> Non
     assert rows["activitynet_captions/badtrace"]["reason"].startswith("trace_format")  # 2 bad traces, budget 2
     assert rows["activitynet_captions/single"]["reason"] == "too_few_segments"
     assert rows["star/empty"]["reason"] == "no_qa_no_captions"
+    # Retries exhausted: the row is emitted as dropped with the reason, the block and the run go on.
+    assert rows["activitynet_captions/down"]["reason"].startswith("endpoint_error")
+    assert rows["activitynet_captions/down"]["dropped_at"] == "question"
     sft = {s.uid: s for s in read_samples(tmp_path / "out" / "sft.jsonl")}
     assert set(sft) == {"activitynet_captions/badjson", "scalelong/num"}
     assert sft["scalelong/num"].answer == "3" and sft["scalelong/num"].windows == [[1.0, 4.0]]
     assert stats["per_step"]["question"]["failures"] == {"bad_json": 1}
-    assert stats["per_step"]["question"]["calls"] == 4  # never, badtrace, badjson x2; "single" cost nothing
+    q = stats["per_step"]["question"]
+    assert q["calls"] == 4  # never, badtrace, badjson x2 answered; "single" cost nothing
+    assert (q["failed_calls"], q["retries"]) == (1, 3)  # "down": 1 + max_retries attempts, all HTTP 500
 
 
 def test_api_key_is_sent_but_never_written_or_logged(ray_local, tmp_path: Path) -> None:
