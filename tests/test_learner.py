@@ -204,6 +204,29 @@ def test_checkpoint_round_trip_resumes_exactly(tiny_model_dir: Path, processor, 
     assert not list(root.glob(".tmp_*"))
 
 
+def test_commit_is_atomic_repeatable_and_prunes(tmp_path: Path) -> None:
+    from vt_ray.learner.checkpoint import TRAINER_STATE, commit, resolve, tmp_dir
+
+    def stage(step: int, marker: str) -> None:
+        d = tmp_dir(tmp_path, step)
+        (d / "shards").mkdir(parents=True)
+        (d / "shards" / "0.distcp").write_text(marker)
+        (d / TRAINER_STATE).write_text(marker)
+
+    assert resolve(tmp_path) is None
+    for step in (1, 2, 3):
+        stage(step, f"s{step}")
+        commit(tmp_path, step, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["step_00000002", "step_00000003"]
+    assert resolve(tmp_path) == tmp_path / "step_00000003"
+    stage(3, "again")  # the final save right after a periodic one at the same step
+    commit(tmp_path, 3, keep_last=2)
+    assert (tmp_path / "step_00000003" / TRAINER_STATE).read_text() == "again"
+    stage(4, "partial")  # a save that never reached commit: ignored, latest unchanged
+    assert resolve(tmp_path) == tmp_path / "step_00000003"
+    assert not list(tmp_path.glob(".latest*.tmp"))
+
+
 def test_load_checkpoint_without_one_returns_none(tiny_model_dir: Path, tmp_path: Path) -> None:
     worker = _learner(tiny_model_dir, "learner.reference=none")
     assert worker.load_checkpoint(str(tmp_path / "nothing")) is None

@@ -33,12 +33,36 @@ def tmp_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f".tmp_{step_dir_name(step)}"
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's entry to stable storage (a rename is durable only once its directory is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Every file and directory under ``root``, then ``root``: a power loss after the commit cannot leave the
+    step directory named but empty. The shards are already synced by DCP (cheap to repeat); this covers the
+    trainer state and the directory entries."""
+    for path in sorted(root.rglob("*"), reverse=True):  # children before their directories
+        if path.is_file() or path.is_dir():
+            fsync_path(path)
+    fsync_path(root)
+
+
 def write_latest(root: str | Path, name: str) -> None:
-    """Point ``latest`` at ``name`` atomically (write a temp file, then rename over)."""
+    """Point ``latest`` at ``name`` atomically and durably (write and sync a temp file, rename it over, sync
+    the directory)."""
     root = Path(root)
     tmp = root / f".{LATEST}.tmp"
-    tmp.write_text(name + "\n")
+    with tmp.open("w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, root / LATEST)
+    fsync_path(root)
 
 
 def resolve(path: str | Path) -> Path | None:
@@ -60,8 +84,9 @@ def commit(root: str | Path, step: int, keep_last: int) -> Path:
     final = root / step_dir_name(step)
     if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
         shutil.rmtree(final)
+    fsync_tree(tmp_dir(root, step))
     os.replace(tmp_dir(root, step), final)
-    write_latest(root, final.name)
+    write_latest(root, final.name)  # syncs root: the rename above is durable with it
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in steps[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
