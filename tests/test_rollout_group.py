@@ -1,5 +1,6 @@
-"""Rollout group on a local Ray cluster: order-preserving split across actors, weight versions, and recovery
-from an actor that dies mid-batch (a real process exit) with no sample lost or doubled.
+"""Rollout group on a local Ray cluster: order-preserving split across actors, weight versions, recovery
+from an actor that dies mid-batch (a real process exit) with no sample lost or doubled, and a corrupt weight
+blob rejected by every engine with nothing changed (more weight-sync cases: tests/test_weight_sync.py).
 
 Uses the transformers backend: the group's fault handling does not depend on the engine, and it starts in a
 second where two vLLM engines would compete for our two cores.
@@ -62,5 +63,46 @@ def test_actor_killed_mid_batch_is_restarted_and_nothing_is_lost(
         assert [r.uid for r in batch.results] == [s.uid for s in samples]  # none lost, none doubled, in order
         assert all(len(r.completions) == 2 for r in batch.results)
         assert group.weight_versions() == [3, 3]  # the restarted actor got the current weights back
+    finally:
+        group.shutdown()
+
+
+@pytest.mark.slow
+def test_corrupt_weight_blob_names_rank_and_tensor_and_changes_nothing(ray_cluster, tiny_model_dir: Path) -> None:
+    """C8 item 6: a blob with a missing tensor or a wrong shape is rejected by every engine before any tensor
+    is written; the error names the ranks and the tensor; versions and served log-probs stay as they were."""
+    import torch
+
+    from vt_ray.models.hf_load import load_vl_model
+    from vt_ray.rollout.group import RolloutGroup
+    from vt_ray.rollout.vllm_engine import serialize_state_dict
+    from vt_ray.rollout.weight_sync import PROBE_TEXT, WeightSyncError
+
+    cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", [f"model.path={tiny_model_dir}", "rollout.backend=hf"])
+    group = RolloutGroup(cfg, num_workers=2, num_cpus=0.5, call_timeout_s=600)
+    state = load_vl_model(str(tiny_model_dir), torch.float32).state_dict()
+    name = "model.language_model.layers.1.self_attn.o_proj.weight"
+    missing = serialize_state_dict({k: v for k, v in state.items() if k != name})
+    try:
+        start = group.probe_logprobs_all(PROBE_TEXT)
+        with pytest.raises(WeightSyncError) as info:  # the very first push: engines stay on the checkpoint
+            group.update_weights(missing, version=1)
+        assert (info.value.rank, info.value.tensor) == (0, name)
+        assert "rollout rank(s) [0, 1]" in str(info.value) and f"rank 1: missing tensor '{name}'" in str(info.value)
+        assert group.weight_versions() == [0, 0]
+        assert group.probe_logprobs_all(PROBE_TEXT) == start
+
+        gen = torch.Generator().manual_seed(3)
+        new = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in state.items()}
+        group.update_weights(serialize_state_dict(new), version=2)
+        served = group.probe_logprobs_all(PROBE_TEXT)
+        assert served != start
+        wrong_shape = serialize_state_dict({**new, name: torch.zeros(3, 3)})
+        with pytest.raises(WeightSyncError, match=rf"tensor '{name}' has shape \[3, 3\]") as info:
+            group.update_weights(wrong_shape, version=3)
+        assert info.value.tensor == name and sorted(info.value.failures) == [0, 1]
+        assert group.weight_versions() == [2, 2]
+        assert group.probe_logprobs_all(PROBE_TEXT) == served
+        assert len(group.generate([], SAMPLING).results) == 0  # the group still serves
     finally:
         group.shutdown()

@@ -137,9 +137,19 @@ class RolloutConfig:
     enable_sleep_mode: bool = False
     """Free vLLM's weights and KV cache while the learner trains, restore them before the weight sync: what makes
     a colocated layout (resources.colocate) fit on one GPU. GPU only (vLLM sleep mode needs CUDA)."""
+    probe_every: int = 0
+    """Weight-sync probe: on every k-th sync (and the resume sync) the driver compares each engine's log-probs
+    of a fixed text with a float32 transformers forward on the pushed weights and fails on a mismatch. 0 = off
+    (the default: the reference holds a float32 copy of the model in the driver, 30 GB at 7B). Every sync
+    checks the engines' weight versions regardless."""
+    probe_tolerance: float = 1e-3
+    """Largest |log-prob difference| per probe token. float32 engines agree to about 1e-6 (tiny model); a
+    bfloat16 engine against the float32 reference needs a looser value (assumption: about 0.1)."""
 
     def __post_init__(self) -> None:
         check(self.backend in ("vllm", "hf"), "rollout.backend", f"unknown backend {self.backend!r} (vllm | hf)")
+        check(self.probe_every >= 0, "rollout.probe_every", "must be >= 0 (0 = off)")
+        check(self.probe_tolerance > 0, "rollout.probe_tolerance", "must be > 0")
         check(self.n >= 1, "rollout.n", "must be >= 1")
         check(self.temperature >= 0, "rollout.temperature", "must be >= 0")
         check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")

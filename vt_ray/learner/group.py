@@ -3,7 +3,12 @@
 The group shards a mini-batch over ranks (contiguous, sizes differing by at most one) and tells every rank
 how many micro-batches to run, so all ranks run the same number of FSDP forward/backward passes. Every remote
 wait has a deadline; a rank that fails or times out raises an error naming the role, method and rank (a rank
-that dies mid-collective otherwise looks like a silent hang of its peers).
+that dies mid-collective otherwise looks like a silent hang of its peers). A timeout raises
+:class:`LearnerTimeout`, a :class:`~vt_ray.common.timeouts.StepTimeout` carrying the Python stacks of the
+ranks still pending (faulthandler), like the rollout and reward groups.
+
+The deadline is ``timeout_s``: the trainer starts the group with its long first-step timeout and sets
+``group.timeout_s`` to the tighter steady-state one after the first step (torchtitan-style).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import ray
 import torch
 from ray.exceptions import RayError
 
+from vt_ray.common.timeouts import ActorInfo, StepTimeout, dump_stacks, resolved
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.worker import LearnerWorker
@@ -25,11 +31,15 @@ ROLE = "learner"
 
 
 class LearnerCallError(RuntimeError):
-    """A learner rank failed or did not answer in time."""
+    """A learner rank failed (a remote error), or, as :class:`LearnerTimeout`, did not answer in time."""
 
     def __init__(self, method: str, rank: int, detail: str) -> None:
         self.role, self.method, self.rank = ROLE, method, rank
         super().__init__(f"{ROLE}[{rank}].{method}: {detail}")
+
+
+class LearnerTimeout(StepTimeout, LearnerCallError):
+    """``StepTimeout("learner", method, rank)``; also a LearnerCallError, for callers that catch that."""
 
 
 class LearnerGroup:
@@ -38,13 +48,15 @@ class LearnerGroup:
         cfg: RecipeConfig,
         runtime_env: dict[str, Any] | None = None,
         actor_options: Callable[[int], dict[str, Any]] | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         """``resources.learner`` sets the ranks and what each asks for; ``actor_options(rank)`` (the trainer's
-        placement-group bundles) overrides where each rank goes."""
+        placement-group bundles) overrides where each rank goes. ``timeout_s`` (default ``learner.timeout_s``)
+        bounds every call until changed through the ``timeout_s`` attribute."""
         self.cfg = cfg
         res = cfg.resources.learner
         self.world_size = res.num_workers
-        self.timeout_s = cfg.learner.timeout_s
+        self.timeout_s = cfg.learner.timeout_s if timeout_s is None else timeout_s
         actor_cls = ray.remote(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker, max_restarts=0)(
             LearnerWorker
         )
@@ -54,6 +66,9 @@ class LearnerGroup:
             if runtime_env:
                 opts["runtime_env"] = runtime_env
             self.actors.append(actor_cls.options(**opts).remote(cfg, rank, self.world_size))
+        # Not waited for here: each rank's pid, node and stack dump file, read when a call times out.
+        self._info_refs = [a.ready.remote() for a in self.actors]
+        self._infos: dict[int, ActorInfo] = {}
 
     def setup(self, *, total_steps: int, model_path: str | None = None, lr: float | None = None,
               reference: str | None = None) -> int:
@@ -76,14 +91,22 @@ class LearnerGroup:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                ranks = sorted(pending.values())
-                raise LearnerCallError(method, ranks[0], f"no answer within {timeout_s:g} s (waiting on ranks {ranks})")
+                raise self._timeout(method, sorted(pending.values()), timeout_s)
             rank = pending.pop(ready[0])
             try:
                 results[rank] = ray.get(ready[0])
             except RayError as err:
                 raise LearnerCallError(method, rank, f"failed: {err}") from err
         return [results[r] for r in range(len(refs))]
+
+    def _timeout(self, method: str, ranks: list[int], timeout_s: float) -> LearnerTimeout:
+        """LearnerTimeout naming the first pending rank, with the stacks of the pending ranks (the stuck one,
+        and its peers blocked in a collective with it)."""
+        for rank in ranks:
+            if rank not in self._infos and (info := resolved(self._info_refs[rank])) is not None:
+                self._infos[rank] = info
+        stacks = dump_stacks(ROLE, [(r, self.actors[r], self._infos.get(r)) for r in ranks])
+        return LearnerTimeout(ROLE, method, ranks[0], timeout_s, f"waiting on ranks {ranks}", stacks)
 
     def _shards(self, batch: TrainBatch) -> tuple[list[ray.ObjectRef], list[bool], int]:
         """One shard per rank (a zero-loss filler for a rank left without samples), which shards are real,

@@ -33,12 +33,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner import checkpoint as ckpt
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
 from vt_ray.learner.schedule import lr_factor, warmup_steps
-from vt_ray.testing.faults import crash_point
+from vt_ray.testing.faults import crash_point, hang_point
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def shard_model(
 class LearnerWorker:
     def __init__(self, cfg: RecipeConfig, rank: int = 0, world_size: int = 1) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.info = install_stack_dumps("learner", rank)
         self.lcfg = cfg.learner
         use_cuda = self.cfg.resources.learner.gpus_per_worker > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
@@ -215,8 +217,9 @@ class LearnerWorker:
         self.step = 0
         return sum(p.numel() for p in self.model.parameters())  # DTensor numel is the global size
 
-    def ready(self) -> int:
-        return self.rank
+    def ready(self) -> ActorInfo:
+        """Where this rank runs (pid, node, stack dump file): the group needs it to dump a stuck rank."""
+        return self.info
 
     def _load_sharded(
         self,
@@ -302,6 +305,7 @@ class LearnerWorker:
     @torch.no_grad()
     def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:
         """[B, L] per-token log-probs of this rank's shard under the policy or the reference (CPU tensor)."""
+        hang_point("learner.compute_logprobs", self.rank)
         model = self._model(which)
         model.eval()
         micro, real = self._micro_batches(shard, num_micro)
@@ -324,6 +328,7 @@ class LearnerWorker:
         """One optimizer step over the mini-batch whose shard this rank holds (gradient accumulation over
         its micro-batches). Returns mini-batch metrics, identical on every rank."""
         assert self.model is not None, "call setup() first"
+        hang_point("learner.train_step", self.rank)
         started = time.perf_counter()
         loss_fn = self._loss_fn(loss_name)
         micro, real = self._micro_batches(shard, num_micro)

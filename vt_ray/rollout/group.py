@@ -2,7 +2,8 @@
 
 The group owns fault tolerance: if an actor dies mid-batch it is recreated, given the current weight version,
 and only its share of the batch is re-sent, so no sample is lost or doubled. Every remote wait has a timeout
-that names the role, method and rank (a stuck vLLM engine must not look like a silent hang).
+that names the role, method and rank (a stuck vLLM engine must not look like a silent hang) and carries the
+stuck actor's Python stacks (:mod:`vt_ray.common.timeouts`). ``StepTimeout`` is importable from here too.
 """
 
 from __future__ import annotations
@@ -13,21 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from vt_ray.common.timeouts import ActorInfo, StepTimeout, timeout_error
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.rollout.types import SamplingSettings
+from vt_ray.rollout.weight_sync import WeightSyncError
 from vt_ray.rollout.worker import RolloutBatchResult, RolloutWorker
 
 log = logging.getLogger(__name__)
-
-
-class StepTimeout(RuntimeError):
-    """A remote call did not answer in time."""
-
-    def __init__(self, role: str, method: str, rank: int, timeout_s: float):
-        self.role, self.method, self.rank = role, method, rank
-        super().__init__(f"{role}[{rank}].{method} did not answer within {timeout_s:.0f} s")
 
 
 class RolloutRestartBudgetExhausted(RuntimeError):
@@ -65,20 +60,24 @@ class RolloutGroup:
         call_timeout_s: float = 1800.0,
         runtime_env: dict[str, Any] | None = None,
         actor_options: Callable[[int], dict[str, Any]] | None = None,
+        worker_cls: type = RolloutWorker,
     ) -> None:
         """``actor_options(rank)`` gives each actor's Ray options (placement group bundle, CPUs, GPUs); without
-        it actors ask for ``num_cpus``/``num_gpus`` anywhere in the cluster."""
+        it actors ask for ``num_cpus``/``num_gpus`` anywhere in the cluster. ``worker_cls`` is the actor class
+        (constructed as ``worker_cls(cfg, rank)``): :class:`RolloutWorker`, or a stand-in in tests."""
         self.cfg = cfg
         self.max_restarts = max_restarts
         self.call_timeout_s = call_timeout_s
-        self._actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(RolloutWorker)
+        self._actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(worker_cls)
         self._runtime_env = runtime_env
         self._actor_options = actor_options
         self.metrics = GroupMetrics()
-        self._weights: tuple[ray.ObjectRef, int] | None = None  # latest (blob ref, version), for restarts
+        self._weights: tuple[ray.ObjectRef, int] | None = None  # latest (blob ref, version) every engine has
+        self._broken: str | None = None  # set when a failed sync could not be rolled back everywhere
         self._seed: int | None = None
+        self._infos: dict[int, ActorInfo] = {}  # rank -> pid, node, stack dump file (from ready())
         self.actors = [self._spawn(rank) for rank in range(num_workers)]
-        self._wait_all("ready", [a.ready.remote() for a in self.actors])
+        self._infos = dict(enumerate(self._wait_all("ready", [a.ready.remote() for a in self.actors])))
 
     def _spawn(self, rank: int) -> Any:
         opts: dict[str, Any] = dict(self._actor_options(rank)) if self._actor_options else {}
@@ -86,17 +85,24 @@ class RolloutGroup:
             opts["runtime_env"] = self._runtime_env
         return self._actor_cls.options(**opts).remote(self.cfg, rank)
 
-    def _wait_all(self, method: str, refs: Sequence[ray.ObjectRef]) -> list[Any]:
+    def _wait_all(self, method: str, refs: Sequence[ray.ObjectRef], ranks: Sequence[int] | None = None) -> list[Any]:
+        """Results of one call per rank (``ranks``: which actors the refs belong to, default 0..n-1)."""
         out = []
-        for rank, ref in enumerate(refs):
+        for rank, ref in zip(ranks if ranks is not None else range(len(refs)), refs, strict=True):
             try:
                 out.append(ray.get(ref, timeout=self.call_timeout_s))
             except GetTimeoutError as err:
-                raise StepTimeout("rollout", method, rank, self.call_timeout_s) from err
+                raise self._timeout(method, rank) from err
         return out
+
+    def _timeout(self, method: str, rank: int) -> StepTimeout:
+        """StepTimeout naming the stuck actor, with its Python stacks attached."""
+        return timeout_error("rollout", method, rank, self.call_timeout_s, self.actors, self._infos)
 
     def generate(self, samples: Sequence[Any], sampling: SamplingSettings, video: Any = None) -> RolloutBatchResult:
         """Responses for every sample, in input order; skipped samples are reported, never silently lost."""
+        if self._broken:
+            raise WeightSyncError(self._broken)
         parts = split_evenly(len(samples), len(self.actors))
         pending = {rank: self.actors[rank].generate.remote(list(samples[a:b]), sampling, video)
                    for rank, (a, b) in enumerate(parts) if b > a}
@@ -107,7 +113,7 @@ class RolloutGroup:
                 results[rank] = ray.get(ref, timeout=self.call_timeout_s)
                 del pending[rank]
             except GetTimeoutError as err:
-                raise StepTimeout("rollout", "generate", rank, self.call_timeout_s) from err
+                raise self._timeout("generate", rank) from err
             except RayActorError:
                 a, b = parts[rank]
                 log.warning("rollout[%d] died mid-batch; restarting it and re-sending %d samples", rank, b - a)
@@ -127,18 +133,86 @@ class RolloutGroup:
         except Exception:  # already gone
             pass
         self.actors[rank] = self._spawn(rank)
-        self._wait_all("ready", [self.actors[rank].ready.remote()])
+        self._infos.pop(rank, None)  # the old actor's pid is gone
+        self._infos[rank] = self._wait_all("ready", [self.actors[rank].ready.remote()], [rank])[0]
         if self._weights is not None:
             blob_ref, version = self._weights
-            self._wait_all("update_weights", [self.actors[rank].update_weights.remote(blob_ref, version)])
+            self._wait_all("update_weights", [self.actors[rank].update_weights.remote(blob_ref, version)], [rank])
         if self._seed is not None:
-            self._wait_all("reseed", [self.actors[rank].reseed.remote(self._seed + rank)])
+            self._wait_all("reseed", [self.actors[rank].reseed.remote(self._seed + rank)], [rank])
 
     def update_weights(self, blob: bytes, version: int) -> None:
-        """Push new weights to every engine (one object-store copy shared by all actors)."""
+        """Push new weights to every engine, all or nothing (one object-store copy shared by all actors).
+
+        Each engine validates the blob against its model before writing any tensor, so a bad blob (a missing or
+        unknown tensor, a wrong shape or dtype kind) is rejected by every engine with its weights untouched.
+        When engines end up on different sides (some took the new weights; another failed inside its loader,
+        which can leave it half-written), the group does not keep the mix: it pushes the previous version back
+        to every engine that changed (before any push: the checkpoint the engines started from, version 0), so
+        all serve the previous version again, and then raises :class:`WeightSyncError` naming each failed rank
+        and tensor. Rolling back rather than only marking the group failed keeps the engines consistent for a
+        caller that handles the error (the driver does not: it re-raises and the run stops, resumable from the
+        last complete checkpoint). Should a rollback fail too, the group is marked broken and ``generate``
+        refuses until a push succeeds on every engine. The previous blob stays in the object store until the
+        next successful push (one extra blob of memory): that is what makes the rollback a local re-push.
+
+        An actor that dies during the push is restarted (counted against the restart budget; it comes back on
+        the previous weights) and sent the new blob again. The new version is recorded (for later restarts and
+        rollbacks) only once every engine has it.
+        """
         blob_ref = ray.put(blob)
-        self._weights = (blob_ref, version)
-        self._wait_all("update_weights", [a.update_weights.remote(blob_ref, version) for a in self.actors])
+        outcome = self._push(blob_ref, version, range(len(self.actors)))
+        failed = {rank: err for rank, err in outcome.items() if err is not None}
+        if not failed:
+            self._weights = (blob_ref, version)
+            self._broken = None
+            return
+        # A rank whose engine rejected the blob up front (applied=False) still has its previous weights.
+        changed = [rank for rank, err in outcome.items() if err is None or getattr(err, "applied", True)]
+        target, target_version = self._weights if self._weights is not None else (None, 0)
+        back = self._push(target, target_version, changed) if changed else {}
+        stuck = {rank: err for rank, err in back.items() if err is not None}
+        detail = "; ".join(f"rank {rank}: {_describe(err)}" for rank, err in sorted(failed.items()))
+        if stuck:
+            state = (f"rolling back rank(s) {sorted(stuck)} to version {target_version} failed too ("
+                     + "; ".join(f"rank {r}: {_describe(e)}" for r, e in sorted(stuck.items()))
+                     + "): the group refuses to generate until a push reaches every engine")
+            self._broken = f"weight sync to version {version} failed and could not be rolled back: {state}"
+        else:
+            state = f"every engine serves version {target_version}" + (
+                f" (rank(s) {changed} rolled back)" if changed else " (none had changed)")
+        first = min(failed)
+        raise WeightSyncError(
+            f"weight sync to version {version} failed on rollout rank(s) {sorted(failed)}: {detail}. {state}",
+            tensor=getattr(failed[first], "tensor", None), rank=first, applied=bool(stuck),
+            failures={rank: _describe(err) for rank, err in failed.items()},
+        )
+
+    def _push(
+        self, blob_ref: ray.ObjectRef | None, version: int, ranks: Sequence[int]
+    ) -> dict[int, BaseException | None]:
+        """``update_weights`` on ``ranks`` in parallel: rank -> None on success, else the engine's exception.
+        ``blob_ref=None`` makes the engines reload the checkpoint they started from."""
+        refs = {rank: self.actors[rank].update_weights.remote(blob_ref, version) for rank in ranks}
+        out: dict[int, BaseException | None] = {}
+        for rank, ref in refs.items():
+            try:
+                try:
+                    ray.get(ref, timeout=self.call_timeout_s)
+                except RayActorError:
+                    log.warning("rollout[%d] died during the weight push; restarting it and pushing again", rank)
+                    self._restart(rank)  # back on the previous weights
+                    ray.get(self.actors[rank].update_weights.remote(blob_ref, version), timeout=self.call_timeout_s)
+                out[rank] = None
+            except GetTimeoutError as err:
+                self._broken = f"rollout[{rank}].update_weights (version {version}) timed out: weights unknown"
+                raise self._timeout("update_weights", rank) from err
+            except (RayTaskError, RayActorError) as err:
+                out[rank] = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+            except BaseException as err:  # e.g. restart budget exhausted: other engines may have the new weights
+                self._broken = f"weight push of version {version} aborted at rollout[{rank}]: {err!r}"
+                raise
+        return out
 
     def reseed(self, seed: int) -> None:
         """Seed every engine's sampler (rank r gets seed + r): rollouts of a step become a function of the seed."""
@@ -153,7 +227,11 @@ class RolloutGroup:
         self._wait_all("wake_up", [a.wake_up.remote() for a in self.actors])
 
     def probe_logprobs(self, text: str, rank: int = 0) -> list[float]:
-        return self._wait_all("prompt_logprobs", [self.actors[rank].prompt_logprobs.remote(text)])[0]
+        return self._wait_all("prompt_logprobs", [self.actors[rank].prompt_logprobs.remote(text)], [rank])[0]
+
+    def probe_logprobs_all(self, text: str) -> list[list[float]]:
+        """Every engine's log-probs of ``text`` (the weight probe), by rank."""
+        return self._wait_all("prompt_logprobs", [a.prompt_logprobs.remote(text) for a in self.actors])
 
     def weight_versions(self) -> list[int]:
         return self._wait_all("weight_version", [a.weight_version.remote() for a in self.actors])
@@ -162,3 +240,7 @@ class RolloutGroup:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
+
+
+def _describe(err: BaseException) -> str:
+    return err.message if isinstance(err, WeightSyncError) else f"{type(err).__name__}: {err}"

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-
 import torch
 
 from vt_ray.config.schema import ModelConfig, RolloutConfig
-from vt_ray.rollout.types import Completion, GenerationRequest, RolloutResult, SamplingSettings
 from vt_ray.learner.batch import encode_prompt
 from vt_ray.rollout.prompting import banned_token_ids
+from vt_ray.rollout.types import (
+    Completion,
+    GenerationRequest,
+    RolloutResult,
+    SamplingSettings,
+)
+from vt_ray.rollout.weight_sync import (
+    UNKNOWN_VERSION,
+    WeightManifest,
+    WeightSyncError,
+    validate_blob,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,9 +45,13 @@ class HfEngine:
         self.model = load_vl_model(self.model_path, _DTYPES[model.dtype]).eval()
         self._banned = [[i] for i in banned_token_ids(self.tokenizer)]  # vision placeholders: never sampled
         self._eos = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+        self.manifest = WeightManifest.from_model(self.model)  # what every pushed blob must match
 
     @torch.no_grad()
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[RolloutResult]:
+        if self.weight_version == UNKNOWN_VERSION:
+            raise WeightSyncError("this engine's weights are in an unknown state after a failed weight sync; "
+                                  "push a complete blob before generating", applied=True)
         return [self._generate_one(r, sampling) for r in requests]
 
     def _generate_one(self, req: GenerationRequest, s: SamplingSettings) -> RolloutResult:
@@ -95,14 +109,29 @@ class HfEngine:
     def reseed(self, seed: int) -> None:
         torch.manual_seed(seed)
 
-    def update_weights(self, state_dict: Mapping[str, torch.Tensor] | bytes, version: int) -> int:
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor] | bytes | None, version: int) -> int:
+        """Load new weights; the same contract as ``VllmEngine.update_weights``: every tensor is validated
+        (name, shape, dtype kind) before any is copied, so a bad blob raises :class:`WeightSyncError` naming the
+        tensor and the engine keeps serving its previous weights and version (``load_state_dict`` alone would
+        copy the tensors before a bad one). ``None`` reloads the checkpoint the engine started from."""
+        if state_dict is None:
+            from vt_ray.models.hf_load import load_vl_model
+
+            state_dict = load_vl_model(self.model_path, next(self.model.parameters()).dtype).state_dict()
+        validate_blob(state_dict, self.manifest)
         if isinstance(state_dict, bytes | bytearray):
             from safetensors.torch import load
 
             state_dict = load(bytes(state_dict))
-        self.model.load_state_dict(dict(state_dict), strict=True)
+        tensors = dict(state_dict)
+        try:
+            self.model.load_state_dict(tensors, strict=False)  # validated: only a tied alias can be absent
+        except Exception as err:
+            self.weight_version = UNKNOWN_VERSION
+            raise WeightSyncError(f"transformers weight load failed: {type(err).__name__}: {err}",
+                                  applied=True) from err
         self.weight_version = version
-        return len(state_dict)
+        return len(tensors)
 
 
 def _ends_with_stop(text: str, stops: Sequence[str]) -> bool:

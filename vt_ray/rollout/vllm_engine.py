@@ -14,7 +14,18 @@ import torch
 
 from vt_ray.config.schema import ModelConfig, RolloutConfig
 from vt_ray.rollout.prompting import banned_token_ids
-from vt_ray.rollout.types import Completion, GenerationRequest, RolloutResult, SamplingSettings
+from vt_ray.rollout.types import (
+    Completion,
+    GenerationRequest,
+    RolloutResult,
+    SamplingSettings,
+)
+from vt_ray.rollout.weight_sync import (
+    UNKNOWN_VERSION,
+    WeightManifest,
+    WeightSyncError,
+    validate_blob,
+)
 
 
 def configure_vllm_env(rollout: RolloutConfig) -> None:
@@ -58,6 +69,7 @@ class VllmEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._banned = banned_token_ids(self.tokenizer)
+        self.manifest = _hf_manifest(self.model_path, model.dtype)  # what every pushed blob must match
 
     def _sampling_params(self, s: SamplingSettings) -> Any:
         from vllm import SamplingParams
@@ -78,6 +90,7 @@ class VllmEngine:
         )
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[RolloutResult]:
+        _check_serving(self.weight_version)
         inputs = [
             {"prompt": r.prompt, "multi_modal_data": {"video": (r.frames, r.video_metadata)}} for r in requests
         ]
@@ -114,17 +127,55 @@ class VllmEngine:
     def reseed(self, seed: int) -> None:
         self.llm.collective_rpc("reseed", args=(int(seed),))
 
-    def update_weights(self, blob: bytes | Mapping[str, torch.Tensor], version: int) -> int:
-        """Load new weights in place; afterwards only they serve. Returns the number of tensors loaded."""
+    def update_weights(self, blob: bytes | Mapping[str, torch.Tensor] | None, version: int) -> int:
+        """Load new weights in place; afterwards only they serve. Returns the number of tensors loaded.
+
+        The blob is validated against the model's Hugging Face state dict first (names, shapes, dtype kind):
+        a bad one raises :class:`WeightSyncError` naming the tensor and leaves the engine serving its previous
+        weights and version. A failure inside vLLM's loader after that (nothing we can check up front) sets
+        ``weight_version`` to ``UNKNOWN_VERSION``: the engine then refuses to generate until a push succeeds.
+        ``blob=None`` reloads the checkpoint the engine started from (``model_path``): the group's rollback
+        when no earlier push exists.
+        """
+        if blob is None:
+            return self._reload(lambda: self.llm.collective_rpc("reload_weights"), len(self.manifest.tensors),
+                                version)
         if not isinstance(blob, bytes | bytearray):
             blob = serialize_state_dict(blob)
-        counts = self.llm.collective_rpc("load_safetensors_blob", args=(bytes(blob),))
-        # Both caches would otherwise serve results computed with the old weights; skipping the scheduler's
-        # encoder cache reset kills the engine on the next video ("Encoder cache miss").
-        self.llm.llm_engine.reset_encoder_cache()
-        self.llm.reset_prefix_cache()
+        validate_blob(blob, self.manifest)
+        return self._reload(lambda: self.llm.collective_rpc("load_safetensors_blob", args=(bytes(blob),))[0], None,
+                            version)
+
+    def _reload(self, load: Any, count: int | None, version: int) -> int:
+        try:
+            loaded = load()
+        except Exception as err:
+            self.weight_version = UNKNOWN_VERSION
+            if isinstance(err, WeightSyncError):
+                raise
+            raise WeightSyncError(f"vLLM weight load failed: {type(err).__name__}: {err}", applied=True) from err
+        finally:
+            # Both caches would otherwise serve results computed with the old weights; skipping the scheduler's
+            # encoder cache reset kills the engine on the next video ("Encoder cache miss").
+            self.llm.llm_engine.reset_encoder_cache()
+            self.llm.reset_prefix_cache()
         self.weight_version = version
-        return int(counts[0])
+        return int(loaded if count is None else count)
+
+
+def _hf_manifest(path: str, dtype: str) -> WeightManifest:
+    """The Hugging Face state dict (names, shapes, dtypes) a blob for this engine must carry, from the model's
+    config on the meta device (no storage is allocated). This is the learner's export naming,
+    not vLLM's internal one (fused qkv/gate_up, TP shards), which vLLM's loader maps to."""
+    from vt_ray.models.hf_load import build_vl_model_on_meta
+
+    return WeightManifest.from_model(build_vl_model_on_meta(path, getattr(torch, dtype)))
+
+
+def _check_serving(version: int) -> None:
+    if version == UNKNOWN_VERSION:
+        raise WeightSyncError("this engine's weights are in an unknown state after a failed weight sync; "
+                              "push a complete blob before generating", applied=True)
 
 
 def _completion(c: Any) -> Completion:

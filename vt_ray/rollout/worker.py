@@ -9,13 +9,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.config.schema import RecipeConfig, VideoConfig
 from vt_ray.data.schema import VideoSample
 from vt_ray.rollout.budget import PromptBudget, fit_to_budget
 from vt_ray.rollout.engines import make_engine
 from vt_ray.rollout.prompting import prompt_text
 from vt_ray.rollout.types import GenerationRequest, RolloutResult, SamplingSettings
-from vt_ray.testing.faults import crash_point
+from vt_ray.testing.faults import crash_point, hang_point
 from vt_ray.video.errors import VideoError
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,17 @@ class RolloutBatchResult:
 class RolloutWorker:
     def __init__(self, cfg: RecipeConfig, rank: int = 0, model_path: str | None = None) -> None:
         self.cfg, self.rank = cfg, rank
+        self.info = install_stack_dumps("rollout", rank)  # first: a hang in the engine start can be dumped too
+        hang_point("rollout.init", rank)
         self.engine = make_engine(cfg.model, cfg.rollout, seed=cfg.run.seed + rank, model_path=model_path)
         from transformers import AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(model_path or cfg.model.path)
         self.budget = PromptBudget.from_config(cfg)
 
-    def ready(self) -> int:
-        return self.rank
+    def ready(self) -> ActorInfo:
+        """Where this actor runs (pid, node, stack dump file): the group needs it to dump a stuck actor."""
+        return self.info
 
     def weight_version(self) -> int:
         return int(self.engine.weight_version)
@@ -105,6 +109,7 @@ class RolloutWorker:
         self, samples: Sequence[VideoSample], sampling: SamplingSettings, video: VideoConfig | None = None
     ) -> RolloutBatchResult:
         crash_point("rollout.generate", self.rank)
+        hang_point("rollout.generate", self.rank)
         requests, report = self.prepare(samples, video)
         if requests:
             report.results = self.engine.generate(requests, sampling)

@@ -33,6 +33,9 @@ class TrainerConfig:
     """Timeout for every remote call after the first step: a stuck role raises StepTimeout naming itself."""
     stop_grace_s: float = 120.0
     """On SIGTERM: time allowed to finish the current step and write a checkpoint before actors are killed."""
+    max_actor_restarts: int = 3
+    """Crashed rollout actors restarted (their prompts re-sent) over the run; one more crash saves a checkpoint
+    of the last completed step and fails the run, so a retry resumes there."""
     log_every: int = 1
     wandb_mode: str = "offline"
     """offline | online | disabled. Online needs WANDB_API_KEY in the environment (never in the recipe)."""
@@ -46,6 +49,7 @@ class TrainerConfig:
         check(self.mini_batch_size >= 0, "trainer.mini_batch_size", "must be >= 0")
         check(self.val_every >= 0, "trainer.val_every", "must be >= 0")
         check(self.save_every >= 1, "trainer.save_every", "must be >= 1")
+        check(self.max_actor_restarts >= 0, "trainer.max_actor_restarts", "must be >= 0")
         check(self.resume_mode in ("auto", "never"), "trainer.resume_mode", f"unknown mode {self.resume_mode!r}")
         check(self.first_step_timeout_s > 0 and self.step_timeout_s > 0, "trainer.step_timeout_s", "must be > 0")
         check(self.wandb_mode in ("offline", "online", "disabled"), "trainer.wandb_mode", "offline | online | disabled")

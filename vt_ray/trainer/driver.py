@@ -15,6 +15,7 @@ uninterrupted run's.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from vt_ray.config.schema import RecipeConfig
 from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
 from vt_ray.rewards.composite import reward_metrics
 from vt_ray.rewards.target import RewardTarget
+from vt_ray.rollout.group import RolloutRestartBudgetExhausted
 from vt_ray.rollout.types import RolloutResult, SamplingSettings
 from vt_ray.testing.faults import crash_point
 from vt_ray.trace import parse_trace
@@ -127,6 +129,10 @@ class GRPOTrainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.step = 0
         self.skip_totals: Counter[str] = Counter()
+        self._step_start_state: dict[str, Any] | None = None
+        self._saved_step = -1
+        self.sync_metrics: dict[str, float] = {}
+        self._weight_probe: Any = None
         self.stop = GracefulStop(self.tc.stop_grace_s)
         self.placement: Any = None
         self.rollout: Any = None
@@ -156,10 +162,12 @@ class GRPOTrainer:
         # Where every role's actors run (role, rank, node): for multi-node runs and their tests.
         (self.run_dir / "placement.json").write_text(json.dumps(placement_report(self.placement), indent=1))
         self.processor = AutoProcessor.from_pretrained(self.cfg.model.path)
-        self.learner = LearnerGroup(self.cfg, actor_options=lambda rank: self._options("learner", rank))
+        self.learner = LearnerGroup(
+            self.cfg, actor_options=lambda rank: self._options("learner", rank), timeout_s=timeout
+        )
         self.rollout = RolloutGroup(
             self.cfg, num_workers=res.rollout.num_workers, call_timeout_s=timeout,
-            actor_options=lambda rank: self._options("rollout", rank),
+            actor_options=lambda rank: self._options("rollout", rank), max_restarts=self.tc.max_actor_restarts,
         )
         self.rewards = RewardGroup(
             self.cfg.reward, res.reward.num_workers, lambda rank: self._options("reward", rank), timeout
@@ -196,22 +204,33 @@ class GRPOTrainer:
         if self.tc.resume_mode == "never":
             raise RuntimeError(f"{self.ckpt_root} has checkpoints and trainer.resume_mode=never: use a new run.name")
         state = self.learner.load_checkpoint(str(found)) or {}
-        self.step = int(state["step"])
+        self.step = self._saved_step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self.skip_totals = Counter(state.get("skip_totals", {}))
         for name in ("samples.jsonl", "validation.jsonl"):
             truncate_jsonl(self.run_dir / name, self.step)
-        self._sync_weights()  # the engines start from model.path: give them the restored policy
+        self._sync_weights(probe=True)  # the engines start from model.path: give them the restored policy
         print(f"[train] resumed from {found} at step {self.step}", flush=True)
 
     def _driver_state(self) -> dict[str, Any]:
         return {"step": self.step, "sampler": self.sampler.state_dict(), "skip_totals": dict(self.skip_totals)}
 
-    def save(self) -> str:
+    def save(self, driver_state: dict[str, Any] | None = None) -> str:
         start = time.perf_counter()
-        path = self.learner.save_checkpoint(str(self.ckpt_root), extra_state=self._driver_state())
-        print(f"[train] checkpoint step {self.step} -> {path} ({time.perf_counter() - start:.1f} s)", flush=True)
+        state = driver_state or self._driver_state()
+        path = self.learner.save_checkpoint(str(self.ckpt_root), extra_state=state)
+        self._saved_step = state["step"]
+        print(f"[train] checkpoint step {state['step']} -> {path} ({time.perf_counter() - start:.1f} s)", flush=True)
         return path
+
+    def _save_before_failing(self, err: RolloutRestartBudgetExhausted) -> None:
+        """The rollout phase failed for good: the learners still hold the last completed step, and the driver
+        state from before this step's draw goes with them, so a retry resumes with this step's prompts."""
+        state = self._step_start_state
+        if state is None or state["step"] != self.step or self._saved_step == self.step:
+            return  # nothing new since the last checkpoint (or the learners moved on: never pair them wrongly)
+        print(f"[train] {err}: saving step {self.step} before failing", flush=True)
+        self.save(state)
 
     # ---- one step ------------------------------------------------------------------------------------------
     def _generate(self, first: list[VideoSample]) -> tuple[list[RolloutResult], list[VideoSample], Counter[str]]:
@@ -286,16 +305,46 @@ class GRPOTrainer:
             metrics[name] = sum(u[key] for u in update) / len(update)
         return metrics, timings
 
-    def _sync_weights(self) -> float:
+    def _sync_weights(self, probe: bool = False) -> float:
+        """Push the policy into every rollout engine and verify it took (field-conventions C8 item 6).
+
+        Raises if the push fails (``WeightSyncError`` naming rank and tensor; the rollout group has already put
+        every engine back on the previous version), if an engine does not then report ``self.step`` as its
+        weight version (``WeightVersionMismatch`` naming the ranks), or, on probe syncs, if an engine's
+        log-probs of a fixed text differ from a float32 transformers forward on the pushed blob by more than
+        ``rollout.probe_tolerance`` (``WeightProbeMismatch``). Probe syncs: every ``rollout.probe_every``-th
+        step, and the resume sync (``probe=True``), when ``probe_every`` > 0.
+
+        Returns the export + push + version check seconds; ``self.sync_metrics`` gets
+        ``rollout/weight_version`` and, on probe syncs, ``rollout/probe_logprob_abs_diff`` and
+        ``time/weight_probe_s``.
+        """
+        from vt_ray.rollout import weight_sync
+
         start = time.perf_counter()
         if self.cfg.rollout.enable_sleep_mode:
             self.rollout.wake_up()
         blob = self.learner.export_safetensors(self.cfg.model.dtype)
         self.rollout.update_weights(blob, version=self.step)
-        return time.perf_counter() - start
+        weight_sync.check_weight_versions(self.rollout.weight_versions(), self.step)
+        elapsed = time.perf_counter() - start
+        metrics = {"rollout/weight_version": float(self.step)}
+        every = self.cfg.rollout.probe_every
+        if every > 0 and (probe or self.step % every == 0):
+            started = time.perf_counter()
+            if self._weight_probe is None:  # one float32 model copy, loaded on first use
+                self._weight_probe = weight_sync.WeightProbe(self.cfg.model.path)
+            engines = self.rollout.probe_logprobs_all(self._weight_probe.text)
+            metrics["rollout/probe_logprob_abs_diff"] = weight_sync.compare_probe(
+                self._weight_probe.reference(blob), engines, self.cfg.rollout.probe_tolerance, self.step
+            )
+            metrics["time/weight_probe_s"] = time.perf_counter() - started
+        self.sync_metrics = metrics
+        return elapsed
 
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
+        self._step_start_state = copy.deepcopy(self._driver_state())  # before the draw: what a failed step saves
         self.rollout.reseed(self.cfg.run.seed * 1_000_003 + self.step)
         prompts = self.sampler.take(self.tc.prompts_per_step)
         results, samples, skipped = self._generate(prompts)
@@ -312,6 +361,7 @@ class GRPOTrainer:
         metrics, timings = self._train_batch(data, scores)
         self.step += 1
         sync_s = self._sync_weights()
+        metrics.update(self.sync_metrics)
         self.skip_totals.update(skipped)
         parsed = [parse_trace(t) for t in data.texts]
         metrics.update(reward_metrics(scored))
@@ -374,7 +424,11 @@ class GRPOTrainer:
                     self.logger.log(0, before)
             first = True
             while self.step < self.tc.total_steps and not self.stop.requested.is_set():
-                metrics = self.train_step()
+                try:
+                    metrics = self.train_step()
+                except RolloutRestartBudgetExhausted as err:
+                    self._save_before_failing(err)
+                    raise
                 if first:
                     self._set_timeouts(self.tc.step_timeout_s)
                     first = False
@@ -387,6 +441,9 @@ class GRPOTrainer:
                     crash_point("trainer.after_save", self.step)  # tests: SIGKILL-equivalent right after a save
             summary["step"] = self.step
             summary["stopped_early"] = self.stop.requested.is_set()
+            if summary["stopped_early"]:
+                summary["stop_signal"] = self.stop.signum
+                summary["checkpoint_step"] = self._saved_step
             if self.step >= self.tc.total_steps and not self.stop.requested.is_set():
                 hf_dir = self.run_dir / "hf"
                 self.learner.save_hf(str(hf_dir), self.cfg.model.dtype)

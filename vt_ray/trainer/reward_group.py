@@ -1,6 +1,7 @@
 """Reward scoring on Ray actors: responses are split across CPU workers and scored with the same
 :class:`~vt_ray.rewards.composite.RewardScorer` the ``score`` command uses. Custom rewards run in that scorer's
-killable guard; the driver never scores inline."""
+killable guard; the driver never scores inline. A scorer that does not answer in time raises
+:class:`~vt_ray.common.timeouts.StepTimeout` with its Python stacks."""
 
 from __future__ import annotations
 
@@ -10,21 +11,29 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from vt_ray.common.timeouts import (
+    ActorInfo,
+    StepTimeout,
+    install_stack_dumps,
+    timeout_error,
+)
 from vt_ray.rewards.config import RewardConfig
 from vt_ray.rewards.target import RewardTarget
-from vt_ray.rollout.group import StepTimeout, split_evenly
+from vt_ray.rollout.group import split_evenly
 from vt_ray.testing.faults import hang_point
 
 
 class RewardWorker:
     def __init__(self, cfg: RewardConfig, rank: int = 0) -> None:
+        self.info = install_stack_dumps("reward", rank)
         from vt_ray.rewards.composite import RewardScorer
 
         self.scorer = RewardScorer(cfg)
         self.rank = rank
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> ActorInfo:
+        """Where this actor runs (pid, node, stack dump file): the group needs it to dump a stuck actor."""
+        return self.info
 
     def score(self, responses: Sequence[str], targets: Sequence[RewardTarget]) -> list[dict[str, float]]:
         hang_point("reward.score", self.rank)
@@ -38,10 +47,11 @@ class RewardGroup:
         self.call_timeout_s = call_timeout_s
         self._actor_options = actor_options
         self._cls = ray.remote(max_restarts=0)(RewardWorker)
+        self._infos: dict[int, ActorInfo] = {}  # rank -> pid, node, stack dump file (from ready())
         self.actors = [self._spawn(rank) for rank in range(num_workers)]
         self.restarts = 0
         for rank, a in enumerate(self.actors):
-            self._get("ready", rank, a.ready.remote())
+            self._infos[rank] = self._get("ready", rank, a.ready.remote())
 
     def _spawn(self, rank: int) -> Any:
         return self._cls.options(**self._actor_options(rank)).remote(self.cfg, rank)
@@ -50,7 +60,11 @@ class RewardGroup:
         try:
             return ray.get(ref, timeout=self.call_timeout_s)
         except GetTimeoutError as err:
-            raise StepTimeout("reward", method, rank, self.call_timeout_s) from err
+            raise self._timeout(method, rank) from err
+
+    def _timeout(self, method: str, rank: int) -> StepTimeout:
+        """StepTimeout naming the stuck scorer, with its Python stacks attached."""
+        return timeout_error("reward", method, rank, self.call_timeout_s, self.actors, self._infos)
 
     def score(self, responses: Sequence[str], targets: Sequence[RewardTarget]) -> list[dict[str, float]]:
         """One result dict per response, in order. A dead scorer is replaced once and its share re-scored."""
@@ -64,6 +78,7 @@ class RewardGroup:
             except RayActorError:
                 a, b = parts[rank]
                 self.restarts += 1
+                self._infos.pop(rank, None)  # the new actor's pid comes from the GCS if it gets stuck
                 self.actors[rank] = self._spawn(rank)
                 out += self._get("score", rank, self.actors[rank].score.remote(list(responses[a:b]), list(targets[a:b])))
         return out

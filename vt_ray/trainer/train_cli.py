@@ -5,9 +5,11 @@ single-node cluster sized from ``resources`` (num_nodes x cpus_per_node logical 
 (:mod:`vt_ray.trainer.embedded_cluster`), so a signal sent to the driver's whole process group stops only the
 driver. Running the same command again resumes from the run directory's latest complete checkpoint.
 
-Exit codes: 0 when training finished or was stopped by SIGTERM/SIGINT after a checkpoint (the summary has
-``stopped_early: true``); 128+signal (143, 130) when the stop could not checkpoint within
-``trainer.stop_grace_s`` or a second signal came (the previous complete checkpoint stands); 1 on errors.
+Exit codes: 0 when training finished; 128+signal (143 for SIGTERM, 130 for SIGINT) when a signal stopped it,
+so schedulers and RayJob retries see an unfinished run. After a clean stop the summary printed last has
+``stopped_early: true`` and ``checkpoint_step`` (the step a rerun resumes from); when the stop could not
+checkpoint within ``trainer.stop_grace_s``, or a second signal came, the process exits with the same code
+without a summary and the previous complete checkpoint stands. 1 on errors.
 """
 
 from __future__ import annotations
@@ -62,4 +64,4 @@ def run(args: argparse.Namespace) -> int:
         if cluster is not None:
             cluster.stop(keep_logs=not ok)  # after a failure the Ray session logs are worth keeping
     print(json.dumps(summary, indent=2))
-    return 0
+    return 128 + summary["stop_signal"] if summary.get("stopped_early") else 0
