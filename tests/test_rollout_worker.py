@@ -52,17 +52,35 @@ def test_generates_g_responses_per_synthetic_video(worker, samples) -> None:
             assert c.finish_reason in ("stop", "length")
 
 
+def _zero_frame_avi(path: Path) -> Path:
+    """A well-formed AVI with a video stream and no frames (what an interrupted recorder can leave)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        container.start_encoding()
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
 def test_bad_videos_are_skipped_and_counted_and_the_rest_generated(worker, samples, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"junk" * 100)
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n" * 50)
     bad = [
         dataclasses.replace(samples[0], uid="corrupt", video=str(corrupt)),
         dataclasses.replace(samples[0], uid="missing", video=str(tmp_path / "gone.mp4")),
+        dataclasses.replace(samples[0], uid="no-frames", video=str(_zero_frame_avi(tmp_path / "empty.avi"))),
+        dataclasses.replace(samples[0], uid="not-a-video", video=str(text)),
     ]
-    batch = worker.generate([bad[0], samples[1], bad[1]], SAMPLING)
+    batch = worker.generate([bad[0], samples[1], bad[1], bad[2], bad[3]], SAMPLING)
     assert [r.uid for r in batch.results] == [samples[1].uid]
-    assert batch.skipped_counts() == {"corrupt": 1, "missing": 1}
-    assert {s.uid for s in batch.skipped} == {"corrupt", "missing"}
+    assert batch.skipped_counts() == {"corrupt": 2, "missing": 1, "empty": 1}
+    assert {s.uid: s.reason for s in batch.skipped} == {"corrupt": "corrupt", "missing": "missing",
+                                                         "no-frames": "empty", "not-a-video": "corrupt"}
     assert all(s.detail for s in batch.skipped)  # names the file and the decoder's complaint
 
 
