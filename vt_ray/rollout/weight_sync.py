@@ -68,26 +68,23 @@ class WeightSyncError(RuntimeError):
         return (type(self), (self.message, self.tensor, self.rank, self.applied, self.failures))
 
 
-class WeightVersionMismatch(RuntimeError):
+class _RanksError(RuntimeError):
+    """A post-sync check that failed on some rollout ranks (``ranks``), kept through pickling."""
+
+    def __init__(self, message: str, ranks: Sequence[int]) -> None:
+        super().__init__(message)
+        self.ranks = list(ranks)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.ranks))
+
+
+class WeightVersionMismatch(_RanksError):
     """After a sync, some engine does not report the learner's step as its weight version."""
 
-    def __init__(self, message: str, ranks: Sequence[int]) -> None:
-        super().__init__(message)
-        self.ranks = list(ranks)
 
-    def __reduce__(self) -> Any:
-        return (type(self), (str(self), self.ranks))
-
-
-class WeightProbeMismatch(RuntimeError):
+class WeightProbeMismatch(_RanksError):
     """After a sync, some engine's probe log-probs differ from the reference forward by more than the tolerance."""
-
-    def __init__(self, message: str, ranks: Sequence[int]) -> None:
-        super().__init__(message)
-        self.ranks = list(ranks)
-
-    def __reduce__(self) -> Any:
-        return (type(self), (str(self), self.ranks))
 
 
 # ---- the blob and what it must contain ---------------------------------------------------------------------

@@ -15,7 +15,6 @@ uninterrupted run's.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -69,9 +68,9 @@ def sampling_for_validation(cfg: RecipeConfig) -> SamplingSettings:
 
 
 class GracefulStop:
-    """SIGTERM/SIGINT: finish the current step, checkpoint, exit 0. A watchdog hard-exits with 128+signal after
-    the grace period, so a stuck step cannot keep a preempted pod alive (the previous complete checkpoint
-    stands); a second signal exits at once the same way.
+    """SIGTERM/SIGINT: finish the current step, checkpoint, stop (the train command then exits 128+signal). A
+    watchdog hard-exits with 128+signal after the grace period, so a stuck step cannot keep a preempted pod
+    alive (the previous complete checkpoint stands); a second signal exits at once the same way.
 
     The handler only sets an event: it may run between any two bytecodes of the main thread, even inside a
     ``print`` to the same stream, where printing again raises "reentrant call". The watchdog thread reports the
@@ -344,7 +343,7 @@ class GRPOTrainer:
 
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        self._step_start_state = copy.deepcopy(self._driver_state())  # before the draw: what a failed step saves
+        self._step_start_state = self._driver_state()  # a fresh snapshot, before the draw: what a failed step saves
         self.rollout.reseed(self.cfg.run.seed * 1_000_003 + self.step)
         prompts = self.sampler.take(self.tc.prompts_per_step)
         results, samples, skipped = self._generate(prompts)
