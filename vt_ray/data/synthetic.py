@@ -106,11 +106,13 @@ def _mask(shape: str, size: int) -> np.ndarray:
 _MASKS = {s: _mask(s, SIZE) for s in SHAPES}
 
 
-def render_frames(sprites: list[Sprite], spec: VideoSpec) -> np.ndarray:
+def render_frames(
+    sprites: list[Sprite], spec: VideoSpec, background: tuple[int, int, int] = BACKGROUND
+) -> np.ndarray:
     frames = np.empty((spec.num_frames, spec.height, spec.width, 3), dtype=np.uint8)
     for i in range(spec.num_frames):
         frame = frames[i]
-        frame[:] = BACKGROUND
+        frame[:] = background
         t = i / spec.fps
         for sprite in sprites:
             state = sprite.at(t)
@@ -309,14 +311,13 @@ def make_synthetic_dataset(out: str | Path, num_videos: int, seed: int = 0, val_
     stats: dict = {"seed": seed, "video": spec.__dict__, "splits": {}}
     index = 0
     for split, count in splits.items():
-        # Balanced and independent: letters and kinds each cycle, then are shuffled separately, so neither the
-        # kind nor the position predicts the answer.
-        letters = [OPTION_LETTERS[j % 4] for j in range(count)]
-        kinds = [KINDS[(index + j) % len(KINDS)] for j in range(count)]
-        rng.shuffle(letters)
-        rng.shuffle(kinds)
+        # Balanced jointly: a Latin square over (kind, letter), then shuffled. Every 4 consecutive pairs hold each
+        # kind and each letter once (so any split is balanced in both to within one), and every 16 hold all 16
+        # combinations: a text-only policy that answers per question kind then scores exactly chance.
+        pairs = [(KINDS[(index + j) % len(KINDS)], OPTION_LETTERS[(j + j // len(KINDS)) % 4]) for j in range(count)]
+        rng.shuffle(pairs)
         samples = []
-        for j, (kind, letter) in enumerate(zip(kinds, letters)):
+        for j, (kind, letter) in enumerate(pairs):
             scene = SCENES[kind](rng, spec)
             video = f"videos/{split}_{j:05d}.mp4"
             write_mp4(out / video, render_frames(scene.sprites, spec), spec.fps)
@@ -328,6 +329,7 @@ def make_synthetic_dataset(out: str | Path, num_videos: int, seed: int = 0, val_
             "samples": len(samples),
             "answers": dict(sorted(Counter(s.answer for s in samples).items())),
             "kinds": dict(sorted(Counter(s.category for s in samples).items())),
+            "kind_letter": dict(sorted(Counter(f"{s.category}:{s.answer}" for s in samples).items())),
         }
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats

@@ -217,12 +217,18 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
     seq_keys = set(examples[0].seq_extras)
     rows: list[dict[str, torch.Tensor]] = []
     pixels, grids, seconds = [], [], []
+    # The G responses of one prompt share its frames object: run the processor once per prompt, not per response
+    # (it was most of a GRPO step's driver time). Keyed by identity: the examples keep every key object alive.
+    encoded: dict[tuple[int, int, str], dict[str, torch.Tensor]] = {}
     for ex in examples:
         if set(ex.token_extras) != token_keys or set(ex.seq_extras) != seq_keys:
             raise ValueError(f"example {ex.uid!r}: extras differ from the first example's")
         if len(ex.response_ids) == 0:
             raise ValueError(f"example {ex.uid!r}: empty response")
-        enc = encode_prompt(processor, ex.prompt, ex.frames, ex.video_metadata)
+        key = (id(ex.frames), id(ex.video_metadata), ex.prompt)
+        if key not in encoded:
+            encoded[key] = encode_prompt(processor, ex.prompt, ex.frames, ex.video_metadata)
+        enc = encoded[key]
         prompt_ids = enc["input_ids"][0]
         response = torch.as_tensor(list(ex.response_ids), dtype=torch.long)
         n_prompt, n_resp = len(prompt_ids), len(response)

@@ -63,7 +63,8 @@ class LearnerConfig:
         check(self.param_dtype in DTYPES, "learner.param_dtype", f"unknown dtype {self.param_dtype!r}")
         check(self.reduce_dtype in DTYPES, "learner.reduce_dtype", f"unknown dtype {self.reduce_dtype!r}")
         check(self.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
-        check(self.lr > 0, "learner.lr", "must be > 0")
+        # 0 is allowed: a frozen policy is the baseline that shows how much of a curve is evaluation noise
+        check(self.lr >= 0, "learner.lr", "must be >= 0")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "learner.betas", "need two in [0, 1)")
         check(self.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
         check(self.warmup_steps >= 0, "learner.warmup_steps", "must be >= 0")

@@ -226,3 +226,10 @@ def accuracy_reward(trace: ParsedTrace, response: str, target: RewardTarget, cfg
         return token_f1(text, target.answer)
     gold = normalize_text(target.answer)
     return float(bool(gold) and normalize_text(text) == gold)
+
+
+def is_letter_answer_correct(answer: str | None, gold_letter: str) -> bool:
+    """Strict multiple-choice scoring as Video-R1 and Video-Holmes do it: the ``<answer>`` content must be the
+    option letter itself (surrounding spaces aside). The reward accepts more forms (``(B)``, the option text),
+    so a policy can learn to answer with the option text; this is the figure to report next to accuracy."""
+    return answer is not None and answer.strip() == gold_letter

@@ -33,6 +33,7 @@ from vt_ray.config.loader import to_yaml
 from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
+from vt_ray.rewards.accuracy import is_letter_answer_correct
 from vt_ray.rewards.composite import reward_metrics
 from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.group import RolloutRestartBudgetExhausted
@@ -138,6 +139,7 @@ class GRPOTrainer:
         self.rewards: Any = None
         self.learner: Any = None
         self.logger: MetricsLogger | None = None
+        self._started = time.perf_counter()
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -394,7 +396,11 @@ class GRPOTrainer:
         texts = [r.completions[0].text for r in out.results]
         scored = self.rewards.score(texts, [RewardTarget.from_sample(by_uid[r.uid]) for r in out.results])
         metrics = reward_metrics(scored, prefix="val/")
-        metrics["val/valid_share"] = sum(parse_trace(t).violations == () for t in texts) / max(len(texts), 1)
+        parsed = [parse_trace(t) for t in texts]
+        metrics["val/valid_share"] = sum(p.violations == () for p in parsed) / max(len(texts), 1)
+        choice = [(p, by_uid[r.uid]) for p, r in zip(parsed, out.results) if by_uid[r.uid].answer_type == "multiple_choice"]
+        if choice:  # letter-only accuracy: the figure Video-R1 / Video-Holmes report
+            metrics["val/accuracy_letter"] = sum(is_letter_answer_correct(p.answer, s.answer) for p, s in choice) / len(choice)
         metrics["val/samples"] = float(len(texts))
         metrics["time/val_s"] = time.perf_counter() - start
         with (self.run_dir / "validation.jsonl").open("a") as f:
@@ -404,6 +410,7 @@ class GRPOTrainer:
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        self._started = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(to_yaml(self.cfg))
         self._load_data()
@@ -420,7 +427,7 @@ class GRPOTrainer:
                 self._truncate_run_logs()
                 if self.val:
                     before = self.validate()
-                    self.logger.log(0, before)
+                    self.logger.log(0, {**before, "time/elapsed_s": time.perf_counter() - self._started})
             first = True
             while self.step < self.tc.total_steps and not self.stop.requested.is_set():
                 try:
@@ -434,6 +441,7 @@ class GRPOTrainer:
                 last = self.step == self.tc.total_steps
                 if self.val and ((self.tc.val_every and self.step % self.tc.val_every == 0) or last):
                     metrics.update(self.validate())
+                metrics["time/elapsed_s"] = time.perf_counter() - self._started  # wall clock since fit() began
                 self.logger.log(self.step, metrics)
                 if self.step % self.tc.save_every == 0 or last or self.stop.requested.is_set():
                     self.save()

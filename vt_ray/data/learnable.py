@@ -1,0 +1,137 @@
+"""A video task a tiny random Qwen2.5-VL can learn with GRPO on 2 CPU cores: which colour fills the screen?
+
+Why it exists: the paper-format synthetic data (:mod:`vt_ray.data.synthetic`) teaches the trace format, but its
+questions (counting crossings, event order) are far beyond what a 2-layer random model can learn in minutes, so
+its accuracy says nothing about whether GRPO works. Here the answer needs the pixels and nothing else:
+
+* every frame is filled with the *dominant* colour, and two smaller shapes in two of the *other* option colours
+  move across it, so "which option colours appear in the video" does not give the answer away;
+* four colour options, correct letters balanced exactly (train and val), val videos disjoint from train;
+* ``option_order="fixed"``: options are always red, green, blue, yellow (the letter is a function of the
+  colour); ``"shuffled"``: a fresh permutation per sample, so the policy must bind the colour it sees to the
+  letter the prompt gives it (a binding SFT never shows, see below);
+* ``blank=True`` writes the same samples (uids, questions, options, answers) over uniformly dark frames: the
+  control run whose accuracy must stay at chance.
+
+The SFT target (``trace``) describes what the video shows (a ``<caption>`` with the true colour, as
+Video-Thinker's traces do) but its ``<answer>`` is a seeded random letter: after SFT the model knows the
+format and looks at the video, but held-out accuracy is at chance, so any rise is GRPO's doing. (Measured: SFT
+targets that ignore the video entirely teach the model to ignore the pixels, and GRPO did not recover them.)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vt_ray.data.schema import OPTION_LETTERS, VideoSample, write_samples
+from vt_ray.data.synthetic import BACKGROUND, COLORS, SHAPES, Sprite, VideoSpec, render_frames, write_mp4
+from vt_ray.trace import Step, render_trace
+
+TASK_COLORS = ("red", "green", "blue", "yellow")
+OPTION_ORDERS = ("fixed", "shuffled")
+QUESTION = "Which colour fills most of the screen?"
+SPEC = VideoSpec(width=112, height=112, fps=2, seconds=8.0)  # 16 frames; the recipes sample 8
+
+
+@dataclass(frozen=True)
+class LearnableTaskConfig:
+    num_train: int = 192
+    num_val: int = 64
+    option_order: str = "fixed"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.option_order not in OPTION_ORDERS:
+            raise ValueError(f"option_order must be one of {OPTION_ORDERS}, got {self.option_order!r}")
+        for name in ("num_train", "num_val"):
+            value = getattr(self, name)
+            if value < len(TASK_COLORS) or value % len(TASK_COLORS):
+                raise ValueError(f"{name} must be a positive multiple of {len(TASK_COLORS)} (balanced letters), got {value}")
+
+
+def _distractor_sprites(rng: random.Random, colors: list[str]) -> list[Sprite]:
+    """Two shapes in other option colours crossing the frame: present in the video, never dominant."""
+    sprites = []
+    for color in colors:
+        y0, y1 = rng.uniform(20, 92), rng.uniform(20, 92)
+        x0, x1 = (10.0, 102.0) if rng.random() < 0.5 else (102.0, 10.0)
+        sprites.append(Sprite(rng.choice(SHAPES), color, 0.0, SPEC.seconds + 1, (x0, y0), (x1, y1)))
+    return sprites
+
+
+def sft_trace(color: str, letter: str) -> str:
+    """The format target: true caption, withheld (random) answer letter."""
+    steps = [
+        Step("time", "", (0.0, SPEC.seconds)),
+        Step("caption", f"The screen is mostly {color}."),
+        Step("think", f"The main colour is {color}."),
+    ]
+    return render_trace(steps, letter)
+
+
+def _options(rng: random.Random, order: str, answer_slot: int, color: str) -> list[str]:
+    if order == "fixed":
+        return list(TASK_COLORS)
+    others = [c for c in TASK_COLORS if c != color]
+    rng.shuffle(others)
+    return others[:answer_slot] + [color] + others[answer_slot:]
+
+
+def _split(rng: random.Random, cfg: LearnableTaskConfig, split: str, count: int, out: Path, blank: bool) -> list[VideoSample]:
+    # Balanced: each colour (fixed order: each gold letter) exactly count/4 times. The SFT answer letter is
+    # balanced *within each colour* (a Latin square over colour x letter), so the SFT targets carry no
+    # colour -> letter association at all, not even a chance one; shuffled order: the gold slot is balanced too.
+    k = len(TASK_COLORS)
+    rows = [(TASK_COLORS[i % k], OPTION_LETTERS[(i + i // k) % k], (i // k + i // (k * k)) % k) for i in range(count)]
+    rng.shuffle(rows)
+    samples = []
+    for j, (color, random_letter, slot) in enumerate(rows):
+        others = [c for c in TASK_COLORS if c != color]
+        sprites = _distractor_sprites(rng, rng.sample(others, 2))
+        options = _options(rng, cfg.option_order, slot, color)
+        video = f"videos/{split}_{j:05d}.mp4"
+        frames = (np.full((SPEC.num_frames, SPEC.height, SPEC.width, 3), BACKGROUND, dtype=np.uint8) if blank
+                  else render_frames(sprites, SPEC, background=COLORS[color]))
+        write_mp4(out / video, frames, SPEC.fps)
+        samples.append(VideoSample(
+            uid=f"color-{cfg.option_order}-{cfg.seed}-{split}-{j:05d}",
+            video=video,
+            question=QUESTION,
+            answer=OPTION_LETTERS[options.index(color)],
+            options=options,
+            duration=SPEC.seconds,
+            windows=[[0.0, SPEC.seconds]],
+            captions=[f"The screen is mostly {color}."],
+            trace=sft_trace(color, random_letter),
+            source="learnable",
+            category="dominant_color",
+            extra={"color": color, "option_order": cfg.option_order, "blank": blank},
+        ))
+    return samples
+
+
+def make_learnable_dataset(out: str | Path, cfg: LearnableTaskConfig, blank: bool = False) -> dict:
+    """Write ``out/videos/*.mp4``, ``out/train.jsonl``, ``out/val.jsonl`` and ``out/stats.json``.
+
+    The same ``cfg`` gives the same samples with ``blank`` on or off (only the pixels differ)."""
+    out = Path(out)
+    rng = random.Random(f"learnable-{cfg.seed}")
+    stats: dict = {"task": "dominant_color", "config": cfg.__dict__, "blank": blank, "video": SPEC.__dict__, "splits": {}}
+    for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
+        samples = _split(rng, cfg, split, count, out, blank)
+        write_samples(out / f"{split}.jsonl", samples)
+        stats["splits"][split] = {
+            "samples": len(samples),
+            "answers": dict(sorted(Counter(s.answer for s in samples).items())),
+            "colors": dict(sorted(Counter(s.extra["color"] for s in samples).items())),
+            "sft_answer_correct_share": sum(s.trace.endswith(f"<answer>{s.answer}</answer>") for s in samples)  # type: ignore[union-attr]
+            / len(samples),
+        }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats

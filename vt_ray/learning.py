@@ -1,0 +1,192 @@
+"""Does GRPO learn what the video shows? base -> SFT -> GRPO on the learnable colour task, with a blank control.
+
+One seed's run, shared by ``python -m benchmarks.learning_curve`` (several seeds, plots, JSON) and ``make demo``
+(one seed, the summary table): build the tiny model and the task (:mod:`vt_ray.data.learnable`, real and blank
+frames from the same samples), SFT on the real videos (format + true captions, random answer letters), then
+GRPO from the SFT model twice with validation every ``trainer.val_every`` steps: once on the real videos and
+once on the blank ones (same samples, same seeds, only the pixels differ). Every stage is the production path
+(Ray actors, vLLM-CPU rollouts, FSDP2 learners). Needs Ray initialised (``vt_ray.trainer.train_cli.init_ray``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vt_ray.config.loader import load_config
+from vt_ray.config.schema import RecipeConfig
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "learn_color_cpu.yaml"
+CHANCE = 0.25  # four options, balanced letters
+
+# metrics.jsonl keys -> curve names (train keys on every step, val keys on validation steps)
+TRAIN_KEYS = {
+    "reward/total": "train_reward",
+    "reward/accuracy": "train_accuracy",
+    "reward/format": "train_format",
+    "trace/valid_share": "train_valid_share",
+    "actor/entropy": "entropy",
+    "actor/kl_loss": "kl_to_reference",
+    "response/length_mean": "response_length",
+    "actor/grad_norm": "grad_norm",
+    "time/step_s": "step_s",
+}
+VAL_KEYS = {
+    "val/accuracy": "val_accuracy",
+    "val/accuracy_letter": "val_accuracy_letter",
+    "val/format": "val_format",
+    "val/valid_share": "val_valid_share",
+    "val/samples": "val_samples",
+}
+
+
+@dataclass
+class LearningSpec:
+    """One seed of the learning benchmark."""
+
+    out: Path
+    seed: int = 0
+    option_order: str = "fixed"
+    num_train: int = 192
+    num_val: int = 64
+    model_size: str = "tiny"
+    recipe: Path = RECIPE
+    overrides: list[str] = field(default_factory=list)
+    control: bool = True
+    target: float = 0.9
+
+
+def read_curve(metrics_file: Path) -> dict[str, list[Any]]:
+    """Columns of a run's ``metrics.jsonl``: ``step``/``elapsed_s`` for train rows and ``val_step``/
+    ``val_elapsed_s`` for validation rows, then one list per metric (None where a row lacks it). A truncated
+    last line (a run killed mid-write) is ignored."""
+    rows = []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    train = [r for r in rows if r["step"] > 0]
+    val = [r for r in rows if "val/accuracy" in r]
+    curve: dict[str, list[Any]] = {
+        "step": [r["step"] for r in train],
+        "elapsed_s": [r.get("time/elapsed_s") for r in train],
+        "val_step": [r["step"] for r in val],
+        "val_elapsed_s": [r.get("time/elapsed_s") for r in val],
+    }
+    curve.update({name: [r.get(key) for r in train] for key, name in TRAIN_KEYS.items()})
+    curve.update({name: [r.get(key) for r in val] for key, name in VAL_KEYS.items()})
+    return curve
+
+
+def summarize(curve: dict[str, list[Any]], target: float, chance: float = CHANCE) -> dict[str, Any]:
+    """Start, end, best and time-to-target of held-out accuracy, and whether it rose clearly above chance."""
+    from vt_ray.eval.stats import wilson_interval
+
+    acc, letter = curve["val_accuracy"], curve["val_accuracy_letter"]
+    n = int(curve["val_samples"][0]) if curve["val_samples"] else 0
+    if not acc:
+        return {"validations": 0, "learned": False, "verdict": "no validation ran"}
+    hit = next((i for i, a in enumerate(acc) if a >= target), None)
+    final = acc[-1]
+    lo, hi = wilson_interval(final * n, n)
+    learned = lo > chance  # the final accuracy's 95% interval lies above chance
+    start_lo, start_hi = wilson_interval(acc[0] * n, n)
+    return {
+        "validations": len(acc),
+        "val_samples": n,
+        "start_accuracy": acc[0],
+        "start_ci95": [start_lo, start_hi],
+        "final_accuracy": final,
+        "final_ci95": [lo, hi],
+        "final_accuracy_letter": letter[-1] if letter else None,
+        "best_accuracy": max(acc),
+        "target": target,
+        "target_step": curve["val_step"][hit] if hit is not None else None,
+        "target_elapsed_s": curve["val_elapsed_s"][hit] if hit is not None else None,
+        "learned": learned,
+        "verdict": (
+            f"learned: held-out accuracy {acc[0]:.3f} -> {final:.3f} (95% CI {lo:.3f}-{hi:.3f} above chance {chance})"
+            if learned else
+            f"NO RISE: held-out accuracy {acc[0]:.3f} -> {final:.3f} (95% CI {lo:.3f}-{hi:.3f} includes chance {chance})"
+        ),
+    }
+
+
+def learning_recipe(spec: LearningSpec, *extra: str) -> RecipeConfig:
+    """The task's recipe with this seed's paths, then the spec's overrides, then ``extra``."""
+    base = [
+        f"run.seed={spec.seed}",
+        f"run.output_dir={spec.out / 'runs'}",
+        f"sft.output_dir={spec.out / 'sft'}",
+        f"data.train_file={spec.out / 'data' / 'train.jsonl'}",
+        f"data.val_file={spec.out / 'data' / 'val.jsonl'}",
+        f"model.path={spec.out / 'model'}",
+    ]
+    return load_config(spec.recipe, [*base, *spec.overrides, *extra])
+
+
+def check_spec(spec: LearningSpec) -> RecipeConfig:
+    """Fail before any work on a bad override or task size (the error names the key)."""
+    from vt_ray.data.learnable import LearnableTaskConfig
+
+    LearnableTaskConfig(spec.num_train, spec.num_val, spec.option_order, spec.seed)
+    return learning_recipe(spec)
+
+
+def build_inputs(spec: LearningSpec) -> dict[str, Any]:
+    """The tiny model and the task's real and blank datasets (seconds; same seed, same bytes)."""
+    from vt_ray.data.learnable import LearnableTaskConfig, make_learnable_dataset
+    from vt_ray.models.tiny import make_tiny_model
+
+    task = LearnableTaskConfig(spec.num_train, spec.num_val, spec.option_order, spec.seed)
+    make_tiny_model(spec.out / "model", seed=spec.seed, size=spec.model_size)
+    stats = make_learnable_dataset(spec.out / "data", task)
+    if spec.control:
+        make_learnable_dataset(spec.out / "data_blank", task, blank=True)
+    return stats
+
+
+def run_sft_stage(spec: LearningSpec) -> tuple[Path, dict[str, Any]]:
+    from vt_ray.learner.sft import run_sft
+
+    result = run_sft(learning_recipe(spec))
+    return Path(result.hf_dir), {"steps": result.steps, "loss_first": result.first_loss, "loss_last": result.last_loss}
+
+
+def run_grpo_stage(spec: LearningSpec, sft_dir: Path, name: str, blank: bool) -> dict[str, Any]:
+    from vt_ray.trainer.driver import GRPOTrainer
+
+    data = spec.out / ("data_blank" if blank else "data")
+    cfg = learning_recipe(spec, f"model.path={sft_dir}", f"run.name={name}", f"data.train_file={data / 'train.jsonl'}",
+                  f"data.val_file={data / 'val.jsonl'}")
+    trainer = GRPOTrainer(cfg)
+    result = trainer.fit()
+    curve = read_curve(trainer.run_dir / "metrics.jsonl")
+    return {"run_dir": str(trainer.run_dir), "hf_checkpoint": result.get("hf_checkpoint"), "curve": curve,
+            "summary": summarize(curve, spec.target)}
+
+
+def run_learning(spec: LearningSpec) -> dict[str, Any]:
+    """base -> SFT -> GRPO (+ blank control) for one seed; returns curves, summaries and stage times."""
+    check_spec(spec)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        start = time.perf_counter()
+        value = fn()
+        times[name] = round(time.perf_counter() - start, 1)
+        return value
+
+    stats = timed("inputs", lambda: build_inputs(spec))
+    sft_dir, sft = timed("sft", lambda: run_sft_stage(spec))
+    out: dict[str, Any] = {"seed": spec.seed, "option_order": spec.option_order, "data": stats["splits"], "sft": sft}
+    out["grpo"] = timed("grpo", lambda: run_grpo_stage(spec, sft_dir, "grpo", blank=False))
+    if spec.control:
+        out["control"] = timed("control", lambda: run_grpo_stage(spec, sft_dir, "control", blank=True))
+    out["times_s"] = times
+    return out
