@@ -86,6 +86,33 @@ def test_collate_rejects_misaligned_extras(processor) -> None:
         collate(processor, [ex])
 
 
+def test_collate_encodes_a_shared_video_once_with_the_same_result(processor) -> None:
+    """The G responses of one prompt share its frames: one processor call, the same tensors as G calls."""
+    from dataclasses import replace
+
+    calls = []
+    original = processor.__class__.__call__
+
+    def counting(self, *args, **kwargs):  # counts the real processor's calls; the result is the real one
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    base = make_examples(processor, 2, extras=True)
+    shared = [replace(base[0], response_ids=list(base[j].response_ids), uid=f"g{j}",
+                      token_extras={"old_logprobs": base[j].token_extras["old_logprobs"]}) for j in range(2)]
+    copies = [replace(ex, frames=ex.frames.copy(), video_metadata=dict(ex.video_metadata)) for ex in shared]
+    processor.__class__.__call__ = counting
+    try:
+        one = collate(processor, shared)
+        assert len(calls) == 1
+        two = collate(processor, copies)
+        assert len(calls) == 3
+    finally:
+        processor.__class__.__call__ = original
+    for name in ("input_ids", "attention_mask", "response_mask", "pixel_values_videos", "video_grid_thw"):
+        assert torch.equal(getattr(one, name), getattr(two, name)), name
+
+
 def test_split_select_concat_round_trip(processor) -> None:
     batch = collate(processor, make_examples(processor, 5, extras=True))
     parts = batch.split(2)
