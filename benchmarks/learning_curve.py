@@ -81,6 +81,9 @@ def plot(results: list[dict[str, Any]], order: str, out: Path) -> list[str]:
                 if pts:
                     label = f"seed {r['seed']}" + (" blank frames" if name == "control" else "")
                     ax.plot(*zip(*pts), style, color=color, marker="o" if kind == "val" else None, ms=3, label=label)
+        if not ax.lines:  # e.g. KL with algorithm.kl_coef 0: say so instead of an empty frame
+            ax.text(0.5, 0.5, f"not logged in these runs\n({'algorithm.kl_coef is 0' if 'kl' in key else 'absent'})",
+                    ha="center", va="center", transform=ax.transAxes, color="grey")
         if key == "val_accuracy":
             ax.axhline(CHANCE, color="grey", lw=1, ls=":", label="chance")
             ax.set_ylim(-0.02, 1.02)
