@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vt_ray.trainer.train_cli", "GRPO training on Ray (locally or under ray job submit); resumes"),
     "eval": ("vt_ray.eval.eval_cli", "evaluate a checkpoint on benchmarks and frame counts; writes a report"),
     "demo": ("vt_ray.demo", "the tiny end-to-end run on a local Ray cluster"),
+    "report": ("vt_ray.report.cli", "an HTML + Markdown report of a run: curves, rollout viewer, checkpoints"),
     "score": ("vt_ray.rewards.score_cli", "score a JSONL of responses with the recipe's rewards"),
     "curate": ("data_pipeline.curate_cli",
                "Hindsight-Curation on Ray Data: build SFT traces and RL samples from source datasets"),

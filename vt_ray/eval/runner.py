@@ -31,6 +31,15 @@ def eval_sampling(cfg: RecipeConfig) -> SamplingSettings:
                             max_tokens=e.max_tokens, stop=list(cfg.rollout.stop))
 
 
+def viewer_extras(sample: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """What the run report's rollout viewer shows next to an eval response: the video and the frames seen."""
+    indices = [int(i) for i in meta.get("frames_indices") or []]
+    fps = float(meta.get("fps") or 0.0)
+    return {"video": sample.video, "question": sample.question, "options": list(sample.options),
+            "duration": sample.duration if sample.duration is not None else meta.get("duration"),
+            "frame_indices": indices, "frame_times": [round(i / fps, 3) for i in indices] if fps > 0 else []}
+
+
 def _skipped_keys(path: Path) -> set[tuple[str, str, int]]:
     if not path.is_file():
         return set()
@@ -70,7 +79,8 @@ def evaluate(cfg: RecipeConfig, rollout_group: Any = None, num_workers: int | No
                         item = score_item(by_uid[r.uid], r.completions[0].text, benchmark=bench.name, frames=frames)
                         item.extra.update(prompt_tokens=len(r.prompt_token_ids),
                                           response_tokens=len(r.completions[0].token_ids),
-                                          frames_used=len(r.video_metadata.get("frames_indices", [])))
+                                          frames_used=len(r.video_metadata.get("frames_indices", [])),
+                                          **viewer_extras(by_uid[r.uid], r.video_metadata))
                         items.append(item)
                     write_results(results_path, items, append=True)
                     with skipped_path.open("a") as f:
