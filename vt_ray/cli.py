@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,7 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vt_ray",
-        description="Video-Thinker on Ray. Recipe commands take recipe=PATH and key=value overrides.",
+        description="Video-Thinker on Ray. Recipe commands take recipe=PATH and key=value overrides; "
+                    "--quiet (any command) turns off the live progress lines.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
@@ -42,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--quiet" in argv:  # any command: no live progress lines (they are also off when stderr is not a TTY)
+        argv = [a for a in argv if a != "--quiet"]
+        os.environ["VT_RAY_QUIET"] = "1"  # read by vt_ray.common.progress (not imported here: --help stays instant)
     parser = _parser()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):

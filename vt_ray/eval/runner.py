@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vt_ray.common.progress import Progress, echo
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.eval.loaders import load_benchmark
 from vt_ray.eval.metrics import score_item
@@ -64,7 +65,9 @@ def evaluate(cfg: RecipeConfig, rollout_group: Any = None, num_workers: int | No
                                      num_cpus=cfg.resources.rollout.cpus_per_worker,
                                      num_gpus=cfg.resources.rollout.gpus_per_worker)
     sampling = eval_sampling(cfg)
-    start, generated = time.perf_counter(), 0
+    start, generated, correct = time.perf_counter(), 0, 0
+    total = sum((b.name, s.uid, f) not in done for b, samples in benches for f in cfg.eval.frame_counts for s in samples)
+    bar = Progress("eval", total, unit="item")
     try:
         for bench, samples in benches:
             for frames in cfg.eval.frame_counts:
@@ -88,8 +91,11 @@ def evaluate(cfg: RecipeConfig, rollout_group: Any = None, num_workers: int | No
                             f.write(json.dumps({"benchmark": bench.name, "uid": s.uid, "frames": frames,
                                                 "reason": s.reason, "detail": s.detail}) + "\n")
                     generated += len(items)
-                    print(f"[eval] {bench.name} @ {frames} frames: {min(i + CHUNK, len(todo))}/{len(todo)}", flush=True)
+                    correct += sum(item.correct for item in items)
+                    bar.advance(len(items) + len(batch.skipped), acc=correct / max(generated, 1))
+                    echo(f"[eval] {bench.name} @ {frames} frames: {min(i + CHUNK, len(todo))}/{len(todo)}")
     finally:
+        bar.close()
         if owned:
             rollout_group.shutdown()
     summary = build_report(read_results(results_path) if results_path.is_file() else [], out,

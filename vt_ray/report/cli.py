@@ -24,11 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vt_ray.report.page import write_report
-
     if not Path(args.run_dir).is_dir():
         print(f"error: run directory {args.run_dir} does not exist")
         return 1
+    from vt_ray.report.page import write_report
+
     paths = write_report(args.run_dir, args.out, args.sft, tuple(args.eval), args.max_groups)
     for p in paths.problems:
         print(f"[report] missing: {p}")

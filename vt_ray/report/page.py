@@ -160,3 +160,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, sft_dir
     html.write_text(render_html(data, curves, view))
     md.write_text(render_markdown(data, curves, view, files.name))
     return ReportPaths(html, md, len(view.groups), view.responses, data.problems + view.problems)
+
+
+def report_after_run(run_dir: str | Path, tag: str, **kwargs: Any) -> Path | None:
+    """What ``train``, ``sft`` and ``demo`` call at their end: write the report and print its path. A report
+    failure is printed, never raised: the run's own outputs are already safe on disk."""
+    try:
+        paths = write_report(run_dir, **kwargs)
+    except Exception as err:  # noqa: BLE001 - a report bug must not turn a finished run into a failed command
+        print(f"[{tag}] report could not be written: {type(err).__name__}: {err}", flush=True)
+        return None
+    print(f"[{tag}] report: {paths.html}", flush=True)
+    return paths.html

@@ -3,7 +3,7 @@ line in ``RunData.problems`` (shown at the top of the report), never an exceptio
 
 Layout read (all optional): ``metrics.jsonl``, ``rollouts.jsonl`` (:mod:`vt_ray.trainer.rollout_log`),
 ``recipe.yaml``, ``environment.json``, ``checkpoints/step_*`` (+ ``latest``, ``.tmp_*`` partial saves), ``hf/``,
-``summary.json``; SFT metrics from ``<run>/sft/metrics.jsonl`` or a given SFT directory; evaluation records
+SFT metrics from ``<run>/sft/metrics.jsonl`` or a given SFT directory; evaluation records
 (``results.jsonl`` of :mod:`vt_ray.eval.records`) from ``<run>/eval*/`` or given directories.
 """
 
@@ -31,7 +31,6 @@ class EvalRun:
     name: str
     path: str
     items: list[dict[str, Any]]
-    summary: dict[str, Any]
 
 
 @dataclass
@@ -94,17 +93,6 @@ def _checkpoints(run_dir: Path, sft_dir: Path | None) -> list[Checkpoint]:
     return out
 
 
-def _read_eval(path: Path, problems: list[str]) -> EvalRun:
-    items = read_jsonl(path / "results.jsonl", problems, f"eval {path.name}")
-    summary: dict[str, Any] = {}
-    if (path / "summary.json").is_file():
-        try:
-            summary = json.loads((path / "summary.json").read_text())
-        except json.JSONDecodeError:
-            problems.append(f"eval {path.name}: summary.json is not valid JSON")
-    return EvalRun(path.name, str(path), items, summary)
-
-
 def load_run(run_dir: str | Path, sft_dir: str | Path | None = None,
              eval_dirs: Sequence[str | Path] = ()) -> RunData:
     run_dir = Path(run_dir)
@@ -115,7 +103,11 @@ def load_run(run_dir: str | Path, sft_dir: str | Path | None = None,
         return data
     data.metrics = sorted(read_jsonl(run_dir / "metrics.jsonl", p, "curves"),
                           key=lambda r: r.get("step", 0) if isinstance(r.get("step"), int | float) else 0)
-    rollouts = read_jsonl(run_dir / "rollouts.jsonl", p, "rollout viewer")
+    if data.metrics and all("loss" in r and "reward/total" not in r for r in data.metrics):
+        data.sft_metrics, data.metrics = data.metrics, []  # an SFT output directory: no rollouts to expect
+        rollouts = []
+    else:
+        rollouts = read_jsonl(run_dir / "rollouts.jsonl", p, "rollout viewer")
     for row in rollouts:
         if row.get("capped"):
             data.rollouts_capped_at = int(row.get("step", -1))
@@ -142,15 +134,15 @@ def load_run(run_dir: str | Path, sft_dir: str | Path | None = None,
         p.append("environment: environment.json is missing (run made before it was recorded); "
                  "showing the environment of the machine that made this report")
     sft = Path(sft_dir) if sft_dir else run_dir / "sft"
-    if (sft / "metrics.jsonl").is_file():
+    if not data.sft_metrics and (sft / "metrics.jsonl").is_file():
         data.sft_metrics = read_jsonl(sft / "metrics.jsonl", p, "SFT curves")
-    elif sft_dir:
+    elif not data.sft_metrics and sft_dir:
         p.append(f"SFT curves: {sft / 'metrics.jsonl'} is missing")
     data.checkpoints = _checkpoints(run_dir, Path(sft_dir) if sft_dir else None)
     found = [Path(d) for d in eval_dirs] or sorted(d for d in run_dir.glob("eval*") if d.is_dir())
     for d in found:
         if d.is_dir():
-            data.evals.append(_read_eval(d, p))
+            data.evals.append(EvalRun(d.name, str(d), read_jsonl(d / "results.jsonl", p, f"eval {d.name}")))
         else:
             p.append(f"eval: {d} does not exist")
     return data

@@ -43,6 +43,8 @@ class TrainerConfig:
     """Groups (prompts, each with all rollout.n responses) saved per saved step; validation saves as many."""
     rollouts_max_mb: float = 64.0
     """Disk cap of rollouts.jsonl: once it is this large no more rollouts are written (a warning says so)."""
+    write_report: bool = True
+    """``train`` ends by writing <run>/report/report.html (+ .md); ``python -m vt_ray report RUN_DIR`` any time."""
     log_every: int = 1
     wandb_mode: str = "offline"
     """offline | online | disabled. Online needs WANDB_API_KEY in the environment (never in the recipe)."""

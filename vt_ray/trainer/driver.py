@@ -31,6 +31,7 @@ import torch
 from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
 from vt_ray.config.loader import to_yaml
 from vt_ray.common.environment import capture_environment
+from vt_ray.common.progress import Progress
 from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
@@ -438,6 +439,7 @@ class GRPOTrainer:
                     before = self.validate()
                     self.logger.log(0, before)
             first = True
+            bar = Progress("GRPO", total=self.tc.total_steps, initial=self.step)
             while self.step < self.tc.total_steps and not self.stop.requested.is_set():
                 try:
                     metrics = self.train_step()
@@ -451,9 +453,13 @@ class GRPOTrainer:
                 if self.val and ((self.tc.val_every and self.step % self.tc.val_every == 0) or last):
                     metrics.update(self.validate())
                 self.logger.log(self.step, metrics)
+                bar.advance(reward=metrics.get("reward/total"), acc=metrics.get("reward/accuracy"),
+                            valid=metrics.get("trace/valid_share"),
+                            samples_s=metrics["data/responses"] / max(metrics["time/step_s"], 1e-9))
                 if self.step % self.tc.save_every == 0 or last or self.stop.requested.is_set():
                     self.save()
                     crash_point("trainer.after_save", self.step)  # tests: SIGKILL-equivalent right after a save
+            bar.close()
             summary["step"] = self.step
             summary["stopped_early"] = self.stop.requested.is_set()
             if summary["stopped_early"]:

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from vt_ray.common.progress import echo
+
 log = logging.getLogger(__name__)
 
 CONSOLE_KEYS = (
@@ -65,7 +67,7 @@ class MetricsLogger:
         shown = "  ".join(
             f"{k.replace('reward/', '').replace('/', '_')}={metrics[k]:.3f}" for k in CONSOLE_KEYS if isinstance(metrics.get(k), int | float)
         )
-        print(f"[step {step}] {shown}", flush=True)
+        echo(f"[step {step}] {shown}")
 
     def close(self) -> None:
         if self._wandb is not None:
