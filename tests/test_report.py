@@ -215,3 +215,17 @@ def test_report_in_headless_chromium_shows_every_rollout_and_window(run_dir: Pat
     with Image.open(shot) as img:
         assert img.size == (1280, 1600)
         assert len(set(img.convert("L").resize((64, 80)).getdata())) > 20  # a rendered page, not a blank one
+
+
+def test_an_sft_directory_gets_its_loss_curves_and_no_rollout_complaint(tmp_path: Path) -> None:
+    sft = tmp_path / "sft"
+    (sft / "hf").mkdir(parents=True)
+    (sft / "hf" / "config.json").write_text("{}")
+    (sft / "environment.json").write_text("{}")
+    (sft / "recipe.yaml").write_text("sft: {epochs: 2}\n")
+    (sft / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "epoch": 0, "loss": 7.0 / s, "grad_norm": 1.0, "lr": 1e-3}) + "\n" for s in range(1, 6)))
+    paths = write_report(sft)
+    assert paths.problems == [] and paths.rollouts == 0
+    html = paths.html.read_text()
+    assert 'alt="SFT loss"' in html and "sft hf" not in html and ">hf<" in html

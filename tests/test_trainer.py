@@ -85,6 +85,9 @@ def test_truncate_jsonl_drops_steps_after_the_checkpoint(tmp_path: Path) -> None
     path.write_text("".join(json.dumps({"step": i, "x": i}) + "\n" for i in range(5)))
     truncate_jsonl(path, 2)
     assert [r["step"] for r in read_metrics(path)] == [0, 1, 2]
+    path.write_text(path.read_text() + '{"step": 3, "responses": [{"te')  # a kill cut the last write short
+    truncate_jsonl(path, 2)  # that line is from after the checkpoint: dropped, not a crash on resume
+    assert [r["step"] for r in read_metrics(path)] == [0, 1, 2]
 
 
 # --- end to end -----------------------------------------------------------------------------------------------
