@@ -209,6 +209,14 @@ def test_report_in_headless_chromium_shows_every_rollout_and_window(run_dir: Pat
     assert viewer.count('class="win gold"') == gold > 0
     assert viewer.count('class="seg-time"') == predicted  # every parsed window is highlighted in its trace
     assert f"showing {responses} of {responses} rollouts" in page.dom
+    # The filters, set from the address as a person would share a view: wrong answers with a valid format.
+    rows = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+    wanted = sum(x["reward"]["accuracy"] < 1 and not parse_trace(x["text"]).violations
+                 for r in rows for x in r["responses"])
+    filtered = load_page(paths.html, query="outcome=wrong&format=valid")
+    assert filtered.console == [] and 0 < wanted < responses
+    assert f"showing {wanted} of {responses} rollouts" in filtered.dom
+    assert len(re.findall(r'<article class="rollout"[^>]* hidden=""', filtered.dom)) == responses - wanted
     shot = screenshot(paths.html, tmp_path / "report.png", height=1600)
     from PIL import Image
 

@@ -41,20 +41,21 @@ def find_chromium() -> str | None:
     return shutil.which("chromium")
 
 
-def _run(page: Path, mode: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+def _run(page: Path, mode: list[str], timeout_s: float, query: str = "") -> subprocess.CompletedProcess[str]:
     chromium = find_chromium()
     if chromium is None:
         raise BrowserMissing("no Chromium found: run tools/setup_browser.sh (Debian: apt-get install chromium) "
                              "or set VT_RAY_CHROMIUM")
     with tempfile.TemporaryDirectory(prefix="vtray-chromium-") as profile:
         cmd = [chromium, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", *mode,
-               Path(page).resolve().as_uri()]
+               Path(page).resolve().as_uri() + (f"?{query}" if query else "")]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
 
 
-def load_page(page: str | Path, timeout_s: float = 120.0) -> PageLoad:
-    """The page's DOM once its scripts have run, and every console line Chromium logged."""
-    proc = _run(Path(page), ["--dump-dom"], timeout_s)
+def load_page(page: str | Path, query: str = "", timeout_s: float = 120.0) -> PageLoad:
+    """The page's DOM once its scripts have run, and every console line Chromium logged. ``query`` is the
+    address's query string (the report's viewer reads its filters from it)."""
+    proc = _run(Path(page), ["--dump-dom"], timeout_s, query)
     if proc.returncode != 0 or "<html" not in proc.stdout:
         raise RuntimeError(f"chromium --dump-dom failed ({proc.returncode}): {proc.stderr[-2000:]}")
     console = [m.group(0) for line in proc.stderr.splitlines() if (m := _CONSOLE.search(line))]

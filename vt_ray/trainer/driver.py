@@ -413,7 +413,7 @@ class GRPOTrainer:
         with (self.run_dir / "validation.jsonl").open("a") as f:
             for r, text, s in zip(out.results, texts, scored):
                 f.write(json.dumps({"step": self.step, "uid": r.uid, "response": text, **s}) + "\n")
-        if self.rollout_log.per_step and self.rollout_log.every:
+        if self.rollout_log.enabled:
             self.rollout_log.write([group_record(self.step, "val", r, by_uid[r.uid], [s], None)
                                     for r, s in zip(out.results[: self.tc.rollouts_per_step], scored)])
         return metrics

@@ -80,8 +80,12 @@ class RolloutLog:
     def from_config(cls, run_dir: Path, tc: Any) -> RolloutLog:
         return cls(run_dir / FILE_NAME, tc.save_rollouts_every, tc.rollouts_per_step, int(tc.rollouts_max_mb * 2**20))
 
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0 and self.per_step > 0
+
     def due(self, step: int) -> bool:
-        return self.every > 0 and self.per_step > 0 and step % self.every == 0
+        return self.enabled and step % self.every == 0
 
     def write(self, records: Sequence[dict[str, Any]]) -> int:
         """Append ``records`` (at most ``per_step`` of them) unless the cap is reached; returns lines written."""

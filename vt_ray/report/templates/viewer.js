@@ -196,6 +196,9 @@
     document.getElementById("shown-count").textContent = "showing " + shown + " of " + cards.length + " rollouts";
   }
   Object.keys(f).forEach(function (k) { f[k].addEventListener(k === "min" || k === "max" ? "input" : "change", apply); });
+  // Filters can come in the address (report.html?outcome=wrong&part=temporal_iou&max=0.2): a shareable view.
+  var params = new URLSearchParams(window.location.search);
+  Object.keys(f).forEach(function (k) { if (params.has(k)) f[k].value = params.get(k); });
   apply();
   document.body.dataset.viewerReady = String(cards.length);
 }());
