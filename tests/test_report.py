@@ -164,8 +164,11 @@ def test_report_shows_curves_rollouts_checkpoints_recipe_and_environment(run_dir
 def test_report_command_says_what_is_missing_instead_of_crashing(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
     metrics = run_dir / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"step": 4, "reward/tot')  # a write cut off by a kill
-    first = json.loads((run_dir / "rollouts.jsonl").read_text().splitlines()[0])
+    lines = (run_dir / "rollouts.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
     Path(first["video"]).unlink()  # a deleted video
+    first["responses"][0]["reward"]["custom"] = float("nan")  # a custom reward that returned NaN
+    (run_dir / "rollouts.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     capsys.readouterr()
     assert main(["report", str(run_dir)]) == 0  # the command, in this process (no second interpreter start)
     out = capsys.readouterr().out
@@ -176,6 +179,7 @@ def test_report_command_says_what_is_missing_instead_of_crashing(run_dir: Path, 
     groups = _viewer_json(html)["groups"]
     assert groups[0]["frames_key"] is None and "unreadable or missing" in groups[0]["frames_problem"]
     assert groups[1]["frames_key"]  # the other videos still show
+    assert groups[0]["responses"][0]["reward"]["custom"] is None  # shown as "-", not a script error
 
     (run_dir / "rollouts.jsonl").unlink()
     (run_dir / "environment.json").unlink()

@@ -78,7 +78,8 @@ def _environment_rows(env: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _script_json(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    # allow_nan=False: a NaN that slipped through must fail here, not as a script error in the reader's browser
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _steps_text(rows: list[dict[str, Any]]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,11 @@ def pick_groups(groups: Sequence[dict[str, Any]], limit: int) -> list[dict[str, 
     return [groups[i] for i in idx]
 
 
+def _finite(value: Any) -> float | None:
+    """Rounded for display; NaN/inf become None (JSON.parse in the page refuses NaN)."""
+    return round(float(value), 4) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def _response(text: str, reward: dict[str, Any], advantage: float | None, **extra: Any) -> dict[str, Any]:
     parsed = parse_trace(text)
     acc = reward.get("accuracy", reward.get("correct"))
@@ -54,8 +60,8 @@ def _response(text: str, reward: dict[str, Any], advantage: float | None, **extr
         "violations": list(dict.fromkeys(parsed.violations)),
         "format_valid": format_valid(parsed),
         "correct": isinstance(acc, int | float) and acc >= 1.0 - 1e-9,
-        "reward": {k: round(float(v), 4) for k, v in reward.items() if isinstance(v, int | float)},
-        "advantage": None if advantage is None else round(float(advantage), 4),
+        "reward": {k: _finite(v) for k, v in reward.items() if isinstance(v, int | float)},
+        "advantage": _finite(advantage),
         **extra,
     }
 
