@@ -17,10 +17,13 @@ from vt_ray.common.progress import QUIET_ENV, Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = (
+    "import logging\n"
     "from vt_ray.common.progress import Progress, echo\n"
+    "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
     "with Progress('GRPO', total=3) as bar:\n"
     "    for s in range(3):\n"
     "        echo(f'[step {s + 1}] reward=0.5')\n"
+    "        logging.getLogger('x').info('logged %d', s + 1)\n"
     "        bar.advance(reward=0.5, acc=0.25)\n"
 )
 
@@ -50,9 +53,13 @@ def _run_on_terminal(env: dict[str, str]) -> tuple[str, str]:
 def test_progress_line_on_a_terminal_and_silent_with_quiet() -> None:
     shown, stdout = _run_on_terminal({})
     assert "GRPO" in shown and "3/3" in shown and "reward=0.5" in shown and "acc=0.25" in shown
+    # Log lines are whole lines above the bar, never glued to it.
+    assert all(any(line.strip().endswith(f"logged {i}") and "GRPO" not in line for line in shown.splitlines())
+               for i in (1, 2, 3)), shown
     assert stdout.splitlines() == ["[step 1] reward=0.5", "[step 2] reward=0.5", "[step 3] reward=0.5"]
     quiet, stdout = _run_on_terminal({QUIET_ENV: "1"})
-    assert quiet == "" and stdout.count("[step") == 3
+    assert "GRPO" not in quiet and quiet.split() == ["logged", "1", "logged", "2", "logged", "3"]  # logs stay
+    assert stdout.count("[step") == 3
 
 
 def test_no_progress_output_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture) -> None:

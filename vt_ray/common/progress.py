@@ -8,11 +8,13 @@ when ``VT_RAY_QUIET=1`` (what ``python -m vt_ray --quiet ...`` sets). Our own co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 QUIET_ENV = "VT_RAY_QUIET"
 
@@ -33,8 +35,12 @@ class Progress:
     """``with Progress("GRPO", total=100, initial=step) as bar: ... bar.advance(reward=0.5)``."""
 
     def __init__(self, desc: str, total: int, initial: int = 0, unit: str = "step") -> None:
+        enabled = progress_enabled()
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
-                        disable=not progress_enabled(), dynamic_ncols=True, smoothing=0.3)
+                        disable=not enabled, dynamic_ncols=True, smoothing=0.3)
+        # Log records (e.g. SFT's per-step INFO line) go above the bar too, while it is shown.
+        self._logging = logging_redirect_tqdm() if enabled else contextlib.nullcontext()
+        self._logging.__enter__()
 
     def advance(self, n: int = 1, **figures: Any) -> None:
         if figures:
@@ -42,6 +48,9 @@ class Progress:
         self.bar.update(n)
 
     def close(self) -> None:
+        if self._logging is not None:
+            self._logging.__exit__(None, None, None)
+            self._logging = None
         self.bar.close()
 
     def __enter__(self) -> Progress:
