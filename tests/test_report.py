@@ -38,7 +38,7 @@ STEPS, GROUPS, G = 3, 2, 4
 
 def _variants(trace: str) -> list[str]:
     """A group of G responses: the gold trace, a wrong answer, shifted windows, and format garbage."""
-    wrong = re.sub(r"<answer>(.*?)</answer>", lambda m: "<answer>" + ("A" if m.group(1) != "A" else "B") + "</answer>", trace)
+    wrong = re.sub(r"<answer>(.*?)</answer>", lambda m: f"<answer>{'B' if m.group(1) == 'A' else 'A'}</answer>", trace)
     shifted = re.sub(r"<time>00:0(\d)", lambda m: f"<time>00:0{min(int(m.group(1)) + 2, 9)}", trace)
     return [trace, wrong, "Hmm, let me look again. " + shifted, "<think>the shape is <b>red</b></think> C"]
 
@@ -63,8 +63,9 @@ def make_run_dir(root: Path, data_dir: Path) -> Path:
                                                         for t in texts], video_metadata=video.vllm_metadata()))
                 scored.append(scorer.score_batch(texts, [RewardTarget.from_sample(s)] * len(texts)))
             flat = [x for group in scored for x in group]
-            adv, _, adv_metrics = compute_grpo_advantages(
-                cfg.algorithm, torch.tensor([x["total"] for x in flat]), [g for g in range(len(picked)) for _ in range(G)])
+            group_ids = [g for g in range(len(picked)) for _ in range(G)]
+            scores = torch.tensor([x["total"] for x in flat])
+            adv, _, adv_metrics = compute_grpo_advantages(cfg.algorithm, scores, group_ids)
             log.write([group_record(step, "train", r, s, sc, adv[g * G:(g + 1) * G].tolist())
                        for g, (r, s, sc) in enumerate(zip(results, picked, scored))])
             logger.log(step, {**reward_metrics(flat), **adv_metrics, "actor/kl_loss": 0.01 * step,

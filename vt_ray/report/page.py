@@ -79,7 +79,8 @@ def _environment_rows(env: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _script_json(obj: Any) -> str:
     # allow_nan=False: a NaN that slipped through must fail here, not as a script error in the reader's browser
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _steps_text(rows: list[dict[str, Any]]) -> str:
@@ -127,8 +128,10 @@ def render_markdown(data: RunData, curves: list[Curve], view: ViewerData, files_
         lines.append("")
     evals = _eval_rows(data)
     if evals:
-        lines += ["## Evaluation", "", "| run | items | accuracy | format valid | mIoU |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {e['name']} | {e['n_items']} | {e['accuracy']} | {e['format_valid']} | {e['miou']} |" for e in evals]
+        lines += ["## Evaluation", "", "| run | items | accuracy | format valid | mIoU |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {e['name']} | {e['n_items']} | {e['accuracy']} | {e['format_valid']} | {e['miou']} |"
+                  for e in evals]
         lines.append("")
     lines += ["## Checkpoints", ""]
     if data.checkpoints:
