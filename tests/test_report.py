@@ -140,7 +140,7 @@ def test_read_frames_at_returns_the_frames_the_model_saw(synthetic_dir: Path) ->
 # --- the report ---------------------------------------------------------------------------------------------
 
 
-def test_report_shows_curves_rollouts_checkpoints_recipe_and_environment(run_dir: Path) -> None:
+def test_report_shows_curves_rollouts_checkpoints_recipe_and_environment(run_dir: Path, tmp_path: Path) -> None:
     paths = write_report(run_dir)
     assert paths.problems == []
     html = paths.html.read_text()
@@ -160,6 +160,8 @@ def test_report_shows_curves_rollouts_checkpoints_recipe_and_environment(run_dir
     for name in re.findall(r"\]\(report_files/([^)]+)\)", md):
         assert (paths.markdown.parent / "report_files" / name).is_file()
     assert "<b>red</b>" not in html  # model output is data for the script, never markup
+    only = write_report(run_dir, tmp_path / "step2", steps=(2,))
+    assert {g["step"] for g in _viewer_json(only.html.read_text())["groups"]} == {2} and only.rollouts == GROUPS * G
 
 
 def test_report_command_says_what_is_missing_instead_of_crashing(run_dir: Path, capsys: pytest.CaptureFixture) -> None:

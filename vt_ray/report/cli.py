@@ -1,4 +1,4 @@
-"""``python -m vt_ray report RUN_DIR [--out DIR] [--sft DIR] [--eval DIR ...] [--screenshot PNG]``.
+"""``python -m vt_ray report RUN_DIR [--out DIR] [--sft DIR] [--eval DIR ...] [--steps 1,50] [--screenshot PNG]``.
 
 Writes ``report.html`` (self-contained: open it from disk) and ``report.md`` for a GRPO run directory, and
 optionally a screenshot of the page taken with headless Chromium. Missing or damaged inputs are listed at the
@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluation output directory to include (repeatable; default: RUN_DIR/eval*)")
     parser.add_argument("--max-groups", type=int, default=60,
                         help="rollout groups shown, spread over the run (default 60)")
+    parser.add_argument("--steps", default="", metavar="S1,S2",
+                        help="show only the rollouts saved at these steps (default: all)")
     parser.add_argument("--screenshot", default=None, metavar="PNG",
                         help="also save a screenshot of the page (needs Chromium: tools/setup_browser.sh)")
 
@@ -29,7 +31,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from vt_ray.report.page import write_report
 
-    paths = write_report(args.run_dir, args.out, args.sft, tuple(args.eval), args.max_groups)
+    try:
+        steps = tuple(int(s) for s in args.steps.split(",") if s.strip())
+    except ValueError:
+        print(f"error: --steps takes comma-separated step numbers, got {args.steps!r}")
+        return 2
+    paths = write_report(args.run_dir, args.out, args.sft, tuple(args.eval), args.max_groups, steps)
     for p in paths.problems:
         print(f"[report] missing: {p}")
     print(f"[report] {paths.groups} rollout groups, {paths.rollouts} responses")

@@ -148,9 +148,13 @@ def render_markdown(data: RunData, curves: list[Curve], view: ViewerData, files_
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, sft_dir: str | Path | None = None,
-                 eval_dirs: tuple[str | Path, ...] = (), max_groups: int = 60) -> ReportPaths:
-    """Read ``run_dir`` and write ``report.html`` and ``report.md`` (default: ``<run_dir>/report/``)."""
+                 eval_dirs: tuple[str | Path, ...] = (), max_groups: int = 60,
+                 steps: tuple[int, ...] = ()) -> ReportPaths:
+    """Read ``run_dir`` and write ``report.html`` and ``report.md`` (default: ``<run_dir>/report/``). ``steps``:
+    show only the saved rollouts of these steps (default: all, spread over at most ``max_groups`` groups)."""
     data = load_run(run_dir, sft_dir, eval_dirs)
+    if steps:
+        data.rollouts = [r for r in data.rollouts if r.get("step") in steps]
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     files = out / "report_files"
     files.mkdir(parents=True, exist_ok=True)
