@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 setup:
 	@bash tools/setup_env.sh
 	@bash tools/setup_wordnet.sh
+	@bash tools/setup_browser.sh
 
 demo: setup
 	$(PY) -m vt_ray demo

@@ -29,6 +29,7 @@ from data_pipeline.client import ChatClient
 from data_pipeline.config import STEPS, CurateConfig, SourceConfig
 from data_pipeline.stats import build_stats, render_markdown
 from data_pipeline.steps import Clients, complete, curate_trace, new_row
+from vt_ray.common.progress import Progress, progress_enabled
 from vt_ray.data.schema import VideoSample, write_samples
 
 
@@ -139,7 +140,14 @@ def run_curation(cfg: CurateConfig, num_cpus_per_worker: float = 0.25) -> dict[s
         for stage in (CompleteStage, TraceStage):
             ds = ds.map_batches(stage, fn_constructor_args=(cfg,), batch_size=cfg.batch_size, compute=compute,
                                 num_cpus=num_cpus_per_worker, batch_format="numpy")
-        done = [json.loads(str(r["state"])) for r in ds.iter_rows()]  # streams: stages overlap
+        if not progress_enabled():  # --quiet or no terminal: no Ray Data operator bars either
+            ray.data.DataContext.get_current().enable_progress_bars = False
+        with Progress("curate", len(rows), unit="record") as bar:
+            kept = 0
+            for r in ds.iter_rows():  # streams: stages overlap
+                done.append(json.loads(str(r["state"])))
+                kept += done[-1]["status"] == "ok"
+                bar.advance(kept=kept)
     done.sort(key=lambda r: r["uid"])
     kept = [VideoSample(**r["output"]) for r in done if r["status"] == "ok"]
     _atomic_write_samples(out / "sft.jsonl", kept)

@@ -38,6 +38,8 @@ def test_demo_runs_every_stage_sft_teaches_the_format_and_grpo_the_content(tmp_p
     assert Path(grpo["run_dir"], "metrics.jsonl").is_file()
     for name in ("base", "sft", "grpo"):
         assert Path(summary["eval"][name]["report"]).is_file()
+    report = Path(grpo["run_dir"], "report", "report.html")
+    assert f"[demo] report: {report}" in proc.stdout and report.is_file()  # the demo ends with its report's path
 
 
 def _colour_task_learned(summary: dict) -> None:

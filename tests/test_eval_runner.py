@@ -47,6 +47,14 @@ def test_eval_sweep_report_and_resume(tiny_model_dir: Path, synthetic_dir: Path,
         assert sorted({i.frames for i in items}) == [4, 8]
         assert len(items) == 2 * 3  # 3 held-out videos x 2 frame counts
         assert {i.extra["frames_used"] for i in items} == {4, 8}
+        # What the run report's viewer shows next to each response: the video and the frames the model saw.
+        assert all(len(i.extra["frame_indices"]) == len(i.extra["frame_times"]) == i.frames for i in items)
+        from vt_ray.report.run_data import load_run
+        from vt_ray.report.viewer import build_viewer
+
+        view = build_viewer([], load_run(tmp_path, eval_dirs=[out]).evals)
+        assert view.responses == 6 and view.problems == []
+        assert all(len(view.frames[g["frames_key"]]) == len(g["frame_indices"]) for g in view.groups)
         assert summary["run"]["generated_now"] == 6
         assert (out / "report.md").read_text().count("synthetic-heldout") >= 1
         assert (out / "plots").is_dir() and any((out / "plots").glob("*.png"))

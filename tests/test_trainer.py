@@ -85,6 +85,9 @@ def test_truncate_jsonl_drops_steps_after_the_checkpoint(tmp_path: Path) -> None
     path.write_text("".join(json.dumps({"step": i, "x": i}) + "\n" for i in range(5)))
     truncate_jsonl(path, 2)
     assert [r["step"] for r in read_metrics(path)] == [0, 1, 2]
+    path.write_text(path.read_text() + '{"step": 3, "responses": [{"te')  # a kill cut the last write short
+    truncate_jsonl(path, 2)  # that line is from after the checkpoint: dropped, not a crash on resume
+    assert [r["step"] for r in read_metrics(path)] == [0, 1, 2]
 
 
 # --- end to end -----------------------------------------------------------------------------------------------
@@ -111,7 +114,7 @@ def _command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
         "trainer.wandb_mode=disabled", "rollout.max_tokens=48",
         # Dense rewards for a random model (it never writes a valid trace): graded format + length penalty.
         "reward.format_mode=graded", "reward.length_penalty_weight=1", "reward.length_max_words=24",
-        "reward.length_buffer_words=20", *extra,
+        "reward.length_buffer_words=20", "trainer.write_report=false", *extra,
     ]
 
 
@@ -131,6 +134,29 @@ def _uids(run_dir: Path) -> dict[int, list[str]]:
     return {r["step"]: r["uids"] for r in read_metrics(run_dir / "samples.jsonl")}
 
 
+def _rollout_keys(run_dir: Path) -> list[tuple[int, str, str]]:
+    return [(r["step"], r["split"], r["uid"]) for r in read_metrics(run_dir / "rollouts.jsonl")]
+
+
+def _check_rollouts_and_report(run_dir: Path) -> None:
+    """The rollouts a real run saved for the report (trainer.rollouts_per_step=2 of each step's 4 groups, and
+    2 validation prompts before and after training), and the report made from them."""
+    from vt_ray.report.page import write_report
+
+    rows = read_metrics(run_dir / "rollouts.jsonl")
+    assert [(r["step"], r["split"]) for r in rows] == (
+        [(0, "val")] * 2 + [(s, "train") for s in (1, 2, 3, 4) for _ in range(2)] + [(4, "val")] * 2)
+    for r in rows:
+        assert len(r["frame_indices"]) == len(r["frame_times"]) == 8 and r["gold_windows"] and r["video"]
+        assert len(r["responses"]) == (4 if r["split"] == "train" else 1)
+        if r["split"] == "train":
+            assert abs(sum(x["advantage"] for x in r["responses"])) < 1e-4  # standardised within the group
+            assert {"accuracy", "format", "total"} <= set(r["responses"][0]["reward"])
+    assert (run_dir / "environment.json").is_file()
+    report = write_report(run_dir)
+    assert report.problems == [] and report.rollouts == 4 * 2 * 4 + 2 * 2
+
+
 COMPARED = ("reward/total", "reward/format", "reward/length_penalty", "actor/pg_loss", "actor/kl_loss",
             "response/length_mean", "data/consumed_total")
 
@@ -139,12 +165,14 @@ COMPARED = ("reward/total", "reward/format", "reward/length_penalty", "actor/pg_
 def test_crash_during_save_resumes_from_last_complete_checkpoint_with_identical_steps(
     tiny_model_dir: Path, train_data: Path, tmp_path: Path
 ) -> None:
-    straight = _run(_command(tiny_model_dir, train_data, tmp_path / "a"))
+    straight = _run(_command(tiny_model_dir, train_data, tmp_path / "a", "trainer.write_report=true"))
     assert straight.returncode == 0, straight.stderr[-3000:]
+    assert f"[train] report: {tmp_path / 'a' / 't' / 'report' / 'report.html'}" in straight.stdout
     a = _steps(tmp_path / "a" / "t")
     assert sorted(a) == [0, 1, 2, 3, 4]
     assert a[4]["data/skipped_corrupt"] == 1  # the corrupt video was met, skipped, counted, and replaced
     assert all(a[s]["data/prompts"] == 4 for s in (1, 2, 3, 4))
+    _check_rollouts_and_report(tmp_path / "a" / "t")
 
     # Kill the run while the step-4 checkpoint is being written (learner rank 0 dies after its shards).
     crashed = _run(_command(tiny_model_dir, train_data, tmp_path / "b"),
@@ -170,6 +198,7 @@ def test_crash_during_save_resumes_from_last_complete_checkpoint_with_identical_
         for key in COMPARED:
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
     assert _uids(tmp_path / "b" / "t") == _uids(tmp_path / "a" / "t")  # same samples, none replayed or skipped
+    assert _rollout_keys(tmp_path / "b" / "t") == _rollout_keys(tmp_path / "a" / "t")  # truncated on resume too
     assert (tmp_path / "b" / "t" / "hf" / "config.json").is_file()
 
 

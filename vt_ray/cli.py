@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vt_ray.trainer.train_cli", "GRPO training on Ray (locally or under ray job submit); resumes"),
     "eval": ("vt_ray.eval.eval_cli", "evaluate a checkpoint on benchmarks and frame counts; writes a report"),
     "demo": ("vt_ray.demo", "the tiny end-to-end run on a local Ray cluster"),
+    "report": ("vt_ray.report.cli", "an HTML + Markdown report of a run: curves, rollout viewer, checkpoints"),
     "score": ("vt_ray.rewards.score_cli", "score a JSONL of responses with the recipe's rewards"),
     "curate": ("data_pipeline.curate_cli",
                "Hindsight-Curation on Ray Data: build SFT traces and RL samples from source datasets"),
@@ -31,7 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vt_ray",
-        description="Video-Thinker on Ray. Recipe commands take recipe=PATH and key=value overrides.",
+        description="Video-Thinker on Ray. Recipe commands take recipe=PATH and key=value overrides; "
+                    "--quiet (any command) turns off the live progress lines.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
@@ -41,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--quiet" in argv:  # any command: no live progress lines (they are also off when stderr is not a TTY)
+        argv = [a for a in argv if a != "--quiet"]
+        os.environ["VT_RAY_QUIET"] = "1"  # read by vt_ray.common.progress (not imported here: --help stays instant)
     parser = _parser()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):

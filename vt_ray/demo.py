@@ -240,4 +240,8 @@ def run(args: argparse.Namespace) -> int:
     state.summary["timings_s"] = {**state.timings, "total": round(time.perf_counter() - start, 1)}
     (state.out / "summary.json").write_text(json.dumps(state.summary, indent=2) + "\n")
     _print_summary(state)
+    from vt_ray.report.page import report_after_run
+
+    report_after_run(state.summary["grpo"]["run_dir"], "demo", sft_dir=state.out / "sft",
+                     eval_dirs=tuple(state.out / f"eval_{name}" for name in state.summary["eval"]))
     return 0

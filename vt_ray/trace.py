@@ -219,6 +219,30 @@ def _finish(scan: _Scan, text: str) -> ParsedTrace:
     )
 
 
+def display_segments(text: str) -> list[tuple[str, str]]:
+    """``text`` cut into ``(tag, piece)`` pieces that concatenate back to it, for highlighting: each block
+    :func:`parse_trace` closes (``time``/``caption``/``think``/``answer``, tags included) is one piece named by
+    its tag; everything else (free text, stray or unclosed tags) is ``("", piece)``. Never raises."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    pieces: list[tuple[str, str]] = []
+    done = 0  # end of the last piece emitted
+    open_tag: str | None = None
+    open_start = 0
+    for m in _TAG_RE.finditer(text):
+        closing, tag = m.group(1) == "/", m.group(2).lower()
+        if not closing:
+            open_tag, open_start = tag, m.start()  # a nested opening drops the outer block, as parse_trace does
+        elif open_tag == tag:
+            if open_start > done:
+                pieces.append(("", text[done:open_start]))
+            pieces.append((tag, text[open_start : m.end()]))
+            done, open_tag = m.end(), None
+    if done < len(text):
+        pieces.append(("", text[done:]))
+    return pieces
+
+
 # --- rendering ----------------------------------------------------------------------------------------------
 
 

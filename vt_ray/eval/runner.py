@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vt_ray.common.progress import Progress, echo
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.eval.loaders import load_benchmark
 from vt_ray.eval.metrics import score_item
@@ -29,6 +30,15 @@ def eval_sampling(cfg: RecipeConfig) -> SamplingSettings:
     temperature = 0.0 if e.greedy else e.temperature
     return SamplingSettings(n=1, temperature=temperature, top_p=1.0 if e.greedy else e.top_p,
                             max_tokens=e.max_tokens, stop=list(cfg.rollout.stop))
+
+
+def viewer_extras(sample: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """What the run report's rollout viewer shows next to an eval response: the video and the frames seen."""
+    indices = [int(i) for i in meta.get("frames_indices") or []]
+    fps = float(meta.get("fps") or 0.0)
+    return {"video": sample.video, "question": sample.question, "options": list(sample.options),
+            "duration": sample.duration if sample.duration is not None else meta.get("duration"),
+            "frame_indices": indices, "frame_times": [round(i / fps, 3) for i in indices] if fps > 0 else []}
 
 
 def _skipped_keys(path: Path) -> set[tuple[str, str, int]]:
@@ -55,7 +65,9 @@ def evaluate(cfg: RecipeConfig, rollout_group: Any = None, num_workers: int | No
                                      num_cpus=cfg.resources.rollout.cpus_per_worker,
                                      num_gpus=cfg.resources.rollout.gpus_per_worker)
     sampling = eval_sampling(cfg)
-    start, generated = time.perf_counter(), 0
+    start, generated, correct = time.perf_counter(), 0, 0
+    total = sum((b.name, s.uid, f) not in done for b, samples in benches for f in cfg.eval.frame_counts for s in samples)
+    bar = Progress("eval", total, unit="item")
     try:
         for bench, samples in benches:
             for frames in cfg.eval.frame_counts:
@@ -70,7 +82,8 @@ def evaluate(cfg: RecipeConfig, rollout_group: Any = None, num_workers: int | No
                         item = score_item(by_uid[r.uid], r.completions[0].text, benchmark=bench.name, frames=frames)
                         item.extra.update(prompt_tokens=len(r.prompt_token_ids),
                                           response_tokens=len(r.completions[0].token_ids),
-                                          frames_used=len(r.video_metadata.get("frames_indices", [])))
+                                          frames_used=len(r.video_metadata.get("frames_indices", [])),
+                                          **viewer_extras(by_uid[r.uid], r.video_metadata))
                         items.append(item)
                     write_results(results_path, items, append=True)
                     with skipped_path.open("a") as f:
@@ -78,8 +91,11 @@ def evaluate(cfg: RecipeConfig, rollout_group: Any = None, num_workers: int | No
                             f.write(json.dumps({"benchmark": bench.name, "uid": s.uid, "frames": frames,
                                                 "reason": s.reason, "detail": s.detail}) + "\n")
                     generated += len(items)
-                    print(f"[eval] {bench.name} @ {frames} frames: {min(i + CHUNK, len(todo))}/{len(todo)}", flush=True)
+                    correct += sum(item.correct for item in items)
+                    bar.advance(len(items) + len(batch.skipped), acc=correct / max(generated, 1))
+                    echo(f"[eval] {bench.name} @ {frames} frames: {min(i + CHUNK, len(todo))}/{len(todo)}")
     finally:
+        bar.close()
         if owned:
             rollout_group.shutdown()
     summary = build_report(read_results(results_path) if results_path.is_file() else [], out,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vt_ray.common.environment import capture_environment
+from vt_ray.common.progress import Progress
 from vt_ray.config.loader import to_yaml
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner.batch import collate
@@ -54,6 +56,7 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
     out = sft_output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(to_yaml(cfg))
+    (out / "environment.json").write_text(json.dumps(capture_environment(), indent=1) + "\n")
     samples = load_sft_samples(sft_train_file(cfg))
     processor = AutoProcessor.from_pretrained(cfg.model.path)
     builder = SftExampleBuilder(cfg, processor)
@@ -81,7 +84,7 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
             examples = builder.build_many(item[2])
             return collate(processor, examples) if examples else None
 
-        with (out / "metrics.jsonl").open("a") as metrics_file:
+        with (out / "metrics.jsonl").open("a") as metrics_file, Progress("SFT", total, initial=resumed) as bar:
             batches = iter_batches(
                 samples, cfg.sft.batch_size, cfg.sft.epochs, cfg.run.seed, cfg.sft.drop_last, position
             )
@@ -102,6 +105,7 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
                 metrics_file.flush()
                 log.info("SFT step %d/%d loss %.4f grad_norm %.3f lr %.2e", step, total, metrics["loss"],
                          metrics["grad_norm"], metrics["lr"])
+                bar.advance(loss=metrics["loss"], samples_s=len(batch) / max(now - started, 1e-9))
                 if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
                     group.save_checkpoint(ckpt_root, extra_state)
                 started = time.perf_counter()

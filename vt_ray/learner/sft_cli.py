@@ -40,4 +40,8 @@ def run(args: argparse.Namespace) -> int:
         elif started_here:
             ray.shutdown()
     print(json.dumps({**asdict(result), "time_s": round(time.perf_counter() - start, 1)}, indent=2))
+    from vt_ray.learner.sft import sft_output_dir
+    from vt_ray.report.page import report_after_run
+
+    report_after_run(sft_output_dir(cfg), "sft")
     return 0

@@ -36,6 +36,15 @@ class TrainerConfig:
     max_actor_restarts: int = 3
     """Crashed rollout actors restarted (their prompts re-sent) over the run; one more crash saves a checkpoint
     of the last completed step and fails the run, so a retry resumes there."""
+    save_rollouts_every: int = 1
+    """Every K steps, save ``rollouts_per_step`` groups to <run>/rollouts.jsonl for the report's rollout viewer:
+    video, frames seen, every response with its reward parts and advantage, gold windows (0: never)."""
+    rollouts_per_step: int = 2
+    """Groups (prompts, each with all rollout.n responses) saved per saved step; validation saves as many."""
+    rollouts_max_mb: float = 64.0
+    """Disk cap of rollouts.jsonl: once it is this large no more rollouts are written (a warning says so)."""
+    write_report: bool = True
+    """``train`` ends by writing <run>/report/report.html (+ .md); ``python -m vt_ray report RUN_DIR`` any time."""
     log_every: int = 1
     wandb_mode: str = "offline"
     """offline | online | disabled. Online needs WANDB_API_KEY in the environment (never in the recipe)."""
@@ -49,6 +58,9 @@ class TrainerConfig:
         check(self.mini_batch_size >= 0, "trainer.mini_batch_size", "must be >= 0")
         check(self.val_every >= 0, "trainer.val_every", "must be >= 0")
         check(self.save_every >= 1, "trainer.save_every", "must be >= 1")
+        check(self.save_rollouts_every >= 0, "trainer.save_rollouts_every", "must be >= 0")
+        check(self.rollouts_per_step >= 0, "trainer.rollouts_per_step", "must be >= 0")
+        check(self.rollouts_max_mb >= 0, "trainer.rollouts_max_mb", "must be >= 0")
         check(self.max_actor_restarts >= 0, "trainer.max_actor_restarts", "must be >= 0")
         check(self.resume_mode in ("auto", "never"), "trainer.resume_mode", f"unknown mode {self.resume_mode!r}")
         check(self.first_step_timeout_s > 0 and self.step_timeout_s > 0, "trainer.step_timeout_s", "must be > 0")

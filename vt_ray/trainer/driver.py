@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ import torch
 
 from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
 from vt_ray.config.loader import to_yaml
+from vt_ray.common.environment import capture_environment
+from vt_ray.common.progress import Progress
 from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
@@ -41,6 +43,7 @@ from vt_ray.rollout.types import RolloutResult, SamplingSettings
 from vt_ray.testing.faults import crash_point
 from vt_ray.trace import parse_trace
 from vt_ray.trainer.metrics import MetricsLogger, truncate_jsonl
+from vt_ray.trainer.rollout_log import RolloutLog, group_record
 from vt_ray.trainer.sampler import PromptSampler
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class Responses:
     group_ids: list[int]
     token_counts: list[int]
     truncated: list[bool]
+    advantages: list[float] = field(default_factory=list)
 
 
 def sampling_for_training(cfg: RecipeConfig) -> SamplingSettings:
@@ -140,6 +144,7 @@ class GRPOTrainer:
         self.learner: Any = None
         self.logger: MetricsLogger | None = None
         self._started = time.perf_counter()
+        self.rollout_log = RolloutLog.from_config(self.run_dir, self.tc)
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -208,7 +213,7 @@ class GRPOTrainer:
         self.step = self._saved_step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self.skip_totals = Counter(state.get("skip_totals", {}))
-        for name in ("samples.jsonl", "validation.jsonl"):
+        for name in ("samples.jsonl", "validation.jsonl", "rollouts.jsonl"):
             truncate_jsonl(self.run_dir / name, self.step)
         self._sync_weights(probe=True)  # the engines start from model.path: give them the restored policy
         print(f"[train] resumed from {found} at step {self.step}", flush=True)
@@ -292,6 +297,7 @@ class GRPOTrainer:
                 metrics.update(kl_metrics)
         adv, keep, adv_metrics = compute_grpo_advantages(self.cfg.algorithm, scores, data.group_ids)
         metrics.update(adv_metrics)
+        data.advantages = adv.float().tolist()
         batch.seq_extras["advantages"] = adv.float()
         batch.response_mask = mask * keep.float()[:, None]
         start = time.perf_counter()
@@ -384,6 +390,13 @@ class GRPOTrainer:
         metrics["time/step_s"] = time.perf_counter() - t0
         with (self.run_dir / "samples.jsonl").open("a") as f:
             f.write(json.dumps({"step": self.step, "uids": [r.uid for r in results]}) + "\n")
+        if self.rollout_log.due(self.step):
+            rows = {g: [i for i, gid in enumerate(data.group_ids) if gid == g] for g in range(len(results))}
+            self.rollout_log.write([
+                group_record(self.step, "train", r, samples[g], [scored[i] for i in rows[g]],
+                             [data.advantages[i] for i in rows[g]])
+                for g, r in enumerate(results[: self.tc.rollouts_per_step])
+            ])
         return metrics
 
     # ---- validation ----------------------------------------------------------------------------------------
@@ -406,6 +419,9 @@ class GRPOTrainer:
         with (self.run_dir / "validation.jsonl").open("a") as f:
             for r, text, s in zip(out.results, texts, scored):
                 f.write(json.dumps({"step": self.step, "uid": r.uid, "response": text, **s}) + "\n")
+        if self.rollout_log.enabled:
+            self.rollout_log.write([group_record(self.step, "val", r, by_uid[r.uid], [s], None)
+                                    for r, s in zip(out.results[: self.tc.rollouts_per_step], scored)])
         return metrics
 
     # ---- the loop ------------------------------------------------------------------------------------------
@@ -413,6 +429,7 @@ class GRPOTrainer:
         self._started = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(to_yaml(self.cfg))
+        (self.run_dir / "environment.json").write_text(json.dumps(capture_environment(), indent=1) + "\n")
         self._load_data()
         self.stop.install()
         summary: dict[str, Any] = {"run_dir": str(self.run_dir)}
@@ -429,6 +446,7 @@ class GRPOTrainer:
                     before = self.validate()
                     self.logger.log(0, {**before, "time/elapsed_s": time.perf_counter() - self._started})
             first = True
+            bar = Progress("GRPO", total=self.tc.total_steps, initial=self.step)
             while self.step < self.tc.total_steps and not self.stop.requested.is_set():
                 try:
                     metrics = self.train_step()
@@ -443,9 +461,13 @@ class GRPOTrainer:
                     metrics.update(self.validate())
                 metrics["time/elapsed_s"] = time.perf_counter() - self._started  # wall clock since fit() began
                 self.logger.log(self.step, metrics)
+                bar.advance(reward=metrics.get("reward/total"), acc=metrics.get("reward/accuracy"),
+                            valid=metrics.get("trace/valid_share"),
+                            samples_s=metrics["data/responses"] / max(metrics["time/step_s"], 1e-9))
                 if self.step % self.tc.save_every == 0 or last or self.stop.requested.is_set():
                     self.save()
                     crash_point("trainer.after_save", self.step)  # tests: SIGKILL-equivalent right after a save
+            bar.close()
             summary["step"] = self.step
             summary["stopped_early"] = self.stop.requested.is_set()
             if summary["stopped_early"]:
@@ -461,7 +483,7 @@ class GRPOTrainer:
             self.stop.uninstall()
 
     def _truncate_run_logs(self) -> None:
-        for name in ("samples.jsonl", "validation.jsonl", "metrics.jsonl"):
+        for name in ("samples.jsonl", "validation.jsonl", "metrics.jsonl", "rollouts.jsonl"):
             (self.run_dir / name).unlink(missing_ok=True)
 
     def shutdown(self) -> None:

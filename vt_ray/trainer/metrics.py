@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from vt_ray.common.progress import echo
+
 log = logging.getLogger(__name__)
 
 CONSOLE_KEYS = (
@@ -65,7 +67,7 @@ class MetricsLogger:
         shown = "  ".join(
             f"{k.replace('reward/', '').replace('/', '_')}={metrics[k]:.3f}" for k in CONSOLE_KEYS if isinstance(metrics.get(k), int | float)
         )
-        print(f"[step {step}] {shown}", flush=True)
+        echo(f"[step {step}] {shown}")
 
     def close(self) -> None:
         if self._wandb is not None:
@@ -74,11 +76,19 @@ class MetricsLogger:
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
-    """Drop records of steps after ``step`` (written after the checkpoint a run resumes from)."""
+    """Drop records of steps after ``step`` (written after the checkpoint a run resumes from). A line a kill
+    cut short does not parse: it was the last write, after the checkpoint, and is dropped too."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    kept = [line for line in path.read_text().splitlines() if line and _step_of(line) <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -64,4 +64,8 @@ def run(args: argparse.Namespace) -> int:
         if cluster is not None:
             cluster.stop(keep_logs=not ok)  # after a failure the Ray session logs are worth keeping
     print(json.dumps(summary, indent=2))
+    if cfg.trainer.write_report and not summary.get("stopped_early"):  # a stopped run's grace time is not ours
+        from vt_ray.report.page import report_after_run
+
+        report_after_run(summary["run_dir"], "train")
     return 128 + summary["stop_signal"] if summary.get("stopped_early") else 0

@@ -182,3 +182,27 @@ def read_video(path: str | Path, cfg: VideoConfig) -> DecodedVideo:
             backend=backend,
         )
     raise VideoCorrupt(path, "; ".join(failures))
+
+
+def read_frames_at(path: str | Path, indices: list[int], timeout_s: float = 30.0) -> list[np.ndarray]:
+    """The source frames at ``indices`` (clamped to the video's length), at their stored size: what a viewer
+    shows of the frames a model saw (their indices come from :meth:`DecodedVideo.vllm_metadata`). Same
+    backends, fallback and timeout as :func:`read_video`; raises a :class:`VideoError` subclass naming the file."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise VideoNotFound(path, "no such file")
+    if not indices:
+        return []
+
+    def choose(total: int, _fps: float) -> list[int]:
+        return [min(max(int(i), 0), total - 1) for i in indices]
+
+    failures: list[str] = []
+    for backend in _BACKENDS:
+        try:
+            return _with_timeout(lambda b=backend: _BACKENDS[b](path, choose), path, timeout_s).frames
+        except (VideoEmpty, VideoTimeout):
+            raise
+        except Exception as err:  # decoders raise assorted types (av.error.*, RuntimeError, DECORDError)
+            failures.append(f"{backend}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    raise VideoCorrupt(path, "; ".join(failures))

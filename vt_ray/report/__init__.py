@@ -1,0 +1,1 @@
+"""The run report: curves, recipe, environment, checkpoints and the rollout viewer in one HTML page."""
