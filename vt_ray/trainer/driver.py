@@ -32,7 +32,7 @@ from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
 from vt_ray.config.loader import to_yaml
 from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.config.schema import RecipeConfig
-from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
+from vt_ray.data.schema import VideoSample
 from vt_ray.rewards.composite import reward_metrics
 from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.group import RolloutRestartBudgetExhausted
@@ -141,9 +141,18 @@ class GRPOTrainer:
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
+        from vt_ray.data.guarded import load_samples
+
         train_file, val_file = Path(self.cfg.data.train_file), Path(self.cfg.data.val_file)
-        self.train = resolve_video_paths(read_samples(train_file), train_file.parent)
-        self.val = resolve_video_paths(read_samples(val_file), val_file.parent) if val_file.is_file() else []
+        root = self.cfg.data.video_root or None  # bad rows and videos outside the root: skipped and counted
+        self.train, train_report = load_samples(train_file, root)
+        self.val, val_report = load_samples(val_file, root) if val_file.is_file() else ([], None)
+        for report in (train_report, val_report):
+            if report is not None and report.skipped:
+                print(f"[train] data: {report.summary()}", flush=True)
+        (self.run_dir / "data_report.json").write_text(json.dumps(
+            {r.path: {"kept": r.kept, "skipped": dict(r.skipped), "examples": r.examples}
+             for r in (train_report, val_report) if r is not None}, indent=1))
         if self.tc.val_samples:
             self.val = self.val[: self.tc.val_samples]
         self.sampler = PromptSampler(self.train, seed=self.cfg.run.seed)
@@ -192,16 +201,19 @@ class GRPOTrainer:
 
     # ---- resume --------------------------------------------------------------------------------------------
     def _resume(self) -> None:
-        from vt_ray.learner.checkpoint import resolve
+        from vt_ray.learner.checkpoint import select
 
-        found = resolve(self.ckpt_root) if self.ckpt_root.is_dir() else None
         partial = sorted(p.name for p in self.ckpt_root.glob(".tmp_*")) if self.ckpt_root.is_dir() else []
         if partial:
             print(f"[train] ignoring incomplete checkpoint(s) from an interrupted save: {partial}", flush=True)
+        if self.tc.resume_mode == "never" and self.ckpt_root.is_dir() and any(self.ckpt_root.glob("step_*")):
+            raise RuntimeError(f"{self.ckpt_root} has checkpoints and trainer.resume_mode=never: use a new run.name")
+        selection = select(self.ckpt_root)  # newest intact one: corrupt newer ones are refused and moved aside
+        for err in selection.refused:
+            print(f"[train] refused {err}; falling back to an older checkpoint", flush=True)
+        found = selection.found
         if found is None:
             return
-        if self.tc.resume_mode == "never":
-            raise RuntimeError(f"{self.ckpt_root} has checkpoints and trainer.resume_mode=never: use a new run.name")
         state = self.learner.load_checkpoint(str(found)) or {}
         self.step = self._saved_step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
