@@ -331,6 +331,7 @@ class LearnerWorker:
         its micro-batches). Returns mini-batch metrics, identical on every rank."""
         assert self.model is not None, "call setup() first"
         hang_point("learner.train_step", self.rank)
+        crash_point("learner.train_step", self.rank)  # tests: a learner rank lost mid-update
         started = time.perf_counter()
         loss_fn = self._loss_fn(loss_name)
         micro, real = self._micro_batches(shard, num_micro)

@@ -36,6 +36,10 @@ class TrainerConfig:
     max_actor_restarts: int = 3
     """Crashed rollout actors restarted (their prompts re-sent) over the run; one more crash saves a checkpoint
     of the last completed step and fails the run, so a retry resumes there."""
+    max_restarts: int = 1
+    """In-job recoveries over the run: when a learner rank is lost (it died, or a call timed out), every role
+    is torn down, started again on new placement groups and resumed from the last complete checkpoint, in the
+    same job. One more loss exits with code 75 (the last checkpoint stands), so a RayJob retry takes over."""
     log_every: int = 1
     wandb_mode: str = "offline"
     """offline | online | disabled. Online needs WANDB_API_KEY in the environment (never in the recipe)."""
@@ -50,6 +54,7 @@ class TrainerConfig:
         check(self.val_every >= 0, "trainer.val_every", "must be >= 0")
         check(self.save_every >= 1, "trainer.save_every", "must be >= 1")
         check(self.max_actor_restarts >= 0, "trainer.max_actor_restarts", "must be >= 0")
+        check(self.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
         check(self.resume_mode in ("auto", "never"), "trainer.resume_mode", f"unknown mode {self.resume_mode!r}")
         check(self.first_step_timeout_s > 0 and self.step_timeout_s > 0, "trainer.step_timeout_s", "must be > 0")
         check(self.wandb_mode in ("offline", "online", "disabled"), "trainer.wandb_mode", "offline | online | disabled")

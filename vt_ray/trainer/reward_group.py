@@ -21,7 +21,7 @@ from vt_ray.common.timeouts import (
 from vt_ray.rewards.config import RewardConfig
 from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.group import split_evenly
-from vt_ray.testing.faults import hang_point
+from vt_ray.testing.faults import crash_point, hang_point
 
 
 class RewardWorker:
@@ -38,6 +38,7 @@ class RewardWorker:
 
     def score(self, responses: Sequence[str], targets: Sequence[RewardTarget]) -> list[dict[str, float]]:
         hang_point("reward.score", self.rank)
+        crash_point("reward.score", self.rank)
         return self.scorer.score_batch(responses, targets)
 
 
