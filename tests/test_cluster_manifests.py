@@ -20,6 +20,7 @@ from vt_ray.cluster.manifests import (
     layout_errors,
     recipe_of,
     schema_errors,
+    security_errors,
     version_errors,
 )
 from vt_ray.config import load_config
@@ -163,3 +164,30 @@ def test_version_mismatch_is_caught() -> None:
     doc = _base("RayJob")
     cluster_spec(doc)["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] = "vt-ray:2.59.0-gpu"
     assert version_errors(doc, RAY_PIN) == [f"image vt-ray:2.59.0-gpu tag does not start with {RAY_PIN}"]
+
+
+@pytest.mark.parametrize(("name", "doc"), RAY_DOCS, ids=_ids(RAY_DOCS))
+def test_clusters_require_a_token_and_keep_the_dashboard_inside(name: str, doc: dict[str, Any]) -> None:
+    assert security_errors(doc) == []
+    if doc["kind"] == "RayCluster":  # the persistent one says so explicitly, not by an operator default
+        assert doc["spec"]["headGroupSpec"]["serviceType"] == "ClusterIP"
+
+
+def test_open_clusters_and_literal_secrets_are_caught() -> None:
+    for kind in ("RayCluster", "RayJob"):
+        doc = _base(kind)
+        del cluster_spec(doc)["authOptions"]
+        assert security_errors(doc) == ["authOptions.mode is None: Ray token authentication must be on ('token')"]
+        doc = _base(kind)
+        cluster_spec(doc)["authOptions"] = {"mode": "token"}
+        assert security_errors(doc) == ["authOptions.secretName: name the Kubernetes Secret that holds auth_token"]
+        assert schema_errors(doc, CRD_DIR) == []  # the schema alone would let both through
+    doc = _base("RayCluster")
+    doc["spec"]["headGroupSpec"].update(serviceType="LoadBalancer", enableIngress=True)
+    container = doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    container["env"] += [{"name": "WANDB_API_KEY", "value": "abc"}, {"name": "RAY_AUTH_MODE", "value": "disabled"}]
+    errors = security_errors(doc)
+    assert len(errors) == 4, errors
+    assert any("LoadBalancer" in e for e in errors) and any("enableIngress" in e for e in errors)
+    assert any("WANDB_API_KEY is a literal value" in e for e in errors)
+    assert any("RAY_AUTH_MODE='disabled'" in e for e in errors)

@@ -218,3 +218,56 @@ def test_stacks_of_an_actor_on_another_node_come_from_a_task_pinned_to_its_node(
             assert "in hang_point" in text and "in score" in text, text
     finally:
         _kill(group)
+
+
+# ---- one deadline per call (issue 21, item 3) --------------------------------------------------------------
+@pytest.mark.slow
+def test_wait_all_has_one_deadline_names_every_late_rank_and_resends_failed_work(ray_cluster) -> None:
+    """Real Ray tasks: two ranks never answer and one fails once. The timeout names exactly the two late ranks
+    (both missed the same deadline: a per-rank wait would have named only the first), and the failed rank's
+    re-sent work is what its result holds."""
+    import threading
+
+    from vt_ray.common.timeouts import wait_all
+
+    @ray_cluster.remote(num_cpus=0, max_concurrency=8)
+    class Ranks:  # one threaded actor, started before the clock runs: its calls answer in milliseconds
+        def answer(self, x: int) -> int:
+            if x < 0:
+                raise ValueError("first try fails")
+            if x == 99:
+                threading.Event().wait()
+            return x
+
+    ranks = Ranks.remote()
+    assert ray_cluster.get(ranks.answer.remote(7)) == 7
+    refs = {0: ranks.answer.remote(0), 1: ranks.answer.remote(99), 2: ranks.answer.remote(-1),
+            3: ranks.answer.remote(99)}
+    resent: list[int] = []
+
+    def resend(rank: int, err: Exception) -> Any:
+        resent.append(rank)
+        assert "first try fails" in str(err)
+        return ranks.answer.remote(20 + rank)
+
+    with pytest.raises(StepTimeout) as caught:
+        wait_all(refs, TIMEOUT_S, lambda late: StepTimeout("test", "answer", late[0], TIMEOUT_S, ranks=late), resend)
+    assert caught.value.ranks == [1, 3] and resent == [2]
+    assert str(caught.value).startswith(f"test[1].answer: no answer within {TIMEOUT_S:g} s from ranks [1, 3]")
+    assert wait_all({0: ranks.answer.remote(5), 1: ranks.answer.remote(-1)}, 60, lambda late: RuntimeError(late),
+                    lambda rank, err: "scored 0") == {0: 5, 1: "scored 0"}
+    ray_cluster.kill(ranks)
+
+
+@pytest.mark.slow
+def test_every_stuck_scorer_is_named_with_its_stacks(ray_cluster) -> None:
+    group, call = _reward("reward.score")  # no rank: both scorers block
+    try:
+        with pytest.raises(StepTimeout) as caught:
+            call()
+        err = caught.value
+        assert (err.role, err.method, err.ranks) == ("reward", "score", [0, 1])
+        for rank in (0, 1):
+            assert "in hang_point" in err.stacks[rank] and "in score" in err.stacks[rank], err.stacks[rank]
+    finally:
+        _kill(group)

@@ -164,3 +164,37 @@ def version_errors(manifest: dict[str, Any], ray_pin: str) -> list[str]:
         if not tag.startswith(ray_pin):
             errors.append(f"image {container['image']} tag does not start with {ray_pin}")
     return errors
+
+
+SECRET_ENV = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD|CREDENTIALS?)($|_)", re.I)  # WANDB_API_KEY, not TOKENIZERS_*
+EXPOSED_SERVICE_TYPES = {"LoadBalancer", "NodePort"}
+
+
+def security_errors(manifest: dict[str, Any]) -> list[str]:
+    """What would leave the cluster open or a secret in the manifest: Ray token auth must be on with the token
+    from a Kubernetes Secret (KubeRay ``authOptions``: the operator sets ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN`` in
+    every Ray container), no container may switch it off, a secret-looking env var must come from a
+    ``secretKeyRef`` (never a literal ``value``), and the head (dashboard, job API: whoever reaches port 8265 can
+    run code) must not be exposed outside the cluster by a LoadBalancer/NodePort service or an ingress."""
+    spec = cluster_spec(manifest)
+    errors = []
+    auth = spec.get("authOptions") or {}
+    if auth.get("mode") != "token":
+        errors.append(f"authOptions.mode is {auth.get('mode')!r}: Ray token authentication must be on ('token')")
+    elif not auth.get("secretName"):
+        errors.append("authOptions.secretName: name the Kubernetes Secret that holds auth_token")
+    head = spec["headGroupSpec"]
+    if head.get("serviceType", "ClusterIP") in EXPOSED_SERVICE_TYPES:
+        errors.append(f"head: serviceType {head['serviceType']} exposes the dashboard outside the cluster")
+    if head.get("enableIngress"):
+        errors.append("head: enableIngress exposes the dashboard outside the cluster")
+    for group in [head, *spec.get("workerGroupSpecs", [])]:
+        name = group.get("groupName", "head")
+        for container in _containers(group):
+            for env in container.get("env", []):
+                if env.get("name") == "RAY_AUTH_MODE" and env.get("value") != "token":
+                    errors.append(f"{name}/{container['name']}: RAY_AUTH_MODE={env.get('value')!r} turns auth off")
+                elif SECRET_ENV.search(env.get("name", "")) and "value" in env:
+                    errors.append(f"{name}/{container['name']}: {env['name']} is a literal value; use "
+                                  "valueFrom.secretKeyRef")
+    return errors

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -52,20 +51,24 @@ class PlacedGroup:
 
 
 def create_placement_groups(res: ResourcesConfig, timeout_s: float = 300.0) -> dict[str, PlacedGroup]:
-    """Preflight, then one placement group per spec, waited for with a timeout naming the group."""
+    """Preflight, then one placement group per spec, all waited for with one deadline; the error names every
+    group not placed in time."""
     preflight(res, ray.cluster_resources())
     placed: dict[str, PlacedGroup] = {}
     try:
         for spec in placement_groups(res):
             pg = placement_group([dict(b) for b in spec.bundles], strategy=spec.strategy, name=f"vt_{spec.name}")
             placed[spec.name] = PlacedGroup(spec, pg)
-            try:
-                ray.get(pg.ready(), timeout=timeout_s)
-            except GetTimeoutError as err:
-                raise InsufficientResources(
-                    f"placement group {spec.name!r} ({len(spec.bundles)} x {spec.bundles[0]}, {spec.strategy}) "
-                    f"not placed within {timeout_s:.0f} s: the bundles do not fit the nodes"
-                ) from err
+        ready = {p.pg.ready(): name for name, p in placed.items()}
+        done, _ = ray.wait(list(ready), num_returns=len(ready), timeout=timeout_s)
+        ray.get(done)
+        if len(done) < len(ready):
+            late = [placed[name].spec for ref, name in ready.items() if ref not in done]
+            raise InsufficientResources(
+                "placement group(s) not placed within "
+                f"{timeout_s:.0f} s, the bundles do not fit the nodes: "
+                + "; ".join(f"{s.name!r} ({len(s.bundles)} x {s.bundles[0]}, {s.strategy})" for s in late)
+            )
     except BaseException:
         remove_placement_groups(placed)
         raise

@@ -24,7 +24,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -41,10 +41,13 @@ class StepTimeout(RuntimeError):
     ``stacks`` maps rank -> that actor's Python stacks (faulthandler) when they could be collected."""
 
     def __init__(self, role: str, method: str, rank: int, timeout_s: float, detail: str = "",
-                 stacks: dict[int, str] | None = None) -> None:
+                 stacks: dict[int, str] | None = None, ranks: Sequence[int] | None = None) -> None:
         self.role, self.method, self.rank, self.timeout_s = role, method, rank, timeout_s
         self.detail, self.stacks = detail, dict(stacks or {})
+        self.ranks = list(ranks) if ranks else [rank]  # every rank that missed the deadline (rank: the first)
         message = f"{role}[{rank}].{method}: no answer within {timeout_s:g} s"
+        if len(self.ranks) > 1:
+            message += f" from ranks {self.ranks}"
         if detail:
             message += f" ({detail})"
         for r, text in self.stacks.items():
@@ -53,7 +56,7 @@ class StepTimeout(RuntimeError):
         RuntimeError.__init__(self, message)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.role, self.method, self.rank, self.timeout_s, self.detail, self.stacks))
+        return (type(self), (self.role, self.method, self.rank, self.timeout_s, self.detail, self.stacks, self.ranks))
 
 
 @dataclass(frozen=True)
@@ -234,11 +237,60 @@ def dump_stacks(
     return {rank: out[rank] for rank in sorted(out)}
 
 
-def timeout_error(role: str, method: str, rank: int, timeout_s: float, actors: Sequence[Any],
+def timeout_error(role: str, method: str, ranks: int | Sequence[int], timeout_s: float, actors: Sequence[Any],
                   infos: Mapping[int, ActorInfo]) -> StepTimeout:
-    """The :class:`StepTimeout` for ``actors[rank]`` of a group, with its stacks attached (``infos``: what the
-    group's actors answered to ``ready()``, by rank)."""
-    return StepTimeout(role, method, rank, timeout_s, stacks=dump_stacks(role, [(rank, actors[rank], infos.get(rank))]))
+    """The :class:`StepTimeout` for ``actors[r]`` of a group, for each of ``ranks`` (all that missed the
+    deadline), with their stacks attached (``infos``: what the group's actors answered to ``ready()``, by
+    rank)."""
+    ranks = [ranks] if isinstance(ranks, int) else sorted(ranks)
+    stacks = dump_stacks(role, [(r, actors[r], infos.get(r)) for r in ranks])
+    return StepTimeout(role, method, ranks[0], timeout_s, stacks=stacks, ranks=ranks)
+
+
+def wait_all(
+    refs: Mapping[int, Any],
+    timeout_s: float,
+    on_timeout: Callable[[list[int]], BaseException],
+    on_error: Callable[[int, Exception], Any] | None = None,
+) -> dict[int, Any]:
+    """rank -> result of ``refs[rank]``, waiting on every rank at once with ONE deadline for the whole call
+    (``ray.wait`` with the time that is left), so waits on N ranks never add up to N timeouts.
+
+    Results are taken as they arrive, so a failure surfaces at once rather than after the peers time out.
+    When the deadline passes, ``on_timeout(ranks)`` builds the error to raise, given every rank still pending.
+    A rank whose call raised a Ray error goes to ``on_error(rank, err)``, which raises, returns a new
+    ``ObjectRef`` (the rank's work re-sent, e.g. to a restarted actor; it gets a deadline of its own, as a new
+    call), or returns the value to record for that rank. Without ``on_error`` the error propagates.
+    """
+    import ray
+    from ray.exceptions import RayError
+
+    start = time.monotonic()
+    deadline = {rank: start + timeout_s for rank in refs}
+    pending = {ref: rank for rank, ref in refs.items()}
+    results: dict[int, Any] = {}
+    while pending:
+        remaining = max(0.0, min(deadline[r] for r in pending.values()) - time.monotonic())
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
+        if not ready:
+            now = time.monotonic()
+            late = sorted(r for r in pending.values() if deadline[r] <= now)
+            if late:
+                raise on_timeout(late)
+            continue
+        rank = pending.pop(ready[0])
+        try:
+            results[rank] = ray.get(ready[0])
+        except RayError as err:
+            if on_error is None:
+                raise
+            outcome = on_error(rank, err)
+            if isinstance(outcome, ray.ObjectRef):
+                pending[outcome] = rank
+                deadline[rank] = time.monotonic() + timeout_s
+            else:
+                results[rank] = outcome
+    return results
 
 
 def resolved(ref: Any) -> ActorInfo | None:

@@ -79,6 +79,8 @@ def load_config(recipe: str | os.PathLike[str] | None = None, overrides: Sequenc
             merged = OmegaConf.merge(merged, _read_yaml(Path(recipe)))
         except OmegaConfBaseException as err:
             raise _from_error(err, source) from err
+        except (TypeError, ValueError) as err:  # OmegaConf: "Cannot merge incompatible container types"
+            raise ConfigError("recipe", f"{type(err).__name__}: {err}", source) from err
     for item in overrides:
         try:
             merged = _apply_override(merged, item)
@@ -86,8 +88,8 @@ def load_config(recipe: str | os.PathLike[str] | None = None, overrides: Sequenc
             raise _from_error(err, f"{COMMAND_LINE} ({item})") from err
         except ConfigError:
             raise
-        except ValueError as err:  # from_dotlist on a malformed token
-            raise ConfigError(item, str(err), COMMAND_LINE) from err
+        except (ValueError, TypeError, yaml.YAMLError) as err:  # a malformed token, a list given a mapping
+            raise ConfigError(item.partition("=")[0], str(err).splitlines()[0], COMMAND_LINE) from err
     try:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except ConfigError as err:  # __post_init__ validation: the value may come from the file or an override

@@ -95,6 +95,9 @@ class DataConfig:
     file's directory unless absolute."""
     val_file: str = "outputs/tiny/data/val.jsonl"
     """Held-out samples for validation during training."""
+    video_root: str = ""
+    """The data root: ``train`` reads no video outside it (``..``, absolute paths and symlinks resolved; such
+    rows are skipped and counted, see vt_ray/data/guarded.py). Empty: each dataset file's directory."""
     max_prompt_tokens: int = 2048
     """Prompt budget (system + video tokens + question). Longer samples follow ``overlong_policy``."""
     overlong_policy: str = "downsample"

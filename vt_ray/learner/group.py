@@ -14,15 +14,14 @@ The deadline is ``timeout_s``: the trainer starts the group with its long first-
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
 import torch
-from ray.exceptions import RayError
 
-from vt_ray.common.timeouts import ActorInfo, StepTimeout, dump_stacks, resolved
+from vt_ray.common.timeouts import ActorInfo, StepTimeout, dump_stacks, resolved, wait_all
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.worker import LearnerWorker
@@ -82,31 +81,25 @@ class LearnerGroup:
 
     # ---- remote calls ------------------------------------------------------------------------------------
     def _call(self, method: str, refs: Sequence[ray.ObjectRef], timeout_s: float | None = None) -> list[Any]:
-        """Results in rank order. Waits on all ranks at once, so the first failure surfaces immediately
-        instead of after the peers blocked in a collective with it time out."""
+        """Results in rank order. One deadline for all ranks, waited on at once, so the first failure surfaces
+        immediately instead of after the peers blocked in a collective with it time out."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout_s
-        pending = {ref: rank for rank, ref in enumerate(refs)}
-        results: dict[int, Any] = {}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise self._timeout(method, sorted(pending.values()), timeout_s)
-            rank = pending.pop(ready[0])
-            try:
-                results[rank] = ray.get(ready[0])
-            except RayError as err:
-                raise LearnerCallError(method, rank, f"failed: {err}") from err
+
+        def failed(rank: int, err: Exception) -> Any:
+            raise LearnerCallError(method, rank, f"failed: {err}") from err
+
+        results = wait_all(dict(enumerate(refs)), timeout_s, lambda late: self._timeout(method, late, timeout_s),
+                           failed)
         return [results[r] for r in range(len(refs))]
 
     def _timeout(self, method: str, ranks: list[int], timeout_s: float) -> LearnerTimeout:
-        """LearnerTimeout naming the first pending rank, with the stacks of the pending ranks (the stuck one,
-        and its peers blocked in a collective with it)."""
+        """LearnerTimeout naming every rank that missed the deadline (the stuck one, and its peers blocked in a
+        collective with it), with their stacks."""
         for rank in ranks:
             if rank not in self._infos and (info := resolved(self._info_refs[rank])) is not None:
                 self._infos[rank] = info
         stacks = dump_stacks(ROLE, [(r, self.actors[r], self._infos.get(r)) for r in ranks])
-        return LearnerTimeout(ROLE, method, ranks[0], timeout_s, f"waiting on ranks {ranks}", stacks)
+        return LearnerTimeout(ROLE, method, ranks[0], timeout_s, f"waiting on ranks {ranks}", stacks, ranks)
 
     def _shards(self, batch: TrainBatch) -> tuple[list[ray.ObjectRef], list[bool], int]:
         """One shard per rank (a zero-loss filler for a rank left without samples), which shards are real,
@@ -145,7 +138,20 @@ class LearnerGroup:
         return self._call("save_checkpoint", [a.save_checkpoint.remote(root, extra_state) for a in self.actors])[0]
 
     def load_checkpoint(self, path: str) -> dict[str, Any] | None:
-        return self._call("load_checkpoint", [a.load_checkpoint.remote(path) for a in self.actors])[0]
+        """Restore every rank from ``path``: a step directory, or a root whose newest intact checkpoint is
+        chosen here, once, by checking every file's SHA-256 against its manifest (newer corrupt ones are moved
+        aside and reported: :func:`vt_ray.learner.checkpoint.select`). None when there is no checkpoint."""
+        from vt_ray.learner import checkpoint as ckpt
+
+        target = Path(path)
+        if not ckpt.is_step_dir(target):
+            selection = ckpt.select(target)
+            for err in selection.refused:
+                print(f"[checkpoint] refused {err}; moved aside as {ckpt.CORRUPT_PREFIX}{Path(err.path).name}", flush=True)
+            if selection.found is None:
+                return None
+            target = selection.found
+        return self._call("load_checkpoint", [a.load_checkpoint.remote(str(target)) for a in self.actors])[0]
 
     def shutdown(self) -> None:
         try:

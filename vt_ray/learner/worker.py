@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -36,6 +37,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner import checkpoint as ckpt
+from vt_ray.learner import manifest, safe_dcp
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
 from vt_ray.learner.schedule import lr_factor, warmup_steps
@@ -329,6 +331,7 @@ class LearnerWorker:
         its micro-batches). Returns mini-batch metrics, identical on every rank."""
         assert self.model is not None, "call setup() first"
         hang_point("learner.train_step", self.rank)
+        crash_point("learner.train_step", self.rank)  # tests: a learner rank lost mid-update
         started = time.perf_counter()
         loss_fn = self._loss_fn(loss_name)
         micro, real = self._micro_batches(shard, num_micro)
@@ -439,7 +442,10 @@ class LearnerWorker:
     # ---- resumable checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, root: str, extra_state: dict[str, Any] | None = None) -> str:
         """Model + optimizer (DCP, sharded), scheduler, step, extra state (e.g. data position) and each rank's
-        RNG, into ``root/step_N``; then ``latest`` and pruning to learner.keep_last. Collective."""
+        RNG, into ``root/step_N`` with a manifest of every file's size and SHA-256 (each rank hashes what it
+        wrote); then ``latest`` and pruning to learner.keep_last. Collective. A write that fails (a full disk)
+        removes the partial directory and raises :class:`~vt_ray.learner.checkpoint.CheckpointWriteError`;
+        the previous checkpoint is untouched."""
         assert self.model is not None
         tmp = ckpt.tmp_dir(root, self.step)
         if self.rank == 0:
@@ -447,16 +453,25 @@ class LearnerWorker:
             tmp.mkdir(parents=True)
         dist.barrier()
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-        torch.save(ckpt.rng_state(), tmp / f"rng_rank{self.rank}.pt")
-        if self.rank == 0:
-            state = {
-                "step": self.step,
-                "scheduler": self.scheduler.state_dict(),
-                "world_size": self.world_size,
-                "extra": extra_state or {},
-            }
-            torch.save(state, tmp / ckpt.TRAINER_STATE)
+        try:
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+            ckpt.save_rng(tmp / ckpt.rng_file(self.rank))
+            if self.rank == 0:
+                ckpt.write_trainer_state(tmp / ckpt.TRAINER_STATE, {
+                    "step": self.step,
+                    "scheduler": self.scheduler.state_dict(),
+                    "world_size": self.world_size,
+                    "extra": extra_state or {},
+                })
+            mine = [p.name for p in tmp.glob(f"__{self.rank}_*.distcp")] + [ckpt.rng_file(self.rank)]
+            manifest.write_partial(tmp, self.rank, mine)
+        except (Exception, CheckpointException) as err:  # DCP's wrapper of the OSError is a BaseException
+            disk = _disk_state(tmp)  # before the cleanup: torch's zip writer reports ENOSPC as "unexpected pos"
+            shutil.rmtree(tmp, ignore_errors=True)  # give the space back: logs and metrics still need it
+            raise ckpt.CheckpointWriteError(
+                f"learner[{self.rank}]: saving step {self.step} to {tmp} failed ({_root_cause(err)}; {disk}); the "
+                f"partial directory was removed and the previous checkpoint ({_latest(root)}) is untouched"
+            ) from err
         crash_point("learner.save_checkpoint", self.rank)  # tests: a kill with the shards written, not committed
         dist.barrier()
         final = Path(root) / ckpt.step_dir_name(self.step)
@@ -466,22 +481,31 @@ class LearnerWorker:
         return str(final)
 
     def load_checkpoint(self, path: str) -> dict[str, Any] | None:
-        """Restore from a checkpoint root (its ``latest``) or a step dir; returns the extra state, or None
-        when there is no checkpoint. Collective."""
+        """Restore from a checkpoint root (its newest intact step) or a step dir; returns the extra state, or
+        None when there is no checkpoint. Collective. A step dir is checked against its manifest by size only
+        (every rank, a stat per file): the caller chose it with :func:`~vt_ray.learner.checkpoint.select`,
+        which checks the hashes once (``LearnerGroup.load_checkpoint`` does). Nothing is unpickled."""
         assert self.model is not None
-        found = ckpt.resolve(path)
+        p = Path(path)
+        if ckpt.is_step_dir(p):
+            if not (p / manifest.MANIFEST).is_file() and (p / ckpt.LEGACY_TRAINER_STATE).is_file():
+                raise ckpt.LegacyCheckpoint(p)
+            manifest.verify(p, hashes=False)
+            found: Path | None = p
+        else:
+            found = ckpt.resolve(p)
         if found is None:
             return None
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(found))
+        safe_dcp.load(state, str(found))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        trainer = ckpt.load_trusted(found / ckpt.TRAINER_STATE)
+        trainer = ckpt.read_trainer_state(found / ckpt.TRAINER_STATE)
         self.scheduler.load_state_dict(trainer["scheduler"])
         self.step = int(trainer["step"])
-        rng_file = found / f"rng_rank{self.rank}.pt"
-        if rng_file.is_file():
-            ckpt.set_rng_state(ckpt.load_trusted(rng_file))
+        rng_path = found / ckpt.rng_file(self.rank)
+        if rng_path.is_file():
+            ckpt.load_rng(rng_path)
         else:  # resumed on more ranks than saved: the new ranks keep their seeded RNG
             log.warning("learner[%d]: no RNG state in %s", self.rank, found)
         dist.barrier()
@@ -490,3 +514,33 @@ class LearnerWorker:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _root_cause(err: BaseException) -> str:
+    """The OSError under DCP's wrapping (``[Errno 28] No space left on device: ...``), else the error."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return f"{type(seen).__name__}: {seen}"
+        failures = getattr(seen, "failures", None)  # torch's CheckpointException: rank -> (exception, traceback)
+        if isinstance(failures, dict):
+            for failure in failures.values():
+                inner = failure[0] if isinstance(failure, tuple) else failure
+                if isinstance(inner, BaseException):
+                    return _root_cause(inner)
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(err).__name__}: {err}"
+
+
+def _disk_state(path: Path) -> str:
+    try:
+        usage = shutil.disk_usage(path if path.exists() else path.parent)
+    except OSError as err:
+        return f"disk usage unknown: {err}"
+    full = "No space left on device: " if usage.free < min(64 << 20, max(1 << 20, usage.total // 100)) else ""
+    return f"{full}{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB on that disk"
+
+
+def _latest(root: str) -> str:
+    pointer = Path(root) / ckpt.LATEST
+    return pointer.read_text().strip() if pointer.is_file() else "none yet"

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
-from vt_ray.common.timeouts import ActorInfo, StepTimeout, timeout_error
+from vt_ray.common.timeouts import ActorInfo, StepTimeout, timeout_error, wait_all
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.rollout.types import SamplingSettings
 from vt_ray.rollout.weight_sync import WeightSyncError
@@ -86,39 +86,36 @@ class RolloutGroup:
         return self._actor_cls.options(**opts).remote(self.cfg, rank)
 
     def _wait_all(self, method: str, refs: Sequence[ray.ObjectRef], ranks: Sequence[int] | None = None) -> list[Any]:
-        """Results of one call per rank (``ranks``: which actors the refs belong to, default 0..n-1)."""
-        out = []
-        for rank, ref in zip(ranks if ranks is not None else range(len(refs)), refs, strict=True):
-            try:
-                out.append(ray.get(ref, timeout=self.call_timeout_s))
-            except GetTimeoutError as err:
-                raise self._timeout(method, rank) from err
-        return out
+        """Results of one call per rank (``ranks``: which actors the refs belong to, default 0..n-1), waited on
+        with one deadline for all of them."""
+        ranks = list(ranks if ranks is not None else range(len(refs)))
+        results = wait_all(dict(zip(ranks, refs, strict=True)), self.call_timeout_s,
+                           lambda late: self._timeout(method, late))
+        return [results[r] for r in ranks]
 
-    def _timeout(self, method: str, rank: int) -> StepTimeout:
-        """StepTimeout naming the stuck actor, with its Python stacks attached."""
-        return timeout_error("rollout", method, rank, self.call_timeout_s, self.actors, self._infos)
+    def _timeout(self, method: str, ranks: int | Sequence[int]) -> StepTimeout:
+        """StepTimeout naming every stuck actor, with their Python stacks attached."""
+        return timeout_error("rollout", method, ranks, self.call_timeout_s, self.actors, self._infos)
 
     def generate(self, samples: Sequence[Any], sampling: SamplingSettings, video: Any = None) -> RolloutBatchResult:
-        """Responses for every sample, in input order; skipped samples are reported, never silently lost."""
+        """Responses for every sample, in input order; skipped samples are reported, never silently lost. One
+        deadline for every rank; an actor that died is restarted and its share re-sent (with a deadline of its
+        own: a new call to a new actor)."""
         if self._broken:
             raise WeightSyncError(self._broken)
         parts = split_evenly(len(samples), len(self.actors))
-        pending = {rank: self.actors[rank].generate.remote(list(samples[a:b]), sampling, video)
-                   for rank, (a, b) in enumerate(parts) if b > a}
-        results: dict[int, RolloutBatchResult] = {}
-        while pending:
-            rank, ref = next(iter(pending.items()))
-            try:
-                results[rank] = ray.get(ref, timeout=self.call_timeout_s)
-                del pending[rank]
-            except GetTimeoutError as err:
-                raise self._timeout("generate", rank) from err
-            except RayActorError:
-                a, b = parts[rank]
-                log.warning("rollout[%d] died mid-batch; restarting it and re-sending %d samples", rank, b - a)
-                self._restart(rank)
-                pending[rank] = self.actors[rank].generate.remote(list(samples[a:b]), sampling, video)
+
+        def resend(rank: int, err: Exception) -> ray.ObjectRef:
+            if not isinstance(err, RayActorError):
+                raise err
+            a, b = parts[rank]
+            log.warning("rollout[%d] died mid-batch; restarting it and re-sending %d samples", rank, b - a)
+            self._restart(rank)
+            return self.actors[rank].generate.remote(list(samples[a:b]), sampling, video)
+
+        refs = {rank: self.actors[rank].generate.remote(list(samples[a:b]), sampling, video)
+                for rank, (a, b) in enumerate(parts) if b > a}
+        results = wait_all(refs, self.call_timeout_s, lambda late: self._timeout("generate", late), resend)
         merged = RolloutBatchResult.merge([results[r] for r in sorted(results)])
         for reason, count in merged.skipped_counts().items():
             self.metrics.skipped[reason] = self.metrics.skipped.get(reason, 0) + count
@@ -191,28 +188,29 @@ class RolloutGroup:
     def _push(
         self, blob_ref: ray.ObjectRef | None, version: int, ranks: Sequence[int]
     ) -> dict[int, BaseException | None]:
-        """``update_weights`` on ``ranks`` in parallel: rank -> None on success, else the engine's exception.
-        ``blob_ref=None`` makes the engines reload the checkpoint they started from."""
-        refs = {rank: self.actors[rank].update_weights.remote(blob_ref, version) for rank in ranks}
-        out: dict[int, BaseException | None] = {}
-        for rank, ref in refs.items():
-            try:
+        """``update_weights`` on ``ranks`` in parallel, one deadline for all: rank -> None on success, else the
+        engine's exception. ``blob_ref=None`` makes the engines reload the checkpoint they started from."""
+
+        def outcome(rank: int, err: Exception) -> Any:
+            if isinstance(err, RayActorError) and rank not in restarted:
+                log.warning("rollout[%d] died during the weight push; restarting it and pushing again", rank)
+                restarted.add(rank)
                 try:
-                    ray.get(ref, timeout=self.call_timeout_s)
-                except RayActorError:
-                    log.warning("rollout[%d] died during the weight push; restarting it and pushing again", rank)
                     self._restart(rank)  # back on the previous weights
-                    ray.get(self.actors[rank].update_weights.remote(blob_ref, version), timeout=self.call_timeout_s)
-                out[rank] = None
-            except GetTimeoutError as err:
-                self._broken = f"rollout[{rank}].update_weights (version {version}) timed out: weights unknown"
-                raise self._timeout("update_weights", rank) from err
-            except (RayTaskError, RayActorError) as err:
-                out[rank] = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
-            except BaseException as err:  # e.g. restart budget exhausted: other engines may have the new weights
-                self._broken = f"weight push of version {version} aborted at rollout[{rank}]: {err!r}"
-                raise
-        return out
+                except BaseException as failure:  # e.g. restart budget exhausted: others may have the new weights
+                    self._broken = f"weight push of version {version} aborted at rollout[{rank}]: {failure!r}"
+                    raise
+                return self.actors[rank].update_weights.remote(blob_ref, version)
+            return err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+
+        def timed_out(late: list[int]) -> StepTimeout:
+            self._broken = f"rollout{late}.update_weights (version {version}) timed out: weights unknown"
+            return self._timeout("update_weights", late)
+
+        restarted: set[int] = set()
+        refs = {rank: self.actors[rank].update_weights.remote(blob_ref, version) for rank in ranks}
+        results = wait_all(refs, self.call_timeout_s, timed_out, outcome)
+        return {rank: (value if isinstance(value, BaseException) else None) for rank, value in results.items()}
 
     def reseed(self, seed: int) -> None:
         """Seed every engine's sampler (rank r gets seed + r): rollouts of a step become a function of the seed."""

@@ -45,6 +45,10 @@ class TrainerConfig:
     """Disk cap of rollouts.jsonl: once it is this large no more rollouts are written (a warning says so)."""
     write_report: bool = True
     """``train`` ends by writing <run>/report/report.html (+ .md); ``python -m vt_ray report RUN_DIR`` any time."""
+    max_restarts: int = 1
+    """In-job recoveries over the run: when a learner rank is lost (it died, or a call timed out), every role
+    is torn down, started again on new placement groups and resumed from the last complete checkpoint, in the
+    same job. One more loss exits with code 75 (the last checkpoint stands), so a RayJob retry takes over."""
     log_every: int = 1
     wandb_mode: str = "offline"
     """offline | online | disabled. Online needs WANDB_API_KEY in the environment (never in the recipe)."""
@@ -62,6 +66,7 @@ class TrainerConfig:
         check(self.rollouts_per_step >= 0, "trainer.rollouts_per_step", "must be >= 0")
         check(self.rollouts_max_mb >= 0, "trainer.rollouts_max_mb", "must be >= 0")
         check(self.max_actor_restarts >= 0, "trainer.max_actor_restarts", "must be >= 0")
+        check(self.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
         check(self.resume_mode in ("auto", "never"), "trainer.resume_mode", f"unknown mode {self.resume_mode!r}")
         check(self.first_step_timeout_s > 0 and self.step_timeout_s > 0, "trainer.step_timeout_s", "must be > 0")
         check(self.wandb_mode in ("offline", "online", "disabled"), "trainer.wandb_mode", "offline | online | disabled")

@@ -34,7 +34,7 @@ from vt_ray.common.environment import capture_environment
 from vt_ray.common.progress import Progress
 from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.config.schema import RecipeConfig
-from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
+from vt_ray.data.schema import VideoSample
 from vt_ray.rewards.accuracy import is_letter_answer_correct
 from vt_ray.rewards.composite import reward_metrics
 from vt_ray.rewards.target import RewardTarget
@@ -48,6 +48,11 @@ from vt_ray.trainer.sampler import PromptSampler
 
 log = logging.getLogger(__name__)
 MAX_REFILL_ROUNDS = 3
+RESTART_BUDGET_EXIT_CODE = 75  # EX_TEMPFAIL: in-job restarts used up; a RayJob retry resumes from the checkpoint
+
+
+class RestartBudgetExhausted(RuntimeError):
+    """A learner was lost once more than ``trainer.max_restarts`` allows; the last complete checkpoint stands."""
 
 
 @dataclass
@@ -145,12 +150,22 @@ class GRPOTrainer:
         self.logger: MetricsLogger | None = None
         self._started = time.perf_counter()
         self.rollout_log = RolloutLog.from_config(self.run_dir, self.tc)
+        self.restarts = 0  # in-job recoveries so far (trainer.max_restarts)
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
+        from vt_ray.data.guarded import load_samples
+
         train_file, val_file = Path(self.cfg.data.train_file), Path(self.cfg.data.val_file)
-        self.train = resolve_video_paths(read_samples(train_file), train_file.parent)
-        self.val = resolve_video_paths(read_samples(val_file), val_file.parent) if val_file.is_file() else []
+        root = self.cfg.data.video_root or None  # bad rows and videos outside the root: skipped and counted
+        self.train, train_report = load_samples(train_file, root)
+        self.val, val_report = load_samples(val_file, root) if val_file.is_file() else ([], None)
+        for report in (train_report, val_report):
+            if report is not None and report.skipped:
+                print(f"[train] data: {report.summary()}", flush=True)
+        (self.run_dir / "data_report.json").write_text(json.dumps(
+            {r.path: {"kept": r.kept, "skipped": dict(r.skipped), "examples": r.examples}
+             for r in (train_report, val_report) if r is not None}, indent=1))
         if self.tc.val_samples:
             self.val = self.val[: self.tc.val_samples]
         self.sampler = PromptSampler(self.train, seed=self.cfg.run.seed)
@@ -198,17 +213,20 @@ class GRPOTrainer:
         self.learner.timeout_s = seconds
 
     # ---- resume --------------------------------------------------------------------------------------------
-    def _resume(self) -> None:
-        from vt_ray.learner.checkpoint import resolve
+    def _resume(self, in_job: bool = False) -> None:
+        from vt_ray.learner.checkpoint import select
 
-        found = resolve(self.ckpt_root) if self.ckpt_root.is_dir() else None
         partial = sorted(p.name for p in self.ckpt_root.glob(".tmp_*")) if self.ckpt_root.is_dir() else []
         if partial:
             print(f"[train] ignoring incomplete checkpoint(s) from an interrupted save: {partial}", flush=True)
+        if not in_job and self.tc.resume_mode == "never" and self.ckpt_root.is_dir() and any(self.ckpt_root.glob("step_*")):
+            raise RuntimeError(f"{self.ckpt_root} has checkpoints and trainer.resume_mode=never: use a new run.name")
+        selection = select(self.ckpt_root)  # newest intact one: corrupt newer ones are refused and moved aside
+        for err in selection.refused:
+            print(f"[train] refused {err}; falling back to an older checkpoint", flush=True)
+        found = selection.found
         if found is None:
             return
-        if self.tc.resume_mode == "never":
-            raise RuntimeError(f"{self.ckpt_root} has checkpoints and trainer.resume_mode=never: use a new run.name")
         state = self.learner.load_checkpoint(str(found)) or {}
         self.step = self._saved_step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
@@ -228,6 +246,47 @@ class GRPOTrainer:
         self._saved_step = state["step"]
         print(f"[train] checkpoint step {state['step']} -> {path} ({time.perf_counter() - start:.1f} s)", flush=True)
         return path
+
+    def _recover(self, err: Exception) -> None:
+        """In-job recovery from a lost learner rank (issue 21 item 2, like Ray Train's ``max_failures``): kill
+        every role (a rank blocked in a collective with the dead one cannot finish anyway), start them again on
+        new placement groups, and resume from the last complete checkpoint (or from the start), with the same
+        data order; steps after the checkpoint are redone and logged once. Past ``trainer.max_restarts``, raise
+        :class:`RestartBudgetExhausted` (exit code 75): the learners' state died with them, so what stands is
+        the last complete checkpoint, from which a RayJob retry resumes."""
+        if self.restarts >= self.tc.max_restarts:
+            raise RestartBudgetExhausted(
+                f"learner lost again after {self.restarts} in-job restart(s) (trainer.max_restarts="
+                f"{self.tc.max_restarts}); the last complete checkpoint is step {self._saved_step}: {err}"
+            ) from err
+        self.restarts += 1
+        started, lost_step = time.perf_counter(), self.step
+        print(f"[train] learner lost at step {lost_step} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+              f"restart {self.restarts}/{self.tc.max_restarts}: restarting every role", flush=True)
+        self._kill_roles()
+        self.step, self._saved_step, self.skip_totals = 0, -1, Counter()
+        self.sampler = PromptSampler(self.train, seed=self.cfg.run.seed)
+        self._start_roles()
+        self._resume(in_job=True)
+        for name in ("samples.jsonl", "validation.jsonl", "metrics.jsonl"):
+            truncate_jsonl(self.run_dir / name, self.step)
+        print(f"[train] recovered in {time.perf_counter() - started:.1f} s: continuing from step {self.step} "
+              f"(lost at step {lost_step})", flush=True)
+
+    def _kill_roles(self) -> None:
+        """Tear down without asking the roles (a lost rank's peers may be stuck in a collective with it)."""
+        import ray
+
+        for role in (self.rollout, self.rewards, self.learner):
+            for actor in getattr(role, "actors", []) if role is not None else []:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception as kill_err:  # noqa: BLE001 - already gone
+                    log.debug("kill: %s", kill_err)
+        self.rollout = self.rewards = self.learner = None
+        if self.placement is not None:
+            remove_placement_groups(self.placement)
+            self.placement = None
 
     def _save_before_failing(self, err: RolloutRestartBudgetExhausted) -> None:
         """The rollout phase failed for good: the learners still hold the last completed step, and the driver
@@ -332,6 +391,7 @@ class GRPOTrainer:
         if self.cfg.rollout.enable_sleep_mode:
             self.rollout.wake_up()
         blob = self.learner.export_safetensors(self.cfg.model.dtype)
+        crash_point("trainer.mid_weight_sync", self.step)
         self.rollout.update_weights(blob, version=self.step)
         weight_sync.check_weight_versions(self.rollout.weight_versions(), self.step)
         elapsed = time.perf_counter() - start
@@ -355,6 +415,7 @@ class GRPOTrainer:
         self.rollout.reseed(self.cfg.run.seed * 1_000_003 + self.step)
         prompts = self.sampler.take(self.tc.prompts_per_step)
         results, samples, skipped = self._generate(prompts)
+        crash_point("trainer.after_rollout", self.step + 1)  # chaos soak: the driver dies between phases
         if not results:
             raise RuntimeError(f"step {self.step}: every prompt was skipped ({dict(skipped)})")
         data = self._flatten(results, samples)
@@ -366,6 +427,7 @@ class GRPOTrainer:
         t2 = time.perf_counter()
         scores = torch.tensor([s["total"] for s in scored], dtype=torch.float32)
         metrics, timings = self._train_batch(data, scores)
+        crash_point("trainer.after_update", self.step + 1)
         self.step += 1
         sync_s = self._sync_weights()
         metrics.update(self.sync_metrics)
@@ -427,6 +489,8 @@ class GRPOTrainer:
     # ---- the loop ------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         self._started = time.perf_counter()
+        from vt_ray.learner.group import LearnerCallError
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(to_yaml(self.cfg))
         (self.run_dir / "environment.json").write_text(json.dumps(capture_environment(), indent=1) + "\n")
@@ -453,6 +517,11 @@ class GRPOTrainer:
                 except RolloutRestartBudgetExhausted as err:
                     self._save_before_failing(err)
                     raise
+                except LearnerCallError as err:  # a rank died or hung: restart the roles, resume in this job
+                    self._recover(err)
+                    first = True
+                    continue
+                metrics["trainer/restarts"] = float(self.restarts)
                 if first:
                     self._set_timeouts(self.tc.step_timeout_s)
                     first = False
@@ -469,6 +538,7 @@ class GRPOTrainer:
                     crash_point("trainer.after_save", self.step)  # tests: SIGKILL-equivalent right after a save
             bar.close()
             summary["step"] = self.step
+            summary["restarts"] = self.restarts
             summary["stopped_early"] = self.stop.requested.is_set()
             if summary["stopped_early"]:
                 summary["stop_signal"] = self.stop.signum

@@ -9,18 +9,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import RayActorError
 
 from vt_ray.common.timeouts import (
     ActorInfo,
     StepTimeout,
     install_stack_dumps,
     timeout_error,
+    wait_all,
 )
 from vt_ray.rewards.config import RewardConfig
 from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.group import split_evenly
-from vt_ray.testing.faults import hang_point
+from vt_ray.testing.faults import crash_point, hang_point
 
 
 class RewardWorker:
@@ -37,6 +38,7 @@ class RewardWorker:
 
     def score(self, responses: Sequence[str], targets: Sequence[RewardTarget]) -> list[dict[str, float]]:
         hang_point("reward.score", self.rank)
+        crash_point("reward.score", self.rank)
         return self.scorer.score_batch(responses, targets)
 
 
@@ -50,38 +52,36 @@ class RewardGroup:
         self._infos: dict[int, ActorInfo] = {}  # rank -> pid, node, stack dump file (from ready())
         self.actors = [self._spawn(rank) for rank in range(num_workers)]
         self.restarts = 0
-        for rank, a in enumerate(self.actors):
-            self._infos[rank] = self._get("ready", rank, a.ready.remote())
+        self._infos = wait_all({rank: a.ready.remote() for rank, a in enumerate(self.actors)}, self.call_timeout_s,
+                               lambda late: self._timeout("ready", late))
 
     def _spawn(self, rank: int) -> Any:
         return self._cls.options(**self._actor_options(rank)).remote(self.cfg, rank)
 
-    def _get(self, method: str, rank: int, ref: ray.ObjectRef) -> Any:
-        try:
-            return ray.get(ref, timeout=self.call_timeout_s)
-        except GetTimeoutError as err:
-            raise self._timeout(method, rank) from err
-
-    def _timeout(self, method: str, rank: int) -> StepTimeout:
-        """StepTimeout naming the stuck scorer, with its Python stacks attached."""
-        return timeout_error("reward", method, rank, self.call_timeout_s, self.actors, self._infos)
+    def _timeout(self, method: str, ranks: list[int]) -> StepTimeout:
+        """StepTimeout naming every scorer that missed the deadline, with their Python stacks attached."""
+        return timeout_error("reward", method, ranks, self.call_timeout_s, self.actors, self._infos)
 
     def score(self, responses: Sequence[str], targets: Sequence[RewardTarget]) -> list[dict[str, float]]:
-        """One result dict per response, in order. A dead scorer is replaced once and its share re-scored."""
+        """One result dict per response, in order, with one deadline for all scorers. A dead scorer is replaced
+        and its share re-scored (once per call)."""
         parts = split_evenly(len(responses), len(self.actors))
+        replaced: set[int] = set()
+
+        def rescore(rank: int, err: Exception) -> ray.ObjectRef:
+            if not isinstance(err, RayActorError) or rank in replaced:
+                raise err
+            a, b = parts[rank]
+            replaced.add(rank)
+            self.restarts += 1
+            self._infos.pop(rank, None)  # the new actor's pid comes from the GCS if it gets stuck
+            self.actors[rank] = self._spawn(rank)
+            return self.actors[rank].score.remote(list(responses[a:b]), list(targets[a:b]))
+
         refs = {r: self.actors[r].score.remote(list(responses[a:b]), list(targets[a:b]))
                 for r, (a, b) in enumerate(parts) if b > a}
-        out: list[dict[str, float]] = []
-        for rank in sorted(refs):
-            try:
-                out += self._get("score", rank, refs[rank])
-            except RayActorError:
-                a, b = parts[rank]
-                self.restarts += 1
-                self._infos.pop(rank, None)  # the new actor's pid comes from the GCS if it gets stuck
-                self.actors[rank] = self._spawn(rank)
-                out += self._get("score", rank, self.actors[rank].score.remote(list(responses[a:b]), list(targets[a:b])))
-        return out
+        results = wait_all(refs, self.call_timeout_s, lambda late: self._timeout("score", late), rescore)
+        return [item for rank in sorted(results) for item in results[rank]]
 
     def shutdown(self) -> None:
         for a in self.actors:

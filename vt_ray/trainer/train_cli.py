@@ -56,10 +56,15 @@ def run(args: argparse.Namespace) -> int:
     cluster = init_ray(cfg)
     from vt_ray.trainer.driver import GRPOTrainer
 
+    from vt_ray.trainer.driver import RESTART_BUDGET_EXIT_CODE, RestartBudgetExhausted
+
     ok = False
     try:
         summary = GRPOTrainer(cfg).fit()
         ok = True
+    except RestartBudgetExhausted as err:
+        print(f"[train] {err}", flush=True)
+        return RESTART_BUDGET_EXIT_CODE
     finally:
         if cluster is not None:
             cluster.stop(keep_logs=not ok)  # after a failure the Ray session logs are worth keeping

@@ -1,0 +1,68 @@
+"""In-job learner recovery (issue 21, item 2): a learner rank that dies mid-update is not the end of the job.
+
+The driver kills every role, starts them again on new placement groups and resumes from the last complete
+checkpoint in the same job; each step is logged once and the prompts follow the fault-free order. Past
+``trainer.max_restarts`` the command exits 75 so a RayJob retry takes over. The crash is a real ``os._exit``
+of learner rank 1 inside ``train_step`` (vt_ray/testing/faults.py), once (a marker file).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "vt_ray", "train", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
+        f"model.path={model}", f"data.train_file={data / 'train.jsonl'}", f"data.val_file={data / 'val.jsonl'}",
+        f"run.output_dir={out}", "run.name=t", "trainer.total_steps=4", "trainer.save_every=2",
+        "trainer.wandb_mode=disabled", "rollout.max_tokens=16", "trainer.val_samples=1", *extra,
+    ]
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, capture_output=True, text=True,
+                          timeout=900, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_past_the_restart_budget_the_job_exits_75_for_the_rayjob_retry(
+    tiny_model_dir: Path, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """No in-job restart left: a lost learner ends the job with the documented code (the recovery itself, data
+    order and weights included, is checked by the short soak below)."""
+    run = _run(_command(tiny_model_dir, synthetic_dir, tmp_path, "trainer.max_restarts=0", "trainer.total_steps=2"),
+               {"VT_RAY_CRASH_AT": "learner.train_step@1", "VT_RAY_CRASH_MARKER": str(tmp_path / "crashed")})
+    assert run.returncode == 75, run.stdout[-2000:] + run.stderr[-3000:]
+    assert (tmp_path / "crashed").is_file()
+    assert "learner lost again after 0 in-job restart(s) (trainer.max_restarts=0)" in run.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # four runs of the driver; about 5 min on 2 idle cores
+def test_short_chaos_soak_loses_and_doubles_nothing_and_ends_on_the_same_weights(
+    tiny_model_dir: Path, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """The suite's version of ``python -m benchmarks.chaos_soak``: 4 steps; the driver dies after the step-3
+    update (the next segment resumes from step 2), then a learner rank dies in its first update of that
+    segment (in-job recovery, again from step 2). Against a fault-free run: every step logged once, the same
+    prompts per step, the same figures and bit-for-bit the same final weights (CPU float32)."""
+    from benchmarks.chaos_soak import Fault, soak, summary
+
+    faults = [Fault("driver_after_update", "trainer.after_update@3"), Fault("learner_update", "learner.train_step@1#1")]
+    report = summary(soak(tiny_model_dir, synthetic_dir, tmp_path, 4, faults, seed=0))
+    # The driver's crash exits 43; after the in-job recovery the soak stops the segment with SIGTERM (143).
+    assert [(f["exit_code"], f["fired"]) for f in report["faults"]] == [(43, True), (143, True)], report["faults"]
+    assert report["in_job_restarts"] == 1 and report["kills_survived"] == 2
+    checks = report["checks"]
+    assert checks["steps_logged_once"] and checks["ledger_steps_once"] and checks["data_order_equal"], checks
+    assert checks["samples_lost"] == 0 and checks["samples_doubled"] == 0
+    assert checks["metrics_differing"] == [], checks
+    assert checks["weights_equal"], checks["max_abs_weight_diff"]
