@@ -358,8 +358,9 @@ def _train_batch(logp, old, ref, adv, mask):
         pixel_values_videos=torch.zeros(0, 1),
         video_grid_thw=torch.ones(b, 3, dtype=torch.long),
         second_per_grid_ts=torch.ones(b),
-        token_extras={"old_logprobs": old, "ref_logprobs": ref},
         seq_extras={"advantages": adv},
+        old_logprobs=old,
+        ref_logprobs=ref,
     )
 
 

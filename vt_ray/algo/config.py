@@ -15,6 +15,7 @@ from vt_ray.config.errors import check
 ADV_ESTIMATORS = ("grpo", "rloo")  # kept in sync with vt_ray.algo.advantages.ADV_ESTIMATORS (tested)
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+BEHAVIOUR_LOGPROBS = ("auto", "recompute", "engine")
 
 
 @dataclass
@@ -47,6 +48,20 @@ class AlgorithmConfig:
     """k1: log p/q | k2: (log p/q)^2 / 2 | k3: q/p - log q/p - 1 (non-negative, low variance; assumption)."""
     entropy_coef: float = 0.0
     """Entropy bonus: loss -= entropy_coef * entropy (0 = off)."""
+    behaviour_logprobs: str = "auto"
+    """Which log-probs stand for the behaviour (old) policy in the ratio. recompute: the learner recomputes
+    them before every step's update (one no-grad forward pass over the batch). engine: the rollout engine's
+    sampling log-probs (no extra pass; the ratio then also carries the engine/learner numerical mismatch).
+    auto: recompute when a step makes more than one update (update_epochs > 1 or several mini-batches), else
+    on-policy (ratio 1, the learner's own log-probs, free)."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling of the engine/learner mismatch: each token's loss is weighted by
+    min(pi_learner_old / pi_engine, tis_cap) (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"; verl's rollout correction, threshold 2.0). 0 = off. Not with ``engine``."""
+    log_logprob_mismatch: bool = True
+    """Log the engine-vs-learner log-prob mismatch every step (rollout/engine_learner_*: mean and max |diff|,
+    k3 KL per token). Free when the step makes one update or recomputes old log-probs; with ``engine`` and
+    several updates per step it costs one no-grad forward pass."""
     log_entropy: bool = True
     """Log the policy's token entropy (actor/entropy) during updates; costs one softmax over the vocabulary
     per micro-batch, without gradient."""
@@ -66,6 +81,24 @@ class AlgorithmConfig:
             "KL is either a loss term (use_kl_loss) or a reward penalty, not both",
         )
         check(self.entropy_coef >= 0, "algorithm.entropy_coef", "must be >= 0")
+        check(self.behaviour_logprobs in BEHAVIOUR_LOGPROBS, "algorithm.behaviour_logprobs",
+              f"must be one of {BEHAVIOUR_LOGPROBS}, got {self.behaviour_logprobs!r}")
+        check(self.tis_cap == 0 or self.tis_cap >= 1, "algorithm.tis_cap", "must be 0 (off) or >= 1 (e.g. 2)")
+        check(not (self.tis_cap > 0 and self.behaviour_logprobs == "engine"), "algorithm.tis_cap",
+              "truncated IS corrects learner-old vs engine log-probs; with behaviour_logprobs=engine there is no "
+              "learner-old policy (use recompute or auto)")
+
+    def recompute_old_logprobs(self, updates_per_step: int) -> bool:
+        """Whether the learner recomputes old log-probs before the update (see ``behaviour_logprobs``)."""
+        return self.behaviour_logprobs == "recompute" or (self.behaviour_logprobs == "auto" and updates_per_step > 1)
+
+    def policy_logprob_pass(self, updates_per_step: int) -> bool:
+        """Whether the driver asks the learner for a no-grad policy log-prob pass before the update: to recompute
+        old log-probs, or (``engine`` with several updates and the mismatch metric on) for the metric alone. With
+        one update per step the update's own forward is the pre-update policy: the loss measures it for free."""
+        return self.recompute_old_logprobs(updates_per_step) or (
+            self.behaviour_logprobs == "engine" and self.log_logprob_mismatch and updates_per_step > 1
+        )
 
     @property
     def needs_reference(self) -> bool:

@@ -73,11 +73,14 @@ def policy_loss(
     loss_agg_mode: str = "token-mean",
     num_tokens: float | None = None,
     num_seqs: float | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate with separate low/high clips and optional dual clip; returns (loss, stats).
 
     logp, old_logp, mask: [N, T]; advantages: [N] (one per response) or [N, T].
     Per token: L = max(-A r, -A clip(r, 1 - low, 1 + high)); with dual clip and A < 0, L = min(L, -A c).
+    ``token_weights`` [N, T] (no gradient; e.g. truncated IS weights of the engine/learner mismatch) multiply
+    each token's L before aggregation.
     """
     logp, old_logp = zero_masked(logp, mask), zero_masked(old_logp.detach(), mask)  # [N, T] each
     adv = advantages.detach()
@@ -97,6 +100,8 @@ def policy_loss(
         negative = (adv < 0).expand_as(losses)  # [N, T]
         stats["clipfrac_lower"] = masked_mean((negative & (losses > cap)).to(logp.dtype), mask).detach()
         losses = torch.where(negative, torch.minimum(losses, cap), losses)  # [N, T]
+    if token_weights is not None:
+        losses = losses * zero_masked(token_weights.detach(), mask)  # [N, T]
     loss = agg_loss(losses, mask, loss_agg_mode, num_tokens=num_tokens, num_seqs=num_seqs)
     return loss, stats
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
+from vt_ray.algo.loss import mismatch_stats
 from vt_ray.config.loader import to_yaml
 from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.config.schema import RecipeConfig
@@ -266,7 +267,7 @@ class GRPOTrainer:
 
         examples = [
             Example(prompt=r.prompt, frames=r.frames, response_ids=c.token_ids, video_metadata=r.video_metadata, uid=r.uid,
-                    token_extras={"sampler_logprobs": c.logprobs})
+                    behaviour_logprobs=c.logprobs)
             for r in data.results for c in r.completions
         ]
         batch = collate(self.processor, examples)
@@ -274,20 +275,20 @@ class GRPOTrainer:
         metrics: dict[str, float] = {}
         start = time.perf_counter()
         mask = batch.response_mask
-        recompute_old = self.tc.update_epochs > 1 or self._minibatches_per_step() > 1
-        old = self.learner.compute_logprobs(batch, "policy") if recompute_old else None
-        ref = self.learner.compute_logprobs(batch, "reference") if self.cfg.algorithm.needs_reference else None
+        acfg = self.cfg.algorithm
+        updates = self.tc.update_epochs * self._minibatches_per_step()
+        if acfg.policy_logprob_pass(updates):
+            batch.old_logprobs = self.learner.compute_logprobs(batch, "policy")
+            if acfg.log_logprob_mismatch:
+                stats = mismatch_stats(batch.old_logprobs, batch.behaviour_logprobs, mask, max(float(mask.sum()), 1.0))
+                metrics.update({k.replace("actor/", "rollout/"): float(v) for k, v in stats.items()})
+        if acfg.needs_reference:
+            batch.ref_logprobs = self.learner.compute_logprobs(batch, "reference")
         timings["time/logprobs_s"] = time.perf_counter() - start
-        if old is not None:
-            rollout_lp = batch.token_extras["sampler_logprobs"]
-            metrics["rollout/learner_logprob_abs_diff"] = float(((old - rollout_lp).abs() * mask).sum() / mask.sum())
-            batch.token_extras["old_logprobs"] = old
-        if ref is not None:
-            batch.token_extras["ref_logprobs"] = ref
-            if self.cfg.algorithm.use_kl_in_reward:
-                current = old if old is not None else self.learner.compute_logprobs(batch, "policy")
-                scores, kl_metrics = apply_kl_in_reward(self.cfg.algorithm, scores, current, ref, mask)
-                metrics.update(kl_metrics)
+        if batch.ref_logprobs is not None and acfg.use_kl_in_reward:
+            current = batch.old_logprobs if batch.old_logprobs is not None else self.learner.compute_logprobs(batch, "policy")
+            scores, kl_metrics = apply_kl_in_reward(acfg, scores, current, batch.ref_logprobs, mask)
+            metrics.update(kl_metrics)
         adv, keep, adv_metrics = compute_grpo_advantages(self.cfg.algorithm, scores, data.group_ids)
         metrics.update(adv_metrics)
         batch.seq_extras["advantages"] = adv.float()
@@ -302,6 +303,8 @@ class GRPOTrainer:
         for key in update[0]:  # the learner's own keys (loss, grad_norm, lr, ...) go under actor/
             name = key if "/" in key else f"actor/{key}"
             metrics[name] = sum(u[key] for u in update) / len(update)
+            if key.startswith("actor/engine_learner_") and len(update) == 1:  # the one update saw the pre-update policy
+                metrics.setdefault(key.replace("actor/", "rollout/"), update[0][key])
         return metrics, timings
 
     def _sync_weights(self, probe: bool = False) -> float:
