@@ -29,7 +29,15 @@ from typing import Any
 import torch
 
 from vt_ray.algo.config import AlgorithmConfig
-from vt_ray.algo.losses import LOG_RATIO_CLAMP, agg_loss, kl_estimate, masked_sum, policy_loss, zero_masked
+from vt_ray.algo.losses import (
+    LOG_RATIO_CLAMP,
+    POLICY_LOSSES,
+    Aggregation,
+    agg_loss,
+    kl_estimate,
+    masked_sum,
+    zero_masked,
+)
 
 RETIRED_KEYS = ("old_logprobs", "ref_logprobs", "rollout_logprobs", "sampler_logprobs")
 
@@ -70,6 +78,9 @@ def make_loss(cfg: Any):
     """The GRPO loss function bound to a recipe (or directly to an :class:`AlgorithmConfig`)."""
     acfg: AlgorithmConfig = getattr(cfg, "algorithm", cfg)
     use_kl = acfg.use_kl_loss and acfg.kl_coef > 0
+    rollout = getattr(cfg, "rollout", None)
+    scale = acfg.loss_scale_factor or (rollout.max_tokens if rollout is not None else None)  # Dr. GRPO's constant
+    pg_fn = POLICY_LOSSES.get(acfg.policy_loss)
 
     def grpo_loss_share(logprobs: torch.Tensor, batch: Any, norm: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch.response_mask.to(logprobs.device)  # [B, L]
@@ -80,7 +91,7 @@ def make_loss(cfg: Any):
                              "ref_logprobs, behaviour_logprobs)")
         old, source = behaviour_policy(acfg, logprobs, batch)  # [B, L]
         adv = batch.seq_extras["advantages"].to(logprobs)  # [B]
-        agg = {"num_tokens": max(norm.num_tokens, 1), "num_seqs": max(norm.num_sequences, 1)}
+        agg = {"num_tokens": max(norm.num_tokens, 1), "num_seqs": max(norm.num_sequences, 1), "scale": scale}
         metrics: dict[str, torch.Tensor] = {}
         weights = None
         if batch.behaviour_logprobs is not None:
@@ -97,18 +108,7 @@ def make_loss(cfg: Any):
                 metrics["actor/tis_capped_frac"] = masked_sum((weights >= acfg.tis_cap).to(weights), mask) / agg["num_tokens"]
         elif acfg.tis_cap > 0:
             raise ValueError("algorithm.tis_cap > 0 needs batch.behaviour_logprobs (engine log-probs)")
-        pg_loss, stats = policy_loss(
-            logprobs,
-            old,
-            adv,
-            mask,
-            clip_ratio_low=acfg.clip_ratio_low,
-            clip_ratio_high=acfg.clip_ratio_high,
-            dual_clip_c=acfg.dual_clip_c,
-            loss_agg_mode=acfg.loss_agg_mode,
-            token_weights=weights,
-            **agg,
-        )
+        pg_loss, stats = pg_fn(logprobs, old, adv, mask, acfg, Aggregation(acfg.loss_agg_mode, **agg), weights)
         local_share = mask.sum() / agg["num_tokens"]  # turns a local token mean into a mini-batch share
         metrics["actor/pg_loss"] = pg_loss.detach()
         for key in ("clipfrac", "ppo_kl", "clipfrac_lower"):
