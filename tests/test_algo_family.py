@@ -276,3 +276,81 @@ def test_recipe_keys_select_every_family() -> None:
     for name, overrides in families.items():
         cfg = load_config("recipes/tiny_cpu.yaml", overrides).algorithm
         assert isinstance(cfg, AlgorithmConfig), name
+
+
+# --- the driver's dynamic-sampling loop (stand-ins for the Ray groups; the real ones run in
+# test_algo_family_run.py) -----------------------------------------------------------------------------------
+
+
+class _StandInRollout:
+    """Speaks the RolloutGroup.generate contract: every prompt gets n completions named after its uid."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, []
+
+    def generate(self, samples, sampling):
+        from vt_ray.rollout.types import Completion, RolloutResult
+        from vt_ray.rollout.worker import RolloutBatchResult
+
+        self.calls.append([s.uid for s in samples])
+        results = [RolloutResult(uid=s.uid, prompt_token_ids=[1], prompt="p", frames=np.zeros((2, 4, 4, 3), np.uint8),
+                                 completions=[Completion(f"{s.uid}/{j}", [1, 2, 3], [-0.1] * 3, "stop")
+                                              for j in range(self.n)]) for s in samples]
+        return RolloutBatchResult(results=results)
+
+
+class _StandInRewards:
+    """Prompts u0, u2, u4, ... score the same for every response (zero variance); odd ones vary."""
+
+    def score(self, texts, targets):
+        out = []
+        for text in texts:
+            k, j = (int(x) for x in text[1:].split("/"))
+            total = 1.0 if k % 2 == 0 else float(j)
+            out.append({"total": total, "accuracy": 0.0})
+        return out
+
+
+def _trainer(*overrides: str):
+    from vt_ray.data.schema import VideoSample
+    from vt_ray.trainer.driver import GRPOTrainer
+    from vt_ray.trainer.sampler import PromptSampler
+
+    cfg = load_config(None, ["rollout.n=3", "trainer.prompts_per_step=3", *overrides])
+    trainer = GRPOTrainer(cfg)
+    samples = [VideoSample(uid=f"u{k}", video="v.mp4", question="q", answer="A", options=["x", "y"]) for k in range(40)]
+    trainer.sampler = PromptSampler(samples, seed=0)
+    trainer.sampler._order = list(range(len(samples)))  # u0, u1, u2, ... in order: the test reads plainly
+    trainer.rollout, trainer.rewards = _StandInRollout(cfg.rollout.n), _StandInRewards()
+    return trainer
+
+
+def test_dynamic_sampling_refills_with_informative_groups_and_counts_rounds() -> None:
+    trainer = _trainer("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=3")
+    data, _, metrics, _ = trainer._collect_step_data()
+    # round 0: u0 u1 u2 -> keeps u1; round 1: 2 more (u3 u4) -> u3; round 2: 1 more (u5) -> u5: full
+    assert trainer.rollout.calls == [["u0", "u1", "u2"], ["u3", "u4"], ["u5"]]
+    assert [r.uid for r in data.results] == ["u1", "u3", "u5"] and data.group_ids == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert data.scores.tolist() == [0.0, 1.0, 2.0] * 3
+    assert metrics["dapo/refill_rounds"] == 2 and metrics["dapo/prompts_generated"] == 6
+    assert metrics["dapo/short_batch"] == 0 and trainer.sampler.state.consumed == 6  # resumable: the sampler moved
+
+
+def test_dynamic_sampling_oversamples_and_plain_grpo_does_not_filter() -> None:
+    trainer = _trainer("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=1",
+                       "algorithm.oversample_factor=2")
+    data, _, metrics, _ = trainer._collect_step_data()
+    assert [len(c) for c in trainer.rollout.calls] == [6]  # ceil(3 x 2) prompts: u1, u3, u5 are informative
+    assert metrics["dapo/refill_rounds"] == 0 and [r.uid for r in data.results] == ["u1", "u3", "u5"]
+    off = _trainer()
+    plain, _, plain_metrics, _ = off._collect_step_data()
+    assert [r.uid for r in plain.results] == ["u0", "u1", "u2"] and "dapo/refill_rounds" not in plain_metrics
+
+
+def test_dynamic_sampling_with_no_informative_group_trains_the_first_round_and_says_so() -> None:
+    trainer = _trainer("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=2")
+    trainer.rewards.score = lambda texts, targets: [{"total": 1.0, "accuracy": 0.0} for _ in texts]
+    data, _, metrics, _ = trainer._collect_step_data()
+    assert len(trainer.rollout.calls) == 3 and metrics["dapo/refill_rounds"] == 2
+    assert metrics["dapo/informative_groups"] == 0 and metrics["dapo/short_batch"] == 1
+    assert [r.uid for r in data.results] == ["u0", "u1", "u2"]
