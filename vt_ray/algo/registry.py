@@ -72,7 +72,7 @@ class Registry:
 
     def names(self) -> list[str]:
         """Every name a recipe may use without an import path (built-in and user-registered)."""
-        return sorted(set(self.builtin) | set(self._entries))
+        return sorted(set(self.builtin) | {n for n in self._entries if not is_import_path(n)})
 
     def check(self, value: str, key: str | None = None) -> None:
         """Load-time validation: a known name, or an importable callable path. Raises ConfigError naming the key."""
