@@ -60,20 +60,21 @@ def test_groups_by_id_any_order_and_singletons_get_zero() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.lists(st.floats(-10, 10, allow_nan=False), min_size=2, max_size=8), min_size=1, max_size=5),
-    st.sampled_from(sorted(ADV_ESTIMATORS)),
+    st.sampled_from(["grpo", "dr_grpo", "rloo"]),  # the group-relative ones (REINFORCE++ whitens the batch)
     st.booleans(),
     st.randoms(use_true_random=False),
 )
 def test_group_advantages_sum_to_zero_and_are_order_invariant(groups, estimator, norm, rnd) -> None:
     scores = t([s for g in groups for s in g])
     ids = [i for i, g in enumerate(groups) for _ in g]
-    adv = compute_advantages(estimator, scores, ids, norm_by_std=norm)
+    cfg = AlgorithmConfig(norm_by_std=norm)
+    adv = compute_advantages(estimator, scores, ids, cfg)
     for gid in range(len(groups)):
         sel = torch.tensor([i == gid for i in ids])
         assert abs(adv[sel].sum().item()) < 1e-6 * max(1.0, adv[sel].abs().max().item())
     perm = list(range(len(ids)))
     rnd.shuffle(perm)
-    adv_perm = compute_advantages(estimator, scores[perm], [ids[i] for i in perm], norm_by_std=norm)
+    adv_perm = compute_advantages(estimator, scores[perm], [ids[i] for i in perm], cfg)
     torch.testing.assert_close(adv_perm, adv[perm])
 
 
@@ -92,7 +93,7 @@ def test_zero_variance_filter() -> None:
 
 
 def test_unknown_estimator_and_registry_in_sync_with_config() -> None:
-    assert set(adv_mod.ADV_ESTIMATORS) == set(ADV_ESTIMATORS)
+    assert set(adv_mod.ADV_ESTIMATORS.names()) == set(ADV_ESTIMATORS)
     with pytest.raises(KeyError, match="unknown advantage estimator"):
         compute_advantages("ppo_gae", t([1, 0]), [0, 0])
 
@@ -358,8 +359,9 @@ def _train_batch(logp, old, ref, adv, mask):
         pixel_values_videos=torch.zeros(0, 1),
         video_grid_thw=torch.ones(b, 3, dtype=torch.long),
         second_per_grid_ts=torch.ones(b),
-        token_extras={"old_logprobs": old, "ref_logprobs": ref},
         seq_extras={"advantages": adv},
+        old_logprobs=old,
+        ref_logprobs=ref,
     )
 
 

@@ -111,6 +111,22 @@ def test_collate_encodes_a_shared_video_once_with_the_same_result(processor) -> 
         processor.__class__.__call__ = original
     for name in ("input_ids", "attention_mask", "response_mask", "pixel_values_videos", "video_grid_thw"):
         assert torch.equal(getattr(one, name), getattr(two, name)), name
+def test_collate_puts_engine_logprobs_in_the_typed_field(processor) -> None:
+    examples = make_examples(processor, 3)
+    for ex in examples:
+        ex.behaviour_logprobs = [-0.5 - 0.01 * j for j in range(len(ex.response_ids))]
+    batch = collate(processor, examples)
+    assert batch.token_extras == {} and batch.old_logprobs is None and batch.ref_logprobs is None
+    for i, ex in enumerate(examples):
+        on_response = batch.behaviour_logprobs[i][batch.response_mask[i].bool()]
+        assert on_response.tolist() == pytest.approx(list(ex.behaviour_logprobs))
+        assert batch.behaviour_logprobs[i][~batch.response_mask[i].bool()].abs().sum() == 0
+    examples[1].behaviour_logprobs = None
+    with pytest.raises(ValueError, match="behaviour_logprobs given for some examples only"):
+        collate(processor, examples)
+    examples[1].behaviour_logprobs = [0.0]
+    with pytest.raises(ValueError, match="behaviour_logprobs has 1 values"):
+        collate(processor, examples)
 
 
 def test_split_select_concat_round_trip(processor) -> None:
@@ -340,18 +356,22 @@ def test_grpo_loss_plugs_into_the_learner_hook(tiny_model_dir: Path, processor) 
     """The algorithm module's loss runs through train_step by name, fed the learner's own log-probs."""
     worker = _learner(tiny_model_dir, "learner.reference=sharded")
     batch = collate(processor, make_examples(processor, 4))
-    batch.token_extras = {
-        "old_logprobs": worker.compute_logprobs(batch, num_micro=2, which="policy"),
-        "ref_logprobs": worker.compute_logprobs(batch, num_micro=2, which="reference"),
-    }
+    batch.old_logprobs = worker.compute_logprobs(batch, num_micro=2, which="policy")
+    batch.ref_logprobs = worker.compute_logprobs(batch, num_micro=2, which="reference")
     batch.seq_extras = {"advantages": torch.tensor([1.0, -1.0, 0.5, -0.5])}
+    noise = torch.linspace(-0.3, 0.2, batch.input_ids.numel()).reshape(batch.input_ids.shape)
+    batch.behaviour_logprobs = (batch.old_logprobs + noise) * batch.response_mask  # a mismatched "engine"
     metrics = worker.train_step(batch, num_micro=2, loss_name="grpo")
+    diff = noise[batch.response_mask.bool()].abs()
+    # the max over both micro-batches (reduced with max, not summed as the shares are) and the token mean
+    assert metrics["actor/engine_learner_abs_diff_max"] == pytest.approx(float(diff.max()), abs=1e-5)
+    assert metrics["actor/engine_learner_abs_diff_mean"] == pytest.approx(float(diff.mean()), abs=1e-5)
     assert "actor/pg_loss" in metrics and math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
     vocab = worker.hf_config.text_config.vocab_size
     assert 0 < metrics["actor/entropy"] <= math.log(vocab) + 1e-4  # the policy's, in nats, over the vocabulary
     after = worker.compute_logprobs(batch, num_micro=2, which="policy")
     mask = batch.response_mask.bool()
-    gain = (after - batch.token_extras["old_logprobs"])[mask]
+    gain = (after - batch.old_logprobs)[mask]
     rows = mask.nonzero()[:, 0]
     # positive advantage -> likelihood up, negative -> down (on average over each response)
     assert gain[rows == 0].mean() > 0 > gain[rows == 1].mean()

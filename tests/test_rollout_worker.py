@@ -99,3 +99,26 @@ def test_overlong_prompt_is_downsampled_or_dropped_before_generation(worker, sam
         assert batch.results == [] and batch.skipped_counts() == {"overlong": 1}
     finally:
         worker.budget = saved
+
+
+def test_tgrpo_shuffled_responses_come_from_the_same_decoded_frames(worker, samples, monkeypatch) -> None:
+    """T-GRPO: the shuffled group is sampled from the frames decoded for the ordered group (one decode per video),
+    permuted, and attached to the ordered result; the ordered responses are unchanged in number."""
+    import numpy as np
+
+    from vt_ray.rollout import worker as worker_mod
+
+    decodes, seen = [], []
+    real_fit, real_generate = worker_mod.fit_to_budget, worker.engine.generate
+    monkeypatch.setattr(worker_mod, "fit_to_budget", lambda *a, **k: decodes.append(a[0]) or real_fit(*a, **k))
+    monkeypatch.setattr(worker.engine, "generate", lambda reqs, s: seen.append((reqs, s)) or real_generate(reqs, s))
+    batch = worker.generate(samples[:2], dataclasses.replace(SAMPLING, shuffled_n=3, shuffle_seed=5))
+    assert len(decodes) == 2  # one decode per video, shared by both groups
+    (ordered, s1), (shuffled, s2) = seen
+    assert (s1.n, s1.shuffled_n, s2.n, s2.shuffled_n) == (2, 0, 3, 0)
+    for result, req, sreq in zip(batch.results, ordered, shuffled, strict=True):
+        assert len(result.completions) == 2 and len(result.shuffled_completions) == 3
+        order = result.shuffle_order
+        assert sorted(order) == list(range(len(req.frames))) and order != list(range(len(req.frames)))
+        assert np.array_equal(sreq.frames, req.frames[order]) and sreq.prompt == req.prompt
+        assert np.array_equal(result.frames, req.frames)  # the learner trains on the ordered frames

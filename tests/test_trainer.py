@@ -168,6 +168,8 @@ def test_crash_during_save_resumes_from_last_complete_checkpoint_with_identical_
     assert a[4]["data/skipped_corrupt"] == 1  # the corrupt video was met, skipped, counted, and replaced
     assert all(a[s]["data/prompts"] == 4 for s in (1, 2, 3, 4))
     _check_rollouts_and_report(tmp_path / "a" / "t")
+    # one update per step: the engine-vs-learner mismatch is measured in the update's own forward, every step
+    assert all(0 <= a[s]["rollout/engine_learner_abs_diff_max"] < 1e-4 for s in (1, 2, 3, 4))
 
     # Kill the run while the step-4 checkpoint is being written (learner rank 0 dies after its shards).
     crashed = _run(_command(tiny_model_dir, train_data, tmp_path / "b"),

@@ -13,11 +13,12 @@ import torch
 from vt_ray.algo.advantages import GroupIds, compute_advantages, group_inverse, nonzero_variance_mask
 from vt_ray.algo.config import AlgorithmConfig
 from vt_ray.algo.losses import (
+    POLICY_LOSSES,
+    Aggregation,
     agg_loss,
     entropy_from_logits,
     kl_estimate,
     kl_penalized_scores,
-    policy_loss,
     zero_masked,
 )
 
@@ -36,15 +37,16 @@ def _stats(x: torch.Tensor, prefix: str) -> dict[str, float]:
 
 
 def compute_grpo_advantages(
-    cfg: AlgorithmConfig, scores: torch.Tensor, group_ids: GroupIds
+    cfg: AlgorithmConfig, scores: torch.Tensor, group_ids: GroupIds, lengths: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """(advantages [N], keep [N] bool, metrics). ``keep`` is False for responses of zero-variance groups
     when ``filter_zero_variance_groups`` is on: multiply it into the token mask (they then do not count in
-    any denominator). The metrics cover rewards, advantages and group statistics."""
+    any denominator). ``lengths`` [N]: response token counts (token-weighted estimators such as REINFORCE++).
+    The metrics cover rewards, advantages and group statistics."""
     scores = scores.detach()
     varied = nonzero_variance_mask(scores, group_ids)  # [N]
     keep = varied if cfg.filter_zero_variance_groups else torch.ones_like(varied)  # [N]
-    adv = compute_advantages(cfg.adv_estimator, scores, group_ids, norm_by_std=cfg.norm_by_std, eps=cfg.eps)
+    adv = compute_advantages(cfg.adv_estimator, scores, group_ids, cfg, lengths)
     adv = torch.where(keep, adv, torch.zeros_like(adv))  # [N]
     inverse, n_groups = group_inverse(group_ids)
     group_varied = torch.zeros(n_groups, dtype=torch.bool).index_put_((inverse,), varied)  # [G]
@@ -80,6 +82,7 @@ def grpo_loss(
     entropy: torch.Tensor | None = None,
     num_tokens: float | None = None,
     num_seqs: float | None = None,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss = policy loss + kl_coef * KL (if ``use_kl_loss``) - entropy_coef * entropy, and its metrics.
 
@@ -88,18 +91,9 @@ def grpo_loss(
     ``num_tokens``/``num_seqs``: global denominators, see :func:`vt_ray.algo.losses.agg_loss`.
     """
     old = logp.detach() if old_logp is None else old_logp
-    agg = {"num_tokens": num_tokens, "num_seqs": num_seqs}
-    pg_loss, pg = policy_loss(
-        logp,
-        old,
-        advantages,
-        mask,
-        clip_ratio_low=cfg.clip_ratio_low,
-        clip_ratio_high=cfg.clip_ratio_high,
-        dual_clip_c=cfg.dual_clip_c,
-        loss_agg_mode=cfg.loss_agg_mode,
-        **agg,
-    )
+    agg = {"num_tokens": num_tokens, "num_seqs": num_seqs, "scale": scale or cfg.loss_scale_factor or None}
+    pg_loss, pg = POLICY_LOSSES.get(cfg.policy_loss)(logp, old, advantages, mask, cfg,
+                                                     Aggregation(cfg.loss_agg_mode, **agg))
     loss = pg_loss
     metrics = {"actor/pg_loss": pg_loss.item(), **{f"actor/pg_{k}": v.item() for k, v in pg.items()}}
     if cfg.use_kl_loss and cfg.kl_coef > 0:

@@ -5,9 +5,17 @@ Contract (see ``vt_ray.learner.losses``): ``loss_fn(logprobs [B, L], batch, norm
 *share* of the mini-batch loss and metric shares, so sums over micro-batches and ranks give the mini-batch
 values. Shares come from dividing by the mini-batch counts in ``norm`` instead of local counts.
 
-Reads from the batch: ``seq_extras["advantages"]`` [B]; ``token_extras["old_logprobs"]`` (recomputed by the
-learner) or else ``token_extras["rollout_logprobs"]`` (the sampling engine's) as the behaviour policy, or
-on-policy (ratio 1) when neither is present; ``token_extras["ref_logprobs"]`` for the KL loss.
+Reads from the batch (typed fields of :class:`~vt_ray.learner.batch.TrainBatch`, never string keys):
+``seq_extras["advantages"]`` [B]; the behaviour (old) policy by ``algorithm.behaviour_logprobs``: ``engine`` ->
+``batch.behaviour_logprobs`` (the sampling engine's), ``recompute`` -> ``batch.old_logprobs`` (the learner's,
+required), ``auto`` -> ``batch.old_logprobs`` when the driver recomputed them, else on-policy (ratio 1);
+``batch.ref_logprobs`` for the KL loss. A batch still carrying one of the retired string keys
+(``old_logprobs``, ``ref_logprobs``, ``rollout_logprobs``, ``sampler_logprobs``) in ``token_extras`` is an error:
+it would otherwise be silently ignored.
+Engine/learner mismatch: when ``batch.behaviour_logprobs`` is present and the learner's pre-update log-probs
+are at hand (``batch.old_logprobs``, or this forward itself when there is no recomputed old policy), the loss
+logs ``actor/engine_learner_abs_diff_mean|max`` and ``actor/engine_learner_k3_kl`` and, with
+``algorithm.tis_cap`` > 0, weights each token by min(pi_learner_old / pi_engine, tis_cap).
 Entropy: the function's ``entropy`` attribute asks the learner for the policy's per-token entropy
 (``token_extras["entropy"]``): "grad" for a bonus (``algorithm.entropy_coef > 0``), "metric" to log it
 (``algorithm.log_entropy``), None for neither. Limits: ``norm.num_sequences`` counts every sequence, including ones a
@@ -21,42 +29,96 @@ from typing import Any
 import torch
 
 from vt_ray.algo.config import AlgorithmConfig
-from vt_ray.algo.losses import agg_loss, kl_estimate, policy_loss, zero_masked
+from vt_ray.algo.losses import (
+    LOG_RATIO_CLAMP,
+    POLICY_LOSSES,
+    Aggregation,
+    agg_loss,
+    kl_estimate,
+    masked_sum,
+    zero_masked,
+)
+
+RETIRED_KEYS = ("old_logprobs", "ref_logprobs", "rollout_logprobs", "sampler_logprobs")
+
+
+def behaviour_policy(acfg: AlgorithmConfig, logprobs: torch.Tensor, batch: Any) -> tuple[torch.Tensor, str]:
+    """(old log-probs [B, L] for the ratio, which source they came from: engine | recomputed | on-policy)."""
+    mode = acfg.behaviour_logprobs
+    if mode == "engine":
+        if batch.behaviour_logprobs is None:
+            raise ValueError("algorithm.behaviour_logprobs=engine needs batch.behaviour_logprobs (engine log-probs)")
+        return batch.behaviour_logprobs.to(logprobs), "engine"
+    if batch.old_logprobs is not None:
+        return batch.old_logprobs.to(logprobs), "recomputed"
+    if mode == "recompute":
+        raise ValueError("algorithm.behaviour_logprobs=recompute needs batch.old_logprobs (learner recompute)")
+    return logprobs.detach(), "on-policy"
+
+
+def mismatch_stats(learner: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor, num_tokens: float):
+    """Engine-vs-learner log-prob mismatch of the sampled tokens: token-mean shares of |diff| and of the k3
+    estimate of KL(engine || learner) (the tokens were sampled by the engine), and the max |diff|."""
+    diff = zero_masked((learner - engine).abs(), mask)  # [B, L]
+    k3 = kl_estimate(zero_masked(engine, mask), zero_masked(learner, mask), "k3")  # [B, L]
+    return {
+        "actor/engine_learner_abs_diff_mean": masked_sum(diff, mask) / num_tokens,
+        "actor/engine_learner_abs_diff_max": diff.max() if diff.numel() else diff.sum(),
+        "actor/engine_learner_k3_kl": masked_sum(k3, mask) / num_tokens,
+    }
+
+
+def tis_weights(learner_old: torch.Tensor, engine: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated IS weights min(pi_learner_old / pi_engine, cap) per token [B, L], without gradient."""
+    log_w = (learner_old.detach() - engine.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.exp(log_w).clamp(max=cap)
 
 
 def make_loss(cfg: Any):
     """The GRPO loss function bound to a recipe (or directly to an :class:`AlgorithmConfig`)."""
     acfg: AlgorithmConfig = getattr(cfg, "algorithm", cfg)
     use_kl = acfg.use_kl_loss and acfg.kl_coef > 0
+    rollout = getattr(cfg, "rollout", None)
+    scale = acfg.loss_scale_factor or (rollout.max_tokens if rollout is not None else None)  # Dr. GRPO's constant
+    pg_fn = POLICY_LOSSES.get(acfg.policy_loss)
 
     def grpo_loss_share(logprobs: torch.Tensor, batch: Any, norm: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch.response_mask.to(logprobs.device)  # [B, L]
         extras = batch.token_extras
-        old = extras.get("old_logprobs", extras.get("rollout_logprobs"))
-        old = logprobs.detach() if old is None else old.to(logprobs)  # [B, L]
+        retired = sorted(set(RETIRED_KEYS) & set(extras))
+        if retired:
+            raise ValueError(f"token_extras {retired}: log-probs are typed TrainBatch fields now (old_logprobs, "
+                             "ref_logprobs, behaviour_logprobs)")
+        old, source = behaviour_policy(acfg, logprobs, batch)  # [B, L]
         adv = batch.seq_extras["advantages"].to(logprobs)  # [B]
-        agg = {"num_tokens": max(norm.num_tokens, 1), "num_seqs": max(norm.num_sequences, 1)}
-        pg_loss, stats = policy_loss(
-            logprobs,
-            old,
-            adv,
-            mask,
-            clip_ratio_low=acfg.clip_ratio_low,
-            clip_ratio_high=acfg.clip_ratio_high,
-            dual_clip_c=acfg.dual_clip_c,
-            loss_agg_mode=acfg.loss_agg_mode,
-            **agg,
-        )
+        agg = {"num_tokens": max(norm.num_tokens, 1), "num_seqs": max(norm.num_sequences, 1), "scale": scale}
+        metrics: dict[str, torch.Tensor] = {}
+        weights = None
+        if batch.behaviour_logprobs is not None:
+            engine = batch.behaviour_logprobs.to(logprobs)  # [B, L]
+            # The learner's pre-update policy: recomputed by the driver, or else this very forward (the driver
+            # only skips the recompute when the step makes a single update).
+            learner_old = (logprobs if batch.old_logprobs is None else batch.old_logprobs.to(logprobs)).detach()
+            if acfg.log_logprob_mismatch:
+                metrics.update({k: v.detach() for k, v in mismatch_stats(learner_old, engine, mask,
+                                                                         agg["num_tokens"]).items()})
+            if acfg.tis_cap > 0:
+                weights = tis_weights(learner_old, engine, acfg.tis_cap)  # [B, L]
+                metrics["actor/tis_weight_mean"] = masked_sum(weights, mask) / agg["num_tokens"]
+                metrics["actor/tis_capped_frac"] = masked_sum((weights >= acfg.tis_cap).to(weights), mask) / agg["num_tokens"]
+        elif acfg.tis_cap > 0:
+            raise ValueError("algorithm.tis_cap > 0 needs batch.behaviour_logprobs (engine log-probs)")
+        pg_loss, stats = pg_fn(logprobs, old, adv, mask, acfg, Aggregation(acfg.loss_agg_mode, **agg), weights)
         local_share = mask.sum() / agg["num_tokens"]  # turns a local token mean into a mini-batch share
-        metrics = {"actor/pg_loss": pg_loss.detach()}
+        metrics["actor/pg_loss"] = pg_loss.detach()
         for key in ("clipfrac", "ppo_kl", "clipfrac_lower"):
             if key in stats:
                 metrics[f"actor/pg_{key}"] = stats[key] * local_share
         loss = pg_loss
         if use_kl:
-            if "ref_logprobs" not in extras:
-                raise ValueError("algorithm.use_kl_loss needs token_extras['ref_logprobs'] (reference log-probs)")
-            ref = zero_masked(extras["ref_logprobs"].to(logprobs), mask)  # [B, L]
+            if batch.ref_logprobs is None:
+                raise ValueError("algorithm.use_kl_loss needs batch.ref_logprobs (reference log-probs)")
+            ref = zero_masked(batch.ref_logprobs.to(logprobs), mask)  # [B, L]
             kl = agg_loss(kl_estimate(zero_masked(logprobs, mask), ref, acfg.kl_estimator), mask,
                           acfg.loss_agg_mode, **agg)  # fmt: skip
             loss = loss + acfg.kl_coef * kl

@@ -186,6 +186,11 @@ class RecipeConfig:
             "rollout.enable_sleep_mode",
             "vLLM sleep mode needs GPUs (resources.gpus_per_node is 0)",
         )
+        algo = self.algorithm  # algorithm keys that depend on the rollout section (issue 18)
+        check(not algo.dynamic_sampling or self.rollout.n >= 2, "algorithm.dynamic_sampling",
+              "needs rollout.n >= 2 (a group of one never has unequal rewards)")
+        check(algo.overlong_buffer_len < self.rollout.max_tokens, "algorithm.overlong_buffer_len",
+              f"must be < rollout.max_tokens ({self.rollout.max_tokens})")
         check(
             self.data.max_prompt_tokens + self.rollout.max_tokens <= self.rollout.max_model_len,
             "rollout.max_model_len",

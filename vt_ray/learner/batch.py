@@ -38,9 +38,11 @@ class Example:
     seq_extras: Mapping[str, float] = field(default_factory=dict)
     """Per sequence values (e.g. advantages)."""
     uid: str = ""
+    behaviour_logprobs: Sequence[float] | None = None
+    """The sampling engine's log-prob of each response token (the behaviour policy), when known (GRPO)."""
 
 
-@dataclass
+@dataclass(slots=True)  # slots: assigning a misspelt field (batch.old_logprob = ...) raises
 class TrainBatch:
     input_ids: torch.Tensor  # [B, L] long, right padded with pad_token_id
     attention_mask: torch.Tensor  # [B, L] long
@@ -53,6 +55,13 @@ class TrainBatch:
     seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] float32
     uids: list[str] = field(default_factory=list)
     pad_token_id: int = 0
+    # The three policies of a GRPO update, typed (not string keys) so a misspelling fails loudly. Each is
+    # [B, L] float32 aligned with input_ids (0 off the response), or None when not computed.
+    behaviour_logprobs: torch.Tensor | None = None  # the rollout engine's sampling log-probs
+    old_logprobs: torch.Tensor | None = None  # the learner's log-probs of the policy that sampled (recomputed)
+    ref_logprobs: torch.Tensor | None = None  # the frozen reference's log-probs (KL)
+
+    LOGPROB_FIELDS = ("behaviour_logprobs", "old_logprobs", "ref_logprobs")
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -94,6 +103,7 @@ class TrainBatch:
             token_extras={k: rows(v) for k, v in self.token_extras.items()},
             seq_extras={k: v[start:end].clone() for k, v in self.seq_extras.items()},
             uids=self.uids[start:end],
+            **{k: None if getattr(self, k) is None else rows(getattr(self, k)) for k in self.LOGPROB_FIELDS},
         )
 
     def split(self, parts: int) -> list[TrainBatch | None]:
@@ -165,6 +175,8 @@ class TrainBatch:
             seq_extras={k: torch.cat([b.seq_extras[k] for b in batches]) for k in first.seq_extras},
             uids=[u for b in batches for u in b.uids],
             pad_token_id=pad_id,
+            **{k: None if getattr(first, k) is None else cat(lambda b, k=k: getattr(b, k), 0)
+               for k in TrainBatch.LOGPROB_FIELDS},
         )
 
 
@@ -215,6 +227,7 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
         raise ValueError("the tokenizer has no pad token")
     token_keys = set(examples[0].token_extras)
     seq_keys = set(examples[0].seq_extras)
+    with_behaviour = examples[0].behaviour_logprobs is not None
     rows: list[dict[str, torch.Tensor]] = []
     pixels, grids, seconds = [], [], []
     # The G responses of one prompt share its frames object: run the processor once per prompt, not per response
@@ -223,6 +236,8 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
     for ex in examples:
         if set(ex.token_extras) != token_keys or set(ex.seq_extras) != seq_keys:
             raise ValueError(f"example {ex.uid!r}: extras differ from the first example's")
+        if (ex.behaviour_logprobs is not None) != with_behaviour:
+            raise ValueError(f"example {ex.uid!r}: behaviour_logprobs given for some examples only")
         if len(ex.response_ids) == 0:
             raise ValueError(f"example {ex.uid!r}: empty response")
         key = (id(ex.frames), id(ex.video_metadata), ex.prompt)
@@ -244,6 +259,12 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
             if len(values) != n_resp:
                 raise ValueError(f"example {ex.uid!r}: {key} has {len(values)} values for {n_resp} response tokens")
             row["x:" + key] = torch.cat([torch.zeros(n_prompt), values])
+        if with_behaviour:
+            values = torch.as_tensor(list(ex.behaviour_logprobs), dtype=torch.float32)
+            if len(values) != n_resp:
+                raise ValueError(f"example {ex.uid!r}: behaviour_logprobs has {len(values)} values for {n_resp} "
+                                 "response tokens")
+            row["behaviour_logprobs"] = torch.cat([torch.zeros(n_prompt), values])
         rows.append(row)
         pixels.append(enc["pixel_values_videos"])
         grids.append(enc["video_grid_thw"])
@@ -265,4 +286,5 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
         seq_extras={k: torch.tensor([float(ex.seq_extras[k]) for ex in examples]) for k in sorted(seq_keys)},
         uids=[ex.uid for ex in examples],
         pad_token_id=int(pad_id),
+        behaviour_logprobs=stack("behaviour_logprobs", 0).float() if with_behaviour else None,
     )

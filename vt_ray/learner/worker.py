@@ -342,6 +342,7 @@ class LearnerWorker:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {"loss": 0.0}
+        maxes: dict[str, float] = {}
         for mb, is_real in zip(micro, real):
             logprobs, entropy = token_logprobs_and_entropy(self.model, mb, self.device,
                                                            getattr(loss_fn, "entropy", None))
@@ -350,10 +351,14 @@ class LearnerWorker:
             loss, metrics = loss_fn(logprobs, mb, norm)
             # FSDP averages gradients over ranks; shares are meant to be summed, hence the world size.
             (loss * self.world_size).backward()
+            for key in metrics:  # fillers too: every rank then reduces the same keys (the loss decides them)
+                if key.endswith("_max"):  # a maximum, not a share: reduced with max below
+                    maxes[key] = max(maxes.get(key, float("-inf")), float(metrics[key]) if is_real else float("-inf"))
             if is_real:
                 sums["loss"] += float(loss.detach())
                 for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
+                    if not key.endswith("_max"):
+                        sums[key] = sums.get(key, 0.0) + float(value)
 
         grad_norm = self._clip_grad_norm()
         lr = float(self.scheduler.get_last_lr()[0])
@@ -370,6 +375,11 @@ class LearnerWorker:
         reduced = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
         dist.all_reduce(reduced)
         out = {k: float(v) for k, v in zip(keys, reduced.tolist())}
+        if maxes:
+            max_keys = sorted(maxes)
+            peak = torch.tensor([maxes[k] for k in max_keys], dtype=torch.float64)
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            out.update({k: float(v) for k, v in zip(max_keys, peak.tolist())})
         out.update(
             grad_norm=grad_norm,
             lr=lr,

@@ -18,6 +18,10 @@ class SamplingSettings:
     max_tokens: int = 256
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     seed: int | None = None
+    shuffled_n: int = 0
+    """T-GRPO: also sample this many responses per prompt from the same decoded frames in a shuffled order."""
+    shuffle_seed: int = 0
+    """Seeds each prompt's frame permutation (with its uid), so a resumed step shuffles the same way."""
 
 
 @dataclass
@@ -49,3 +53,7 @@ class RolloutResult:
     """The frames the engine saw (after any budget downsampling): the learner scores on the same pixels."""
     video_metadata: dict[str, Any] = field(default_factory=dict)
     """How ``frames`` were sampled (``DecodedVideo.vllm_metadata()``): sets the temporal positions."""
+    shuffled_completions: list[Completion] = field(default_factory=list)
+    """T-GRPO: responses sampled from the same frames in ``shuffle_order`` (scored, never trained on)."""
+    shuffle_order: list[int] = field(default_factory=list)
+    """The frame permutation the shuffled responses saw (frame k of their video = frame shuffle_order[k])."""

@@ -5,9 +5,12 @@ responses with its engine. A plain class (constructible without Ray); :mod:`vt_r
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.config.schema import RecipeConfig, VideoConfig
@@ -112,8 +115,30 @@ class RolloutWorker:
         hang_point("rollout.generate", self.rank)
         requests, report = self.prepare(samples, video)
         if requests:
-            report.results = self.engine.generate(requests, sampling)
+            report.results = self.engine.generate(requests, replace(sampling, shuffled_n=0))
             for req, result in zip(requests, report.results, strict=True):
                 result.prompt, result.frames = req.prompt, req.frames
                 result.video_metadata = dict(req.video_metadata)
+            if sampling.shuffled_n > 0:
+                self._generate_shuffled(requests, report.results, sampling)
         return report
+
+    def _generate_shuffled(
+        self, requests: Sequence[GenerationRequest], results: Sequence[RolloutResult], sampling: SamplingSettings
+    ) -> None:
+        """T-GRPO's second group: the same prompt over the already decoded frames in a shuffled order (no second
+        decode), ``sampling.shuffled_n`` responses each, attached to the ordered result."""
+        orders = [shuffle_order(len(req.frames), sampling.shuffle_seed, req.uid) for req in requests]
+        shuffled = [replace(req, frames=req.frames[order]) for req, order in zip(requests, orders)]
+        outs = self.engine.generate(shuffled, replace(sampling, n=sampling.shuffled_n, shuffled_n=0))
+        for result, out, order in zip(results, outs, orders, strict=True):
+            result.shuffled_completions, result.shuffle_order = out.completions, order.tolist()
+
+
+def shuffle_order(num_frames: int, seed: int, uid: str) -> np.ndarray:
+    """A permutation of the frames that is never the identity (for 2+ frames), fixed by (seed, uid)."""
+    rng = np.random.default_rng([seed, zlib.crc32(uid.encode())])
+    order = rng.permutation(num_frames)
+    if num_frames > 1 and (order == np.arange(num_frames)).all():
+        order = np.roll(order, 1)
+    return order

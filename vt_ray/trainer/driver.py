@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
+from vt_ray.algo.loss import mismatch_stats
 from vt_ray.config.loader import to_yaml
 from vt_ray.common.environment import capture_environment
 from vt_ray.common.progress import Progress
@@ -65,12 +67,46 @@ class Responses:
     group_ids: list[int]
     token_counts: list[int]
     truncated: list[bool]
+    scored: list[dict[str, float]] = field(default_factory=list)
+    """Reward results, one per response (filled by the driver after scoring)."""
+    scores: torch.Tensor | None = None
+    """[N] shaped scores the advantages start from (total reward, non-finite zeroed, DAPO/T-GRPO shaping)."""
     advantages: list[float] = field(default_factory=list)
+    """One per response, filled by the update (the report's rollout viewer shows them)."""
+
+    def select_groups(self, groups: list[int]) -> Responses:
+        """Only the prompts ``groups`` (indices into ``results``), renumbered 0.. in the given order."""
+        new_id = {g: i for i, g in enumerate(groups)}
+        rows = [i for g in groups for i, gid in enumerate(self.group_ids) if gid == g]
+        return Responses(
+            results=[self.results[g] for g in groups], samples=[self.samples[g] for g in groups],
+            texts=[self.texts[i] for i in rows], group_ids=[new_id[self.group_ids[i]] for i in rows],
+            token_counts=[self.token_counts[i] for i in rows], truncated=[self.truncated[i] for i in rows],
+            scored=[self.scored[i] for i in rows],
+            scores=None if self.scores is None else self.scores[torch.tensor(rows, dtype=torch.long)],
+        )
+
+    @staticmethod
+    def concat(parts: list[Responses]) -> Responses:
+        out = Responses([], [], [], [], [], [], [], torch.zeros(0))
+        for part in parts:
+            offset = len(out.results)
+            out.results += part.results
+            out.samples += part.samples
+            out.texts += part.texts
+            out.group_ids += [g + offset for g in part.group_ids]
+            out.token_counts += part.token_counts
+            out.truncated += part.truncated
+            out.scored += part.scored
+            out.scores = torch.cat([out.scores, part.scores])
+        return out
 
 
-def sampling_for_training(cfg: RecipeConfig) -> SamplingSettings:
-    r = cfg.rollout
-    return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, stop=list(r.stop))
+def sampling_for_training(cfg: RecipeConfig, step: int = 0) -> SamplingSettings:
+    r, a = cfg.rollout, cfg.algorithm
+    shuffled = (a.tgrpo_shuffled_n or r.n) if a.tgrpo else 0
+    return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, stop=list(r.stop),
+                            shuffled_n=shuffled, shuffle_seed=cfg.run.seed * 1_000_003 + step)
 
 
 def sampling_for_validation(cfg: RecipeConfig) -> SamplingSettings:
@@ -305,7 +341,7 @@ class GRPOTrainer:
         skipped: Counter[str] = Counter()
         todo = first
         for _ in range(MAX_REFILL_ROUNDS + 1):
-            out = self.rollout.generate(todo, sampling_for_training(self.cfg))
+            out = self.rollout.generate(todo, sampling_for_training(self.cfg, self.step))
             results += out.results
             for s in out.skipped:
                 self.sampler.mark_skipped(s.uid, s.reason)
@@ -332,7 +368,7 @@ class GRPOTrainer:
 
         examples = [
             Example(prompt=r.prompt, frames=r.frames, response_ids=c.token_ids, video_metadata=r.video_metadata, uid=r.uid,
-                    token_extras={"sampler_logprobs": c.logprobs})
+                    behaviour_logprobs=c.logprobs)
             for r in data.results for c in r.completions
         ]
         batch = collate(self.processor, examples)
@@ -340,21 +376,25 @@ class GRPOTrainer:
         metrics: dict[str, float] = {}
         start = time.perf_counter()
         mask = batch.response_mask
-        recompute_old = self.tc.update_epochs > 1 or self._minibatches_per_step() > 1
-        old = self.learner.compute_logprobs(batch, "policy") if recompute_old else None
-        ref = self.learner.compute_logprobs(batch, "reference") if self.cfg.algorithm.needs_reference else None
+        acfg = self.cfg.algorithm
+        updates = self.tc.update_epochs * self._minibatches_per_step()
+        if acfg.policy_logprob_pass(updates):
+            batch.old_logprobs = self.learner.compute_logprobs(batch, "policy")
+            if acfg.log_logprob_mismatch:
+                stats = mismatch_stats(batch.old_logprobs, batch.behaviour_logprobs, mask, max(float(mask.sum()), 1.0))
+                metrics.update({k.replace("actor/", "rollout/"): float(v) for k, v in stats.items()})
+        if acfg.needs_reference:
+            batch.ref_logprobs = self.learner.compute_logprobs(batch, "reference")
         timings["time/logprobs_s"] = time.perf_counter() - start
-        if old is not None:
-            rollout_lp = batch.token_extras["sampler_logprobs"]
-            metrics["rollout/learner_logprob_abs_diff"] = float(((old - rollout_lp).abs() * mask).sum() / mask.sum())
-            batch.token_extras["old_logprobs"] = old
-        if ref is not None:
-            batch.token_extras["ref_logprobs"] = ref
-            if self.cfg.algorithm.use_kl_in_reward:
-                current = old if old is not None else self.learner.compute_logprobs(batch, "policy")
-                scores, kl_metrics = apply_kl_in_reward(self.cfg.algorithm, scores, current, ref, mask)
-                metrics.update(kl_metrics)
-        adv, keep, adv_metrics = compute_grpo_advantages(self.cfg.algorithm, scores, data.group_ids)
+        if batch.ref_logprobs is not None and acfg.use_kl_in_reward:
+            current = batch.old_logprobs if batch.old_logprobs is not None else self.learner.compute_logprobs(batch, "policy")
+            scores, kl_metrics = apply_kl_in_reward(acfg, scores, current, batch.ref_logprobs, mask)
+            metrics.update(kl_metrics)
+        lengths = torch.tensor(data.token_counts, dtype=torch.float32)
+        adv, keep, adv_metrics = compute_grpo_advantages(acfg, scores, data.group_ids, lengths)
+        if acfg.overlong_filter:  # DAPO overlong filtering: truncated responses do not count in the loss
+            keep = keep & ~torch.tensor(data.truncated, dtype=torch.bool)
+            adv_metrics["dapo/overlong_filtered_frac"] = sum(data.truncated) / max(len(data.truncated), 1)
         metrics.update(adv_metrics)
         data.advantages = adv.float().tolist()
         batch.seq_extras["advantages"] = adv.float()
@@ -369,6 +409,8 @@ class GRPOTrainer:
         for key in update[0]:  # the learner's own keys (loss, grad_norm, lr, ...) go under actor/
             name = key if "/" in key else f"actor/{key}"
             metrics[name] = sum(u[key] for u in update) / len(update)
+            if key.startswith("actor/engine_learner_") and len(update) == 1:  # the one update saw the pre-update policy
+                metrics.setdefault(key.replace("actor/", "rollout/"), update[0][key])
         return metrics, timings
 
     def _sync_weights(self, probe: bool = False) -> float:
@@ -409,25 +451,104 @@ class GRPOTrainer:
         self.sync_metrics = metrics
         return elapsed
 
+    def _rollout_round(self, prompts: list[VideoSample]) -> tuple[Responses | None, Counter[str], dict[str, float]]:
+        """Generate (skips refilled), score and shape one round of prompts. Returns (responses with ``scored`` and
+        ``scores``, skip counts, metrics incl. time/rollout_s and time/reward_s of this round)."""
+        t0 = time.perf_counter()
+        results, samples, skipped = self._generate(prompts)
+        t1 = time.perf_counter()
+        if not results:
+            return None, skipped, {"time/rollout_s": t1 - t0, "time/reward_s": 0.0}
+        data = self._flatten(results, samples)
+        targets = [RewardTarget.from_sample(samples[g]) for g in data.group_ids]
+        shuffled_groups = [g for g, r in enumerate(results) for _ in r.shuffled_completions]
+        shuffled_texts = [c.text for r in results for c in r.shuffled_completions]
+        shuffled_targets = [RewardTarget.from_sample(samples[g]) for g in shuffled_groups]
+        all_scored = self.rewards.score(data.texts + shuffled_texts, targets + shuffled_targets)
+        data.scored, shuffled_scored = all_scored[: len(data.texts)], all_scored[len(data.texts):]
+        metrics = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
+        data.scores, shaping = self._shape_scores(data, shuffled_scored, shuffled_groups)
+        metrics.update(shaping)
+        return data, skipped, metrics
+
+    def _shape_scores(self, data: Responses, shuffled_scored: list[dict[str, float]], shuffled_groups: list[int]
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total rewards -> the scores the advantages use: non-finite values zeroed and counted, then DAPO's soft
+        overlong punishment and T-GRPO's temporal bonus when the recipe turns them on."""
+        from vt_ray.algo.shaping import finite_scores, soft_overlong_penalty, tgrpo_bonus
+
+        a = self.cfg.algorithm
+        scores, bad = finite_scores([s["total"] for s in data.scored])
+        metrics = {"reward/nonfinite": float(bad)}
+        if a.overlong_buffer_len > 0:
+            penalty = soft_overlong_penalty(torch.tensor(data.token_counts), self.cfg.rollout.max_tokens,
+                                            a.overlong_buffer_len, a.overlong_penalty_factor)
+            scores = scores + penalty.float()
+            metrics["dapo/overlong_penalty_mean"] = float(penalty.mean())
+        if a.tgrpo:
+            acc = torch.tensor([finite_scores([s.get("accuracy", 0.0)])[0].item() for s in data.scored])
+            shuffled_acc = torch.tensor([finite_scores([s.get("accuracy", 0.0)])[0].item() for s in shuffled_scored])
+            bonus, tg = tgrpo_bonus(acc, data.group_ids, shuffled_acc, shuffled_groups, alpha=a.tgrpo_alpha,
+                                    rule=a.tgrpo_rule)
+            scores = scores + bonus.float()
+            metrics.update(tg)
+            metrics["tgrpo/shuffled_responses"] = float(len(shuffled_scored))
+        return scores, metrics
+
+    def _collect_step_data(self) -> tuple[Responses, Counter[str], dict[str, float], tuple[float, float]]:
+        """This step's scored responses. With DAPO dynamic sampling, keep only groups with unequal rewards and
+        refill from further prompts (``algorithm.max_refill_rounds`` extra rounds at most; every draw comes from
+        the resumable sampler, so a resumed run draws the same prompts); short batches are counted."""
+        a, want = self.cfg.algorithm, self.tc.prompts_per_step
+        factor = a.oversample_factor if a.dynamic_sampling else 1.0
+        first, skipped, metrics = self._rollout_round(self.sampler.take(math.ceil(want * factor)))
+        if first is None:
+            raise RuntimeError(f"step {self.step}: every prompt was skipped ({dict(skipped)})")
+        timing = [metrics.pop("time/rollout_s"), metrics.pop("time/reward_s")]
+        if not a.dynamic_sampling:
+            return first, skipped, metrics, (timing[0], timing[1])
+        from vt_ray.algo.shaping import informative_groups
+
+        kept: list[Responses] = []
+        data: Responses | None = first
+        rounds = generated = 0
+        while True:
+            if data is not None:
+                generated += len(data.results)
+                kept.append(data.select_groups(informative_groups(data.scores, data.group_ids)))
+            have = sum(len(k.results) for k in kept)
+            if have >= want or rounds >= a.max_refill_rounds:
+                break
+            rounds += 1
+            data, more_skipped, round_metrics = self._rollout_round(self.sampler.take(math.ceil((want - have) * factor)))
+            skipped.update(more_skipped)
+            timing[0] += round_metrics.pop("time/rollout_s")
+            timing[1] += round_metrics.pop("time/reward_s")
+            metrics["reward/nonfinite"] += round_metrics["reward/nonfinite"]  # other shaping metrics: first round's
+        merged = Responses.concat(kept)
+        have = len(merged.results)
+        chosen = merged.select_groups(list(range(min(have, want)))) if have else first  # none informative: train as is
+        metrics.update({
+            "dapo/refill_rounds": float(rounds),
+            "dapo/prompts_generated": float(generated),
+            "dapo/informative_groups": float(have),
+            "dapo/short_batch": float(have < want),
+        })
+        return chosen, skipped, metrics, (timing[0], timing[1])
+
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         self._step_start_state = self._driver_state()  # a fresh snapshot, before the draw: what a failed step saves
         self.rollout.reseed(self.cfg.run.seed * 1_000_003 + self.step)
-        prompts = self.sampler.take(self.tc.prompts_per_step)
-        results, samples, skipped = self._generate(prompts)
+        data, skipped, round_metrics, (rollout_s, reward_s) = self._collect_step_data()
         crash_point("trainer.after_rollout", self.step + 1)  # chaos soak: the driver dies between phases
-        if not results:
-            raise RuntimeError(f"step {self.step}: every prompt was skipped ({dict(skipped)})")
-        data = self._flatten(results, samples)
+        results, samples = data.results, data.samples
         if self.cfg.rollout.enable_sleep_mode:
             self.rollout.sleep()  # colocated: the learner gets the GPU memory back
-        t1 = time.perf_counter()
-        targets = [RewardTarget.from_sample(samples[g]) for g in data.group_ids]
-        scored = self.rewards.score(data.texts, targets)
-        t2 = time.perf_counter()
-        scores = torch.tensor([s["total"] for s in scored], dtype=torch.float32)
-        metrics, timings = self._train_batch(data, scores)
+        scored = data.scored
+        metrics, timings = self._train_batch(data, data.scores)
         crash_point("trainer.after_update", self.step + 1)
+        metrics.update(round_metrics)
         self.step += 1
         sync_s = self._sync_weights()
         metrics.update(self.sync_metrics)
@@ -443,8 +564,8 @@ class GRPOTrainer:
             "data/responses": float(len(data.texts)),
             "data/consumed_total": float(self.sampler.state.consumed),
             "rollout/actor_restarts": float(self.rollout.metrics.actor_restarts),
-            "time/rollout_s": t1 - t0,
-            "time/reward_s": t2 - t1,
+            "time/rollout_s": rollout_s,
+            "time/reward_s": reward_s,
             "time/weight_sync_s": sync_s,
             **timings,
             **{f"data/skipped_{k}": float(v) for k, v in self.skip_totals.items()},

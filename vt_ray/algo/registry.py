@@ -1,0 +1,108 @@
+"""Name -> function registries for the algorithm's parts: advantage estimators, policy losses, KL estimators and
+loss-aggregation modes (verl's ``register_adv_est`` / ``register_policy_loss`` idea).
+
+Torch-free on purpose: the recipe schema checks names at load time, and loading a recipe must not import torch.
+So each registry knows its built-in names statically and imports the module that defines them only on first
+lookup (a test keeps the two in sync). A recipe value is either a registered name or an import path
+``package.module:function``; the path is imported at load time (a missing module, attribute or a non-callable
+fails there, naming the key) and then registered under the path itself.
+
+User code can also register by name with the decorator, as long as its module is imported before the recipe
+is loaded (and in every Ray worker, which is what the import path guarantees for you)::
+
+    from vt_ray.algo.registry import ADV_ESTIMATORS
+
+    @ADV_ESTIMATORS.register("my_baseline")
+    def my_baseline(scores, group_ids, cfg, lengths): ...
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from vt_ray.config.errors import ConfigError
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def is_import_path(value: str) -> bool:
+    return ":" in value
+
+
+def resolve_import_path(path: str, key: str) -> Callable[..., Any]:
+    """``package.module:function`` to a callable, or :class:`ConfigError` naming ``key``. (The reward code has
+    its own resolver; the algorithm cannot import the rewards package: they sit side by side in the layers.)"""
+    if not _IMPORT_PATH.match(path):
+        raise ConfigError(key, f"expected a registered name or 'package.module:function', got {path!r}")
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any import-time failure of user code is a config error
+        raise ConfigError(key, f"cannot import module {module_name!r}: {type(err).__name__}: {err}") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(key, f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(key, f"{path!r} is not callable")
+    return obj
+
+
+class Registry:
+    """Functions of one kind by name. ``builtin`` lists the names ``module`` registers when imported."""
+
+    def __init__(self, kind: str, key: str, module: str, builtin: tuple[str, ...]) -> None:
+        self.kind, self.key, self.module, self.builtin = kind, key, module, builtin
+        self._entries: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register the function under ``name`` (re-registering the same function is a no-op)."""
+
+        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            known = self._entries.get(name)
+            if known is not None and known is not fn and getattr(known, "__qualname__", None) != fn.__qualname__:
+                raise ValueError(f"{self.kind} {name!r} is already registered ({known!r})")
+            self._entries[name] = fn
+            return fn
+
+        return add
+
+    def names(self) -> list[str]:
+        """Every name a recipe may use without an import path (built-in and user-registered)."""
+        return sorted(set(self.builtin) | {n for n in self._entries if not is_import_path(n)})
+
+    def check(self, value: str, key: str | None = None) -> None:
+        """Load-time validation: a known name, or an importable callable path. Raises ConfigError naming the key."""
+        key = key or self.key
+        if is_import_path(value):
+            self._entries.setdefault(value, resolve_import_path(value, key))
+            return
+        if value not in self.names():
+            raise ConfigError(key, f"unknown {self.kind} {value!r}; registered: {self.names()} "
+                                   "(or 'package.module:function')")
+
+    def get(self, value: str) -> Callable[..., Any]:
+        """The function for a name or import path (imports the built-in module on first use)."""
+        if value not in self._entries and value in self.builtin:
+            importlib.import_module(self.module)
+        if value not in self._entries:
+            self.check(value)
+        return self._entries[value]
+
+
+ADV_ESTIMATORS = Registry(
+    "advantage estimator", "algorithm.adv_estimator", "vt_ray.algo.advantages",
+    ("grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"),
+)
+POLICY_LOSSES = Registry(
+    "policy loss", "algorithm.policy_loss", "vt_ray.algo.losses", ("vanilla", "gspo", "gspo_token", "cispo"),
+)
+KL_ESTIMATORS = Registry("KL estimator", "algorithm.kl_estimator", "vt_ray.algo.losses", ("k1", "k2", "k3"))
+LOSS_AGG_MODES = Registry(
+    "loss aggregation", "algorithm.loss_agg_mode", "vt_ray.algo.losses",
+    ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+)
+REGISTRIES = (ADV_ESTIMATORS, POLICY_LOSSES, KL_ESTIMATORS, LOSS_AGG_MODES)
