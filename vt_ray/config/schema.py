@@ -75,12 +75,18 @@ class VideoConfig:
 
 @dataclass
 class PromptConfig:
+    style: str = "project"
+    """project: ``system`` + ``question_template`` below. video_r1: Video-R1's training prompt exactly
+    (QUESTION_TEMPLATE + TYPE_TEMPLATE per question type, no system turn; vt_ray/prompts/video_r1.py).
+    video_r1_eval: Video-R1's evaluation wording ("<think> and </think>")."""
     system: str = field(default_factory=lambda: _prompt("system.txt"))
     """System prompt: the expert video analyst asked for <time>/<caption>/<think> then <answer> (paper 1.4)."""
     question_template: str = field(default_factory=lambda: _prompt("question.txt"))
     """User turn after the video. Placeholders: {question}, {options} (one "A. text" per line, may be empty)."""
 
     def __post_init__(self) -> None:
+        check(self.style in ("project", "video_r1", "video_r1_eval"), "prompt.style",
+              f"unknown style {self.style!r} (project | video_r1 | video_r1_eval)")
         check("{question}" in self.question_template, "prompt.question_template", "must contain {question}")
         try:
             self.question_template.format(question="", options="")
@@ -90,9 +96,15 @@ class PromptConfig:
 
 @dataclass
 class DataConfig:
+    format: str = "project"
+    """Format of train_file/val_file (and sft.train_file): project (our JSONL, vt_ray.data.schema) | video_r1
+    (Video-R1-260k / COT-165k records) | verl (verl RL parquet) | easyr1 (EasyR1 dataset); json, jsonl or
+    parquet. See docs/coming-from.md."""
+    root: str = ""
+    """Data root media paths resolve against (Video-R1: the Video-R1-data directory); empty = the data file's
+    directory. Paths that leave it (../, symlinks out) are refused row by row."""
     train_file: str = "outputs/tiny/data/train.jsonl"
-    """Training samples (JSONL in the project schema, vt_ray.data.schema). Video paths resolve against the
-    file's directory unless absolute."""
+    """Training samples in ``data.format``. Video paths resolve against ``data.root``."""
     val_file: str = "outputs/tiny/data/val.jsonl"
     """Held-out samples for validation during training."""
     max_prompt_tokens: int = 2048
@@ -101,6 +113,8 @@ class DataConfig:
     """downsample: halve the frames until the prompt fits (then drop); drop: skip the sample and count it."""
 
     def __post_init__(self) -> None:
+        check(self.format in ("project", "video_r1", "verl", "easyr1"), "data.format",
+              f"unknown format {self.format!r} (project | video_r1 | verl | easyr1)")
         check(self.max_prompt_tokens > 0, "data.max_prompt_tokens", "must be > 0")
         check(
             self.overlong_policy in ("downsample", "drop"),

@@ -26,8 +26,10 @@ class GenerationRequest:
 
     uid: str
     prompt: str
-    frames: np.ndarray  # [T, H, W, 3] uint8
+    frames: np.ndarray  # [T, H, W, 3] uint8; [1, H, W, 3] for an image
     video_metadata: dict[str, Any]
+    media: str = "video"
+    """video | image (the prompt then has one image placeholder and ``frames`` holds the single image)."""
 
 
 @dataclass
@@ -49,3 +51,5 @@ class RolloutResult:
     """The frames the engine saw (after any budget downsampling): the learner scores on the same pixels."""
     video_metadata: dict[str, Any] = field(default_factory=dict)
     """How ``frames`` were sampled (``DecodedVideo.vllm_metadata()``): sets the temporal positions."""
+    media: str = "video"
+    """video | image: what ``frames`` holds."""

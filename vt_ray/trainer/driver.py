@@ -32,8 +32,8 @@ from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
 from vt_ray.config.loader import to_yaml
 from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.config.schema import RecipeConfig
-from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
-from vt_ray.rewards.composite import reward_metrics
+from vt_ray.data.schema import VideoSample
+from vt_ray.rewards.composite import reward_metrics, reward_metrics_by_type
 from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.group import RolloutRestartBudgetExhausted
 from vt_ray.rollout.types import RolloutResult, SamplingSettings
@@ -141,9 +141,12 @@ class GRPOTrainer:
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
-        train_file, val_file = Path(self.cfg.data.train_file), Path(self.cfg.data.val_file)
-        self.train = resolve_video_paths(read_samples(train_file), train_file.parent)
-        self.val = resolve_video_paths(read_samples(val_file), val_file.parent) if val_file.is_file() else []
+        from vt_ray.data.formats import load_samples
+
+        data = self.cfg.data
+        val_file = Path(data.val_file)
+        self.train = load_samples(data.train_file, data.format, data.root or None)
+        self.val = load_samples(val_file, data.format, data.root or None) if val_file.is_file() else []
         if self.tc.val_samples:
             self.val = self.val[: self.tc.val_samples]
         self.sampler = PromptSampler(self.train, seed=self.cfg.run.seed)
@@ -266,7 +269,7 @@ class GRPOTrainer:
 
         examples = [
             Example(prompt=r.prompt, frames=r.frames, response_ids=c.token_ids, video_metadata=r.video_metadata, uid=r.uid,
-                    token_extras={"sampler_logprobs": c.logprobs})
+                    token_extras={"sampler_logprobs": c.logprobs}, media=r.media)
             for r in data.results for c in r.completions
         ]
         batch = collate(self.processor, examples)
@@ -364,6 +367,7 @@ class GRPOTrainer:
         self.skip_totals.update(skipped)
         parsed = [parse_trace(t) for t in data.texts]
         metrics.update(reward_metrics(scored))
+        metrics.update(reward_metrics_by_type(scored, [samples[g].answer_type for g in data.group_ids]))
         metrics.update({
             "trace/valid_share": sum(p.violations == () for p in parsed) / len(parsed),
             "response/length_mean": sum(data.token_counts) / len(data.token_counts),
