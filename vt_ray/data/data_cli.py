@@ -1,4 +1,4 @@
-"""``python -m vt_ray data check|export recipe=PATH [key=value ...]``
+"""``python -m vt_ray data check|export recipe=PATH [key=value ...] [--options]`` (overrides before the options)
 
 check: a preflight of the recipe's data files (train, val, and sft.train_file when set) in ``data.format``
 against ``data.root``, before any cluster starts: samples per media and answer type, bad rows (file, index,
