@@ -61,10 +61,15 @@ def test_mixed_batch_slices_and_concats_by_modality(processor) -> None:
     assert batch.pixel_values.shape[0] == int(batch.image_grid_thw.prod(-1).sum())
     parts = [p for p in batch.split(3) if p is not None]
     assert [p.is_image.tolist() for p in parts] == [[False, True], [True, False], [True]]
-    assert len(parts[2].video_grid_thw) == 0 and "pixel_values_videos" not in parts[2].model_inputs()
+    assert len(parts[2].video_grid_thw) == 0
+    image_only = parts[2].model_inputs()  # images go to the forward as one-step videos (one vision call)
+    assert "pixel_values" not in image_only and torch.equal(image_only["video_grid_thw"], parts[2].image_grid_thw)
+    assert not (image_only["input_ids"] == batch.image_token_id).any()
     back = TrainBatch.concat(parts)
     for name in ("input_ids", "pixel_values_videos", "pixel_values", "video_grid_thw", "image_grid_thw", "is_image"):
         assert torch.equal(getattr(back, name), getattr(batch, name)), name
+    for a, b in zip(back.model_inputs().values(), batch.model_inputs().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_mixed_batch_forward_equals_one_sample_at_a_time(tiny_model_dir: Path, processor) -> None:
@@ -80,6 +85,15 @@ def test_mixed_batch_forward_equals_one_sample_at_a_time(tiny_model_dir: Path, p
             alone = token_logprobs(model, one, torch.device("cpu"))
             mask = one.response_mask[0].bool()
             assert torch.allclose(together[i, : mask.shape[0]][mask], alone[0][mask], atol=1e-5)
+    # The forward's one-vision-call view (images as one-step videos) gives the logits of native image inputs.
+    native = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+              "mm_token_type_ids": batch.mm_token_type_ids, "pixel_values": batch.pixel_values,
+              "image_grid_thw": batch.image_grid_thw, "pixel_values_videos": batch.pixel_values_videos,
+              "video_grid_thw": batch.video_grid_thw, "second_per_grid_ts": batch.second_per_grid_ts}
+    with torch.no_grad():
+        ours = model(**batch.model_inputs(), use_cache=False).logits
+        theirs = model(**native, use_cache=False).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
     only_images = collate(processor, _examples(processor, ["image", "image"]))
     assert only_images.video_grid_thw.shape == (0, 3)
     with torch.no_grad():

@@ -56,6 +56,8 @@ class TrainBatch:
     pixel_values: torch.Tensor | None = None  # [N_image_patches, D] float32, image samples' patches in order
     image_grid_thw: torch.Tensor | None = None  # [B_image, 3] long, one per image sample
     is_image: torch.Tensor | None = None  # [B] bool; None = every sample is a video
+    image_token_id: int = -1  # <|image_pad|>, for the forward's single-vision-call view (model_inputs)
+    video_token_id: int = -1  # <|video_pad|>
     token_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, L] float32
     seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] float32
     uids: list[str] = field(default_factory=list)
@@ -146,16 +148,49 @@ class TrainBatch:
         return one
 
     def model_inputs(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Keyword arguments for Qwen2.5-VL's forward (video and image inputs only when the batch has some)."""
-        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        if len(self.video_grid_thw):
-            inputs.update(pixel_values_videos=self.pixel_values_videos, video_grid_thw=self.video_grid_thw,
-                          second_per_grid_ts=self.second_per_grid_ts)
+        """Keyword arguments for Qwen2.5-VL's forward.
+
+        Images are passed as one-step videos: Qwen2.5-VL's forward runs the vision tower once for the images and
+        once more for the videos, so a micro-batch mixing both would all-gather the FSDP-sharded tower twice on
+        one rank and once on another (a collective mismatch). An image is exactly a 2-frame video of itself
+        to this model: the same patches (the image processor repeats it over the temporal patch of 2), the same
+        grid (t=1: temporal position 0, as for an image) and placeholder embeddings that are replaced by the
+        vision features either way; tests check the logits are equal. So every forward makes one vision call.
+        """
+        input_ids, types = self.input_ids, self.mm_token_type_ids
+        pixels, grids, seconds = self.pixel_values_videos, self.video_grid_thw, self.second_per_grid_ts
         if self.image_grid_thw is not None and len(self.image_grid_thw):
-            inputs.update(pixel_values=self.pixel_values, image_grid_thw=self.image_grid_thw)
-        if self.mm_token_type_ids is not None:
-            inputs["mm_token_type_ids"] = self.mm_token_type_ids
+            pixels, grids, seconds = self._vision_as_videos()
+            input_ids = torch.where(input_ids == self.image_token_id, self.video_token_id, input_ids)
+            if types is not None:
+                types = torch.where(types == 1, 2, types)  # processor modality ids: 1 image, 2 video
+        inputs = {"input_ids": input_ids, "attention_mask": self.attention_mask}
+        if len(grids):
+            inputs.update(pixel_values_videos=pixels, video_grid_thw=grids, second_per_grid_ts=seconds)
+        if types is not None:
+            inputs["mm_token_type_ids"] = types
         return {k: v.to(device) for k, v in inputs.items()}
+
+    def _vision_as_videos(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Video and image patches, grids and seconds per grid interleaved in sample order."""
+        assert self.pixel_values is not None and self.image_grid_thw is not None
+        if self.image_token_id < 0 or self.video_token_id < 0:
+            raise ValueError("a batch with images needs image_token_id/video_token_id (set by collate)")
+        v_off, i_off = self.patch_offsets(), self.image_patch_offsets()
+        pixels, grids, seconds = [], [], []
+        v = i = 0
+        for is_image in self._images_mask().tolist():
+            if is_image:
+                pixels.append(self.pixel_values[i_off[i] : i_off[i + 1]])
+                grids.append(self.image_grid_thw[i])
+                seconds.append(1.0)  # irrelevant: t = 1 gives temporal position 0 whatever the interval
+                i += 1
+            else:
+                pixels.append(self.pixel_values_videos[v_off[v] : v_off[v + 1]])
+                grids.append(self.video_grid_thw[v])
+                seconds.append(float(self.second_per_grid_ts[v]))
+                v += 1
+        return torch.cat(pixels), torch.stack(grids), torch.tensor(seconds, dtype=torch.float32)
 
     def first_response_position(self) -> int:
         """Smallest index of a response token over the batch (the loss never needs logits before it)."""
@@ -191,6 +226,8 @@ class TrainBatch:
             pixel_values=optional_cat(lambda b: b.pixel_values),
             image_grid_thw=optional_cat(lambda b: b.image_grid_thw),
             is_image=torch.cat([b._images_mask() for b in batches]) if any_images else None,
+            image_token_id=first.image_token_id,
+            video_token_id=first.video_token_id,
             token_extras={k: cat(lambda b, k=k: b.token_extras[k], 0) for k in first.token_extras},
             seq_extras={k: torch.cat([b.seq_extras[k] for b in batches]) for k in first.seq_extras},
             uids=[u for b in batches for u in b.uids],
@@ -296,6 +333,8 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
         pixel_values=torch.cat(image_pixels) if has_images else None,
         image_grid_thw=torch.cat(image_grids).long() if has_images else None,
         is_image=torch.tensor([ex.media == "image" for ex in examples]) if has_images else None,
+        image_token_id=int(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")),
+        video_token_id=int(processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")),
         token_extras={k: stack("x:" + k, 0).float() for k in sorted(token_keys)},
         seq_extras={k: torch.tensor([float(ex.seq_extras[k]) for ex in examples]) for k in sorted(seq_keys)},
         uids=[ex.uid for ex in examples],
