@@ -13,7 +13,7 @@ from PIL import Image
 
 from vt_ray.config.schema import PromptConfig
 from vt_ray.data.formats import load_data
-from vt_ray.data.formats.export import export_samples
+from vt_ray.interop.export import export_samples
 from vt_ray.data.schema import read_samples
 from vt_ray.interop import easyr1_reward, verl_reward
 from vt_ray.rewards import RewardConfig, RewardTarget, score_response

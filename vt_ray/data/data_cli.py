@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     root = args.root if args.root is not None else (cfg.data.root or None)
     if args.action == "export":
         from vt_ray.data.formats import load_samples
-        from vt_ray.data.formats.export import export_samples
+        from vt_ray.interop.export import export_samples
 
         if not args.to or not args.out:
             print("error: export needs --to verl|easyr1 and --out FILE")

@@ -18,17 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vt_ray.config.schema import PromptConfig
 from vt_ray.data.formats._common import SAMPLE_KEY, generic_sample, media_of, sample_from_json
 from vt_ray.data.formats.errors import RowError
 from vt_ray.data.schema import VideoSample
-from vt_ray.rewards.target import RewardTarget
 
 TARGET_KEY = "vt_ray_target"
-
-
-def target_json(sample: VideoSample) -> str:
-    return json.dumps({TARGET_KEY: RewardTarget.from_sample(sample).to_json()}, ensure_ascii=False)
 
 
 def convert(row: dict[str, Any], index: int, file: Path, root: Path) -> VideoSample:
@@ -51,19 +45,3 @@ def convert(row: dict[str, Any], index: int, file: Path, root: Path) -> VideoSam
             raise RowError("bad_answer", f"answer looks like JSON but is not a {TARGET_KEY}: {err}") from err
     media = media_of(row, "images", "videos", root)
     return generic_sample(f"{file.stem}:{index}", question, text, media, hints, "easyr1")
-
-
-def export_row(sample: VideoSample, index: int, split: str, prompt: PromptConfig) -> dict[str, Any]:
-    from vt_ray.rollout.prompting import user_text
-
-    # Both media columns on every row (the other one null): a parquet file has one schema for all rows.
-    videos = [sample.video] if sample.media == "video" else None
-    images = [sample.video] if sample.media == "image" else None
-    return {
-        "problem": f"<{sample.media}>" + user_text(sample, prompt),
-        "answer": target_json(sample),
-        "answer_text": sample.answer,
-        "images": images,
-        "videos": videos,
-        SAMPLE_KEY: json.dumps(sample.to_json(), ensure_ascii=False),
-    }

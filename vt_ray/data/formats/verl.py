@@ -6,9 +6,9 @@ videos: [{"video": path}], ability: str, reward_model: {"style": "rule", "ground
 extra_info: {...}}``; the content holds ``<image>``/``<video>`` placeholders where the media go; media
 entries are qwen-vl-utils dicts (``"file:///path"`` or a plain path).
 
-Export: the prompt is our rendered chat (system + user with a ``<video>``/``<image>`` placeholder before
+Export (vt_ray.interop.export): the prompt is our rendered chat (system + user with a ``<video>``/``<image>`` placeholder before
 the question, the recipe's prompt style), ground_truth is the plain answer, and ``extra_info`` carries
-``answer_type``, ``options`` and the whole sample as JSON (``vt_ray_sample``) so :func:`vt_ray.interop.verl
+``answer_type``, ``options`` and the whole sample as JSON (``vt_ray_sample``) so :func:`vt_ray.interop.verl_reward
 .compute_score` scores exactly as our trainer does and our loader reads the same samples back.
 
 Read: rows we exported come back exactly; a foreign row gives question = the user turns without
@@ -17,11 +17,9 @@ placeholders, answer = ``reward_model.ground_truth``, and ``extra_info.answer_ty
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from vt_ray.config.schema import PromptConfig
 from vt_ray.data.formats._common import SAMPLE_KEY, generic_sample, media_of, sample_from_json
 from vt_ray.data.formats.errors import RowError
 from vt_ray.data.schema import VideoSample
@@ -43,27 +41,3 @@ def convert(row: dict[str, Any], index: int, file: Path, root: Path) -> VideoSam
     hints = extra if isinstance(extra, dict) else {}
     return generic_sample(f"{file.stem}:{index}", question, str(truth).strip(), media, hints,
                           str(row.get("data_source") or "verl"))
-
-
-def export_row(sample: VideoSample, index: int, split: str, prompt: PromptConfig) -> dict[str, Any]:
-    from vt_ray.rollout.prompting import chat_messages
-
-    messages = []
-    for m in chat_messages(sample, prompt):
-        parts = m["content"]
-        text = "".join(f"<{p['type']}>" if p["type"] in ("image", "video") else p["text"] for p in parts)
-        messages.append({"role": m["role"], "content": text})
-    # Both media columns on every row (the other one null): a parquet file has one schema for all rows.
-    videos = [{"video": sample.video}] if sample.media == "video" else None
-    images = [{"image": sample.video}] if sample.media == "image" else None
-    return {
-        "data_source": f"vt_ray/{sample.source}" if sample.source else "vt_ray",
-        "prompt": messages,
-        "images": images,
-        "videos": videos,
-        "ability": f"{sample.media}_reasoning",
-        "reward_model": {"style": "rule", "ground_truth": sample.answer},
-        "extra_info": {"split": split, "index": index, "question": sample.question, "answer": sample.answer,
-                       "answer_type": sample.answer_type, "options": list(sample.options),
-                       SAMPLE_KEY: json.dumps(sample.to_json(), ensure_ascii=False)},
-    }
