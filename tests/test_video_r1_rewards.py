@@ -179,3 +179,14 @@ def test_adversarial_inputs_are_cheap_and_never_raise() -> None:
     assert 0.0 <= vr.training_reward(ans(long), "<answer>a b c</answer>", "free-form") <= 1.0
     for kind in vr.PROBLEM_TYPES:
         assert vr.training_reward("<answer>" * 1000, "<answer>1</answer>", kind) in (0.0, 1.0)
+
+
+def test_reward_metrics_by_type() -> None:
+    from vt_ray.rewards.composite import reward_metrics_by_type
+
+    results = [{"accuracy": 1.0}, {"accuracy": 0.5}, {"accuracy": 0.0}]
+    out = reward_metrics_by_type(results, ["ocr", "ocr", "regression"])
+    assert out == {"reward/accuracy/ocr": 0.75, "reward/accuracy/regression": 0.0,
+                   "reward/count/ocr": 2.0, "reward/count/regression": 1.0}
+    with pytest.raises(ValueError):
+        reward_metrics_by_type(results, ["ocr"])

@@ -141,6 +141,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
     max_num_seqs: int = 256
+    max_images_per_prompt: int = 1
+    """Image inputs per prompt (image samples, e.g. Video-R1's). 0 = videos only: vLLM then reserves no encoder
+    memory for images."""
     enforce_eager: bool = True
     """Skip graph capture/compilation: faster start on CPU; set false on GPU for throughput."""
     in_process: bool = True
@@ -165,6 +168,7 @@ class RolloutConfig:
         check(self.probe_every >= 0, "rollout.probe_every", "must be >= 0 (0 = off)")
         check(self.probe_tolerance > 0, "rollout.probe_tolerance", "must be > 0")
         check(self.n >= 1, "rollout.n", "must be >= 1")
+        check(self.max_images_per_prompt in (0, 1), "rollout.max_images_per_prompt", "must be 0 or 1")
         check(self.temperature >= 0, "rollout.temperature", "must be >= 0")
         check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
         check(self.max_tokens >= 1, "rollout.max_tokens", "must be >= 1")

@@ -63,7 +63,7 @@ class VllmEngine:
             tensor_parallel_size=rollout.tensor_parallel_size,
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             max_num_seqs=rollout.max_num_seqs,
-            limit_mm_per_prompt={"video": 1, "image": 1},  # one video or one image per prompt
+            limit_mm_per_prompt={"video": 1, "image": rollout.max_images_per_prompt},
             worker_extension_cls="vt_ray.rollout.weight_sync.WeightSyncExtension",
             enable_sleep_mode=rollout.enable_sleep_mode,
         )

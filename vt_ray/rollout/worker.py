@@ -92,6 +92,10 @@ class RolloutWorker:
         for sample in samples:
             prompt = prompt_text(self.processor, sample, self.cfg.prompt)
             if sample.media == "image":
+                if self.cfg.rollout.max_images_per_prompt == 0:
+                    report.skipped.append(SkippedSample(sample.uid, sample.video, "images_disabled",
+                                                        "rollout.max_images_per_prompt is 0"))
+                    continue
                 try:
                     image, tokens = fit_image_to_budget(sample.video, prompt, self.processor.tokenizer, video_cfg,
                                                         self.budget)
