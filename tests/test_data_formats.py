@@ -225,3 +225,10 @@ def test_a_row_arrow_cannot_type_is_skipped_alone(root: Path) -> None:
     report = load_data(root / "mixed.json", "video_r1")
     assert len(report.samples) == 4
     assert [(b.index, b.reason) for b in report.bad_rows] == [(1, "bad_problem")]
+
+
+def test_verl_content_as_a_list_of_parts(root: Path) -> None:
+    row = json.loads((root / "verl_rows.jsonl").read_text().splitlines()[0])
+    row["prompt"] = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "How many move?"}]}]
+    (root / "parts.jsonl").write_text(json.dumps(row) + "\n")
+    assert load_data(root / "parts.jsonl", "verl").samples[0].question == "How many move?"

@@ -25,6 +25,13 @@ from vt_ray.data.formats.errors import RowError
 from vt_ray.data.schema import VideoSample
 
 
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a list of {"type", "text"} parts."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content or "")
+
+
 def convert(row: dict[str, Any], index: int, file: Path, root: Path) -> VideoSample:
     extra = row.get("extra_info") or {}
     if isinstance(extra, dict) and extra.get(SAMPLE_KEY):
@@ -32,7 +39,7 @@ def convert(row: dict[str, Any], index: int, file: Path, root: Path) -> VideoSam
     prompt = row.get("prompt")
     if not isinstance(prompt, list) or not prompt:
         raise RowError("bad_prompt", f"prompt must be a list of chat messages, got {type(prompt).__name__}")
-    question = "\n".join(str(m.get("content") or "") for m in prompt if isinstance(m, dict) and m.get("role") == "user")
+    question = "\n".join(_text(m.get("content")) for m in prompt if isinstance(m, dict) and m.get("role") == "user")
     reward_model = row.get("reward_model") or {}
     truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
     if truth is None or not str(truth).strip():
