@@ -102,7 +102,7 @@ def load_data(path: str | Path, format: str = "project", root: str | Path | None
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r} {FORMATS}")
     path = Path(path)
-    base = Path(root) if root else path.parent
+    base = Path(root if root else path.parent).resolve()  # once: rows are checked against it
     report = LoadReport(str(path), format)
     rows: Iterable[Any] = _project_rows(path) if format == "project" else iter_rows(path)
     convert = _project_convert if format == "project" else CONVERTERS[format]

@@ -7,6 +7,7 @@ symlinks followed (``Path.resolve``) and must stay under the resolved root.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -16,14 +17,14 @@ class MediaPathError(ValueError):
 
 def resolve_media(path: str, root: str | Path, *, allow_absolute: bool = False) -> Path:
     """The absolute path of ``path`` under ``root``. Video-R1's "./Folder/x.mp4" and plain relative paths are
-    relative to the root. ``allow_absolute`` accepts absolute paths anywhere (our own files only)."""
+    relative to the root. ``allow_absolute`` accepts absolute paths anywhere (our own files only). Pass an
+    already resolved root when calling per row (``load_data`` does): resolving costs system calls."""
     if not isinstance(path, str) or not path.strip():
         raise MediaPathError(f"empty media path {path!r}")
-    base = Path(root).resolve()
-    p = Path(path)
-    if p.is_absolute() and allow_absolute:
-        return p
-    full = (p if p.is_absolute() else base / p).resolve()
-    if not full.is_relative_to(base):
+    base = os.path.realpath(root)
+    if os.path.isabs(path) and allow_absolute:
+        return Path(path)
+    full = os.path.realpath(os.path.join(base, path))  # os.path: about 3x faster than pathlib per row
+    if full != base and not full.startswith(base.rstrip(os.sep) + os.sep):
         raise MediaPathError(f"media path {path!r} resolves to {full}, outside the data root {base}")
-    return full
+    return Path(full)
