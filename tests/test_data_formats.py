@@ -232,3 +232,11 @@ def test_verl_content_as_a_list_of_parts(root: Path) -> None:
     row["prompt"] = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "How many move?"}]}]
     (root / "parts.jsonl").write_text(json.dumps(row) + "\n")
     assert load_data(root / "parts.jsonl", "verl").samples[0].question == "How many move?"
+
+
+def test_missing_media_can_be_left_to_the_workers(root: Path) -> None:
+    from vt_ray.data.formats import load_samples
+
+    assert len(load_samples(root / "video_r1_bad.json", "video_r1")) == 1
+    kept = load_samples(root / "video_r1_bad.json", "video_r1", check_media=False)
+    assert [s.question for s in kept] == ["ok row", "missing file"]  # bad rows still refused

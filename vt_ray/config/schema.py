@@ -103,6 +103,9 @@ class DataConfig:
     root: str = ""
     """Data root media paths resolve against (Video-R1: the Video-R1-data directory); empty = the data file's
     directory. Paths that leave it (../, symlinks out) are refused row by row."""
+    check_media: bool = True
+    """Count and drop samples whose media file does not exist, before training starts. Set false when the
+    driver does not mount the data (the rollout workers then skip missing files as they meet them)."""
     train_file: str = "outputs/tiny/data/train.jsonl"
     """Training samples in ``data.format``. Video paths resolve against ``data.root``."""
     val_file: str = "outputs/tiny/data/val.jsonl"

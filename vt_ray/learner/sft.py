@@ -54,7 +54,7 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
     out = sft_output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(to_yaml(cfg))
-    samples = load_sft_samples(sft_train_file(cfg), cfg.data.format, cfg.data.root or None)
+    samples = load_sft_samples(sft_train_file(cfg), cfg.data.format, cfg.data.root or None, cfg.data.check_media)
     processor = AutoProcessor.from_pretrained(cfg.model.path)
     builder = SftExampleBuilder(cfg, processor)
     per_epoch = steps_per_epoch(len(samples), cfg.sft.batch_size, cfg.sft.drop_last)

@@ -33,12 +33,13 @@ def sft_train_file(cfg: RecipeConfig) -> str:
     return cfg.sft.train_file or cfg.data.train_file
 
 
-def load_sft_samples(path: str | Path, data_format: str = "project", root: str | None = None) -> list[VideoSample]:
+def load_sft_samples(path: str | Path, data_format: str = "project", root: str | None = None,
+                     check_media: bool = True) -> list[VideoSample]:
     """Samples that have a gold trace, with absolute video paths (shipped to any node). Video-R1's COT file
     gives ``process + "\n" + solution`` as the trace (vt_ray.data.formats.video_r1)."""
     from vt_ray.data.formats import load_samples
 
-    samples = load_samples(path, data_format, root)
+    samples = load_samples(path, data_format, root, check_media)
     with_trace = [s for s in samples if s.trace and s.trace.strip()]
     if not with_trace:
         raise ValueError(f"{path}: no sample has a 'trace' (SFT needs gold traces)")

@@ -145,8 +145,11 @@ class GRPOTrainer:
 
         data = self.cfg.data
         val_file = Path(data.val_file)
-        self.train = load_samples(data.train_file, data.format, data.root or None)
-        self.val = load_samples(val_file, data.format, data.root or None) if val_file.is_file() else []
+        def load(path: str | Path) -> list[VideoSample]:
+            return load_samples(path, data.format, data.root or None, data.check_media)
+
+        self.train = load(data.train_file)
+        self.val = load(val_file) if val_file.is_file() else []
         if self.tc.val_samples:
             self.val = self.val[: self.tc.val_samples]
         self.sampler = PromptSampler(self.train, seed=self.cfg.run.seed)

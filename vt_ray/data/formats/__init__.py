@@ -133,10 +133,11 @@ class NoUsableSamples(ValueError):
     """A data file gave no sample at all (wrong format, wrong root, every media file missing)."""
 
 
-def load_samples(path: str | Path, format: str = "project", root: str | Path | None = None) -> list[VideoSample]:
+def load_samples(path: str | Path, format: str = "project", root: str | Path | None = None,
+                 check_media: bool = True) -> list[VideoSample]:
     """The usable samples of a training/validation file; what was skipped is logged and printed (counts per
     reason, the first few rows with file and index). Raises NoUsableSamples when nothing is left."""
-    report = load_data(path, format, root)
+    report = load_data(path, format, root, check_media)
     skipped = len(report.bad_rows) + len(report.missing_media)
     if skipped:
         print(f"[data] {path}: {len(report.samples)} samples, skipped {len(report.bad_rows)} bad rows "
