@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("benchmarks.rollout_throughput", "benchmarks.curation_throughput", "benchmarks.learner_load_memory")
+BENCHMARKS = ("benchmarks.rollout_throughput", "benchmarks.curation_throughput", "benchmarks.learner_load_memory",
+              "benchmarks.data_formats")
 
 
 def main() -> int:

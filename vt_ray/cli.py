@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("vt_ray.models.tiny_cli", "write a tiny random Qwen2.5-VL with an offline tokenizer"),
     "make-synthetic-data": ("vt_ray.data.synthetic_cli", "write small synthetic videos and a dataset"),
     "config": ("vt_ray.config.cli", "print the resolved recipe (validates it)"),
+    "data": ("vt_ray.data.data_cli", "check the recipe's data files (counts, bad rows, missing media) or export "
+             "them to verl / EasyR1"),
     "plan": ("vt_ray.cluster.plan_cli", "per-GPU memory plan and placement groups for a recipe (refuses overflow)"),
     "generate": ("vt_ray.rollout.generate_cli", "sample responses for dataset videos with vLLM (or HF)"),
     "sft": ("vt_ray.learner.sft_cli", "supervised fine-tuning on gold traces with the FSDP2 learner group"),

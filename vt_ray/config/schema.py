@@ -75,12 +75,18 @@ class VideoConfig:
 
 @dataclass
 class PromptConfig:
+    style: str = "project"
+    """project: ``system`` + ``question_template`` below. video_r1: Video-R1's training prompt exactly
+    (QUESTION_TEMPLATE + TYPE_TEMPLATE per question type, no system turn; vt_ray/prompts/video_r1.py).
+    video_r1_eval: Video-R1's evaluation wording ("<think> and </think>")."""
     system: str = field(default_factory=lambda: _prompt("system.txt"))
     """System prompt: the expert video analyst asked for <time>/<caption>/<think> then <answer> (paper 1.4)."""
     question_template: str = field(default_factory=lambda: _prompt("question.txt"))
     """User turn after the video. Placeholders: {question}, {options} (one "A. text" per line, may be empty)."""
 
     def __post_init__(self) -> None:
+        check(self.style in ("project", "video_r1", "video_r1_eval"), "prompt.style",
+              f"unknown style {self.style!r} (project | video_r1 | video_r1_eval)")
         check("{question}" in self.question_template, "prompt.question_template", "must contain {question}")
         try:
             self.question_template.format(question="", options="")
@@ -90,20 +96,29 @@ class PromptConfig:
 
 @dataclass
 class DataConfig:
+    format: str = "project"
+    """Format of train_file/val_file (and sft.train_file): project (our JSONL, vt_ray.data.schema) | video_r1
+    (Video-R1-260k / COT-165k records) | verl (verl RL parquet) | easyr1 (EasyR1 dataset); json, jsonl or
+    parquet. See docs/coming-from.md."""
+    root: str = ""
+    """Data root media paths resolve against (Video-R1: the Video-R1-data directory); empty = the data file's
+    directory. No sample reads a file outside it: paths that leave it (``..``, absolute paths, symlinks out)
+    are skipped and counted row by row (vt_ray/data/guarded.py for the project format)."""
+    check_media: bool = True
+    """Count and drop samples whose media file does not exist, before training starts. Set false when the
+    driver does not mount the data (the rollout workers then skip missing files as they meet them)."""
     train_file: str = "outputs/tiny/data/train.jsonl"
-    """Training samples (JSONL in the project schema, vt_ray.data.schema). Video paths resolve against the
-    file's directory unless absolute."""
+    """Training samples in ``data.format``. Video paths resolve against ``data.root``."""
     val_file: str = "outputs/tiny/data/val.jsonl"
     """Held-out samples for validation during training."""
-    video_root: str = ""
-    """The data root: ``train`` reads no video outside it (``..``, absolute paths and symlinks resolved; such
-    rows are skipped and counted, see vt_ray/data/guarded.py). Empty: each dataset file's directory."""
     max_prompt_tokens: int = 2048
     """Prompt budget (system + video tokens + question). Longer samples follow ``overlong_policy``."""
     overlong_policy: str = "downsample"
     """downsample: halve the frames until the prompt fits (then drop); drop: skip the sample and count it."""
 
     def __post_init__(self) -> None:
+        check(self.format in ("project", "video_r1", "verl", "easyr1"), "data.format",
+              f"unknown format {self.format!r} (project | video_r1 | verl | easyr1)")
         check(self.max_prompt_tokens > 0, "data.max_prompt_tokens", "must be > 0")
         check(
             self.overlong_policy in ("downsample", "drop"),
@@ -130,6 +145,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
     max_num_seqs: int = 256
+    max_images_per_prompt: int = 1
+    """Image inputs per prompt (image samples, e.g. Video-R1's). 0 = videos only: vLLM then reserves no encoder
+    memory for images."""
     enforce_eager: bool = True
     """Skip graph capture/compilation: faster start on CPU; set false on GPU for throughput."""
     in_process: bool = True
@@ -154,6 +172,7 @@ class RolloutConfig:
         check(self.probe_every >= 0, "rollout.probe_every", "must be >= 0 (0 = off)")
         check(self.probe_tolerance > 0, "rollout.probe_tolerance", "must be > 0")
         check(self.n >= 1, "rollout.n", "must be >= 1")
+        check(self.max_images_per_prompt in (0, 1), "rollout.max_images_per_prompt", "must be 0 or 1")
         check(self.temperature >= 0, "rollout.temperature", "must be >= 0")
         check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
         check(self.max_tokens >= 1, "rollout.max_tokens", "must be >= 1")

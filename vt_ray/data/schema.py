@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-ANSWER_TYPES = ("multiple_choice", "numeric", "free_text")
+ANSWER_TYPES = ("multiple_choice", "numeric", "free_text", "ocr", "regression")
+"""ocr and regression are Video-R1's problem types (graded by its definitions, vt_ray.rewards.video_r1)."""
+MEDIA_TYPES = ("video", "image")
 OPTION_LETTERS = string.ascii_uppercase
 
 
@@ -26,7 +28,8 @@ class VideoSample:
     uid: str
     """Unique and stable across runs: the resume and dedup key."""
     video: str
-    """Video file path; relative paths resolve against the dataset file's directory."""
+    """Media file path (a video, or an image when ``media`` is "image"); relative paths resolve against the
+    dataset file's directory."""
     question: str
     answer: str
     """Option letter for multiple choice, a number for numeric, text otherwise."""
@@ -44,8 +47,12 @@ class VideoSample:
     source: str = ""
     category: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    media: str = "video"
+    """video | image: what ``video`` points at (Video-R1 mixes image and video samples)."""
 
     def __post_init__(self) -> None:
+        if self.media not in MEDIA_TYPES:
+            raise ValueError(f"media must be one of {MEDIA_TYPES}, got {self.media!r}")
         if self.answer_type not in ANSWER_TYPES:
             raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {self.answer_type!r}")
         if self.answer_type == "multiple_choice":

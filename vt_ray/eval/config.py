@@ -21,6 +21,7 @@ BENCHMARK_FORMATS = (
     "videott",
     "videomme",
     "project",
+    "video_r1",
 )
 
 
@@ -30,7 +31,8 @@ class BenchmarkConfig:
     """Display name in reports and the key of per-item results (e.g. "Video-Holmes", "ActivityNet-heldout")."""
     format: str = "project"
     """Loader: video_holmes | cg_bench | cg_bench_reasoning | vrbench | scivideobench | videott | videomme |
-    project (JSONL already in vt_ray.data.schema, used for the in-domain held-out splits)."""
+    project (JSONL already in vt_ray.data.schema, used for the in-domain held-out splits) | video_r1 (Video-R1's
+    eval_*.json; results are also written in Video-R1's output shape under <output_dir>/video_r1/)."""
     path: str = ""
     """Local annotation file in the benchmark's published format."""
     video_root: str = ""

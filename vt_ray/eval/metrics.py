@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from vt_ray.data.schema import VideoSample
 from vt_ray.eval.records import ItemResult
+from vt_ray.rewards import video_r1
 from vt_ray.rewards.accuracy import extract_choice, extract_number, normalize_text, numbers_match
 from vt_ray.rewards.config import RewardConfig
 from vt_ray.trace import ParsedTrace, parse_trace
@@ -247,6 +248,14 @@ def score_item(sample: VideoSample, response: str, *, benchmark: str, frames: in
     """The per-item record for one response to one sample (pure: no model, no files)."""
     parsed = parse_trace(response)
     predicted = extract_answer(parsed.answer, sample.answer_type, sample.options)
+    correct = answer_correct(predicted, sample.answer, sample.answer_type)
+    extra: dict[str, float] = {}
+    if sample.extra.get("answer_rules") == "video_r1" or sample.answer_type in ("ocr", "regression"):
+        # Video-R1's evaluation definitions (its reward_fn: MRA for regression, OCR/free-form not graded).
+        problem_type = video_r1.FROM_ANSWER_TYPE[sample.answer_type]
+        extra["video_r1_reward"] = video_r1.eval_reward(response, f"<answer>{sample.answer}</answer>", problem_type)
+        predicted = video_r1.extract_answer(response) or None
+        correct = extra["video_r1_reward"] == 1.0
     pred_windows = [list(w) for w in parsed.windows]
     gt = [list(map(float, w)) for w in sample.windows]
     ious = best_ious(gt, pred_windows)
@@ -260,7 +269,7 @@ def score_item(sample: VideoSample, response: str, *, benchmark: str, frames: in
         answer_type=sample.answer_type,
         category=sample.category,
         predicted_answer=predicted,
-        correct=answer_correct(predicted, sample.answer, sample.answer_type),
+        correct=correct,
         format_valid=format_valid(parsed),
         violations=list(parsed.violations),
         pred_windows=pred_windows,
@@ -273,6 +282,7 @@ def score_item(sample: VideoSample, response: str, *, benchmark: str, frames: in
         revisited_window=revisits_window(pred_windows),
         revised_caption=revises_caption(parsed),
         reflective=is_reflective(response),
+        extra=extra,
     )
 
 

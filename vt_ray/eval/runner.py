@@ -98,8 +98,14 @@ def evaluate(cfg: RecipeConfig, rollout_group: Any = None, num_workers: int | No
         bar.close()
         if owned:
             rollout_group.shutdown()
-    summary = build_report(read_results(results_path) if results_path.is_file() else [], out,
-                           ReportOptions.from_config(cfg.eval))
+    all_results = read_results(results_path) if results_path.is_file() else []
+    summary = build_report(all_results, out, ReportOptions.from_config(cfg.eval))
+    for bench, samples in benches:
+        if bench.format == "video_r1":  # also in Video-R1's own output shape, so its users can diff
+            from vt_ray.eval.video_r1_output import write_outputs
+
+            paths = write_outputs(out, bench.name, samples, all_results)
+            summary.setdefault("video_r1_outputs", {})[bench.name] = [str(p) for p in paths]
     summary["run"] = {"generated_now": generated, "seconds": round(time.perf_counter() - start, 1),
                       "skipped_total": len(_skipped_keys(skipped_path)), "model": cfg.model.path}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -1,4 +1,4 @@
-"""The learner's input: prompt (with video) + response token ids, collated into right-padded tensors.
+"""The learner's input: prompt (with a video or an image) + response token ids, collated into right-padded tensors.
 
 Every per-token tensor is aligned with ``input_ids``: position ``t`` holds the quantity for token ``t`` (its
 log-prob given tokens ``< t``). ``response_mask`` is 1 exactly on response tokens, so SFT and GRPO losses are
@@ -6,7 +6,9 @@ masked sums over the same positions the rollout engine sampled. Right padding ke
 sample independent of the batch it lands in (Qwen2.5-VL's 3D rope index reads the attention mask).
 
 A batch is a plain dataclass of CPU tensors: cheap to pickle through Ray, and sliceable by sample so the
-group can shard a mini-batch over ranks and a rank can cut it into micro-batches.
+group can shard a mini-batch over ranks and a rank can cut it into micro-batches. A batch may mix video and
+image samples (Video-R1 data): videos go to ``pixel_values_videos``/``video_grid_thw``, images to
+``pixel_values``/``image_grid_thw`` (Qwen2.5-VL's two inputs), each in sample order; ``is_image`` says which.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Example:
     uid: str = ""
     behaviour_logprobs: Sequence[float] | None = None
     """The sampling engine's log-prob of each response token (the behaviour policy), when known (GRPO)."""
+    media: str = "video"
+    """video | image: an image sample's ``frames`` is [1, H, W, 3] and its prompt has an image placeholder."""
 
 
 @dataclass(slots=True)  # slots: assigning a misspelt field (batch.old_logprob = ...) raises
@@ -47,10 +51,15 @@ class TrainBatch:
     input_ids: torch.Tensor  # [B, L] long, right padded with pad_token_id
     attention_mask: torch.Tensor  # [B, L] long
     response_mask: torch.Tensor  # [B, L] float32, 1 on response tokens
-    pixel_values_videos: torch.Tensor  # [N_patches, D] float32, samples' patches concatenated in order
-    video_grid_thw: torch.Tensor  # [B, 3] long, one video per sample
-    second_per_grid_ts: torch.Tensor  # [B] float32
+    pixel_values_videos: torch.Tensor  # [N_patches, D] float32, video samples' patches concatenated in order
+    video_grid_thw: torch.Tensor  # [B_video, 3] long, one per video sample
+    second_per_grid_ts: torch.Tensor  # [B_video] float32
     mm_token_type_ids: torch.Tensor | None = None  # [B, L] long (processor's modality ids), when provided
+    pixel_values: torch.Tensor | None = None  # [N_image_patches, D] float32, image samples' patches in order
+    image_grid_thw: torch.Tensor | None = None  # [B_image, 3] long, one per image sample
+    is_image: torch.Tensor | None = None  # [B] bool; None = every sample is a video
+    image_token_id: int = -1  # <|image_pad|>, for the forward's single-vision-call view (model_inputs)
+    video_token_id: int = -1  # <|video_pad|>
     token_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, L] float32
     seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] float32
     uids: list[str] = field(default_factory=list)
@@ -77,15 +86,26 @@ class TrainBatch:
         return int((self.response_mask.sum(-1) > 0).sum().item())
 
     def patch_offsets(self) -> list[int]:
-        """Start of each sample's patches in ``pixel_values_videos`` (length B + 1)."""
+        """Start of each video's patches in ``pixel_values_videos`` (length B_video + 1)."""
         counts = self.video_grid_thw.prod(-1).tolist()
         return [0, *np.cumsum(counts).tolist()]
+
+    def image_patch_offsets(self) -> list[int]:
+        """Start of each image's patches in ``pixel_values`` (length B_image + 1)."""
+        counts = self.image_grid_thw.prod(-1).tolist() if self.image_grid_thw is not None else []
+        return [0, *np.cumsum(counts).tolist()]
+
+    def _images_mask(self) -> torch.Tensor:
+        return self.is_image if self.is_image is not None else torch.zeros(len(self), dtype=torch.bool)
 
     def select(self, start: int, end: int) -> TrainBatch:
         """Samples ``[start, end)``, with padding columns that no selected sample uses trimmed off."""
         if not 0 <= start < end <= len(self):
             raise IndexError(f"bad slice [{start}, {end}) of a batch of {len(self)}")
-        offsets = self.patch_offsets()
+        offsets, image_offsets = self.patch_offsets(), self.image_patch_offsets()
+        images = self._images_mask()
+        v0, v1 = int((~images[:start]).sum()), int((~images[:end]).sum())  # video ordinals of the slice
+        i0, i1 = int(images[:start].sum()), int(images[:end].sum())
         width = int(self.attention_mask[start:end].sum(-1).max().item())
 
         def rows(t: torch.Tensor) -> torch.Tensor:
@@ -96,10 +116,14 @@ class TrainBatch:
             input_ids=rows(self.input_ids),
             attention_mask=rows(self.attention_mask),
             response_mask=rows(self.response_mask),
-            pixel_values_videos=self.pixel_values_videos[offsets[start] : offsets[end]].clone(),
-            video_grid_thw=self.video_grid_thw[start:end].clone(),
-            second_per_grid_ts=self.second_per_grid_ts[start:end].clone(),
+            pixel_values_videos=self.pixel_values_videos[offsets[v0] : offsets[v1]].clone(),
+            video_grid_thw=self.video_grid_thw[v0:v1].clone(),
+            second_per_grid_ts=self.second_per_grid_ts[v0:v1].clone(),
             mm_token_type_ids=None if self.mm_token_type_ids is None else rows(self.mm_token_type_ids),
+            pixel_values=None if self.pixel_values is None else
+            self.pixel_values[image_offsets[i0] : image_offsets[i1]].clone(),
+            image_grid_thw=None if self.image_grid_thw is None else self.image_grid_thw[i0:i1].clone(),
+            is_image=None if self.is_image is None else self.is_image[start:end].clone(),
             token_extras={k: rows(v) for k, v in self.token_extras.items()},
             seq_extras={k: v[start:end].clone() for k, v in self.seq_extras.items()},
             uids=self.uids[start:end],
@@ -134,17 +158,49 @@ class TrainBatch:
         return one
 
     def model_inputs(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Keyword arguments for Qwen2.5-VL's forward."""
-        inputs = {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "pixel_values_videos": self.pixel_values_videos,
-            "video_grid_thw": self.video_grid_thw,
-            "second_per_grid_ts": self.second_per_grid_ts,
-        }
-        if self.mm_token_type_ids is not None:
-            inputs["mm_token_type_ids"] = self.mm_token_type_ids
+        """Keyword arguments for Qwen2.5-VL's forward.
+
+        Images are passed as one-step videos: Qwen2.5-VL's forward runs the vision tower once for the images and
+        once more for the videos, so a micro-batch mixing both would all-gather the FSDP-sharded tower twice on
+        one rank and once on another (a collective mismatch). An image is exactly a 2-frame video of itself
+        to this model: the same patches (the image processor repeats it over the temporal patch of 2), the same
+        grid (t=1: temporal position 0, as for an image) and placeholder embeddings that are replaced by the
+        vision features either way; tests check the logits are equal. So every forward makes one vision call.
+        """
+        input_ids, types = self.input_ids, self.mm_token_type_ids
+        pixels, grids, seconds = self.pixel_values_videos, self.video_grid_thw, self.second_per_grid_ts
+        if self.image_grid_thw is not None and len(self.image_grid_thw):
+            pixels, grids, seconds = self._vision_as_videos()
+            input_ids = torch.where(input_ids == self.image_token_id, self.video_token_id, input_ids)
+            if types is not None:
+                types = torch.where(types == 1, 2, types)  # processor modality ids: 1 image, 2 video
+        inputs = {"input_ids": input_ids, "attention_mask": self.attention_mask}
+        if len(grids):
+            inputs.update(pixel_values_videos=pixels, video_grid_thw=grids, second_per_grid_ts=seconds)
+        if types is not None:
+            inputs["mm_token_type_ids"] = types
         return {k: v.to(device) for k, v in inputs.items()}
+
+    def _vision_as_videos(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Video and image patches, grids and seconds per grid interleaved in sample order."""
+        assert self.pixel_values is not None and self.image_grid_thw is not None
+        if self.image_token_id < 0 or self.video_token_id < 0:
+            raise ValueError("a batch with images needs image_token_id/video_token_id (set by collate)")
+        v_off, i_off = self.patch_offsets(), self.image_patch_offsets()
+        pixels, grids, seconds = [], [], []
+        v = i = 0
+        for is_image in self._images_mask().tolist():
+            if is_image:
+                pixels.append(self.pixel_values[i_off[i] : i_off[i + 1]])
+                grids.append(self.image_grid_thw[i])
+                seconds.append(1.0)  # irrelevant: t = 1 gives temporal position 0 whatever the interval
+                i += 1
+            else:
+                pixels.append(self.pixel_values_videos[v_off[v] : v_off[v + 1]])
+                grids.append(self.video_grid_thw[v])
+                seconds.append(float(self.second_per_grid_ts[v]))
+                v += 1
+        return torch.cat(pixels), torch.stack(grids), torch.tensor(seconds, dtype=torch.float32)
 
     def first_response_position(self) -> int:
         """Smallest index of a response token over the batch (the loss never needs logits before it)."""
@@ -163,6 +219,12 @@ class TrainBatch:
             return torch.cat([_pad_right(get(b), width, value) for b in batches])
 
         first = batches[0]
+        any_images = any(b.is_image is not None for b in batches)
+
+        def optional_cat(get: Any) -> torch.Tensor | None:
+            parts = [get(b) for b in batches if get(b) is not None]
+            return torch.cat(parts) if parts else None
+
         return TrainBatch(
             input_ids=cat(lambda b: b.input_ids, pad_id),
             attention_mask=cat(lambda b: b.attention_mask, 0),
@@ -171,6 +233,11 @@ class TrainBatch:
             video_grid_thw=torch.cat([b.video_grid_thw for b in batches]),
             second_per_grid_ts=torch.cat([b.second_per_grid_ts for b in batches]),
             mm_token_type_ids=None if first.mm_token_type_ids is None else cat(lambda b: b.mm_token_type_ids, 0),
+            pixel_values=optional_cat(lambda b: b.pixel_values),
+            image_grid_thw=optional_cat(lambda b: b.image_grid_thw),
+            is_image=torch.cat([b._images_mask() for b in batches]) if any_images else None,
+            image_token_id=first.image_token_id,
+            video_token_id=first.video_token_id,
             token_extras={k: cat(lambda b, k=k: b.token_extras[k], 0) for k in first.token_extras},
             seq_extras={k: torch.cat([b.seq_extras[k] for b in batches]) for k in first.seq_extras},
             uids=[u for b in batches for u in b.uids],
@@ -201,11 +268,13 @@ def processor_metadata(frames: np.ndarray, video_metadata: Mapping[str, Any]) ->
 
 
 def encode_prompt(
-    processor: Any, prompt: str, frames: np.ndarray, video_metadata: Mapping[str, Any]
+    processor: Any, prompt: str, frames: np.ndarray, video_metadata: Mapping[str, Any], media: str = "video"
 ) -> dict[str, torch.Tensor]:
-    """Prompt + video -> model inputs, the way vLLM's Qwen2.5-VL processing does it."""
+    """Prompt + video (or image) -> model inputs, the way vLLM's Qwen2.5-VL processing does it."""
     if not frames.flags.writeable:  # zero-copy from Ray's object store; torch.from_numpy warns on those
         frames = frames.copy()
+    if media == "image":
+        return processor(text=[prompt], images=[frames[0]], return_tensors="pt")
     return processor(
         text=[prompt],
         videos=[frames],
@@ -229,10 +298,10 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
     seq_keys = set(examples[0].seq_extras)
     with_behaviour = examples[0].behaviour_logprobs is not None
     rows: list[dict[str, torch.Tensor]] = []
-    pixels, grids, seconds = [], [], []
+    pixels, grids, seconds, image_pixels, image_grids = [], [], [], [], []
     # The G responses of one prompt share its frames object: run the processor once per prompt, not per response
     # (it was most of a GRPO step's driver time). Keyed by identity: the examples keep every key object alive.
-    encoded: dict[tuple[int, int, str], dict[str, torch.Tensor]] = {}
+    encoded: dict[tuple[int, int, str, str], dict[str, torch.Tensor]] = {}
     for ex in examples:
         if set(ex.token_extras) != token_keys or set(ex.seq_extras) != seq_keys:
             raise ValueError(f"example {ex.uid!r}: extras differ from the first example's")
@@ -240,9 +309,9 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
             raise ValueError(f"example {ex.uid!r}: behaviour_logprobs given for some examples only")
         if len(ex.response_ids) == 0:
             raise ValueError(f"example {ex.uid!r}: empty response")
-        key = (id(ex.frames), id(ex.video_metadata), ex.prompt)
+        key = (id(ex.frames), id(ex.video_metadata), ex.prompt, ex.media)
         if key not in encoded:
-            encoded[key] = encode_prompt(processor, ex.prompt, ex.frames, ex.video_metadata)
+            encoded[key] = encode_prompt(processor, ex.prompt, ex.frames, ex.video_metadata, ex.media)
         enc = encoded[key]
         prompt_ids = enc["input_ids"][0]
         response = torch.as_tensor(list(ex.response_ids), dtype=torch.long)
@@ -266,10 +335,16 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
                                  "response tokens")
             row["behaviour_logprobs"] = torch.cat([torch.zeros(n_prompt), values])
         rows.append(row)
+        if ex.media == "image":
+            image_pixels.append(enc["pixel_values"])
+            image_grids.append(enc["image_grid_thw"])
+            continue
         pixels.append(enc["pixel_values_videos"])
         grids.append(enc["video_grid_thw"])
         seconds.append(enc.get("second_per_grid_ts", torch.ones(1)).float())
     width = max(len(r["input_ids"]) for r in rows)
+    patch_dim = (pixels or image_pixels)[0].shape[-1]
+    has_images = bool(image_pixels)
 
     def stack(key: str, value: float) -> torch.Tensor:
         return torch.stack([_pad_right(r[key][None], width, value)[0] for r in rows])
@@ -278,10 +353,15 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
         input_ids=stack("input_ids", pad_id),
         attention_mask=stack("attention_mask", 0),
         response_mask=stack("response_mask", 0).float(),
-        pixel_values_videos=torch.cat(pixels),
-        video_grid_thw=torch.cat(grids).long(),
-        second_per_grid_ts=torch.cat(seconds),
+        pixel_values_videos=torch.cat(pixels) if pixels else torch.zeros(0, patch_dim),
+        video_grid_thw=torch.cat(grids).long() if grids else torch.zeros(0, 3, dtype=torch.long),
+        second_per_grid_ts=torch.cat(seconds) if seconds else torch.zeros(0),
         mm_token_type_ids=stack("mm_token_type_ids", 0) if "mm_token_type_ids" in rows[0] else None,
+        pixel_values=torch.cat(image_pixels) if has_images else None,
+        image_grid_thw=torch.cat(image_grids).long() if has_images else None,
+        is_image=torch.tensor([ex.media == "image" for ex in examples]) if has_images else None,
+        image_token_id=int(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")),
+        video_token_id=int(processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")),
         token_extras={k: stack("x:" + k, 0).float() for k in sorted(token_keys)},
         seq_extras={k: torch.tensor([float(ex.seq_extras[k]) for ex in examples]) for k in sorted(seq_keys)},
         uids=[ex.uid for ex in examples],

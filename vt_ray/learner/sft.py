@@ -57,7 +57,7 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(to_yaml(cfg))
     (out / "environment.json").write_text(json.dumps(capture_environment(), indent=1) + "\n")
-    samples = load_sft_samples(sft_train_file(cfg))
+    samples = load_sft_samples(sft_train_file(cfg), cfg.data.format, cfg.data.root or None, cfg.data.check_media)
     processor = AutoProcessor.from_pretrained(cfg.model.path)
     builder = SftExampleBuilder(cfg, processor)
     per_epoch = steps_per_epoch(len(samples), cfg.sft.batch_size, cfg.sft.drop_last)

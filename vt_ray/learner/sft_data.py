@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vt_ray.config.schema import RecipeConfig
-from vt_ray.data.schema import VideoSample, read_samples, resolve_video_paths
+from vt_ray.data.schema import VideoSample
 from vt_ray.learner.batch import Example
 from vt_ray.rollout.prompting import prompt_text
 
@@ -33,9 +33,13 @@ def sft_train_file(cfg: RecipeConfig) -> str:
     return cfg.sft.train_file or cfg.data.train_file
 
 
-def load_sft_samples(path: str | Path) -> list[VideoSample]:
-    """Samples that have a gold trace, with absolute video paths (shipped to any node)."""
-    samples = resolve_video_paths(read_samples(path), Path(path).parent)
+def load_sft_samples(path: str | Path, data_format: str = "project", root: str | None = None,
+                     check_media: bool = True) -> list[VideoSample]:
+    """Samples that have a gold trace, with absolute video paths (shipped to any node). Video-R1's COT file
+    gives ``process + "\n" + solution`` as the trace (vt_ray.data.formats.video_r1)."""
+    from vt_ray.data.formats import load_samples
+
+    samples = load_samples(path, data_format, root, check_media)
     with_trace = [s for s in samples if s.trace and s.trace.strip()]
     if not with_trace:
         raise ValueError(f"{path}: no sample has a 'trace' (SFT needs gold traces)")
@@ -83,6 +87,21 @@ class SftExampleBuilder:
         from vt_ray.video.errors import VideoError
 
         prompt = prompt_text(self.processor, sample, self.cfg.prompt)
+        ids = self.processor.tokenizer(response_text(sample), add_special_tokens=False)["input_ids"]
+        if sample.media == "image":
+            from vt_ray.rollout.budget import fit_image_to_budget
+
+            try:
+                image, _ = fit_image_to_budget(sample.video, prompt, self.processor.tokenizer, self.cfg.video,
+                                               self.budget)
+            except VideoError as err:
+                log.warning("SFT skips %s: %s", sample.uid, err)
+                self.skipped.add(err.reason)
+                return None
+            if image is None:
+                self.skipped.add("overlong")
+                return None
+            return Example(prompt, image.frames, ids, {}, uid=sample.uid, media="image")
         try:
             fitted = fit_to_budget(sample.video, prompt, self.processor.tokenizer, self.cfg.video, self.budget)
         except VideoError as err:
@@ -92,7 +111,6 @@ class SftExampleBuilder:
         if fitted.video is None:
             self.skipped.add("overlong")
             return None
-        ids = self.processor.tokenizer(response_text(sample), add_special_tokens=False)["input_ids"]
         return Example(prompt, fitted.video.frames, ids, fitted.video.vllm_metadata(), uid=sample.uid)
 
     def build_many(self, samples: Sequence[VideoSample]) -> list[Example]:

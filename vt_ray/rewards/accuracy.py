@@ -29,6 +29,7 @@ import string
 from collections import Counter
 
 from vt_ray.data.schema import OPTION_LETTERS
+from vt_ray.rewards import video_r1
 from vt_ray.rewards.config import RewardConfig
 from vt_ray.rewards.target import RewardTarget
 from vt_ray.trace import ParsedTrace
@@ -209,7 +210,11 @@ def token_f1(pred: str, gold: str) -> float:
 
 def accuracy_reward(trace: ParsedTrace, response: str, target: RewardTarget, cfg: RewardConfig) -> float:
     """1.0 if the graded answer matches the ground truth, else 0.0 (token F1 in [0, 1] for free text when
-    ``reward.free_text_match`` is token_f1)."""
+    ``reward.free_text_match`` is token_f1). Video-R1's definitions (vt_ray.rewards.video_r1) when the
+    sample's rules or ``reward.answer_rules`` say video_r1, and always for ocr and regression answers."""
+    rules = target.rules if cfg.answer_rules == "sample" else cfg.answer_rules
+    if rules == "video_r1" or target.answer_type in ("ocr", "regression"):
+        return video_r1.training_reward(response, target.answer, video_r1.FROM_ANSWER_TYPE[target.answer_type])
     text = answer_text(trace, response, cfg.answer_fallback)
     if not text:
         return 0.0

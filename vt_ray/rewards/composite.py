@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from vt_ray.rewards import video_r1
 from vt_ray.rewards.accuracy import accuracy_reward
 from vt_ray.rewards.config import RewardConfig
 from vt_ray.rewards.format import format_reward
@@ -29,7 +30,8 @@ Builtin = Callable[[ParsedTrace, str, RewardTarget, RewardConfig], float]
 
 BUILTINS: dict[str, Builtin] = {
     "accuracy": accuracy_reward,
-    "format": lambda tr, _resp, t, c: format_reward(tr, t.duration, c.format_mode, c.window_slack_s),
+    "format": lambda tr, resp, t, c: video_r1.format_reward(resp) if c.format_mode == "think_answer"
+    else format_reward(tr, t.duration, c.format_mode, c.window_slack_s),
     "temporal_iou": lambda tr, _resp, t, _c: temporal_iou(tr.windows, t.windows, t.duration),
     "caption_similarity": lambda tr, _resp, t, c: caption_similarity(tr.captions, t.captions, c.caption_metric),
     "length_penalty": lambda _tr, resp, _t, c: length_penalty(resp, c.length_max_words, c.length_buffer_words),
@@ -97,6 +99,18 @@ def score_response(response: str, target: RewardTarget, cfg: RewardConfig) -> di
     score many responses with one :class:`RewardScorer` instead."""
     with RewardScorer(cfg) as scorer:
         return scorer.score(response, target)
+
+
+def reward_metrics_by_type(results: Sequence[dict[str, float]], answer_types: Sequence[str],
+                          prefix: str = "reward/") -> dict[str, float]:
+    """``<prefix>accuracy/<answer_type>`` and ``<prefix>count/<answer_type>``: the accuracy reward per question type
+    of a mixed batch (Video-R1 mixes multiple choice, numerical, OCR, free-form and regression)."""
+    by_type: dict[str, list[float]] = {}
+    for r, kind in zip(results, answer_types, strict=True):
+        by_type.setdefault(kind, []).append(r["accuracy"])
+    out = {f"{prefix}accuracy/{k}": sum(v) / len(v) for k, v in sorted(by_type.items())}
+    out.update({f"{prefix}count/{k}": float(len(v)) for k, v in sorted(by_type.items())})
+    return out
 
 
 def reward_metrics(results: Sequence[dict[str, float]], prefix: str = "reward/") -> dict[str, float]:

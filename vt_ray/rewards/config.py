@@ -36,7 +36,11 @@ class RewardConfig:
     """Weight of the format reward (paper: 1)."""
     format_mode: str = "strict"
     """strict: 1 if every format criterion holds, else 0 (our reading of the paper). graded: the fraction of
-    criteria met (assumption; gives a denser signal to a model that does not yet follow the format)."""
+    criteria met (assumption; gives a denser signal to a model that does not yet follow the format).
+    think_answer: Video-R1's format reward (the response is exactly <think>...</think> <answer>...</answer>)."""
+    answer_rules: str = "sample"
+    """Which definitions grade answers: sample (each sample's own: Video-R1 files load as video_r1, everything
+    else as project) | project | video_r1 (Video-R1's exact rewards, vt_ray.rewards.video_r1)."""
     answer_fallback: bool = False
     """Also look for the answer outside ``<answer>`` ("the answer is B") when the response has none. Off by
     default: the paper rewards only the tagged answer."""
@@ -72,7 +76,10 @@ class RewardConfig:
     are linear-time by contract and tested on adversarial text."""
 
     def __post_init__(self) -> None:
-        check(self.format_mode in ("strict", "graded"), "reward.format_mode", "must be strict | graded")
+        check(self.format_mode in ("strict", "graded", "think_answer"), "reward.format_mode",
+              "must be strict | graded | think_answer")
+        check(self.answer_rules in ("sample", "project", "video_r1"), "reward.answer_rules",
+              "must be sample | project | video_r1")
         check(self.free_text_match in ("exact", "token_f1"), "reward.free_text_match", "must be exact | token_f1")
         check(self.caption_metric in ("rouge_l", "token_f1"), "reward.caption_metric", "must be rouge_l | token_f1")
         check(self.numeric_abs_tol >= 0, "reward.numeric_abs_tol", "must be >= 0")

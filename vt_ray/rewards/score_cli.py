@@ -1,9 +1,10 @@
 """``python -m vt_ray score --input IN.jsonl --out OUT.jsonl [recipe=PATH] [reward.key=value ...]``
 
-Scores a file of ``{"response", "answer", "options"?, "answer_type"?, "windows"?, "captions"?, "duration"?}``
-lines with the recipe's reward section, the same code the trainer uses, and writes each input line back with a
-``rewards`` object holding every component, ``total``, ``errors`` and ``timeouts``. A summary (means per
-component) goes to stdout. A malformed line stops the run with its line number (exit 2).
+Scores a file of ``{"response", "answer", "options"?, "answer_type"?, "windows"?, "captions"?, "duration"?,
+"rules"?}`` lines (answer_type: multiple_choice | numeric | free_text | ocr | regression; rules: project |
+video_r1, Video-R1's exact definitions) with the recipe's reward section, the same code the trainer uses,
+and writes each input line back with a ``rewards`` object holding every component, ``total``, ``errors``
+and ``timeouts``. A summary (means per component) goes to stdout. A malformed line stops the run with its line number (exit 2).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from typing import Any
 
 from vt_ray.data.schema import ANSWER_TYPES, VideoSample
 
+ANSWER_RULES = ("project", "video_r1")
+
 
 @dataclass(frozen=True)
 class RewardTarget:
@@ -26,12 +28,17 @@ class RewardTarget:
     """Reference captions for the windows."""
     duration: float | None = None
     """Video duration in seconds, when known."""
+    rules: str = "project"
+    """Which definitions grade the answer: project (vt_ray.rewards.accuracy) | video_r1 (Video-R1's exact ones,
+    vt_ray.rewards.video_r1). ocr and regression answers always use Video-R1's (the only ones defined)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Anything else a custom reward may want (e.g. category); ignored by the built-in rewards."""
 
     def __post_init__(self) -> None:
         if self.answer_type not in ANSWER_TYPES:
             raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {self.answer_type!r}")
+        if self.rules not in ANSWER_RULES:
+            raise ValueError(f"rules must be one of {ANSWER_RULES}, got {self.rules!r}")
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration >= 0):
             raise ValueError(f"duration must be a finite number >= 0, got {self.duration!r}")
 
@@ -44,7 +51,8 @@ class RewardTarget:
             windows=tuple((float(w[0]), float(w[1])) for w in sample.windows),
             captions=tuple(sample.captions),
             duration=sample.duration,
-            extra={"uid": sample.uid, "category": sample.category, "source": sample.source},
+            rules=str(sample.extra.get("answer_rules", "project")),
+            extra={"uid": sample.uid, "category": sample.category, "source": sample.source, "media": sample.media},
         )
 
     @classmethod
@@ -65,6 +73,7 @@ class RewardTarget:
             windows=tuple((float(w[0]), float(w[1])) for w in line.get("windows") or ()),
             captions=tuple(str(c) for c in line.get("captions") or ()),
             duration=None if duration is None else float(duration),
+            rules=str(line.get("rules") or "project"),
             extra=dict(line.get("extra") or {}),
         )
 

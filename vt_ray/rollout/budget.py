@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vt_ray.config.schema import RecipeConfig, VideoConfig
+from vt_ray.video.image import DecodedImage, image_token_count, read_image
 from vt_ray.video.reader import DecodedVideo, read_video
 from vt_ray.video.sampling import video_token_count
 
@@ -54,6 +55,16 @@ def halve_frames(video: DecodedVideo) -> DecodedVideo:
         timestamps=[video.timestamps[i] for i in keep],
         frame_indices=[video.frame_indices[i] for i in keep],
     )
+
+
+def fit_image_to_budget(path: str, prompt: str, tokenizer: Any, video_cfg: VideoConfig, budget: PromptBudget
+                        ) -> tuple[DecodedImage | None, int]:
+    """Read an image and count its prompt (one ``<|image_pad|>`` placeholder); None when over budget (an image
+    has no frames to halve: it is dropped). Raises the video module's typed errors for unreadable files."""
+    image = read_image(path, video_cfg)
+    text_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    tokens = text_tokens - 1 + image_token_count(*image.pixels.shape[:2])
+    return (image if tokens <= budget.max_prompt_tokens else None), tokens
 
 
 def fit_to_budget(path: str, prompt: str, tokenizer: Any, video_cfg: VideoConfig, budget: PromptBudget) -> Fitted:

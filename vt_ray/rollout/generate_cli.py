@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from vt_ray.config.loader import load_from_cli
-from vt_ray.data.schema import read_samples, resolve_video_paths
 from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.types import SamplingSettings
 from vt_ray.trace import parse_trace
@@ -32,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_from_cli(args.overrides)
     data_file = cfg.data.val_file if args.split == "val" else cfg.data.train_file
-    samples = resolve_video_paths(read_samples(data_file), Path(data_file).parent)
+    from vt_ray.data.formats import load_samples
+
+    samples = load_samples(data_file, cfg.data.format, cfg.data.root or None)
     if args.limit:
         samples = samples[: args.limit]
     from vt_ray.rollout.worker import RolloutWorker

@@ -57,7 +57,7 @@ class HfEngine:
     def _generate_one(self, req: GenerationRequest, s: SamplingSettings) -> RolloutResult:
         # Frames + vLLM-style metadata, exactly as the learner encodes them: same temporal positions everywhere
         # (transformers ignores a bare ``fps`` kwarg when frames are pre-sampled).
-        inputs = encode_prompt(self.processor, req.prompt, req.frames, req.video_metadata)
+        inputs = encode_prompt(self.processor, req.prompt, req.frames, req.video_metadata, req.media)
         prompt_len = inputs["input_ids"].shape[1]
         if s.seed is not None:
             torch.manual_seed(s.seed)

@@ -30,8 +30,10 @@ class GenerationRequest:
 
     uid: str
     prompt: str
-    frames: np.ndarray  # [T, H, W, 3] uint8
+    frames: np.ndarray  # [T, H, W, 3] uint8; [1, H, W, 3] for an image
     video_metadata: dict[str, Any]
+    media: str = "video"
+    """video | image (the prompt then has one image placeholder and ``frames`` holds the single image)."""
 
 
 @dataclass
@@ -57,3 +59,5 @@ class RolloutResult:
     """T-GRPO: responses sampled from the same frames in ``shuffle_order`` (scored, never trained on)."""
     shuffle_order: list[int] = field(default_factory=list)
     """The frame permutation the shuffled responses saw (frame k of their video = frame shuffle_order[k])."""
+    media: str = "video"
+    """video | image: what ``frames`` holds."""

@@ -63,7 +63,7 @@ class VllmEngine:
             tensor_parallel_size=rollout.tensor_parallel_size,
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             max_num_seqs=rollout.max_num_seqs,
-            limit_mm_per_prompt={"video": 1, "image": 0},
+            limit_mm_per_prompt={"video": 1, "image": rollout.max_images_per_prompt},
             worker_extension_cls="vt_ray.rollout.weight_sync.WeightSyncExtension",
             enable_sleep_mode=rollout.enable_sleep_mode,
         )
@@ -91,9 +91,7 @@ class VllmEngine:
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[RolloutResult]:
         _check_serving(self.weight_version)
-        inputs = [
-            {"prompt": r.prompt, "multi_modal_data": {"video": (r.frames, r.video_metadata)}} for r in requests
-        ]
+        inputs = [{"prompt": r.prompt, "multi_modal_data": multi_modal_data(r)} for r in requests]
         outputs = self.llm.generate(inputs, self._sampling_params(sampling), use_tqdm=False)
         return [
             RolloutResult(
@@ -161,6 +159,15 @@ class VllmEngine:
             self.llm.reset_prefix_cache()
         self.weight_version = version
         return int(loaded if count is None else count)
+
+
+def multi_modal_data(request: GenerationRequest) -> dict[str, Any]:
+    """vLLM's input for one request: (frames, metadata) for a video, a PIL image for an image."""
+    if request.media == "image":
+        from PIL import Image
+
+        return {"image": Image.fromarray(request.frames[0])}
+    return {"video": (request.frames, request.video_metadata)}
 
 
 def _hf_manifest(path: str, dtype: str) -> WeightManifest:

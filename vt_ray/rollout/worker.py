@@ -15,7 +15,7 @@ import numpy as np
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.config.schema import RecipeConfig, VideoConfig
 from vt_ray.data.schema import VideoSample
-from vt_ray.rollout.budget import PromptBudget, fit_to_budget
+from vt_ray.rollout.budget import PromptBudget, fit_image_to_budget, fit_to_budget
 from vt_ray.rollout.engines import make_engine
 from vt_ray.rollout.prompting import prompt_text
 from vt_ray.rollout.types import GenerationRequest, RolloutResult, SamplingSettings
@@ -94,6 +94,24 @@ class RolloutWorker:
         requests, report = [], RolloutBatchResult()
         for sample in samples:
             prompt = prompt_text(self.processor, sample, self.cfg.prompt)
+            if sample.media == "image":
+                if self.cfg.rollout.max_images_per_prompt == 0:
+                    report.skipped.append(SkippedSample(sample.uid, sample.video, "images_disabled",
+                                                        "rollout.max_images_per_prompt is 0"))
+                    continue
+                try:
+                    image, tokens = fit_image_to_budget(sample.video, prompt, self.processor.tokenizer, video_cfg,
+                                                        self.budget)
+                except VideoError as err:
+                    log.warning("skipping %s: %s", sample.uid, err)
+                    report.skipped.append(SkippedSample(sample.uid, sample.video, err.reason, str(err)))
+                    continue
+                if image is None:
+                    detail = f"{tokens} prompt tokens > budget {self.budget.max_prompt_tokens} (image)"
+                    report.skipped.append(SkippedSample(sample.uid, sample.video, "overlong", detail))
+                    continue
+                requests.append(GenerationRequest(sample.uid, prompt, image.frames, {}, media="image"))
+                continue
             try:
                 fitted = fit_to_budget(sample.video, prompt, self.processor.tokenizer, video_cfg, self.budget)
             except VideoError as err:
@@ -117,7 +135,7 @@ class RolloutWorker:
         if requests:
             report.results = self.engine.generate(requests, replace(sampling, shuffled_n=0))
             for req, result in zip(requests, report.results, strict=True):
-                result.prompt, result.frames = req.prompt, req.frames
+                result.prompt, result.frames, result.media = req.prompt, req.frames, req.media
                 result.video_metadata = dict(req.video_metadata)
             if sampling.shuffled_n > 0:
                 self._generate_shuffled(requests, report.results, sampling)

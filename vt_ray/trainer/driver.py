@@ -38,7 +38,7 @@ from vt_ray.cluster.placement import create_placement_groups, placement_report, 
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.data.schema import VideoSample
 from vt_ray.rewards.accuracy import is_letter_answer_correct
-from vt_ray.rewards.composite import reward_metrics
+from vt_ray.rewards.composite import reward_metrics, reward_metrics_by_type
 from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.group import RolloutRestartBudgetExhausted
 from vt_ray.rollout.types import RolloutResult, SamplingSettings
@@ -190,18 +190,24 @@ class GRPOTrainer:
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
+        from vt_ray.data.formats import load_samples as load_format
         from vt_ray.data.guarded import load_samples
 
-        train_file, val_file = Path(self.cfg.data.train_file), Path(self.cfg.data.val_file)
-        root = self.cfg.data.video_root or None  # bad rows and videos outside the root: skipped and counted
-        self.train, train_report = load_samples(train_file, root)
-        self.val, val_report = load_samples(val_file, root) if val_file.is_file() else ([], None)
-        for report in (train_report, val_report):
-            if report is not None and report.skipped:
-                print(f"[train] data: {report.summary()}", flush=True)
-        (self.run_dir / "data_report.json").write_text(json.dumps(
-            {r.path: {"kept": r.kept, "skipped": dict(r.skipped), "examples": r.examples}
-             for r in (train_report, val_report) if r is not None}, indent=1))
+        data = self.cfg.data
+        train_file, val_file = Path(data.train_file), Path(data.val_file)
+        root = data.root or None
+        if data.format != "project":  # verl / EasyR1 / Video-R1 files: rows mapped, bad rows and missing media counted
+            self.train = load_format(train_file, data.format, root, data.check_media)
+            self.val = load_format(val_file, data.format, root, data.check_media) if val_file.is_file() else []
+        else:  # our JSONL: bad rows and videos outside the root skipped and counted (vt_ray/data/guarded.py)
+            self.train, train_report = load_samples(train_file, root)
+            self.val, val_report = load_samples(val_file, root) if val_file.is_file() else ([], None)
+            for report in (train_report, val_report):
+                if report is not None and report.skipped:
+                    print(f"[train] data: {report.summary()}", flush=True)
+            (self.run_dir / "data_report.json").write_text(json.dumps(
+                {r.path: {"kept": r.kept, "skipped": dict(r.skipped), "examples": r.examples}
+                 for r in (train_report, val_report) if r is not None}, indent=1))
         if self.tc.val_samples:
             self.val = self.val[: self.tc.val_samples]
         self.sampler = PromptSampler(self.train, seed=self.cfg.run.seed)
@@ -368,7 +374,7 @@ class GRPOTrainer:
 
         examples = [
             Example(prompt=r.prompt, frames=r.frames, response_ids=c.token_ids, video_metadata=r.video_metadata, uid=r.uid,
-                    behaviour_logprobs=c.logprobs)
+                    behaviour_logprobs=c.logprobs, media=r.media)
             for r in data.results for c in r.completions
         ]
         batch = collate(self.processor, examples)
@@ -555,6 +561,7 @@ class GRPOTrainer:
         self.skip_totals.update(skipped)
         parsed = [parse_trace(t) for t in data.texts]
         metrics.update(reward_metrics(scored))
+        metrics.update(reward_metrics_by_type(scored, [samples[g].answer_type for g in data.group_ids]))
         metrics.update({
             "trace/valid_share": sum(p.violations == () for p in parsed) / len(parsed),
             "response/length_mean": sum(data.token_counts) / len(data.token_counts),

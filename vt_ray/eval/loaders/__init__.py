@@ -11,7 +11,16 @@ from collections import Counter
 from pathlib import Path
 
 from vt_ray.data.schema import VideoSample
-from vt_ray.eval.loaders import cg_bench, project, scivideobench, video_holmes, videomme, videott, vrbench
+from vt_ray.eval.loaders import (
+    cg_bench,
+    project,
+    scivideobench,
+    video_holmes,
+    video_r1,
+    videomme,
+    videott,
+    vrbench,
+)
 from vt_ray.eval.loaders._common import BenchmarkFormatError, Loader
 
 LOADERS: dict[str, Loader] = {
@@ -23,6 +32,7 @@ LOADERS: dict[str, Loader] = {
     "videott": videott.load,
     "videomme": videomme.load,
     "project": project.load,
+    "video_r1": video_r1.load,
 }
 
 
