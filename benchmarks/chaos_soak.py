@@ -156,7 +156,7 @@ def compare(reference: Path, chaos: Path, steps: int) -> dict[str, Any]:
     ref_all = Counter(u for s in sorted(ref_uids) for u in ref_uids[s])
     differing = sorted({
         k for a, b in zip(ref_rows, rows) for k in a
-        if not k.startswith(IGNORED) and k in b and a[k] != b[k]
+        if not (k.startswith(IGNORED) or k.endswith("_time_s")) and k in b and a[k] != b[k]
     })
     ref_w, w = _weights(reference), _weights(chaos)
     max_diff = max(((ref_w[k].float() - w[k].float()).abs().max().item() for k in ref_w if k in w), default=None)

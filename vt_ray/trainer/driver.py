@@ -297,9 +297,10 @@ class GRPOTrainer:
         :class:`RestartBudgetExhausted` (exit code 75): the learners' state died with them, so what stands is
         the last complete checkpoint, from which a RayJob retry resumes."""
         if self.restarts >= self.tc.max_restarts:
+            saved = f"step {self._saved_step}" if self._saved_step >= 0 else "none yet (a retry starts over)"
             raise RestartBudgetExhausted(
                 f"learner lost again after {self.restarts} in-job restart(s) (trainer.max_restarts="
-                f"{self.tc.max_restarts}); the last complete checkpoint is step {self._saved_step}: {err}"
+                f"{self.tc.max_restarts}); the last complete checkpoint: {saved}: {err}"
             ) from err
         self.restarts += 1
         started, lost_step = time.perf_counter(), self.step
