@@ -59,6 +59,7 @@ def behaviour_policy(acfg: AlgorithmConfig, logprobs: torch.Tensor, batch: Any) 
 def mismatch_stats(learner: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor, num_tokens: float):
     """Engine-vs-learner log-prob mismatch of the sampled tokens: token-mean shares of |diff| and of the k3
     estimate of KL(engine || learner) (the tokens were sampled by the engine), and the max |diff|."""
+    learner, engine = learner.double(), engine.double()  # float64: a float32 k3 of a 1e-6 mismatch underflows to 0
     diff = zero_masked((learner - engine).abs(), mask)  # [B, L]
     k3 = kl_estimate(zero_masked(engine, mask), zero_masked(learner, mask), "k3")  # [B, L]
     return {
