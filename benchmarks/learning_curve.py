@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-size", default="tiny")
     p.add_argument("--target", type=float, default=0.9, help="held-out accuracy whose first crossing is timed")
     p.add_argument("--no-control", action="store_true", help="skip the blank-frame control runs")
+    p.add_argument("--combine", nargs="+", metavar="JSON", default=None,
+                   help="run nothing: merge earlier learning_curve.json files (e.g. seeds run separately) into "
+                        "OUT's JSON, plots and table")
     return p.parse_args(argv)
 
 
@@ -119,7 +122,7 @@ def plot(results: list[dict[str, Any]], order: str, out: Path) -> list[str]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'order':<9}{'seed':>5}{'SFT acc':>9}{'final acc':>11}{'letter':>8}{'best':>7}{'t->target':>11}"
+    head = (f"{'order':<9}{'seed':>5}{'SFT acc':>9}{'final acc [95% CI]':>22}{'letter':>8}{'best':>7}{'t->target':>11}"
             f"{'GRPO s':>8}{'control final':>15}  verdict")
     lines = [head]
     for r in results:
@@ -128,15 +131,31 @@ def table(results: list[dict[str, Any]]) -> str:
         hit = f"{g['target_elapsed_s']:.0f}s@{g['target_step']}" if g.get("target_step") is not None else "-"
         ctrl = f"{c['final_accuracy']:.3f}" if c.get("final_accuracy") is not None else "-"
         lines.append(
-            f"{r['option_order']:<9}{r['seed']:>5}{g['start_accuracy']:>9.3f}{g['final_accuracy']:>11.3f}"
+            f"{r['option_order']:<9}{r['seed']:>5}{g['start_accuracy']:>9.3f}"
+            f"{g['final_accuracy']:>10.3f} [{g['final_ci95'][0]:.2f}-{g['final_ci95'][1]:.2f}]"
             f"{(g['final_accuracy_letter'] or 0):>8.3f}{g['best_accuracy']:>7.3f}{hit:>11}{r['times_s']['grpo']:>8.0f}"
             f"{ctrl:>15}  {g['verdict'].split(':')[0]}"
         )
     return "\n".join(lines)
 
 
+def combine(paths: list[str], out: Path) -> int:
+    """One report from several runs of this benchmark (the runs are copied as they are)."""
+    results = [run for path in paths for run in json.loads(Path(path).read_text())["runs"]]
+    out.mkdir(parents=True, exist_ok=True)
+    orders = sorted({r["option_order"] for r in results})
+    report = {"benchmark": "learning_curve", "combined_from": paths, "chance": CHANCE, "runs": results,
+              "plots": [p for order in orders for p in plot(results, order, out)]}
+    (out / "learning_curve.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(table(results))
+    print(f"wrote {out / 'learning_curve.json'} and {', '.join(report['plots'])}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        return combine(args.combine, Path(args.out).resolve())
     runs = specs(args)
     first = check_spec(runs[0])  # bad overrides fail here, naming the key, before any work
     for spec in runs[1:]:
