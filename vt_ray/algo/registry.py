@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from vt_ray.common.imports import import_callable
 from vt_ray.config.errors import ConfigError
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -33,22 +34,11 @@ def is_import_path(value: str) -> bool:
 
 
 def resolve_import_path(path: str, key: str) -> Callable[..., Any]:
-    """``package.module:function`` to a callable, or :class:`ConfigError` naming ``key``. (The reward code has
-    its own resolver; the algorithm cannot import the rewards package: they sit side by side in the layers.)"""
+    """``package.module:function`` to a callable, or :class:`ConfigError` naming ``key``: the resolver reward
+    functions use too (``vt_ray.common.imports``), after the algorithm's own check of the path's form."""
     if not _IMPORT_PATH.match(path):
         raise ConfigError(key, f"expected a registered name or 'package.module:function', got {path!r}")
-    module_name, _, attr = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - any import-time failure of user code is a config error
-        raise ConfigError(key, f"cannot import module {module_name!r}: {type(err).__name__}: {err}") from err
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(key, f"module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(key, f"{path!r} is not callable")
-    return obj
+    return import_callable(path, key)
 
 
 class Registry:

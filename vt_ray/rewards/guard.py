@@ -15,7 +15,6 @@ values are errors. Neither executes model text: the response is passed to the us
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from vt_ray.config.errors import ConfigError
+from vt_ray.common.imports import import_callable
 from vt_ray.rewards.target import RewardTarget
 
 log = logging.getLogger(__name__)
@@ -38,20 +37,7 @@ STARTUP_TIMEOUT_S = 120.0  # worker start (interpreter + imports) is not charged
 def resolve_import_path(path: str, key: str = "reward.custom.path") -> RewardFn:
     """``package.module:function`` (attribute chains allowed after the colon) to a callable. Raises
     :class:`ConfigError` naming ``key`` when the module, attribute or callable is missing."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(key, f"expected 'package.module:function', got {path!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - any import-time failure of user code is a config error
-        raise ConfigError(key, f"cannot import module {module_name!r}: {type(err).__name__}: {err}") from err
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(key, f"module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(key, f"{path!r} is not callable")
-    return obj
+    return import_callable(path, key)
 
 
 def as_reward_value(value: Any) -> float:
