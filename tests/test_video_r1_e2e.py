@@ -60,7 +60,7 @@ def test_video_r1_file_trains_sft_and_grpo_and_evaluates(tiny_model_dir: Path, s
         assert {k.split("/")[-1] for k in step if k.startswith("reward/count/")} == TYPES
         assert all(0.0 <= step[f"reward/accuracy/{t}"] <= 1.0 for t in TYPES)
         # Two mini-batches: the learner recomputes the sampler's log-probs on the mixed video+image batch.
-        assert step["rollout/learner_logprob_abs_diff"] < 1e-3
+        assert step["rollout/engine_learner_abs_diff_mean"] < 1e-3
         summary = evaluate(load_config(ROOT / "recipes" / "tiny_cpu.yaml",
                                        [*base, f"model.path={result['hf_checkpoint']}"]))
         print(f"[e2e] eval done {time.perf_counter() - start:.1f} s", flush=True)

@@ -33,7 +33,8 @@ CURVES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Truncated share and clip fraction", ("response/truncated_share", "actor/pg_clipfrac",
                                            "actor/pg_clipfrac_lower")),
     ("Policy loss and grad norm", ("actor/pg_loss", "actor/grad_norm")),
-    ("Engine vs learner log-prob mismatch", ("rollout/learner_logprob_abs_diff", "rollout/probe_logprob_abs_diff")),
+    ("Engine vs learner log-prob mismatch", ("rollout/engine_learner_abs_diff_mean", "rollout/engine_learner_abs_diff_max",
+                                              "rollout/learner_logprob_abs_diff", "rollout/probe_logprob_abs_diff")),
     ("Time per phase (s)", ("time/rollout_s", "time/reward_s", "time/logprobs_s", "time/update_s",
                             "time/weight_sync_s", "time/val_s", "time/step_s")),
 )
