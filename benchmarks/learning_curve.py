@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +74,11 @@ def plot(results: list[dict[str, Any]], order: str, out: Path) -> list[str]:
     written = []
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (key, title, kind) in zip(axes.flat, PANELS):
-        for i, r in enumerate(runs):
-            color = f"C{i}"
-            for name, style in (("grpo", "-"), ("control", "--")):
-                if name not in r:
-                    continue
-                c = r[name]["curve"]
-                xs = c["val_step"] if kind == "val" else c["step"]
-                pts = [(x, y) for x, y in zip(xs, c[key]) if y is not None]
-                if pts:
-                    label = f"seed {r['seed']}" + (" blank frames" if name == "control" else "")
-                    ax.plot(*zip(*pts), style, color=color, marker="o" if kind == "val" else None, ms=3, label=label)
+        for color, style, label, c in _series(runs):
+            xs = c["val_step"] if kind == "val" else c["step"]
+            pts = [(x, y) for x, y in zip(xs, c[key]) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, color=color, marker="o" if kind == "val" else None, ms=3, label=label)
         if not ax.lines:  # e.g. KL with algorithm.kl_coef 0: say so instead of an empty frame
             ax.text(0.5, 0.5, f"not logged in these runs\n({'algorithm.kl_coef is 0' if 'kl' in key else 'absent'})",
                     ha="center", va="center", transform=ax.transAxes, color="grey")
@@ -94,31 +89,37 @@ def plot(results: list[dict[str, Any]], order: str, out: Path) -> list[str]:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("GRPO step")
     fig.suptitle(f"Learnable colour task, options {order}: GRPO (solid) vs blank-frame control (dashed)")
-    fig.tight_layout()
-    path = out / f"learning_curve_{order}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    written.append(str(path))
+    written.append(_save(fig, out / f"learning_curve_{order}.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, r in enumerate(runs):
-        for name, style in (("grpo", "-"), ("control", "--")):
-            if name in r:
-                c = r[name]["curve"]
-                ax.plot(c["val_elapsed_s"], c["val_accuracy"], style, color=f"C{i}", marker="o", ms=3,
-                        label=f"seed {r['seed']}" + (" blank" if name == "control" else ""))
+    for color, style, label, c in _series(runs):
+        ax.plot(c["val_elapsed_s"], c["val_accuracy"], style, color=color, marker="o", ms=3, label=label)
     ax.axhline(CHANCE, color="grey", lw=1, ls=":", label="chance")
     ax.set_xlabel("seconds since GRPO start (incl. actor start-up)")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     ax.set_title(f"Held-out accuracy against wall clock, options {order}")
+    written.append(_save(fig, out / f"learning_curve_{order}_wallclock.png"))
+    return written
+
+
+def _series(runs: list[dict[str, Any]]) -> Iterator[tuple[str, str, str, dict[str, list[Any]]]]:
+    """(colour, line style, label, curve) per seed: GRPO solid, its blank-frame control dashed, same colour."""
+    for i, r in enumerate(runs):
+        for name, style in (("grpo", "-"), ("control", "--")):
+            if name in r:
+                label = f"seed {r['seed']}" + (" blank frames" if name == "control" else "")
+                yield f"C{i}", style, label, r[name]["curve"]
+
+
+def _save(fig: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = out / f"learning_curve_{order}_wallclock.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    written.append(str(path))
-    return written
+    return str(path)
 
 
 def table(results: list[dict[str, Any]]) -> str:

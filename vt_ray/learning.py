@@ -10,7 +10,6 @@ once on the blank ones (same samples, same seeds, only the pixels differ). Every
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,12 +62,9 @@ def read_curve(metrics_file: Path) -> dict[str, list[Any]]:
     """Columns of a run's ``metrics.jsonl``: ``step``/``elapsed_s`` for train rows and ``val_step``/
     ``val_elapsed_s`` for validation rows, then one list per metric (None where a row lacks it). A truncated
     last line (a run killed mid-write) is ignored."""
-    rows = []
-    for line in metrics_file.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    from vt_ray.trainer.metrics import read_metrics
+
+    rows = read_metrics(metrics_file, skip_unparsable=True)
     train = [r for r in rows if r["step"] > 0]
     val = [r for r in rows if "val/accuracy" in r]
     curve: dict[str, list[Any]] = {

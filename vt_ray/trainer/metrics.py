@@ -91,5 +91,16 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+def read_metrics(path: str | Path, skip_unparsable: bool = False) -> list[dict[str, Any]]:
+    """Every record. ``skip_unparsable``: drop lines that are not JSON (a run killed mid-write leaves its last
+    line cut short) instead of raising, for readers that plot a run still going or killed."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not skip_unparsable:
+                raise
+    return rows
