@@ -178,12 +178,13 @@ class LocalRayCluster:
 
         if ray.is_initialized():
             ray.shutdown()
-        for proc in reversed(self.procs):
-            signal_session(proc.pid, signal.SIGTERM)
-        for proc in reversed(self.procs):
+        for proc in reversed(self.procs):  # workers first, while the head's GCS still answers their drain
+            # SIGTERM to ``ray start`` alone (see EmbeddedCluster.stop: signalling the whole session kills the
+            # GCS first and each drain then waits out a 30 s RPC timeout).
             try:
+                os.kill(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
             signal_session(proc.pid, signal.SIGKILL)  # stragglers in the session (raylet, workers)
             proc.wait()

@@ -9,7 +9,8 @@ finish the step and write its checkpoint, and the run dies with "owner's node ha
 
 Fate sharing is kept: the ``ray start`` process gets ``PR_SET_PDEATHSIG=SIGKILL`` (so it dies with the driver,
 even on SIGKILL), and ``ray start --block`` gives its own children the same (Ray's kernel fate sharing); actor
-workers exit when their raylet does. A clean exit stops the session with SIGTERM, then SIGKILL.
+workers exit when their raylet does. A clean exit sends SIGTERM to ``ray start`` alone (it drains and stops
+the node), then SIGKILL to what is left of the session.
 
 The node is private: a short temp dir of its own (Ray writes ``ray_current_cluster`` there, so another user's
 ``ray.init(address="auto")`` never finds it), free ports for the listeners whose defaults are fixed, and a
@@ -111,8 +112,8 @@ class EmbeddedCluster:
         return "\n".join(text.splitlines()[-lines:]) + f"\n(logs: {self.temp_dir})"
 
     def stop(self, keep_logs: bool = False, grace_s: float = 30.0) -> None:
-        """Disconnect, SIGTERM the session (``ray start --block`` then stops its processes), SIGKILL what is
-        left. Removes the temp dir unless ``keep_logs`` (or VT_RAY_KEEP_TMP=1). Safe to call twice."""
+        """Disconnect, SIGTERM ``ray start --block`` (it drains the node and stops its processes), SIGKILL what
+        is left of the session. Removes the temp dir unless ``keep_logs`` (or VT_RAY_KEEP_TMP=1). Safe to call twice."""
         import ray
 
         if self._stopped:
@@ -121,10 +122,12 @@ class EmbeddedCluster:
         if ray.is_initialized():
             ray.shutdown()
         if self.proc is not None:
-            signal_session(self.proc.pid, signal.SIGTERM)
+            # SIGTERM to ``ray start`` alone: it drains the node through the GCS, then stops its processes
+            # (~3 s). Signalled with it, the GCS dies first and the drain waits out its 30 s RPC timeout.
             try:
+                os.kill(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
+            except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
             signal_session(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
