@@ -161,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE))
     parser.add_argument("--out", default="outputs/demo", help="where everything goes")
     parser.add_argument("--num-videos", type=int, default=48, help="paper-format videos (a third held out)")
-    parser.add_argument("--color-steps", type=int, default=20, help="GRPO steps on the learnable colour task")
+    parser.add_argument("--color-steps", type=int, default=30, help="GRPO steps on the learnable colour task")
 
 
 def _timed(state: DemoState, name: str, fn: Callable[[], Any]) -> Any:

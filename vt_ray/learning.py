@@ -153,12 +153,14 @@ def run_sft_stage(spec: LearningSpec) -> tuple[Path, dict[str, Any]]:
     return Path(result.hf_dir), {"steps": result.steps, "loss_first": result.first_loss, "loss_last": result.last_loss}
 
 
-def run_grpo_stage(spec: LearningSpec, sft_dir: Path, name: str, blank: bool) -> dict[str, Any]:
+def run_grpo_stage(spec: LearningSpec, sft_dir: Path, name: str, blank: bool,
+                   extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """GRPO from ``sft_dir`` as run ``name``; ``extra`` overrides come last (e.g. another algorithm family)."""
     from vt_ray.trainer.driver import GRPOTrainer
 
     data = spec.out / ("data_blank" if blank else "data")
     cfg = learning_recipe(spec, f"model.path={sft_dir}", f"run.name={name}", f"data.train_file={data / 'train.jsonl'}",
-                  f"data.val_file={data / 'val.jsonl'}")
+                          f"data.val_file={data / 'val.jsonl'}", *extra)
     trainer = GRPOTrainer(cfg)
     result = trainer.fit()
     curve = read_curve(trainer.run_dir / "metrics.jsonl")
