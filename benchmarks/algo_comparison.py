@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="outputs/bench/algo_comparison")
     p.add_argument("--recipe", default=str(RECIPE))
     p.add_argument("--target", type=float, default=0.9, help="held-out accuracy whose first crossing is timed")
+    p.add_argument("--task", choices=("color", "order"), default="color",
+                   help="order: which colour came first (shuffled frames destroy the answer; T-GRPO's case)")
+    p.add_argument("--num-train", type=int, default=192)
+    p.add_argument("--num-val", type=int, default=64)
     return p.parse_args(argv)
 
 
@@ -53,7 +57,7 @@ def run_seed(spec: LearningSpec, families: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     build_inputs(spec)
     sft_dir, sft = run_sft_stage(spec)
-    out: dict[str, Any] = {"seed": spec.seed, "sft": sft, "sft_s": round(time.perf_counter() - started, 1),
+    out: dict[str, Any] = {"seed": spec.seed, "task": spec.task, "sft": sft, "sft_s": round(time.perf_counter() - started, 1),
                            "families": {}}
     for name in families:
         print(f"[algo_comparison] seed {spec.seed}: {name} {' '.join(FAMILIES[name]) or '(recipe as is)'}", flush=True)
@@ -109,7 +113,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> str:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy (greedy, n=64)")
     by_step.legend(fontsize=7, ncol=2)
-    fig.suptitle("GRPO family on the learnable colour task (same SFT checkpoint per seed)")
+    task = {"color": "colour", "order": "colour-order"}[results[0].get("task", "color")] if results else "colour"
+    fig.suptitle(f"GRPO family on the learnable {task} task (same SFT checkpoint per seed)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -120,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     specs = [LearningSpec(out=out / f"seed{seed}", seed=seed, recipe=Path(args.recipe), overrides=list(args.overrides),
-                          control=False, target=args.target) for seed in args.seeds]
+                          control=False, target=args.target, task=args.task, num_train=args.num_train,
+                          num_val=args.num_val) for seed in args.seeds]
     for spec in specs:  # every family's overrides are checked before any work (the error names the key)
         for name in args.families:
             check_spec(LearningSpec(**{**vars(spec), "overrides": [*spec.overrides, *FAMILIES[name]]}))
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "algo_comparison",
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.algo_comparison", *(argv or sys.argv[1:])]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "chance": CHANCE, "families": {n: list(FAMILIES[n]) for n in args.families}, "runs": results,
+        "task": args.task, "chance": CHANCE, "families": {n: list(FAMILIES[n]) for n in args.families}, "runs": results,
     }
     try:
         for spec in specs:

@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-size", default="tiny")
     p.add_argument("--target", type=float, default=0.9, help="held-out accuracy whose first crossing is timed")
     p.add_argument("--no-control", action="store_true", help="skip the blank-frame control runs")
+    p.add_argument("--task", choices=("color", "order"), default="color",
+                   help="color: which colour fills the screen; order: which colour came first")
     p.add_argument("--combine", nargs="+", metavar="JSON", default=None,
                    help="run nothing: merge earlier learning_curve.json files (e.g. seeds run separately) into "
                         "OUT's JSON, plots and table")
@@ -58,7 +60,7 @@ def specs(args: argparse.Namespace) -> list[LearningSpec]:
     return [
         LearningSpec(out=out / order / f"seed{seed}", seed=seed, option_order=order, num_train=args.num_train,
                      num_val=args.num_val, model_size=args.model_size, recipe=Path(args.recipe),
-                     overrides=list(args.overrides), control=not args.no_control, target=args.target)
+                     overrides=list(args.overrides), control=not args.no_control, target=args.target, task=args.task)
         for order in args.option_order for seed in args.seeds
     ]
 

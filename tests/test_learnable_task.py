@@ -121,3 +121,25 @@ def test_benchmark_refuses_non_integer_seeds_and_steps_before_any_work(tmp_path:
         with pytest.raises(ConfigError, match=key):
             check_spec(LearningSpec(out=tmp_path, overrides=[override]))
     assert not any(tmp_path.iterdir())  # nothing was built
+
+
+def test_order_task_needs_the_order_of_the_frames(tmp_path: Path) -> None:
+    """Temporal-order variant: both option colours fill the frames (half each), the answer is the first one, so
+    the set of colours seen gives at most 1 in 2 and shuffled frames give no more than that."""
+    from vt_ray.config.schema import VideoConfig
+
+    make_learnable_dataset(tmp_path, LearnableTaskConfig(num_train=48, num_val=16, task="order", seed=1))
+    train = read_samples(tmp_path / "train.jsonl")
+    assert Counter(s.answer for s in train) == {x: 12 for x in "ABCD"}
+    assert len({(s.extra["color"], s.extra["then"]) for s in train}) == 12  # every ordered pair of colours
+    sft_letters = Counter((s.extra["color"], parse_trace(s.trace).answer) for s in train)
+    assert sft_letters == {(c, x): 3 for c in TASK_COLORS for x in "ABCD"}  # the SFT letter is no hint
+    video_cfg = VideoConfig(num_frames=8, max_frames=8, max_pixels=12544)
+    for s in train[:4]:
+        assert s.extra["then"] != s.extra["color"] and s.question == "Which colour fills the screen first?"
+        frames = read_video(str(tmp_path / s.video), video_cfg).frames
+        assert _dominant(frames[:4]) == s.extra["color"] == s.options[OPTION_LETTERS.index(s.answer)]
+        assert _dominant(frames[4:]) == s.extra["then"]
+        assert parse_trace(s.trace).violations == ()
+    with pytest.raises(ValueError, match="task must be one of"):
+        LearnableTaskConfig(task="count")

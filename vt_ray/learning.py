@@ -56,6 +56,7 @@ class LearningSpec:
     overrides: list[str] = field(default_factory=list)
     control: bool = True
     target: float = 0.9
+    task: str = "color"  # or "order": which colour came first (vt_ray.data.learnable)
 
 
 def read_curve(metrics_file: Path) -> dict[str, list[Any]]:
@@ -129,7 +130,7 @@ def check_spec(spec: LearningSpec) -> RecipeConfig:
     """Fail before any work on a bad override or task size (the error names the key)."""
     from vt_ray.data.learnable import LearnableTaskConfig
 
-    LearnableTaskConfig(spec.num_train, spec.num_val, spec.option_order, spec.seed)
+    LearnableTaskConfig(spec.num_train, spec.num_val, spec.option_order, spec.seed, spec.task)
     return learning_recipe(spec)
 
 
@@ -138,7 +139,7 @@ def build_inputs(spec: LearningSpec) -> dict[str, Any]:
     from vt_ray.data.learnable import LearnableTaskConfig, make_learnable_dataset
     from vt_ray.models.tiny import make_tiny_model
 
-    task = LearnableTaskConfig(spec.num_train, spec.num_val, spec.option_order, spec.seed)
+    task = LearnableTaskConfig(spec.num_train, spec.num_val, spec.option_order, spec.seed, spec.task)
     make_tiny_model(spec.out / "model", seed=spec.seed, size=spec.model_size)
     stats = make_learnable_dataset(spec.out / "data", task)
     if spec.control:
@@ -182,7 +183,8 @@ def run_learning(spec: LearningSpec) -> dict[str, Any]:
 
     stats = timed("inputs", lambda: build_inputs(spec))
     sft_dir, sft = timed("sft", lambda: run_sft_stage(spec))
-    out: dict[str, Any] = {"seed": spec.seed, "option_order": spec.option_order, "data": stats["splits"], "sft": sft}
+    out: dict[str, Any] = {"seed": spec.seed, "task": spec.task, "option_order": spec.option_order,
+                           "data": stats["splits"], "sft": sft}
     out["grpo"] = timed("grpo", lambda: run_grpo_stage(spec, sft_dir, "grpo", blank=False))
     if spec.control:
         out["control"] = timed("control", lambda: run_grpo_stage(spec, sft_dir, "control", blank=True))

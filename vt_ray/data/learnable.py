@@ -10,6 +10,9 @@ its accuracy says nothing about whether GRPO works. Here the answer needs the pi
 * ``option_order="fixed"``: options are always red, green, blue, yellow (the letter is a function of the
   colour); ``"shuffled"``: a fresh permutation per sample, so the policy must bind the colour it sees to the
   letter the prompt gives it (a binding SFT never shows, see below);
+* ``task="order"`` is the temporal-order variant (which colour fills the screen *first*?): the first half of
+  the video is one option colour, the second half another, so both colours are always in the frames and only
+  their order gives the answer; shuffling the frames destroys it (the task T-GRPO is made for);
 * ``blank=True`` writes the same samples (uids, questions, options, answers) over uniformly dark frames: the
   control run whose accuracy must stay at chance.
 
@@ -35,7 +38,9 @@ from vt_ray.trace import Step, render_trace
 
 TASK_COLORS = ("red", "green", "blue", "yellow")
 OPTION_ORDERS = ("fixed", "shuffled")
-QUESTION = "Which colour fills most of the screen?"
+TASKS = ("color", "order")
+QUESTIONS = {"color": "Which colour fills most of the screen?", "order": "Which colour fills the screen first?"}
+QUESTION = QUESTIONS["color"]
 SPEC = VideoSpec(width=112, height=112, fps=2, seconds=8.0)  # 16 frames; the recipes sample 8
 
 
@@ -45,8 +50,11 @@ class LearnableTaskConfig:
     num_val: int = 64
     option_order: str = "fixed"
     seed: int = 0
+    task: str = "color"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.option_order not in OPTION_ORDERS:
             raise ValueError(f"option_order must be one of {OPTION_ORDERS}, got {self.option_order!r}")
         for name in ("num_train", "num_val"):
@@ -65,14 +73,25 @@ def _distractor_sprites(rng: random.Random, colors: list[str]) -> list[Sprite]:
     return sprites
 
 
-def sft_trace(color: str, letter: str) -> str:
-    """The format target: true caption, withheld (random) answer letter."""
-    steps = [
-        Step("time", "", (0.0, SPEC.seconds)),
-        Step("caption", f"The screen is mostly {color}."),
-        Step("think", f"The main colour is {color}."),
-    ]
+def sft_trace(color: str, letter: str, then: str | None = None) -> str:
+    """The format target: true caption, withheld (random) answer letter. ``then``: the order task's second
+    colour (the caption and the reasoning then tell the order)."""
+    if then is None:
+        steps = [Step("time", "", (0.0, SPEC.seconds)), Step("caption", f"The screen is mostly {color}."),
+                 Step("think", f"The main colour is {color}.")]
+    else:
+        half = SPEC.seconds / 2
+        steps = [Step("time", "", (0.0, half)), Step("caption", f"The screen is {color}, then {then}."),
+                 Step("think", f"First {color}, then {then}.")]
     return render_trace(steps, letter)
+
+
+def _order_frames(first: str, second: str) -> np.ndarray:
+    """First half of the frames filled with ``first``, the second half with ``second``."""
+    frames = np.empty((SPEC.num_frames, SPEC.height, SPEC.width, 3), dtype=np.uint8)
+    half = SPEC.num_frames // 2
+    frames[:half], frames[half:] = COLORS[first], COLORS[second]
+    return frames
 
 
 def _options(rng: random.Random, order: str, answer_slot: int, color: str) -> list[str]:
@@ -88,30 +107,40 @@ def _split(rng: random.Random, cfg: LearnableTaskConfig, split: str, count: int,
     # balanced *within each colour* (a Latin square over colour x letter), so the SFT targets carry no
     # colour -> letter association at all, not even a chance one; shuffled order: the gold slot is balanced too.
     k = len(TASK_COLORS)
-    rows = [(TASK_COLORS[i % k], OPTION_LETTERS[(i + i // k) % k], (i // k + i // (k * k)) % k) for i in range(count)]
+    # Order task: the second colour cycles through the other three, so each ordered pair is equally frequent
+    # when count is a multiple of 12.
+    rows = [(TASK_COLORS[i % k], OPTION_LETTERS[(i + i // k) % k], (i // k + i // (k * k)) % k, (i // k) % (k - 1))
+            for i in range(count)]
     rng.shuffle(rows)
     samples = []
-    for j, (color, random_letter, slot) in enumerate(rows):
+    for j, (color, random_letter, slot, then_slot) in enumerate(rows):
         others = [c for c in TASK_COLORS if c != color]
-        sprites = _distractor_sprites(rng, rng.sample(others, 2))
+        then = others[then_slot] if cfg.task == "order" else None
+        # drawn for real and blank frames alike: the same seed gives the same samples either way
+        sprites = _distractor_sprites(rng, rng.sample(others, 2)) if then is None else []
         options = _options(rng, cfg.option_order, slot, color)
         video = f"videos/{split}_{j:05d}.mp4"
-        frames = (np.full((SPEC.num_frames, SPEC.height, SPEC.width, 3), BACKGROUND, dtype=np.uint8) if blank
-                  else render_frames(sprites, SPEC, background=COLORS[color]))
+        if blank:
+            frames = np.full((SPEC.num_frames, SPEC.height, SPEC.width, 3), BACKGROUND, dtype=np.uint8)
+        elif then is not None:
+            frames = _order_frames(color, then)
+        else:
+            frames = render_frames(sprites, SPEC, background=COLORS[color])
         write_mp4(out / video, frames, SPEC.fps)
+        caption = f"The screen is mostly {color}." if then is None else f"The screen is {color}, then {then}."
         samples.append(VideoSample(
-            uid=f"color-{cfg.option_order}-{cfg.seed}-{split}-{j:05d}",
+            uid=f"{cfg.task}-{cfg.option_order}-{cfg.seed}-{split}-{j:05d}",
             video=video,
-            question=QUESTION,
+            question=QUESTIONS[cfg.task],
             answer=OPTION_LETTERS[options.index(color)],
             options=options,
             duration=SPEC.seconds,
-            windows=[[0.0, SPEC.seconds]],
-            captions=[f"The screen is mostly {color}."],
-            trace=sft_trace(color, random_letter),
+            windows=[[0.0, SPEC.seconds if then is None else SPEC.seconds / 2]],
+            captions=[caption],
+            trace=sft_trace(color, random_letter, then),
             source="learnable",
-            category="dominant_color",
-            extra={"color": color, "option_order": cfg.option_order, "blank": blank},
+            category="dominant_color" if then is None else "color_order",
+            extra={"color": color, "then": then, "option_order": cfg.option_order, "blank": blank},
         ))
     return samples
 
@@ -122,7 +151,7 @@ def make_learnable_dataset(out: str | Path, cfg: LearnableTaskConfig, blank: boo
     The same ``cfg`` gives the same samples with ``blank`` on or off (only the pixels differ)."""
     out = Path(out)
     rng = random.Random(f"learnable-{cfg.seed}")
-    stats: dict = {"task": "dominant_color", "config": cfg.__dict__, "blank": blank, "video": SPEC.__dict__, "splits": {}}
+    stats: dict = {"task": "dominant_color" if cfg.task == "color" else "color_order", "config": cfg.__dict__, "blank": blank, "video": SPEC.__dict__, "splits": {}}
     for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
         samples = _split(rng, cfg, split, count, out, blank)
         write_samples(out / f"{split}.jsonl", samples)
