@@ -81,6 +81,8 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
         policy_lp2 = group.compute_logprobs(batch, which="policy")
         one = batch.select(1, 2)  # fewer samples than ranks: rank 1 runs a zero-loss filler
         lp_one = group.compute_logprobs(one, which="policy")
+        # an update where rank 1 holds only a filler: both ranks reduce the same metric keys (no size mismatch)
+        step_one = group.train_step(one, "sft")
         group.timeout_s = 1e-3  # a call that cannot answer in time names role, method and rank
         with pytest.raises(LearnerCallError, match=r"learner\[\d\]\.compute_logprobs: no answer within"):
             group.compute_logprobs(batch, which="policy")
@@ -116,6 +118,7 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
     assert torch.allclose(policy_lp2, policy_lp1, atol=1e-5)
     assert lp_one.shape == one.input_ids.shape
     assert torch.allclose(lp_one, policy_lp2[1:2, : one.input_ids.shape[1]], atol=1e-5)
+    assert step_one["num_sequences"] == 1 and step_one["sft/nll"] > 0 and step_one["loss"] > 0
     assert not torch.allclose(policy_lp1, ref_lp1, atol=1e-3)  # the update moved the policy, not the reference
 
 

@@ -115,7 +115,11 @@ class LearnerGroup:
     def train_step(self, batch: TrainBatch, loss_name: str = "sft") -> dict[str, float]:
         """One optimizer step on the whole mini-batch; metrics of the mini-batch (same on every rank)."""
         refs, _, num_micro = self._shards(batch)
-        return self._call("train_step", [a.train_step.remote(r, num_micro, loss_name) for a, r in zip(self.actors, refs)])[0]
+        per_rank = self._call("train_step", [a.train_step.remote(r, num_micro, loss_name) for a, r in zip(self.actors, refs)])
+        keys = [sorted(m) for m in per_rank]
+        if any(k != keys[0] for k in keys):  # the ranks reduced different tensors: their figures are not comparable
+            raise RuntimeError(f"learner ranks returned different metric keys: {dict(enumerate(keys))}")
+        return per_rank[0]
 
     def compute_logprobs(self, batch: TrainBatch, which: str = "policy") -> torch.Tensor:
         """[B, L] per-token log-probs of the batch's response tokens under the policy or the reference."""

@@ -351,14 +351,15 @@ class LearnerWorker:
             loss, metrics = loss_fn(logprobs, mb, norm)
             # FSDP averages gradients over ranks; shares are meant to be summed, hence the world size.
             (loss * self.world_size).backward()
-            for key in metrics:  # fillers too: every rank then reduces the same keys (the loss decides them)
+            # Fillers add their keys too (as 0 or -inf): a rank holding only fillers must all_reduce the same
+            # tensors as its peers, or the collective fails (gloo) or hangs (NCCL).
+            for key, value in metrics.items():
                 if key.endswith("_max"):  # a maximum, not a share: reduced with max below
-                    maxes[key] = max(maxes.get(key, float("-inf")), float(metrics[key]) if is_real else float("-inf"))
+                    maxes[key] = max(maxes.get(key, float("-inf")), float(value) if is_real else float("-inf"))
+                else:
+                    sums[key] = sums.get(key, 0.0) + (float(value) if is_real else 0.0)
             if is_real:
                 sums["loss"] += float(loss.detach())
-                for key, value in metrics.items():
-                    if not key.endswith("_max"):
-                        sums[key] = sums.get(key, 0.0) + float(value)
 
         grad_norm = self._clip_grad_norm()
         lr = float(self.scheduler.get_last_lr()[0])
