@@ -34,6 +34,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
              "algorithm.overlong_buffer_len=12"),
     "tgrpo": ("algorithm.tgrpo=true",),
     "cispo": ("algorithm.policy_loss=cispo",),
+    # GRPO with GSPO's two updates per step: separates what the sequence-level ratio does from what the extra
+    # update does
+    "grpo_2upd": ("trainer.mini_batch_size=64",),
 }
 
 
@@ -49,14 +52,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="order: which colour came first (shuffled frames destroy the answer; T-GRPO's case)")
     p.add_argument("--num-train", type=int, default=192)
     p.add_argument("--num-val", type=int, default=64)
+    p.add_argument("--reuse-sft", action="store_true",
+                   help="keep a seed's inputs and SFT checkpoint from an earlier run into the same --out")
+    p.add_argument("--combine", nargs="+", metavar="JSON", default=None,
+                   help="run nothing: merge earlier algo_comparison.json files (families per seed) into OUT")
     return p.parse_args(argv)
 
 
-def run_seed(spec: LearningSpec, families: list[str]) -> dict[str, Any]:
+def run_seed(spec: LearningSpec, families: list[str], reuse_sft: bool = False) -> dict[str, Any]:
     """Inputs and SFT once, then one GRPO run per family from the same SFT checkpoint."""
     started = time.perf_counter()
-    build_inputs(spec)
-    sft_dir, sft = run_sft_stage(spec)
+    sft_dir = spec.out / "sft" / "hf"
+    if reuse_sft and (sft_dir / "config.json").is_file():
+        sft: dict[str, Any] = {"reused": str(sft_dir)}
+    else:
+        build_inputs(spec)
+        sft_dir, sft = run_sft_stage(spec)
     out: dict[str, Any] = {"seed": spec.seed, "task": spec.task, "sft": sft, "sft_s": round(time.perf_counter() - started, 1),
                            "families": {}}
     for name in families:
@@ -121,9 +132,30 @@ def plot(results: list[dict[str, Any]], path: Path) -> str:
     return str(path)
 
 
+def combine(paths: list[str], out: Path) -> int:
+    """One table and plot from several runs of this benchmark: each seed's families merged (later files win)."""
+    by_seed: dict[int, dict[str, Any]] = {}
+    for path in paths:
+        for run in json.loads(Path(path).read_text())["runs"]:
+            merged = by_seed.setdefault(run["seed"], {**run, "families": {}})
+            merged["families"].update(run["families"])
+    results = [by_seed[s] for s in sorted(by_seed)]
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": "algo_comparison", "combined_from": paths, "chance": CHANCE,
+              "task": results[0].get("task", "color") if results else "color",
+              "families": {n: list(FAMILIES[n]) for r in results for n in r["families"]}, "runs": results,
+              "plot": plot(results, out / "algo_comparison.png")}
+    (out / "algo_comparison.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(table(results))
+    print(f"wrote {out / 'algo_comparison.json'} and {report['plot']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
+    if args.combine:
+        return combine(args.combine, out)
     specs = [LearningSpec(out=out / f"seed{seed}", seed=seed, recipe=Path(args.recipe), overrides=list(args.overrides),
                           control=False, target=args.target, task=args.task, num_train=args.num_train,
                           num_val=args.num_val) for seed in args.seeds]
@@ -144,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         for spec in specs:
-            results.append(run_seed(spec, args.families))
+            results.append(run_seed(spec, args.families, args.reuse_sft))
             (out / "algo_comparison.json").write_text(json.dumps(report, indent=1) + "\n")
             print(table(results), flush=True)
     finally:
