@@ -33,6 +33,10 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "dapo": ("algorithm.dynamic_sampling=true", "algorithm.oversample_factor=2", "algorithm.clip_ratio_high=0.28",
              "algorithm.overlong_buffer_len=12"),
     "tgrpo": ("algorithm.tgrpo=true",),
+    # T-GRPO's bonus goes to correct responses only: with a binary accuracy and GRPO's std normalisation it only
+    # rescales a group's deviations and cancels (tests/test_algo_family.py); without std (Dr. GRPO) it does not
+    "tgrpo_dr": ("algorithm.tgrpo=true", "algorithm.adv_estimator=dr_grpo",
+                 "algorithm.loss_agg_mode=seq-mean-token-sum-norm"),
     "cispo": ("algorithm.policy_loss=cispo",),
     # GRPO with GSPO's two updates per step: separates what the sequence-level ratio does from what the extra
     # update does

@@ -20,6 +20,7 @@ def test_every_family_loads_on_the_learning_recipe(name: str, tmp_path: Path) ->
         "gspo": algo.policy_loss == "gspo" and cfg.trainer.mini_batch_size == 64,
         "dapo": algo.dynamic_sampling and algo.clip_ratio_high == 0.28 and algo.overlong_buffer_len == 12,
         "tgrpo": algo.tgrpo,
+        "tgrpo_dr": algo.tgrpo and algo.adv_estimator == "dr_grpo",
         "cispo": algo.policy_loss == "cispo",
         "grpo_2upd": algo.policy_loss == "vanilla" and cfg.trainer.mini_batch_size == 64,
     }[name]

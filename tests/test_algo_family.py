@@ -354,3 +354,21 @@ def test_dynamic_sampling_with_no_informative_group_trains_the_first_round_and_s
     assert len(trainer.rollout.calls) == 3 and metrics["dapo/refill_rounds"] == 2
     assert metrics["dapo/informative_groups"] == 0 and metrics["dapo/short_batch"] == 1
     assert [r.uid for r in data.results] == ["u0", "u1", "u2"]
+
+
+def test_tgrpo_bonus_is_a_no_op_under_std_normalisation_of_a_binary_reward() -> None:
+    """Measured on the learnable task (T-GRPO and GRPO logged identical accuracies for 30 steps), and true in
+    general: when a group's rewards are c + a_i with a_i in {0, 1}, the bonus alpha * a_i only rescales the
+    deviations, and GRPO's (r - mean) / std removes the scale. Without std normalisation (Dr. GRPO) the same
+    bonus scales the group's advantages by 1 + alpha, which is how it can favour groups that used the order."""
+    acc = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    groups = [0, 0, 0, 0, 1, 1, 1, 1]
+    shuffled = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # group 0 beats its shuffled mates
+    bonus, _ = tgrpo_bonus(acc, groups, shuffled, groups, alpha=0.3)
+    assert bonus.tolist() == pytest.approx([0.3, 0, 0, 0.3, 0, 0, 0, 0])
+    scores = 1.0 + acc  # format reward 1 everywhere, as on the learnable task
+    for estimator, scale in (("grpo", (1.0, 1.0)), ("dr_grpo", (1.3, 1.0))):
+        plain = compute_advantages(estimator, scores.double(), groups)
+        shaped = compute_advantages(estimator, (scores + bonus).double(), groups)
+        assert shaped[:4] == pytest.approx(scale[0] * plain[:4], abs=1e-5), estimator
+        assert shaped[4:] == pytest.approx(scale[1] * plain[4:], abs=1e-5), estimator
