@@ -165,7 +165,7 @@ class RolloutGroup:
             self._broken = None
             return
         # A rank whose engine rejected the blob up front (applied=False) still has its previous weights.
-        changed = [rank for rank, err in outcome.items() if err is None or getattr(err, "applied", True)]
+        changed = sorted(rank for rank, err in outcome.items() if err is None or getattr(err, "applied", True))
         target, target_version = self._weights if self._weights is not None else (None, 0)
         back = self._push(target, target_version, changed) if changed else {}
         stuck = {rank: err for rank, err in back.items() if err is not None}
