@@ -108,7 +108,10 @@ def command(model: Path, data: Path, out: Path, steps: int, *extra: str) -> list
     ]
 
 
-def run_segment(cmd: list[str], fault: Fault | None, marker: Path, log: Path) -> tuple[int, float]:
+def run_segment(cmd: list[str], fault: Fault | None, marker: Path, log: Path, last: bool = False) -> tuple[int, float]:
+    """Run one segment of the chaos run with ``fault`` armed. An in-job fault's segment is stopped with SIGTERM
+    once the fault fired, unless it is the ``last`` fault: then the recovered run goes on to the end (one driver
+    start fewer, and the recovered run is what is compared)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     if fault is not None and fault.spec:
         env.update(VT_RAY_CRASH_AT=fault.spec, VT_RAY_CRASH_MARKER=str(marker))
@@ -122,7 +125,7 @@ def run_segment(cmd: list[str], fault: Fault | None, marker: Path, log: Path) ->
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything in its group; Ray fate-shares
                     marker.write_text("sigkill\n")
-            elif fault is not None and fault.kind in IN_JOB:
+            elif fault is not None and fault.kind in IN_JOB and not last:
                 # Recovered inside the job: once it fired, stop the segment cleanly (SIGTERM: finish the step,
                 # checkpoint, exit 143), so the next fault gets a run that has not finished yet.
                 while proc.poll() is None and not marker.exists():
@@ -193,7 +196,7 @@ def soak(model: Path, data: Path, out: Path, steps: int, faults: list[Fault], se
         fault = pending.pop(0) if pending else None
         marker = out / f"fired_{segment}"
         marker.unlink(missing_ok=True)
-        code, wall = run_segment(cmd, fault, marker, out / "chaos.log")
+        code, wall = run_segment(cmd, fault, marker, out / "chaos.log", last=fault is not None and not pending)
         report.segments += 1
         if fault is not None:
             fault.segment, fault.exit_code, fault.wall_s, fault.fired = segment, code, round(wall, 1), marker.exists()

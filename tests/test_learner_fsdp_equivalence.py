@@ -90,6 +90,24 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
     finally:
         group.shutdown()
 
+    # The communication-saving settings the CPU recipes use: gathered parameters kept from forward to backward,
+    # gradients reduce-scattered once per step. No-grad forwards on the policy come between the updates (the
+    # trainer's order): each must see the latest update, and the result must equal the default settings'.
+    fast = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "resources.learner.num_workers=2",
+                              "learner.micro_batch_size=1", "learner.reshard_after_forward=false",
+                              "learner.reduce_every_micro_batch=false"])
+    group = LearnerGroup(fast)
+    try:
+        group.setup(total_steps=STEPS)
+        fast_lp_before = group.compute_logprobs(batch, which="policy")
+        fast_metrics, fast_lps = [], []
+        for _ in range(STEPS):
+            fast_metrics.append(group.train_step(batch, "sft"))
+            fast_lps.append(group.compute_logprobs(batch, which="policy"))
+        fast_weights = group.export_state_dict()
+    finally:
+        group.shutdown()
+
     cfg1 = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "learner.micro_batch_size=5"])
     single = LearnerWorker(cfg1)
     single.setup(total_steps=STEPS)
@@ -120,6 +138,13 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
     assert torch.allclose(lp_one, policy_lp2[1:2, : one.input_ids.shape[1]], atol=1e-5)
     assert step_one["num_sequences"] == 1 and step_one["sft/nll"] > 0 and step_one["loss"] > 0
     assert not torch.allclose(policy_lp1, ref_lp1, atol=1e-3)  # the update moved the policy, not the reference
+
+    assert torch.allclose(fast_lp_before, ref_lp1, atol=1e-5)  # before any update the policy is the reference
+    for m, f in zip(metrics2, fast_metrics):
+        assert f["loss"] == pytest.approx(m["loss"], abs=1e-5) and f["grad_norm"] == pytest.approx(m["grad_norm"], rel=1e-5)
+    assert not torch.allclose(fast_lps[0], fast_lps[1], atol=1e-3)  # each forward saw the latest update
+    assert torch.allclose(fast_lps[-1], policy_lp1, atol=1e-5)
+    assert max_diff(fast_weights, weights1) < 1e-5
 
 
 @pytest.mark.slow

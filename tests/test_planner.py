@@ -151,3 +151,12 @@ def test_learner_settings_change_the_plan() -> None:
     assert term(["learner.reference=none"], "reference") == 0.0
     assert term(["algorithm.kl_coef=0"], "reference") == 0.0
     assert term(["learner.param_dtype=float32"], "reference") == pytest.approx(2 * term([], "reference"))
+    # the communication-saving FSDP settings each hold one more unsharded copy (compute dtype c bytes x P)
+    cfg = load_config(SCALE_1, [])
+    shape, c = plan_memory(cfg).shape, 2 if cfg.learner.param_dtype == "bfloat16" else 4
+    assert shape is not None
+    gathered = shape.embedding_params + 2 * shape.text_layer_params
+    assert term(["learner.reshard_after_forward=false"], "parameters") - term([], "parameters") == pytest.approx(
+        c * (shape.total_params - gathered) / 2**30, rel=1e-3)
+    assert term(["learner.reduce_every_micro_batch=false"], "gradients") - term([], "gradients") == pytest.approx(
+        c * shape.total_params / 2**30, rel=1e-3)

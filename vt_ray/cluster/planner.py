@@ -5,6 +5,8 @@ Assumptions (each one is a term's formula in the printed table; change them here
   c = bytes of ``learner.param_dtype`` (``model.dtype`` if the learner section has none). Per GPU:
   parameters = 4P/F + c x (embedding + lm_head + 2 text layers) (the root's and two prefetched layers' unsharded
   copies), gradients = 4P/F (fp32, sharded), optimizer = 8P/F (AdamW exp_avg + exp_avg_sq in fp32, sharded).
+  ``learner.reshard_after_forward: false`` adds cP to parameters (every gathered copy kept until backward);
+  ``learner.reduce_every_micro_batch: false`` adds cP to gradients (accumulated unsharded).
 - Reference model (KL to the SFT policy, paper 1.2): FSDP-sharded in c, forward only: cP/F. None on the GPU when
   ``algorithm.needs_reference`` is false or ``learner.reference`` is not ``sharded``.
 - Activations, micro batch b = ``learner.micro_batch_size`` (or ``--micro-batch-size``), S = data.max_prompt_tokens
@@ -132,10 +134,20 @@ def _learner_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int) -> dict[s
     patches = _vision_patches(cfg, s)
     vision_blocks = (s.vision_depth + 16) if checkpointing else 16 * s.vision_depth
     vision = c * vision_blocks * patches * b * s.vision_hidden
+    learner = cfg.learner
+    if getattr(learner, "reshard_after_forward", True):
+        params = Term("parameters", _gib(4 * p / f + c * gathered),
+                      f"4P/F + {c}(emb+head+2 layers); P={p / 1e9:.2f}B, F={f}")
+    else:  # every block's gathered copy is kept from forward to backward
+        params = Term("parameters", _gib(4 * p / f + c * p),
+                      f"4P/F + {c}P (reshard_after_forward=false); P={p / 1e9:.2f}B, F={f}")
+    if getattr(learner, "reduce_every_micro_batch", True):
+        grads = Term("gradients", _gib(4 * p / f), "4P/F (fp32, sharded)")
+    else:  # accumulated unsharded over the micro-batches, reduce-scattered once per step
+        grads = Term("gradients", _gib(4 * p / f + c * p), f"4P/F + {c}P (unsharded until the step's reduce-scatter)")
     return {
-        "parameters": Term("parameters", _gib(4 * p / f + c * gathered),
-                           f"4P/F + {c}(emb+head+2 layers); P={p / 1e9:.2f}B, F={f}"),
-        "gradients": Term("gradients", _gib(4 * p / f), "4P/F (fp32, sharded)"),
+        "parameters": params,
+        "gradients": grads,
         "optimizer": Term("optimizer", _gib(8 * p / f), "8P/F (AdamW m, v in fp32, sharded)"),
         "reference": Term("reference", _gib(c * p / f) if ref_on_gpu else 0.0,
                           f"{c}P/F (forward only)" if ref_on_gpu else "no reference on GPU (KL off or offloaded)"),

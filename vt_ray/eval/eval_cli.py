@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
 from vt_ray.config.loader import load_from_cli
 
@@ -17,10 +18,10 @@ def run(args: argparse.Namespace) -> int:
         from vt_ray.config.errors import ConfigError
 
         raise ConfigError("eval.benchmarks", "no benchmarks configured: add eval.benchmarks entries to the recipe")
-    from vt_ray.eval.runner import evaluate
     from vt_ray.trainer.train_cli import init_ray
 
-    init_ray(cfg)
+    init_ray(cfg, while_booting=lambda: importlib.import_module("vt_ray.eval.runner"))  # imports while Ray boots
+    from vt_ray.eval.runner import evaluate
     summary = evaluate(cfg)
     print(f"[eval] report: {cfg.eval.output_dir}/report.md  summary: {cfg.eval.output_dir}/summary.json")
     acc = summary.get("accuracy", {})

@@ -6,6 +6,7 @@ Connects to the Ray cluster in ``RAY_ADDRESS`` (e.g. under ``ray job submit``), 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import time
@@ -23,12 +24,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import ray
 
-    from vt_ray.learner.sft import run_sft
-
     from vt_ray.trainer.train_cli import init_ray
 
     started_here = not ray.is_initialized()
-    cluster = init_ray(cfg)  # joins the job's cluster, or starts the same local one `train` uses
+    # joins the job's cluster, or starts the same local one `train` uses (importing the SFT driver meanwhile)
+    cluster = init_ray(cfg, while_booting=lambda: importlib.import_module("vt_ray.learner.sft"))
+    from vt_ray.learner.sft import run_sft
     start = time.perf_counter()
     ok = False
     try:

@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_state_dict,
 )
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.config.schema import RecipeConfig
@@ -115,16 +115,27 @@ def _tied_parameter_groups(model: torch.nn.Module) -> list[list[str]]:
     return sorted(sorted(g) for g in groups.values() if len(g) > 1)
 
 
+def reshard_all(model: torch.nn.Module) -> None:
+    """Free every FSDP2 unit's unsharded parameters (``FSDPModule.reshard`` is not recursive). After a no-grad
+    forward with ``reshard_after_forward=False`` the gathered copies stay registered; resharding restores the
+    invariant that outside a forward/backward the modules hold their shards, so an optimizer step can never be
+    followed by a forward on stale gathered weights."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def _block_classes(model: torch.nn.Module) -> tuple[str, ...]:
     """Transformer blocks to shard one by one: HF lists them as the modules never split across devices."""
     return tuple(getattr(model, "_no_split_modules", None) or ())
 
 
 def shard_model(
-    model: torch.nn.Module, mesh: Any, mp: MixedPrecisionPolicy | None, offload: bool
+    model: torch.nn.Module, mesh: Any, mp: MixedPrecisionPolicy | None, offload: bool,
+    reshard_after_forward: bool = True,
 ) -> torch.nn.Module:
     """FSDP2: each decoder and vision block is its own all-gather unit, then the root takes the rest."""
-    kwargs: dict[str, Any] = {"mesh": mesh}
+    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if mp is not None:
         kwargs["mp_policy"] = mp
     if offload:
@@ -192,7 +203,8 @@ class LearnerWorker:
 
         # Master weights stay float32; FSDP casts the all-gathered copy to param_dtype for compute.
         mp = MixedPrecisionPolicy(param_dtype=DTYPES[self.lcfg.param_dtype], reduce_dtype=DTYPES[self.lcfg.reduce_dtype])
-        self.model = self._load_sharded(self.model_path, torch.float32, prepare_policy, mp, offload=False)
+        self.model = self._load_sharded(self.model_path, torch.float32, prepare_policy, mp, offload=False,
+                                        reshard_after_forward=self.lcfg.reshard_after_forward)
 
         placement = self.lcfg.reference if reference is None else reference
         if placement != "none":
@@ -230,6 +242,7 @@ class LearnerWorker:
         prepare: Callable[[torch.nn.Module], torch.nn.Module],
         mp: MixedPrecisionPolicy | None,
         offload: bool,
+        reshard_after_forward: bool = True,
     ) -> torch.nn.Module:
         """The model at ``path`` in ``dtype``, ``prepare``d (train/eval mode, flags), sharded over the mesh.
 
@@ -241,11 +254,11 @@ class LearnerWorker:
         from vt_ray.models.hf_load import build_vl_model_on_meta, load_vl_model, stored_dtype
 
         if not (self.lcfg.load_on_rank0 and self.world_size > 1):
-            return shard_model(prepare(load_vl_model(path, dtype)), self.mesh, mp, offload)
+            return shard_model(prepare(load_vl_model(path, dtype)), self.mesh, mp, offload, reshard_after_forward)
 
         model = prepare(build_vl_model_on_meta(path, dtype))
         tied = _tied_parameter_groups(model)
-        model = shard_model(model, self.mesh, mp, offload)
+        model = shard_model(model, self.mesh, mp, offload, reshard_after_forward)
         # With CPUOffloadPolicy (pin_memory), FSDP2 moves each shard to pinned host memory right after it is
         # allocated here, so the GPU holds one module's shard at most for a moment.
         model.to_empty(device=self.device)
@@ -312,6 +325,7 @@ class LearnerWorker:
         model.eval()
         micro, real = self._micro_batches(shard, num_micro)
         outs = [token_logprobs(model, mb, self.device).cpu() for mb in micro]
+        reshard_all(model)  # no backward follows to reshard (learner.reshard_after_forward=false)
         width = shard.input_ids.shape[1]
         return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o, r in zip(outs, real) if r])
 
@@ -343,7 +357,9 @@ class LearnerWorker:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {"loss": 0.0}
         maxes: dict[str, float] = {}
-        for mb, is_real in zip(micro, real):
+        for i, (mb, is_real) in enumerate(zip(micro, real)):
+            if not self.lcfg.reduce_every_micro_batch:  # reduce-scatter once, after the last micro-batch
+                self.model.set_requires_gradient_sync(i == len(micro) - 1)
             logprobs, entropy = token_logprobs_and_entropy(self.model, mb, self.device,
                                                            getattr(loss_fn, "entropy", None))
             if entropy is not None:

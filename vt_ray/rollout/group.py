@@ -61,10 +61,13 @@ class RolloutGroup:
         runtime_env: dict[str, Any] | None = None,
         actor_options: Callable[[int], dict[str, Any]] | None = None,
         worker_cls: type = RolloutWorker,
+        wait_ready: bool = True,
     ) -> None:
         """``actor_options(rank)`` gives each actor's Ray options (placement group bundle, CPUs, GPUs); without
         it actors ask for ``num_cpus``/``num_gpus`` anywhere in the cluster. ``worker_cls`` is the actor class
-        (constructed as ``worker_cls(cfg, rank)``): :class:`RolloutWorker`, or a stand-in in tests."""
+        (constructed as ``worker_cls(cfg, rank)``): :class:`RolloutWorker`, or a stand-in in tests.
+        ``wait_ready=False`` returns once the actors are spawned: the caller sets up other roles while the
+        engines start and then calls :meth:`wait_ready` (the trainer does, to overlap the start-ups)."""
         self.cfg = cfg
         self.max_restarts = max_restarts
         self.call_timeout_s = call_timeout_s
@@ -77,7 +80,16 @@ class RolloutGroup:
         self._seed: int | None = None
         self._infos: dict[int, ActorInfo] = {}  # rank -> pid, node, stack dump file (from ready())
         self.actors = [self._spawn(rank) for rank in range(num_workers)]
-        self._infos = dict(enumerate(self._wait_all("ready", [a.ready.remote() for a in self.actors])))
+        self._ready_refs: list[ray.ObjectRef] | None = [a.ready.remote() for a in self.actors]
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every engine has started (one deadline for all; a stuck start raises ``StepTimeout``
+        naming the rank and carrying its stacks). Idempotent."""
+        if self._ready_refs is not None:
+            refs, self._ready_refs = self._ready_refs, None
+            self._infos = dict(enumerate(self._wait_all("ready", refs)))
 
     def _spawn(self, rank: int) -> Any:
         opts: dict[str, Any] = dict(self._actor_options(rank)) if self._actor_options else {}

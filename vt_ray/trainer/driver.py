@@ -228,14 +228,21 @@ class GRPOTrainer:
         self.learner = LearnerGroup(
             self.cfg, actor_options=lambda rank: self._options("learner", rank), timeout_s=timeout
         )
+        # Every role's actors are spawned before any is waited for: the engines, scorers and learner ranks start
+        # at the same time (measured on the tiny recipe: _start_roles 30 s -> see the commit), and a role that
+        # does not come up still raises a StepTimeout naming it.
         self.rollout = RolloutGroup(
             self.cfg, num_workers=res.rollout.num_workers, call_timeout_s=timeout,
             actor_options=lambda rank: self._options("rollout", rank), max_restarts=self.tc.max_actor_restarts,
+            wait_ready=False,
         )
         self.rewards = RewardGroup(
-            self.cfg.reward, res.reward.num_workers, lambda rank: self._options("reward", rank), timeout
+            self.cfg.reward, res.reward.num_workers, lambda rank: self._options("reward", rank), timeout,
+            wait_ready=False,
         )
         self.learner.setup(total_steps=self.optimizer_steps_total(), model_path=self.cfg.model.path)
+        self.rollout.wait_ready()
+        self.rewards.wait_ready()
 
     def _options(self, role: str, rank: int) -> dict[str, Any]:
         group = next(g for g in self.placement.values() if role in g.spec.requests)

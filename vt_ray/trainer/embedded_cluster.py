@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vt_ray.cluster.local_cluster import free_ports, reset_ray_auth_cache, signal_session
@@ -70,9 +71,11 @@ class EmbeddedCluster:
     def log_path(self) -> Path:
         return self.temp_dir / "ray_start.log"
 
-    def start(self, env_vars: dict[str, str]) -> "EmbeddedCluster":
+    def start(self, env_vars: dict[str, str], while_booting: Callable[[], object] | None = None) -> "EmbeddedCluster":
         """Start the head in a new session, then ``ray.init`` against it. ``env_vars`` reach every worker
-        (they inherit the raylet's environment), as ``runtime_env.env_vars`` would."""
+        (they inherit the raylet's environment), as ``runtime_env.env_vars`` would. ``while_booting`` runs
+        after the head was launched and before the driver connects (the CLIs import torch and the driver
+        there: the head's start-up and the imports overlap, a few seconds per run)."""
         import ray
 
         gcs, client, agent = free_ports(3)
@@ -93,6 +96,8 @@ class EmbeddedCluster:
                                      env=env, start_new_session=True, preexec_fn=_die_with_parent_fn())
         deadline = time.monotonic() + self.start_timeout_s
         try:
+            if while_booting is not None:
+                while_booting()
             while not ray.is_initialized():
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"ray start exited with {self.proc.returncode}: {self._tail()}")

@@ -44,7 +44,9 @@ class RewardWorker:
 
 class RewardGroup:
     def __init__(self, cfg: RewardConfig, num_workers: int, actor_options: Callable[[int], dict[str, Any]],
-                 call_timeout_s: float = 600.0) -> None:
+                 call_timeout_s: float = 600.0, wait_ready: bool = True) -> None:
+        """``wait_ready=False``: return once the scorers are spawned and call :meth:`wait_ready` later (the
+        trainer overlaps their start with the other roles')."""
         self.cfg = cfg
         self.call_timeout_s = call_timeout_s
         self._actor_options = actor_options
@@ -52,8 +54,15 @@ class RewardGroup:
         self._infos: dict[int, ActorInfo] = {}  # rank -> pid, node, stack dump file (from ready())
         self.actors = [self._spawn(rank) for rank in range(num_workers)]
         self.restarts = 0
-        self._infos = wait_all({rank: a.ready.remote() for rank, a in enumerate(self.actors)}, self.call_timeout_s,
-                               lambda late: self._timeout("ready", late))
+        self._ready_refs: dict[int, ray.ObjectRef] | None = {rank: a.ready.remote() for rank, a in enumerate(self.actors)}
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every scorer has started (one deadline for all). Idempotent."""
+        if self._ready_refs is not None:
+            refs, self._ready_refs = self._ready_refs, None
+            self._infos = wait_all(refs, self.call_timeout_s, lambda late: self._timeout("ready", late))
 
     def _spawn(self, rank: int) -> Any:
         return self._cls.options(**self._actor_options(rank)).remote(self.cfg, rank)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import importlib
 import json
 import os
+from collections.abc import Callable
 
 from vt_ray.config.loader import load_from_cli
 
@@ -28,11 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe=PATH and overrides")
 
 
-def init_ray(cfg):
+def init_ray(cfg, while_booting: Callable[[], object] | None = None):
     """Connect to the job's cluster, or start a local one; returns the local cluster (None under a job). The
-    local cluster is also stopped at interpreter exit, so callers that never stop it (eval) leave nothing."""
+    local cluster is also stopped at interpreter exit, so callers that never stop it (eval) leave nothing.
+    ``while_booting`` (heavy imports) runs while a local head starts, otherwise first."""
     import ray
 
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        if while_booting is not None:
+            while_booting()
     if ray.is_initialized():
         return None
     if os.environ.get("RAY_ADDRESS"):  # a cluster: ray job submit sets this for the entrypoint
@@ -44,7 +50,7 @@ def init_ray(cfg):
 
     res = cfg.resources
     cluster = EmbeddedCluster(num_cpus=res.num_nodes * res.cpus_per_node, num_gpus=res.num_nodes * res.gpus_per_node)
-    cluster.start(WORKER_ENV)
+    cluster.start(WORKER_ENV, while_booting)
     atexit.register(cluster.stop)
     print(f"[train] local Ray cluster at {cluster.address}: session {cluster.session_id}, logs {cluster.temp_dir}",
           flush=True)
@@ -53,10 +59,8 @@ def init_ray(cfg):
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_from_cli(args.overrides)
-    cluster = init_ray(cfg)
-    from vt_ray.trainer.driver import GRPOTrainer
-
-    from vt_ray.trainer.driver import RESTART_BUDGET_EXIT_CODE, RestartBudgetExhausted
+    cluster = init_ray(cfg, while_booting=lambda: importlib.import_module("vt_ray.trainer.driver"))
+    from vt_ray.trainer.driver import RESTART_BUDGET_EXIT_CODE, GRPOTrainer, RestartBudgetExhausted
 
     ok = False
     try:
