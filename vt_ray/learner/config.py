@@ -29,6 +29,9 @@ class LearnerConfig:
     """FSDP2: reduce-scatter gradients after every micro-batch's backward. False accumulates them unsharded over
     a rank's micro-batches and reduce-scatters once per optimizer step (FSDP2 ``set_requires_gradient_sync``):
     less communication, at the memory of one unsharded gradient."""
+    dedup_videos: bool = True
+    """Run the vision tower once per distinct video in a forward pass, not once per response: a GRPO group's G
+    responses share one video (vt_ray/learner/vision_dedup.py). Same result up to float summation order."""
     activation_checkpointing: bool = False
     """Recompute each decoder/vision block in backward (HF gradient checkpointing, non-reentrant)."""
     load_on_rank0: bool = True

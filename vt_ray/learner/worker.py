@@ -41,6 +41,7 @@ from vt_ray.learner import manifest, safe_dcp
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
 from vt_ray.learner.schedule import lr_factor, warmup_steps
+from vt_ray.learner.vision_dedup import install_video_dedup
 from vt_ray.testing.faults import crash_point, hang_point
 
 log = logging.getLogger(__name__)
@@ -194,11 +195,15 @@ class LearnerWorker:
 
         def prepare_policy(model: torch.nn.Module) -> torch.nn.Module:
             model.config.use_cache = False
+            if self.lcfg.dedup_videos:
+                install_video_dedup(model)
             if self.lcfg.activation_checkpointing:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             return model.train()
 
         def prepare_reference(model: torch.nn.Module) -> torch.nn.Module:
+            if self.lcfg.dedup_videos:
+                install_video_dedup(model)
             return model.eval().requires_grad_(False)
 
         # Master weights stay float32; FSDP casts the all-gathered copy to param_dtype for compute.
