@@ -168,9 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             check_spec(LearningSpec(**{**vars(spec), "overrides": [*spec.overrides, *FAMILIES[name]]}))
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from vt_ray.trainer.train_cli import init_ray
+    from vt_ray.trainer.train_cli import ray_session
 
-    cluster = init_ray(check_spec(specs[0]))
     results: list[dict[str, Any]] = []
     report: dict[str, Any] = {
         "benchmark": "algo_comparison",
@@ -178,14 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "task": args.task, "chance": CHANCE, "families": {n: list(FAMILIES[n]) for n in args.families}, "runs": results,
     }
-    try:
+    with ray_session(check_spec(specs[0])):
         for spec in specs:
             results.append(run_seed(spec, args.families, args.reuse_sft))
             (out / "algo_comparison.json").write_text(json.dumps(report, indent=1) + "\n")
             print(table(results), flush=True)
-    finally:
-        if cluster is not None:
-            cluster.stop()
     report["plot"] = plot(results, out / "algo_comparison.png")
     (out / "algo_comparison.json").write_text(json.dumps(report, indent=1) + "\n")
     print(table(results))

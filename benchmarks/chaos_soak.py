@@ -98,13 +98,13 @@ def schedule(steps: int, count: int, seed: int) -> list[Fault]:
     return [f for _, f in sorted(planned, key=lambda p: p[0])]
 
 
-def command(model: Path, data: Path, out: Path, steps: int, *extra: str) -> list[str]:
+def command(model: Path, data: Path, out: Path, steps: int, *extra: str, name: str = "soak") -> list[str]:
     return [
         sys.executable, "-m", "vt_ray", "train", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}", f"model.path={model}",
         f"data.train_file={data / 'train.jsonl'}", f"data.val_file={data / 'val.jsonl'}", f"run.output_dir={out}",
-        "run.name=soak", f"trainer.total_steps={steps}", "trainer.save_every=2", "trainer.wandb_mode=disabled",
-        "trainer.val_samples=1", "rollout.max_tokens=16", "trainer.max_actor_restarts=100",
-        "trainer.max_restarts=100", *extra,
+        f"trainer.total_steps={steps}", "trainer.save_every=2", "trainer.wandb_mode=disabled",
+        "trainer.val_samples=1", "rollout.max_tokens=16", *extra, f"run.name={name}",
+        "trainer.max_actor_restarts=100", "trainer.max_restarts=100",
     ]
 
 
@@ -176,7 +176,11 @@ def compare(reference: Path, chaos: Path, steps: int) -> dict[str, Any]:
     }
 
 
-def soak(model: Path, data: Path, out: Path, steps: int, faults: list[Fault], seed: int) -> Report:
+def soak(model: Path, data: Path, out: Path, steps: int, faults: list[Fault], seed: int, extra: tuple[str, ...] = (),
+         reference: Path | None = None, name: str = "soak") -> Report:
+    """Run the fault-free reference, then the chaos run segment by segment, and compare them. ``extra``
+    overrides apply to both runs; ``reference``: the run directory of a fault-free run made earlier with the
+    same command (the test suite shares one), so it is not run again (``reference_wall_s`` stays 0)."""
     report = Report(steps, seed, faults)
     ref_dir, chaos_dir = out / "reference", out / "chaos"
     for d in (ref_dir, chaos_dir):
@@ -185,11 +189,13 @@ def soak(model: Path, data: Path, out: Path, steps: int, faults: list[Fault], se
 
             shutil.rmtree(d)
         d.mkdir(parents=True)
-    code, report.reference_wall_s = run_segment(command(model, data, ref_dir, steps), None, out / "none",
-                                                out / "reference.log")
-    if code != 0:
-        raise RuntimeError(f"the fault-free run failed ({code}): see {out / 'reference.log'}")
-    cmd = command(model, data, chaos_dir, steps)
+    if reference is None:
+        code, report.reference_wall_s = run_segment(command(model, data, ref_dir, steps, *extra, name=name), None,
+                                                    out / "none", out / "reference.log")
+        if code != 0:
+            raise RuntimeError(f"the fault-free run failed ({code}): see {out / 'reference.log'}")
+        reference = ref_dir / name
+    cmd = command(model, data, chaos_dir, steps, *extra, name=name)
     pending = list(faults)
     started = time.monotonic()
     for segment in range(len(faults) + 20):  # every fault gets a segment; the rest finish the run
@@ -209,9 +215,9 @@ def soak(model: Path, data: Path, out: Path, steps: int, faults: list[Fault], se
     report.chaos_wall_s = time.monotonic() - started
     log = (out / "chaos.log").read_text()
     report.in_job_restarts = log.count("restarting every role")
-    rows = _jsonl(chaos_dir / "soak" / "metrics.jsonl")
+    rows = _jsonl(chaos_dir / name / "metrics.jsonl")
     report.rollout_actor_restarts = int(max((r.get("rollout/actor_restarts", 0) for r in rows), default=0))
-    report.checks = compare(ref_dir / "soak", chaos_dir / "soak", steps)
+    report.checks = compare(reference, chaos_dir / name, steps)
     return report
 
 

@@ -166,9 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from vt_ray.trainer.train_cli import init_ray
+    from vt_ray.trainer.train_cli import ray_session
 
-    cluster = init_ray(first)
     results: list[dict[str, Any]] = []
     report = {
         "benchmark": "learning_curve",
@@ -179,16 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         "runs": results,
     }
     started = time.perf_counter()
-    try:
+    with ray_session(first):
         for spec in runs:
             print(f"[learning] options {spec.option_order}, seed {spec.seed} -> {spec.out}", flush=True)
             results.append(run_learning(spec))
             report["total_s"] = round(time.perf_counter() - started, 1)
             (out / "learning_curve.json").write_text(json.dumps(report, indent=1) + "\n")
             print(table(results), flush=True)
-    finally:
-        if cluster is not None:
-            cluster.stop()
     report["plots"] = [p for order in args.option_order for p in plot(results, order, out)]
     (out / "learning_curve.json").write_text(json.dumps(report, indent=1) + "\n")
     print(table(results))

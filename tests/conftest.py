@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,3 +31,29 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     make_synthetic_dataset(out, num_videos=16, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def train_data(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic split plus one sample whose video is corrupt."""
+    out = tmp_path_factory.mktemp("train_data")
+    shutil.copytree(synthetic_dir, out, dirs_exist_ok=True)
+    (out / "videos" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 500)
+    first = json.loads((out / "train.jsonl").read_text().splitlines()[0])
+    first.update(uid="corrupt-video", video="videos/corrupt.mp4")
+    with (out / "train.jsonl").open("a") as f:
+        f.write(json.dumps(first) + "\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def straight_run(tiny_model_dir: Path, train_data: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The fault-free tiny GRPO run (tests/train_runs.py) with its report: (the finished process, its run dir).
+    The faulted runs of the crash and chaos tests are compared with it."""
+    from train_runs import run_cli, train_command
+
+    out = tmp_path_factory.mktemp("straight")
+    proc = run_cli(train_command(tiny_model_dir, train_data, out, "trainer.write_report=true"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out / "t"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from train_runs import TRAIN_OVERRIDES  # pytest puts tests/ on sys.path (rootdir conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,16 +50,20 @@ def test_past_the_restart_budget_the_job_exits_75_for_the_rayjob_retry(
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # three runs of the driver; about 3 min on 2 idle cores
 def test_short_chaos_soak_loses_and_doubles_nothing_and_ends_on_the_same_weights(
-    tiny_model_dir: Path, synthetic_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, train_data: Path, straight_run: tuple[subprocess.CompletedProcess, Path], tmp_path: Path
 ) -> None:
     """The suite's version of ``python -m benchmarks.chaos_soak``: 4 steps; the driver dies after the step-3
     update (the next segment resumes from step 2), then a learner rank dies in its first update of that
-    segment (in-job recovery, again from step 2) and that segment runs to the end. Against a fault-free run: every step logged once, the same
-    prompts per step, the same figures and bit-for-bit the same final weights (CPU float32)."""
+    segment (in-job recovery, again from step 2) and that segment runs to the end. Against a fault-free run:
+    every step logged once, the same prompts per step, the same figures and bit-for-bit the same final weights
+    (CPU float32)."""
     from benchmarks.chaos_soak import Fault, soak, summary
 
     faults = [Fault("driver_after_update", "trainer.after_update@3"), Fault("learner_update", "learner.train_step@1#1")]
-    report = summary(soak(tiny_model_dir, synthetic_dir, tmp_path, 4, faults, seed=0))
+    # The fault-free run is the suite's shared one (conftest.py): the chaos run uses its command line exactly.
+    report = summary(soak(tiny_model_dir, train_data, tmp_path, 4, faults, seed=0,
+                          extra=(*TRAIN_OVERRIDES, "trainer.val_samples=0"),
+                          reference=straight_run[1], name="t"))
     # The driver's crash exits 43; the learner's is recovered in the job, which then runs to the end (exit 0).
     assert [(f["exit_code"], f["fired"]) for f in report["faults"]] == [(43, True), (0, True)], report["faults"]
     assert report["driver_reruns"] == 1  # the recovered segment ran to the end

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from train_runs import run_cli, train_command  # pytest puts tests/ on sys.path (rootdir conftest)
 from vt_ray.trainer.metrics import read_metrics, truncate_jsonl
 from vt_ray.trainer.sampler import PromptSampler
 
@@ -88,34 +87,7 @@ def test_truncate_jsonl_drops_steps_after_the_checkpoint(tmp_path: Path) -> None
 # --- end to end -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def train_data(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The synthetic split plus one sample whose video is corrupt."""
-    out = tmp_path_factory.mktemp("train_data")
-    shutil.copytree(synthetic_dir, out, dirs_exist_ok=True)
-    (out / "videos" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 500)
-    first = json.loads((out / "train.jsonl").read_text().splitlines()[0])
-    first.update(uid="corrupt-video", video="videos/corrupt.mp4")
-    with (out / "train.jsonl").open("a") as f:
-        f.write(json.dumps(first) + "\n")
-    return out
-
-
-def _command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "vt_ray", "train", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
-        f"model.path={model}", f"data.train_file={data / 'train.jsonl'}", f"data.val_file={data / 'val.jsonl'}",
-        f"run.output_dir={out}", "run.name=t", "trainer.total_steps=4", "trainer.save_every=2",
-        "trainer.wandb_mode=disabled", "rollout.max_tokens=48",
-        # Dense rewards for a random model (it never writes a valid trace): graded format + length penalty.
-        "reward.format_mode=graded", "reward.length_penalty_weight=1", "reward.length_max_words=24",
-        "reward.length_buffer_words=20", "trainer.write_report=false", *extra,
-    ]
-
-
-def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+_command, _run = train_command, run_cli
 
 
 def _steps(run_dir: Path) -> dict[int, dict]:
@@ -158,16 +130,15 @@ COMPARED = ("reward/total", "reward/format", "reward/length_penalty", "actor/pg_
 
 @pytest.mark.slow
 def test_crash_during_save_resumes_from_last_complete_checkpoint_with_identical_steps(
-    tiny_model_dir: Path, train_data: Path, tmp_path: Path
+    tiny_model_dir: Path, train_data: Path, straight_run: tuple[subprocess.CompletedProcess, Path], tmp_path: Path
 ) -> None:
-    straight = _run(_command(tiny_model_dir, train_data, tmp_path / "a", "trainer.write_report=true"))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    assert f"[train] report: {tmp_path / 'a' / 't' / 'report' / 'report.html'}" in straight.stdout
-    a = _steps(tmp_path / "a" / "t")
+    straight, straight_dir = straight_run  # the fault-free run (conftest.py), shared with the chaos soak
+    assert f"[train] report: {straight_dir / 'report' / 'report.html'}" in straight.stdout
+    a = _steps(straight_dir)
     assert sorted(a) == [0, 1, 2, 3, 4]
     assert a[4]["data/skipped_corrupt"] == 1  # the corrupt video was met, skipped, counted, and replaced
     assert all(a[s]["data/prompts"] == 4 for s in (1, 2, 3, 4))
-    _check_rollouts_and_report(tmp_path / "a" / "t")
+    _check_rollouts_and_report(straight_dir)
     # one update per step: the engine-vs-learner mismatch is measured in the update's own forward, every step
     assert all(0 <= a[s]["rollout/engine_learner_abs_diff_max"] < 1e-4 for s in (1, 2, 3, 4))
 
@@ -194,8 +165,8 @@ def test_crash_during_save_resumes_from_last_complete_checkpoint_with_identical_
     for step in (3, 4):
         for key in COMPARED:
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
-    assert _uids(tmp_path / "b" / "t") == _uids(tmp_path / "a" / "t")  # same samples, none replayed or skipped
-    assert _rollout_keys(tmp_path / "b" / "t") == _rollout_keys(tmp_path / "a" / "t")  # truncated on resume too
+    assert _uids(tmp_path / "b" / "t") == _uids(straight_dir)  # same samples, none replayed or skipped
+    assert _rollout_keys(tmp_path / "b" / "t") == _rollout_keys(straight_dir)  # truncated on resume too
     assert (tmp_path / "b" / "t" / "hf" / "config.json").is_file()
 
 

@@ -210,9 +210,7 @@ def _fmt(x: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-
-    from vt_ray.trainer.train_cli import init_ray
+    from vt_ray.trainer.train_cli import ray_session
 
     state = DemoState(Path(args.out).resolve(), Path(args.recipe), list(args.overrides))
     if args.color_steps < 1:
@@ -224,19 +222,13 @@ def run(args: argparse.Namespace) -> int:
     _timed(state, "synthetic data", lambda: stage_data(state, args.num_videos))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")  # the run stays in runs/<name>/wandb; the summary says where
-    cluster = init_ray(cfg)  # the same local cluster `train` starts (own session, private, stopped at exit)
-    try:
+    with ray_session(cfg):  # the same local cluster `train` starts (own session, private, stopped at the end)
         _timed(state, "eval base", lambda: stage_eval(state, "base", state.model_dir))
         sft_dir = _timed(state, "sft", lambda: stage_sft(state))
         _timed(state, "eval sft", lambda: stage_eval(state, "sft", sft_dir))
         grpo_dir = _timed(state, "grpo", lambda: stage_grpo(state, sft_dir))
         _timed(state, "eval grpo", lambda: stage_eval(state, "grpo", grpo_dir))
         _timed(state, "colour task", lambda: stage_color_task(state, args.color_steps))
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        else:
-            ray.shutdown()
     state.summary["timings_s"] = {**state.timings, "total": round(time.perf_counter() - start, 1)}
     (state.out / "summary.json").write_text(json.dumps(state.summary, indent=2) + "\n")
     _print_summary(state)

@@ -179,15 +179,7 @@ class LocalRayCluster:
         if ray.is_initialized():
             ray.shutdown()
         for proc in reversed(self.procs):  # workers first, while the head's GCS still answers their drain
-            # SIGTERM to ``ray start`` alone (see EmbeddedCluster.stop: signalling the whole session kills the
-            # GCS first and each drain then waits out a 30 s RPC timeout).
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            signal_session(proc.pid, signal.SIGKILL)  # stragglers in the session (raylet, workers)
-            proc.wait()
+            stop_ray_start(proc)
         self.procs.clear()
         for log in self._logs:
             log.close()
@@ -226,3 +218,17 @@ def signal_session(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def stop_ray_start(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Stop a ``ray start --block`` process that leads its own session: SIGTERM to it alone, so it drains the
+    node through the still-running GCS and stops its processes (~3 s), then SIGKILL whatever is left of the
+    session (raylet, workers). Signalling the whole session instead kills the GCS first, and the drain then
+    waits out a 30 s RPC timeout (measured 30.4 s against 3.7 s)."""
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    signal_session(proc.pid, signal.SIGKILL)
+    proc.wait()

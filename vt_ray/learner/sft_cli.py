@@ -22,24 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_from_cli(args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import ray
+    from vt_ray.trainer.train_cli import ray_session
 
-    from vt_ray.trainer.train_cli import init_ray
-
-    started_here = not ray.is_initialized()
     # joins the job's cluster, or starts the same local one `train` uses (importing the SFT driver meanwhile)
-    cluster = init_ray(cfg, while_booting=lambda: importlib.import_module("vt_ray.learner.sft"))
-    from vt_ray.learner.sft import run_sft
-    start = time.perf_counter()
-    ok = False
-    try:
+    with ray_session(cfg, while_booting=lambda: importlib.import_module("vt_ray.learner.sft")):
+        from vt_ray.learner.sft import run_sft
+
+        start = time.perf_counter()
         result = run_sft(cfg)
-        ok = True
-    finally:
-        if cluster is not None:
-            cluster.stop(keep_logs=not ok)
-        elif started_here:
-            ray.shutdown()
     print(json.dumps({**asdict(result), "time_s": round(time.perf_counter() - start, 1)}, indent=2))
     from vt_ray.learner.sft import sft_output_dir
     from vt_ray.report.page import report_after_run

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vt_ray.cluster.local_cluster import free_ports, reset_ray_auth_cache, signal_session
+from vt_ray.cluster.local_cluster import free_ports, reset_ray_auth_cache, stop_ray_start
 
 PR_SET_PDEATHSIG = 1
 
@@ -127,15 +127,7 @@ class EmbeddedCluster:
         if ray.is_initialized():
             ray.shutdown()
         if self.proc is not None:
-            # SIGTERM to ``ray start`` alone: it drains the node through the GCS, then stops its processes
-            # (~3 s). Signalled with it, the GCS dies first and the drain waits out its 30 s RPC timeout.
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=grace_s)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            signal_session(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            stop_ray_start(self.proc, grace_s)
             self.proc = None
         if self._log is not None:
             self._log.close()

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import importlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from vt_ray.config.loader import load_from_cli
 
@@ -55,6 +56,25 @@ def init_ray(cfg, while_booting: Callable[[], object] | None = None):
     print(f"[train] local Ray cluster at {cluster.address}: session {cluster.session_id}, logs {cluster.temp_dir}",
           flush=True)
     return cluster
+
+
+@contextlib.contextmanager
+def ray_session(cfg, while_booting: Callable[[], object] | None = None) -> Iterator[object]:
+    """:func:`init_ray` for the length of a block. At its end a local cluster started here is stopped (its
+    logs kept when the block raised) and a connection opened here is closed; an existing one is left alone."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    cluster = init_ray(cfg, while_booting)
+    ok = False
+    try:
+        yield cluster
+        ok = True
+    finally:
+        if cluster is not None:
+            cluster.stop(keep_logs=not ok)
+        elif started_here:
+            ray.shutdown()
 
 
 def run(args: argparse.Namespace) -> int:

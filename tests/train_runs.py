@@ -1,0 +1,34 @@
+"""The tiny GRPO run several tests share: its command line and the fault-free reference run.
+
+The crash-during-save test and the short chaos soak both compare a faulted run with the same fault-free run, so
+it is made once per session (the ``straight_run`` fixture in ``conftest.py``): one driver start fewer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Dense rewards for a random model (it never writes a valid trace): graded format + length penalty.
+TRAIN_OVERRIDES = (
+    "run.name=t", "trainer.total_steps=4", "trainer.save_every=2", "trainer.wandb_mode=disabled",
+    "rollout.max_tokens=48", "reward.format_mode=graded", "reward.length_penalty_weight=1",
+    "reward.length_max_words=24", "reward.length_buffer_words=20", "trainer.write_report=false",
+)
+
+
+def train_command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "vt_ray", "train", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
+        f"model.path={model}", f"data.train_file={data / 'train.jsonl'}", f"data.val_file={data / 'val.jsonl'}",
+        f"run.output_dir={out}", *TRAIN_OVERRIDES, *extra,
+    ]
+
+
+def run_cli(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
