@@ -18,18 +18,21 @@ from typing import Any
 import torch
 
 
+def _patch_offsets(grid_thw: torch.Tensor) -> list[int]:
+    """Start of each video's patches in the concatenated pixels (length videos + 1), as
+    ``TrainBatch.patch_offsets`` gives them for a batch (here only the grids reach the model's method)."""
+    return [0, *torch.cumsum(grid_thw.prod(-1), 0).tolist()]
+
+
 def distinct_videos(pixels: torch.Tensor, grid_thw: torch.Tensor) -> tuple[list[int], list[int]]:
     """(index of the first copy of each distinct video, the distinct video each video is) for the videos laid
     end to end in ``pixels`` with one ``grid_thw`` row each. Videos are equal when their grids and every patch
     value are equal (exact comparison, never a hash alone)."""
-    counts = grid_thw.prod(-1).tolist()
-    offsets = [0]
-    for count in counts:
-        offsets.append(offsets[-1] + int(count))
+    offsets = _patch_offsets(grid_thw)
     first: list[int] = []
     inverse: list[int] = []
     by_grid: dict[tuple[int, ...], list[int]] = {}
-    for i in range(len(counts)):
+    for i in range(len(grid_thw)):
         chunk = pixels[offsets[i] : offsets[i + 1]]
         candidates = by_grid.setdefault(tuple(grid_thw[i].tolist()), [])
         for u in candidates:
@@ -45,11 +48,8 @@ def distinct_videos(pixels: torch.Tensor, grid_thw: torch.Tensor) -> tuple[list[
 
 
 def _select_videos(pixels: torch.Tensor, grid_thw: torch.Tensor, videos: list[int]) -> torch.Tensor:
-    counts = grid_thw.prod(-1).tolist()
-    starts = [0]
-    for count in counts:
-        starts.append(starts[-1] + int(count))
-    return torch.cat([pixels[starts[v] : starts[v + 1]] for v in videos])
+    offsets = _patch_offsets(grid_thw)
+    return torch.cat([pixels[offsets[v] : offsets[v + 1]] for v in videos])
 
 
 def install_video_dedup(model: torch.nn.Module) -> bool:

@@ -37,12 +37,12 @@ def init_ray(cfg, while_booting: Callable[[], object] | None = None):
     ``while_booting`` (heavy imports) runs while a local head starts, otherwise first."""
     import ray
 
-    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):  # no local head to wait for
         if while_booting is not None:
             while_booting()
-    if ray.is_initialized():
-        return None
-    if os.environ.get("RAY_ADDRESS"):  # a cluster: ray job submit sets this for the entrypoint
+        if ray.is_initialized():
+            return None
+        # a cluster: ray job submit sets RAY_ADDRESS for the entrypoint
         # The job's runtime env (--working-dir, --runtime-env) already applies to every actor; passing another
         # here is an error under a job ("Failed to merge the Job's runtime env").
         ray.init(address="auto", log_to_driver=True)
