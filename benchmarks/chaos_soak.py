@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,10 +190,13 @@ def compare(reference: Path, chaos: Path, steps: int) -> dict[str, Any]:
 
 
 def soak(model: Path, data: Path, out: Path, steps: int, faults: list[Fault], seed: int, extra: tuple[str, ...] = (),
-         reference: Path | None = None, name: str = "soak") -> Report:
+         reference: Path | None = None, name: str = "soak",
+         after_segment: Callable[[int, Path], None] | None = None) -> Report:
     """Run the fault-free reference, then the chaos run segment by segment, and compare them. ``extra``
     overrides apply to both runs; ``reference``: the run directory of a fault-free run made earlier with the
-    same command (the test suite shares one), so it is not run again (``reference_wall_s`` stays 0)."""
+    same command (the test suite shares one), so it is not run again (``reference_wall_s`` stays 0).
+    ``after_segment(segment, run_dir)`` sees the run directory as each segment left it (the suite checks what
+    a crash left on disk before the next segment cleans it up)."""
     report = Report(steps, seed, faults)
     ref_dir, chaos_dir = out / "reference", out / "chaos"
     for d in (ref_dir, chaos_dir):
@@ -216,6 +220,8 @@ def soak(model: Path, data: Path, out: Path, steps: int, faults: list[Fault], se
         marker.unlink(missing_ok=True)
         code, wall = run_segment(cmd, fault, marker, out / "chaos.log", last=fault is not None and not pending)
         report.segments += 1
+        if after_segment is not None:
+            after_segment(segment, chaos_dir / name)
         if fault is not None:
             fault.segment, fault.exit_code, fault.wall_s, fault.fired = segment, code, round(wall, 1), marker.exists()
         print(f"[soak] segment {segment}: {fault.kind if fault else 'no fault'} "

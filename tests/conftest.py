@@ -50,7 +50,7 @@ def train_data(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def straight_run(tiny_model_dir: Path, train_data: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     """The fault-free tiny GRPO run (tests/train_runs.py) with its report: (the finished process, its run dir).
-    The faulted runs of the crash and chaos tests are compared with it."""
+    The short chaos soak's faulted run is compared with it."""
     from train_runs import run_cli, train_command
 
     out = tmp_path_factory.mktemp("straight")

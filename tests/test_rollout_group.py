@@ -14,7 +14,7 @@ import pytest
 
 from vt_ray.config.loader import load_config
 from vt_ray.data.schema import read_samples, resolve_video_paths
-from vt_ray.rollout.group import split_evenly
+from vt_ray.common.sharding import split_evenly
 from vt_ray.rollout.types import SamplingSettings
 
 ROOT = Path(__file__).resolve().parents[1]

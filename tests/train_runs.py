@@ -1,7 +1,8 @@
-"""The tiny GRPO run several tests share: its command line and the fault-free reference run.
+"""The tiny GRPO run several tests share: its command line, the fault-free reference run and readers of a
+run directory.
 
-The crash-during-save test and the short chaos soak both compare a faulted run with the same fault-free run, so
-it is made once per session (the ``straight_run`` fixture in ``conftest.py``): one driver start fewer.
+The short chaos soak compares its faulted run with the fault-free run that the trainer tests check on their own,
+so it is made once per session (the ``straight_run`` fixture in ``conftest.py``): one driver start fewer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from vt_ray.trainer.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,3 +35,21 @@ def train_command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
 def run_cli(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def logged_steps(run_dir: Path) -> dict[int, dict]:
+    """``metrics.jsonl`` by step, failing if a step was logged twice."""
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)), f"a step was logged twice: {steps}"
+    return {r["step"]: r for r in rows}
+
+
+def step_uids(run_dir: Path) -> dict[int, list[str]]:
+    """The per-sample ledger: which prompts each step trained on."""
+    return {r["step"]: r["uids"] for r in read_metrics(run_dir / "samples.jsonl")}
+
+
+def rollout_keys(run_dir: Path) -> list[tuple[int, str, str]]:
+    """(step, split, uid) of every rollout saved for the report, in file order."""
+    return [(r["step"], r["split"], r["uid"]) for r in read_metrics(run_dir / "rollouts.jsonl")]

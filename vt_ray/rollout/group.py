@@ -16,6 +16,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from vt_ray.common.sharding import split_evenly
 from vt_ray.common.timeouts import ActorInfo, StepTimeout, timeout_error, wait_all
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.rollout.types import SamplingSettings
@@ -33,18 +34,6 @@ class RolloutRestartBudgetExhausted(RuntimeError):
 class GroupMetrics:
     actor_restarts: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
-
-
-def split_evenly(n_items: int, n_parts: int) -> list[tuple[int, int]]:
-    """Contiguous [start, end) ranges covering n_items, sizes differing by at most one, no empty parts
-    unless n_items < n_parts."""
-    base, extra = divmod(n_items, n_parts)
-    bounds, start = [], 0
-    for i in range(n_parts):
-        end = start + base + (1 if i < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
 
 
 class RolloutGroup:

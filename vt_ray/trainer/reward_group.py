@@ -11,6 +11,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from vt_ray.common.sharding import split_evenly
 from vt_ray.common.timeouts import (
     ActorInfo,
     StepTimeout,
@@ -20,7 +21,6 @@ from vt_ray.common.timeouts import (
 )
 from vt_ray.rewards.config import RewardConfig
 from vt_ray.rewards.target import RewardTarget
-from vt_ray.rollout.group import split_evenly
 from vt_ray.testing.faults import crash_point, hang_point
 
 
