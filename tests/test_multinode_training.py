@@ -1,6 +1,7 @@
-"""Issue 9: a simulated multi-node run. A local Ray cluster of a head (driver only, 0 CPUs, as on KubeRay) and
-two worker nodes, each a separate ``ray start`` with its own CPUs and marker resource; the tiny recipe is
-submitted with ``ray job submit`` exactly as on KubeRay, and the run's ``placement.json`` shows its roles on
+"""Issue 9: a simulated multi-node run, and the training entrypoint as a Ray job. A local Ray cluster of a head
+(driver only, 0 CPUs, as on KubeRay) and two worker nodes, each a separate ``ray start`` with its own CPUs and
+marker resource; the tiny recipe is submitted with ``ray job submit --working-dir`` exactly as on KubeRay, its
+success and console output read back through the job API, and the run's ``placement.json`` shows its roles on
 both worker nodes (STRICT_SPREAD puts the two learner ranks on different nodes).
 """
 
@@ -68,6 +69,7 @@ def test_tiny_recipe_runs_across_two_worker_nodes(
         logs = client.get_job_logs("vt-multinode")
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert client.get_job_status("vt-multinode") == JobStatus.SUCCEEDED, logs[-3000:]
+        assert "[step 2]" in logs  # the job's own console output, read back through the job API
 
     run_dir = out / "multi"
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
@@ -77,3 +79,4 @@ def test_tiny_recipe_runs_across_two_worker_nodes(
     assert set(where.values()) <= {"w1", "w2"}, f"nothing may run on the head (0 CPUs): {where}"
     assert {where[("learner", 0)], where[("learner", 1)]} == {"w1", "w2"}  # STRICT_SPREAD: one rank per node
     assert all(p["node_ip"] and p["resources"]["CPU"] > 0 for p in placed)  # one machine: one IP for all nodes
+    assert (run_dir / "hf" / "config.json").is_file()  # the final checkpoint, exported for Hugging Face
