@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             check_spec(LearningSpec(**{**vars(spec), "overrides": [*spec.overrides, *FAMILIES[name]]}))
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from vt_ray.trainer.train_cli import ray_session
+    from vt_ray.cluster.session import ray_session
 
     results: list[dict[str, Any]] = []
     report: dict[str, Any] = {

@@ -26,9 +26,9 @@ def _records(path: Path, n: int) -> None:
 
 
 def run_one(concurrency: int, latency: float, rows: int, workers: int) -> dict[str, float]:
-    from data_pipeline.config import CurateConfig, EndpointConfig, EndpointsConfig, SourceConfig
     from data_pipeline.pipeline import run_curation
     from data_pipeline.testing.scripted_server import ScriptedServer
+    from vt_ray.config.curate import CurateConfig, EndpointConfig, EndpointsConfig, SourceConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="curate_bench_"))
     _records(tmp / "records.jsonl", rows)

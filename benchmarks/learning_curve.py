@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from vt_ray.trainer.train_cli import ray_session
+    from vt_ray.cluster.session import ray_session
 
     results: list[dict[str, Any]] = []
     report = {

@@ -19,7 +19,7 @@ import numpy as np
 def _requests(n_prompts: int, frames: int, size: int, processor):  # noqa: ANN001, ANN202
     from vt_ray.config.schema import PromptConfig
     from vt_ray.data.schema import VideoSample
-    from vt_ray.rollout.prompting import prompt_text
+    from vt_ray.prompts.chat import prompt_text
     from vt_ray.rollout.types import GenerationRequest
 
     rng = np.random.default_rng(0)

@@ -25,18 +25,10 @@ from typing import Any
 import httpx
 
 from data_pipeline.cache import RequestCache, request_key
-from data_pipeline.config import EndpointConfig
+from data_pipeline.errors import EndpointError
+from vt_ray.config.curate import EndpointConfig
 
 Messages = list[dict[str, Any]]
-
-
-class EndpointError(RuntimeError):
-    """A request failed for good (after retries, or a non-retryable status). Never contains the API key.
-    ``attempts``/``rate_limited``: HTTP attempts made and 429s among them, for the cost report."""
-
-    def __init__(self, message: str, attempts: int = 0, rate_limited: int = 0) -> None:
-        super().__init__(message)
-        self.attempts, self.rate_limited = attempts, rate_limited
 
 
 @dataclass
@@ -87,7 +79,7 @@ class ChatClient:
         if cfg.kind == "openai":
             limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
             self._http = httpx.Client(timeout=httpx.Timeout(cfg.timeout_s), limits=limits)
-        self._engine: Any = None  # vllm_local: a Ray actor handle, made lazily
+        self._engine: Any = None  # vllm_local: a LocalEngine (data_pipeline.vllm_local), made on first use
 
     # --- public -----------------------------------------------------------------------------------------------
 
@@ -111,9 +103,11 @@ class ChatClient:
 
     def _send(self, messages: Messages, attempt: int, key: str) -> ChatResult:
         if self.cfg.kind == "vllm_local":
-            from data_pipeline.vllm_local import local_chat
+            from data_pipeline.vllm_local import LocalEngine
 
-            content, usage = local_chat(self, messages, sampling_params(self.cfg, attempt))
+            if self._engine is None:
+                self._engine = LocalEngine(self.cfg, self.name)
+            content, usage = self._engine.chat(messages, sampling_params(self.cfg, attempt))
             return ChatResult(content, usage[0], usage[1], False, key)
         return self._send_http(messages, attempt, key)
 

@@ -26,10 +26,10 @@ import numpy as np
 
 from data_pipeline.cache import RequestCache
 from data_pipeline.client import ChatClient
-from data_pipeline.config import STEPS, CurateConfig, SourceConfig
 from data_pipeline.stats import build_stats, render_markdown
 from data_pipeline.steps import Clients, complete, curate_trace, new_row
 from vt_ray.common.progress import Progress, progress_enabled
+from vt_ray.config.curate import STEPS, CurateConfig, SourceConfig
 from vt_ray.data.schema import VideoSample, write_samples
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from data_pipeline.config import STEPS, CurateConfig
+from vt_ray.config.curate import STEPS, CurateConfig
 
 USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
               "cached_completion_tokens", "retries", "rate_limited", "failed_calls")

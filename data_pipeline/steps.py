@@ -4,7 +4,7 @@ A row is a JSON-able dict (see :func:`new_row`) that carries the source record, 
 per-step outcome and the per-step cost. Each step either fills the row in or marks it ``dropped`` with a
 reason; nothing here raises for a bad row (Ray Data would otherwise fail the whole block).
 
-Steps and their model calls (one endpoint each, see data_pipeline.config):
+Steps and their model calls (one endpoint each, see vt_ray.config.curate):
 
 * ``question``: caption-only records. The reasoning LLM reads the segment captions and returns JSON with a
   multi-hop multiple-choice question; the cited segments become the evidence windows and captions.
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.client import ChatClient, ChatResult, EndpointError
-from data_pipeline.config import STEPS, CurateConfig
 from data_pipeline.prompts import load_template
+from vt_ray.config.curate import STEPS, CurateConfig
 from vt_ray.data.schema import OPTION_LETTERS, VideoSample
 from vt_ray.rewards.accuracy import accuracy_reward, extract_choice
 from vt_ray.rewards.config import RewardConfig

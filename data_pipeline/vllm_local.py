@@ -9,12 +9,12 @@ recommended path is ``vllm serve`` plus the HTTP endpoint kind, which needs no c
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
-if TYPE_CHECKING:
-    from data_pipeline.client import ChatClient
+from data_pipeline.errors import EndpointError
+from vt_ray.config.curate import EndpointConfig
 
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "presence_penalty",
                   "frequency_penalty", "repetition_penalty", "stop")
@@ -39,19 +39,23 @@ def engine_name(model: str) -> str:
     return "curate-vllm-" + hashlib.sha256(model.encode()).hexdigest()[:12]
 
 
-def local_chat(client: ChatClient, messages: list[dict[str, Any]],
-               params: dict[str, Any]) -> tuple[str, tuple[int, int]]:
-    """(content, (prompt_tokens, completion_tokens)) from the shared engine; errors become EndpointError."""
-    from data_pipeline.client import EndpointError
+class LocalEngine:
+    """One endpoint's handle on the shared engine actor (created, or found by name, on the first request)."""
 
-    cfg = client.cfg
-    if client._engine is None:
-        client._engine = VllmChatEngine.options(  # type: ignore[attr-defined]
-            name=engine_name(cfg.model), namespace="vt_ray_curate", get_if_exists=True,
-            num_cpus=1, num_gpus=cfg.num_gpus).remote(cfg.model, cfg.max_model_len, cfg.seed)
-    try:
-        text, prompt_tokens, completion_tokens = ray.get(client._engine.chat.remote(messages, params),
-                                                         timeout=cfg.timeout_s)
-    except (ray.exceptions.RayError, TimeoutError) as err:
-        raise EndpointError(f"{client.name}: vllm_local engine failed: {type(err).__name__}") from None
-    return text, (prompt_tokens, completion_tokens)
+    def __init__(self, cfg: EndpointConfig, name: str) -> None:
+        self.cfg, self.name = cfg, name
+        self._actor: Any = None
+
+    def chat(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> tuple[str, tuple[int, int]]:
+        """(content, (prompt_tokens, completion_tokens)); errors become EndpointError."""
+        cfg = self.cfg
+        if self._actor is None:
+            self._actor = VllmChatEngine.options(  # type: ignore[attr-defined]
+                name=engine_name(cfg.model), namespace="vt_ray_curate", get_if_exists=True,
+                num_cpus=1, num_gpus=cfg.num_gpus).remote(cfg.model, cfg.max_model_len, cfg.seed)
+        try:
+            text, prompt_tokens, completion_tokens = ray.get(self._actor.chat.remote(messages, params),
+                                                             timeout=cfg.timeout_s)
+        except (ray.exceptions.RayError, TimeoutError) as err:
+            raise EndpointError(f"{self.name}: vllm_local engine failed: {type(err).__name__}") from None
+        return text, (prompt_tokens, completion_tokens)

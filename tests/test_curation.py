@@ -18,10 +18,10 @@ import pytest
 
 from data_pipeline.cache import RequestCache, request_key
 from data_pipeline.client import ChatClient, EndpointError, cache_payload
-from data_pipeline.config import CurateConfig, EndpointConfig, EndpointsConfig, SourceConfig
 from data_pipeline.fixtures import make_fixtures
 from data_pipeline.testing.scripted_server import ScriptedServer
-from vt_ray.config.errors import ConfigError
+from vt_ray.common.errors import ConfigError
+from vt_ray.config.curate import CurateConfig, EndpointConfig, EndpointsConfig, SourceConfig
 from vt_ray.config.loader import load_config
 from vt_ray.data.schema import read_samples
 from vt_ray.trace import parse_trace

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from data_pipeline.config import SourceConfig
 from data_pipeline.sources import REGISTRY, Segment, SourceFormatError, SourceRecord, SourceStats, read_source
+from vt_ray.config.curate import SourceConfig
 
 
 def _write(path: Path, data: Any) -> Path:

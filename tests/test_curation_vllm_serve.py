@@ -21,9 +21,9 @@ import pytest
 
 from data_pipeline.cache import RequestCache
 from data_pipeline.client import ChatClient
-from data_pipeline.config import CurateConfig, EndpointConfig, EndpointsConfig
 from data_pipeline.frames import jpeg_data_url
 from data_pipeline.steps import Clients, verify
+from vt_ray.config.curate import CurateConfig, EndpointConfig, EndpointsConfig
 
 pytestmark = pytest.mark.slow
 

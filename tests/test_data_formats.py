@@ -13,10 +13,10 @@ from PIL import Image
 
 from vt_ray.config.schema import PromptConfig
 from vt_ray.data.formats import load_data
-from vt_ray.interop.export import export_samples
 from vt_ray.data.schema import read_samples
 from vt_ray.interop import easyr1_reward, verl_reward
-from vt_ray.rewards import RewardConfig, RewardTarget, score_response
+from vt_ray.interop.export import export_samples
+from vt_ray.rewards import RewardConfig, score_response
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 
@@ -56,7 +56,7 @@ def test_video_r1_rl_file(root: Path) -> None:
 
 def test_video_r1_prompt_is_byte_exact(root: Path) -> None:
     from vt_ray.prompts import video_r1 as templates
-    from vt_ray.rollout.prompting import chat_messages, user_text
+    from vt_ray.prompts.chat import chat_messages, user_text
 
     mc = load_data(root / "video_r1_rl.json", "video_r1").samples[0]
     style = PromptConfig(style="video_r1")
@@ -156,7 +156,7 @@ def test_verl_compute_score_equals_our_reward(root: Path, synthetic_dir: Path, t
             got = verl_reward.compute_score(data_source=row["data_source"], solution_str=response,
                                             ground_truth=row["reward_model"]["ground_truth"],
                                             extra_info=row["extra_info"])
-            want = score_response(response, RewardTarget.from_sample(samples[i]), RewardConfig())
+            want = score_response(response, samples[i].reward_target(), RewardConfig())
             assert got["score"] == got["reward"] == want["total"]
             assert got["accuracy"] == want["accuracy"] and got["format"] == want["format"]
     assert verl_reward.compute_score("x", "<answer>3</answer>", "3")["accuracy"] == 1.0  # plain ground truth
@@ -176,7 +176,7 @@ def test_easyr1_reward_module_batch_and_sequential(synthetic_dir: Path, tmp_path
     batch = easyr1_reward.compute_score(inputs)
     assert isinstance(batch, list) and len(batch) == 4
     for s, got in zip(samples, batch):
-        want = score_response(s.trace, RewardTarget.from_sample(s), RewardConfig())
+        want = score_response(s.trace, s.reward_target(), RewardConfig())
         assert got["overall"] == want["total"] and got["accuracy"] == want["accuracy"] == 1.0
         assert got["format"] == want["format"]
     single = easyr1_reward.compute_score(inputs[0])
@@ -210,7 +210,7 @@ def test_data_export_command(root: Path, tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_data_format_key_is_checked() -> None:
-    from vt_ray.config.errors import ConfigError
+    from vt_ray.common.errors import ConfigError
     from vt_ray.config.schema import DataConfig
 
     with pytest.raises(ConfigError, match="data.format"):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vt_ray.config.errors import ConfigError  # first: vt_ray.config's __init__ must load before a section module
+from vt_ray.common.errors import ConfigError  # first: vt_ray.config's __init__ must load before a section module
+from vt_ray.config.eval import BENCHMARK_FORMATS, BenchmarkConfig, EvalConfig
 from vt_ray.data.schema import SampleFormatError, VideoSample, write_samples
-from vt_ray.eval.config import BENCHMARK_FORMATS, BenchmarkConfig, EvalConfig
 from vt_ray.eval.loaders import LOADERS, BenchmarkFormatError, load_benchmark
 
 

@@ -24,7 +24,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from vt_ray.config.errors import ConfigError
+from vt_ray.common.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIED: Counter[str] = Counter()

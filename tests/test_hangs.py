@@ -122,11 +122,11 @@ def _rollout(point: str, tiny_model_dir: Path, synthetic_dir: Path, **_: Any) ->
 
 
 def _learner(point: str, tiny_model_dir: Path, **_: Any) -> tuple[Any, Callable[[], Any]]:
+    from transformers import AutoProcessor
+
     from test_learner import (
         make_examples,  # pytest puts tests/ on sys.path (rootdir conftest)
     )
-    from transformers import AutoProcessor
-
     from vt_ray.config.loader import load_config
     from vt_ray.learner.batch import collate
     from vt_ray.learner.group import LearnerGroup

@@ -111,7 +111,7 @@ def test_curve_summary_tells_a_rise_from_no_rise(tmp_path: Path) -> None:
 def test_benchmark_refuses_non_integer_seeds_and_steps_before_any_work(tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.learning_curve import parse_args
-    from vt_ray.config.errors import ConfigError
+    from vt_ray.common.errors import ConfigError
     from vt_ray.learning import LearningSpec, check_spec
 
     with pytest.raises(SystemExit):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vt_ray.config.errors import ConfigError
+from vt_ray.common.errors import ConfigError
 from vt_ray.config.loader import load_config
 from vt_ray.learner.batch import Example, TrainBatch, collate
 from vt_ray.learner.schedule import lr_factor

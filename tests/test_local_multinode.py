@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from vt_ray.cluster.config import ResourcesConfig
 from vt_ray.cluster.local_cluster import MARKER_PREFIX, LocalRayCluster, NodeSpec
 from vt_ray.config import load_config
+from vt_ray.config.resources import ResourcesConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes/tiny_cpu.yaml"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from vt_ray.cli import main
-from vt_ray.cluster.config import pack_bundles, placement_groups, total_resources
 from vt_ray.cluster.model_shapes import KNOWN_SHAPES, resolve_shape, shape_from_hf_config
 from vt_ray.cluster.planner import plan_memory
 from vt_ray.config import ConfigError, load_config
+from vt_ray.config.resources import pack_bundles, placement_groups, total_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE_1 = ROOT / "recipes/scale_1node.yaml"

@@ -25,7 +25,6 @@ from vt_ray.data.schema import read_samples, resolve_video_paths
 from vt_ray.report.browser import find_chromium, load_page, screenshot
 from vt_ray.report.page import write_report
 from vt_ray.rewards.composite import RewardScorer, reward_metrics
-from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.types import Completion, RolloutResult
 from vt_ray.trace import display_segments, parse_trace
 from vt_ray.trainer.metrics import MetricsLogger
@@ -61,7 +60,7 @@ def make_run_dir(root: Path, data_dir: Path) -> Path:
                 texts = _variants(s.trace or "")
                 results.append(RolloutResult(s.uid, [], [Completion(t, list(range(len(t.split()))), [], "stop")
                                                         for t in texts], video_metadata=video.vllm_metadata()))
-                scored.append(scorer.score_batch(texts, [RewardTarget.from_sample(s)] * len(texts)))
+                scored.append(scorer.score_batch(texts, [s.reward_target()] * len(texts)))
             flat = [x for group in scored for x in group]
             group_ids = [g for g in range(len(picked)) for _ in range(G)]
             scores = torch.tensor([x["total"] for x in flat])

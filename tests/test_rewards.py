@@ -240,7 +240,7 @@ def test_composite_total_is_weighted_sum() -> None:
 def test_target_from_sample_and_json() -> None:
     sample = VideoSample(uid="u", video="v.mp4", question="q", answer="B", options=list(OPTIONS), duration=20.0,
                          windows=[[2, 6]], captions=["a red circle"])  # fmt: skip
-    target = RewardTarget.from_sample(sample)
+    target = sample.reward_target()
     assert (target.answer, target.options, target.windows, target.duration) == ("B", OPTIONS, ((2.0, 6.0),), 20.0)
     assert RewardTarget.from_json(target.to_json()) == target
     assert RewardTarget.from_json({"answer": "4"}).answer_type == "numeric"

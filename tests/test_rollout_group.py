@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from vt_ray.common.sharding import split_evenly
 from vt_ray.config.loader import load_config
 from vt_ray.data.schema import read_samples, resolve_video_paths
-from vt_ray.common.sharding import split_evenly
 from vt_ray.rollout.types import SamplingSettings
 
 ROOT = Path(__file__).resolve().parents[1]

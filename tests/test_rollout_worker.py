@@ -10,8 +10,8 @@ import pytest
 
 from vt_ray.config.loader import load_config
 from vt_ray.data.schema import read_samples, resolve_video_paths
-from vt_ray.rollout.budget import PromptBudget
 from vt_ray.rollout.types import SamplingSettings
+from vt_ray.video.budget import PromptBudget
 from vt_ray.video.sampling import video_token_count
 
 pytestmark = pytest.mark.slow

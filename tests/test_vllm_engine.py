@@ -58,9 +58,9 @@ def test_video_prompt_logprobs_match_the_learner_forward(engine, tiny_model_dir:
 
     from vt_ray.config.loader import load_config
     from vt_ray.data.schema import read_samples, resolve_video_paths
-    from vt_ray.learner.batch import encode_prompt
     from vt_ray.models.hf_load import load_vl_model
-    from vt_ray.rollout.prompting import prompt_text
+    from vt_ray.prompts.chat import prompt_text
+    from vt_ray.prompts.encode import encode_prompt
     from vt_ray.video import read_video
 
     cfg = load_config(str(Path(__file__).parents[1] / "recipes/tiny_cpu.yaml"), [f"model.path={tiny_model_dir}"])

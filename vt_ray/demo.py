@@ -210,7 +210,7 @@ def _fmt(x: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vt_ray.trainer.train_cli import ray_session
+    from vt_ray.cluster.session import ray_session
 
     state = DemoState(Path(args.out).resolve(), Path(args.recipe), list(args.overrides))
     if args.color_steps < 1:

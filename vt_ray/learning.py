@@ -5,7 +5,7 @@ One seed's run, shared by ``python -m benchmarks.learning_curve`` (several seeds
 frames from the same samples), SFT on the real videos (format + true captions, random answer letters), then
 GRPO from the SFT model twice with validation every ``trainer.val_every`` steps: once on the real videos and
 once on the blank ones (same samples, same seeds, only the pixels differ). Every stage is the production path
-(Ray actors, vLLM-CPU rollouts, FSDP2 learners). Needs Ray initialised (``vt_ray.trainer.train_cli.init_ray``).
+(Ray actors, vLLM-CPU rollouts, FSDP2 learners). Needs Ray initialised (``vt_ray.cluster.session.init_ray``).
 """
 
 from __future__ import annotations

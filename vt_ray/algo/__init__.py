@@ -8,6 +8,3 @@ mini-batch loss). docs/algorithms.md lists every registered entry.
 Nothing is re-exported here: the recipe schema imports ``vt_ray.algo.config``, and loading a recipe must not
 import torch.
 """
-
-# The recipe schema imports our config module; loading it first avoids the vt_ray.config import cycle.
-import vt_ray.config  # noqa: F401

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vt_ray.algo import registry
-from vt_ray.config.errors import check
+from vt_ray.common.errors import check
 
 ADV_ESTIMATORS = registry.ADV_ESTIMATORS.builtin  # the registries' built-in names (vt_ray.algo.registry)
 LOSS_AGG_MODES = registry.LOSS_AGG_MODES.builtin

@@ -23,8 +23,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from vt_ray.common.errors import ConfigError
 from vt_ray.common.imports import import_callable
-from vt_ray.config.errors import ConfigError
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 

@@ -97,7 +97,7 @@ class LocalRayCluster:
             stdout=log, stderr=subprocess.STDOUT, env={**env, **self._auth_env}, start_new_session=True,
         ))
 
-    def start(self) -> "LocalRayCluster":
+    def start(self) -> LocalRayCluster:
         """Start the head, connect this process as the driver, then add the workers one at a time (concurrent
         ``ray start``s in one session race for log file names), each waited for until it has registered."""
         # Every port of every node from one batch, so no two listeners of this cluster can collide.
@@ -195,7 +195,7 @@ class LocalRayCluster:
             reset_ray_auth_cache()
         self._saved_env = {}
 
-    def __enter__(self) -> "LocalRayCluster":
+    def __enter__(self) -> LocalRayCluster:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from vt_ray.cluster.config import ResourcesConfig, placement_groups, total_resources
+from vt_ray.config.resources import ResourcesConfig, placement_groups, total_resources
 
 KIND_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 RECIPE_ANNOTATION = "vt-ray/recipe"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vt_ray.config.errors import ConfigError
+from vt_ray.common.errors import ConfigError
 
 
 @dataclass(frozen=True)

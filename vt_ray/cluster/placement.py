@@ -1,7 +1,7 @@
 """Ray side of the layout: preflight against the cluster, placement groups, and per-actor options.
 
 Only this module (and the actor-group wrappers that call it) knows about placement groups; roles stay plain
-classes. The bundles come from :func:`vt_ray.cluster.config.placement_groups`, the same function the planner
+classes. The bundles come from :func:`vt_ray.config.resources.placement_groups`, the same function the planner
 and the manifest test use.
 """
 
@@ -15,7 +15,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from vt_ray.cluster.config import PlacementGroupSpec, ResourcesConfig, placement_groups, total_resources
+from vt_ray.config.resources import PlacementGroupSpec, ResourcesConfig, placement_groups, total_resources
 
 
 class InsufficientResources(RuntimeError):

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vt_ray.cluster.model_shapes import ModelShape, resolve_shape
-from vt_ray.config.errors import check
+from vt_ray.common.errors import check
 from vt_ray.config.schema import RecipeConfig
 
 GIB = 1024**3

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from vt_ray.config.errors import ConfigError
+from vt_ray.common.errors import ConfigError
 
 
 def import_callable(path: str, key: str) -> Callable[..., Any]:

@@ -1,7 +1,8 @@
 """Typed recipes: schema (dataclasses), strict loader, errors naming the key.
 
-Exports resolve lazily: section configs (``vt_ray.rewards.config`` ...) import ``vt_ray.config.errors``, and an
-eager import of the schema here would make importing any of them first a circular import.
+The section configs of the roles above (``resources``, ``learner``, ``trainer``, ``eval``) live here; the
+algorithm's and the rewards' own sections live in their packages, below this one (``vt_ray.algo.config``,
+``vt_ray.rewards.config``). Exports resolve lazily, so importing one section does not load the whole schema.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ConfigError": "vt_ray.config.errors",
+    "ConfigError": "vt_ray.common.errors",
     "RecipeConfig": "vt_ray.config.schema",
     "load_config": "vt_ray.config.loader",
     "load_from_cli": "vt_ray.config.loader",

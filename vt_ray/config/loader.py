@@ -14,7 +14,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vt_ray.config.errors import ConfigError
+from vt_ray.common.errors import ConfigError
 from vt_ray.config.schema import RecipeConfig
 
 COMMAND_LINE = "command line"

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 
-from data_pipeline.config import CurateConfig
 from vt_ray.algo.config import AlgorithmConfig
-from vt_ray.cluster.config import ResourcesConfig
-from vt_ray.config.errors import ConfigError, check
-from vt_ray.eval.config import EvalConfig
-from vt_ray.learner.config import LearnerConfig, SftConfig
+from vt_ray.common.errors import ConfigError, check
+from vt_ray.config.curate import CurateConfig
+from vt_ray.config.eval import EvalConfig
+from vt_ray.config.learner import LearnerConfig, SftConfig
+from vt_ray.config.resources import ResourcesConfig
+from vt_ray.config.trainer import TrainerConfig
 from vt_ray.rewards.config import RewardConfig
-from vt_ray.trainer.config import TrainerConfig
 
 
 def _prompt(name: str) -> str:
@@ -91,7 +91,8 @@ class PromptConfig:
         try:
             self.question_template.format(question="", options="")
         except (KeyError, IndexError, ValueError) as err:
-            raise ConfigError("prompt.question_template", f"only {{question}} and {{options}} may appear: {err!r}")
+            raise ConfigError("prompt.question_template",
+                              f"only {{question}} and {{options}} may appear: {err!r}") from None
 
 
 @dataclass

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from vt_ray.data.schema import VideoSample
-from vt_ray.rewards.target import RewardTarget
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def load_samples(path: str | Path, root: str | Path | None = None) -> tuple[list
                 continue
             try:
                 sample = VideoSample(**row)
-                RewardTarget.from_sample(sample)  # what every step builds from it: must not fail mid-run
+                sample.reward_target()  # what every step builds from it: must not fail mid-run
             except (TypeError, ValueError) as err:
                 report.skip("invalid", f"{where}: {err}")
                 continue

@@ -7,16 +7,14 @@ captions. Every source (synthetic data, curated data, benchmark loaders) writes 
 from __future__ import annotations
 
 import json
-import string
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-ANSWER_TYPES = ("multiple_choice", "numeric", "free_text", "ocr", "regression")
-"""ocr and regression are Video-R1's problem types (graded by its definitions, vt_ray.rewards.video_r1)."""
+from vt_ray.rewards.target import ANSWER_TYPES, OPTION_LETTERS, RewardTarget  # noqa: F401 (re-exported)
+
 MEDIA_TYPES = ("video", "image")
-OPTION_LETTERS = string.ascii_uppercase
 
 
 class SampleFormatError(ValueError):
@@ -68,6 +66,19 @@ class VideoSample:
     def options_text(self) -> str:
         """Options as the prompt shows them: one ``A. text`` per line."""
         return "\n".join(f"{OPTION_LETTERS[i]}. {text}" for i, text in enumerate(self.options))
+
+    def reward_target(self) -> RewardTarget:
+        """What a response to this sample is scored against (the ground truth, without the video)."""
+        return RewardTarget(
+            answer=self.answer,
+            answer_type=self.answer_type,
+            options=tuple(self.options),
+            windows=tuple((float(w[0]), float(w[1])) for w in self.windows),
+            captions=tuple(self.captions),
+            duration=self.duration,
+            rules=str(self.extra.get("answer_rules", "project")),
+            extra={"uid": self.uid, "category": self.category, "source": self.source, "media": self.media},
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

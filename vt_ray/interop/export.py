@@ -15,12 +15,11 @@ from vt_ray.config.schema import PromptConfig
 from vt_ray.data.formats._common import SAMPLE_KEY
 from vt_ray.data.formats.easyr1 import TARGET_KEY
 from vt_ray.data.schema import VideoSample
-from vt_ray.rewards.target import RewardTarget
-from vt_ray.rollout.prompting import chat_messages, user_text
+from vt_ray.prompts.chat import chat_messages, user_text
 
 
 def target_json(sample: VideoSample) -> str:
-    return json.dumps({TARGET_KEY: RewardTarget.from_sample(sample).to_json()}, ensure_ascii=False)
+    return json.dumps({TARGET_KEY: sample.reward_target().to_json()}, ensure_ascii=False)
 
 
 def verl_row(sample: VideoSample, index: int, split: str, prompt: PromptConfig) -> dict[str, Any]:

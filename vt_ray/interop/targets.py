@@ -25,7 +25,7 @@ def target_for(ground_truth: Any, extra_info: Mapping[str, Any] | None = None) -
     extra = dict(extra_info or {})
     if extra.get(SAMPLE_KEY):
         raw = extra[SAMPLE_KEY]
-        return RewardTarget.from_sample(VideoSample(**(json.loads(raw) if isinstance(raw, str) else raw)))
+        return VideoSample(**(json.loads(raw) if isinstance(raw, str) else raw)).reward_target()
     truth = ground_truth if isinstance(ground_truth, str) else json.dumps(ground_truth)
     text = truth.strip()
     if text.startswith("{") and TARGET_KEY in text:

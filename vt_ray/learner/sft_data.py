@@ -20,7 +20,7 @@ import numpy as np
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.data.schema import VideoSample
 from vt_ray.learner.batch import Example
-from vt_ray.rollout.prompting import prompt_text
+from vt_ray.prompts.chat import prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class SftExampleBuilder:
     """Decodes a sample's video (fitted to the prompt budget) and tokenises its response."""
 
     def __init__(self, cfg: RecipeConfig, processor: Any) -> None:
-        from vt_ray.rollout.budget import PromptBudget
+        from vt_ray.video.budget import PromptBudget
 
         self.cfg, self.processor = cfg, processor
         self.budget = PromptBudget.from_config(cfg)
@@ -83,13 +83,13 @@ class SftExampleBuilder:
 
     def build(self, sample: VideoSample) -> Example | None:
         """The example, or None (counted in ``skipped``) for an unreadable or over-budget video."""
-        from vt_ray.rollout.budget import fit_to_budget
+        from vt_ray.video.budget import fit_to_budget
         from vt_ray.video.errors import VideoError
 
         prompt = prompt_text(self.processor, sample, self.cfg.prompt)
         ids = self.processor.tokenizer(response_text(sample), add_special_tokens=False)["input_ids"]
         if sample.media == "image":
-            from vt_ray.rollout.budget import fit_image_to_budget
+            from vt_ray.video.budget import fit_image_to_budget
 
             try:
                 image, _ = fit_image_to_budget(sample.video, prompt, self.processor.tokenizer, self.cfg.video,

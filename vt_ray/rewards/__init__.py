@@ -1,9 +1,6 @@
 """Rewards: accuracy and format (the paper's r = r_acc + r_format), optional grounding/caption/length rewards,
 user rewards by import path, and the composite scorer shared by the trainer and the ``score`` command."""
 
-# The recipe schema imports our config module; loading it first keeps ``import vt_ray.rewards.<x>`` free of
-# the vt_ray.config <-> section-config import cycle whichever module is imported first.
-import vt_ray.config  # noqa: F401  isort: skip
 from vt_ray.rewards.composite import RewardScorer, reward_metrics, score_response
 from vt_ray.rewards.config import CustomRewardConfig, RewardConfig
 from vt_ray.rewards.target import RewardTarget

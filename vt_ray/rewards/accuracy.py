@@ -28,10 +28,9 @@ import re
 import string
 from collections import Counter
 
-from vt_ray.data.schema import OPTION_LETTERS
 from vt_ray.rewards import video_r1
 from vt_ray.rewards.config import RewardConfig
-from vt_ray.rewards.target import RewardTarget
+from vt_ray.rewards.target import OPTION_LETTERS, RewardTarget
 from vt_ray.trace import ParsedTrace
 
 MAX_ANSWER_CHARS = 2000  # an answer is short; longer contents are cut so adversarial text stays cheap

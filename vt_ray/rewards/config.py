@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from vt_ray.config.errors import check
+from vt_ray.common.errors import check
 
 _IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 BUILTIN_COMPONENTS = ("accuracy", "format", "temporal_iou", "caption_similarity", "length_penalty")

@@ -1,17 +1,20 @@
 """What a response is scored against: the ground truth of one sample, without the video.
 
-Built from a :class:`~vt_ray.data.schema.VideoSample` (trainer) or a score-file line (``score`` command), so
-both paths score with the same code. Plain data: JSON round-trips it to the reward worker process.
+Built from a :class:`~vt_ray.data.schema.VideoSample` (``VideoSample.reward_target()``, trainer) or a score-file
+line (``score`` command), so both paths score with the same code. Plain data: JSON round-trips it to the reward
+worker process. The answer vocabulary (types, option letters) is defined here, below the data schema that uses it.
 """
 
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vt_ray.data.schema import ANSWER_TYPES, VideoSample
-
+ANSWER_TYPES = ("multiple_choice", "numeric", "free_text", "ocr", "regression")
+"""ocr and regression are Video-R1's problem types (graded by its definitions, vt_ray.rewards.video_r1)."""
+OPTION_LETTERS = string.ascii_uppercase
 ANSWER_RULES = ("project", "video_r1")
 
 
@@ -41,19 +44,6 @@ class RewardTarget:
             raise ValueError(f"rules must be one of {ANSWER_RULES}, got {self.rules!r}")
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration >= 0):
             raise ValueError(f"duration must be a finite number >= 0, got {self.duration!r}")
-
-    @classmethod
-    def from_sample(cls, sample: VideoSample) -> RewardTarget:
-        return cls(
-            answer=sample.answer,
-            answer_type=sample.answer_type,
-            options=tuple(sample.options),
-            windows=tuple((float(w[0]), float(w[1])) for w in sample.windows),
-            captions=tuple(sample.captions),
-            duration=sample.duration,
-            rules=str(sample.extra.get("answer_rules", "project")),
-            extra={"uid": sample.uid, "category": sample.category, "source": sample.source, "media": sample.media},
-        )
 
     @classmethod
     def from_json(cls, line: dict[str, Any]) -> RewardTarget:

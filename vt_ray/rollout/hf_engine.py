@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from vt_ray.config.schema import ModelConfig, RolloutConfig
-from vt_ray.learner.batch import encode_prompt
-from vt_ray.rollout.prompting import banned_token_ids
+from vt_ray.prompts.chat import banned_token_ids
+from vt_ray.prompts.encode import encode_prompt
 from vt_ray.rollout.types import (
     Completion,
     GenerationRequest,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from vt_ray.config.schema import ModelConfig, RolloutConfig
-from vt_ray.rollout.prompting import banned_token_ids
+from vt_ray.prompts.chat import banned_token_ids
 from vt_ray.rollout.types import (
     Completion,
     GenerationRequest,

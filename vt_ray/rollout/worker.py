@@ -15,11 +15,11 @@ import numpy as np
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.config.schema import RecipeConfig, VideoConfig
 from vt_ray.data.schema import VideoSample
-from vt_ray.rollout.budget import PromptBudget, fit_image_to_budget, fit_to_budget
+from vt_ray.prompts.chat import prompt_text
 from vt_ray.rollout.engines import make_engine
-from vt_ray.rollout.prompting import prompt_text
 from vt_ray.rollout.types import GenerationRequest, RolloutResult, SamplingSettings
 from vt_ray.testing.faults import crash_point, hang_point
+from vt_ray.video.budget import PromptBudget, fit_image_to_budget, fit_to_budget
 from vt_ray.video.errors import VideoError
 
 log = logging.getLogger(__name__)

@@ -31,15 +31,14 @@ import torch
 
 from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
 from vt_ray.algo.loss import mismatch_stats
-from vt_ray.config.loader import to_yaml
+from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.common.environment import capture_environment
 from vt_ray.common.progress import Progress
-from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
+from vt_ray.config.loader import to_yaml
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.data.schema import VideoSample
 from vt_ray.rewards.accuracy import is_letter_answer_correct
 from vt_ray.rewards.composite import reward_metrics, reward_metrics_by_type
-from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.group import RolloutRestartBudgetExhausted
 from vt_ray.rollout.types import RolloutResult, SamplingSettings
 from vt_ray.testing.faults import crash_point
@@ -474,10 +473,10 @@ class GRPOTrainer:
         if not results:
             return None, skipped, {"time/rollout_s": t1 - t0, "time/reward_s": 0.0}
         data = self._flatten(results, samples)
-        targets = [RewardTarget.from_sample(samples[g]) for g in data.group_ids]
+        targets = [samples[g].reward_target() for g in data.group_ids]
         shuffled_groups = [g for g, r in enumerate(results) for _ in r.shuffled_completions]
         shuffled_texts = [c.text for r in results for c in r.shuffled_completions]
-        shuffled_targets = [RewardTarget.from_sample(samples[g]) for g in shuffled_groups]
+        shuffled_targets = [samples[g].reward_target() for g in shuffled_groups]
         all_scored = self.rewards.score(data.texts + shuffled_texts, targets + shuffled_targets)
         data.scored, shuffled_scored = all_scored[: len(data.texts)], all_scored[len(data.texts):]
         metrics = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
@@ -605,7 +604,7 @@ class GRPOTrainer:
         out = self.rollout.generate(self.val, sampling_for_validation(self.cfg))
         by_uid = {s.uid: s for s in self.val}
         texts = [r.completions[0].text for r in out.results]
-        scored = self.rewards.score(texts, [RewardTarget.from_sample(by_uid[r.uid]) for r in out.results])
+        scored = self.rewards.score(texts, [by_uid[r.uid].reward_target() for r in out.results])
         metrics = reward_metrics(scored, prefix="val/")
         parsed = [parse_trace(t) for t in texts]
         metrics["val/valid_share"] = sum(p.violations == () for p in parsed) / max(len(texts), 1)

@@ -11,7 +11,7 @@ class ConfigError(ValueError):
         where = f"{source}: " if source else ""
         super().__init__(f"{where}config key '{key}': {message}")
 
-    def with_source(self, source: str) -> "ConfigError":
+    def with_source(self, source: str) -> ConfigError:
         return ConfigError(self.key, self.message, source)
 
 

@@ -14,19 +14,19 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-tiny-model": ("vt_ray.models.tiny_cli", "write a tiny random Qwen2.5-VL with an offline tokenizer"),
-    "make-synthetic-data": ("vt_ray.data.synthetic_cli", "write small synthetic videos and a dataset"),
-    "config": ("vt_ray.config.cli", "print the resolved recipe (validates it)"),
-    "data": ("vt_ray.data.data_cli", "check the recipe's data files (counts, bad rows, missing media) or export "
+    "make-tiny-model": ("vt_ray.cli.tiny_model", "write a tiny random Qwen2.5-VL with an offline tokenizer"),
+    "make-synthetic-data": ("vt_ray.cli.synthetic_data", "write small synthetic videos and a dataset"),
+    "config": ("vt_ray.cli.config", "print the resolved recipe (validates it)"),
+    "data": ("vt_ray.cli.data", "check the recipe's data files (counts, bad rows, missing media) or export "
              "them to verl / EasyR1"),
-    "plan": ("vt_ray.cluster.plan_cli", "per-GPU memory plan and placement groups for a recipe (refuses overflow)"),
-    "generate": ("vt_ray.rollout.generate_cli", "sample responses for dataset videos with vLLM (or HF)"),
-    "sft": ("vt_ray.learner.sft_cli", "supervised fine-tuning on gold traces with the FSDP2 learner group"),
-    "train": ("vt_ray.trainer.train_cli", "GRPO training on Ray (locally or under ray job submit); resumes"),
-    "eval": ("vt_ray.eval.eval_cli", "evaluate a checkpoint on benchmarks and frame counts; writes a report"),
+    "plan": ("vt_ray.cli.plan", "per-GPU memory plan and placement groups for a recipe (refuses overflow)"),
+    "generate": ("vt_ray.cli.generate", "sample responses for dataset videos with vLLM (or HF)"),
+    "sft": ("vt_ray.cli.sft", "supervised fine-tuning on gold traces with the FSDP2 learner group"),
+    "train": ("vt_ray.cli.train", "GRPO training on Ray (locally or under ray job submit); resumes"),
+    "eval": ("vt_ray.cli.eval", "evaluate a checkpoint on benchmarks and frame counts; writes a report"),
     "demo": ("vt_ray.demo", "the tiny end-to-end run on a local Ray cluster"),
-    "report": ("vt_ray.report.cli", "an HTML + Markdown report of a run: curves, rollout viewer, checkpoints"),
-    "score": ("vt_ray.rewards.score_cli", "score a JSONL of responses with the recipe's rewards"),
+    "report": ("vt_ray.cli.report", "an HTML + Markdown report of a run: curves, rollout viewer, checkpoints"),
+    "score": ("vt_ray.cli.score", "score a JSONL of responses with the recipe's rewards"),
     "curate": ("data_pipeline.curate_cli",
                "Hindsight-Curation on Ray Data: build SFT traces and RL samples from source datasets"),
 }
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"python -m vt_ray {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(rest)
-    from vt_ray.config.errors import ConfigError
+    from vt_ray.common.errors import ConfigError
 
     try:
         return int(module.run(args) or 0)

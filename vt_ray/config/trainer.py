@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vt_ray.config.errors import check
+from vt_ray.common.errors import check
 
 
 @dataclass

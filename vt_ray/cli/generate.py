@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from vt_ray.config.loader import load_from_cli
-from vt_ray.rewards.target import RewardTarget
 from vt_ray.rollout.types import SamplingSettings
 from vt_ray.trace import parse_trace
 
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         by_uid = {s.uid: s for s in samples}
         with open(args.out, "w") as f:
             for r in batch.results:
-                truth = RewardTarget.from_sample(by_uid[r.uid]).to_json()
+                truth = by_uid[r.uid].reward_target().to_json()
                 for index, c in enumerate(r.completions):
                     f.write(json.dumps({"uid": r.uid, "index": index, "response": c.text, **truth,
                                         "finish_reason": c.finish_reason, "response_tokens": len(c.token_ids),

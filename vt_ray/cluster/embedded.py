@@ -71,7 +71,7 @@ class EmbeddedCluster:
     def log_path(self) -> Path:
         return self.temp_dir / "ray_start.log"
 
-    def start(self, env_vars: dict[str, str], while_booting: Callable[[], object] | None = None) -> "EmbeddedCluster":
+    def start(self, env_vars: dict[str, str], while_booting: Callable[[], object] | None = None) -> EmbeddedCluster:
         """Start the head in a new session, then ``ray.init`` against it. ``env_vars`` reach every worker
         (they inherit the raylet's environment), as ``runtime_env.env_vars`` would. ``while_booting`` runs
         after the head was launched and before the driver connects (the CLIs import torch and the driver

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vt_ray.config.errors import check
+from vt_ray.common.errors import check
 
 # Kept in sync with vt_ray.eval.loaders.LOADERS (a test checks it); listed here so the config module does not
 # import the loaders (and their optional dependencies) just to validate a name.

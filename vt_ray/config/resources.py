@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vt_ray.config.errors import check
+from vt_ray.common.errors import check
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 MODEL_SIZES = ("", "3B", "7B", "72B")

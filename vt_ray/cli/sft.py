@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_from_cli(args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from vt_ray.trainer.train_cli import ray_session
+    from vt_ray.cluster.session import ray_session
 
     # joins the job's cluster, or starts the same local one `train` uses (importing the SFT driver meanwhile)
     with ray_session(cfg, while_booting=lambda: importlib.import_module("vt_ray.learner.sft")):

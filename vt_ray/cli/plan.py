@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vt_ray.cluster.config import placement_groups, total_resources
 from vt_ray.cluster.planner import format_plan, overflow_message, plan_memory
 from vt_ray.config.loader import load_from_cli
+from vt_ray.config.resources import placement_groups, total_resources
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

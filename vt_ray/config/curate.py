@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from vt_ray.config.errors import check
+from vt_ray.common.errors import check
 
 ENDPOINT_KINDS = ("openai", "vllm_local")
 STEPS = ("question", "caption", "trace", "verify")  # the four model calls of the pipeline

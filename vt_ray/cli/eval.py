@@ -15,10 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_from_cli(args.overrides)
     if not cfg.eval.benchmarks:
-        from vt_ray.config.errors import ConfigError
+        from vt_ray.common.errors import ConfigError
 
         raise ConfigError("eval.benchmarks", "no benchmarks configured: add eval.benchmarks entries to the recipe")
-    from vt_ray.trainer.train_cli import init_ray
+    from vt_ray.cluster.session import init_ray
 
     init_ray(cfg, while_booting=lambda: importlib.import_module("vt_ray.eval.runner"))  # imports while Ray boots
     from vt_ray.eval.runner import evaluate
