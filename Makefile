@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 setup:
 	@bash tools/setup_env.sh
 	@bash tools/setup_wordnet.sh
@@ -18,6 +18,11 @@ test: setup
 # Pure-Python tests only (no vLLM, no Ray): seconds.
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Lint (ruff) and type checks (mypy; strict for algo/rewards/config/common/trace), configured in pyproject.toml.
+lint: setup
+	$(VENV)/bin/ruff check vt_ray data_pipeline tests benchmarks tools
+	$(VENV)/bin/mypy vt_ray data_pipeline
 
 bench: setup
 	$(PY) -m benchmarks.run_all

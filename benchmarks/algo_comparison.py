@@ -72,8 +72,8 @@ def run_seed(spec: LearningSpec, families: list[str], reuse_sft: bool = False) -
     else:
         build_inputs(spec)
         sft_dir, sft = run_sft_stage(spec)
-    out: dict[str, Any] = {"seed": spec.seed, "task": spec.task, "sft": sft, "sft_s": round(time.perf_counter() - started, 1),
-                           "families": {}}
+    out: dict[str, Any] = {"seed": spec.seed, "task": spec.task, "sft": sft,
+                           "sft_s": round(time.perf_counter() - started, 1), "families": {}}
     for name in families:
         print(f"[algo_comparison] seed {spec.seed}: {name} {' '.join(FAMILIES[name]) or '(recipe as is)'}", flush=True)
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 from dataclasses import replace
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
-                 **({} if address else {"num_cpus": os.cpu_count() or 2}))
+        local: dict[str, Any] = {} if address else {"num_cpus": os.cpu_count() or 2}
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=True, **local)
     try:
         stats = run_curation(cfg)
     finally:

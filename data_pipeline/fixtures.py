@@ -28,8 +28,10 @@ def make_fixtures(out: str | Path, num_videos: int = 8, seed: int = 0, faults: b
     caption_only: list[dict[str, Any]] = []
     qa_only: list[dict[str, Any]] = []
     for i, s in enumerate(samples):
-        base = {"uid": s.uid, "video": s.video, "duration": s.duration, "category": s.category, "extra": {}}
-        segments = [{"start": w[0], "end": w[1], "caption": c} for w, c in zip(s.windows, s.captions, strict=True)]
+        base: dict[str, Any] = {"uid": s.uid, "video": s.video, "duration": s.duration, "category": s.category,
+                                "extra": {}}
+        segments: list[dict[str, Any]] = [{"start": w[0], "end": w[1], "caption": c}
+                                          for w, c in zip(s.windows, s.captions, strict=True)]
         if len(segments) < 2 and s.duration:  # multi-hop questions need two segments: add the clip's ending
             end = segments[-1]["end"] if segments else 0.0
             segments.append({"start": end, "end": max(end, s.duration), "caption": "The dark background stays."})

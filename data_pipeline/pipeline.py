@@ -45,7 +45,8 @@ def read_records(src: SourceConfig) -> Iterator[dict[str, Any]]:
     else:
         from data_pipeline.sources import read_source  # lazy: written separately, heavy readers stay unloaded
 
-        lines = (r.to_dict() for r in read_source(src.name, src.path, **src.options))
+        reader_kw: dict[str, Any] = src.options  # the reader's own keyword arguments
+        lines = (r.to_dict() for r in read_source(src.name, src.path, **reader_kw))
     for rec in lines:
         if src.limit and count >= src.limit:
             return
@@ -132,7 +133,7 @@ def run_curation(cfg: CurateConfig, num_cpus_per_worker: float = 0.25) -> dict[s
     done: list[dict[str, Any]] = []
     if rows:
         blocks = max(1, min(len(rows), math.ceil(len(rows) / cfg.batch_size)))
-        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=blocks)
         # Two batches run at once in each actor (threads): while one waits for its slowest row, the next
         # keeps the endpoint busy. The clients are thread-safe and the semaphores still cap the requests.
         compute = ray.data.ActorPoolStrategy(size=cfg.workers, max_concurrent_calls_per_actor=2,
@@ -143,11 +144,11 @@ def run_curation(cfg: CurateConfig, num_cpus_per_worker: float = 0.25) -> dict[s
         if not progress_enabled():  # --quiet or no terminal: no Ray Data operator bars either
             ray.data.DataContext.get_current().enable_progress_bars = False
         with Progress("curate", len(rows), unit="record") as bar:
-            kept = 0
+            n_kept = 0
             for r in ds.iter_rows():  # streams: stages overlap
                 done.append(json.loads(str(r["state"])))
-                kept += done[-1]["status"] == "ok"
-                bar.advance(kept=kept)
+                n_kept += done[-1]["status"] == "ok"
+                bar.advance(kept=n_kept)
     done.sort(key=lambda r: r["uid"])
     kept = [VideoSample(**r["output"]) for r in done if r["status"] == "ok"]
     _atomic_write_samples(out / "sft.jsonl", kept)

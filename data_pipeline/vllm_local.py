@@ -31,7 +31,7 @@ class VllmChatEngine:
         from vllm import SamplingParams
 
         sampling = SamplingParams(**{k: v for k, v in params.items() if k in _SAMPLING_KEYS})
-        out = self.llm.chat(messages, sampling, use_tqdm=False)[0]
+        out = self.llm.chat(messages, sampling, use_tqdm=False)[0]  # type: ignore[arg-type]  # plain OpenAI dicts
         return out.outputs[0].text, len(out.prompt_token_ids or []), len(out.outputs[0].token_ids)
 
 

@@ -102,8 +102,8 @@ def _reward(point: str, **_: Any) -> tuple[Any, Callable[[], Any]]:
     from vt_ray.trainer.reward_group import RewardGroup
 
     env = _hang_env(point)
-    group = RewardGroup(RewardConfig(), 2, lambda rank: {"num_cpus": 0.1, "runtime_env": env}, call_timeout_s=300)
-    group.call_timeout_s = TIMEOUT_S
+    group = RewardGroup(RewardConfig(), 2, lambda rank: {"num_cpus": 0.1, "runtime_env": env}, timeout_s=300)
+    group.timeout_s = TIMEOUT_S
     target = RewardTarget(answer="A", options=("x", "y"))
     return group, lambda: group.score(["<answer>A</answer>"] * 4, [target] * 4)
 
@@ -116,8 +116,8 @@ def _rollout(point: str, tiny_model_dir: Path, synthetic_dir: Path, **_: Any) ->
 
     cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", [f"model.path={tiny_model_dir}", "rollout.backend=hf"])
     samples = resolve_video_paths(read_samples(synthetic_dir / "train.jsonl"), synthetic_dir)[:2]
-    group = RolloutGroup(cfg, num_workers=1, num_cpus=0.5, runtime_env=_hang_env(point), call_timeout_s=300)
-    group.call_timeout_s = TIMEOUT_S
+    group = RolloutGroup(cfg, num_workers=1, num_cpus=0.5, runtime_env=_hang_env(point), timeout_s=300)
+    group.timeout_s = TIMEOUT_S
     return group, lambda: group.generate(samples, SamplingSettings(n=2, temperature=1.0, max_tokens=8))
 
 
@@ -193,7 +193,7 @@ def test_an_actor_stuck_in_init_is_found_through_the_gcs(ray_cluster, tiny_model
     try:
         with pytest.raises(StepTimeout) as caught:
             RolloutGroup(cfg, num_workers=1, num_cpus=0.5, runtime_env=_hang_env("rollout.init@0"),
-                         call_timeout_s=TIMEOUT_S)
+                         timeout_s=TIMEOUT_S)
         err = caught.value
         assert (err.role, err.method, err.rank) == ("rollout", "ready", 0)
         assert "in hang_point" in err.stacks[0] and "in __init__" in err.stacks[0], err.stacks[0]
@@ -271,3 +271,62 @@ def test_every_stuck_scorer_is_named_with_its_stacks(ray_cluster) -> None:
             assert "in hang_point" in err.stacks[rank] and "in score" in err.stacks[rank], err.stacks[rank]
     finally:
         _kill(group)
+
+
+# ---- the worker group every role group is built on ---------------------------------------------------------
+def _echo_cls() -> type:
+    """Built in a function so Ray ships the class by value (the test module is not importable in workers)."""
+
+    class Echo:
+        def __init__(self, rank: int, marker: str) -> None:
+            self.rank, self.marker = rank, marker
+
+        def ready(self) -> Any:
+            from vt_ray.common.timeouts import install_stack_dumps
+
+            return install_stack_dumps("echo", self.rank)
+
+        def work(self, x: int, block: bool = False) -> tuple[int, int]:
+            import os
+
+            if block:
+                time.sleep(3600)
+            if self.rank == 1 and not os.path.exists(self.marker):  # dies once, like an OOM kill
+                Path(self.marker).write_text("died")
+                os._exit(1)
+            return self.rank, x * 10 + self.rank
+
+    return Echo
+
+
+@pytest.mark.slow
+def test_worker_group_calls_every_rank_replaces_a_dead_one_and_names_every_late_rank(ray_cluster, tmp_path) -> None:
+    from ray.exceptions import RayActorError
+
+    from vt_ray.cluster.worker_group import WorkerGroup
+
+    class EchoGroup(WorkerGroup):
+        role = "echo"
+
+    group = EchoGroup(_echo_cls(), 3, lambda rank: (rank, str(tmp_path / "died")), timeout_s=60,
+                      remote_options={"num_cpus": 0.1})
+    try:
+        assert sorted(group._infos) == [0, 1, 2] and len({i.pid for i in group._infos.values()}) == 3
+        old_pid = group._infos[1].pid
+
+        def replace(rank: int, err: Exception) -> Any:  # the roles' policy: respawn, re-send the rank's share
+            assert isinstance(err, RayActorError) and rank == 1
+            group.respawn(rank)
+            return group.actors[rank].work.remote(7)
+
+        assert group.call("work", 7, on_error=replace) == [(0, 70), (1, 71), (2, 72)]  # rank order, none lost
+        assert group._infos[1].pid != old_pid  # the new actor's ready() answer
+        group.timeout_s = TIMEOUT_S
+        with pytest.raises(StepTimeout) as caught:
+            group.call("work", 1, block=True, ranks=[2, 0])
+        err = caught.value
+        assert (err.role, err.method, err.ranks) == ("echo", "work", [0, 2])  # one deadline: both named
+        assert all("in work" in err.stacks[rank] for rank in (0, 2)), err.stacks
+    finally:
+        group.kill_all()
+    assert group.actors == []

@@ -28,7 +28,9 @@ def make_examples(processor, n: int, seed: int = 0, frames_shape=(4, 56, 56, 3),
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     out = []
     for i in range(n):
-        msgs = SYSTEM + [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": f"What happens? {'why ' * i}"}]}]
+        msgs = SYSTEM + [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": f"What happens? {'why ' * i}"}]}
+        ]
         prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         trace = "<time>0.0-1.0</time> <caption>a red box moves</caption> <think>it moves</think> " * (1 + i % 3)
         response = tok(trace + f"<answer>{'ABCD'[i % 4]}</answer>", add_special_tokens=False)["input_ids"] + [im_end]
@@ -63,7 +65,9 @@ def test_collate_loss_mask_covers_exactly_the_response(processor) -> None:
         assert batch.attention_mask[i].sum() == n_p + n_r and batch.attention_mask[i, : n_p + n_r].all()
         assert (row[n_p + n_r :] == pad).all()
         # per-token extras sit on the response tokens they belong to; per-sequence extras in sample order
-        assert batch.token_extras["old_logprobs"][i, n_p : n_p + n_r].tolist() == pytest.approx(ex.token_extras["old_logprobs"])
+        assert batch.token_extras["old_logprobs"][i, n_p : n_p + n_r].tolist() == pytest.approx(
+            ex.token_extras["old_logprobs"]
+        )
         assert batch.token_extras["old_logprobs"][i, :n_p].abs().sum() == 0
         assert batch.seq_extras["advantages"][i] == pytest.approx(ex.seq_extras["advantages"])
     assert batch.num_tokens == sum(len(e.response_ids) for e in examples)
@@ -336,7 +340,9 @@ def test_prefetch_keeps_order_runs_ahead_and_stops_early(depth: int) -> None:
     assert seen == [0, 1]  # the error surfaces at its own item, as when building inline
 
 
-def test_sft_example_is_prompt_plus_gold_trace_and_end_of_turn(tiny_model_dir: Path, processor, synthetic_dir: Path) -> None:
+def test_sft_example_is_prompt_plus_gold_trace_and_end_of_turn(
+    tiny_model_dir: Path, processor, synthetic_dir: Path
+) -> None:
     from vt_ray.learner.sft_data import SftExampleBuilder, load_sft_samples
 
     cfg = load_config("recipes/tiny_cpu.yaml" if Path("recipes/tiny_cpu.yaml").exists() else None,

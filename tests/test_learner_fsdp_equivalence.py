@@ -44,7 +44,9 @@ def plain_reference(model_dir: Path, batch) -> tuple[list[float], dict[str, torc
 
     cfg = load_config(None, [f"model.path={model_dir}", *OVERRIDES]).learner
     model = load_vl_model(str(model_dir), torch.float32).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=LR, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 0, STEPS, cfg.min_lr_ratio))
     losses = []
     for _ in range(STEPS):
@@ -71,7 +73,10 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
     from vt_ray.learner.group import LearnerCallError, LearnerGroup
     from vt_ray.learner.worker import LearnerWorker
 
-    cfg2 = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "resources.learner.num_workers=2", "learner.micro_batch_size=1"])
+    cfg2 = load_config(
+        None,
+        [f"model.path={tiny_model_dir}", *OVERRIDES, "resources.learner.num_workers=2", "learner.micro_batch_size=1"],
+    )
     group = LearnerGroup(cfg2)
     try:
         group.setup(total_steps=STEPS)
@@ -141,7 +146,8 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
 
     assert torch.allclose(fast_lp_before, ref_lp1, atol=1e-5)  # before any update the policy is the reference
     for m, f in zip(metrics2, fast_metrics):
-        assert f["loss"] == pytest.approx(m["loss"], abs=1e-5) and f["grad_norm"] == pytest.approx(m["grad_norm"], rel=1e-5)
+        assert (f["loss"] == pytest.approx(m["loss"], abs=1e-5)
+                and f["grad_norm"] == pytest.approx(m["grad_norm"], rel=1e-5))
     assert not torch.allclose(fast_lps[0], fast_lps[1], atol=1e-3)  # each forward saw the latest update
     assert torch.allclose(fast_lps[-1], policy_lp1, atol=1e-5)
     assert max_diff(fast_weights, weights1) < 1e-5

@@ -70,7 +70,9 @@ def _flags(worker) -> dict:
     return {
         "policy_training": policy.training and all(m.training for m in policy.modules()),
         "policy_use_cache": policy.config.use_cache,
-        "policy_checkpointing": sorted(n for n, m in policy.named_modules() if getattr(m, "gradient_checkpointing", False)),
+        "policy_checkpointing": sorted(
+            n for n, m in policy.named_modules() if getattr(m, "gradient_checkpointing", False)
+        ),
         "policy_requires_grad": all(p.requires_grad for p in policy.parameters()),
         "policy_dtypes": sorted({str(p.dtype) for p in policy.parameters()}),
         "policy_tied": _tied_parameter_groups(policy),

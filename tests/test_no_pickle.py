@@ -58,7 +58,8 @@ def findings(source: str) -> list[tuple[int, str]]:
                     out.append((node.lineno, f"{node.module}.{alias.name}"))
         elif isinstance(node, ast.keyword) and node.arg in ("weights_only", "allow_pickle"):
             value = node.value.value if isinstance(node.value, ast.Constant) else None
-            if (node.arg == "weights_only" and value is not True) or (node.arg == "allow_pickle" and value is not False):
+            if ((node.arg == "weights_only" and value is not True)
+                    or (node.arg == "allow_pickle" and value is not False)):
                 out.append((node.value.lineno, f"{node.arg}={ast.unparse(node.value)}"))
         if isinstance(node, ast.Call):
             func = _dotted(node.func)
@@ -67,7 +68,8 @@ def findings(source: str) -> list[tuple[int, str]]:
                 if "weights_only" not in kwargs:
                     out.append((node.lineno, "torch.load without weights_only=True"))
             if func in ("yaml.load", "yaml.load_all"):
-                loader = _dotted(kwargs["Loader"]) if "Loader" in kwargs else (_dotted(node.args[1]) if len(node.args) > 1 else "")
+                loader = (_dotted(kwargs["Loader"]) if "Loader" in kwargs
+                          else (_dotted(node.args[1]) if len(node.args) > 1 else ""))
                 if not loader.endswith(("SafeLoader", "CSafeLoader")):
                     out.append((node.lineno, f"{func} with Loader={loader or 'default'}"))
     return sorted(out)
@@ -87,7 +89,9 @@ def test_no_unpickling_outside_the_allow_list() -> None:
                 used.add((rel, what))
             else:
                 found.append(f"{rel}:{line}: {what}")
-    assert not found, "unpickling loads (use JSON/safetensors/weights_only=True, or justify in ALLOWED):\n" + "\n".join(found)
+    assert not found, (
+        "unpickling loads (use JSON/safetensors/weights_only=True, or justify in ALLOWED):\n" + "\n".join(found)
+    )
     assert used == set(ALLOWED), f"stale allow-list entries: {set(ALLOWED) - used}"
 
 

@@ -45,7 +45,7 @@ def test_hanging_raising_and_exiting_user_rewards_inside_reward_actors(tmp_path:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(tmp_path)}})
     try:
-        group = RewardGroup(cfg, 2, lambda rank: {"num_cpus": 0.1}, call_timeout_s=300)
+        group = RewardGroup(cfg, 2, lambda rank: {"num_cpus": 0.1}, timeout_s=300)
         responses = ["a", "bb", "ccc", "dddd"]
         target = RewardTarget(answer="A", options=("x", "y"))
         for _ in range(2):  # a second batch: the actors and their scorer processes still serve

@@ -53,7 +53,7 @@ def test_actor_killed_mid_batch_is_restarted_and_nothing_is_lost(
     samples = resolve_video_paths(read_samples(synthetic_dir / "train.jsonl"), synthetic_dir)[:6]
     marker = tmp_path / "crashed"
     env = {"env_vars": {"VT_RAY_CRASH_AT": "rollout.generate@1", "VT_RAY_CRASH_MARKER": str(marker)}}
-    group = RolloutGroup(cfg, num_workers=2, num_cpus=0.5, runtime_env=env, call_timeout_s=600)
+    group = RolloutGroup(cfg, num_workers=2, num_cpus=0.5, runtime_env=env, timeout_s=600)
     try:
         weights = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).state_dict()  # the learner's naming
         group.update_weights(serialize_state_dict(weights), version=3)
@@ -79,7 +79,7 @@ def test_corrupt_weight_blob_names_rank_and_tensor_and_changes_nothing(ray_clust
     from vt_ray.rollout.weight_sync import PROBE_TEXT, WeightSyncError
 
     cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", [f"model.path={tiny_model_dir}", "rollout.backend=hf"])
-    group = RolloutGroup(cfg, num_workers=2, num_cpus=0.5, call_timeout_s=600)
+    group = RolloutGroup(cfg, num_workers=2, num_cpus=0.5, timeout_s=600)
     state = load_vl_model(str(tiny_model_dir), torch.float32).state_dict()
     name = "model.language_model.layers.1.self_attn.o_proj.weight"
     missing = serialize_state_dict({k: v for k, v in state.items() if k != name})

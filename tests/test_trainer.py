@@ -232,8 +232,8 @@ def test_a_stuck_role_raises_an_error_naming_it() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"VT_RAY_HANG_AT": "reward.score@1"}})
     try:
-        group = RewardGroup(RewardConfig(), 2, lambda rank: {"num_cpus": 0.1}, call_timeout_s=300)
-        group.call_timeout_s = 3  # after start-up, as the trainer tightens timeouts after its first step
+        group = RewardGroup(RewardConfig(), 2, lambda rank: {"num_cpus": 0.1}, timeout_s=300)
+        group.timeout_s = 3  # after start-up, as the trainer tightens timeouts after its first step
         target = RewardTarget(answer="A", options=("x", "y"))
         with pytest.raises(StepTimeout, match=r"reward\[1\]\.score"):
             group.score(["<answer>A</answer>"] * 4, [target] * 4)

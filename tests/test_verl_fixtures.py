@@ -112,7 +112,9 @@ def test_policy_losses_match_verl_in_value_metrics_and_gradient(case: dict) -> N
     names = ["gspo", "gspo_token"] if sequence_level else [case["loss"]]
     for name in names:  # GSPO and GSPO-token agree with verl's GSPO (value and gradient) for per-response A
         logp.grad = None
-        loss, stats = POLICY_LOSSES.get(name)(logp, old, adv, MASK, cfg, Aggregation(case["mode"], scale=INPUTS["scale"]))
+        loss, stats = POLICY_LOSSES.get(name)(
+            logp, old, adv, MASK, cfg, Aggregation(case["mode"], scale=INPUTS["scale"])
+        )
         loss.backward()
         assert loss.item() == pytest.approx(case["value"], abs=TOL), (name, VERL)
         assert stats["clipfrac"].item() == pytest.approx(case["clipfrac"], abs=TOL)

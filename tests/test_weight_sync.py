@@ -174,7 +174,7 @@ def _stand_in_group(ray: Any, modes: dict[tuple[int, int], str], marker: Path | 
     from vt_ray.rollout.group import RolloutGroup
 
     cfg = {"modes": modes, "marker": str(marker or "")}
-    return RolloutGroup(cfg, num_workers=2, num_cpus=0.1, call_timeout_s=120,  # type: ignore[arg-type]
+    return RolloutGroup(cfg, num_workers=2, num_cpus=0.1, timeout_s=120,  # type: ignore[arg-type]
                         worker_cls=_stand_in_worker_cls())
 
 

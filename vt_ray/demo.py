@@ -81,7 +81,8 @@ def stage_color_task(state: DemoState, steps: int) -> None:
         "eval": {
             "base": {"accuracy": base["accuracy"], "accuracy_letter": base["accuracy"], "n": base["n"]},
             "sft": {"accuracy": curve["val_accuracy"][0], "accuracy_letter": curve["val_accuracy_letter"][0], "n": n},
-            "grpo": {"accuracy": curve["val_accuracy"][-1], "accuracy_letter": curve["val_accuracy_letter"][-1], "n": n},
+            "grpo": {"accuracy": curve["val_accuracy"][-1], "accuracy_letter": curve["val_accuracy_letter"][-1],
+                     "n": n},
         },
         "val_curve": {"step": curve["val_step"], "accuracy": curve["val_accuracy"]},
         "grpo_steps": curve["step"][-1] if curve["step"] else 0,
@@ -120,8 +121,12 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
         return summary.get(section, {}).get("all", {}).get("all", {}).get(key)
 
     acc = summary.get("accuracy", {}).get("by_benchmark_frames", {}).get("all", {}).get("all", {})
-    return {"accuracy": acc.get("accuracy"), "n": int(acc.get("n", 0)), "format_valid": overall("format", "valid_share"),
-            "mIoU": overall("grounding", "miou")}
+    return {"accuracy": acc.get("accuracy"), "n": int(acc.get("n", 0)),
+            "format_valid": overall("format", "valid_share"), "mIoU": overall("grounding", "miou")}
+
+
+def _round3(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)  # None: no SFT step ran in this process
 
 
 def stage_sft(state: DemoState) -> Path:
@@ -129,7 +134,7 @@ def stage_sft(state: DemoState) -> Path:
 
     result = run_sft(state.recipe())
     state.summary["sft"] = {"hf_dir": result.hf_dir, "steps": result.steps,
-                            "loss_first": round(result.first_loss, 3), "loss_last": round(result.last_loss, 3)}
+                            "loss_first": _round3(result.first_loss), "loss_last": _round3(result.last_loss)}
     return Path(result.hf_dir)
 
 
@@ -176,7 +181,8 @@ def _timed(state: DemoState, name: str, fn: Callable[[], Any]) -> Any:
 def _print_summary(state: DemoState) -> None:
     s = state.summary
     print("\n================ vt_ray demo summary ================")
-    print(f"model {s['model']['dir']} | data {s['data']['dir']} ({s['data']['train']} train / {s['data']['val']} val videos)")
+    print(f"model {s['model']['dir']} | data {s['data']['dir']} "
+          f"({s['data']['train']} train / {s['data']['val']} val videos)")
     print(f"SFT: {s['sft']['steps']} steps, loss {s['sft']['loss_first']} -> {s['sft']['loss_last']}")
     g = s["grpo"]
     print(f"GRPO: {g['steps']} steps, train reward {g['reward_first_step']} -> {g['reward_last_step']}; "
@@ -186,7 +192,8 @@ def _print_summary(state: DemoState) -> None:
     print(f"colour task GRPO: {c['grpo_steps']} steps; held-out accuracy by step "
           f"{dict(zip(c['val_curve']['step'], (round(a, 3) for a in c['val_curve']['accuracy'])))}")
     print(f"\n{'':<10} {'paper-format task (format + grounding)':^44}   {'colour task (content, chance 0.25)':^40}")
-    print(f"{'checkpoint':<10} {'accuracy [95% CI]':>24} {'format':>7} {'mIoU':>6}   {'accuracy [95% CI]':>24} {'letter':>7}")
+    print(f"{'checkpoint':<10} {'accuracy [95% CI]':>24} {'format':>7} {'mIoU':>6}   "
+          f"{'accuracy [95% CI]':>24} {'letter':>7}")
     for name, e in s["eval"].items():
         ce = c["eval"][name]
         print(f"{name:<10} {_acc(e['accuracy'], e['n']):>24} {_fmt(e['format_valid']):>7} {_fmt(e['mIoU']):>6}   "

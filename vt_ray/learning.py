@@ -108,7 +108,8 @@ def summarize(curve: dict[str, list[Any]], target: float, chance: float = CHANCE
         "verdict": (
             f"learned: held-out accuracy {acc[0]:.3f} -> {final:.3f} (95% CI {lo:.3f}-{hi:.3f} above chance {chance})"
             if learned else
-            f"NO RISE: held-out accuracy {acc[0]:.3f} -> {final:.3f} (95% CI {lo:.3f}-{hi:.3f} includes chance {chance})"
+            f"NO RISE: held-out accuracy {acc[0]:.3f} -> {final:.3f} "
+            f"(95% CI {lo:.3f}-{hi:.3f} includes chance {chance})"
         ),
     }
 

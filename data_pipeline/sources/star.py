@@ -63,7 +63,7 @@ def _record(q: Any, path: Path, video_ext: str) -> SourceRecord:
 def _options(choices: Any) -> list[str]:
     if not isinstance(choices, list) or len(choices) < 2:
         raise ValueError(f"choices must be a list of at least 2, got {choices!r}")
-    ids = [c.get("choice_id") if isinstance(c, dict) else None for c in choices]
+    ids: list[Any] = [c.get("choice_id") if isinstance(c, dict) else None for c in choices]  # all ints: sorted
     if all(isinstance(i, int) for i in ids):
         choices = [c for _, c in sorted(zip(ids, choices, strict=True), key=lambda pair: pair[0])]
     return [text(require(c, "choice"), "choice") for c in choices]

@@ -102,8 +102,8 @@ def _sentence_index(value: Any) -> int:
 
 def _window(segments: Any, start: int, end: int) -> tuple[tuple[float, float], str | None]:
     """The answer span's (start s, end s) from the annotated segments, and the matching segment's title."""
-    spans = [_segment_span(s) for s in segments or [] if isinstance(s, dict)]
-    spans = [s for s in spans if s is not None]
+    parsed = [_segment_span(s) for s in segments or [] if isinstance(s, dict)]
+    spans = [s for s in parsed if s is not None]
     for (s_idx, e_idx), (t0, t1), title in spans:
         if (s_idx, e_idx) == (start, end):
             return (t0, t1), title

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 _MARK_RE = re.compile(r"\[(http500|http429|timeout|bad-trace|verify-fail|bad-json):(\d+)\]")
 _SEG_RE = re.compile(r"^\[(\d+)\] \S+ \([\d.]+-[\d.]+ s\): (.*)$", re.MULTILINE)
@@ -152,7 +152,7 @@ class ScriptedServer:
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
+        host, port = cast(tuple[str, int], self._httpd.server_address[:2])  # AF_INET: (host, port)
         return f"http://{host}:{port}/v1"
 
     def start(self) -> ScriptedServer:

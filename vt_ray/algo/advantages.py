@@ -40,7 +40,9 @@ def group_stats(scores: torch.Tensor, inverse: torch.Tensor, n_groups: int) -> t
     return count, mean, var.sqrt()
 
 
-def grpo_advantages(scores: torch.Tensor, group_ids: GroupIds, norm_by_std: bool = True, eps: float = 1e-6):
+def grpo_advantages(
+    scores: torch.Tensor, group_ids: GroupIds, norm_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """(r - mean_group) / (std_group + eps); without ``norm_by_std`` just r - mean_group (Dr. GRPO)."""
     inverse, n_groups = group_inverse(group_ids)
     count, mean, std = group_stats(scores, inverse, n_groups)  # [G] each
@@ -50,7 +52,9 @@ def grpo_advantages(scores: torch.Tensor, group_ids: GroupIds, norm_by_std: bool
     return torch.where(count[inverse] > 1, adv, torch.zeros_like(adv))  # [N]
 
 
-def rloo_advantages(scores: torch.Tensor, group_ids: GroupIds, norm_by_std: bool = True, eps: float = 1e-6):
+def rloo_advantages(
+    scores: torch.Tensor, group_ids: GroupIds, norm_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """r_i - mean_{j != i} r_j = G/(G-1) (r_i - mean_group); optionally divided by the group std + eps."""
     inverse, n_groups = group_inverse(group_ids)
     count, mean, std = group_stats(scores, inverse, n_groups)  # [G] each
@@ -77,28 +81,36 @@ ADV_ESTIMATORS = registry.ADV_ESTIMATORS
 
 
 @ADV_ESTIMATORS.register("grpo")
-def grpo_estimator(scores: torch.Tensor, group_ids: GroupIds, cfg: Any, lengths: torch.Tensor | None = None):
+def grpo_estimator(
+    scores: torch.Tensor, group_ids: GroupIds, cfg: Any, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath section 4.1.2, outcome supervision): A_i = (r_i - mean(r_group)) /
     (std(r_group) + eps); without ``cfg.norm_by_std`` just r_i - mean (Dr. GRPO)."""
     return grpo_advantages(scores, group_ids, norm_by_std=cfg.norm_by_std, eps=cfg.eps)
 
 
 @ADV_ESTIMATORS.register("dr_grpo")
-def dr_grpo_estimator(scores: torch.Tensor, group_ids: GroupIds, cfg: Any, lengths: torch.Tensor | None = None):
+def dr_grpo_estimator(
+    scores: torch.Tensor, group_ids: GroupIds, cfg: Any, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", section 3.2): A_i = r_i - mean(r_group),
     no std division (pair it with loss_agg_mode seq-mean-token-sum-norm, the constant normaliser)."""
     return grpo_advantages(scores, group_ids, norm_by_std=False, eps=cfg.eps)
 
 
 @ADV_ESTIMATORS.register("rloo")
-def rloo_estimator(scores: torch.Tensor, group_ids: GroupIds, cfg: Any, lengths: torch.Tensor | None = None):
+def rloo_estimator(
+    scores: torch.Tensor, group_ids: GroupIds, cfg: Any, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024, arXiv 2402.14740, eq. 6): A_i = r_i - mean_{j != i} r_j
     = G/(G-1) (r_i - mean(r_group)); divided by std + eps when ``cfg.norm_by_std``."""
     return rloo_advantages(scores, group_ids, norm_by_std=cfg.norm_by_std, eps=cfg.eps)
 
 
 @ADV_ESTIMATORS.register("reinforce_plus_plus")
-def reinforce_pp_estimator(scores: torch.Tensor, group_ids: GroupIds, cfg: Any, lengths: torch.Tensor | None = None):
+def reinforce_pp_estimator(
+    scores: torch.Tensor, group_ids: GroupIds, cfg: Any, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """REINFORCE++ (Hu 2025, arXiv 2501.03262, section 3.2, global advantage normalisation; outcome reward,
     gamma 1): A_i = (r_i - mean_batch) / std_batch, statistics over all response tokens of the batch."""
     return token_weighted_whiten(scores, _lengths(scores, lengths))
@@ -107,7 +119,7 @@ def reinforce_pp_estimator(scores: torch.Tensor, group_ids: GroupIds, cfg: Any, 
 @ADV_ESTIMATORS.register("reinforce_plus_plus_baseline")
 def reinforce_pp_baseline_estimator(
     scores: torch.Tensor, group_ids: GroupIds, cfg: Any, lengths: torch.Tensor | None = None
-):
+) -> torch.Tensor:
     """REINFORCE++-baseline (arXiv 2501.03262 v3+): r_i - mean(r_group) (0 for a group of one), then whitened
     over all response tokens of the batch as REINFORCE++."""
     inverse, n_groups = group_inverse(group_ids)
@@ -130,7 +142,8 @@ def compute_advantages(
         cfg = AlgorithmConfig()
     if name not in ADV_ESTIMATORS.names() and not registry.is_import_path(name):
         raise KeyError(f"unknown advantage estimator {name!r}; registered: {ADV_ESTIMATORS.names()}")
-    return ADV_ESTIMATORS.get(name)(scores, group_ids, cfg, lengths)
+    advantages: torch.Tensor = ADV_ESTIMATORS.get(name)(scores, group_ids, cfg, lengths)
+    return advantages
 
 
 def nonzero_variance_mask(scores: torch.Tensor, group_ids: GroupIds, tol: float = 0.0) -> torch.Tensor:

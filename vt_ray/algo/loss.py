@@ -24,6 +24,7 @@ zero-variance filter masked out, so seq-mean modes divide by slightly more than 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ from vt_ray.algo.losses import (
 
 RETIRED_KEYS = ("old_logprobs", "ref_logprobs", "rollout_logprobs", "sampler_logprobs")
 
+LossShare = Callable[[torch.Tensor, Any, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
 
 def behaviour_policy(acfg: AlgorithmConfig, logprobs: torch.Tensor, batch: Any) -> tuple[torch.Tensor, str]:
     """(old log-probs [B, L] for the ratio, which source they came from: engine | recomputed | on-policy)."""
@@ -56,7 +59,9 @@ def behaviour_policy(acfg: AlgorithmConfig, logprobs: torch.Tensor, batch: Any) 
     return logprobs.detach(), "on-policy"
 
 
-def mismatch_stats(learner: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor, num_tokens: float):
+def mismatch_stats(
+    learner: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor, num_tokens: float
+) -> dict[str, torch.Tensor]:
     """Engine-vs-learner log-prob mismatch of the sampled tokens: token-mean shares of |diff| and of the k3
     estimate of KL(engine || learner) (the tokens were sampled by the engine), and the max |diff|."""
     learner, engine = learner.double(), engine.double()  # float64: a float32 k3 of a 1e-6 mismatch underflows to 0
@@ -75,7 +80,19 @@ def tis_weights(learner_old: torch.Tensor, engine: torch.Tensor, cap: float) -> 
     return torch.exp(log_w).clamp(max=cap)
 
 
-def make_loss(cfg: Any):
+class GRPOLoss:
+    """The bound loss function: called as ``loss(logprobs, batch, norm)``; ``entropy`` is what it needs from the
+    learner ("grad", "metric" or None, see the module docstring)."""
+
+    def __init__(self, share: LossShare, entropy: str | None) -> None:
+        self._share = share
+        self.entropy = entropy
+
+    def __call__(self, logprobs: torch.Tensor, batch: Any, norm: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self._share(logprobs, batch, norm)
+
+
+def make_loss(cfg: Any) -> GRPOLoss:
     """The GRPO loss function bound to a recipe (or directly to an :class:`AlgorithmConfig`)."""
     acfg: AlgorithmConfig = getattr(cfg, "algorithm", cfg)
     use_kl = acfg.use_kl_loss and acfg.kl_coef > 0
@@ -106,7 +123,9 @@ def make_loss(cfg: Any):
             if acfg.tis_cap > 0:
                 weights = tis_weights(learner_old, engine, acfg.tis_cap)  # [B, L]
                 metrics["actor/tis_weight_mean"] = masked_sum(weights, mask) / agg["num_tokens"]
-                metrics["actor/tis_capped_frac"] = masked_sum((weights >= acfg.tis_cap).to(weights), mask) / agg["num_tokens"]
+                metrics["actor/tis_capped_frac"] = (
+                    masked_sum((weights >= acfg.tis_cap).to(weights), mask) / agg["num_tokens"]
+                )
         elif acfg.tis_cap > 0:
             raise ValueError("algorithm.tis_cap > 0 needs batch.behaviour_logprobs (engine log-probs)")
         pg_loss, stats = pg_fn(logprobs, old, adv, mask, acfg, Aggregation(acfg.loss_agg_mode, **agg), weights)
@@ -133,5 +152,4 @@ def make_loss(cfg: Any):
             raise ValueError("algorithm.entropy_coef > 0 needs token_extras['entropy'] from the learner")
         return loss, metrics
 
-    grpo_loss_share.entropy = "grad" if acfg.entropy_coef > 0 else ("metric" if acfg.log_entropy else None)
-    return grpo_loss_share
+    return GRPOLoss(grpo_loss_share, "grad" if acfg.entropy_coef > 0 else ("metric" if acfg.log_entropy else None))

@@ -56,7 +56,9 @@ def agg_loss(
     that micro-batch (or per-rank) losses add up to the full-batch loss under gradient accumulation. ``scale``
     is the constant of seq-mean-token-sum-norm (default: T, as verl). Responses with no kept token do not count.
     """
-    return AGG_MODES.get(mode)(loss_mat, mask.bool(), num_tokens=num_tokens, num_seqs=num_seqs, scale=scale)
+    loss: torch.Tensor = AGG_MODES.get(mode)(loss_mat, mask.bool(), num_tokens=num_tokens, num_seqs=num_seqs,
+                                             scale=scale)
+    return loss
 
 
 def _seq_denominator(mask: torch.Tensor, num_seqs: float | None) -> torch.Tensor | float:
@@ -64,7 +66,14 @@ def _seq_denominator(mask: torch.Tensor, num_seqs: float | None) -> torch.Tensor
 
 
 @AGG_MODES.register("token-mean")
-def agg_token_mean(loss_mat, mask, *, num_tokens=None, num_seqs=None, scale=None) -> torch.Tensor:
+def agg_token_mean(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """sum_{i,t} L_it / sum_{i,t} m_it: every response token weighs the same (DAPO section 3.3, token-level
     policy gradient loss)."""
     denom = num_tokens if num_tokens is not None else mask.sum().clamp_min(1)
@@ -72,20 +81,41 @@ def agg_token_mean(loss_mat, mask, *, num_tokens=None, num_seqs=None, scale=None
 
 
 @AGG_MODES.register("seq-mean-token-sum")
-def agg_seq_mean_token_sum(loss_mat, mask, *, num_tokens=None, num_seqs=None, scale=None) -> torch.Tensor:
+def agg_seq_mean_token_sum(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """(1/N) sum_i sum_t L_it: per-response token sum, averaged over responses."""
     return masked_sum(masked_sum(loss_mat, mask, dim=-1), mask.any(dim=-1)) / _seq_denominator(mask, num_seqs)
 
 
 @AGG_MODES.register("seq-mean-token-mean")
-def agg_seq_mean_token_mean(loss_mat, mask, *, num_tokens=None, num_seqs=None, scale=None) -> torch.Tensor:
+def agg_seq_mean_token_mean(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """(1/N) sum_i (1/|o_i|) sum_t L_it: the original GRPO objective (DeepSeekMath eq. 3) and GSPO's."""
     per_seq = masked_mean(loss_mat, mask, dim=-1)  # [N]
     return masked_sum(per_seq, mask.any(dim=-1)) / _seq_denominator(mask, num_seqs)
 
 
 @AGG_MODES.register("seq-mean-token-sum-norm")
-def agg_seq_mean_token_sum_norm(loss_mat, mask, *, num_tokens=None, num_seqs=None, scale=None) -> torch.Tensor:
+def agg_seq_mean_token_sum_norm(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """(1/N) sum_i sum_t L_it / C with a constant C (Dr. GRPO, Liu et al. 2025, section 3.2: no per-response
     length normalisation; C = the generation budget, ``algorithm.loss_scale_factor``; default T as verl)."""
     constant = float(scale) if scale else float(mask.shape[-1])
@@ -161,7 +191,15 @@ class Aggregation:
 
 
 @POLICY_LOSSES.register("vanilla")
-def vanilla_policy_loss(logp, old_logp, advantages, mask, cfg: Any, agg: Aggregation, token_weights=None):
+def vanilla_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: Any,
+    agg: Aggregation,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7) as in GRPO (DeepSeekMath eq. 3) with DAPO's
     decoupled clip (DAPO section 3.1, clip-higher) and optional dual clip (Ye et al. 2020, eq. 5):
     L_t = max(-A r_t, -A clip(r_t, 1 - eps_low, 1 + eps_high)); A < 0 and dual clip: min(L_t, -A c)."""
@@ -176,7 +214,16 @@ def _seq_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tenso
     return masked_sum(logp - old_logp, mask, dim=-1) / mask.to(logp.dtype).sum(-1).clamp_min(1)
 
 
-def _gspo_from_ratio(seq_ratio, logp, old_logp, advantages, mask, cfg, agg, token_weights):
+def _gspo_from_ratio(
+    seq_ratio: torch.Tensor,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: Any,
+    agg: Aggregation,
+    token_weights: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     adv = _per_token(advantages)
     unclipped = -adv * seq_ratio  # [N, T]
     clipped = -adv * seq_ratio.clamp(1 - cfg.seq_clip_ratio_low, 1 + cfg.seq_clip_ratio_high)  # [N, T]
@@ -191,7 +238,15 @@ def _gspo_from_ratio(seq_ratio, logp, old_logp, advantages, mask, cfg, agg, toke
 
 
 @POLICY_LOSSES.register("gspo")
-def gspo_policy_loss(logp, old_logp, advantages, mask, cfg: Any, agg: Aggregation, token_weights=None):
+def gspo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: Any,
+    agg: Aggregation,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO (Zheng et al. 2025, arXiv 2507.18071, eq. 5-7): s_i = (pi(o_i)/pi_old(o_i))^(1/|o_i|)
     = exp(mean_t log r_it); L_i = max(-A_i s_i, -A_i clip(s_i, 1 - eps_low, 1 + eps_high)) with the sequence
     clip range (``seq_clip_ratio_*``, paper 3e-4/4e-4), averaged over responses (seq-mean-token-mean)."""
@@ -202,7 +257,15 @@ def gspo_policy_loss(logp, old_logp, advantages, mask, cfg: Any, agg: Aggregatio
 
 
 @POLICY_LOSSES.register("gspo_token")
-def gspo_token_policy_loss(logp, old_logp, advantages, mask, cfg: Any, agg: Aggregation, token_weights=None):
+def gspo_token_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: Any,
+    agg: Aggregation,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO-token (arXiv 2507.18071, eq. 13-14): s_it = sg[s_i] pi(o_it) / sg[pi(o_it)], so a per-token
     advantage A_it may be used; equal to GSPO in value and gradient when A_it = A_i."""
     logp, old_logp = zero_masked(logp, mask), zero_masked(old_logp.detach(), mask)
@@ -212,7 +275,15 @@ def gspo_token_policy_loss(logp, old_logp, advantages, mask, cfg: Any, agg: Aggr
 
 
 @POLICY_LOSSES.register("cispo")
-def cispo_policy_loss(logp, old_logp, advantages, mask, cfg: Any, agg: Aggregation, token_weights=None):
+def cispo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: Any,
+    agg: Aggregation,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CISPO (MiniMax-M1, arXiv 2506.13585, eq. 4-5): L_t = -sg(clip(r_t, 1 - eps_low, 1 + eps_high)) A log pi_t:
     the IS weight is clipped and stop-gradient, so every token keeps a gradient (none is clipped away)."""
     logp, old_logp = zero_masked(logp, mask), zero_masked(old_logp.detach(), mask)
@@ -233,7 +304,8 @@ def cispo_policy_loss(logp, old_logp, advantages, mask, cfg: Any, agg: Aggregati
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from sampled-token log-probs [N, T], by the estimator
     registered as ``estimator`` (k1/k2/k3 built in)."""
-    return KL_ESTIMATORS.get(estimator)(logp, ref_logp)
+    kl: torch.Tensor = KL_ESTIMATORS.get(estimator)(logp, ref_logp)
+    return kl
 
 
 @KL_ESTIMATORS.register("k1")

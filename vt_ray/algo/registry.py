@@ -21,11 +21,12 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from vt_ray.common.errors import ConfigError
 from vt_ray.common.imports import import_callable
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -48,10 +49,10 @@ class Registry:
         self.kind, self.key, self.module, self.builtin = kind, key, module, builtin
         self._entries: dict[str, Callable[..., Any]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, name: str) -> Callable[[_F], _F]:
         """Decorator: register the function under ``name`` (re-registering the same function is a no-op)."""
 
-        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def add(fn: _F) -> _F:
             known = self._entries.get(name)
             if known is not None and known is not fn and getattr(known, "__qualname__", None) != fn.__qualname__:
                 raise ValueError(f"{self.kind} {name!r} is already registered ({known!r})")

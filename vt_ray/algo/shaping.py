@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ def tgrpo_bonus(
     return bonus, metrics
 
 
-def _as_list(ids: GroupIds) -> list:
+def _as_list(ids: GroupIds) -> list[Any]:
     return ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
 
 

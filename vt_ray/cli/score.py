@@ -4,7 +4,8 @@ Scores a file of ``{"response", "answer", "options"?, "answer_type"?, "windows"?
 "rules"?}`` lines (answer_type: multiple_choice | numeric | free_text | ocr | regression; rules: project |
 video_r1, Video-R1's exact definitions) with the recipe's reward section, the same code the trainer uses,
 and writes each input line back with a ``rewards`` object holding every component, ``total``, ``errors``
-and ``timeouts``. A summary (means per component) goes to stdout. A malformed line stops the run with its line number (exit 2).
+and ``timeouts``. A summary (means per component) goes to stdout. A malformed line stops the run with its
+line number (exit 2).
 """
 
 from __future__ import annotations

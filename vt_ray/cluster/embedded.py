@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from vt_ray.cluster.local_cluster import free_ports, reset_ray_auth_cache, stop_ray_start
 
@@ -56,7 +57,7 @@ class EmbeddedCluster:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="vtray", dir="/tmp"))  # unix socket paths: ~100 bytes max
         self.address = ""
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
         self._auth: dict[str, str] = {}
         self._stopped = False
         if os.environ.get("RAY_AUTH_MODE", "token").lower() != "disabled":

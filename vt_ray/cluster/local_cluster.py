@@ -206,7 +206,7 @@ class LocalRayCluster:
 def reset_ray_auth_cache() -> None:
     """Ray caches the auth mode and token per process; re-read them from the environment (as Ray's own
     ``reset_auth_token_state`` test helper does), so a driver that met another cluster earlier still connects."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # not in _raylet.pyi
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

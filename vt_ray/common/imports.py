@@ -26,4 +26,5 @@ def import_callable(path: str, key: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(key, f"{path!r} is not callable")
-    return obj
+    fn: Callable[..., Any] = obj
+    return fn

@@ -120,8 +120,8 @@ def install_stack_dumps(role: str, rank: int) -> ActorInfo:
             log.warning("%s[%d]: no stack dumps on SIGUSR1 (%s)", role, rank, err)
             _dump_file = None
     path_text = str(Path(_dump_file.name)) if _dump_file is not None else ""
-    return ActorInfo(role, rank, pid, ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(),
-                     path_text)
+    node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]  # Ray ships it unannotated
+    return ActorInfo(role, rank, pid, ray.get_runtime_context().get_node_id(), node_ip, path_text)
 
 
 # ---- caller side ----------------------------------------------------------------------------------------

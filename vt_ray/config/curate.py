@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from vt_ray.common.errors import check
 
@@ -48,7 +49,7 @@ class EndpointConfig:
     backoff_max_s: float = 60.0
     timeout_s: float = 120.0
     """Per-request timeout (connect + read)."""
-    extra_body: dict = field(default_factory=dict)
+    extra_body: dict[str, Any] = field(default_factory=dict)
     """Extra JSON fields merged into each request (e.g. {"top_k": 20}); part of the cache key."""
     max_model_len: int = 8192
     """vllm_local only: the engine's context length."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -63,7 +64,7 @@ def _apply_override(merged: DictConfig, item: str) -> DictConfig:
             raise ConfigError(key, "no such key (or list index out of range)", COMMAND_LINE)
         OmegaConf.update(merged, key, value, merge=True)
         return merged
-    return OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+    return cast(DictConfig, OmegaConf.merge(merged, OmegaConf.from_dotlist([item])))  # merging into a DictConfig
 
 
 _MISSING = object()
@@ -76,7 +77,7 @@ def load_config(recipe: str | os.PathLike[str] | None = None, overrides: Sequenc
     if recipe is not None:
         source = str(recipe)
         try:
-            merged = OmegaConf.merge(merged, _read_yaml(Path(recipe)))
+            merged = cast(DictConfig, OmegaConf.merge(merged, _read_yaml(Path(recipe))))
         except OmegaConfBaseException as err:
             raise _from_error(err, source) from err
         except (TypeError, ValueError) as err:  # OmegaConf: "Cannot merge incompatible container types"

@@ -48,7 +48,8 @@ class LoadReport:
         if not self.skipped:
             return f"{self.path}: {self.kept} samples"
         first = "; ".join(f"{r}: {d}" for r, d in sorted(self.examples.items()))
-        return f"{self.path}: {self.kept} samples, {sum(self.skipped.values())} rows skipped {dict(self.skipped)} ({first})"
+        return (f"{self.path}: {self.kept} samples, {sum(self.skipped.values())} rows skipped "
+                f"{dict(self.skipped)} ({first})")
 
 
 def _matches(value: Any, tp: Any) -> bool:

@@ -60,7 +60,9 @@ class LearnableTaskConfig:
         for name in ("num_train", "num_val"):
             value = getattr(self, name)
             if value < len(TASK_COLORS) or value % len(TASK_COLORS):
-                raise ValueError(f"{name} must be a positive multiple of {len(TASK_COLORS)} (balanced letters), got {value}")
+                raise ValueError(
+                    f"{name} must be a positive multiple of {len(TASK_COLORS)} (balanced letters), got {value}"
+                )
 
 
 def _distractor_sprites(rng: random.Random, colors: list[str]) -> list[Sprite]:
@@ -102,7 +104,9 @@ def _options(rng: random.Random, order: str, answer_slot: int, color: str) -> li
     return others[:answer_slot] + [color] + others[answer_slot:]
 
 
-def _split(rng: random.Random, cfg: LearnableTaskConfig, split: str, count: int, out: Path, blank: bool) -> list[VideoSample]:
+def _split(
+    rng: random.Random, cfg: LearnableTaskConfig, split: str, count: int, out: Path, blank: bool
+) -> list[VideoSample]:
     # Balanced: each colour (fixed order: each gold letter) exactly count/4 times. The SFT answer letter is
     # balanced *within each colour* (a Latin square over colour x letter), so the SFT targets carry no
     # colour -> letter association at all, not even a chance one; shuffled order: the gold slot is balanced too.
@@ -151,7 +155,8 @@ def make_learnable_dataset(out: str | Path, cfg: LearnableTaskConfig, blank: boo
     The same ``cfg`` gives the same samples with ``blank`` on or off (only the pixels differ)."""
     out = Path(out)
     rng = random.Random(f"learnable-{cfg.seed}")
-    stats: dict = {"task": "dominant_color" if cfg.task == "color" else "color_order", "config": cfg.__dict__, "blank": blank, "video": SPEC.__dict__, "splits": {}}
+    stats: dict = {"task": "dominant_color" if cfg.task == "color" else "color_order", "config": cfg.__dict__,
+                   "blank": blank, "video": SPEC.__dict__, "splits": {}}
     for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
         samples = _split(rng, cfg, split, count, out, blank)
         write_samples(out / f"{split}.jsonl", samples)

@@ -104,8 +104,8 @@ def write_video_r1_mix(out: str | Path, videos: Sequence[VideoSample], video_dir
         rows.append(video_r1_record(mc, len(rows)))
         if v.duration is not None and j % 2 == 0:
             seconds = f"{v.duration:g}"
-            reg = VideoSample(uid=f"{v.uid}-len", video=f"videos/{name}", question="How many seconds long is the video?",
-                              answer=seconds, answer_type="regression",
+            reg = VideoSample(uid=f"{v.uid}-len", video=f"videos/{name}",
+                              question="How many seconds long is the video?", answer=seconds, answer_type="regression",
                               trace=f"<think>The clip ends at {seconds} s.</think>\n<answer>{seconds}</answer>",
                               source="synthetic_videos")
             rows.append(video_r1_record(reg, len(rows)))

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from vt_ray.data.schema import VideoSample
@@ -77,7 +77,9 @@ def answer_correct(predicted: str | None, gold: str, answer_type: str) -> bool:
     if answer_type == "numeric":
         gold_value = extract_number(gold)
         tol = RewardConfig()
-        return gold_value is not None and numbers_match(float(predicted), gold_value, tol.numeric_abs_tol, tol.numeric_rel_tol)
+        return gold_value is not None and numbers_match(
+            float(predicted), gold_value, tol.numeric_abs_tol, tol.numeric_rel_tol
+        )
     return predicted == normalize_text(gold)
 
 
@@ -322,7 +324,7 @@ def self_correction_summary(results: Iterable[ItemResult]) -> dict[str, float]:
     revisit = [r for r in rs if r.revisited_window]
     other = [r for r in rs if not r.revisited_window]
 
-    def share(xs: list[ItemResult], pred) -> float:  # type: ignore[no-untyped-def]
+    def share(xs: list[ItemResult], pred: Callable[[ItemResult], bool]) -> float:
         return sum(1 for x in xs if pred(x)) / len(xs) if xs else 0.0
 
     return {

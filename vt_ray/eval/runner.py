@@ -66,7 +66,8 @@ def evaluate(cfg: RecipeConfig, rollout_group: Any = None, num_workers: int | No
                                      num_gpus=cfg.resources.rollout.gpus_per_worker)
     sampling = eval_sampling(cfg)
     start, generated, correct = time.perf_counter(), 0, 0
-    total = sum((b.name, s.uid, f) not in done for b, samples in benches for f in cfg.eval.frame_counts for s in samples)
+    total = sum((b.name, s.uid, f) not in done
+                for b, samples in benches for f in cfg.eval.frame_counts for s in samples)
     bar = Progress("eval", total, unit="item")
     try:
         for bench, samples in benches:

@@ -1,4 +1,5 @@
-"""EasyR1 reward function: ``worker.reward.reward_function=<site-packages>/vt_ray/interop/easyr1_reward.py:compute_score``.
+"""EasyR1 reward function, for
+``worker.reward.reward_function=<site-packages>/vt_ray/interop/easyr1_reward.py:compute_score``.
 
 EasyR1 (hiyouga/EasyR1 examples/reward_function/*.py) calls ``compute_score`` with a list of
 ``{"response", "response_length", "ground_truth"}`` dicts (``REWARD_TYPE = "batch"``) or, for sequential

@@ -24,7 +24,9 @@ def _scorer(items: tuple[tuple[str, Any], ...]) -> RewardScorer:
     return RewardScorer(RewardConfig(**dict(items)))
 
 
-def score_components(response: str, ground_truth: Any, extra_info: Any = None, **reward_kwargs: Any) -> dict[str, float]:
+def score_components(
+    response: str, ground_truth: Any, extra_info: Any = None, **reward_kwargs: Any
+) -> dict[str, float]:
     scorer = _scorer(tuple(sorted(reward_kwargs.items())))
     try:
         target = target_for(ground_truth, extra_info if isinstance(extra_info, dict) else None)

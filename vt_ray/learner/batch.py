@@ -113,6 +113,9 @@ class TrainBatch:
         def rows(t: torch.Tensor) -> torch.Tensor:
             return t[start:end, :width].clone()
 
+        logprobs: dict[str, Any] = {
+            k: None if getattr(self, k) is None else rows(getattr(self, k)) for k in self.LOGPROB_FIELDS
+        }
         return replace(
             self,
             input_ids=rows(self.input_ids),
@@ -129,7 +132,7 @@ class TrainBatch:
             token_extras={k: rows(v) for k, v in self.token_extras.items()},
             seq_extras={k: v[start:end].clone() for k, v in self.seq_extras.items()},
             uids=self.uids[start:end],
-            **{k: None if getattr(self, k) is None else rows(getattr(self, k)) for k in self.LOGPROB_FIELDS},
+            **logprobs,
         )
 
     def split(self, parts: int) -> list[TrainBatch | None]:
@@ -275,10 +278,10 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
             raise ValueError(f"example {ex.uid!r}: behaviour_logprobs given for some examples only")
         if len(ex.response_ids) == 0:
             raise ValueError(f"example {ex.uid!r}: empty response")
-        key = (id(ex.frames), id(ex.video_metadata), ex.prompt, ex.media)
-        if key not in encoded:
-            encoded[key] = encode_prompt(processor, ex.prompt, ex.frames, ex.video_metadata, ex.media)
-        enc = encoded[key]
+        cache_key = (id(ex.frames), id(ex.video_metadata), ex.prompt, ex.media)
+        if cache_key not in encoded:
+            encoded[cache_key] = encode_prompt(processor, ex.prompt, ex.frames, ex.video_metadata, ex.media)
+        enc = encoded[cache_key]
         prompt_ids = enc["input_ids"][0]
         response = torch.as_tensor(list(ex.response_ids), dtype=torch.long)
         n_prompt, n_resp = len(prompt_ids), len(response)
@@ -294,7 +297,7 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
             if len(values) != n_resp:
                 raise ValueError(f"example {ex.uid!r}: {key} has {len(values)} values for {n_resp} response tokens")
             row["x:" + key] = torch.cat([torch.zeros(n_prompt), values])
-        if with_behaviour:
+        if ex.behaviour_logprobs is not None:  # the same as with_behaviour (checked above)
             values = torch.as_tensor(list(ex.behaviour_logprobs), dtype=torch.float32)
             if len(values) != n_resp:
                 raise ValueError(f"example {ex.uid!r}: behaviour_logprobs has {len(values)} values for {n_resp} "

@@ -62,7 +62,8 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
     builder = SftExampleBuilder(cfg, processor)
     per_epoch = steps_per_epoch(len(samples), cfg.sft.batch_size, cfg.sft.drop_last)
     total = per_epoch * cfg.sft.epochs
-    log.info("SFT: %d samples, %d steps (%d epochs), %d learners", len(samples), total, cfg.sft.epochs, cfg.resources.learner.num_workers)
+    log.info("SFT: %d samples, %d steps (%d epochs), %d learners", len(samples), total, cfg.sft.epochs,
+             cfg.resources.learner.num_workers)
 
     group = LearnerGroup(cfg, runtime_env=runtime_env)
     try:

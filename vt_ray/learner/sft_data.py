@@ -44,7 +44,8 @@ def load_sft_samples(path: str | Path, data_format: str = "project", root: str |
     if not with_trace:
         raise ValueError(f"{path}: no sample has a 'trace' (SFT needs gold traces)")
     if len(with_trace) < len(samples):
-        log.warning("%s: %d of %d samples have no trace and are skipped", path, len(samples) - len(with_trace), len(samples))
+        log.warning("%s: %d of %d samples have no trace and are skipped", path, len(samples) - len(with_trace),
+                    len(samples))
     return with_trace
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -194,11 +194,13 @@ class LearnerWorker:
         self.processor = AutoProcessor.from_pretrained(self.model_path)
 
         def prepare_policy(model: torch.nn.Module) -> torch.nn.Module:
-            model.config.use_cache = False
+            model.config.use_cache = False  # type: ignore[union-attr]  # nn.Module.__getattr__: Tensor | Module
             if self.lcfg.dedup_videos:
                 install_video_dedup(model)
             if self.lcfg.activation_checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.gradient_checkpointing_enable(  # type: ignore[operator]  # a transformers method
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
             return model.train()
 
         def prepare_reference(model: torch.nn.Module) -> torch.nn.Module:
@@ -207,7 +209,8 @@ class LearnerWorker:
             return model.eval().requires_grad_(False)
 
         # Master weights stay float32; FSDP casts the all-gathered copy to param_dtype for compute.
-        mp = MixedPrecisionPolicy(param_dtype=DTYPES[self.lcfg.param_dtype], reduce_dtype=DTYPES[self.lcfg.reduce_dtype])
+        mp = MixedPrecisionPolicy(param_dtype=DTYPES[self.lcfg.param_dtype],
+                                  reduce_dtype=DTYPES[self.lcfg.reduce_dtype])
         self.model = self._load_sharded(self.model_path, torch.float32, prepare_policy, mp, offload=False,
                                         reshard_after_forward=self.lcfg.reshard_after_forward)
 
@@ -223,7 +226,7 @@ class LearnerWorker:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=peak_lr,
-            betas=tuple(self.lcfg.betas),
+            betas=(self.lcfg.betas[0], self.lcfg.betas[1]),  # two, checked by LearnerConfig
             eps=self.lcfg.eps,
             weight_decay=self.lcfg.weight_decay,
         )
@@ -364,7 +367,7 @@ class LearnerWorker:
         maxes: dict[str, float] = {}
         for i, (mb, is_real) in enumerate(zip(micro, real)):
             if not self.lcfg.reduce_every_micro_batch:  # reduce-scatter once, after the last micro-batch
-                self.model.set_requires_gradient_sync(i == len(micro) - 1)
+                cast(FSDPModule, self.model).set_requires_gradient_sync(i == len(micro) - 1)
             logprobs, entropy = token_logprobs_and_entropy(self.model, mb, self.device,
                                                            getattr(loss_fn, "entropy", None))
             if entropy is not None:
@@ -428,7 +431,8 @@ class LearnerWorker:
         """The full policy state dict in Hugging Face naming, on rank 0 (empty elsewhere), in ``dtype``
         (default model.dtype, the serving dtype). Collective."""
         assert self.model is not None
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = cast(dict[str, torch.Tensor],  # a full model state dict holds tensors only
+                    get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
         if self.rank != 0:
             return {}
         target = DTYPES[dtype or self.cfg.model.dtype]
@@ -529,7 +533,7 @@ class LearnerWorker:
         if found is None:
             return None
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
+        state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
         safe_dcp.load(state, str(found))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         trainer = ckpt.read_trainer_state(found / ckpt.TRAINER_STATE)

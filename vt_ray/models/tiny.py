@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -87,12 +88,16 @@ def build_config(vocab_len: int, ids: dict[str, int], size: TinySize) -> Qwen2_5
     )
 
 
+def _token_id(tok: Any, token: str) -> int:
+    return cast(int, tok.convert_tokens_to_ids(token))  # one token in, one id out (the stub says int | list[int])
+
+
 def make_tiny_model(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     """Write model + processor to ``out``; returns it. Float32 weights: exact logprob checks and CPU training."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in tok.all_special_tokens}
+    ids = {t: _token_id(tok, t) for t in tok.all_special_tokens}
     pixels = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=pixels),
@@ -100,12 +105,13 @@ def make_tiny_model(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
         tokenizer=tok,
         chat_template=CHAT_TEMPLATE,
     )
-    ids.update({t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")})
+    ids.update({t: _token_id(tok, t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")})
     config = build_config(len(tok), ids, SIZES[size])
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     eos = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config = GenerationConfig(bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"], eos_token_id=eos)
+    model.generation_config = GenerationConfig(bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                                               eos_token_id=eos)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

@@ -41,7 +41,8 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 _COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "cyan", "pink", "grey"]
@@ -82,9 +83,11 @@ def training_corpus(num_lines: int = 6000, seed: int = 1234) -> list[str]:
         elif kind == 1:
             letters = "ABCD"
             opts = "\n".join(f"{letters[i]}. {rng.choice(_COLOURS)} {rng.choice(_SHAPES)}" for i in range(4))
-            lines.append(f"Which {s} {v} after the {c} {rng.choice(_SHAPES)}?\n{opts}\n<answer>{rng.choice(letters)}</answer>")
+            lines.append(f"Which {s} {v} after the {c} {rng.choice(_SHAPES)}?\n{opts}\n"
+                         f"<answer>{rng.choice(letters)}</answer>")
         elif kind == 2:
-            lines.append(f"{a}.{rng.randrange(10)}-{b}.{rng.randrange(10)} seconds: {filler}, {c} {s} {v}. Hmm, {filler}.")
+            lines.append(f"{a}.{rng.randrange(10)}-{b}.{rng.randrange(10)} seconds: "
+                         f"{filler}, {c} {s} {v}. Hmm, {filler}.")
         else:
             lines.append(f"{filler.capitalize()}? Let me think. The {c} {s} {v} at {_clock(a)}, so {filler}.")
     return lines
@@ -113,8 +116,8 @@ def build_tokenizer(vocab_size: int = 4096) -> Qwen2Tokenizer:
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tok = Qwen2Tokenizer(
         vocab=model["vocab"],
-        merges=merges,
-        unk_token=None,
+        merges=merges,  # type: ignore[arg-type]  # tuples, see above (the stub says str | list[str])
+        unk_token=None,  # type: ignore[arg-type]  # byte-level BPE: no unknown token
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         model_max_length=32768,

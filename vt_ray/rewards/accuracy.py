@@ -11,9 +11,10 @@ Multiple choice accepts, case-insensitively where unambiguous: ``B``, ``(B)``, `
 itself (``red circle``, ``A red circle``, ``the red circle.``). A capital letter directly followed by words
 ("A red circle") is read as a letter only if those words are that option's text; otherwise the option-text
 match decides, so the article "A" is not taken for option A. After an explicit "answer is"/"Answer:" prefix a
-capital followed by words no option matches is the letter ("The answer is B because ..."). Not covered: several letters ("A and C": no single choice, 0),
-negations ("not B" reads as B only through the "answer is" forms, not here), option texts that are only
-mentioned inside a longer sentence together with another option (ambiguous: 0).
+capital followed by words no option matches is the letter ("The answer is B because ..."). Not covered:
+several letters ("A and C": no single choice, 0), negations ("not B" reads as B only through the "answer is"
+forms, not here), option texts that are only mentioned inside a longer sentence together with another option
+(ambiguous: 0).
 
 Numeric: the answer must contain exactly one number, or a number right after "answer is"/"answer:";
 ``1,000``, ``-2.5``, ``3/4``, ``40%`` (as 40) and the words zero..twenty are understood.
@@ -228,8 +229,8 @@ def accuracy_reward(trace: ParsedTrace, response: str, target: RewardTarget, cfg
         return float(numbers_match(pred, gold, cfg.numeric_abs_tol, cfg.numeric_rel_tol))
     if cfg.free_text_match == "token_f1":
         return token_f1(text, target.answer)
-    gold = normalize_text(target.answer)
-    return float(bool(gold) and normalize_text(text) == gold)
+    gold_text = normalize_text(target.answer)
+    return float(bool(gold_text) and normalize_text(text) == gold_text)
 
 
 def is_letter_answer_correct(answer: str | None, gold_letter: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import Any
 
 from vt_ray.rewards.accuracy import token_f1
 
@@ -62,7 +63,7 @@ def temporal_iou(
 
 
 @lru_cache(maxsize=1)
-def _rouge_scorer():  # built once per process; the scorer is stateless
+def _rouge_scorer() -> Any:  # built once per process; the scorer is stateless
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)

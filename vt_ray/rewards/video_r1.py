@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import re
 from functools import lru_cache
+from typing import Any
 
 PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
 """Video-R1's ``problem_type`` values (the keys of its TYPE_TEMPLATE)."""
@@ -114,7 +115,7 @@ def ocr(pred: str, gold: str) -> float:
 
 
 @lru_cache(maxsize=1)
-def _rouge():
+def _rouge() -> Any:
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
@@ -122,7 +123,7 @@ def _rouge():
 
 def free_form(pred: str, gold: str) -> float:
     scores = _rouge().score(gold[:MAX_TEXT_CHARS], pred[:MAX_TEXT_CHARS])
-    mean = (scores["rouge1"].fmeasure + scores["rouge2"].fmeasure + scores["rougeL"].fmeasure) / 3
+    mean: float = (scores["rouge1"].fmeasure + scores["rouge2"].fmeasure + scores["rougeL"].fmeasure) / 3
     return max(0.0, min(1.0, mean))
 
 

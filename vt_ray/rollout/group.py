@@ -16,8 +16,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from vt_ray.cluster.worker_group import WorkerGroup
 from vt_ray.common.sharding import split_evenly
-from vt_ray.common.timeouts import ActorInfo, StepTimeout, timeout_error, wait_all
+from vt_ray.common.timeouts import StepTimeout, wait_all
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.rollout.types import SamplingSettings
 from vt_ray.rollout.weight_sync import WeightSyncError
@@ -36,8 +37,10 @@ class GroupMetrics:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-class RolloutGroup:
+class RolloutGroup(WorkerGroup):
     """``num_workers`` rollout actors behind one ``generate`` call that returns results in input order."""
+
+    role = "rollout"
 
     def __init__(
         self,
@@ -46,7 +49,7 @@ class RolloutGroup:
         num_cpus: float = 1,
         num_gpus: float = 0,
         max_restarts: int = 3,
-        call_timeout_s: float = 1800.0,
+        timeout_s: float = 1800.0,
         runtime_env: dict[str, Any] | None = None,
         actor_options: Callable[[int], dict[str, Any]] | None = None,
         worker_cls: type = RolloutWorker,
@@ -59,44 +62,13 @@ class RolloutGroup:
         engines start and then calls :meth:`wait_ready` (the trainer does, to overlap the start-ups)."""
         self.cfg = cfg
         self.max_restarts = max_restarts
-        self.call_timeout_s = call_timeout_s
-        self._actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(worker_cls)
-        self._runtime_env = runtime_env
-        self._actor_options = actor_options
         self.metrics = GroupMetrics()
         self._weights: tuple[ray.ObjectRef, int] | None = None  # latest (blob ref, version) every engine has
         self._broken: str | None = None  # set when a failed sync could not be rolled back everywhere
         self._seed: int | None = None
-        self._infos: dict[int, ActorInfo] = {}  # rank -> pid, node, stack dump file (from ready())
-        self.actors = [self._spawn(rank) for rank in range(num_workers)]
-        self._ready_refs: list[ray.ObjectRef] | None = [a.ready.remote() for a in self.actors]
-        if wait_ready:
-            self.wait_ready()
-
-    def wait_ready(self) -> None:
-        """Block until every engine has started (one deadline for all; a stuck start raises ``StepTimeout``
-        naming the rank and carrying its stacks). Idempotent."""
-        if self._ready_refs is not None:
-            refs, self._ready_refs = self._ready_refs, None
-            self._infos = dict(enumerate(self._wait_all("ready", refs)))
-
-    def _spawn(self, rank: int) -> Any:
-        opts: dict[str, Any] = dict(self._actor_options(rank)) if self._actor_options else {}
-        if self._runtime_env:
-            opts["runtime_env"] = self._runtime_env
-        return self._actor_cls.options(**opts).remote(self.cfg, rank)
-
-    def _wait_all(self, method: str, refs: Sequence[ray.ObjectRef], ranks: Sequence[int] | None = None) -> list[Any]:
-        """Results of one call per rank (``ranks``: which actors the refs belong to, default 0..n-1), waited on
-        with one deadline for all of them."""
-        ranks = list(ranks if ranks is not None else range(len(refs)))
-        results = wait_all(dict(zip(ranks, refs, strict=True)), self.call_timeout_s,
-                           lambda late: self._timeout(method, late))
-        return [results[r] for r in ranks]
-
-    def _timeout(self, method: str, ranks: int | Sequence[int]) -> StepTimeout:
-        """StepTimeout naming every stuck actor, with their Python stacks attached."""
-        return timeout_error("rollout", method, ranks, self.call_timeout_s, self.actors, self._infos)
+        super().__init__(worker_cls, num_workers, lambda rank: (cfg, rank), timeout_s=timeout_s,
+                         remote_options={"num_cpus": num_cpus, "num_gpus": num_gpus}, actor_options=actor_options,
+                         runtime_env=runtime_env, wait_ready=wait_ready)
 
     def generate(self, samples: Sequence[Any], sampling: SamplingSettings, video: Any = None) -> RolloutBatchResult:
         """Responses for every sample, in input order; skipped samples are reported, never silently lost. One
@@ -116,7 +88,7 @@ class RolloutGroup:
 
         refs = {rank: self.actors[rank].generate.remote(list(samples[a:b]), sampling, video)
                 for rank, (a, b) in enumerate(parts) if b > a}
-        results = wait_all(refs, self.call_timeout_s, lambda late: self._timeout("generate", late), resend)
+        results = self.wait(refs, "generate", resend)
         merged = RolloutBatchResult.merge([results[r] for r in sorted(results)])
         for reason, count in merged.skipped_counts().items():
             self.metrics.skipped[reason] = self.metrics.skipped.get(reason, 0) + count
@@ -126,18 +98,12 @@ class RolloutGroup:
         if self.metrics.actor_restarts >= self.max_restarts:
             raise RolloutRestartBudgetExhausted(f"rollout actors restarted {self.metrics.actor_restarts} times")
         self.metrics.actor_restarts += 1
-        try:
-            ray.kill(self.actors[rank], no_restart=True)
-        except Exception:  # already gone
-            pass
-        self.actors[rank] = self._spawn(rank)
-        self._infos.pop(rank, None)  # the old actor's pid is gone
-        self._infos[rank] = self._wait_all("ready", [self.actors[rank].ready.remote()], [rank])[0]
+        self.respawn(rank)
         if self._weights is not None:
             blob_ref, version = self._weights
-            self._wait_all("update_weights", [self.actors[rank].update_weights.remote(blob_ref, version)], [rank])
+            self.call("update_weights", blob_ref, version, ranks=[rank])
         if self._seed is not None:
-            self._wait_all("reseed", [self.actors[rank].reseed.remote(self._seed + rank)], [rank])
+            self.call("reseed", self._seed + rank, ranks=[rank])
 
     def update_weights(self, blob: bytes, version: int) -> None:
         """Push new weights to every engine, all or nothing (one object-store copy shared by all actors).
@@ -206,39 +172,37 @@ class RolloutGroup:
 
         def timed_out(late: list[int]) -> StepTimeout:
             self._broken = f"rollout{late}.update_weights (version {version}) timed out: weights unknown"
-            return self._timeout("update_weights", late)
+            return self.timeout_error("update_weights", late)
 
         restarted: set[int] = set()
         refs = {rank: self.actors[rank].update_weights.remote(blob_ref, version) for rank in ranks}
-        results = wait_all(refs, self.call_timeout_s, timed_out, outcome)
+        results = wait_all(refs, self.timeout_s, timed_out, outcome)
         return {rank: (value if isinstance(value, BaseException) else None) for rank, value in results.items()}
 
     def reseed(self, seed: int) -> None:
         """Seed every engine's sampler (rank r gets seed + r): rollouts of a step become a function of the seed."""
         self._seed = seed
-        self._wait_all("reseed", [a.reseed.remote(seed + rank) for rank, a in enumerate(self.actors)])
+        self.wait({rank: a.reseed.remote(seed + rank) for rank, a in enumerate(self.actors)}, "reseed")
 
     def sleep(self) -> None:
         """Colocated layouts: free the engines' GPU memory for the learner phase."""
-        self._wait_all("sleep", [a.sleep.remote() for a in self.actors])
+        self.call("sleep")
 
     def wake_up(self) -> None:
-        self._wait_all("wake_up", [a.wake_up.remote() for a in self.actors])
+        self.call("wake_up")
 
     def probe_logprobs(self, text: str, rank: int = 0) -> list[float]:
-        return self._wait_all("prompt_logprobs", [self.actors[rank].prompt_logprobs.remote(text)], [rank])[0]
+        return self.call("prompt_logprobs", text, ranks=[rank])[0]
 
     def probe_logprobs_all(self, text: str) -> list[list[float]]:
         """Every engine's log-probs of ``text`` (the weight probe), by rank."""
-        return self._wait_all("prompt_logprobs", [a.prompt_logprobs.remote(text) for a in self.actors])
+        return self.call("prompt_logprobs", text)
 
     def weight_versions(self) -> list[int]:
-        return self._wait_all("weight_version", [a.weight_version.remote() for a in self.actors])
+        return self.call("weight_version")
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.kill_all()
 
 
 def _describe(err: BaseException) -> str:

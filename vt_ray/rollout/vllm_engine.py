@@ -56,7 +56,7 @@ class VllmEngine:
         self.weight_version = 0
         self.llm = LLM(
             model=self.model_path,
-            dtype=model.dtype,
+            dtype=model.dtype,  # type: ignore[arg-type]  # a str the recipe schema checks
             seed=seed,
             max_model_len=rollout.max_model_len,
             enforce_eager=rollout.enforce_eager,
@@ -91,7 +91,7 @@ class VllmEngine:
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[RolloutResult]:
         _check_serving(self.weight_version)
-        inputs = [{"prompt": r.prompt, "multi_modal_data": multi_modal_data(r)} for r in requests]
+        inputs: list[Any] = [{"prompt": r.prompt, "multi_modal_data": multi_modal_data(r)} for r in requests]
         outputs = self.llm.generate(inputs, self._sampling_params(sampling), use_tqdm=False)
         return [
             RolloutResult(
@@ -111,8 +111,10 @@ class VllmEngine:
 
         prompt: Any = text if video is None else {"prompt": text, "multi_modal_data": {"video": video}}
         out = self.llm.generate([prompt], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
-        ids = out.prompt_token_ids
-        return [float(lp[ids[i]].logprob) for i, lp in enumerate(out.prompt_logprobs) if lp is not None]
+        ids, logprobs = out.prompt_token_ids, out.prompt_logprobs
+        if ids is None or logprobs is None:
+            raise RuntimeError("vLLM returned no prompt token ids or log-probs (prompt_logprobs=0 was requested)")
+        return [float(lp[ids[i]].logprob) for i, lp in enumerate(logprobs) if lp is not None]
 
     def sleep(self) -> None:
         """Release GPU memory for the colocated learner (level 1: weights to host memory, KV cache dropped)."""

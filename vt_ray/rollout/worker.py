@@ -122,8 +122,8 @@ class RolloutWorker:
                 report.skipped.append(SkippedSample(sample.uid, sample.video, "overlong", fitted.detail))
                 continue
             report.downsampled += int(fitted.downsampled)
-            video = fitted.video
-            requests.append(GenerationRequest(sample.uid, prompt, video.frames, video.vllm_metadata()))
+            decoded = fitted.video
+            requests.append(GenerationRequest(sample.uid, prompt, decoded.frames, decoded.vllm_metadata()))
         return requests, report
 
     def generate(

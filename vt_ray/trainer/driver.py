@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
@@ -73,6 +74,12 @@ class Responses:
     advantages: list[float] = field(default_factory=list)
     """One per response, filled by the update (the report's rollout viewer shows them)."""
 
+    def scored_tensor(self) -> torch.Tensor:
+        """``scores``, once the driver has scored the responses (using them before is a bug)."""
+        if self.scores is None:
+            raise RuntimeError("these responses have not been scored yet")
+        return self.scores
+
     def select_groups(self, groups: list[int]) -> Responses:
         """Only the prompts ``groups`` (indices into ``results``), renumbered 0.. in the given order."""
         new_id = {g: i for i, g in enumerate(groups)}
@@ -97,7 +104,7 @@ class Responses:
             out.token_counts += part.token_counts
             out.truncated += part.truncated
             out.scored += part.scored
-            out.scores = torch.cat([out.scores, part.scores])
+            out.scores = torch.cat([out.scored_tensor(), part.scored_tensor()])
         return out
 
 
@@ -109,7 +116,15 @@ def sampling_for_training(cfg: RecipeConfig, step: int = 0) -> SamplingSettings:
 
 
 def sampling_for_validation(cfg: RecipeConfig) -> SamplingSettings:
-    return SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_tokens=cfg.rollout.max_tokens, stop=list(cfg.rollout.stop))
+    return SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_tokens=cfg.rollout.max_tokens,
+                            stop=list(cfg.rollout.stop))
+
+
+def _frames(result: RolloutResult) -> np.ndarray:
+    """The frames the rollout worker attached to ``result`` (it always does): the learner scores on them."""
+    if result.frames is None:
+        raise ValueError(f"rollout result {result.uid!r} carries no frames: the learner cannot score it")
+    return result.frames
 
 
 class GracefulStop:
@@ -231,7 +246,7 @@ class GRPOTrainer:
         # at the same time (measured on the tiny recipe: _start_roles 29.2 s -> 24.4 s), and a role that does not
         # come up still raises a StepTimeout naming it.
         self.rollout = RolloutGroup(
-            self.cfg, num_workers=res.rollout.num_workers, call_timeout_s=timeout,
+            self.cfg, num_workers=res.rollout.num_workers, timeout_s=timeout,
             actor_options=lambda rank: self._options("rollout", rank), max_restarts=self.tc.max_actor_restarts,
             wait_ready=False,
         )
@@ -256,8 +271,8 @@ class GRPOTrainer:
         return max(1, -(-responses // size))
 
     def _set_timeouts(self, seconds: float) -> None:
-        self.rollout.call_timeout_s = seconds
-        self.rewards.call_timeout_s = seconds
+        self.rollout.timeout_s = seconds
+        self.rewards.timeout_s = seconds
         self.learner.timeout_s = seconds
 
     # ---- resume --------------------------------------------------------------------------------------------
@@ -267,7 +282,8 @@ class GRPOTrainer:
         partial = sorted(p.name for p in self.ckpt_root.glob(".tmp_*")) if self.ckpt_root.is_dir() else []
         if partial:
             print(f"[train] ignoring incomplete checkpoint(s) from an interrupted save: {partial}", flush=True)
-        if not in_job and self.tc.resume_mode == "never" and self.ckpt_root.is_dir() and any(self.ckpt_root.glob("step_*")):
+        if (not in_job and self.tc.resume_mode == "never" and self.ckpt_root.is_dir()
+                and any(self.ckpt_root.glob("step_*"))):
             raise RuntimeError(f"{self.ckpt_root} has checkpoints and trainer.resume_mode=never: use a new run.name")
         selection = select(self.ckpt_root)  # newest intact one: corrupt newer ones are refused and moved aside
         for err in selection.refused:
@@ -380,8 +396,8 @@ class GRPOTrainer:
         from vt_ray.learner.batch import Example, collate
 
         examples = [
-            Example(prompt=r.prompt, frames=r.frames, response_ids=c.token_ids, video_metadata=r.video_metadata, uid=r.uid,
-                    behaviour_logprobs=c.logprobs, media=r.media)
+            Example(prompt=r.prompt, frames=_frames(r), response_ids=c.token_ids, video_metadata=r.video_metadata,
+                    uid=r.uid, behaviour_logprobs=c.logprobs, media=r.media)
             for r in data.results for c in r.completions
         ]
         batch = collate(self.processor, examples)
@@ -393,14 +409,15 @@ class GRPOTrainer:
         updates = self.tc.update_epochs * self._minibatches_per_step()
         if acfg.policy_logprob_pass(updates):
             batch.old_logprobs = self.learner.compute_logprobs(batch, "policy")
-            if acfg.log_logprob_mismatch:
+            if acfg.log_logprob_mismatch and batch.behaviour_logprobs is not None:
                 stats = mismatch_stats(batch.old_logprobs, batch.behaviour_logprobs, mask, max(float(mask.sum()), 1.0))
                 metrics.update({k.replace("actor/", "rollout/"): float(v) for k, v in stats.items()})
         if acfg.needs_reference:
             batch.ref_logprobs = self.learner.compute_logprobs(batch, "reference")
         timings["time/logprobs_s"] = time.perf_counter() - start
         if batch.ref_logprobs is not None and acfg.use_kl_in_reward:
-            current = batch.old_logprobs if batch.old_logprobs is not None else self.learner.compute_logprobs(batch, "policy")
+            current = (batch.old_logprobs if batch.old_logprobs is not None
+                       else self.learner.compute_logprobs(batch, "policy"))
             scores, kl_metrics = apply_kl_in_reward(acfg, scores, current, batch.ref_logprobs, mask)
             metrics.update(kl_metrics)
         lengths = torch.tensor(data.token_counts, dtype=torch.float32)
@@ -528,12 +545,14 @@ class GRPOTrainer:
         while True:
             if data is not None:
                 generated += len(data.results)
-                kept.append(data.select_groups(informative_groups(data.scores, data.group_ids)))
+                kept.append(data.select_groups(informative_groups(data.scored_tensor(), data.group_ids)))
             have = sum(len(k.results) for k in kept)
             if have >= want or rounds >= a.max_refill_rounds:
                 break
             rounds += 1
-            data, more_skipped, round_metrics = self._rollout_round(self.sampler.take(math.ceil((want - have) * factor)))
+            data, more_skipped, round_metrics = self._rollout_round(
+                self.sampler.take(math.ceil((want - have) * factor))
+            )
             skipped.update(more_skipped)
             timing[0] += round_metrics.pop("time/rollout_s")
             timing[1] += round_metrics.pop("time/reward_s")
@@ -559,7 +578,7 @@ class GRPOTrainer:
         if self.cfg.rollout.enable_sleep_mode:
             self.rollout.sleep()  # colocated: the learner gets the GPU memory back
         scored = data.scored
-        metrics, timings = self._train_batch(data, data.scores)
+        metrics, timings = self._train_batch(data, data.scored_tensor())
         crash_point("trainer.after_update", self.step + 1)
         metrics.update(round_metrics)
         self.step += 1
@@ -608,9 +627,12 @@ class GRPOTrainer:
         metrics = reward_metrics(scored, prefix="val/")
         parsed = [parse_trace(t) for t in texts]
         metrics["val/valid_share"] = sum(p.violations == () for p in parsed) / max(len(texts), 1)
-        choice = [(p, by_uid[r.uid]) for p, r in zip(parsed, out.results) if by_uid[r.uid].answer_type == "multiple_choice"]
+        choice = [(p, by_uid[r.uid]) for p, r in zip(parsed, out.results)
+                  if by_uid[r.uid].answer_type == "multiple_choice"]
         if choice:  # letter-only accuracy: the figure Video-R1 / Video-Holmes report
-            metrics["val/accuracy_letter"] = sum(is_letter_answer_correct(p.answer, s.answer) for p, s in choice) / len(choice)
+            metrics["val/accuracy_letter"] = (
+                sum(is_letter_answer_correct(p.answer, s.answer) for p, s in choice) / len(choice)
+            )
         metrics["val/samples"] = float(len(texts))
         metrics["time/val_s"] = time.perf_counter() - start
         with (self.run_dir / "validation.jsonl").open("a") as f:

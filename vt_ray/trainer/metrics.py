@@ -50,7 +50,8 @@ class MetricsLogger:
 
                 self._wandb = wandb.init(
                     project=wandb_project, entity=wandb_entity or None, name=run_name, dir=str(run_dir),
-                    mode=wandb_mode, config=config, id=f"{run_name}", resume="allow",
+                    mode=wandb_mode,  # type: ignore[arg-type]  # a str: online | offline | disabled
+                    config=config, id=f"{run_name}", resume="allow",
                 )
             except Exception as err:  # logging must never stop training; the JSONL file is always there
                 log.warning("W&B disabled: %s", err)
@@ -65,7 +66,8 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
         shown = "  ".join(
-            f"{k.replace('reward/', '').replace('/', '_')}={metrics[k]:.3f}" for k in CONSOLE_KEYS if isinstance(metrics.get(k), int | float)
+            f"{k.replace('reward/', '').replace('/', '_')}={metrics[k]:.3f}"
+            for k in CONSOLE_KEYS if isinstance(metrics.get(k), int | float)
         )
         echo(f"[step {step}] {shown}")
 

@@ -11,14 +11,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from vt_ray.cluster.worker_group import WorkerGroup
 from vt_ray.common.sharding import split_evenly
-from vt_ray.common.timeouts import (
-    ActorInfo,
-    StepTimeout,
-    install_stack_dumps,
-    timeout_error,
-    wait_all,
-)
+from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.rewards.config import RewardConfig
 from vt_ray.rewards.target import RewardTarget
 from vt_ray.testing.faults import crash_point, hang_point
@@ -42,34 +37,17 @@ class RewardWorker:
         return self.scorer.score_batch(responses, targets)
 
 
-class RewardGroup:
+class RewardGroup(WorkerGroup):
+    role = "reward"
+
     def __init__(self, cfg: RewardConfig, num_workers: int, actor_options: Callable[[int], dict[str, Any]],
-                 call_timeout_s: float = 600.0, wait_ready: bool = True) -> None:
+                 timeout_s: float = 600.0, wait_ready: bool = True) -> None:
         """``wait_ready=False``: return once the scorers are spawned and call :meth:`wait_ready` later (the
         trainer overlaps their start with the other roles')."""
         self.cfg = cfg
-        self.call_timeout_s = call_timeout_s
-        self._actor_options = actor_options
-        self._cls = ray.remote(max_restarts=0)(RewardWorker)
-        self._infos: dict[int, ActorInfo] = {}  # rank -> pid, node, stack dump file (from ready())
-        self.actors = [self._spawn(rank) for rank in range(num_workers)]
         self.restarts = 0
-        self._ready_refs: dict[int, ray.ObjectRef] | None = {rank: a.ready.remote() for rank, a in enumerate(self.actors)}
-        if wait_ready:
-            self.wait_ready()
-
-    def wait_ready(self) -> None:
-        """Block until every scorer has started (one deadline for all). Idempotent."""
-        if self._ready_refs is not None:
-            refs, self._ready_refs = self._ready_refs, None
-            self._infos = wait_all(refs, self.call_timeout_s, lambda late: self._timeout("ready", late))
-
-    def _spawn(self, rank: int) -> Any:
-        return self._cls.options(**self._actor_options(rank)).remote(self.cfg, rank)
-
-    def _timeout(self, method: str, ranks: list[int]) -> StepTimeout:
-        """StepTimeout naming every scorer that missed the deadline, with their Python stacks attached."""
-        return timeout_error("reward", method, ranks, self.call_timeout_s, self.actors, self._infos)
+        super().__init__(RewardWorker, num_workers, lambda rank: (cfg, rank), timeout_s=timeout_s,
+                         actor_options=actor_options, wait_ready=wait_ready)
 
     def score(self, responses: Sequence[str], targets: Sequence[RewardTarget]) -> list[dict[str, float]]:
         """One result dict per response, in order, with one deadline for all scorers. A dead scorer is replaced
@@ -83,16 +61,13 @@ class RewardGroup:
             a, b = parts[rank]
             replaced.add(rank)
             self.restarts += 1
-            self._infos.pop(rank, None)  # the new actor's pid comes from the GCS if it gets stuck
-            self.actors[rank] = self._spawn(rank)
+            self.respawn(rank, wait_ready=False)  # not waited for: the re-sent call has the deadline
             return self.actors[rank].score.remote(list(responses[a:b]), list(targets[a:b]))
 
         refs = {r: self.actors[r].score.remote(list(responses[a:b]), list(targets[a:b]))
                 for r, (a, b) in enumerate(parts) if b > a}
-        results = wait_all(refs, self.call_timeout_s, lambda late: self._timeout("score", late), rescore)
+        results = self.wait(refs, "score", rescore)
         return [item for rank in sorted(results) for item in results[rank]]
 
     def shutdown(self) -> None:
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
-        self.actors = []
+        self.kill_all()

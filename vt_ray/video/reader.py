@@ -10,6 +10,7 @@ never a path.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -162,7 +163,7 @@ def read_video(path: str | Path, cfg: VideoConfig) -> DecodedVideo:
     failures: list[str] = []
     for backend in order:
         try:
-            raw = _with_timeout(lambda b=backend: _BACKENDS[b](path, choose), path, cfg.decode_timeout_s)
+            raw = _with_timeout(functools.partial(_BACKENDS[backend], path, choose), path, cfg.decode_timeout_s)
         except (VideoEmpty, VideoTimeout):
             raise
         except VideoError as err:
@@ -171,7 +172,8 @@ def read_video(path: str | Path, cfg: VideoConfig) -> DecodedVideo:
         except Exception as err:  # decoders raise assorted types (av.error.*, RuntimeError, DECORDError)
             failures.append(f"{backend}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             continue
-        height, width = resized_shape(*raw.frames[0].shape[:2], cfg)
+        source_height, source_width = raw.frames[0].shape[:2]
+        height, width = resized_shape(source_height, source_width, cfg)
         return DecodedVideo(
             path=path,
             frames=_resize(raw.frames, height, width),
@@ -200,7 +202,7 @@ def read_frames_at(path: str | Path, indices: list[int], timeout_s: float = 30.0
     failures: list[str] = []
     for backend in _BACKENDS:
         try:
-            return _with_timeout(lambda b=backend: _BACKENDS[b](path, choose), path, timeout_s).frames
+            return _with_timeout(functools.partial(_BACKENDS[backend], path, choose), path, timeout_s).frames
         except (VideoEmpty, VideoTimeout):
             raise
         except Exception as err:  # decoders raise assorted types (av.error.*, RuntimeError, DECORDError)

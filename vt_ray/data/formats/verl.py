@@ -6,10 +6,11 @@ videos: [{"video": path}], ability: str, reward_model: {"style": "rule", "ground
 extra_info: {...}}``; the content holds ``<image>``/``<video>`` placeholders where the media go; media
 entries are qwen-vl-utils dicts (``"file:///path"`` or a plain path).
 
-Export (vt_ray.interop.export): the prompt is our rendered chat (system + user with a ``<video>``/``<image>`` placeholder before
-the question, the recipe's prompt style), ground_truth is the plain answer, and ``extra_info`` carries
-``answer_type``, ``options`` and the whole sample as JSON (``vt_ray_sample``) so :func:`vt_ray.interop.verl_reward
-.compute_score` scores exactly as our trainer does and our loader reads the same samples back.
+Export (vt_ray.interop.export): the prompt is our rendered chat (system + user with a ``<video>``/``<image>``
+placeholder before the question, the recipe's prompt style), ground_truth is the plain answer, and
+``extra_info`` carries ``answer_type``, ``options`` and the whole sample as JSON (``vt_ray_sample``) so
+:func:`vt_ray.interop.verl_reward.compute_score` scores exactly as our trainer does and our loader reads the
+same samples back.
 
 Read: rows we exported come back exactly; a foreign row gives question = the user turns without
 placeholders, answer = ``reward_model.ground_truth``, and ``extra_info.answer_type``/``options`` when given.

@@ -1,0 +1,71 @@
+"""The contract between the learner group and a training backend, and how a recipe names one.
+
+A backend is a Ray actor class ``Backend(cfg: RecipeConfig, rank: int, world_size: int)`` with the methods of
+:class:`LearnerBackend`; :class:`vt_ray.learner.group.LearnerGroup` runs ``world_size`` of them and speaks only
+this contract (sharding the batch, one deadline per call, errors naming the rank). The built-in backend is
+``fsdp2`` (:class:`vt_ray.learner.worker.LearnerWorker`: torch FSDP2, gloo on CPU and NCCL on GPU). A recipe
+picks one with ``learner.backend``: a registered name, or ``package.module:Class``. To add one (a Megatron
+backend, say), write the class in a module of your own and register it or name it by import path, as
+:mod:`vt_ray.rollout.engine_api` shows for rollout engines; docs/backends.md has a worked example.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from vt_ray.common.timeouts import ActorInfo
+from vt_ray.learner.batch import TrainBatch
+
+
+@runtime_checkable
+class LearnerBackend(Protocol):
+    """One rank of a learner group. Every method is called on every rank at once (collectives inside)."""
+
+    def ready(self) -> ActorInfo:
+        """Where the rank runs (pid, node, stack-dump file): answered as soon as the actor exists."""
+        ...
+
+    def address(self) -> tuple[str, int]:
+        """Rank 0 only: the node address and a free port there, the rendezvous point of the process group."""
+        ...
+
+    def setup(self, master_addr: str = "127.0.0.1", master_port: int | None = None, *, total_steps: int,
+              model_path: str | None = None, lr: float | None = None, reference: str | None = None) -> int:
+        """Join the group, load and shard the policy (and the reference model, if any); returns the step the
+        optimizer schedule starts from."""
+        ...
+
+    def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:
+        """[B, L] log-probs of the shard's response tokens under ``policy`` or ``reference``, no grad."""
+        ...
+
+    def train_step(self, shard: TrainBatch, num_micro: int, loss_name: str = "sft") -> dict[str, float]:
+        """One optimizer step over the whole mini-batch (every rank runs ``num_micro`` micro-batches);
+        metrics of the mini-batch, the same on every rank."""
+        ...
+
+    def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
+        """The full policy in HF names (rank 0; others return an empty dict)."""
+        ...
+
+    def export_safetensors(self, dtype: str | None = None) -> bytes | None:
+        """The full policy as one safetensors blob, what rollout engines load (rank 0; others None)."""
+        ...
+
+    def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
+        """A Hugging Face checkpoint directory (weights, config, processor) of the policy."""
+        ...
+
+    def save_checkpoint(self, root: str, extra_state: dict[str, Any] | None = None) -> str:
+        """A resumable checkpoint (sharded model and optimizer, RNG, ``extra_state``) under ``root``."""
+        ...
+
+    def load_checkpoint(self, path: str) -> dict[str, Any] | None:
+        """Restore from a step directory; returns the ``extra_state`` saved with it."""
+        ...
+
+    def shutdown(self) -> None:
+        """Leave the process group."""
+        ...
