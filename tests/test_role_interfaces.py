@@ -63,3 +63,67 @@ def test_the_check_finds_a_missing_method_and_parameter() -> None:
     problems = _check(RolloutEngine, Partial)
     assert "Partial.generate() lacks parameter(s) ['sampling']" in problems
     assert "Partial has no update_weights()" in problems
+
+
+# ---- choosing a backend by name or import path -------------------------------------------------------------
+class EchoEngine:
+    """A user's engine, named by import path in a recipe (docs/backends.md); a stand-in that generates nothing."""
+
+    def __init__(self, model: Any, rollout: Any, seed: int, model_path: str | None) -> None:
+        self.weight_version, self.seed = 0, seed
+
+    def generate(self, requests: Any, sampling: Any) -> list[Any]:
+        return []
+
+    def prompt_logprobs(self, text: str) -> list[float]:
+        return [0.0]
+
+    def update_weights(self, weights: Any, version: int) -> int:
+        self.weight_version = version
+        return 1
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+
+def test_a_backend_is_chosen_by_name_or_import_path_and_a_wrong_one_fails_at_load() -> None:
+    from vt_ray.common.errors import ConfigError
+    from vt_ray.config.backends import ROLLOUT_ENGINES
+    from vt_ray.config.loader import load_config
+    from vt_ray.rollout.engines import make_engine
+
+    cfg = load_config(None, ["rollout.backend=test_role_interfaces:EchoEngine", "run.seed=5"])
+    engine = make_engine(cfg.model, cfg.rollout, seed=cfg.run.seed)
+    assert type(engine).__name__ == "EchoEngine" and engine.seed == 5 and _check(RolloutEngine, EchoEngine) == []
+
+    ROLLOUT_ENGINES.register("echo")(EchoEngine)  # or registered by name, from the user's own module
+    try:
+        assert "echo" in ROLLOUT_ENGINES.names()
+        echo = load_config(None, ["rollout.backend=echo"])
+        assert type(make_engine(echo.model, echo.rollout)).__name__ == "EchoEngine"
+    finally:
+        ROLLOUT_ENGINES._entries.pop("echo")
+
+    with pytest.raises(ConfigError, match=r"'learner.backend': unknown learner backend 'megatron'; "
+                                          r"registered: \['fsdp2'\]"):
+        load_config(None, ["learner.backend=megatron"])
+    with pytest.raises(ConfigError, match=r"'rollout.backend': unknown rollout engine 'sglang'; "
+                                          r"registered: \['hf', 'vllm'\]"):
+        load_config(None, ["rollout.backend=sglang"])
+    with pytest.raises(ConfigError, match="that key is learner.dist_backend now"):  # the key's old meaning
+        load_config(None, ["learner.backend=nccl"])
+    with pytest.raises(ConfigError, match="rollout.backend"):
+        load_config(None, ["rollout.backend=test_role_interfaces:NoSuchEngine"])
+    assert load_config(None, ["learner.dist_backend=gloo"]).learner.dist_backend == "gloo"
+
+
+def test_the_built_in_backends_are_the_registered_ones() -> None:
+    from vt_ray.config.backends import LEARNER_BACKENDS, ROLLOUT_ENGINES
+    from vt_ray.learner.worker import LearnerWorker
+
+    assert LEARNER_BACKENDS.get("fsdp2") is LearnerWorker
+    assert {ROLLOUT_ENGINES.get(n).__name__ for n in ("vllm", "hf")} == {"vllm_engine", "hf_engine"}

@@ -38,7 +38,7 @@ class WorkerGroup:
 
     def __init__(
         self,
-        actor_cls: type,
+        actor_cls: Callable[..., Any],
         num_workers: int,
         actor_args: Callable[[int], tuple[Any, ...]],
         *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vt_ray.common.errors import check
+from vt_ray.config.backends import LEARNER_BACKENDS
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -12,7 +13,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 @dataclass
 class LearnerConfig:
     # Worker count, CPUs and GPUs per rank live in ``resources.learner`` (one place for placement).
-    backend: str = "auto"
+    backend: str = "fsdp2"
+    """The training backend (vt_ray.config.backends.LEARNER_BACKENDS): fsdp2 (torch FSDP2), or a class by
+    import path ``package.module:Class`` (docs/backends.md)."""
+    dist_backend: str = "auto"
     """torch.distributed backend: auto (gloo on CPU, nccl on GPU) | gloo | nccl."""
     param_dtype: str = "float32"
     """FSDP2 mixed precision: dtype of the all-gathered parameters used in forward/backward (bfloat16 on GPU).
@@ -72,7 +76,12 @@ class LearnerConfig:
     """Timeout for collectives and for every remote call from the driver (a hang becomes a named error)."""
 
     def __post_init__(self) -> None:
-        check(self.backend in ("auto", "gloo", "nccl"), "learner.backend", f"unknown backend {self.backend!r}")
+        check(self.backend not in ("auto", "gloo", "nccl"), "learner.backend",
+              f"{self.backend!r} is a torch.distributed backend: that key is learner.dist_backend now; "
+              "learner.backend names the training backend (fsdp2, or package.module:Class)")
+        LEARNER_BACKENDS.check(self.backend)
+        check(self.dist_backend in ("auto", "gloo", "nccl"), "learner.dist_backend",
+              f"unknown backend {self.dist_backend!r} (auto | gloo | nccl)")
         check(self.param_dtype in DTYPES, "learner.param_dtype", f"unknown dtype {self.param_dtype!r}")
         check(self.reduce_dtype in DTYPES, "learner.reduce_dtype", f"unknown dtype {self.reduce_dtype!r}")
         check(self.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")

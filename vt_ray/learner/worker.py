@@ -300,7 +300,7 @@ class LearnerWorker:
         return model
 
     def _init_process_group(self, master_addr: str, master_port: int | None) -> None:
-        backend = self.lcfg.backend
+        backend = self.lcfg.dist_backend
         if backend == "auto":
             backend = "nccl" if self.device.type == "cuda" else "gloo"
         if dist.is_initialized():

