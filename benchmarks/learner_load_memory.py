@@ -126,7 +126,7 @@ def _rank_main(rank: int, world: int, port: int, model_dir: str, overrides: list
 def run_mode(model_dir: Path, world: int, overrides: list[str]) -> list[dict]:
     import torch.multiprocessing as mp
 
-    from vt_ray.learner.worker import free_port
+    from vt_ray.learner.rendezvous import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_rank_main, args=(world, free_port(), str(model_dir), overrides, tmp), nprocs=world, join=True)

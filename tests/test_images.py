@@ -73,7 +73,7 @@ def test_mixed_batch_slices_and_concats_by_modality(processor) -> None:
 
 
 def test_mixed_batch_forward_equals_one_sample_at_a_time(tiny_model_dir: Path, processor) -> None:
-    from vt_ray.learner.worker import token_logprobs
+    from vt_ray.learner.logprobs import token_logprobs
     from vt_ray.models.hf_load import load_vl_model
 
     model = load_vl_model(str(tiny_model_dir), torch.float32).eval()

@@ -64,7 +64,7 @@ def checkpoint_tensors(model_dir: Path, keys: list[str]) -> dict[str, torch.Tens
 
 
 def _flags(worker) -> dict:
-    from vt_ray.learner.worker import _tied_parameter_groups
+    from vt_ray.learner.fsdp import tied_parameter_groups as _tied_parameter_groups
 
     policy, ref = worker.model, worker.reference
     return {
@@ -128,7 +128,7 @@ def _rank_main(rank: int, port: int, cases: dict[str, tuple[str, list[str]]], ou
 def runs(tiny_model_dir: Path, tied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     import torch.multiprocessing as mp
 
-    from vt_ray.learner.worker import free_port
+    from vt_ray.learner.rendezvous import free_port
 
     dirs = {"tiny": str(tiny_model_dir), "tied": str(tied_model_dir)}
     cases = {name: (dirs[model], extra) for name, (model, extra) in CASES.items()}

@@ -231,3 +231,34 @@ def load_rng(path: Path) -> None:
     cuda = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
+
+
+# ---- reporting a failed save ----------------------------------------------------------------------------
+def root_cause(err: BaseException) -> str:
+    """The OSError under DCP's wrapping (``[Errno 28] No space left on device: ...``), else the error."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return f"{type(seen).__name__}: {seen}"
+        failures = getattr(seen, "failures", None)  # torch's CheckpointException: rank -> (exception, traceback)
+        if isinstance(failures, dict):
+            for failure in failures.values():
+                inner = failure[0] if isinstance(failure, tuple) else failure
+                if isinstance(inner, BaseException):
+                    return root_cause(inner)
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(err).__name__}: {err}"
+
+
+def disk_state(path: Path) -> str:
+    try:
+        usage = shutil.disk_usage(path if path.exists() else path.parent)
+    except OSError as err:
+        return f"disk usage unknown: {err}"
+    full = "No space left on device: " if usage.free < min(64 << 20, max(1 << 20, usage.total // 100)) else ""
+    return f"{full}{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB on that disk"
+
+
+def latest_name(root: str) -> str:
+    pointer = Path(root) / LATEST
+    return pointer.read_text().strip() if pointer.is_file() else "none yet"

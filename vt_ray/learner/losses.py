@@ -9,20 +9,20 @@ ranks and micro-batches: 2 sharded learners compute exactly what 1 learner compu
 Metrics follow the same rule (shares that sum to the mini-batch value), so a token-mean metric is
 ``sum(x * mask) / norm.num_tokens``.
 
-Losses are looked up by name: ``sft``, ``grpo`` (the algorithm module, resolved lazily), or
-``package.module:factory`` for anything else. A factory takes the recipe and returns the loss function, so
-hyperparameters (clip epsilon, KL coefficient) are bound once.
+Losses are looked up by name in :data:`LOSSES` (a :class:`~vt_ray.common.registry.Registry`): ``sft``, ``grpo``
+(the algorithm module, resolved lazily), or ``package.module:factory`` for anything else. A factory takes the
+recipe and returns the loss function, so hyperparameters (clip epsilon, KL coefficient) are bound once.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from vt_ray.common.registry import Registry
 from vt_ray.learner.batch import TrainBatch
 
 
@@ -58,24 +58,23 @@ def sft_loss(logprobs: torch.Tensor, batch: TrainBatch, norm: LossNorm) -> tuple
     return loss, {"sft/nll": loss.detach()}
 
 
+LOSSES = Registry("learner loss", "loss", "vt_ray.learner.losses", ("sft", "grpo"))
+"""name -> factory(recipe) -> LossFn."""
+
+
+@LOSSES.register("sft")
+def _sft_factory(cfg: Any) -> LossFn:
+    return sft_loss
+
+
+@LOSSES.register("grpo")
 def _grpo_factory(cfg: Any) -> LossFn:
-    # The GRPO math lives in vt_ray.algo (written separately); it exposes ``make_loss(cfg) -> LossFn``.
-    module = importlib.import_module("vt_ray.algo.loss")
-    return module.make_loss(cfg)
+    from vt_ray.algo.loss import make_loss  # the GRPO math lives in vt_ray.algo
 
-
-BUILTIN: dict[str, LossFactory] = {
-    "sft": lambda cfg: sft_loss,
-    "grpo": _grpo_factory,
-}
+    return make_loss(cfg)
 
 
 def resolve_loss(name: str, cfg: Any) -> LossFn:
     """The loss function named ``name`` (see the module docstring), bound to the recipe ``cfg``."""
-    if name in BUILTIN:
-        return BUILTIN[name](cfg)
-    if ":" in name:
-        module_name, attr = name.split(":", 1)
-        factory = getattr(importlib.import_module(module_name), attr)
-        return factory(cfg)
-    raise KeyError(f"unknown loss {name!r}: use one of {sorted(BUILTIN)} or 'package.module:factory'")
+    factory: LossFactory = LOSSES.get(name)
+    return factory(cfg)

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -32,123 +31,24 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_state_dict,
 )
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner import checkpoint as ckpt
 from vt_ray.learner import manifest, safe_dcp
 from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.fsdp import DTYPES, reshard_all, shard_model, tied_parameter_groups
+from vt_ray.learner.logprobs import token_logprobs, token_logprobs_and_entropy
 from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
+from vt_ray.learner.rendezvous import free_port, node_ip
 from vt_ray.learner.schedule import lr_factor, warmup_steps
 from vt_ray.learner.vision_dedup import install_video_dedup
 from vt_ray.testing.faults import crash_point, hang_point
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
-
-
-def node_ip() -> str:
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return str(ray.util.get_node_ip_address())
-    except ImportError:  # pragma: no cover - ray is a dependency, but the worker does not need it
-        pass
-    return "127.0.0.1"
-
-
-def _response_logits(model: torch.nn.Module, batch: TrainBatch, device: torch.device) -> tuple[torch.Tensor, int]:
-    """[B, L-start-1, vocab] float32 logits predicting tokens start+1 .. L-1, and ``start``.
-
-    Logits are computed only from the first response position on: the prompt is mostly video tokens, and
-    the [B, L, vocab] float32 logits are the largest activation of the step.
-    """
-    start = max(batch.first_response_position() - 1, 0)
-    length = batch.input_ids.shape[1]
-    out = model(**batch.model_inputs(device), use_cache=False, logits_to_keep=length - start)
-    return out.logits[:, :-1].float(), start
-
-
-def _on_responses(values: torch.Tensor, start: int, batch: TrainBatch, device: torch.device) -> torch.Tensor:
-    """Per-token values aligned with ``batch.input_ids`` ([B, L]), 0 off the response tokens, so results do
-    not depend on how samples were batched."""
-    full = torch.nn.functional.pad(values, (start + 1, 0))
-    return torch.where(batch.response_mask.to(device).bool(), full, torch.zeros_like(full))
-
-
-def token_logprobs(model: torch.nn.Module, batch: TrainBatch, device: torch.device) -> torch.Tensor:
-    """[B, L] log p(token t | tokens < t) under ``model`` on response tokens; 0 elsewhere."""
-    return token_logprobs_and_entropy(model, batch, device, entropy=None)[0]
-
-
-def token_logprobs_and_entropy(
-    model: torch.nn.Module, batch: TrainBatch, device: torch.device, entropy: str | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs as :func:`token_logprobs`, plus the policy's per-token entropy [B, L] when ``entropy`` is
-    "metric" (no gradient) or "grad" (for an entropy bonus). The entropy costs one more [B, L, vocab] tensor
-    (the softmax) while it is computed."""
-    logits, start = _response_logits(model, batch, device)
-    targets = batch.input_ids.to(device)[:, start + 1 :]
-    lse = logits.logsumexp(-1)
-    picked = logits.gather(-1, targets[..., None])[..., 0] - lse
-    ent = None
-    if entropy is not None:
-        with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
-            ent = _on_responses(lse - (logits.softmax(-1) * logits).sum(-1), start, batch, device)
-    return _on_responses(picked, start, batch, device), ent
-
-
-def _tied_parameter_groups(model: torch.nn.Module) -> list[list[str]]:
-    """Names of parameters that are one shared tensor (e.g. lm_head and the embedding with
-    tie_word_embeddings), as groups of two or more."""
-    groups: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), []).append(name)
-    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
-
-
-def reshard_all(model: torch.nn.Module) -> None:
-    """Free every FSDP2 unit's unsharded parameters (``FSDPModule.reshard`` is not recursive). After a no-grad
-    forward with ``reshard_after_forward=False`` the gathered copies stay registered; resharding restores the
-    invariant that outside a forward/backward the modules hold their shards, so an optimizer step can never be
-    followed by a forward on stale gathered weights."""
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
-
-
-def _block_classes(model: torch.nn.Module) -> tuple[str, ...]:
-    """Transformer blocks to shard one by one: HF lists them as the modules never split across devices."""
-    return tuple(getattr(model, "_no_split_modules", None) or ())
-
-
-def shard_model(
-    model: torch.nn.Module, mesh: Any, mp: MixedPrecisionPolicy | None, offload: bool,
-    reshard_after_forward: bool = True,
-) -> torch.nn.Module:
-    """FSDP2: each decoder and vision block is its own all-gather unit, then the root takes the rest."""
-    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
-    if mp is not None:
-        kwargs["mp_policy"] = mp
-    if offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
-    names = _block_classes(model)
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
-    if not blocks:
-        raise ValueError(f"no transformer blocks ({names}) found in {type(model).__name__}")
-    for block in blocks:
-        fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
-    return model
 
 
 class LearnerWorker:
@@ -265,7 +165,7 @@ class LearnerWorker:
             return shard_model(prepare(load_vl_model(path, dtype)), self.mesh, mp, offload, reshard_after_forward)
 
         model = prepare(build_vl_model_on_meta(path, dtype))
-        tied = _tied_parameter_groups(model)
+        tied = tied_parameter_groups(model)
         model = shard_model(model, self.mesh, mp, offload, reshard_after_forward)
         # With CPUOffloadPolicy (pin_memory), FSDP2 moves each shard to pinned host memory right after it is
         # allocated here, so the GPU holds one module's shard at most for a moment.
@@ -295,7 +195,7 @@ class LearnerWorker:
         # while it reads the reference.
         del source
         gc.collect()
-        if _tied_parameter_groups(model) != tied:  # tie_word_embeddings: lm_head must still be the embedding
+        if tied_parameter_groups(model) != tied:  # tie_word_embeddings: lm_head must still be the embedding
             raise RuntimeError(f"tied parameters {tied} were untied by meta-device loading")
         return model
 
@@ -502,11 +402,11 @@ class LearnerWorker:
             mine = [p.name for p in tmp.glob(f"__{self.rank}_*.distcp")] + [ckpt.rng_file(self.rank)]
             manifest.write_partial(tmp, self.rank, mine)
         except (Exception, CheckpointException) as err:  # DCP's wrapper of the OSError is a BaseException
-            disk = _disk_state(tmp)  # before the cleanup: torch's zip writer reports ENOSPC as "unexpected pos"
+            disk = ckpt.disk_state(tmp)  # before the cleanup: torch's zip writer reports ENOSPC as "unexpected pos"
             shutil.rmtree(tmp, ignore_errors=True)  # give the space back: logs and metrics still need it
             raise ckpt.CheckpointWriteError(
-                f"learner[{self.rank}]: saving step {self.step} to {tmp} failed ({_root_cause(err)}; {disk}); the "
-                f"partial directory was removed and the previous checkpoint ({_latest(root)}) is untouched"
+                f"learner[{self.rank}]: saving step {self.step} to {tmp} failed ({ckpt.root_cause(err)}; {disk}); the "
+                f"partial directory was removed and the previous checkpoint ({ckpt.latest_name(root)}) is untouched"
             ) from err
         crash_point("learner.save_checkpoint", self.rank)  # tests: a kill with the shards written, not committed
         dist.barrier()
@@ -550,33 +450,3 @@ class LearnerWorker:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _root_cause(err: BaseException) -> str:
-    """The OSError under DCP's wrapping (``[Errno 28] No space left on device: ...``), else the error."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return f"{type(seen).__name__}: {seen}"
-        failures = getattr(seen, "failures", None)  # torch's CheckpointException: rank -> (exception, traceback)
-        if isinstance(failures, dict):
-            for failure in failures.values():
-                inner = failure[0] if isinstance(failure, tuple) else failure
-                if isinstance(inner, BaseException):
-                    return _root_cause(inner)
-        seen = seen.__cause__ or seen.__context__
-    return f"{type(err).__name__}: {err}"
-
-
-def _disk_state(path: Path) -> str:
-    try:
-        usage = shutil.disk_usage(path if path.exists() else path.parent)
-    except OSError as err:
-        return f"disk usage unknown: {err}"
-    full = "No space left on device: " if usage.free < min(64 << 20, max(1 << 20, usage.total // 100)) else ""
-    return f"{full}{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB on that disk"
-
-
-def _latest(root: str) -> str:
-    pointer = Path(root) / ckpt.LATEST
-    return pointer.read_text().strip() if pointer.is_file() else "none yet"
