@@ -171,7 +171,7 @@ def test_learner_loss_uses_the_recipe_policy_loss_and_max_tokens_as_dr_grpo_cons
     batch = TrainBatch(input_ids=torch.zeros(3, 5, dtype=torch.long), attention_mask=torch.ones(3, 5, dtype=torch.long),
                        response_mask=mask, pixel_values_videos=torch.zeros(0, 1),
                        video_grid_thw=torch.ones(3, 3, dtype=torch.long), second_per_grid_ts=torch.ones(3),
-                       seq_extras={"advantages": adv}, old_logprobs=old)
+                       advantages=adv, old_logprobs=old)
     loss, _ = make_loss(recipe)(logp, batch, LossNorm(num_tokens=int(mask.sum()), num_sequences=3))
     expected, _ = POLICY_LOSSES.get("cispo")(logp, old, adv, mask, recipe.algorithm,
                                              Aggregation("seq-mean-token-sum-norm", scale=64))

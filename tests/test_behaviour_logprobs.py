@@ -37,7 +37,7 @@ def _batch(mask, adv, **logprobs) -> TrainBatch:
         pixel_values_videos=torch.zeros(0, 1),
         video_grid_thw=torch.ones(b, 3, dtype=torch.long),
         second_per_grid_ts=torch.ones(b),
-        seq_extras={"advantages": adv},
+        advantages=adv,
         **logprobs,
     )
 
@@ -85,11 +85,19 @@ def test_auto_mode_is_recomputed_when_present_else_on_policy() -> None:
 
 def test_retired_string_keys_and_misspelt_fields_fail() -> None:
     logp, learner_old, engine, adv, mask = _data(3)
-    for key in ("old_logprobs", "ref_logprobs", "rollout_logprobs", "sampler_logprobs"):
+    for key in ("old_logprobs", "ref_logprobs", "rollout_logprobs", "sampler_logprobs", "entropy"):
         batch = _batch(mask, adv)
         batch.token_extras[key] = learner_old
         with pytest.raises(ValueError, match=key):
             make_loss(_cfg())(logp, batch, _norm(mask))
+    batch = _batch(mask, adv)
+    batch.seq_extras["advantages"] = adv  # the field is batch.advantages
+    with pytest.raises(ValueError, match="advantages"):
+        make_loss(_cfg())(logp, batch, _norm(mask))
+    batch = _batch(mask, adv)
+    batch.advantages = None
+    with pytest.raises(ValueError, match="needs batch.advantages"):
+        make_loss(_cfg())(logp, batch, _norm(mask))
     batch = _batch(mask, adv)
     with pytest.raises(AttributeError):
         batch.old_logprob = learner_old  # slots: a misspelt field cannot be set silently

@@ -359,7 +359,7 @@ def _train_batch(logp, old, ref, adv, mask):
         pixel_values_videos=torch.zeros(0, 1),
         video_grid_thw=torch.ones(b, 3, dtype=torch.long),
         second_per_grid_ts=torch.ones(b),
-        seq_extras={"advantages": adv},
+        advantages=adv,
         old_logprobs=old,
         ref_logprobs=ref,
     )
@@ -398,7 +398,7 @@ def test_learner_loss_entropy_bonus_shares_match_grpo_loss(mode: str) -> None:
     loss_fn = make_loss(cfg)
     assert loss_fn.entropy == "grad"
     batch = _train_batch(logp, old, ref, adv, mask)
-    batch.token_extras["entropy"] = entropy_from_logits(logits).double()
+    batch.entropy = entropy_from_logits(logits).double()
     norm = LossNorm(num_tokens=int(mask.sum()), num_sequences=len(batch))
     full, full_metrics = grpo_loss(cfg, logp, adv, mask, old_logp=old, ref_logp=ref, logits=logits)
     shares = [loss_fn(logp[s], batch.select(s.start, s.stop), norm) for s in (slice(0, 2), slice(2, 4))]

@@ -34,8 +34,8 @@ def make_examples(processor, n: int, seed: int = 0, frames_shape=(4, 56, 56, 3),
         prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         trace = "<time>0.0-1.0</time> <caption>a red box moves</caption> <think>it moves</think> " * (1 + i % 3)
         response = tok(trace + f"<answer>{'ABCD'[i % 4]}</answer>", add_special_tokens=False)["input_ids"] + [im_end]
-        token_extras = {"old_logprobs": [-0.1 * (j + 1) for j in range(len(response))]} if extras else {}
-        seq_extras = {"advantages": float(i) - 1.5} if extras else {}
+        token_extras = {"token_weight": [-0.1 * (j + 1) for j in range(len(response))]} if extras else {}
+        seq_extras = {"seq_weight": float(i) - 1.5} if extras else {}
         frames = rng.integers(0, 256, size=frames_shape, dtype=np.uint8)
         out.append(Example(prompt, frames, response, {}, token_extras, seq_extras, uid=f"s{i}"))
     return out
@@ -65,11 +65,11 @@ def test_collate_loss_mask_covers_exactly_the_response(processor) -> None:
         assert batch.attention_mask[i].sum() == n_p + n_r and batch.attention_mask[i, : n_p + n_r].all()
         assert (row[n_p + n_r :] == pad).all()
         # per-token extras sit on the response tokens they belong to; per-sequence extras in sample order
-        assert batch.token_extras["old_logprobs"][i, n_p : n_p + n_r].tolist() == pytest.approx(
-            ex.token_extras["old_logprobs"]
+        assert batch.token_extras["token_weight"][i, n_p : n_p + n_r].tolist() == pytest.approx(
+            ex.token_extras["token_weight"]
         )
-        assert batch.token_extras["old_logprobs"][i, :n_p].abs().sum() == 0
-        assert batch.seq_extras["advantages"][i] == pytest.approx(ex.seq_extras["advantages"])
+        assert batch.token_extras["token_weight"][i, :n_p].abs().sum() == 0
+        assert batch.seq_extras["seq_weight"][i] == pytest.approx(ex.seq_extras["seq_weight"])
     assert batch.num_tokens == sum(len(e.response_ids) for e in examples)
     assert batch.pixel_values_videos.shape[0] == int(batch.video_grid_thw.prod(-1).sum())
 
@@ -85,8 +85,8 @@ def test_collate_passes_sampling_metadata_like_vllm(processor) -> None:
 
 def test_collate_rejects_misaligned_extras(processor) -> None:
     ex = make_examples(processor, 1, extras=True)[0]
-    ex.token_extras = {"old_logprobs": [0.0]}
-    with pytest.raises(ValueError, match="old_logprobs has 1 values"):
+    ex.token_extras = {"token_weight": [0.0]}
+    with pytest.raises(ValueError, match="token_weight has 1 values"):
         collate(processor, [ex])
 
 
@@ -103,7 +103,7 @@ def test_collate_encodes_a_shared_video_once_with_the_same_result(processor) -> 
 
     base = make_examples(processor, 2, extras=True)
     shared = [replace(base[0], response_ids=list(base[j].response_ids), uid=f"g{j}",
-                      token_extras={"old_logprobs": base[j].token_extras["old_logprobs"]}) for j in range(2)]
+                      token_extras={"token_weight": base[j].token_extras["token_weight"]}) for j in range(2)]
     copies = [replace(ex, frames=ex.frames.copy(), video_metadata=dict(ex.video_metadata)) for ex in shared]
     processor.__class__.__call__ = counting
     try:
@@ -135,16 +135,20 @@ def test_collate_puts_engine_logprobs_in_the_typed_field(processor) -> None:
 
 def test_split_select_concat_round_trip(processor) -> None:
     batch = collate(processor, make_examples(processor, 5, extras=True))
+    batch.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0])  # the typed per-sequence and per-token fields
+    batch.entropy = torch.rand(batch.input_ids.shape) * batch.response_mask
     parts = batch.split(2)
     assert [len(p) for p in parts] == [3, 2]
     back = TrainBatch.concat(parts)
-    for name in ("input_ids", "attention_mask", "response_mask", "pixel_values_videos", "video_grid_thw"):
+    for name in ("input_ids", "attention_mask", "response_mask", "pixel_values_videos", "video_grid_thw",
+                 "advantages", "entropy"):
         assert torch.equal(getattr(back, name), getattr(batch, name)), name
-    assert torch.equal(back.token_extras["old_logprobs"], batch.token_extras["old_logprobs"])
+    assert torch.equal(back.token_extras["token_weight"], batch.token_extras["token_weight"])
     one = batch.select(1, 2)
     assert one.input_ids.shape[1] == int(batch.attention_mask[1].sum())  # unused padding trimmed
+    assert one.advantages.tolist() == [-1.0] and one.entropy.shape == one.input_ids.shape
     filler = batch.without_loss()
-    assert len(filler) == 1 and filler.num_tokens == 0
+    assert len(filler) == 1 and filler.num_tokens == 0 and filler.advantages.tolist() == [0.0]
     assert batch.split(7)[5:] == [None, None]
 
 
@@ -364,7 +368,7 @@ def test_grpo_loss_plugs_into_the_learner_hook(tiny_model_dir: Path, processor) 
     batch = collate(processor, make_examples(processor, 4))
     batch.old_logprobs = worker.compute_logprobs(batch, num_micro=2, which="policy")
     batch.ref_logprobs = worker.compute_logprobs(batch, num_micro=2, which="reference")
-    batch.seq_extras = {"advantages": torch.tensor([1.0, -1.0, 0.5, -0.5])}
+    batch.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
     noise = torch.linspace(-0.3, 0.2, batch.input_ids.numel()).reshape(batch.input_ids.shape)
     batch.behaviour_logprobs = (batch.old_logprobs + noise) * batch.response_mask  # a mismatched "engine"
     metrics = worker.train_step(batch, num_micro=2, loss_name="grpo")

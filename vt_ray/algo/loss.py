@@ -6,18 +6,18 @@ Contract (see ``vt_ray.learner.losses``): ``loss_fn(logprobs [B, L], batch, norm
 values. Shares come from dividing by the mini-batch counts in ``norm`` instead of local counts.
 
 Reads from the batch (typed fields of :class:`~vt_ray.learner.batch.TrainBatch`, never string keys):
-``seq_extras["advantages"]`` [B]; the behaviour (old) policy by ``algorithm.behaviour_logprobs``: ``engine`` ->
+``batch.advantages`` [B]; the behaviour (old) policy by ``algorithm.behaviour_logprobs``: ``engine`` ->
 ``batch.behaviour_logprobs`` (the sampling engine's), ``recompute`` -> ``batch.old_logprobs`` (the learner's,
 required), ``auto`` -> ``batch.old_logprobs`` when the driver recomputed them, else on-policy (ratio 1);
 ``batch.ref_logprobs`` for the KL loss. A batch still carrying one of the retired string keys
-(``old_logprobs``, ``ref_logprobs``, ``rollout_logprobs``, ``sampler_logprobs``) in ``token_extras`` is an error:
-it would otherwise be silently ignored.
+(``old_logprobs``, ``ref_logprobs``, ``rollout_logprobs``, ``sampler_logprobs``, ``entropy`` in ``token_extras``;
+``advantages`` in ``seq_extras``) is an error: it would otherwise be silently ignored.
 Engine/learner mismatch: when ``batch.behaviour_logprobs`` is present and the learner's pre-update log-probs
 are at hand (``batch.old_logprobs``, or this forward itself when there is no recomputed old policy), the loss
 logs ``actor/engine_learner_abs_diff_mean|max`` and ``actor/engine_learner_k3_kl`` and, with
 ``algorithm.tis_cap`` > 0, weights each token by min(pi_learner_old / pi_engine, tis_cap).
 Entropy: the function's ``entropy`` attribute asks the learner for the policy's per-token entropy
-(``token_extras["entropy"]``): "grad" for a bonus (``algorithm.entropy_coef > 0``), "metric" to log it
+(``batch.entropy``): "grad" for a bonus (``algorithm.entropy_coef > 0``), "metric" to log it
 (``algorithm.log_entropy``), None for neither. Limits: ``norm.num_sequences`` counts every sequence, including ones a
 zero-variance filter masked out, so seq-mean modes divide by slightly more than :func:`agg_loss` would.
 """
@@ -40,7 +40,8 @@ from vt_ray.algo.losses import (
     zero_masked,
 )
 
-RETIRED_KEYS = ("old_logprobs", "ref_logprobs", "rollout_logprobs", "sampler_logprobs")
+RETIRED_KEYS = ("old_logprobs", "ref_logprobs", "rollout_logprobs", "sampler_logprobs", "entropy")
+RETIRED_SEQ_KEYS = ("advantages",)
 
 LossShare = Callable[[torch.Tensor, Any, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -102,13 +103,15 @@ def make_loss(cfg: Any) -> GRPOLoss:
 
     def grpo_loss_share(logprobs: torch.Tensor, batch: Any, norm: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch.response_mask.to(logprobs.device)  # [B, L]
-        extras = batch.token_extras
-        retired = sorted(set(RETIRED_KEYS) & set(extras))
+        retired = sorted(set(RETIRED_KEYS) & set(batch.token_extras)) + sorted(
+            set(RETIRED_SEQ_KEYS) & set(batch.seq_extras))
         if retired:
-            raise ValueError(f"token_extras {retired}: log-probs are typed TrainBatch fields now (old_logprobs, "
-                             "ref_logprobs, behaviour_logprobs)")
+            raise ValueError(f"extras {retired}: these are typed TrainBatch fields now (old_logprobs, ref_logprobs, "
+                             "behaviour_logprobs, entropy, advantages)")
+        if batch.advantages is None:
+            raise ValueError("the GRPO loss needs batch.advantages (set by the driver before the update)")
         old, source = behaviour_policy(acfg, logprobs, batch)  # [B, L]
-        adv = batch.seq_extras["advantages"].to(logprobs)  # [B]
+        adv = batch.advantages.to(logprobs)  # [B]
         agg = {"num_tokens": max(norm.num_tokens, 1), "num_seqs": max(norm.num_sequences, 1), "scale": scale}
         metrics: dict[str, torch.Tensor] = {}
         weights = None
@@ -143,13 +146,13 @@ def make_loss(cfg: Any) -> GRPOLoss:
                           acfg.loss_agg_mode, **agg)  # fmt: skip
             loss = loss + acfg.kl_coef * kl
             metrics["actor/kl_loss"] = kl.detach()
-        if "entropy" in extras:
-            ent = agg_loss(zero_masked(extras["entropy"].to(logprobs), mask), mask, acfg.loss_agg_mode, **agg)
+        if batch.entropy is not None:
+            ent = agg_loss(zero_masked(batch.entropy.to(logprobs), mask), mask, acfg.loss_agg_mode, **agg)
             metrics["actor/entropy"] = ent.detach()
             if acfg.entropy_coef > 0:
                 loss = loss - acfg.entropy_coef * ent
         elif acfg.entropy_coef > 0:
-            raise ValueError("algorithm.entropy_coef > 0 needs token_extras['entropy'] from the learner")
+            raise ValueError("algorithm.entropy_coef > 0 needs batch.entropy from the learner")
         return loss, metrics
 
     return GRPOLoss(grpo_loss_share, "grad" if acfg.entropy_coef > 0 else ("metric" if acfg.log_entropy else None))

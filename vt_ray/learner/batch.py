@@ -71,8 +71,13 @@ class TrainBatch:
     behaviour_logprobs: torch.Tensor | None = None  # the rollout engine's sampling log-probs
     old_logprobs: torch.Tensor | None = None  # the learner's log-probs of the policy that sampled (recomputed)
     ref_logprobs: torch.Tensor | None = None  # the frozen reference's log-probs (KL)
+    # The rest of what the loss reads, typed too. ``token_extras``/``seq_extras`` stay for a user's own loss.
+    advantages: torch.Tensor | None = None  # [B] float32, one per sequence (set by the driver before the update)
+    entropy: torch.Tensor | None = None  # [B, L] the policy's per-token entropy (set by the learner when asked)
 
     LOGPROB_FIELDS = ("behaviour_logprobs", "old_logprobs", "ref_logprobs")
+    TOKEN_FIELDS = (*LOGPROB_FIELDS, "entropy")  # the optional [B, L] fields
+    SEQUENCE_FIELDS = ("advantages",)  # the optional [B] fields
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -113,9 +118,12 @@ class TrainBatch:
         def rows(t: torch.Tensor) -> torch.Tensor:
             return t[start:end, :width].clone()
 
-        logprobs: dict[str, Any] = {
-            k: None if getattr(self, k) is None else rows(getattr(self, k)) for k in self.LOGPROB_FIELDS
+        optional: dict[str, Any] = {
+            k: None if getattr(self, k) is None else rows(getattr(self, k)) for k in self.TOKEN_FIELDS
         }
+        optional.update({
+            k: None if getattr(self, k) is None else getattr(self, k)[start:end].clone() for k in self.SEQUENCE_FIELDS
+        })
         return replace(
             self,
             input_ids=rows(self.input_ids),
@@ -132,7 +140,7 @@ class TrainBatch:
             token_extras={k: rows(v) for k, v in self.token_extras.items()},
             seq_extras={k: v[start:end].clone() for k, v in self.seq_extras.items()},
             uids=self.uids[start:end],
-            **logprobs,
+            **optional,
         )
 
     def split(self, parts: int) -> list[TrainBatch | None]:
@@ -159,6 +167,8 @@ class TrainBatch:
         one = self.select(0, 1)
         one.response_mask = torch.zeros_like(one.response_mask)
         one.seq_extras = {k: torch.zeros_like(v) for k, v in one.seq_extras.items()}
+        if one.advantages is not None:
+            one.advantages = torch.zeros_like(one.advantages)
         one.uids = [""]
         return one
 
@@ -248,7 +258,9 @@ class TrainBatch:
             uids=[u for b in batches for u in b.uids],
             pad_token_id=pad_id,
             **{k: None if getattr(first, k) is None else cat(lambda b, k=k: getattr(b, k), 0)
-               for k in TrainBatch.LOGPROB_FIELDS},
+               for k in TrainBatch.TOKEN_FIELDS},
+            **{k: None if getattr(first, k) is None else torch.cat([getattr(b, k) for b in batches])
+               for k in TrainBatch.SEQUENCE_FIELDS},
         )
 
 

@@ -271,7 +271,7 @@ class LearnerWorker:
             logprobs, entropy = token_logprobs_and_entropy(self.model, mb, self.device,
                                                            getattr(loss_fn, "entropy", None))
             if entropy is not None:
-                mb.token_extras["entropy"] = entropy
+                mb.entropy = entropy
             loss, metrics = loss_fn(logprobs, mb, norm)
             # FSDP averages gradients over ranks; shares are meant to be summed, hence the world size.
             (loss * self.world_size).backward()

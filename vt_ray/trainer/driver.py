@@ -427,7 +427,7 @@ class GRPOTrainer:
             adv_metrics["dapo/overlong_filtered_frac"] = sum(data.truncated) / max(len(data.truncated), 1)
         metrics.update(adv_metrics)
         data.advantages = adv.float().tolist()
-        batch.seq_extras["advantages"] = adv.float()
+        batch.advantages = adv.float()
         batch.response_mask = mask * keep.float()[:, None]
         start = time.perf_counter()
         size = self.tc.mini_batch_size or len(batch)
