@@ -237,16 +237,6 @@ def dump_stacks(
     return {rank: out[rank] for rank in sorted(out)}
 
 
-def timeout_error(role: str, method: str, ranks: int | Sequence[int], timeout_s: float, actors: Sequence[Any],
-                  infos: Mapping[int, ActorInfo]) -> StepTimeout:
-    """The :class:`StepTimeout` for ``actors[r]`` of a group, for each of ``ranks`` (all that missed the
-    deadline), with their stacks attached (``infos``: what the group's actors answered to ``ready()``, by
-    rank)."""
-    ranks = [ranks] if isinstance(ranks, int) else sorted(ranks)
-    stacks = dump_stacks(role, [(r, actors[r], infos.get(r)) for r in ranks])
-    return StepTimeout(role, method, ranks[0], timeout_s, stacks=stacks, ranks=ranks)
-
-
 def wait_all(
     refs: Mapping[int, Any],
     timeout_s: float,
