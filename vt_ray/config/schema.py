@@ -162,6 +162,20 @@ class RolloutConfig:
     enable_sleep_mode: bool = False
     """Free vLLM's weights and KV cache while the learner trains, restore them before the weight sync: what makes
     a colocated layout (resources.colocate) fit on one GPU. GPU only (vLLM sleep mode needs CUDA)."""
+    weight_sync: str = "auto"
+    """How new policy weights reach the engines. ``auto`` (default): ``stream``, except ``blob`` for colocated
+    GPU layouts (an engine sharing the learner's GPU cannot join an NCCL group with it; the CUDA IPC path is not
+    built yet). ``stream``: learner rank 0 broadcasts them in buckets
+    over a process group of learner and engine workers (gloo on CPU, NCCL on GPU), gathering FSDP2 shards one
+    bucket at a time; the driver carries only the plan. ``blob``: the whole policy as one safetensors blob
+    through the driver and the object store (the original path, kept as a fallback; it needs the whole model
+    in the driver's memory)."""
+    weight_bucket_mb: float = 128.0
+    """Bucket size of the streamed sync. 32-256 MB is the measured sweet spot on CPU
+    (notes/weight-streaming-cpu.md); learner rank 0 holds two buckets, an engine up to two in flight."""
+    weight_sync_timeout_s: float = 300.0
+    """Deadline of each collective of a streamed sync (joining the session, each bucket): an engine that died
+    mid-stream costs its peers at most this long before the sync fails and is retried."""
     probe_every: int = 0
     """Weight-sync probe: on every k-th sync (and the resume sync) the driver compares each engine's log-probs
     of a fixed text with a float32 transformers forward on the pushed weights and fails on a mismatch. 0 = off
@@ -175,6 +189,9 @@ class RolloutConfig:
         ROLLOUT_ENGINES.check(self.backend)
         check(self.probe_every >= 0, "rollout.probe_every", "must be >= 0 (0 = off)")
         check(self.probe_tolerance > 0, "rollout.probe_tolerance", "must be > 0")
+        check(self.weight_sync in ("auto", "stream", "blob"), "rollout.weight_sync", "must be auto, stream or blob")
+        check(self.weight_bucket_mb > 0, "rollout.weight_bucket_mb", "must be > 0")
+        check(self.weight_sync_timeout_s > 0, "rollout.weight_sync_timeout_s", "must be > 0")
         check(self.n >= 1, "rollout.n", "must be >= 1")
         check(self.max_images_per_prompt in (0, 1), "rollout.max_images_per_prompt", "must be 0 or 1")
         check(self.temperature >= 0, "rollout.temperature", "must be >= 0")

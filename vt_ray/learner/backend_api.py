@@ -54,6 +54,21 @@ class LearnerBackend(Protocol):
         """The full policy as one safetensors blob, what rollout engines load (rank 0; others None)."""
         ...
 
+    def weight_plan(self, dtype: str | None = None, bucket_mb: float = 128) -> dict[str, Any]:
+        """The policy's tensors in buckets for a streamed weight sync
+        (:class:`vt_ray.common.weight_stream.StreamPlan` as a dict)."""
+        ...
+
+    def send_weights(self, plan: dict[str, Any], session: Any) -> dict[str, float]:
+        """Stream the policy per ``plan``: every rank gathers its shards bucket by bucket, rank 0 broadcasts on
+        the ``session`` (:class:`vt_ray.common.weight_stream.StreamSession`; None on other ranks). Rank 0's
+        timings."""
+        ...
+
+    def probe_logprobs(self, text: str) -> list[float]:
+        """The policy's log-probs of each token of ``text`` after the first: the weight probe's reference."""
+        ...
+
     def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
         """A Hugging Face checkpoint directory (weights, config, processor) of the policy."""
         ...

@@ -124,6 +124,28 @@ class LearnerGroup(WorkerGroup):
         """The weights blob the rollout group's ``update_weights`` takes."""
         return self.call("export_safetensors", dtype)[0]
 
+    # ---- the source of streamed weight syncs (vt_ray.rollout.weight_sync.WeightSource) ----------------------
+    def weight_plan(self, dtype: str | None = None, bucket_mb: float = 128) -> dict[str, Any]:
+        """The policy's bucket plan (the same on every rank: shapes only)."""
+        return self.call("weight_plan", dtype, bucket_mb, ranks=[0])[0]
+
+    def stream_address(self) -> tuple[str, int]:
+        addr, port = self.call("address", ranks=[0])[0]
+        return str(addr), int(port)
+
+    def start_stream(self, plan: dict[str, Any], session: Any) -> list[ray.ObjectRef]:
+        """Every rank gathers, rank 0 sends: the calls are started, not waited for (the engines receive
+        meanwhile)."""
+        return [a.send_weights.remote(plan, session if rank == 0 else None) for rank, a in enumerate(self.actors)]
+
+    def finish_stream(self, refs: list[ray.ObjectRef]) -> dict[str, float]:
+        """Rank 0's timings of the send started by :meth:`start_stream`; a rank's failure raises."""
+        return self._per_rank("send_weights", refs)[0]
+
+    def probe_logprobs(self, text: str) -> list[float]:
+        """The policy's log-probs of ``text``: the weight probe's reference when weights are streamed."""
+        return self.call("probe_logprobs", text)[0]
+
     def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
         return self.call("save_hf", out_dir, dtype)[0]
 

@@ -34,9 +34,10 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
+from vt_ray.common.weight_stream import StreamPlan, StreamSession
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner import checkpoint as ckpt
-from vt_ray.learner import manifest, safe_dcp
+from vt_ray.learner import manifest, safe_dcp, weight_stream
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.fsdp import DTYPES, reshard_all, shard_model, tied_parameter_groups
 from vt_ray.learner.logprobs import token_logprobs, token_logprobs_and_entropy
@@ -44,7 +45,7 @@ from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
 from vt_ray.learner.rendezvous import free_port, node_ip
 from vt_ray.learner.schedule import lr_factor, warmup_steps
 from vt_ray.learner.vision_dedup import install_video_dedup
-from vt_ray.testing.faults import crash_point, hang_point
+from vt_ray.testing.faults import corrupt_point, crash_point, hang_point
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,35 @@ class LearnerWorker:
 
         state = self.export_state_dict(dtype)
         return save({k: v.contiguous() for k, v in state.items()}) if self.rank == 0 else None
+
+    # ---- streamed weight sync (vt_ray.learner.weight_stream) -----------------------------------------------
+    def weight_plan(self, dtype: str | None = None, bucket_mb: float = 128) -> dict[str, Any]:
+        """The bucket plan of the policy in the serving ``dtype`` (default model.dtype), as plain data."""
+        assert self.model is not None
+        plan = weight_stream.plan_policy(self.model, DTYPES[dtype or self.cfg.model.dtype], int(bucket_mb * 2**20))
+        return plan.to_dict()
+
+    def send_weights(self, plan: dict[str, Any], session: StreamSession | None) -> dict[str, float]:
+        """Stream the policy per ``plan`` to the engines of ``session`` (rank 0 sends, every rank gathers).
+        Collective. Returns rank 0's timings (zeros elsewhere)."""
+        assert self.model is not None
+        hang_point("learner.send_weights", self.rank)
+        corrupt = None
+        if corrupt_point("learner.send_weights", self.rank):  # tests: one bucket's bytes changed on the wire
+            def corrupt(index: int, buf: torch.Tensor) -> None:
+                if index == len(plan["buckets"]) // 2:
+                    buf[0] ^= 0xFF
+        timings = weight_stream.send_policy(self.model, StreamPlan.from_dict(plan), session if self.rank == 0
+                                            else None, self.rank, self.device, corrupt)
+        return timings if self.rank == 0 else {k: 0.0 for k in timings}
+
+    def probe_logprobs(self, text: str) -> list[float]:
+        """The policy's log-probs of ``text``: the weight probe's reference. Collective."""
+        assert self.model is not None
+        model = self.model.eval()
+        out = weight_stream.probe_logprobs(model, self.processor, text, self.device)
+        reshard_all(model)
+        return out
 
     def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
         """A Hugging Face model directory (safetensors + config + generation config + processor) that

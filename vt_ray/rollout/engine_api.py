@@ -54,3 +54,22 @@ class RolloutEngine(Protocol):
 
     def wake_up(self) -> None:
         ...
+
+
+@runtime_checkable
+class StreamingRolloutEngine(RolloutEngine, Protocol):
+    """An engine that also takes streamed weight syncs (``rollout.weight_sync: stream``, the default through
+    ``auto``): learner rank 0 broadcasts the policy in buckets and the engine loads them as they arrive. Both
+    built-in engines are; a user's engine without these methods gets blob pushes under ``auto``."""
+
+    def check_weight_plan(self, plan: dict[str, Any], /) -> int:
+        """Check a streamed sync's plan (:class:`vt_ray.common.weight_stream.StreamPlan` as a dict: names,
+        shapes, dtypes) against the model before any bucket is sent; ``WeightSyncError`` naming the tensor."""
+        ...
+
+    def receive_weights(self, session: dict[str, Any], base_rank: int, plan: dict[str, Any], version: int,
+                        engine_rank: int = 0, /) -> int:
+        """Join a streamed sync (:class:`vt_ray.common.weight_stream.StreamSession` as a dict) as rank
+        ``base_rank`` (+ worker rank for multi-worker engines) and load the tensors as they arrive; on failure
+        drain the stream and raise ``WeightSyncError`` (``applied``: whether any tensor was written)."""
+        ...

@@ -28,6 +28,10 @@ def hf_engine(model: ModelConfig, rollout: RolloutConfig, seed: int, model_path:
     return HfEngine(model, rollout, seed, model_path)
 
 
+vllm_engine.streams_weights = True  # type: ignore[attr-defined]  # both are StreamingRolloutEngines (the
+hf_engine.streams_weights = True  # type: ignore[attr-defined]  # factories stand in for the lazily imported classes)
+
+
 def make_engine(
     model: ModelConfig, rollout: RolloutConfig, seed: int = 0, model_path: str | None = None
 ) -> RolloutEngine:

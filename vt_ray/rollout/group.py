@@ -8,7 +8,9 @@ stuck actor's Python stacks (:mod:`vt_ray.common.timeouts`). ``StepTimeout`` is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +21,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from vt_ray.cluster.worker_group import WorkerGroup
 from vt_ray.common.sharding import split_evenly
 from vt_ray.common.timeouts import StepTimeout, wait_all
+from vt_ray.common.weight_stream import StreamSession
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.rollout.types import SamplingSettings
-from vt_ray.rollout.weight_sync import WeightSyncError
+from vt_ray.rollout.weight_sync import WeightSource, WeightSyncError
 from vt_ray.rollout.worker import RolloutBatchResult, RolloutWorker
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,10 @@ class RolloutGroup(WorkerGroup):
         self._weights: tuple[ray.ObjectRef, int] | None = None  # latest (blob ref, version) every engine has
         self._broken: str | None = None  # set when a failed sync could not be rolled back everywhere
         self._seed: int | None = None
+        self._source: WeightSource | None = None  # streamed sync (attach_weight_source); else blobs
+        self._plan: dict[str, Any] = {}
+        self._stream_backend = "gloo"
+        self._version = 0  # the version every engine has after the last complete stream
         super().__init__(worker_cls, num_workers, lambda rank: (cfg, rank), timeout_s=timeout_s,
                          remote_options={"num_cpus": num_cpus, "num_gpus": num_gpus}, actor_options=actor_options,
                          runtime_env=runtime_env, wait_ready=wait_ready)
@@ -94,12 +101,21 @@ class RolloutGroup(WorkerGroup):
             self.metrics.skipped[reason] = self.metrics.skipped.get(reason, 0) + count
         return merged
 
-    def _restart(self, rank: int) -> None:
+    def _restart(self, rank: int, catch_up: bool = True) -> None:
+        """Replace a dead actor and bring it to the group's weights: a stream of its own from the attached
+        source (``catch_up``), or the last pushed blob."""
         if self.metrics.actor_restarts >= self.max_restarts:
             raise RolloutRestartBudgetExhausted(f"rollout actors restarted {self.metrics.actor_restarts} times")
         self.metrics.actor_restarts += 1
         self.respawn(rank)
-        if self._weights is not None:
+        if self._source is not None:
+            if catch_up and self._version > 0:
+                _, failed = self._stream(self._version, [rank])
+                if failed:
+                    raise WeightSyncError(f"restarted rollout[{rank}] could not be brought to version "
+                                          f"{self._version}: {_describe(failed[rank])}", rank=rank,
+                                          tensor=getattr(failed[rank], "tensor", None), applied=True)
+        elif self._weights is not None:
             blob_ref, version = self._weights
             self.call("update_weights", blob_ref, version, ranks=[rank])
         if self._seed is not None:
@@ -179,6 +195,85 @@ class RolloutGroup(WorkerGroup):
         results = wait_all(refs, self.timeout_s, timed_out, outcome)
         return {rank: (value if isinstance(value, BaseException) else None) for rank, value in results.items()}
 
+    # ---- streamed weight sync: learner rank 0 -> every engine, the driver carries only the plan ------------
+    def attach_weight_source(self, source: WeightSource, plan: dict[str, Any], backend: str) -> None:
+        """Stream weights from ``source`` (the learner group) from now on: :meth:`stream_weights`, and a restarted
+        engine is brought to the current version by a stream of its own instead of a blob re-push."""
+        self._source, self._plan, self._stream_backend = source, plan, backend
+
+    def check_weight_plan(self) -> None:
+        """Every engine checks the plan against its model; a bad plan raises :class:`WeightSyncError` naming the
+        rank and tensor, with every engine untouched (nothing was streamed)."""
+        assert self._source is not None, "attach_weight_source first"
+        self.call("check_weight_plan", self._plan, on_error=_reraise_cause)
+
+    def stream_weights(self, version: int) -> dict[str, float]:
+        """Stream version ``version`` from the attached source to every engine; all or nothing.
+
+        An engine that fails mid-stream (a bucket failing its checksum, a loader error) drains the rest and
+        refuses to generate; one that dies is restarted (restart budget). Either way the learners still hold the
+        policy, so the group rolls forward: one more stream to every engine. If that fails too, the group is
+        marked broken (``generate`` refuses until a sync reaches every engine) and :class:`WeightSyncError`
+        names each failed rank and tensor. Returns the learner's timings (``time/weight_*``)."""
+        self._source_check()
+        timings, failed = self._stream(version, list(range(len(self.actors))))
+        if failed:
+            log.warning("weight stream of version %d failed on rollout rank(s) %s; streaming again: %s", version,
+                        sorted(failed), "; ".join(f"rank {r}: {_describe(e)}" for r, e in sorted(failed.items())))
+            for rank, err in failed.items():
+                if isinstance(err, RayActorError):
+                    self._restart(rank, catch_up=False)
+            timings, again = self._stream(version, list(range(len(self.actors))))
+            timings["weight_stream_retries"] = 1.0
+            if again:
+                self._broken = (f"weight stream of version {version} failed twice on rollout rank(s) "
+                                f"{sorted(again)}: the group refuses to generate until a sync reaches every engine")
+                first = min(again)
+                raise WeightSyncError(
+                    f"weight stream to version {version} failed on rollout rank(s) {sorted(again)}: "
+                    + "; ".join(f"rank {r}: {_describe(e)}" for r, e in sorted(again.items())),
+                    tensor=getattr(again[first], "tensor", None), rank=first, applied=True,
+                    failures={rank: _describe(err) for rank, err in again.items()})
+        self._version = version
+        self._broken = None
+        return timings
+
+    def _source_check(self) -> None:
+        if self._source is None:
+            raise RuntimeError("no weight source attached: call attach_weight_source (or use update_weights)")
+
+    def _stream(self, version: int, ranks: list[int]) -> tuple[dict[str, float], dict[int, BaseException]]:
+        """One stream session to ``ranks``: (sender timings, rank -> error of every engine that failed). A
+        failure of the sender itself (the learner group) propagates."""
+        assert self._source is not None
+        addr, port = self._source.stream_address()
+        workers = self.cfg.rollout.tensor_parallel_size if self.cfg.rollout.backend == "vllm" else 1
+        session = StreamSession(addr, port, f"vt-wsync/{version}/{uuid.uuid4().hex[:12]}",
+                                1 + workers * len(ranks), self.cfg.rollout.weight_sync_timeout_s,
+                                self._stream_backend)
+        fields = dataclasses.asdict(session)
+        sending = self._source.start_stream(self._plan, session)  # first: it hosts the store the engines dial
+        refs = {rank: self.actors[rank].receive_weights.remote(fields, 1 + i * workers, self._plan, version)
+                for i, rank in enumerate(ranks)}
+
+        def failed(rank: int, err: Exception) -> Any:
+            return err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+
+        def timed_out(late: list[int]) -> StepTimeout:
+            self._broken = f"rollout{late}.receive_weights (version {version}) timed out: weights unknown"
+            return self.timeout_error("receive_weights", late)
+
+        outcome = wait_all(refs, self.timeout_s, timed_out, failed)
+        errors = {rank: value for rank, value in outcome.items() if isinstance(value, BaseException)}
+        try:
+            timings = self._source.finish_stream(sending)
+        except Exception as err:
+            if not errors:  # the sender failed with every engine fine: a learner problem, not the engines'
+                raise
+            timings = {"weight_sender_error": 1.0}
+            log.warning("the weight sender failed after engine failures: %s", err)
+        return timings, errors
+
     def reseed(self, seed: int) -> None:
         """Seed every engine's sampler (rank r gets seed + r): rollouts of a step become a function of the seed."""
         self._seed = seed
@@ -203,6 +298,16 @@ class RolloutGroup(WorkerGroup):
 
     def shutdown(self) -> None:
         self.kill_all()
+
+
+def _reraise_cause(rank: int, err: Exception) -> Any:
+    """A rank's remote error as the engine raised it (a WeightSyncError keeps its tensor), with the rank."""
+    cause = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+    if isinstance(cause, WeightSyncError):
+        cause.rank = rank
+        raise WeightSyncError(f"rollout[{rank}]: {cause.message}", tensor=cause.tensor, rank=rank,
+                              applied=cause.applied) from err
+    raise cause
 
 
 def _describe(err: BaseException) -> str:

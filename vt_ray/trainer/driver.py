@@ -34,6 +34,7 @@ from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
 from vt_ray.algo.loss import mismatch_stats
 from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.common.environment import capture_environment
+from vt_ray.common.errors import ConfigError
 from vt_ray.common.progress import Progress
 from vt_ray.config.loader import to_yaml
 from vt_ray.config.schema import RecipeConfig
@@ -192,6 +193,7 @@ class GRPOTrainer:
         self._saved_step = -1
         self.sync_metrics: dict[str, float] = {}
         self._weight_probe: Any = None
+        self.streamed = weight_sync_mode(cfg) == "stream"  # weights learner -> engines without the driver
         self.stop = GracefulStop(self.tc.stop_grace_s)
         self.placement: Any = None
         self.rollout: Any = None
@@ -257,6 +259,10 @@ class GRPOTrainer:
         self.learner.setup(total_steps=self.optimizer_steps_total(), model_path=self.cfg.model.path)
         self.rollout.wait_ready()
         self.rewards.wait_ready()
+        if self.streamed:  # the plan is fixed by the shapes: made and checked once
+            plan = self.learner.weight_plan(self.cfg.model.dtype, self.cfg.rollout.weight_bucket_mb)
+            self.rollout.attach_weight_source(self.learner, plan, stream_backend(res))
+            self.rollout.check_weight_plan()
 
     def _options(self, role: str, rank: int) -> dict[str, Any]:
         group = next(g for g in self.placement.values() if role in g.spec.requests)
@@ -446,10 +452,13 @@ class GRPOTrainer:
     def _sync_weights(self, probe: bool = False) -> float:
         """Push the policy into every rollout engine and verify it took (field-conventions C8 item 6).
 
-        Raises if the push fails (``WeightSyncError`` naming rank and tensor; the rollout group has already put
-        every engine back on the previous version), if an engine does not then report ``self.step`` as its
-        weight version (``WeightVersionMismatch`` naming the ranks), or, on probe syncs, if an engine's
-        log-probs of a fixed text differ from a float32 transformers forward on the pushed blob by more than
+        Streamed (``rollout.weight_sync``): learner rank 0 broadcasts the policy in buckets to the engines and
+        the driver carries only the plan; blob: one safetensors blob through the driver. Raises if the push fails
+        (``WeightSyncError`` naming rank and tensor; blob pushes put every engine back on the previous version,
+        streams are retried once and otherwise leave the failed engines refusing to generate), if an engine
+        does not then report ``self.step`` as its weight version (``WeightVersionMismatch`` naming the ranks), or,
+        on probe syncs, if an engine's log-probs of a fixed text differ from the reference (the learner's own
+        forward when streamed, a float32 transformers forward on the blob otherwise) by more than
         ``rollout.probe_tolerance`` (``WeightProbeMismatch``). Probe syncs: every ``rollout.probe_every``-th
         step, and the resume sync (``probe=True``), when ``probe_every`` > 0.
 
@@ -462,20 +471,30 @@ class GRPOTrainer:
         start = time.perf_counter()
         if self.cfg.rollout.enable_sleep_mode:
             self.rollout.wake_up()
-        blob = self.learner.export_safetensors(self.cfg.model.dtype)
-        crash_point("trainer.mid_weight_sync", self.step)
-        self.rollout.update_weights(blob, version=self.step)
+        metrics = {"rollout/weight_version": float(self.step)}
+        blob = None
+        if self.streamed:
+            crash_point("trainer.mid_weight_sync", self.step)
+            sent = self.rollout.stream_weights(self.step)
+            metrics.update({f"time/weight_{k}": v for k, v in sent.items() if k.endswith("_s")})
+        else:
+            blob = self.learner.export_safetensors(self.cfg.model.dtype)
+            crash_point("trainer.mid_weight_sync", self.step)
+            self.rollout.update_weights(blob, version=self.step)
         weight_sync.check_weight_versions(self.rollout.weight_versions(), self.step)
         elapsed = time.perf_counter() - start
-        metrics = {"rollout/weight_version": float(self.step)}
         every = self.cfg.rollout.probe_every
         if every > 0 and (probe or self.step % every == 0):
             started = time.perf_counter()
-            if self._weight_probe is None:  # one float32 model copy, loaded on first use
-                self._weight_probe = weight_sync.WeightProbe(self.cfg.model.path)
-            engines = self.rollout.probe_logprobs_all(self._weight_probe.text)
+            engines = self.rollout.probe_logprobs_all(weight_sync.PROBE_TEXT)
+            if blob is None:  # streamed: the learner's own forward is the reference (no model copy here)
+                reference = self.learner.probe_logprobs(weight_sync.PROBE_TEXT)
+            else:
+                if self._weight_probe is None:  # one float32 model copy, loaded on first use
+                    self._weight_probe = weight_sync.WeightProbe(self.cfg.model.path)
+                reference = self._weight_probe.reference(blob)
             metrics["rollout/probe_logprob_abs_diff"] = weight_sync.compare_probe(
-                self._weight_probe.reference(blob), engines, self.cfg.rollout.probe_tolerance, self.step
+                reference, engines, self.cfg.rollout.probe_tolerance, self.step
             )
             metrics["time/weight_probe_s"] = time.perf_counter() - started
         self.sync_metrics = metrics
@@ -725,6 +744,30 @@ class GRPOTrainer:
             self.placement = None
         if self.logger is not None:
             self.logger.close()
+
+
+def weight_sync_mode(cfg: RecipeConfig) -> str:
+    """``rollout.weight_sync`` resolved: ``auto`` streams, except in colocated GPU layouts (an engine on the
+    learner's own GPU cannot join an NCCL group with it; CUDA IPC handles are not built yet) and for engines
+    without the streaming methods, which get blobs."""
+    from vt_ray.config.backends import ROLLOUT_ENGINES
+
+    mode = cfg.rollout.weight_sync
+    engine = ROLLOUT_ENGINES.get(cfg.rollout.backend)  # a class, or a built-in's factory that says it
+    streams = getattr(engine, "streams_weights", None) or all(
+        callable(getattr(engine, m, None)) for m in ("check_weight_plan", "receive_weights"))
+    if mode == "auto":
+        return "stream" if streams and not cfg.resources.colocate else "blob"
+    if mode == "stream" and not streams:
+        raise ConfigError("rollout.weight_sync", f"stream needs an engine with check_weight_plan and "
+                          f"receive_weights (vt_ray.rollout.engine_api.StreamingRolloutEngine); rollout.backend="
+                          f"{cfg.rollout.backend!r} has not: use auto or blob")
+    return mode
+
+
+def stream_backend(res: Any) -> str:
+    """NCCL when both the learners and the engines hold GPUs, else gloo (CPU runs, and mixed layouts)."""
+    return "nccl" if res.learner.gpus_per_worker > 0 and res.rollout.gpus_per_worker > 0 else "gloo"
 
 
 def _plain(cfg: RecipeConfig) -> dict[str, Any]:

@@ -1,0 +1,42 @@
+"""Streaming weights into an engine from a sender thread of the test process (the learner rank 0's role)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from vt_ray.common.weight_stream import BucketSender, StreamGroup, StreamPlan, StreamSession, plan_buckets
+from vt_ray.learner.rendezvous import free_port
+
+
+def plan_of(state: dict[str, torch.Tensor], bucket_bytes: int) -> StreamPlan:
+    return plan_buckets([(k, v.shape, str(v.dtype).removeprefix("torch.")) for k, v in state.items()], bucket_bytes)
+
+
+def stream_to(engine: Any, state: dict[str, torch.Tensor], version: int, bucket_bytes: int,
+                    corrupt: Callable[[int, torch.Tensor], None] | None = None) -> BaseException | None:
+    """``engine.receive_weights`` in a thread while this thread sends ``state``; the engine's error, if any."""
+    plan = plan_of(state, bucket_bytes)
+    session = StreamSession("127.0.0.1", free_port(), f"v{version}", 2, timeout_s=30)
+    outcome: list[BaseException | None] = [None]
+
+    def receive() -> None:
+        try:
+            engine.receive_weights(vars(session), 1, plan.to_dict(), version)
+        except Exception as err:
+            outcome[0] = err
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    sender = BucketSender(StreamGroup(session, 0), plan, "cpu")
+    for index, bucket in enumerate(plan.buckets):
+        sender.send(index, [state[t.name] for t in bucket.tensors], corrupt)
+    sender.finish()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    return outcome[0]
+
+

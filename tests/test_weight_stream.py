@@ -1,0 +1,219 @@
+"""The streamed weight sync's wire (vt_ray.common.weight_stream) and an engine receiving it, without Ray.
+
+Sender and receivers are threads of this process, each with its own gloo group member (the same objects the
+learner rank 0 and the engine workers build): the plan's layout, bit-exact delivery, a corrupted bucket
+refused by every receiver with the bucket and tensor named, and the drain that keeps a failed receiver from
+leaving its peers blocked. The transformers engine then receives a stream from such a sender: every tensor
+bit-equal, a bucket failing its checksum in the middle of the stream leaves it refusing to generate, at the
+first bucket it leaves the engine untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from stream_helpers import plan_of, stream_to  # tests/ is on sys.path (rootdir conftest)
+from vt_ray.common.weight_stream import (
+    ALIGN,
+    BucketReceiver,
+    BucketSender,
+    StreamGroup,
+    StreamPlan,
+    StreamSession,
+    WeightStreamError,
+    plan_buckets,
+)
+from vt_ray.learner.rendezvous import free_port
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    out = {f"layers.{i}.w": torch.randn(30 + 7 * i, 5, generator=gen) for i in range(12)}
+    out["big"] = torch.randn(300, 100, generator=gen)  # larger than a bucket: a bucket of its own
+    out["steps"] = torch.arange(7, dtype=torch.int64)
+    out["half"] = torch.randn(9, generator=gen).bfloat16()
+    return out
+
+
+def _plan(tensors: dict[str, torch.Tensor], bucket_bytes: int = 4096) -> StreamPlan:
+    return plan_buckets([(k, v.shape, str(v.dtype).removeprefix("torch.")) for k, v in tensors.items()],
+                        bucket_bytes)
+
+
+def test_plan_keeps_order_aligns_every_tensor_and_never_splits_one() -> None:
+    tensors = _tensors()
+    plan = _plan(tensors)
+    slots = [t for b in plan.buckets for t in b.tensors]
+    assert [t.name for t in slots] == list(tensors)
+    assert all(t.offset % ALIGN == 0 for t in slots)
+    assert all(t.nbytes == v.numel() * v.element_size() for t, v in zip(slots, tensors.values(), strict=True))
+    big = next(b for b in plan.buckets if b.tensors[0].name == "big")
+    assert len(big.tensors) == 1 and big.nbytes > 4096  # oversized: alone, whole
+    assert all(b.nbytes <= 4096 for b in plan.buckets if b is not big)
+    assert all(b.tensors[-1].offset + b.tensors[-1].nbytes <= b.nbytes for b in plan.buckets)
+    assert StreamPlan.from_dict(plan.to_dict()) == plan
+    assert plan.specs()["steps"] == ((7,), "int64")
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        plan_buckets([], 0)
+    with pytest.raises(ValueError, match="'odd'.*complex64"):
+        plan_buckets([("odd", (2,), "complex64")], 1024)
+
+
+def _stream(tensors: dict[str, torch.Tensor], plan: StreamPlan, receivers: int,
+            consume: Callable[[BucketReceiver, int], Any], corrupt: Callable[[int, torch.Tensor], None] | None = None,
+            ) -> tuple[dict[int, Any], dict[int, BaseException]]:
+    """Rank 0 sends ``tensors`` to ``receivers`` threads; ``consume(receiver, rank)`` is each one's result."""
+    session = StreamSession("127.0.0.1", free_port(), "test", 1 + receivers, timeout_s=30)
+    results: dict[int, Any] = {}
+    errors: dict[int, BaseException] = {}
+
+    def receive(rank: int) -> None:
+        receiver = BucketReceiver(StreamGroup(session, rank), plan, "cpu")
+        try:
+            results[rank] = consume(receiver, rank)
+        except Exception as err:
+            errors[rank] = err
+            receiver.drain()
+
+    threads = [threading.Thread(target=receive, args=(r,)) for r in range(1, 1 + receivers)]
+    for t in threads:
+        t.start()
+    sender = BucketSender(StreamGroup(session, 0), plan, "cpu")
+    for index, bucket in enumerate(plan.buckets):
+        sender.send(index, [tensors[t.name] for t in bucket.tensors], corrupt)
+    sender.finish()
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive(), "a receiver is still blocked"
+    return results, errors
+
+
+def _copy_all(receiver: BucketReceiver, rank: int) -> dict[str, torch.Tensor]:
+    return {name: t.clone() for name, t in receiver.tensors()}
+
+
+def test_every_receiver_gets_every_tensor_bit_for_bit() -> None:
+    tensors = _tensors()
+    results, errors = _stream(tensors, _plan(tensors), 2, _copy_all)
+    assert not errors
+    for rank in (1, 2):
+        assert list(results[rank]) == list(tensors)
+        for name, want in tensors.items():
+            got = results[rank][name]
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert torch.equal(got.view(-1).view(torch.uint8), want.view(-1).view(torch.uint8)), name
+
+
+def test_a_corrupted_bucket_is_refused_by_every_receiver_naming_bucket_and_tensor() -> None:
+    tensors = _tensors()
+    plan = _plan(tensors)
+    bad = len(plan.buckets) // 2
+
+    def flip(index: int, buf: torch.Tensor) -> None:
+        if index == bad:
+            buf[3] ^= 0x01  # one bit of one tensor, after the sender computed the checksum
+
+    seen: dict[int, list[str]] = {1: [], 2: []}
+
+    def consume(receiver: BucketReceiver, rank: int) -> None:
+        for name, _ in receiver.tensors():
+            seen[rank].append(name)
+
+    results, errors = _stream(tensors, plan, 2, consume, corrupt=flip)
+    first = plan.buckets[bad].tensors[0].name
+    for rank in (1, 2):
+        err = errors[rank]
+        assert isinstance(err, WeightStreamError) and err.bucket == bad and err.tensor == first
+        assert f"bucket {bad} of {len(plan.buckets)}" in str(err) and repr(first) in str(err)
+        delivered = [t.name for b in plan.buckets[:bad] for t in b.tensors]
+        assert seen[rank] == delivered  # nothing of the bad bucket or after it was handed over
+
+
+def test_a_receiver_that_stops_early_drains_and_its_peer_still_gets_everything() -> None:
+    tensors = _tensors()
+
+    def consume(receiver: BucketReceiver, rank: int) -> Any:
+        if rank == 1:
+            for name, _ in receiver.tensors():
+                if name == "layers.3.w":
+                    raise RuntimeError("loader failed")
+        return _copy_all(receiver, rank)
+
+    results, errors = _stream(tensors, _plan(tensors), 2, consume)
+    assert list(errors) == [1] and "loader failed" in str(errors[1])
+    assert all(torch.equal(results[2][k], v) for k, v in tensors.items())
+
+
+def test_stream_names_send_a_tied_tensor_once_under_the_embedding_name() -> None:
+    from vt_ray.learner.weight_stream import plan_policy, stream_names
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm_head = torch.nn.Linear(4, 10, bias=False)
+            self.embed_tokens = torch.nn.Embedding(10, 4)
+            self.lm_head.weight = self.embed_tokens.weight
+            self.register_buffer("steps", torch.zeros(3, dtype=torch.int64))
+
+    model = Tied()
+    assert sorted(stream_names(model)) == ["embed_tokens.weight", "steps"]
+    specs = plan_policy(model, torch.bfloat16, 1024).specs()
+    assert specs == {"embed_tokens.weight": ((10, 4), "bfloat16"), "steps": ((3,), "int64")}  # ints keep dtype
+
+
+# ---- the transformers engine receiving a stream ----------------------------------------------------------------
+def test_hf_engine_takes_a_stream_bit_for_bit_and_refuses_to_serve_after_a_bad_one(tiny_model_dir: Path) -> None:
+    from vt_ray.config.schema import ModelConfig, RolloutConfig
+    from vt_ray.rollout.hf_engine import HfEngine
+    from vt_ray.rollout.weight_sync import UNKNOWN_VERSION, WeightSyncError
+
+    engine = HfEngine(ModelConfig(path=str(tiny_model_dir)), RolloutConfig(backend="hf"))
+    gen = torch.Generator().manual_seed(3)
+    state = {k: (v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone())
+             for k, v in engine.model.state_dict().items()}
+    for group in engine.manifest.tied:  # a tied tensor is sent once, under the embedding's name (the learner's)
+        for name in group:
+            if name.startswith("lm_head"):
+                state.pop(name)
+    bucket = 256 * 1024
+    assert len(plan_of(state, bucket).buckets) > 4
+
+    assert stream_to(engine, state, 1, bucket) is None
+    assert engine.weight_version == 1
+    live = engine.model.state_dict()
+    assert all(torch.equal(live[k], v) for k, v in state.items())
+
+    before = {k: v.clone() for k, v in live.items()}
+    plan = plan_of(state, bucket)
+
+    def at(bucket_index: int) -> Callable[[int, torch.Tensor], None]:
+        def flip(index: int, buf: torch.Tensor) -> None:
+            if index == bucket_index:
+                buf[0] ^= 0xFF
+        return flip
+
+    err = stream_to(engine, {k: v + 1 for k, v in state.items()}, 2, bucket, at(0))
+    assert isinstance(err, WeightSyncError) and not err.applied and err.tensor == plan.buckets[0].tensors[0].name
+    assert engine.weight_version == 1  # refused at the first bucket: untouched, still serving
+    assert all(torch.equal(engine.model.state_dict()[k], v) for k, v in before.items())
+
+    err = stream_to(engine, {**state, "model.extra.weight": torch.zeros(3)}, 2, bucket)
+    assert isinstance(err, WeightSyncError) and not err.applied and err.tensor == "model.extra.weight"
+    assert engine.weight_version == 1  # refused the plan, yet joined and drained: the sender was not blocked
+
+    middle = len(plan.buckets) // 2
+    err = stream_to(engine, {k: v + 1 for k, v in state.items()}, 3, bucket, at(middle))
+    assert isinstance(err, WeightSyncError) and err.applied and err.tensor == plan.buckets[middle].tensors[0].name
+    assert engine.weight_version == UNKNOWN_VERSION
+    with pytest.raises(WeightSyncError, match="unknown state"):
+        engine.generate([], None)  # type: ignore[arg-type]
+
+    assert stream_to(engine, state, 4, bucket) is None  # a complete stream puts it back in service
+    assert engine.weight_version == 4
+    assert all(torch.equal(engine.model.state_dict()[k], v) for k, v in state.items())

@@ -1,0 +1,278 @@
+"""The wire protocol of the streamed weight sync: learner rank 0 broadcasts the policy to every rollout engine
+worker in fixed-size buckets over a process group of its own, so no weight passes through the driver.
+
+Both sides agree on a :class:`StreamPlan` before a byte moves: per bucket, each tensor's name, dtype, shape and
+byte offset (64-byte aligned, so a receiver views a dtype straight out of the uint8 buffer). The driver carries
+only this plan and a :class:`StreamSession` (where to meet); engines check the plan against their model before
+the stream starts (the "nothing written before the names, shapes and dtypes are checked" guarantee of the old
+blob path). Each bucket ends with an 8-byte trailer, the wrapping int64 sum of its payload: a receiver that
+finds a different sum refuses the bucket (and every later one) and reports the bucket's first tensor.
+
+The group is one ``torch.distributed`` process group built directly (a ``TCPStore`` hosted by the sender, a
+``PrefixStore`` per session, ``ProcessGroupGloo`` on CPU and ``ProcessGroupNCCL`` on GPU: one code path). It
+never touches the default process group, which the learner's FSDP group and vLLM's own worker group already
+own in those processes (notes/weight-streaming-cpu.md, pitfall 1). A fresh session per sync keeps failures
+local: a peer that died or a stream cut short cannot poison the next sync, and a restarted engine simply joins
+the next one. Building it costs a few milliseconds on CPU (measured in ``benchmarks/weight_sync.py``).
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+ALIGN = 64
+"""Byte alignment of every tensor in a bucket (any dtype can be viewed from the uint8 buffer at this offset)."""
+TRAILER = 8
+"""Bytes after each bucket's payload: the wrapping int64 sum of the payload."""
+
+
+class WeightStreamError(RuntimeError):
+    """A bucket that did not arrive intact (``bucket`` index, ``tensor`` its first tensor's name)."""
+
+    def __init__(self, message: str, bucket: int | None = None, tensor: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.bucket, self.tensor = message, bucket, tensor
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.message, self.bucket, self.tensor))
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    name: str
+    dtype: str  # torch dtype name without the "torch." prefix, e.g. "bfloat16"
+    shape: tuple[int, ...]
+    offset: int  # byte offset in the bucket's payload
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Bucket:
+    nbytes: int  # payload bytes (a multiple of ALIGN); the buffer on the wire is nbytes + TRAILER
+    tensors: tuple[TensorSlot, ...]
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """The order and layout of every tensor on the wire. Plain data: it travels through Ray and vLLM's
+    ``collective_rpc`` as :meth:`to_dict`."""
+
+    buckets: tuple[Bucket, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b.nbytes for b in self.buckets)
+
+    @property
+    def max_bucket_bytes(self) -> int:
+        return max((b.nbytes for b in self.buckets), default=0)
+
+    def specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """name -> (shape, dtype name): what the engines check against their model before the stream."""
+        return {t.name: (t.shape, t.dtype) for b in self.buckets for t in b.tensors}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"buckets": [{"nbytes": b.nbytes, "tensors": [[t.name, t.dtype, list(t.shape), t.offset, t.nbytes]
+                                                              for t in b.tensors]} for b in self.buckets]}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> StreamPlan:
+        return StreamPlan(tuple(
+            Bucket(int(b["nbytes"]), tuple(TensorSlot(str(n), str(d), tuple(int(x) for x in s), int(o), int(k))
+                                           for n, d, s, o, k in b["tensors"]))
+            for b in data["buckets"]))
+
+
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
+             "int8": 1, "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def plan_buckets(specs: Iterable[tuple[str, Sequence[int], str]], bucket_bytes: int) -> StreamPlan:
+    """Pack tensors (name, shape, dtype name), in order, into buckets of at most ``bucket_bytes`` payload; a
+    tensor larger than that gets a bucket of its own (never split: receivers view whole tensors)."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+    buckets: list[Bucket] = []
+    slots: list[TensorSlot] = []
+    used = 0
+    for name, shape, dtype in specs:
+        if dtype not in _ITEMSIZE:
+            raise ValueError(f"tensor {name!r}: dtype {dtype!r} cannot be streamed")
+        count = 1
+        for d in shape:
+            count *= int(d)
+        nbytes = count * _ITEMSIZE[dtype]
+        if slots and used + _aligned(nbytes) > bucket_bytes:
+            buckets.append(Bucket(used, tuple(slots)))
+            slots, used = [], 0
+        slots.append(TensorSlot(name, dtype, tuple(int(d) for d in shape), used, nbytes))
+        used += _aligned(nbytes)
+    if slots:
+        buckets.append(Bucket(used, tuple(slots)))
+    return StreamPlan(tuple(buckets))
+
+
+@dataclass(frozen=True)
+class StreamSession:
+    """Where one sync meets: the sender's store (``addr``:``port``), a key ``prefix`` unique to this sync,
+    ``world_size`` (1 sender + every receiving engine worker), the ``timeout_s`` of every collective, and the
+    ``backend`` ("gloo" on CPU, "nccl" on GPU)."""
+
+    addr: str
+    port: int
+    prefix: str
+    world_size: int
+    timeout_s: float
+    backend: str = "gloo"
+
+
+class StreamGroup:
+    """This process's member of one session's process group (rank 0, the sender, hosts the store). The store
+    is held here because it must outlive the group: the sender's store serves every peer's keys."""
+
+    def __init__(self, session: StreamSession, rank: int) -> None:
+        """Blocks until every member has joined, or ``timeout_s``."""
+        timeout = timedelta(seconds=session.timeout_s)
+        self.rank, self.backend = rank, session.backend
+        self.device = torch.device("cuda", torch.cuda.current_device()) if session.backend == "nccl" else "cpu"
+        self._store: Any = dist.TCPStore(session.addr, session.port, session.world_size, is_master=rank == 0,
+                                    timeout=timeout, wait_for_workers=False)
+        prefixed = dist.PrefixStore(session.prefix, self._store)
+        if session.backend == "nccl":
+            self._group: Any = dist.ProcessGroupNCCL(prefixed, rank, session.world_size,
+                                                     dist.ProcessGroupNCCL.Options())
+        elif session.backend == "gloo":
+            self._group = dist.ProcessGroupGloo(prefixed, rank, session.world_size, timeout)
+        else:
+            raise ValueError(f"unknown stream backend {session.backend!r} (gloo or nccl)")
+        self.broadcast(torch.zeros(1, device=self.device)).wait()  # all in: no bucket races a late joiner
+
+    def close(self) -> None:
+        """Leave the group now: its sockets close, so peers blocked on this member fail at once instead of
+        waiting out ``timeout_s`` (the sender does this when a receiver died mid-stream)."""
+        self._group = None
+        self._store = None
+
+    def broadcast(self, tensor: torch.Tensor) -> Any:
+        """Async broadcast from rank 0 on this group itself (``dist.broadcast(group=...)`` maps global ranks,
+        and these processes' default groups are other groups); returns the ``Work``."""
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        return self._group.broadcast([tensor], opts)
+
+
+def _checksum(payload: Any) -> Any:
+    """Wrapping int64 sum of a payload whose length is a multiple of 8: ~30 GB/s on one CPU core, and
+    integer addition is order-free, so every reduction order gives the same value."""
+    return payload.view(torch.int64).sum()
+
+
+class BucketSender:
+    """Rank 0's side: pack tensors into one of two reused buffers while the other is on the wire."""
+
+    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any) -> None:
+        self.group, self.plan = group, plan
+        size = plan.max_bucket_bytes + TRAILER
+        self._buffers = [torch.empty(size, dtype=torch.uint8, device=device) for _ in range(2)]
+        self._work: list[Any] = [None, None]
+
+    def send(self, index: int, tensors: Sequence[Any],
+             corrupt: Callable[[int, Any], None] | None = None) -> None:
+        """Send bucket ``index`` holding ``tensors`` (in the plan's order and dtypes, any device)."""
+        bucket = self.plan.buckets[index]
+        slot = index % 2
+        if self._work[slot] is not None:
+            self._work[slot].wait()  # that buffer's previous bucket has left
+        buf = self._buffers[slot][: bucket.nbytes + TRAILER]
+        for spec, tensor in zip(bucket.tensors, tensors, strict=True):
+            if str(tensor.dtype).removeprefix("torch.") != spec.dtype or tuple(tensor.shape) != spec.shape:
+                raise WeightStreamError(f"tensor {spec.name!r} is {tensor.dtype} {list(tensor.shape)}, the plan "
+                                        f"says {spec.dtype} {list(spec.shape)}", index, spec.name)
+            buf[spec.offset: spec.offset + spec.nbytes].copy_(tensor.contiguous().view(-1).view(buf.dtype))
+        buf[bucket.nbytes:].view(torch.int64)[0] = _checksum(buf[: bucket.nbytes])
+        if corrupt is not None:  # tests: a fault after the checksum, as a bad wire or a bad copy would be
+            corrupt(index, buf)
+        self._work[slot] = self.group.broadcast(buf)
+
+    def finish(self) -> None:
+        for work in self._work:
+            if work is not None:
+                work.wait()
+
+    def abort(self) -> None:
+        """After a failure: drop the pending sends and leave the group, so every receiver still waiting for a
+        bucket fails now ("connection closed") rather than after the session's timeout."""
+        import gc
+
+        self._work = [None, None]
+        self.group.close()
+        gc.collect()  # the process group's destructor is what closes the sockets
+
+
+class BucketReceiver:
+    """An engine worker's side: the plan's tensors, in order, as views into freshly received buckets.
+
+    One bucket is always in flight ahead of the one being consumed (receive-prefetch). Buffers are fresh per
+    bucket, never reused: a loader may keep views of a layer that straddles two buckets until the rest of it
+    arrives (vLLM's layerwise reload does). After a failure (a checksum, or the consumer stopping early),
+    :meth:`drain` receives the buckets left so the sender and the other receivers are not left blocked.
+    """
+
+    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any) -> None:
+        self.group, self.plan, self.device = group, plan, device
+        self.received = 0  # buckets taken off the wire
+        self.delivered = 0  # tensors handed to the consumer
+        self.current: str | None = None  # the last tensor handed over
+        self._inflight: tuple[Any, Any] | None = None
+
+    def _post(self, index: int) -> None:
+        buf = torch.empty(self.plan.buckets[index].nbytes + TRAILER, dtype=torch.uint8, device=self.device)
+        self._inflight = (buf, self.group.broadcast(buf))
+
+    def _take(self, index: int) -> Any:
+        assert self._inflight is not None
+        buf, work = self._inflight
+        self._inflight = None
+        work.wait()
+        self.received = index + 1
+        return buf
+
+    def tensors(self) -> Iterator[tuple[str, Any]]:
+        buckets = self.plan.buckets
+        if not buckets:
+            return
+        self._post(0)
+        for index, bucket in enumerate(buckets):
+            buf = self._take(index)
+            if index + 1 < len(buckets):
+                self._post(index + 1)
+            want = buf[bucket.nbytes:].view(torch.int64)[0]
+            if not bool(_checksum(buf[: bucket.nbytes]) == want):
+                first = bucket.tensors[0].name
+                raise WeightStreamError(f"bucket {index} of {len(buckets)} (first tensor {first!r}) failed its "
+                                        "checksum: the stream is refused from there on", index, first)
+            for spec in bucket.tensors:
+                dtype = getattr(torch, spec.dtype)
+                self.current = spec.name
+                self.delivered += 1
+                yield spec.name, buf[spec.offset: spec.offset + spec.nbytes].view(dtype).view(spec.shape)
+
+    def drain(self) -> None:
+        """Receive and drop every bucket not yet taken off the wire (after a failure on this side)."""
+        total = len(self.plan.buckets)
+        if self._inflight is not None:
+            self._take(self.received)
+        while self.received < total:
+            self._post(self.received)
+            self._take(self.received)

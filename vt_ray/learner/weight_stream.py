@@ -1,0 +1,103 @@
+"""The learner's side of the streamed weight sync: plan the policy's tensors into buckets, then gather FSDP2
+shards one bucket at a time and have rank 0 broadcast each bucket to the engines
+(:mod:`vt_ray.common.weight_stream` is the wire). No rank ever holds the whole model: a bucket's full tensors
+exist on every rank only while that bucket is packed (the all-gather is a collective of the learner group),
+and rank 0 keeps two send buffers that it reuses across buckets and syncs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.distributed.tensor import DTensor
+
+from vt_ray.common.weight_stream import BucketSender, StreamGroup, StreamPlan, StreamSession, plan_buckets
+
+
+def stream_names(model: torch.nn.Module) -> list[str]:
+    """The state-dict names to send, in order: every tensor once. Of tied names (lm_head and the embedding
+    under ``tie_word_embeddings``) only the first that is not ``lm_head``: loaders of tied models skip
+    ``lm_head.*`` (vLLM's Qwen2 does), so the embedding's name is the one that reaches the shared tensor."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    drop: set[str] = set()
+    for names in groups.values():
+        if len(names) > 1:
+            keep = next((n for n in names if not n.startswith("lm_head")), names[0])
+            drop.update(n for n in names if n != keep)
+    return [name for name in model.state_dict() if name not in drop]
+
+
+def plan_policy(model: torch.nn.Module, dtype: torch.dtype, bucket_bytes: int) -> StreamPlan:
+    """Buckets of the policy's tensors (global shapes; floating ones in the serving ``dtype``, others as they
+    are). The same on every rank: it depends on shapes only."""
+    state = model.state_dict()
+    specs = []
+    for name in stream_names(model):
+        tensor = state[name]
+        target = dtype if tensor.is_floating_point() else tensor.dtype
+        specs.append((name, tuple(tensor.shape), str(target).removeprefix("torch.")))
+    return plan_buckets(specs, bucket_bytes)
+
+
+def send_policy(model: torch.nn.Module, plan: StreamPlan, session: StreamSession | None, rank: int,
+                device: torch.device, corrupt: Callable[[int, torch.Tensor], None] | None = None) -> dict[str, float]:
+    """Collective over the learner group: every rank gathers each bucket's tensors; rank 0 (given the
+    ``session``) casts them to the plan's dtypes and broadcasts the bucket. Returns rank 0's timings: the
+    group join, gathering and packing (``pack_s``) and the time left waiting on the wire (``wire_wait_s``)."""
+    import time
+
+    timings = {"join_s": 0.0, "pack_s": 0.0, "wire_wait_s": 0.0}
+    started = time.perf_counter()
+    sender: BucketSender | None = None
+    failure: Exception | None = None
+    if rank == 0:
+        assert session is not None, "rank 0 sends: it needs the session"
+        try:
+            sender = BucketSender(StreamGroup(session, 0), plan, device)
+        except Exception as err:  # an engine never joined: keep gathering with the peers, then raise
+            failure = err
+    timings["join_s"] = time.perf_counter() - started
+    state = model.state_dict()
+    with torch.no_grad():
+        for index, bucket in enumerate(plan.buckets):
+            t0 = time.perf_counter()
+            tensors = []
+            for slot in bucket.tensors:
+                tensor = state[slot.name]
+                if isinstance(tensor, DTensor):
+                    tensor = tensor.full_tensor()  # all-gather of this tensor only: every rank, every bucket
+                if sender is not None and failure is None:
+                    tensors.append(tensor.to(getattr(torch, slot.dtype)))
+            if sender is not None and failure is None:
+                try:
+                    sender.send(index, tensors, corrupt)
+                except Exception as err:  # a receiver died mid-stream: rank 0 must not leave the all-gathers
+                    failure = err
+                    sender.abort()  # but the engines still waiting fail now, not after weight_sync_timeout_s
+            timings["pack_s"] += time.perf_counter() - t0
+            del tensors
+        t0 = time.perf_counter()
+        if sender is not None and failure is None:
+            try:
+                sender.finish()
+            except Exception as err:
+                failure = err
+                sender.abort()
+        timings["wire_wait_s"] = time.perf_counter() - t0
+    if failure is not None:
+        raise failure
+    return timings
+
+
+def probe_logprobs(model: torch.nn.Module, processor: Any, text: str, device: torch.device) -> list[float]:
+    """Log-prob of each token of ``text`` after the first under the policy (no grad, float64 softmax):
+    the reference the engines' weight probe is compared with, without a copy of the model anywhere else.
+    Collective (an FSDP2 forward)."""
+    ids = processor.tokenizer(text, return_tensors="pt")["input_ids"].to(device)  # [1, T]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].double()  # [T, V]
+    return logits[:-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0].tolist()  # [T-1]
