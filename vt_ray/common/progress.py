@@ -44,7 +44,7 @@ class Progress:
         self._logging.__enter__()
 
     def advance(self, n: int = 1, **figures: Any) -> None:
-        if figures:
+        if figures and not self.bar.disable:  # a hidden bar skips the formatting (data check calls this per row)
             self.bar.set_postfix({k: _short(v) for k, v in figures.items() if v is not None}, refresh=False)
         self.bar.update(n)
 
