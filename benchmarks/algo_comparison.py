@@ -1,6 +1,7 @@
 """The GRPO family compared on the learning benchmark: held-out accuracy against step and wall clock.
 
-    .venv/bin/python -m benchmarks.algo_comparison --seeds 0 1 --families grpo dr_grpo gspo dapo tgrpo cispo
+    .venv/bin/python -m benchmarks.algo_comparison --seeds 0 1 \\
+        --families grpo dr_grpo gspo dapo tgrpo cispo grpo_2upd --out outputs/bench/algo trainer.total_steps=30
 
 For each seed: the tiny model, the colour task and one SFT checkpoint (:mod:`vt_ray.learning`), then one GRPO
 run per family from that same checkpoint, with the same seed, data order and validation schedule; only the

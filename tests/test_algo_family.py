@@ -14,7 +14,13 @@ from vt_ray.algo import registry
 from vt_ray.algo.advantages import compute_advantages
 from vt_ray.algo.config import AlgorithmConfig
 from vt_ray.algo.losses import POLICY_LOSSES, Aggregation, agg_loss
-from vt_ray.algo.shaping import finite_scores, informative_groups, soft_overlong_penalty, tgrpo_bonus
+from vt_ray.algo.shaping import (
+    finite_scores,
+    informative_groups,
+    overlong_filter,
+    soft_overlong_penalty,
+    tgrpo_bonus,
+)
 from vt_ray.config import ConfigError, load_config
 
 F64 = torch.float64
@@ -197,6 +203,20 @@ def test_soft_overlong_punishment_is_dapo_eq_13() -> None:
     assert out.tolist() == pytest.approx(expected)
     assert soft_overlong_penalty(lengths, 100, 0).abs().sum() == 0  # off
     assert soft_overlong_penalty(lengths, 100, 40, factor=0.5)[4].item() == pytest.approx(-0.5)
+
+
+def test_overlong_filter_masks_truncated_responses_and_leaves_the_rest() -> None:
+    keep = torch.tensor([True, True, False, True, False])  # [N]; False = already dropped (zero-variance group)
+    out, frac = overlong_filter(keep, [False, True, False, True, True])
+    assert out.tolist() == [True, False, False, False, False]
+    assert frac == pytest.approx(3 / 5)  # the share of truncated responses, whether or not already dropped
+    assert keep.tolist() == [True, True, False, True, False]  # the caller's mask is not modified in place
+    same, none = overlong_filter(keep, [False] * 5)
+    assert same.tolist() == keep.tolist() and none == 0.0
+    empty, zero = overlong_filter(torch.ones(0, dtype=torch.bool), [])
+    assert empty.shape == (0,) and empty.dtype == torch.bool and zero == 0.0
+    with pytest.raises(ValueError, match="4 truncated flags"):
+        overlong_filter(keep, [True] * 4)
 
 
 def test_dynamic_sampling_keeps_groups_with_unequal_rewards_in_order() -> None:

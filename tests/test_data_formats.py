@@ -84,6 +84,29 @@ def test_video_r1_cot_gives_process_plus_solution(root: Path) -> None:
     assert samples[1].media == "image" and samples[1].trace.endswith("<answer>3</answer>")
 
 
+OWN_TRACE = ("<time>0.0-2.0</time> <caption>A green square moves, then a red one.</caption> "
+             "<think>The green square moves first.</think> <answer>B</answer>")
+
+
+def test_video_r1_row_with_our_own_trace_is_the_sft_target(root: Path) -> None:
+    from vt_ray.learner.sft_data import END_OF_TURN, load_sft_samples, response_text
+
+    rows = json.loads((root / "video_r1_cot.json").read_text())
+    rows[0]["trace"] = OWN_TRACE  # beside Video-R1's process: ours wins
+    rows[1]["trace"] = "  "  # blank counts as absent: process + solution
+    no_answer = {**rows[0], "trace": "<think>The green square moves first.</think>"}
+    empty_answer = {**rows[0], "trace": "<think>Green.</think> <answer> </answer>"}
+    not_text = {**rows[0], "trace": 42}  # Arrow cannot type the column: this row alone is re-read and refused
+    (root / "own_trace.json").write_text(json.dumps([*rows, no_answer, empty_answer, not_text]))
+    report = load_data(root / "own_trace.json", "video_r1")
+    assert [s.trace for s in report.samples] == [
+        OWN_TRACE, "<think>I count three squares.</think>\n<answer>3</answer>"]
+    assert [(b.index, b.reason) for b in report.bad_rows] == [(2, "bad_trace"), (3, "bad_trace"), (4, "bad_trace")]
+    assert report.counts()["with_trace"] == 2 and report.counts()["bad_rows"] == {"bad_trace": 3}
+    sft = load_sft_samples(root / "own_trace.json", "video_r1", str(root))
+    assert response_text(sft[0]) == OWN_TRACE + END_OF_TURN
+
+
 def test_video_r1_eval_file_keeps_extra_fields(root: Path) -> None:
     samples = load_data(root / "video_r1_eval.json", "video_r1").samples
     assert [s.answer for s in samples] == ["B", "4"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import struct
@@ -28,11 +29,12 @@ SCRIPT = (
 )
 
 
-def _run_on_terminal(env: dict[str, str]) -> tuple[str, str]:
-    """(what a terminal on stderr shows, stdout) for SCRIPT run with stderr on a pseudo-terminal."""
+def _run_on_terminal(env: dict[str, str], args: tuple[str, ...] = ("-c", SCRIPT)) -> tuple[str, str]:
+    """(what a terminal on stderr shows, stdout) for ``python ARGS`` (SCRIPT) run with stderr on a
+    pseudo-terminal."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], stderr=slave, stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, *args], stderr=slave, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **env})
     os.close(slave)
     stdout, _ = proc.communicate(timeout=120)
@@ -60,6 +62,22 @@ def test_progress_line_on_a_terminal_and_silent_with_quiet() -> None:
     quiet, stdout = _run_on_terminal({QUIET_ENV: "1"})
     assert "GRPO" not in quiet and quiet.split() == ["logged", "1", "logged", "2", "logged", "3"]  # logs stay
     assert stdout.count("[step") == 3
+
+
+def test_data_check_shows_a_progress_line_per_file_on_a_terminal(tmp_path: Path) -> None:
+    (tmp_path / "v.mp4").write_bytes(b"x")  # data check only looks for the file
+    rows = [json.dumps({"uid": f"u{i}", "video": "v.mp4", "question": "q", "answer": "A", "options": ["x", "y"]})
+            for i in range(3)]
+    rows += [json.dumps({"uid": "u9", "video": "gone.mp4", "question": "q", "answer": "A", "options": ["x", "y"]}),
+             "not json"]
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    check = ("-m", "vt_ray", "data", "check", "--file", str(tmp_path / "train.jsonl"))
+    shown, stdout = _run_on_terminal({}, check)
+    line = next(x for x in shown.replace("\r", "\n").splitlines()[::-1] if "data check train.jsonl" in x)
+    assert "5row" in line and "samples=3" in line and "bad=1" in line and "missing=1" in line, shown
+    assert json.loads(stdout.splitlines()[0])["samples"] == 3  # stdout keeps the plain report
+    quiet, stdout = _run_on_terminal({QUIET_ENV: "1"}, check)
+    assert "data check" not in quiet and json.loads(stdout.splitlines()[0])["missing_media"] == 1
 
 
 def test_no_progress_output_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture) -> None:

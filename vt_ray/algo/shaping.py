@@ -25,6 +25,17 @@ def soft_overlong_penalty(lengths: torch.Tensor, max_len: int, buffer_len: int, 
     return -(over / buffer_len).clamp(max=1.0) * factor
 
 
+def overlong_filter(keep: torch.Tensor, truncated: Sequence[bool]) -> tuple[torch.Tensor, float]:
+    """DAPO overlong filtering (Yu et al. 2025, arXiv 2503.14476, section 3.4): a response cut off at the
+    generation budget has no answer to judge, so it is masked out of the loss rather than punished. Returns the
+    keep mask [N] with truncated responses False (the others unchanged) and the share of responses truncated
+    (0.0 for an empty batch)."""
+    cut = torch.tensor(list(truncated), dtype=torch.bool)  # [N]
+    if cut.shape != keep.shape:
+        raise ValueError(f"overlong_filter: {cut.numel()} truncated flags for a keep mask of shape {tuple(keep.shape)}")
+    return keep & ~cut, float(cut.sum()) / max(cut.numel(), 1)
+
+
 def tgrpo_bonus(
     ordered_accuracy: torch.Tensor,
     ordered_groups: GroupIds,

@@ -2,7 +2,8 @@
 
 check: a preflight of the recipe's data files (train, val, and sft.train_file when set) in ``data.format``
 against ``data.root``, before any cluster starts: samples per media and answer type, bad rows (file, index,
-reason), missing media files. Exit 1 when a file has no usable sample, else 0.
+reason), missing media files. Exit 1 when a file has no usable sample, else 0. A progress line per file (rows
+read, samples, bad rows, missing media) on a terminal; quiet otherwise and with ``--quiet``.
 
 export: write the recipe's training data (``--split train|val``) as a verl parquet or an EasyR1 dataset, with
 the recipe's prompt (``prompt.style``). ``--file``/``--format``/``--root`` read another file instead.
@@ -40,6 +41,7 @@ def _files(args: argparse.Namespace, cfg) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vt_ray.common.progress import Progress
     from vt_ray.data.formats import load_data
 
     cfg = load_from_cli(args.overrides)
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"[data] {path}: not found")
             failed = failed or path != cfg.data.val_file  # the validation file is optional
             continue
-        report = load_data(path, data_format, root)
+        with Progress(f"data check {Path(path).name}", total=None, unit="row") as bar:
+            report = load_data(path, data_format, root, on_row=lambda r: bar.advance(
+                samples=len(r.samples), bad=len(r.bad_rows), missing=len(r.missing_media)))
         print(json.dumps(report.counts(), ensure_ascii=False))
         for b in report.bad_rows[: args.show]:
             print(f"  bad row {b.file}[{b.index}] {b.reason}: {b.detail}")

@@ -1,5 +1,5 @@
-"""Live progress lines for long work (SFT, GRPO, evaluation, curation): one tqdm line per phase with step /
-total, ETA, rate and the figures that matter now (reward, accuracy, loss).
+"""Live progress lines for long work (SFT, GRPO, evaluation, curation, data check): one tqdm line per phase with
+step / total, ETA, rate and the figures that matter now (reward, accuracy, loss).
 
 Quiet when stderr is not a terminal (logs, CI, ``ray job`` output keep only the plain per-step lines) and
 when ``VT_RAY_QUIET=1`` (what ``python -m vt_ray --quiet ...`` sets). Our own console lines go through
@@ -34,7 +34,8 @@ def echo(message: str) -> None:
 class Progress:
     """``with Progress("GRPO", total=100, initial=step) as bar: ... bar.advance(reward=0.5)``."""
 
-    def __init__(self, desc: str, total: int, initial: int = 0, unit: str = "step") -> None:
+    def __init__(self, desc: str, total: int | None, initial: int = 0, unit: str = "step") -> None:
+        """``total=None`` when the count is not known ahead (rows of a streamed file): count and rate, no ETA."""
         enabled = progress_enabled()
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
                         disable=not enabled, dynamic_ncols=True, smoothing=0.3)
@@ -43,7 +44,7 @@ class Progress:
         self._logging.__enter__()
 
     def advance(self, n: int = 1, **figures: Any) -> None:
-        if figures:
+        if figures and not self.bar.disable:  # a hidden bar skips the formatting (data check calls this per row)
             self.bar.set_postfix({k: _short(v) for k, v in figures.items() if v is not None}, refresh=False)
         self.bar.update(n)
 

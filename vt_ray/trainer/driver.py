@@ -429,8 +429,8 @@ class GRPOTrainer:
         lengths = torch.tensor(data.token_counts, dtype=torch.float32)
         adv, keep, adv_metrics = compute_grpo_advantages(acfg, scores, data.group_ids, lengths)
         if acfg.overlong_filter:  # DAPO overlong filtering: truncated responses do not count in the loss
-            keep = keep & ~torch.tensor(data.truncated, dtype=torch.bool)
-            adv_metrics["dapo/overlong_filtered_frac"] = sum(data.truncated) / max(len(data.truncated), 1)
+            from vt_ray.algo.shaping import overlong_filter
+            keep, adv_metrics["dapo/overlong_filtered_frac"] = overlong_filter(keep, data.truncated)
         metrics.update(adv_metrics)
         data.advantages = adv.float().tolist()
         batch.advantages = adv.float()

@@ -97,8 +97,9 @@ def _project_convert(row: dict[str, Any], index: int, file: Path, root: Path) ->
 
 
 def load_data(path: str | Path, format: str = "project", root: str | Path | None = None,
-              check_media: bool = True) -> LoadReport:
-    """Samples of ``path`` in ``format``, media resolved against ``root`` (default: the file's directory)."""
+              check_media: bool = True, on_row: Callable[[LoadReport], None] | None = None) -> LoadReport:
+    """Samples of ``path`` in ``format``, media resolved against ``root`` (default: the file's directory).
+    ``on_row`` sees the report after every row (``data check`` drives its progress line with it)."""
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r} {FORMATS}")
     path = Path(path)
@@ -108,22 +109,31 @@ def load_data(path: str | Path, format: str = "project", root: str | Path | None
     convert = _project_convert if format == "project" else CONVERTERS[format]
     uids: set[str] = set()
     for index, row in enumerate(rows):
-        try:
-            if isinstance(row, RowError):
-                raise row
-            sample = convert(row, index, path, base)
-            if sample.uid in uids:
-                raise RowError("duplicate_uid", f"uid {sample.uid!r} already seen")
-        except RowError as err:
-            if err.reason != "blank_line":
-                report.bad_rows.append(BadRow(str(path), index, err.reason, err.detail))
-            continue
-        if check_media and not Path(sample.video).is_file():
-            report.missing_media.append(BadRow(str(path), index, "missing_media", sample.video))
-            continue
-        uids.add(sample.uid)
-        report.samples.append(sample)
+        _take_row(report, row, index, convert, base, uids, check_media)
+        if on_row is not None:
+            on_row(report)
     return report
+
+
+def _take_row(report: LoadReport, row: Any, index: int, convert: Converter, base: Path, uids: set[str],
+              check_media: bool) -> None:
+    """One row into ``report``: a sample, a bad row or a missing media file (a blank line is no row)."""
+    path = Path(report.file)
+    try:
+        if isinstance(row, RowError):
+            raise row
+        sample = convert(row, index, path, base)
+        if sample.uid in uids:
+            raise RowError("duplicate_uid", f"uid {sample.uid!r} already seen")
+    except RowError as err:
+        if err.reason != "blank_line":
+            report.bad_rows.append(BadRow(str(path), index, err.reason, err.detail))
+        return
+    if check_media and not Path(sample.video).is_file():
+        report.missing_media.append(BadRow(str(path), index, "missing_media", sample.video))
+        return
+    uids.add(sample.uid)
+    report.samples.append(sample)
 
 
 

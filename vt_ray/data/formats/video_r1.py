@@ -10,7 +10,9 @@ data_source}``. Eval files keep the benchmark's own fields beside these; paths m
 Mapping: problem -> question; options "A. text" -> texts (the lettered strings are kept in
 ``extra["video_r1_options"]`` so the Video-R1 prompt is reproduced byte for byte); the ``<answer>`` content
 of solution -> answer; SFT target = ``process + "\\n" + solution`` (sft_video.py), or the row's own ``trace``
-(our ``<time>/<caption>/<think>`` format) when present; ``extra["answer_rules"] = "video_r1"`` so the rewards
+(our ``<time>/<caption>/<think>`` format) when present (a missing, null or blank ``trace`` counts as absent; one
+that is not a string or has no non-empty ``<answer>`` makes the row bad, reason ``bad_trace``, skipped and
+counted rather than trained on); ``extra["answer_rules"] = "video_r1"`` so the rewards
 use Video-R1's definitions; the whole record is kept in ``extra["record"]`` (evaluation writes it back in
 Video-R1's output shape).
 """
@@ -25,6 +27,7 @@ from vt_ray.data.formats.errors import RowError
 from vt_ray.data.formats.media import MediaPathError, resolve_media
 from vt_ray.data.schema import OPTION_LETTERS, VideoSample
 from vt_ray.rewards.video_r1 import PROBLEM_TYPES, TO_ANSWER_TYPE
+from vt_ray.trace import EMPTY_ANSWER, NO_ANSWER, parse_trace
 
 _OPTION_RE = re.compile(r"^\s*([A-Z])\s*[.:)]\s?(.*)$", re.DOTALL)
 _SOLUTION_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
@@ -50,6 +53,19 @@ def _text(row: dict[str, Any], key: str) -> str:
     return value
 
 
+def _own_trace(value: Any) -> str | None:
+    """The row's own SFT trace, or None when it has none. A trace without an answer would teach the model not to
+    answer, and one that is not text cannot be a target: both are bad rows."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise RowError("bad_trace", f"trace must be a string, got {type(value).__name__}")
+    parsed = parse_trace(value)
+    if parsed.has_violation(NO_ANSWER) or parsed.has_violation(EMPTY_ANSWER):
+        raise RowError("bad_trace", f"trace {value[:80]!r} has no non-empty <answer>...</answer>")
+    return value
+
+
 def convert(row: dict[str, Any], index: int, file: Path, root: Path) -> VideoSample:
     problem = _text(row, "problem")
     problem_type = row.get("problem_type")
@@ -69,7 +85,7 @@ def convert(row: dict[str, Any], index: int, file: Path, root: Path) -> VideoSam
         media = resolve_media(_text(row, "path"), root)
     except MediaPathError as err:
         raise RowError("path_escape", str(err)) from err
-    trace = row.get("trace") or None
+    trace = _own_trace(row.get("trace"))
     process = row.get("process")
     if trace is None and isinstance(process, str) and process.strip():
         trace = process + "\n" + solution
