@@ -101,6 +101,10 @@ def _copy_all(receiver: BucketReceiver, rank: int) -> dict[str, torch.Tensor]:
 def test_every_receiver_gets_every_tensor_bit_for_bit() -> None:
     tensors = _tensors()
     results, errors = _stream(tensors, _plan(tensors), 2, _copy_all)
+    # a float32 master sent under a bfloat16 plan is cast as it is packed (the learner feeding a bf16 engine)
+    wide = {"w": torch.randn(40, 3, generator=torch.Generator().manual_seed(1))}
+    cast, cast_errors = _stream(wide, plan_buckets([("w", (40, 3), "bfloat16")], 4096), 1, _copy_all)
+    assert not cast_errors and cast[1]["w"].dtype == torch.bfloat16 and torch.equal(cast[1]["w"], wide["w"].bfloat16())
     assert not errors
     for rank in (1, 2):
         assert list(results[rank]) == list(tensors)

@@ -137,17 +137,25 @@ class StreamSession:
     backend: str = "gloo"
 
 
+def host_store(port: int, timeout_s: float = 300.0) -> Any:
+    """A store server on ``port`` for every stream session of this sender (sessions differ by key prefix)."""
+    return dist.TCPStore("0.0.0.0", port, None, is_master=True, timeout=timedelta(seconds=timeout_s),
+                         wait_for_workers=False)
+
+
 class StreamGroup:
     """This process's member of one session's process group (rank 0, the sender, hosts the store). The store
     is held here because it must outlive the group: the sender's store serves every peer's keys."""
 
-    def __init__(self, session: StreamSession, rank: int) -> None:
-        """Blocks until every member has joined, or ``timeout_s``."""
+    def __init__(self, session: StreamSession, rank: int, store: Any = None) -> None:
+        """Blocks until every member has joined, or ``timeout_s``. ``store``: the sender's own long-lived store
+        server (:func:`host_store`), already listening when the receivers dial it; without one, rank 0 starts a
+        server for this session (a receiver dialling first then waits out the client's retry back-off)."""
         timeout = timedelta(seconds=session.timeout_s)
         self.rank, self.backend = rank, session.backend
         self.device = torch.device("cuda", torch.cuda.current_device()) if session.backend == "nccl" else "cpu"
-        self._store: Any = dist.TCPStore(session.addr, session.port, session.world_size, is_master=rank == 0,
-                                    timeout=timeout, wait_for_workers=False)
+        self._store: Any = store if store is not None else dist.TCPStore(
+            session.addr, session.port, None, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
         prefixed = dist.PrefixStore(session.prefix, self._store)
         if session.backend == "nccl":
             self._group: Any = dist.ProcessGroupNCCL(prefixed, rank, session.world_size,
@@ -187,19 +195,23 @@ class BucketSender:
         self._buffers = [torch.empty(size, dtype=torch.uint8, device=device) for _ in range(2)]
         self._work: list[Any] = [None, None]
 
-    def send(self, index: int, tensors: Sequence[Any],
+    def send(self, index: int, tensors: Iterable[Any],
              corrupt: Callable[[int, Any], None] | None = None) -> None:
-        """Send bucket ``index`` holding ``tensors`` (in the plan's order and dtypes, any device)."""
+        """Send bucket ``index`` holding ``tensors`` (in the plan's order and shapes, any device and float
+        width: each is cast into the plan's dtype as it is copied into the buffer). ``tensors`` may be a
+        generator: each tensor is released once copied, so the sender holds two buffers and one tensor."""
         bucket = self.plan.buckets[index]
         slot = index % 2
         if self._work[slot] is not None:
             self._work[slot].wait()  # that buffer's previous bucket has left
         buf = self._buffers[slot][: bucket.nbytes + TRAILER]
         for spec, tensor in zip(bucket.tensors, tensors, strict=True):
-            if str(tensor.dtype).removeprefix("torch.") != spec.dtype or tuple(tensor.shape) != spec.shape:
+            target = getattr(torch, spec.dtype)
+            if tuple(tensor.shape) != spec.shape or tensor.is_floating_point() != target.is_floating_point:
                 raise WeightStreamError(f"tensor {spec.name!r} is {tensor.dtype} {list(tensor.shape)}, the plan "
                                         f"says {spec.dtype} {list(spec.shape)}", index, spec.name)
-            buf[spec.offset: spec.offset + spec.nbytes].copy_(tensor.contiguous().view(-1).view(buf.dtype))
+            buf[spec.offset: spec.offset + spec.nbytes].view(target).view(spec.shape).copy_(tensor)
+            del tensor
         buf[bucket.nbytes:].view(torch.int64)[0] = _checksum(buf[: bucket.nbytes])
         if corrupt is not None:  # tests: a fault after the checksum, as a bad wire or a bad copy would be
             corrupt(index, buf)

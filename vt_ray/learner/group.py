@@ -111,11 +111,21 @@ class LearnerGroup(WorkerGroup):
 
     def compute_logprobs(self, batch: TrainBatch, which: str = "policy") -> torch.Tensor:
         """[B, L] per-token log-probs of the batch's response tokens under the policy or the reference."""
+        return self.compute_logprobs_passes(batch, [which])[which]
+
+    def compute_logprobs_passes(self, batch: TrainBatch, whiches: Sequence[str]) -> dict[str, torch.Tensor]:
+        """:meth:`compute_logprobs` for several models (the old policy and the reference) on one batch: its shards
+        go to the object store once, and every rank gets all its passes at once (Ray runs an actor's calls in
+        the order they were sent, so the ranks' collectives stay in step)."""
         refs, real, num_micro = self._shards(batch)
-        parts = self._per_rank("compute_logprobs", [a.compute_logprobs.remote(r, num_micro, which)
-                                                    for a, r in zip(self.actors, refs)])
+        calls = {w: [a.compute_logprobs.remote(ref, num_micro, w) for a, ref in zip(self.actors, refs)]
+                 for w in whiches}  # all sent now; each pass is then waited for with its own deadline
         width = batch.input_ids.shape[1]
-        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p, r in zip(parts, real) if r])
+        out = {}
+        for w, pass_refs in calls.items():
+            parts = self._per_rank("compute_logprobs", pass_refs)
+            out[w] = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p, r in zip(parts, real) if r])
+        return out
 
     def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
         return self.call("export_state_dict", dtype)[0]
@@ -130,7 +140,7 @@ class LearnerGroup(WorkerGroup):
         return self.call("weight_plan", dtype, bucket_mb, ranks=[0])[0]
 
     def stream_address(self) -> tuple[str, int]:
-        addr, port = self.call("address", ranks=[0])[0]
+        addr, port = self.call("stream_address", ranks=[0])[0]
         return str(addr), int(port)
 
     def start_stream(self, plan: dict[str, Any], session: Any) -> list[ray.ObjectRef]:

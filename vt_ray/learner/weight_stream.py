@@ -13,7 +13,13 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor
 
-from vt_ray.common.weight_stream import BucketSender, StreamGroup, StreamPlan, StreamSession, plan_buckets
+from vt_ray.common.weight_stream import (
+    BucketSender,
+    StreamGroup,
+    StreamPlan,
+    StreamSession,
+    plan_buckets,
+)
 
 
 def stream_names(model: torch.nn.Module) -> list[str]:
@@ -44,7 +50,8 @@ def plan_policy(model: torch.nn.Module, dtype: torch.dtype, bucket_bytes: int) -
 
 
 def send_policy(model: torch.nn.Module, plan: StreamPlan, session: StreamSession | None, rank: int,
-                device: torch.device, corrupt: Callable[[int, torch.Tensor], None] | None = None) -> dict[str, float]:
+                device: torch.device, corrupt: Callable[[int, torch.Tensor], None] | None = None,
+                store: Any = None) -> dict[str, float]:
     """Collective over the learner group: every rank gathers each bucket's tensors; rank 0 (given the
     ``session``) casts them to the plan's dtypes and broadcasts the bucket. Returns rank 0's timings: the
     group join, gathering and packing (``pack_s``) and the time left waiting on the wire (``wire_wait_s``)."""
@@ -57,29 +64,30 @@ def send_policy(model: torch.nn.Module, plan: StreamPlan, session: StreamSession
     if rank == 0:
         assert session is not None, "rank 0 sends: it needs the session"
         try:
-            sender = BucketSender(StreamGroup(session, 0), plan, device)
+            sender = BucketSender(StreamGroup(session, 0, store), plan, device)
         except Exception as err:  # an engine never joined: keep gathering with the peers, then raise
             failure = err
     timings["join_s"] = time.perf_counter() - started
     state = model.state_dict()
+
+    def gathered(names: list[str]) -> Any:
+        for name in names:
+            tensor = state[name]
+            yield tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # this tensor's all-gather only
+
     with torch.no_grad():
         for index, bucket in enumerate(plan.buckets):
             t0 = time.perf_counter()
-            tensors = []
-            for slot in bucket.tensors:
-                tensor = state[slot.name]
-                if isinstance(tensor, DTensor):
-                    tensor = tensor.full_tensor()  # all-gather of this tensor only: every rank, every bucket
-                if sender is not None and failure is None:
-                    tensors.append(tensor.to(getattr(torch, slot.dtype)))
+            tensors = gathered([slot.name for slot in bucket.tensors])
             if sender is not None and failure is None:
                 try:
-                    sender.send(index, tensors, corrupt)
+                    sender.send(index, tensors, corrupt)  # cast and packed one tensor at a time
                 except Exception as err:  # a receiver died mid-stream: rank 0 must not leave the all-gathers
                     failure = err
                     sender.abort()  # but the engines still waiting fail now, not after weight_sync_timeout_s
+            for _ in tensors:  # every rank takes part in every all-gather (other ranks, and rank 0 after a failure)
+                pass
             timings["pack_s"] += time.perf_counter() - t0
-            del tensors
         t0 = time.perf_counter()
         if sender is not None and failure is None:
             try:

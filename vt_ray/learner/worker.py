@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
-from vt_ray.common.weight_stream import StreamPlan, StreamSession
+from vt_ray.common.weight_stream import StreamPlan, StreamSession, host_store
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner import checkpoint as ckpt
 from vt_ray.learner import manifest, safe_dcp, weight_stream
@@ -63,6 +63,7 @@ class LearnerWorker:
         self.reference: torch.nn.Module | None = None
         self.step = 0
         self._losses: dict[str, LossFn] = {}
+        self._stream_store: tuple[Any, int] | None = None  # rank 0: (store server, port) of weight streams
 
     # ---- setup -------------------------------------------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -353,6 +354,13 @@ class LearnerWorker:
         plan = weight_stream.plan_policy(self.model, DTYPES[dtype or self.cfg.model.dtype], int(bucket_mb * 2**20))
         return plan.to_dict()
 
+    def stream_address(self) -> tuple[str, int]:
+        """Rank 0: where its weight-stream store listens (started on first use, kept for every later sync)."""
+        if self._stream_store is None:
+            port = free_port()
+            self._stream_store = (host_store(port, self.cfg.rollout.weight_sync_timeout_s), port)
+        return node_ip(), self._stream_store[1]
+
     def send_weights(self, plan: dict[str, Any], session: StreamSession | None) -> dict[str, float]:
         """Stream the policy per ``plan`` to the engines of ``session`` (rank 0 sends, every rank gathers).
         Collective. Returns rank 0's timings (zeros elsewhere)."""
@@ -363,8 +371,9 @@ class LearnerWorker:
             def corrupt(index: int, buf: torch.Tensor) -> None:
                 if index == len(plan["buckets"]) // 2:
                     buf[0] ^= 0xFF
+        store = self._stream_store[0] if self._stream_store is not None else None
         timings = weight_stream.send_policy(self.model, StreamPlan.from_dict(plan), session if self.rank == 0
-                                            else None, self.rank, self.device, corrupt)
+                                            else None, self.rank, self.device, corrupt, store)
         return timings if self.rank == 0 else {k: 0.0 for k in timings}
 
     def probe_logprobs(self, text: str) -> list[float]:

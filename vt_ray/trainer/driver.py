@@ -413,13 +413,16 @@ class GRPOTrainer:
         mask = batch.response_mask
         acfg = self.cfg.algorithm
         updates = self.tc.update_epochs * self._minibatches_per_step()
-        if acfg.policy_logprob_pass(updates):
-            batch.old_logprobs = self.learner.compute_logprobs(batch, "policy")
+        passes = (["policy"] if acfg.policy_logprob_pass(updates) else []) + (
+            ["reference"] if acfg.needs_reference else [])
+        logprobs = self.learner.compute_logprobs_passes(batch, passes) if passes else {}  # one put of the batch
+        if "policy" in logprobs:
+            batch.old_logprobs = logprobs["policy"]
             if acfg.log_logprob_mismatch and batch.behaviour_logprobs is not None:
                 stats = mismatch_stats(batch.old_logprobs, batch.behaviour_logprobs, mask, max(float(mask.sum()), 1.0))
                 metrics.update({k.replace("actor/", "rollout/"): float(v) for k, v in stats.items()})
-        if acfg.needs_reference:
-            batch.ref_logprobs = self.learner.compute_logprobs(batch, "reference")
+        if "reference" in logprobs:
+            batch.ref_logprobs = logprobs["reference"]
         timings["time/logprobs_s"] = time.perf_counter() - start
         if batch.ref_logprobs is not None and acfg.use_kl_in_reward:
             current = (batch.old_logprobs if batch.old_logprobs is not None

@@ -1,0 +1,303 @@
+"""Weight sync, the old path against the new one, on the same Ray roles in one run (issue 17, item 4).
+
+* ``blob`` (old, ``rollout.weight_sync: blob``): learner rank 0 gathers the whole policy, returns it to the driver
+  as one safetensors ``bytes``, the rollout group ``ray.put``s it and every engine loads it.
+* ``stream`` (new, the default): learner rank 0 broadcasts checksummed buckets to the engines over a gloo group
+  of its own while every learner rank gathers one bucket at a time; the driver carries only the plan.
+* ``transfer``: the same stream with the engine dropping each bucket on arrival (no vLLM load), which splits the
+  stream's time into transfer (gather, pack, wire) and the engine's load.
+
+Roles: ``--learners`` FSDP2 learner ranks and one vLLM-CPU engine, float32. Per model size and repetition,
+both paths run alternately (old and new side by side, so machine noise hits both), each after resetting every
+process's peak RSS (``/proc/self/clear_refs``). Printed and written to JSON: sync seconds and GB/s; the stream's
+split into joining the group, gathering + packing on the sender, and the wait for the wire and the engine's
+load to finish; the driver's, learner rank 0's and the engine's peak RSS above their resting RSS; the object
+store's peak; and, as the physical limit, a plain gloo broadcast of the same bytes between the same two actors.
+
+Run: ``.venv/bin/python -m benchmarks.weight_sync`` (defaults: sizes tiny, 0p3b and 0p5b, the last on the stream
+alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 10 minutes on 2 cores).
+``--sizes tiny --reps 2`` is a quick check. On a GPU node ``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
+runs the same comparison over NCCL in bfloat16
+(``tools/gpu_check_weight_sync.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _register_sizes() -> None:
+    from vt_ray.models import tiny
+
+    # 0.534B parameters (2.14 GB fp32): the size of notes/weight-streaming-cpu.md's prototype. With two learner
+    # ranks and one engine on 24 GiB only the stream fits at this size: the blob path's engine passed 8 GB while
+    # loading a blob (measured) and Ray's memory monitor killed it. 0p3b (1.1 GB) fits both paths.
+    tiny.SIZES.setdefault("0p3b", tiny.TinySize(hidden=1024, intermediate=4096, layers=14, heads=32, kv_heads=8,
+                                                mrope_section=(4, 6, 6), vision_depth=4, vision_hidden=1024,
+                                                vision_heads=16))
+    tiny.SIZES.setdefault("0p5b", tiny.TinySize(hidden=1024, intermediate=4096, layers=28, heads=32, kv_heads=8,
+                                                mrope_section=(4, 6, 6), vision_depth=8, vision_hidden=1024,
+                                                vision_heads=16))
+
+
+# ---- peak memory of any process (run inside actors with __ray_call__) -----------------------------------------
+def reset_peak(_: Any = None) -> int:
+    """Reset this process's VmHWM to its current RSS; returns the RSS in bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS")
+
+
+def read_peak(_: Any = None) -> int:
+    return _status("VmHWM")
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _plasma_mib() -> float:
+    import re
+
+    from ray._private.internal_api import memory_summary
+
+    found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+    return float(found.group(1)) if found else 0.0
+
+
+class PlasmaPeak:
+    """The object store's peak use while a block runs (``memory_summary`` polled every 50 ms)."""
+
+    def __enter__(self) -> PlasmaPeak:
+        self.peak_mib, self.start_mib, self._stop = 0.0, _plasma_mib(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, _plasma_mib())
+            self._stop.wait(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---- the raw wire: a plain broadcast of the same bytes between the same two actors -----------------------------
+def _raw_broadcast(session: dict[str, Any], rank: int, total: int, bucket: int) -> float:
+    """Broadcast ``total`` bytes from rank 0 in ``bucket``-sized pieces of one reused buffer; seconds taken."""
+    import torch
+
+    from vt_ray.common.weight_stream import StreamGroup, StreamSession
+
+    group = StreamGroup(StreamSession(**session), rank)
+    buf = torch.zeros(bucket, dtype=torch.uint8, device=group.device)
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        group.broadcast(buf[: min(bucket, total - sent)]).wait()
+        sent += bucket
+    return time.perf_counter() - start
+
+
+def _transfer_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
+    """One stream to the engine's vLLM worker in drain-only mode: gathering, packing and the wire, no load."""
+    import dataclasses
+    import uuid
+
+    from vt_ray.common.weight_stream import StreamSession
+
+    addr, port = learner.stream_address()
+    session = StreamSession(addr, port, f"transfer/{uuid.uuid4().hex[:8]}", 2, 600.0, backend)
+    sending = learner.start_stream(plan, session)
+    fields = dataclasses.asdict(session)
+    received = engine.__ray_call__.remote(
+        lambda w: w.engine.llm.collective_rpc("receive_weight_stream", args=(fields, 1, plan, 0, True)))
+    timings = learner.finish_stream(sending)
+    __import__("ray").get(received)
+    return timings
+
+
+def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import ray
+
+    from vt_ray.config.loader import load_config
+    from vt_ray.learner.group import LearnerGroup
+    from vt_ray.models.tiny import make_tiny_model
+    from vt_ray.rollout.group import RolloutGroup
+    from vt_ray.rollout.weight_sync import PROBE_TEXT
+
+    model_dir = Path(size) if Path(size).is_dir() else work / f"model_{size}"  # a model directory, or a size
+    if not (model_dir / "config.json").exists():
+        make_tiny_model(model_dir, seed=0, size=size)
+    overrides = [
+        f"model.path={model_dir}", f"resources.learner.num_workers={args.learners}", "learner.reference=none",
+        f"rollout.weight_bucket_mb={args.bucket_mb}", "rollout.max_model_len=2048", "rollout.max_num_seqs=4",
+        "learner.timeout_s=1800", "rollout.weight_sync_timeout_s=600",
+    ]
+    if args.gpu:  # one GPU per learner rank and one for the engine: the NCCL stream, in the serving dtype
+        overrides += [f"resources.gpus_per_node={args.learners + 1}", "resources.learner.gpus_per_worker=1",
+                      "resources.rollout.gpus_per_worker=1", "model.dtype=bfloat16", "rollout.in_process=false",
+                      "learner.param_dtype=bfloat16", "rollout.gpu_memory_utilization=0.5"]
+    cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", overrides)
+    dtype = cfg.model.dtype
+    learner = LearnerGroup(cfg, timeout_s=1800)
+    rollout = RolloutGroup(cfg, num_workers=1, num_cpus=0, num_gpus=1 if args.gpu else 0, timeout_s=1800,
+                           wait_ready=False)
+    try:
+        params = learner.setup(total_steps=1)
+        rollout.wait_ready()
+        plan = learner.weight_plan(dtype, args.bucket_mb)
+        rollout.attach_weight_source(learner, plan, "nccl" if args.gpu else "gloo")
+        rollout.check_weight_plan()
+        nbytes = sum(b["nbytes"] for b in plan["buckets"])
+        engine, sender = rollout.actors[0], learner.actors[0]
+        procs = {"learner0": sender, "engine": engine}
+        runs: list[dict[str, Any]] = []
+        modes = ("stream", "transfer") if size in args.stream_only else ("blob", "stream", "transfer")
+        if "blob" in modes:
+            rollout.update_weights(learner.export_safetensors(dtype), 1)  # warm-ups, untimed: first-call costs
+        rollout.stream_weights(2)
+        version = 2
+        for rep in range(args.reps):
+            for mode in modes:
+                version += 1
+                rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
+                rest["driver"] = reset_peak()
+                with PlasmaPeak() as plasma:
+                    start = time.perf_counter()
+                    row: dict[str, Any] = {"size": size, "mode": mode, "rep": rep}
+                    if mode == "blob":
+                        blob = learner.export_safetensors(dtype)
+                        row["export_s"] = time.perf_counter() - start
+                        t0 = time.perf_counter()
+                        rollout.update_weights(blob, version)
+                        row["push_and_load_s"] = time.perf_counter() - t0
+                        del blob
+                    elif mode == "stream":
+                        row.update(rollout.stream_weights(version))
+                    else:  # the stream without vLLM's load: the engine receives every bucket and drops it
+                        row.update(_transfer_only(learner, engine, plan, "nccl" if args.gpu else "gloo"))
+                        version -= 1
+                    row["sync_s"] = time.perf_counter() - start
+                peaks = {name: ray.get(a.__ray_call__.remote(read_peak)) for name, a in procs.items()}
+                peaks["driver"] = read_peak()
+                row.update({f"{name}_peak_gib": (peaks[name] - rest[name]) / 2**30 for name in peaks})
+                row.update(object_store_peak_mib=plasma.peak_mib,
+                           object_store_added_mib=plasma.peak_mib - plasma.start_mib,
+                           gb_per_s=nbytes / row["sync_s"] / 1e9)
+                if mode != "transfer" and rollout.weight_versions() != [version]:
+                    raise RuntimeError(f"{mode}: the engine does not serve version {version}")
+                runs.append(row)
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        # the same weights by both paths: the engine's probe log-probs must be identical, and match the learner's
+        by_blob = None
+        if "blob" in modes:
+            rollout.update_weights(learner.export_safetensors(dtype), version + 1)
+            by_blob = rollout.probe_logprobs(PROBE_TEXT)
+        rollout.stream_weights(version + 2)
+        by_stream = rollout.probe_logprobs(PROBE_TEXT)
+        reference = learner.probe_logprobs(PROBE_TEXT)
+        raw = []
+        for _ in range(args.reps):
+            addr, port = learner.call("address", ranks=[0])[0]  # a free port: the stream's store holds its own
+            session = {"addr": addr, "port": port, "prefix": f"raw{len(raw)}", "world_size": 2,
+                       "timeout_s": 600.0, "backend": "nccl" if args.gpu else "gloo"}
+            bucket = int(args.bucket_mb * 2**20)
+            refs = [a.__ray_call__.remote(lambda _, r=r, s=session, b=bucket: _raw_broadcast(s, r, nbytes, b))
+                    for r, a in enumerate((sender, engine))]
+            raw.append(max(ray.get(refs)))
+        return {
+            "size": size, "backend": "nccl" if args.gpu else "gloo", "dtype": dtype, "parameters": params,
+            "bytes": nbytes, "buckets": len(plan["buckets"]),
+            "bucket_mb": args.bucket_mb, "learners": args.learners, "runs": runs,
+            "stream_equals_blob_probe": None if by_blob is None else by_stream == by_blob,
+            "probe_engine_vs_learner_max_abs": max(abs(a - b) for a, b in zip(by_stream, reference, strict=True)),
+            "raw_broadcast_s": raw, "raw_broadcast_gb_per_s": [nbytes / s / 1e9 for s in raw],
+        }
+    finally:
+        rollout.shutdown()
+        learner.shutdown()
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """Medians per mode, the speed-up, and the wire's share of the raw broadcast bandwidth."""
+    out: dict[str, Any] = {}
+    for mode in ("blob", "stream", "transfer"):
+        rows = [r for r in result["runs"] if r["mode"] == mode]
+        if not rows:
+            continue
+        keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
+        out[mode] = {k: statistics.median(r[k] for r in rows) for k in keys}
+    raw = statistics.median(result["raw_broadcast_gb_per_s"])
+    out["speedup"] = out["blob"]["sync_s"] / out["stream"]["sync_s"] if "blob" in out else None
+    out["raw_broadcast_gb_per_s"] = raw
+    # the stream's transfer without the engine's load (gather + pack + wire, drained on arrival) against a plain
+    # broadcast of the same bytes: what the stream's own machinery costs over the physical limit
+    out["transfer_gb_per_s"] = out["transfer"]["gb_per_s"]
+    out["transfer_share_of_raw"] = out["transfer_gb_per_s"] / raw
+    out["load_share_of_stream"] = 1 - out["transfer"]["sync_s"] / out["stream"]["sync_s"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "0p3b", "0p5b"])
+    parser.add_argument("--stream-only", nargs="*", default=["0p5b"],
+                        help="sizes measured on the stream alone (the blob path does not fit in memory)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--bucket-mb", type=float, default=64.0)
+    parser.add_argument("--learners", type=int, default=2)
+    parser.add_argument("--out", default="outputs/bench/weight_sync")
+    parser.add_argument("--gpu", action="store_true", help="learners and engine on GPUs, NCCL stream, bf16 (a GPU "
+                        "node: tools/gpu_check_weight_sync.sh); sizes may then be model directories")
+    args = parser.parse_args()
+
+    import ray
+
+    _register_sizes()
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:
+        results = [measure_size(size, args, work) for size in args.sizes]
+    finally:
+        ray.shutdown()
+    report = {"results": results, "summary": {r["size"]: summarise(r) for r in results}}
+    (work / "weight_sync.json").write_text(json.dumps(report, indent=1))
+    print(f"\n{'size':>6} {'path':>6} {'sync s':>8} {'GB/s':>6} {'driver +GiB':>11} {'learner0 +GiB':>13} "
+          f"{'engine +GiB':>11} {'store +MiB':>10}")
+    for size, summary in report["summary"].items():
+        for mode in ("blob", "stream", "transfer"):
+            if mode not in summary:
+                print(f"{size:>6} {mode:>6}  (not run: --stream-only)")
+                continue
+            m = summary[mode]
+            print(f"{size:>6} {mode:>6} {m['sync_s']:8.3f} {m['gb_per_s']:6.2f} {m['driver_peak_gib']:11.3f} "
+                  f"{m['learner0_peak_gib']:13.3f} {m['engine_peak_gib']:11.3f} {m['object_store_added_mib']:9.0f}")
+        speedup = f"{summary['speedup']:.1f}x" if summary["speedup"] else "-"
+        print(f"{size:>6} stream/blob speed-up {speedup}; stream split: join "
+              f"{summary['stream']['join_s']:.3f} s, gather+pack {summary['stream']['pack_s']:.3f} s, then waiting for "
+              f"wire+load {summary['stream']['wire_wait_s']:.3f} s; engine load {summary['load_share_of_stream']:.0%} "
+              f"of the sync; transfer without load {summary['transfer_gb_per_s']:.2f} GB/s = "
+              f"{summary['transfer_share_of_raw']:.0%} of a raw broadcast "
+              f"({summary['raw_broadcast_gb_per_s']:.2f} GB/s)")
+    print(f"\nwrote {work / 'weight_sync.json'}")
+
+
+if __name__ == "__main__":
+    main()
