@@ -133,6 +133,7 @@ def _transfer_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str
 def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import ray
 
+    from vt_ray.common.weight_stream import StreamPlan
     from vt_ray.config.loader import load_config
     from vt_ray.learner.group import LearnerGroup
     from vt_ray.models.tiny import make_tiny_model
@@ -162,7 +163,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
         plan = learner.weight_plan(dtype, args.bucket_mb)
         rollout.attach_weight_source(learner, plan, "nccl" if args.gpu else "gloo")
         rollout.check_weight_plan()
-        nbytes = sum(b["nbytes"] for b in plan["buckets"])
+        nbytes = StreamPlan.from_dict(plan).total_bytes
         engine, sender = rollout.actors[0], learner.actors[0]
         procs = {"learner0": sender, "engine": engine}
         runs: list[dict[str, Any]] = []

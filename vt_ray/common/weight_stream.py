@@ -14,7 +14,6 @@ never touches the default process group, which the learner's FSDP group and vLLM
 own in those processes (notes/weight-streaming-cpu.md, pitfall 1). A fresh session per sync keeps failures
 local: a peer that died or a stream cut short cannot poison the next sync, and a restarted engine simply joins
 the next one. Building it costs a few milliseconds on CPU (measured in ``benchmarks/weight_sync.py``).
-
 """
 
 from __future__ import annotations
@@ -238,7 +237,8 @@ class BucketReceiver:
     One bucket is always in flight ahead of the one being consumed (receive-prefetch). Buffers are fresh per
     bucket, never reused: a loader may keep views of a layer that straddles two buckets until the rest of it
     arrives (vLLM's layerwise reload does). After a failure (a checksum, or the consumer stopping early),
-    :meth:`drain` receives the buckets left so the sender and the other receivers are not left blocked.
+    :meth:`drain` (or :meth:`abandon`) receives the buckets left so the sender and the other receivers are not left
+    blocked.
     """
 
     def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any) -> None:
@@ -279,6 +279,13 @@ class BucketReceiver:
                 self.current = spec.name
                 self.delivered += 1
                 yield spec.name, buf[spec.offset: spec.offset + spec.nbytes].view(dtype).view(spec.shape)
+
+    def abandon(self) -> None:
+        """After a failure on this side: :meth:`drain`, unless the peers are gone too (nothing left to unblock)."""
+        try:
+            self.drain()
+        except Exception:  # a closed connection or a timeout: the sender has already left
+            pass
 
     def drain(self) -> None:
         """Receive and drop every bucket not yet taken off the wire (after a failure on this side)."""

@@ -163,13 +163,13 @@ class RolloutConfig:
     """Free vLLM's weights and KV cache while the learner trains, restore them before the weight sync: what makes
     a colocated layout (resources.colocate) fit on one GPU. GPU only (vLLM sleep mode needs CUDA)."""
     weight_sync: str = "auto"
-    """How new policy weights reach the engines. ``auto`` (default): ``stream``, except ``blob`` for colocated
-    GPU layouts (an engine sharing the learner's GPU cannot join an NCCL group with it; the CUDA IPC path is not
-    built yet). ``stream``: learner rank 0 broadcasts them in buckets
-    over a process group of learner and engine workers (gloo on CPU, NCCL on GPU), gathering FSDP2 shards one
-    bucket at a time; the driver carries only the plan. ``blob``: the whole policy as one safetensors blob
-    through the driver and the object store (the original path, kept as a fallback; it needs the whole model
-    in the driver's memory)."""
+    """How new policy weights reach the engines (docs/weight-sync.md). ``auto`` (default): ``stream``, except
+    ``blob`` for colocated GPU layouts (an engine sharing the learner's GPU cannot join an NCCL group with it; the
+    CUDA IPC path is not built yet) and for engines without the streaming methods. ``stream``: learner rank 0
+    broadcasts them in buckets over a process group of learner and engine workers (gloo on CPU, NCCL on GPU),
+    gathering FSDP2 shards one bucket at a time; the driver carries only the plan. ``blob``: the whole policy as
+    one safetensors blob through the driver and the object store (the original path, kept as a fallback; it
+    needs the whole model in the driver's memory)."""
     weight_bucket_mb: float = 128.0
     """Bucket size of the streamed sync. 32-256 MB is the measured sweet spot on CPU
     (notes/weight-streaming-cpu.md); learner rank 0 holds two buckets, an engine up to two in flight."""
@@ -178,9 +178,10 @@ class RolloutConfig:
     mid-stream costs its peers at most this long before the sync fails and is retried."""
     probe_every: int = 0
     """Weight-sync probe: on every k-th sync (and the resume sync) the driver compares each engine's log-probs
-    of a fixed text with a float32 transformers forward on the pushed weights and fails on a mismatch. 0 = off
-    (the default: the reference holds a float32 copy of the model in the driver, 30 GB at 7B). Every sync
-    checks the engines' weight versions regardless."""
+    of a fixed text with a reference forward on the pushed weights and fails on a mismatch: the learner's own
+    forward when weights are streamed, a float32 transformers forward on the blob otherwise. 0 = off (the
+    default: with blob pushes the reference holds a float32 copy of the model in the driver, 30 GB at 7B).
+    Every sync checks the engines' weight versions regardless."""
     probe_tolerance: float = 1e-3
     """Largest |log-prob difference| per probe token. float32 engines agree to about 1e-6 (tiny model); a
     bfloat16 engine against the float32 reference needs a looser value (assumption: about 0.1)."""

@@ -20,20 +20,17 @@ from vt_ray.common.weight_stream import (
     StreamSession,
     plan_buckets,
 )
+from vt_ray.learner.fsdp import tied_parameter_groups
 
 
 def stream_names(model: torch.nn.Module) -> list[str]:
     """The state-dict names to send, in order: every tensor once. Of tied names (lm_head and the embedding
     under ``tie_word_embeddings``) only the first that is not ``lm_head``: loaders of tied models skip
     ``lm_head.*`` (vLLM's Qwen2 does), so the embedding's name is the one that reaches the shared tensor."""
-    groups: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), []).append(name)
     drop: set[str] = set()
-    for names in groups.values():
-        if len(names) > 1:
-            keep = next((n for n in names if not n.startswith("lm_head")), names[0])
-            drop.update(n for n in names if n != keep)
+    for names in tied_parameter_groups(model):
+        keep = next((n for n in names if not n.startswith("lm_head")), names[0])
+        drop.update(n for n in names if n != keep)
     return [name for name in model.state_dict() if name not in drop]
 
 

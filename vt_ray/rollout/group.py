@@ -72,6 +72,7 @@ class RolloutGroup(WorkerGroup):
         self._source: WeightSource | None = None  # streamed sync (attach_weight_source); else blobs
         self._plan: dict[str, Any] = {}
         self._stream_backend = "gloo"
+        self._source_address: tuple[str, int] = ("", 0)  # where the source's store listens
         self._version = 0  # the version every engine has after the last complete stream
         super().__init__(worker_cls, num_workers, lambda rank: (cfg, rank), timeout_s=timeout_s,
                          remote_options={"num_cpus": num_cpus, "num_gpus": num_gpus}, actor_options=actor_options,
@@ -184,7 +185,7 @@ class RolloutGroup(WorkerGroup):
                     self._broken = f"weight push of version {version} aborted at rollout[{rank}]: {failure!r}"
                     raise
                 return self.actors[rank].update_weights.remote(blob_ref, version)
-            return err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+            return _cause(err)
 
         def timed_out(late: list[int]) -> StepTimeout:
             self._broken = f"rollout{late}.update_weights (version {version}) timed out: weights unknown"
@@ -200,11 +201,12 @@ class RolloutGroup(WorkerGroup):
         """Stream weights from ``source`` (the learner group) from now on: :meth:`stream_weights`, and a restarted
         engine is brought to the current version by a stream of its own instead of a blob re-push."""
         self._source, self._plan, self._stream_backend = source, plan, backend
+        self._source_address = source.stream_address()  # fixed for the source's life: asked once, not per sync
 
     def check_weight_plan(self) -> None:
         """Every engine checks the plan against its model; a bad plan raises :class:`WeightSyncError` naming the
         rank and tensor, with every engine untouched (nothing was streamed)."""
-        assert self._source is not None, "attach_weight_source first"
+        self._source_check()
         self.call("check_weight_plan", self._plan, on_error=_reraise_cause)
 
     def stream_weights(self, version: int) -> dict[str, float]:
@@ -246,7 +248,7 @@ class RolloutGroup(WorkerGroup):
         """One stream session to ``ranks``: (sender timings, rank -> error of every engine that failed). A
         failure of the sender itself (the learner group) propagates."""
         assert self._source is not None
-        addr, port = self._source.stream_address()
+        addr, port = self._source_address
         workers = self.cfg.rollout.tensor_parallel_size if self.cfg.rollout.backend == "vllm" else 1
         session = StreamSession(addr, port, f"vt-wsync/{version}/{uuid.uuid4().hex[:12]}",
                                 1 + workers * len(ranks), self.cfg.rollout.weight_sync_timeout_s,
@@ -257,7 +259,7 @@ class RolloutGroup(WorkerGroup):
                 for i, rank in enumerate(ranks)}
 
         def failed(rank: int, err: Exception) -> Any:
-            return err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+            return _cause(err)
 
         def timed_out(late: list[int]) -> StepTimeout:
             self._broken = f"rollout{late}.receive_weights (version {version}) timed out: weights unknown"
@@ -300,11 +302,15 @@ class RolloutGroup(WorkerGroup):
         self.kill_all()
 
 
+def _cause(err: Exception) -> BaseException:
+    """The exception the actor raised, unwrapped from Ray's ``RayTaskError`` (the error itself otherwise)."""
+    return err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+
+
 def _reraise_cause(rank: int, err: Exception) -> Any:
     """A rank's remote error as the engine raised it (a WeightSyncError keeps its tensor), with the rank."""
-    cause = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+    cause = _cause(err)
     if isinstance(cause, WeightSyncError):
-        cause.rank = rank
         raise WeightSyncError(f"rollout[{rank}]: {cause.message}", tensor=cause.tensor, rank=rank,
                               applied=cause.applied) from err
     raise cause

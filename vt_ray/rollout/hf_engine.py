@@ -161,10 +161,7 @@ class HfEngine:
                 if receiver.delivered == 1:
                     crash_point("rollout.receive_weights", engine_rank)  # tests: an engine lost mid-stream
         except Exception as err:
-            try:
-                receiver.drain()
-            except Exception:  # the peers are gone too: nothing left to unblock
-                pass
+            receiver.abandon()
             if receiver.delivered > 0:
                 self.weight_version = UNKNOWN_VERSION
             raise WeightSyncError(f"streamed load failed at or after tensor {receiver.current!r}: "

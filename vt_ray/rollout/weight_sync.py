@@ -251,10 +251,7 @@ class WeightSyncExtension:
             started = True
             self.reload_weights(weights_iterator=tensors())  # type: ignore[attr-defined]
         except Exception as err:
-            try:
-                receiver.drain()
-            except Exception:  # the peers are gone too: nothing left to unblock
-                pass
+            receiver.abandon()
             raise WeightSyncError(
                 f"vLLM worker {worker_rank}: streamed load failed at or after tensor {receiver.current!r}: "
                 f"{type(err).__name__}: {err}", tensor=getattr(err, "tensor", None) or receiver.current,
@@ -282,7 +279,7 @@ class WeightSource(Protocol):
     the rollout layer does not import the learner's)."""
 
     def stream_address(self) -> tuple[str, int]:
-        """Where the sender will host the session's store: its node address and a free port there."""
+        """Where the sender's store listens (node address, port): the same for every session of the source."""
         ...
 
     def start_stream(self, plan: dict[str, Any], session: Any) -> Any:
