@@ -347,7 +347,7 @@ def _trainer(*overrides: str):
 
 def test_dynamic_sampling_refills_with_informative_groups_and_counts_rounds() -> None:
     trainer = _trainer("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=3")
-    data, _, metrics, _ = trainer._collect_step_data()
+    data, _, metrics, _ = trainer._collect_step_data(0)
     # round 0: u0 u1 u2 -> keeps u1; round 1: 2 more (u3 u4) -> u3; round 2: 1 more (u5) -> u5: full
     assert trainer.rollout.calls == [["u0", "u1", "u2"], ["u3", "u4"], ["u5"]]
     assert [r.uid for r in data.results] == ["u1", "u3", "u5"] and data.group_ids == [0, 0, 0, 1, 1, 1, 2, 2, 2]
@@ -359,18 +359,18 @@ def test_dynamic_sampling_refills_with_informative_groups_and_counts_rounds() ->
 def test_dynamic_sampling_oversamples_and_plain_grpo_does_not_filter() -> None:
     trainer = _trainer("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=1",
                        "algorithm.oversample_factor=2")
-    data, _, metrics, _ = trainer._collect_step_data()
+    data, _, metrics, _ = trainer._collect_step_data(0)
     assert [len(c) for c in trainer.rollout.calls] == [6]  # ceil(3 x 2) prompts: u1, u3, u5 are informative
     assert metrics["dapo/refill_rounds"] == 0 and [r.uid for r in data.results] == ["u1", "u3", "u5"]
     off = _trainer()
-    plain, _, plain_metrics, _ = off._collect_step_data()
+    plain, _, plain_metrics, _ = off._collect_step_data(0)
     assert [r.uid for r in plain.results] == ["u0", "u1", "u2"] and "dapo/refill_rounds" not in plain_metrics
 
 
 def test_dynamic_sampling_with_no_informative_group_trains_the_first_round_and_says_so() -> None:
     trainer = _trainer("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=2")
     trainer.rewards.score = lambda texts, targets: [{"total": 1.0, "accuracy": 0.0} for _ in texts]
-    data, _, metrics, _ = trainer._collect_step_data()
+    data, _, metrics, _ = trainer._collect_step_data(0)
     assert len(trainer.rollout.calls) == 3 and metrics["dapo/refill_rounds"] == 2
     assert metrics["dapo/informative_groups"] == 0 and metrics["dapo/short_batch"] == 1
     assert [r.uid for r in data.results] == ["u0", "u1", "u2"]

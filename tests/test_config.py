@@ -61,6 +61,11 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("rollout:\n  max_model_len: 100\n", "rollout.max_model_len"),
         ("prompt:\n  question_template: 'no placeholder'\n", "prompt.question_template"),
         ("prompt:\n  question_template: '{question} {bogus}'\n", "prompt.question_template"),
+        ("trainer:\n  mode: overlapped\n", "trainer.mode"),
+        ("trainer:\n  mode: async\n  max_staleness: 0\n", "trainer.max_staleness"),
+        ("trainer:\n  mode: one_step_off\n  max_staleness: 2\n", "trainer.max_staleness"),
+        ("trainer:\n  mode: async\nrollout:\n  enable_sleep_mode: true\nresources:\n  gpus_per_node: 1\n",
+         "trainer.mode"),
     ],
 )
 def test_bad_recipe_fails_naming_key_and_file(tmp_path: Path, yaml_text: str, key: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from train_runs import TRAIN_OVERRIDES, logged_steps, rollout_keys, step_uids  # tests/ is on sys.path (conftest)
+from vt_ray.trainer.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,3 +100,31 @@ def test_short_chaos_soak_loses_and_doubles_nothing_and_ends_on_the_same_weights
     run_dir = tmp_path / "chaos" / "t"
     assert rollout_keys(run_dir) == rollout_keys(straight_dir)  # the report's rollouts are truncated on resume too
     assert step_uids(run_dir) == step_uids(straight_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_one_step_off_run_trains_on_the_previous_version_and_a_recovery_loses_and_doubles_no_sample(
+    tiny_model_dir: Path, train_data: Path, straight_run: tuple[subprocess.CompletedProcess, Path], tmp_path: Path
+) -> None:
+    """trainer.mode=one_step_off (issue 24): the next step's rollouts are made while the learners update. Learner
+    rank 1 dies in the step-3 update; the in-job recovery closes the rollout pipeline, resumes from the step-2
+    checkpoint and makes the in-flight batch again. Every step is logged once, on the prompts of the fault-free
+    sync run, and the logged policy version of every trained sample is within the staleness bound: exactly the
+    previous version, except the first batch after the start and after the resume (their own version)."""
+    from train_runs import run_cli, train_command
+
+    run = run_cli(train_command(tiny_model_dir, train_data, tmp_path, "trainer.mode=one_step_off"),
+                  env={"VT_RAY_CRASH_AT": "learner.train_step@1#3", "VT_RAY_CRASH_MARKER": str(tmp_path / "crashed")})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert (tmp_path / "crashed").is_file()
+    assert "resumed from" in run.stdout and "at step 2" in run.stdout
+    run_dir = tmp_path / "t"
+    steps = logged_steps(run_dir)
+    assert sorted(steps) == [0, 1, 2, 3, 4]
+    assert step_uids(run_dir) == step_uids(straight_run[1])  # nothing lost, nothing doubled, the same order
+    versions = {r["step"]: r["policy_version"] for r in read_metrics(run_dir / "samples.jsonl")}
+    assert versions == {1: 0, 2: 0, 3: 2, 4: 2}, versions  # trained at step s (after s-1 updates) on version s-2
+    assert [steps[s]["rollout/staleness"] for s in (1, 2, 3, 4)] == [0, 1, 0, 1]
+    assert all(steps[s]["rollout/weight_version"] == s for s in (1, 2, 3, 4))
+    assert (run_dir / "hf" / "config.json").is_file()

@@ -227,6 +227,9 @@ class RecipeConfig:
             "rollout.enable_sleep_mode",
             "vLLM sleep mode needs GPUs (resources.gpus_per_node is 0)",
         )
+        check(self.trainer.mode == "sync" or not self.rollout.enable_sleep_mode, "trainer.mode",
+              f"{self.trainer.mode} overlaps generation with the update; rollout.enable_sleep_mode frees the engines "
+              "while the learner trains (a colocated layout): use trainer.mode=sync there")
         algo = self.algorithm  # algorithm keys that depend on the rollout section (issue 18)
         check(not algo.dynamic_sampling or self.rollout.n >= 2, "algorithm.dynamic_sampling",
               "needs rollout.n >= 2 (a group of one never has unequal rewards)")

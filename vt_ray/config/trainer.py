@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from vt_ray.common.errors import check
 
 
+TRAINER_MODES = ("sync", "one_step_off", "async")
+
+
 @dataclass
 class TrainerConfig:
     total_steps: int = 100
@@ -49,6 +52,15 @@ class TrainerConfig:
     """In-job recoveries over the run: when a learner rank is lost (it died, or a call timed out), every role
     is torn down, started again on new placement groups and resumed from the last complete checkpoint, in the
     same job. One more loss exits with code 75 (the last checkpoint stands), so a RayJob retry takes over."""
+    mode: str = "sync"
+    """sync: generate, score, update, push weights, one after the other (every sample from the current policy).
+    one_step_off: the next step's rollouts are generated while the learners update on this step's (every sample
+    exactly one policy version old, the first step's none; which version generated a sample does not depend on
+    timing, so a run is as reproducible as in sync mode). async: rollouts run ahead of the learners by up to
+    ``max_staleness`` versions. Weights are pushed between engine batches; the version of every trained sample
+    is in samples.jsonl. See docs/async.md."""
+    max_staleness: int = 1
+    """async mode: a step may train on rollouts from at most this many policy versions ago (one_step_off: 1)."""
     log_every: int = 1
     wandb_mode: str = "offline"
     """offline | online | disabled. Online needs WANDB_API_KEY in the environment (never in the recipe)."""
@@ -69,4 +81,8 @@ class TrainerConfig:
         check(self.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
         check(self.resume_mode in ("auto", "never"), "trainer.resume_mode", f"unknown mode {self.resume_mode!r}")
         check(self.first_step_timeout_s > 0 and self.step_timeout_s > 0, "trainer.step_timeout_s", "must be > 0")
+        check(self.mode in TRAINER_MODES, "trainer.mode", f"must be one of {TRAINER_MODES}, got {self.mode!r}")
+        check(self.max_staleness >= 1, "trainer.max_staleness", "must be >= 1 (sync mode is trainer.mode=sync)")
+        check(self.mode != "one_step_off" or self.max_staleness == 1, "trainer.max_staleness",
+              "one_step_off means a staleness of exactly 1: use trainer.mode=async for more")
         check(self.wandb_mode in ("offline", "online", "disabled"), "trainer.wandb_mode", "offline | online | disabled")

@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from vt_ray.rollout.types import RolloutResult, SamplingSettings
 from vt_ray.testing.faults import crash_point
 from vt_ray.trace import parse_trace
 from vt_ray.trainer.metrics import MetricsLogger, truncate_jsonl
+from vt_ray.trainer.pipeline import RolloutPipeline
 from vt_ray.trainer.rollout_log import RolloutLog, group_record
 from vt_ray.trainer.sampler import PromptSampler
 
@@ -107,6 +109,23 @@ class Responses:
             out.scored += part.scored
             out.scores = torch.cat([out.scored_tensor(), part.scored_tensor()])
         return out
+
+
+@dataclass
+class StepBatch:
+    """One step's scored rollouts as the rollout phase hands them to the update (in any ``trainer.mode``)."""
+
+    step: int
+    policy_version: int
+    """The policy version the engines held while generating it (sync: ``step``; one_step_off: ``step - 1``)."""
+    data: Responses
+    skipped: Counter[str]
+    metrics: dict[str, float]
+    rollout_s: float
+    reward_s: float
+    sampler_after: dict[str, Any]
+    """The sampler's state right after this batch's draws: what a checkpoint after this step stores, so a resume
+    draws the batches that were in flight again (none lost, none doubled)."""
 
 
 def sampling_for_training(cfg: RecipeConfig, step: int = 0) -> SamplingSettings:
@@ -199,6 +218,8 @@ class GRPOTrainer:
         self.rollout: Any = None
         self.rewards: Any = None
         self.learner: Any = None
+        self.pipeline: RolloutPipeline[StepBatch] | None = None  # trainer.mode one_step_off / async
+        self._trained_sampler_state: dict[str, Any] | None = None  # async: the sampler as of the last trained batch
         self.logger: MetricsLogger | None = None
         self._started = time.perf_counter()
         self.rollout_log = RolloutLog.from_config(self.run_dir, self.tc)
@@ -307,7 +328,8 @@ class GRPOTrainer:
         print(f"[train] resumed from {found} at step {self.step}", flush=True)
 
     def _driver_state(self) -> dict[str, Any]:
-        return {"step": self.step, "sampler": self.sampler.state_dict(), "skip_totals": dict(self.skip_totals)}
+        sampler = self._trained_sampler_state or self.sampler.state_dict()  # async: not the batches in flight
+        return {"step": self.step, "sampler": sampler, "skip_totals": dict(self.skip_totals)}
 
     def save(self, driver_state: dict[str, Any] | None = None) -> str:
         start = time.perf_counter()
@@ -332,6 +354,7 @@ class GRPOTrainer:
             ) from err
         self.restarts += 1
         started, lost_step = time.perf_counter(), self.step
+        self._close_pipeline()  # its batch in progress finishes first: the engines are alive, only a learner died
         print(f"[train] learner lost at step {lost_step} ({type(err).__name__}: {str(err).splitlines()[0]}); "
               f"restart {self.restarts}/{self.tc.max_restarts}: restarting every role", flush=True)
         self._kill_roles()
@@ -341,6 +364,7 @@ class GRPOTrainer:
         self._resume(in_job=True)
         for name in ("samples.jsonl", "validation.jsonl", "metrics.jsonl"):
             truncate_jsonl(self.run_dir / name, self.step)
+        self._open_pipeline()
         print(f"[train] recovered in {time.perf_counter() - started:.1f} s: continuing from step {self.step} "
               f"(lost at step {lost_step})", flush=True)
 
@@ -369,14 +393,15 @@ class GRPOTrainer:
         self.save(state)
 
     # ---- one step ------------------------------------------------------------------------------------------
-    def _generate(self, first: list[VideoSample]) -> tuple[list[RolloutResult], list[VideoSample], Counter[str]]:
+    def _generate(self, first: list[VideoSample], step: int
+                  ) -> tuple[list[RolloutResult], list[VideoSample], Counter[str]]:
         """Responses for ``len(first)`` prompts: skipped samples are counted, remembered and replaced."""
         want, by_uid = len(first), {s.uid: s for s in first}
         results: list[RolloutResult] = []
         skipped: Counter[str] = Counter()
         todo = first
         for _ in range(MAX_REFILL_ROUNDS + 1):
-            out = self.rollout.generate(todo, sampling_for_training(self.cfg, self.step))
+            out = self.rollout.generate(todo, sampling_for_training(self.cfg, step))
             results += out.results
             for s in out.skipped:
                 self.sampler.mark_skipped(s.uid, s.reason)
@@ -503,11 +528,12 @@ class GRPOTrainer:
         self.sync_metrics = metrics
         return elapsed
 
-    def _rollout_round(self, prompts: list[VideoSample]) -> tuple[Responses | None, Counter[str], dict[str, float]]:
+    def _rollout_round(self, prompts: list[VideoSample], step: int
+                       ) -> tuple[Responses | None, Counter[str], dict[str, float]]:
         """Generate (skips refilled), score and shape one round of prompts. Returns (responses with ``scored`` and
         ``scores``, skip counts, metrics incl. time/rollout_s and time/reward_s of this round)."""
         t0 = time.perf_counter()
-        results, samples, skipped = self._generate(prompts)
+        results, samples, skipped = self._generate(prompts, step)
         t1 = time.perf_counter()
         if not results:
             return None, skipped, {"time/rollout_s": t1 - t0, "time/reward_s": 0.0}
@@ -547,15 +573,15 @@ class GRPOTrainer:
             metrics["tgrpo/shuffled_responses"] = float(len(shuffled_scored))
         return scores, metrics
 
-    def _collect_step_data(self) -> tuple[Responses, Counter[str], dict[str, float], tuple[float, float]]:
+    def _collect_step_data(self, step: int) -> tuple[Responses, Counter[str], dict[str, float], tuple[float, float]]:
         """This step's scored responses. With DAPO dynamic sampling, keep only groups with unequal rewards and
         refill from further prompts (``algorithm.max_refill_rounds`` extra rounds at most; every draw comes from
         the resumable sampler, so a resumed run draws the same prompts); short batches are counted."""
         a, want = self.cfg.algorithm, self.tc.prompts_per_step
         factor = a.oversample_factor if a.dynamic_sampling else 1.0
-        first, skipped, metrics = self._rollout_round(self.sampler.take(math.ceil(want * factor)))
+        first, skipped, metrics = self._rollout_round(self.sampler.take(math.ceil(want * factor)), step)
         if first is None:
-            raise RuntimeError(f"step {self.step}: every prompt was skipped ({dict(skipped)})")
+            raise RuntimeError(f"step {step}: every prompt was skipped ({dict(skipped)})")
         timing = [metrics.pop("time/rollout_s"), metrics.pop("time/reward_s")]
         if not a.dynamic_sampling:
             return first, skipped, metrics, (timing[0], timing[1])
@@ -573,7 +599,7 @@ class GRPOTrainer:
                 break
             rounds += 1
             data, more_skipped, round_metrics = self._rollout_round(
-                self.sampler.take(math.ceil((want - have) * factor))
+                self.sampler.take(math.ceil((want - have) * factor)), step
             )
             skipped.update(more_skipped)
             timing[0] += round_metrics.pop("time/rollout_s")
@@ -590,11 +616,43 @@ class GRPOTrainer:
         })
         return chosen, skipped, metrics, (timing[0], timing[1])
 
+    def _make_batch(self, step: int, version: int) -> StepBatch:
+        """The rollout phase of ``step`` (generate, score, shape) on the engines' policy ``version``; in the
+        asynchronous modes it runs in the pipeline's thread."""
+        self.rollout.reseed(self.cfg.run.seed * 1_000_003 + step)
+        data, skipped, metrics, (rollout_s, reward_s) = self._collect_step_data(step)
+        return StepBatch(step, version, data, skipped, metrics, rollout_s, reward_s, self.sampler.state_dict())
+
+    def _open_pipeline(self) -> None:
+        """trainer.mode one_step_off / async: start making batches ahead, from the current step and sampler."""
+        if self.tc.mode == "sync" or self.step >= self.tc.total_steps:
+            return
+        self._trained_sampler_state = self.sampler.state_dict()
+        self.pipeline = RolloutPipeline(self._make_batch, first_step=self.step, total_steps=self.tc.total_steps,
+                                        version=self.step, max_staleness=self.tc.max_staleness,
+                                        exact=self.tc.mode == "one_step_off")
+
+    def _close_pipeline(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
+            self.pipeline = None
+        self._trained_sampler_state = None
+
+    def _engines(self, new_version: int | None = None) -> AbstractContextManager[None]:
+        """The engines between batches (async modes: the pipeline's batch in progress finishes first)."""
+        return nullcontext() if self.pipeline is None else self.pipeline.engines(new_version)
+
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         self._step_start_state = self._driver_state()  # a fresh snapshot, before the draw: what a failed step saves
-        self.rollout.reseed(self.cfg.run.seed * 1_000_003 + self.step)
-        data, skipped, round_metrics, (rollout_s, reward_s) = self._collect_step_data()
+        if self.pipeline is None:
+            batch = self._make_batch(self.step, self.step)
+        else:
+            batch = self.pipeline.take(self.step)
+            self._trained_sampler_state = batch.sampler_after
+        wait_s = time.perf_counter() - t0  # sync: the rollout phase; async: only what the learners waited for it
+        data, skipped, round_metrics = batch.data, batch.skipped, batch.metrics
+        rollout_s, reward_s = batch.rollout_s, batch.reward_s
         crash_point("trainer.after_rollout", self.step + 1)  # chaos soak: the driver dies between phases
         results, samples = data.results, data.samples
         if self.cfg.rollout.enable_sleep_mode:
@@ -603,8 +661,12 @@ class GRPOTrainer:
         metrics, timings = self._train_batch(data, data.scored_tensor())
         crash_point("trainer.after_update", self.step + 1)
         metrics.update(round_metrics)
+        staleness = self.step - batch.policy_version
         self.step += 1
-        sync_s = self._sync_weights()
+        waited = time.perf_counter()
+        with self._engines(new_version=self.step):
+            engines_wait_s = time.perf_counter() - waited
+            sync_s = self._sync_weights()
         metrics.update(self.sync_metrics)
         self.skip_totals.update(skipped)
         parsed = [parse_trace(t) for t in data.texts]
@@ -617,17 +679,21 @@ class GRPOTrainer:
             "response/truncated_share": sum(data.truncated) / len(data.truncated),
             "data/prompts": float(len(results)),
             "data/responses": float(len(data.texts)),
-            "data/consumed_total": float(self.sampler.state.consumed),
+            "data/consumed_total": float(batch.sampler_after["consumed"]),
+            "rollout/policy_version": float(batch.policy_version),
+            "rollout/staleness": float(staleness),
             "rollout/actor_restarts": float(self.rollout.metrics.actor_restarts),
             "time/rollout_s": rollout_s,
             "time/reward_s": reward_s,
             "time/weight_sync_s": sync_s,
+            **({"time/rollout_wait_s": wait_s, "time/engines_wait_s": engines_wait_s} if self.pipeline else {}),
             **timings,
             **{f"data/skipped_{k}": float(v) for k, v in self.skip_totals.items()},
         })
         metrics["time/step_s"] = time.perf_counter() - t0
         with (self.run_dir / "samples.jsonl").open("a") as f:
-            f.write(json.dumps({"step": self.step, "uids": [r.uid for r in results]}) + "\n")
+            f.write(json.dumps({"step": self.step, "uids": [r.uid for r in results],
+                                "policy_version": batch.policy_version}) + "\n")
         if self.rollout_log.due(self.step):
             rows = {g: [i for i, gid in enumerate(data.group_ids) if gid == g] for g in range(len(results))}
             self.rollout_log.write([
@@ -642,10 +708,11 @@ class GRPOTrainer:
         if not self.val:
             return {}
         start = time.perf_counter()
-        out = self.rollout.generate(self.val, sampling_for_validation(self.cfg))
         by_uid = {s.uid: s for s in self.val}
-        texts = [r.completions[0].text for r in out.results]
-        scored = self.rewards.score(texts, [by_uid[r.uid].reward_target() for r in out.results])
+        with self._engines():  # async modes: between the pipeline's batches
+            out = self.rollout.generate(self.val, sampling_for_validation(self.cfg))
+            texts = [r.completions[0].text for r in out.results]
+            scored = self.rewards.score(texts, [by_uid[r.uid].reward_target() for r in out.results])
         metrics = reward_metrics(scored, prefix="val/")
         parsed = [parse_trace(t) for t in texts]
         metrics["val/valid_share"] = sum(p.violations == () for p in parsed) / max(len(texts), 1)
@@ -688,6 +755,7 @@ class GRPOTrainer:
                 if self.val:
                     before = self.validate()
                     self.logger.log(0, {**before, "time/elapsed_s": time.perf_counter() - self._started})
+            self._open_pipeline()
             first = True
             bar = Progress("GRPO", total=self.tc.total_steps, initial=self.step)
             while self.step < self.tc.total_steps and not self.stop.requested.is_set():
@@ -736,6 +804,7 @@ class GRPOTrainer:
             (self.run_dir / name).unlink(missing_ok=True)
 
     def shutdown(self) -> None:
+        self._close_pipeline()
         for role in (self.rollout, self.rewards, self.learner):
             if role is not None:
                 try:
