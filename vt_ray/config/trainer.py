@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from vt_ray.common.errors import check
 
-
 TRAINER_MODES = ("sync", "one_step_off", "async")
 
 
