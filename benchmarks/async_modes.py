@@ -2,14 +2,15 @@
 
     .venv/bin/python -m benchmarks.async_modes --tokens 64 256 --modes sync one_step_off async2
 
-For each generation length and mode, one ``python -m vt_ray train`` of the tiny recipe (issue 24's settings: 32
-training prompts, G = 4, 4 prompts per step, lr 1e-4, KL 0.04, 12 steps) in one run of this script, so the
-modes share the machine's state. From every run's metrics.jsonl: the median over steps 3..N of the step time,
-responses/s and generated tokens/s, the rollout phase alone and log-probs + update alone (the essential
-compute; in sync mode the step's overhead above them), the seconds the learners waited for rollouts, and the
-whole command's wall time. Writes ``OUT/async_modes.json`` and prints a table. ``key=value`` arguments
-override the recipe for every run (e.g. ``rollout.min_tokens=64 rollout.ignore_eos=true`` so every response is
-as long as the limit). Nothing here asserts: the figures are what they are.
+For each generation length and mode, ``--repeats`` runs (interleaved across modes, in one run of this script:
+a shared machine's load drifts) of ``python -m vt_ray train`` on the tiny recipe with issue 24's settings
+(about 32 training prompts, G = 4, 4 prompts per step, lr 1e-4, KL 0.04, 12 steps). From every run's
+metrics.jsonl: the median over steps 3..N of the step time, responses/s and generated tokens/s, the rollout
+phase alone and log-probs + update alone (the essential compute; in sync mode the step's overhead above them),
+the seconds the learners waited for rollouts, and the whole command's wall time; each figure is the median
+over the repeats. Writes ``OUT/async_modes.json`` and prints a table. ``key=value`` arguments override the
+recipe for every run (e.g. ``rollout.min_tokens=64 rollout.ignore_eos=true``). ``--learning`` plots
+learning-benchmark runs of different modes instead. Nothing here asserts: the figures are what they are.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", choices=sorted(MODES), default=list(MODES))
     p.add_argument("--tokens", type=int, nargs="+", default=[64, 256], help="rollout.max_tokens values")
     p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs per mode and length, interleaved (A B C A B C): a shared machine's load drifts")
     p.add_argument("--skip-steps", type=int, default=2, help="steps left out of the medians (warm-up)")
     p.add_argument("--out", default="outputs/bench/async_modes")
     p.add_argument("--learning", nargs="+", metavar="LABEL=JSON", default=None,
@@ -138,14 +141,20 @@ def main(argv: list[str] | None = None) -> int:
         plot_learning(args.learning, out)
         return 0
     model, data = ensure_inputs(out)
-    results: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     for tokens in args.tokens:
-        for mode in args.modes:
-            name = f"{mode}_{tokens}"
-            print(f"[async_modes] {name}", flush=True)
-            run = run_one(model, data, out, name, mode, tokens, args.steps, args.overrides)
-            results[name] = {"mode": mode, "max_tokens": tokens, "wall_s": run["wall_s"],
-                             **summarize(run["rows"], args.skip_steps), "steps": run["rows"]}
+        for repeat in range(args.repeats):
+            for mode in args.modes:
+                name = f"{mode}_{tokens}"
+                print(f"[async_modes] {name} run {repeat + 1}/{args.repeats}", flush=True)
+                run = run_one(model, data, out, f"{name}_r{repeat}", mode, tokens, args.steps, args.overrides)
+                runs.setdefault(name, []).append({"wall_s": run["wall_s"], **summarize(run["rows"], args.skip_steps),
+                                                  "steps": run["rows"]})
+    results: dict[str, Any] = {}
+    for name, repeats in runs.items():  # the median over repeats of each run's medians
+        mode, _, tokens_text = name.rpartition("_")
+        figures = {k: statistics.median(r[k] for r in repeats) for k in repeats[0] if k != "steps"}
+        results[name] = {"mode": mode, "max_tokens": int(tokens_text), **figures, "repeats": repeats}
     header = ("| max tokens | mode | s/step | responses/s | gen tok/s | vs sync | rollout s | logprobs+update s | "
               "sync+probe s | learners waited s | overhead vs essential | staleness max | whole run s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
