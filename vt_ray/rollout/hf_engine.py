@@ -1,5 +1,6 @@
 """transformers ``generate`` behind the same interface as :class:`VllmEngine`: for debugging, as a fallback
-where vLLM is unavailable, and as the reference in the rollout benchmark.
+where vLLM is unavailable, and as the reference in the rollout benchmark. A call's prompts are generated together
+in left-padded batches (``rollout.hf_batch_size``).
 
 Log-probs are of the raw (untempered) model distribution, as vLLM returns them by default, so both backends
 feed GRPO the same quantity.
@@ -108,7 +109,7 @@ class HfEngine:
                 top_p=None if greedy else s.top_p,
                 num_return_sequences=per_prompt,
                 stopping_criteria=stopping,
-                bad_words_ids=self._banned or None,
+                bad_words_ids=self._banned,
                 eos_token_id=None if s.ignore_eos else sorted(self._eos),
                 pad_token_id=self._pad,
                 return_dict_in_generate=True,
@@ -209,7 +210,6 @@ class HfEngine:
 
 def _ends_with_stop(text: str, stops: Sequence[str]) -> bool:
     return any(text.endswith(s) for s in stops)
-
 
 
 class _AfterMinTokens:
