@@ -66,6 +66,10 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("trainer:\n  mode: one_step_off\n  max_staleness: 2\n", "trainer.max_staleness"),
         ("trainer:\n  mode: async\nrollout:\n  enable_sleep_mode: true\nresources:\n  gpus_per_node: 1\n",
          "trainer.mode"),
+        ("rollout:\n  min_tokens: -1\n", "rollout.min_tokens"),
+        ("rollout:\n  max_tokens: 16\n  min_tokens: 17\n", "rollout.min_tokens"),
+        ("rollout:\n  ignore_eos: maybe\n", "rollout.ignore_eos"),
+        ("rollout:\n  hf_batch_size: -1\n", "rollout.hf_batch_size"),
     ],
 )
 def test_bad_recipe_fails_naming_key_and_file(tmp_path: Path, yaml_text: str, key: str) -> None:
@@ -74,6 +78,14 @@ def test_bad_recipe_fails_naming_key_and_file(tmp_path: Path, yaml_text: str, ke
         load_config(path)
     assert info.value.key == key
     assert str(path) in str(info.value)
+
+
+def test_fixed_length_rollouts_load() -> None:
+    cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", ["rollout.max_tokens=16", "rollout.min_tokens=16",
+                                                       "rollout.ignore_eos=true", "rollout.hf_batch_size=2"])
+    assert (cfg.rollout.min_tokens, cfg.rollout.ignore_eos, cfg.rollout.hf_batch_size) == (16, True, 2)
+    defaults = load_config(ROOT / "recipes/tiny_cpu.yaml").rollout
+    assert (defaults.min_tokens, defaults.ignore_eos, defaults.hf_batch_size) == (0, False, 0)
 
 
 def test_bad_override_names_command_line() -> None:

@@ -34,6 +34,17 @@ class _S:
         self.uid = uid
 
 
+def test_fixed_length_settings_reach_training_rollouts_and_not_validation() -> None:
+    from vt_ray.config.loader import load_config
+    from vt_ray.trainer.driver import sampling_for_training, sampling_for_validation
+
+    cfg = load_config(None, ["rollout.max_tokens=16", "rollout.min_tokens=16", "rollout.ignore_eos=true"])
+    train = sampling_for_training(cfg, step=3)
+    val = sampling_for_validation(cfg)
+    assert (train.min_tokens, train.ignore_eos, train.max_tokens) == (16, True, 16)
+    assert (val.min_tokens, val.ignore_eos, val.temperature) == (0, False, 0.0)
+
+
 def test_sampler_order_is_a_function_of_seed_and_resumes_exactly() -> None:
     items = [_S(str(i)) for i in range(7)]
     a = PromptSampler(items, seed=3)

@@ -80,3 +80,38 @@ def test_video_prompt_logprobs_match_the_learner_forward(engine, tiny_model_dir:
     ours = torch.tensor(engine.prompt_logprobs(text, (video.frames, video.vllm_metadata())), dtype=torch.float64)
     assert ours.shape == hf.shape
     torch.testing.assert_close(ours, hf, atol=1e-4, rtol=0)
+
+
+def test_min_tokens_and_ignore_eos_fix_the_length(engine, tiny_model_dir: Path) -> None:
+    """What a like-for-like throughput benchmark needs: every response exactly max_tokens long, even from a model
+    that ends every response at once (tests/eos_prone.py)."""
+    import dataclasses
+
+    import numpy as np
+    from transformers import AutoProcessor
+
+    from eos_prone import eos_prone_state
+    from vt_ray.config.schema import PromptConfig
+    from vt_ray.data.schema import VideoSample
+    from vt_ray.models.hf_load import load_vl_model
+    from vt_ray.prompts.chat import prompt_text
+    from vt_ray.rollout.types import GenerationRequest, SamplingSettings
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    sample = VideoSample(uid="v", video="", question="Which colour came first?", answer="A", options=["red", "blue"])
+    frames = np.random.default_rng(0).integers(0, 255, (4, 56, 56, 3), dtype=np.uint8)
+    meta = {"total_num_frames": 4, "fps": 2.0, "duration": 2.0, "video_backend": "pyav",
+            "frames_indices": [0, 1, 2, 3], "do_sample_frames": False}
+    requests = [GenerationRequest("v", prompt_text(processor, sample, PromptConfig()), frames, meta)]
+    state = load_vl_model(str(tiny_model_dir), torch.float32).state_dict()
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    engine.update_weights(eos_prone_state(state, eos), version=5)
+    sampling = SamplingSettings(n=4, temperature=1.0, max_tokens=16)
+    try:
+        free = engine.generate(requests, sampling)[0].completions
+        assert {(tuple(c.token_ids), c.finish_reason) for c in free} == {((eos,), "stop")}  # the knobs matter
+        fixed = engine.generate(requests, dataclasses.replace(sampling, min_tokens=16, ignore_eos=True))[0]
+        assert [(len(c.token_ids), c.finish_reason) for c in fixed.completions] == [(16, "length")] * 4
+        assert all(len(c.logprobs) == 16 for c in fixed.completions)
+    finally:
+        engine.update_weights(state, version=6)

@@ -144,6 +144,15 @@ class RolloutConfig:
     """Max response tokens (assumption: 768 as in Video-R1)."""
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     """Stop strings; the stop string is kept in the output so the answer block is closed."""
+    min_tokens: int = 0
+    """Training rollouts: no response ends (EOS or stop string) before this many tokens (validation and eval
+    sampling ignore it). With ``ignore_eos`` and ``min_tokens = max_tokens`` every response has exactly
+    ``max_tokens`` tokens: for throughput benchmarks against other systems, not for training quality."""
+    ignore_eos: bool = False
+    """Training rollouts: EOS does not end a response (only stop strings and ``max_tokens`` do)."""
+    hf_batch_size: int = 0
+    """hf backend: prompts per ``generate`` call (each with its n responses); 0 = every prompt of a rollout
+    call in one batch. Lower it to bound the transformers KV cache's memory."""
     max_model_len: int = 4096
     """vLLM context length; prompt budget + max_tokens must fit."""
     gpu_memory_utilization: float = 0.85
@@ -198,6 +207,9 @@ class RolloutConfig:
         check(self.temperature >= 0, "rollout.temperature", "must be >= 0")
         check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
         check(self.max_tokens >= 1, "rollout.max_tokens", "must be >= 1")
+        check(0 <= self.min_tokens <= self.max_tokens, "rollout.min_tokens",
+              f"must be >= 0 and <= rollout.max_tokens ({self.max_tokens})")
+        check(self.hf_batch_size >= 0, "rollout.hf_batch_size", "must be >= 0 (0 = all prompts of a call)")
         check(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
         check(self.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
 

@@ -6,7 +6,7 @@ engine, tests comparing with vLLM), so they all see the same tokens, pixels and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,17 +32,32 @@ def encode_prompt(
     processor: Any, prompt: str, frames: np.ndarray, video_metadata: Mapping[str, Any], media: str = "video"
 ) -> dict[str, torch.Tensor]:
     """Prompt + video (or image) -> model inputs, the way vLLM's Qwen2.5-VL processing does it."""
-    if not frames.flags.writeable:  # zero-copy from Ray's object store; torch.from_numpy warns on those
-        frames = frames.copy()
+    return encode_prompts(processor, [prompt], [frames], [video_metadata], media)
+
+
+def encode_prompts(
+    processor: Any,
+    prompts: Sequence[str],
+    frames: Sequence[np.ndarray],
+    video_metadata: Sequence[Mapping[str, Any]],
+    media: str = "video",
+) -> dict[str, torch.Tensor]:
+    """Several prompts, each with its own video (or image, all of one kind), as one left-padded batch for
+    ``generate``: row ``i`` is :func:`encode_prompt` of prompt ``i`` with padding before it (the processor
+    concatenates the rows' patches in order and gives one grid row per video)."""
+    frames = [f.copy() if not f.flags.writeable else f for f in frames]  # zero-copy from Ray's object store:
+    # torch.from_numpy warns on read-only arrays
+    padding: dict[str, Any] = {"padding": True, "padding_side": "left"} if len(prompts) > 1 else {}
     if media == "image":
-        return processor(text=[prompt], images=[frames[0]], return_tensors="pt")
+        return processor(text=list(prompts), images=[f[0] for f in frames], return_tensors="pt", **padding)
     return processor(
-        text=[prompt],
-        videos=[frames],
+        text=list(prompts),
+        videos=list(frames),
         return_tensors="pt",
         do_sample_frames=False,
         # Frames arrive already resized to video.max_pixels (vt_ray.video), so the per-frame cap has nothing to
         # do; False is transformers' current default (what vLLM gets) and says so instead of warning each call.
         cap_pixels_per_frame=False,
-        video_metadata=[processor_metadata(frames, video_metadata)],
+        video_metadata=[processor_metadata(f, m) for f, m in zip(frames, video_metadata, strict=True)],
+        **padding,
     )

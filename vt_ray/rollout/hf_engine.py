@@ -1,5 +1,6 @@
 """transformers ``generate`` behind the same interface as :class:`VllmEngine`: for debugging, as a fallback
-where vLLM is unavailable, and as the reference in the rollout benchmark.
+where vLLM is unavailable, and as the reference in the rollout benchmark. A call's prompts are generated together
+in left-padded batches (``rollout.hf_batch_size``).
 
 Log-probs are of the raw (untempered) model distribution, as vLLM returns them by default, so both backends
 feed GRPO the same quantity.
@@ -15,7 +16,7 @@ import torch
 from vt_ray.common.weight_stream import BucketReceiver, StreamGroup, StreamPlan, StreamSession
 from vt_ray.config.schema import ModelConfig, RolloutConfig
 from vt_ray.prompts.chat import banned_token_ids
-from vt_ray.prompts.encode import encode_prompt
+from vt_ray.prompts.encode import encode_prompts
 from vt_ray.rollout.types import (
     Completion,
     GenerationRequest,
@@ -49,53 +50,89 @@ class HfEngine:
         self.model = load_vl_model(self.model_path, _DTYPES[model.dtype]).eval()
         self._banned = [[i] for i in banned_token_ids(self.tokenizer)]  # vision placeholders: never sampled
         self._eos = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+        if not self._banned:
+            raise ValueError(f"{self.model_path}: the tokenizer has no vision placeholder tokens; the hf backend "
+                             "serves Qwen2.5-VL models")
+        # Finished responses are padded with a vision placeholder, a token generation never samples, so a
+        # response's length is where its padding starts. (The tokenizer's own pad, <|endoftext|>, is also an EOS
+        # the model may sample: a response ended by a stop string would then look one token longer.)
+        self._pad = self._banned[0][0]
         self.manifest = WeightManifest.from_model(self.model)  # what every pushed blob must match
 
     @torch.no_grad()
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[RolloutResult]:
+        """All requests in as few ``generate`` calls as ``rollout.hf_batch_size`` allows (one per media kind
+        when it is 0), left-padded, each with its ``sampling.n`` responses.
+
+        Reproducibility: ``sampling.seed`` (or the last :meth:`reseed`) seeds the call once, so a call's samples
+        are a function of the seed and the batch it was given. Sampled responses differ from one-prompt-per-call
+        generation with the same seed (the batch draws its random numbers together); greedy ones do not
+        (tests/test_hf_engine.py).
+        """
         if self.weight_version == UNKNOWN_VERSION:
             raise WeightSyncError("this engine's weights are in an unknown state after a failed weight sync; "
                                   "push a complete blob before generating", applied=True)
-        return [self._generate_one(r, sampling) for r in requests]
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        size = self.rollout.hf_batch_size or max(len(requests), 1)
+        results: list[RolloutResult | None] = [None] * len(requests)
+        for media in dict.fromkeys(r.media for r in requests):  # the processor takes one media kind per batch
+            rows = [i for i, r in enumerate(requests) if r.media == media]
+            for start in range(0, len(rows), size):
+                chunk = rows[start:start + size]
+                for i, result in zip(chunk, self._generate_batch([requests[i] for i in chunk], sampling),
+                                     strict=True):
+                    results[i] = result
+        return [r for r in results if r is not None]
 
-    def _generate_one(self, req: GenerationRequest, s: SamplingSettings) -> RolloutResult:
+    def _generate_batch(self, requests: Sequence[GenerationRequest], s: SamplingSettings) -> list[RolloutResult]:
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
         # Frames + vLLM-style metadata, exactly as the learner encodes them: same temporal positions everywhere
-        # (transformers ignores a bare ``fps`` kwarg when frames are pre-sampled).
-        inputs = encode_prompt(self.processor, req.prompt, req.frames, req.video_metadata, req.media)
-        prompt_len = inputs["input_ids"].shape[1]
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
+        # (transformers ignores a bare ``fps`` kwarg when frames are pre-sampled). Left padding: every row's new
+        # tokens start at column ``width``; the released mRoPE positions skip the padding (vt_ray.models.mrope).
+        inputs = encode_prompts(self.processor, [r.prompt for r in requests], [r.frames for r in requests],
+                                [r.video_metadata for r in requests], requests[0].media)
+        width = inputs["input_ids"].shape[1]
         greedy = s.temperature == 0
-        out = self.model.generate(
-            **inputs,
-            max_new_tokens=s.max_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else s.temperature,
-            top_p=None if greedy else s.top_p,
-            num_return_sequences=s.n,
-            stop_strings=list(s.stop) or None,
-            bad_words_ids=self._banned or None,
-            tokenizer=self.tokenizer,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [n, L, V]
-        completions = []
-        for i in range(s.n):
-            ids = out.sequences[i, prompt_len:].tolist()  # [L] padded after EOS
-            length = next((j + 1 for j, t in enumerate(ids) if t in self._eos), len(ids))
-            ids = ids[:length]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            finished = length < len(out.logits) or (ids and ids[-1] in self._eos) or _ends_with_stop(text, s.stop)
-            completions.append(
-                Completion(
-                    text=text,
-                    token_ids=ids,
-                    logprobs=[float(logprobs[i, j, t]) for j, t in enumerate(ids)],
-                    finish_reason="stop" if finished else "length",
-                )
+        per_prompt = 1 if greedy else s.n  # greedy responses are all alike: generate one, copy it n times
+        stopping = StoppingCriteriaList()
+        if s.stop:
+            stopping.append(_AfterMinTokens(StopStringCriteria(self.tokenizer, list(s.stop)), width, s.min_tokens))
+        with _ChosenTokenLogprobs(self.model) as recorder:
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=s.max_tokens,
+                min_new_tokens=s.min_tokens or None,
+                do_sample=not greedy,
+                temperature=None if greedy else s.temperature,
+                top_p=None if greedy else s.top_p,
+                num_return_sequences=per_prompt,
+                stopping_criteria=stopping,
+                bad_words_ids=self._banned,
+                eos_token_id=None if s.ignore_eos else sorted(self._eos),
+                pad_token_id=self._pad,
+                return_dict_in_generate=True,
             )
-        return RolloutResult(req.uid, inputs["input_ids"][0].tolist(), completions)
+        new_tokens = out.sequences[:, width:]  # [B*n, L]: row b*n + k is response k of prompt b (n = per_prompt)
+        logprobs = recorder.logprobs(new_tokens)  # [B*n, L]
+        results = []
+        for b, req in enumerate(requests):
+            prompt_ids = inputs["input_ids"][b][inputs["attention_mask"][b].bool()].tolist()
+            rows = [b * per_prompt + k % per_prompt for k in range(s.n)]
+            results.append(RolloutResult(req.uid, prompt_ids, [self._completion(new_tokens[i], logprobs[i], s)
+                                                                for i in rows]))
+        return results
+
+    def _completion(self, tokens: torch.Tensor, logprobs: torch.Tensor, s: SamplingSettings) -> Completion:
+        ids = tokens.tolist()  # [L]: a finished response is followed by pad tokens, which are never sampled
+        length = ids.index(self._pad) if self._pad in ids else len(ids)
+        ids = ids[:length]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        finished = (length < len(tokens) or (bool(ids) and ids[-1] in self._eos and not s.ignore_eos)
+                    or _ends_with_stop(text, s.stop))
+        return Completion(text=text, token_ids=ids, logprobs=logprobs[:length].tolist(),
+                          finish_reason="stop" if finished else "length")
 
     @torch.no_grad()
     def prompt_logprobs(self, text: str) -> list[float]:
@@ -174,3 +211,54 @@ class HfEngine:
 def _ends_with_stop(text: str, stops: Sequence[str]) -> bool:
     return any(text.endswith(s) for s in stops)
 
+
+class _AfterMinTokens:
+    """A stopping criterion that counts only once more than ``min_tokens`` tokens follow the prompt (``width``
+    columns): stop strings honour ``min_tokens`` as in vLLM's detokenizer (``min_new_tokens`` alone only holds
+    EOS back)."""
+
+    def __init__(self, inner: Any, width: int, min_tokens: int) -> None:
+        self.inner, self.width, self.min_tokens = inner, width, min_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        done = self.inner(input_ids, scores, **kwargs)
+        return done if input_ids.shape[1] - self.width > self.min_tokens else torch.zeros_like(done)
+
+
+class _ChosenTokenLogprobs:
+    """Records each generated token's log-prob under the raw model distribution while ``generate`` runs.
+
+    Why a forward hook: ``output_logits`` keeps the whole [B, L, V] logits until generation ends (about 5 GB
+    for 32 responses x 256 tokens at Qwen's 152k vocabulary), and a ``LogitsProcessor`` runs after the
+    bad-words mask (not the raw distribution vLLM reports). The hook keeps one step's log-softmax [B, V] until
+    the next forward, whose input is the token chosen from it, then keeps only that token's log-prob.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.steps: list[torch.Tensor] = []  # [B] per generated token but the last
+        self.pending: torch.Tensor | None = None  # [B, V] log-probs of the step whose token is not yet known
+
+    def __enter__(self) -> _ChosenTokenLogprobs:
+        self.handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def _hook(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if self.pending is not None:
+            chosen = kwargs["input_ids"][:, -1:]  # the token sampled from the pending step
+            self.steps.append(self.pending.gather(-1, chosen.to(self.pending.device))[:, 0])
+        self.pending = output.logits[:, -1].float().log_softmax(-1)
+
+    def logprobs(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """[B, L] log-probs of ``new_tokens`` (generate's output after the prompt)."""
+        if self.pending is None or new_tokens.shape[1] == 0:
+            return torch.zeros(new_tokens.shape, dtype=torch.float32)
+        last = self.pending.gather(-1, new_tokens[:, -1:].to(self.pending.device))[:, 0]
+        out = torch.stack([*self.steps, last], dim=1).cpu()
+        if out.shape != new_tokens.shape:
+            raise RuntimeError(f"recorded {tuple(out.shape)} log-probs for {tuple(new_tokens.shape)} generated "
+                               "tokens: generate ran an unexpected number of forward passes")
+        return out

@@ -18,6 +18,11 @@ class SamplingSettings:
     max_tokens: int = 256
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     seed: int | None = None
+    min_tokens: int = 0
+    """Responses are at least this long: EOS and stop strings count only from then on (vLLM's ``min_tokens``)."""
+    ignore_eos: bool = False
+    """Generate past EOS (only stop strings and ``max_tokens`` end a response): with ``min_tokens = max_tokens``
+    every response has exactly ``max_tokens`` tokens, for like-for-like throughput benchmarks."""
     shuffled_n: int = 0
     """T-GRPO: also sample this many responses per prompt from the same decoded frames in a shuffled order."""
     shuffle_seed: int = 0

@@ -81,6 +81,8 @@ class VllmEngine:
             temperature=s.temperature,
             top_p=s.top_p,
             max_tokens=s.max_tokens,
+            min_tokens=s.min_tokens,  # no EOS or stop string ends a response earlier
+            ignore_eos=s.ignore_eos,
             stop=list(s.stop),
             include_stop_str_in_output=True,  # keep "</answer>" so the trace is closed
             # Vision placeholders in a response would break the learner's forward (video tokens != features):

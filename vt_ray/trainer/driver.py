@@ -132,7 +132,8 @@ def sampling_for_training(cfg: RecipeConfig, step: int = 0) -> SamplingSettings:
     r, a = cfg.rollout, cfg.algorithm
     shuffled = (a.tgrpo_shuffled_n or r.n) if a.tgrpo else 0
     return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, stop=list(r.stop),
-                            shuffled_n=shuffled, shuffle_seed=cfg.run.seed * 1_000_003 + step)
+                            shuffled_n=shuffled, shuffle_seed=cfg.run.seed * 1_000_003 + step,
+                            min_tokens=r.min_tokens, ignore_eos=r.ignore_eos)
 
 
 def sampling_for_validation(cfg: RecipeConfig) -> SamplingSettings:
