@@ -80,8 +80,10 @@ def plot_learning(pairs: list[str], out: Path) -> dict[str, Any]:
     fig.savefig(out / "async_learning.png", dpi=110)
     (out / "async_learning.json").write_text(json.dumps(summary, indent=1))
     for name, row in summary.items():
-        print(f"{name}: final {row['final_accuracy']:.3f}, 0.9 at step {row['target_step']} / "
-              f"{row['target_elapsed_s']:.0f} s, GRPO {row['grpo_s']:.0f} s, median step {row['median_step_s']:.2f} s")
+        reached = (f"step {row['target_step']} / {row['target_elapsed_s']:.0f} s" if row["target_step"] is not None
+                   else "never")
+        print(f"{name}: final {row['final_accuracy']:.3f}, target reached at {reached}, GRPO {row['grpo_s']:.0f} s, "
+              f"median step {row['median_step_s']:.2f} s")
     return summary
 
 
@@ -127,7 +129,8 @@ def summarize(rows: list[dict[str, Any]], skip: int) -> dict[str, float]:
         "rollout_s": med("time/rollout_s"), "reward_s": med("time/reward_s"),
         "logprobs_update_s": med("time/logprobs_s") + med("time/update_s"),
         "weight_sync_s": med("time/weight_sync_s") + med("time/weight_probe_s"),
-        "rollout_wait_s": med("time/rollout_wait_s"), "essential_s": essential,
+        "rollout_wait_s": med("time/rollout_wait_s"), "engines_wait_s": med("time/engines_wait_s"),
+        "essential_s": essential,
         "overhead_share": step / essential - 1.0, "response_len": med("response/length_mean"),
         "staleness_max": max(float(r.get("rollout/staleness", 0.0)) for r in rows),
     }
