@@ -38,6 +38,8 @@ CURVES: tuple[tuple[str, tuple[str, ...]], ...] = (
                                               "rollout/learner_logprob_abs_diff", "rollout/probe_logprob_abs_diff")),
     ("Time per phase (s)", ("time/rollout_s", "time/reward_s", "time/logprobs_s", "time/update_s",
                             "time/weight_sync_s", "time/val_s", "time/step_s")),
+    # trainer.mode one_step_off / async: what the learners and the weight push waited for, how stale the batches
+    ("Asynchronous pipeline", ("rollout/staleness", "time/rollout_wait_s", "time/engines_wait_s")),
 )
 SFT_CURVES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SFT loss", ("loss",)),
