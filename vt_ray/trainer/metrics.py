@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,37 @@ class MetricsLogger:
         self.path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
-        self._wandb = None
+        self._wandb_run: Any = None
+        self._wandb_start: threading.Thread | None = None
         if wandb_mode != "disabled":
-            try:
-                import wandb
+            # W&B's start (a service process and the run's files: 1.5 s on a quiet 2-core machine, 6 s beside the
+            # roles) runs in a thread, while the driver waits on the first validation or step; the first log()
+            # waits for it, so every record still reaches W&B, in order.
+            self._wandb_start = threading.Thread(
+                target=self._start_wandb, name="wandb-init", daemon=True,
+                args=(run_dir, run_name, config, wandb_mode, wandb_project, wandb_entity))
+            self._wandb_start.start()
 
-                self._wandb = wandb.init(
-                    project=wandb_project, entity=wandb_entity or None, name=run_name, dir=str(run_dir),
-                    mode=wandb_mode,  # type: ignore[arg-type]  # a str: online | offline | disabled
-                    config=config, id=f"{run_name}", resume="allow",
-                )
-            except Exception as err:  # logging must never stop training; the JSONL file is always there
-                log.warning("W&B disabled: %s", err)
+    def _start_wandb(self, run_dir: Path, run_name: str, config: dict[str, Any], mode: str, project: str,
+                     entity: str) -> None:
+        try:
+            import wandb
+
+            self._wandb_run = wandb.init(
+                project=project, entity=entity or None, name=run_name, dir=str(run_dir),
+                mode=mode,  # type: ignore[arg-type]  # a str: online | offline | disabled
+                config=config, id=f"{run_name}", resume="allow",
+            )
+        except Exception as err:  # logging must never stop training; the JSONL file is always there
+            log.warning("W&B disabled: %s", err)
+
+    @property
+    def _wandb(self) -> Any:
+        """The W&B run once started (None when disabled or it failed to start)."""
+        if self._wandb_start is not None:
+            self._wandb_start.join()
+            self._wandb_start = None
+        return self._wandb_run
 
     def _truncate_after(self, step: int) -> None:
         truncate_jsonl(self.path, step)
@@ -74,7 +94,7 @@ class MetricsLogger:
     def close(self) -> None:
         if self._wandb is not None:
             self._wandb.finish()
-            self._wandb = None
+            self._wandb_run = None
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
