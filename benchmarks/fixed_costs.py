@@ -1,10 +1,10 @@
 """Fixed costs of the tiny recipe (issue 24, items 3 and 4): peak memory per role process and seconds per
 start-up and shut-down phase, from one ``python -m vt_ray train`` run of ``recipes/tiny_cpu.yaml``.
 
-The run writes ``memory.json`` (peak PSS per role, sampled by the driver, and the kernel's peak RSS) and
-``phases.json`` (start-up, steps, shut-down by phase; Ray start and stop); this script adds what only the
-outside sees: the wall time of the whole command (interpreter start and imports included) and the peak PSS of
-the whole process tree sampled from outside every 0.25 s (the figure issue 24 quotes: 4.1 GiB).
+The run writes ``memory.json`` (peak PSS per role, sampled by the driver every 2 s, the kernel's peak RSS, and
+the peak of all of them at once: the whole process tree, the figure issue 24 quotes as 4.1 GiB) and
+``phases.json`` (start-up, steps, shut-down by phase; Ray start and stop; CPU seconds per role at start-up);
+this script adds the wall time of the whole command (interpreter start, imports and exit included).
 
 Run: ``.venv/bin/python -m benchmarks.fixed_costs`` (about 2-3 minutes on 2 cores; the tiny model and data are
 made once under ``--work``). ``--set rollout.kv_cache_gib=1`` reruns with the old fixed KV reservation;
@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,30 +39,6 @@ def prepare(work: Path) -> tuple[Path, Path]:
     return model, data
 
 
-class TreePeak:
-    """Peak PSS of a process and all its descendants, sampled every ``interval_s`` from outside."""
-
-    def __init__(self, pid: int, interval_s: float = 0.25) -> None:
-        self.pid, self.interval_s = pid, interval_s
-        self.peak, self.samples = 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from vt_ray.common.memory import read_tree
-
-        while not self._stop.wait(self.interval_s):  # the sampling period
-            found = read_tree(self.pid)
-            if found:
-                self.peak = max(self.peak, sum(m.pss for m in found))
-                self.samples += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_once(args: argparse.Namespace, model: Path, data: Path) -> dict[str, Any]:
     runs = Path(args.work) / "runs"
     run_dir = runs / args.label
@@ -75,10 +50,7 @@ def run_once(args: argparse.Namespace, model: Path, data: Path) -> dict[str, Any
     log_path = Path(args.work) / f"{args.label}.log"
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        peak = TreePeak(proc.pid)
-        code = proc.wait()
-        peak.stop()
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
     wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"train exited with {code}; see {log_path}")
@@ -90,9 +62,8 @@ def run_once(args: argparse.Namespace, model: Path, data: Path) -> dict[str, Any
     return {
         "label": args.label, "overrides": args.set, "wall_s": round(wall, 2),
         "python_start_and_exit_s": round(wall - fit - sum(outer.values()), 2),
-        "tree_peak_pss_gib": round(peak.peak / 1024**3, 3), "tree_samples": peak.samples,
         "roles": {role: {k: r[k] for k in ("peak_pss_gib", "peak_rss_gib")} for role, r in memory["roles"].items()},
-        "roles_at_once_peak_pss_gib": memory["total"]["peak_pss_gib"],
+        "roles_at_once_peak_pss_gib": memory["total"]["peak_pss_gib"], "memory_samples": memory["samples"],
         "phases": phases, "log": str(log_path),
     }
 
@@ -100,14 +71,16 @@ def run_once(args: argparse.Namespace, model: Path, data: Path) -> dict[str, Any
 def show(result: dict[str, Any]) -> None:
     p = result["phases"]
     print(f"\n== {result['label']} {' '.join(result['overrides'])}")
-    print(f"whole command {result['wall_s']:.1f} s; whole-tree peak PSS {result['tree_peak_pss_gib']:.2f} GiB "
-          f"(outside, {result['tree_samples']} samples); roles at once {result['roles_at_once_peak_pss_gib']:.2f}")
+    print(f"whole command {result['wall_s']:.1f} s; peak PSS of every process at once "
+          f"{result['roles_at_once_peak_pss_gib']:.2f} GiB ({result['memory_samples']} samples)")
     print(f"{'role':<10} {'peak PSS GiB':>12} {'peak RSS GiB':>12}")
     for role, r in result["roles"].items():
         print(f"{role:<10} {r['peak_pss_gib']:>12.3f} {r['peak_rss_gib']:>12.3f}")
     outer = p.get("outer", {})
     print(f"python start + imports + exit {result['python_start_and_exit_s']:.1f} s; "
           + ", ".join(f"{k} {v:.1f} s" for k, v in outer.items()))
+    print("CPU seconds used when the roles were up: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in p.get("cpu_s_at_roles_started", {}).items()))
     for part in ("startup", "shutdown"):
         print(f"{part} {p[part]['seconds']:.1f} s: "
               + ", ".join(f"{k} {v:.2f}" for k, v in p[part]["phases"].items()))

@@ -78,5 +78,17 @@ def read_tree(pid: int | None = None) -> list[ProcessMemory]:
     return [m for m in found if m is not None]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` have used so far (children that exited included)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def gib(n_bytes: float) -> float:
     return round(n_bytes / GIB, 3)

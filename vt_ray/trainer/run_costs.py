@@ -1,21 +1,24 @@
 """What a training run costs besides its steps: peak memory per role process and time per start-up and
 shut-down phase (issue 24, items 3 and 4), written into the run directory.
 
-* ``memory.json``: per role process (``driver``, ``learner<rank>``, ``rollout<rank>``, ``reward<rank>``, and
-  ``ray`` for the embedded cluster's own processes) the peak PSS of the process and its children (vLLM's
-  EngineCore included), sampled by one driver thread every ``interval_s``, and the sum of the kernel's peak RSS
-  (VmHWM) of those processes. ``total`` is the peak of the sum over every role, sampled at the same instants:
-  what the whole run held at once. The step-1 and last-step metrics carry ``memory/<role>_peak_gib`` (peak PSS).
+* ``memory.json``: per role process (``driver``, ``learner<rank>``, ``rollout<rank>``, ``reward<rank>``,
+  ``ray`` for the embedded cluster's own processes, ``wandb`` for W&B's service) the peak PSS of the process and
+  its children (vLLM's EngineCore included), sampled by one driver thread every ``interval_s``, and the sum of
+  the kernel's peak RSS (VmHWM) of those processes. ``total`` is the peak of the sum over every role, sampled at
+  the same instants: what the whole run held at once. The step-1 and last-step metrics carry
+  ``memory/<role>_peak_gib`` (peak PSS so far).
 * ``phases.json``: seconds of each phase of :meth:`GRPOTrainer.fit` in order (data, role start-up with the
   model loads, resume, validation, each step, checkpoints, HF export, shutdown of each role, W&B close),
-  grouped into start-up, steps and shut-down, and printed once at the end. The train command adds the Ray
-  start and stop around ``fit`` (:func:`add_outer_phases`).
+  grouped into start-up, steps and shut-down, and printed once at the end; and the CPU seconds each role had
+  used when the roles were up (start-up is CPU-bound on a small machine). The train command adds the Ray start
+  and stop around ``fit`` (:func:`add_outer_phases`).
 
 Why a wrapper and not lines in the driver: the driver loop is being rewritten (the asynchronous pipeline), so
 this module observes it from outside, through the instance's method names (:func:`watch_run_costs`, one call
 in ``GRPOTrainer.__init__``). A method that is not there is not timed; nothing here can fail a run (errors
 are logged). The sampler reads ``/proc`` from the driver (no call into a busy actor, so steps are not
-delayed); actors on another node are asked once, at the report, through ``__ray_call__`` (peak RSS only).
+delayed; see SAMPLE_EVERY_S for its cost); actors on another node are asked once, after the last step, through
+``__ray_call__`` (one reading, no sampled peak).
 """
 
 from __future__ import annotations
@@ -33,9 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vt_ray.common.memory import ProcessMemory, gib, read_process, read_tree, tree_pids
+from vt_ray.common.memory import ProcessMemory, cpu_seconds, gib, read_process, read_tree, tree_pids
 
 log = logging.getLogger(__name__)
+SAMPLE_EVERY_S = 2.0
+"""PSS sampling period. Reading ``smaps_rollup`` walks a process's page tables: about 10-25 ms of CPU for each
+large process (measured under load), ~80 ms for the tiny recipe's tree, so 2 s keeps it near 2% of one core;
+the exact peak RSS (VmHWM) needs no sampling."""
 ROLE_GROUPS = (("learner", "learner"), ("rollout", "rollout"), ("rewards", "reward"))  # trainer attribute, role
 
 
@@ -69,7 +76,7 @@ class RolePeak:
 class MemoryWatch:
     """Samples the PSS of every role's process tree on this node every ``interval_s`` (a daemon thread)."""
 
-    def __init__(self, trainer: Any, interval_s: float = 1.0) -> None:
+    def __init__(self, trainer: Any, interval_s: float = SAMPLE_EVERY_S) -> None:
         self.trainer, self.interval_s = trainer, interval_s
         self.driver_pid = os.getpid()
         self.node_id = _node_id()
@@ -123,15 +130,29 @@ class MemoryWatch:
             readings[role] = [m for m in map(read_process, pids) if m is not None]
         driver = read_process(self.driver_pid)
         readings["driver"] = [driver] if driver is not None else []
-        # The embedded cluster (ray start, GCS, raylet, agents) runs in the driver's tree; actors too, counted above.
-        readings["ray"] = [m for m in map(read_process, tree_pids(self.driver_pid)) if m is not None
-                           and m.pid not in owned]
+        # The rest of the driver's tree: the embedded cluster (ray start, GCS, raylet, agents; its actors are
+        # counted above) and W&B's service process.
+        rest = [m for m in map(read_process, tree_pids(self.driver_pid)) if m is not None and m.pid not in owned]
+        readings["ray"] = [m for m in rest if not m.name.startswith("wandb")]
+        wandb = [m for m in rest if m.name.startswith("wandb")]
+        if wandb:
+            readings["wandb"] = wandb
         with self._lock:
             for role, found in readings.items():
                 if found or role not in self.roles:
                     self.roles.setdefault(role, RolePeak()).add(found)
             self.peak_total = max(self.peak_total, sum(m.pss for found in readings.values() for m in found))
             self.samples += 1
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each role's process tree on this node, the driver, and the rest (``ray``):
+        on a small machine start-up is CPU-bound, so this says which role's start costs the most."""
+        roles = {role: tree_pids(pid) for role, pid in self.role_pids().items()}
+        owned = {p for pids in roles.values() for p in pids} | {self.driver_pid}
+        out = {role: cpu_seconds(pids) for role, pids in roles.items()}
+        out["driver"] = cpu_seconds([self.driver_pid])
+        out["ray"] = cpu_seconds([p for p in tree_pids(self.driver_pid) if p not in owned])
+        return {role: round(v, 2) for role, v in sorted(out.items())}
 
     def metrics(self) -> dict[str, float]:
         """``memory/<role>_peak_gib`` (peak PSS so far) of every role sampled here, and the total."""
@@ -265,10 +286,11 @@ def format_phases(summary: dict[str, Any]) -> str:
 class RunCosts:
     """The phases and memory of one :class:`~vt_ray.trainer.driver.GRPOTrainer` run."""
 
-    def __init__(self, trainer: Any, interval_s: float = 1.0) -> None:
+    def __init__(self, trainer: Any, interval_s: float = SAMPLE_EVERY_S) -> None:
         self.trainer = trainer
         self.phases = PhaseLog()
         self.memory = MemoryWatch(trainer, interval_s)
+        self.startup_cpu_s: dict[str, float] = {}
 
     def wrap(self, obj: Any, method: str, name: Callable[[], str] | str, after: Callable[[], None] | None = None
              ) -> None:
@@ -331,6 +353,7 @@ class RunCosts:
 
     def _roles_started(self) -> None:
         t = self.trainer
+        self.startup_cpu_s = self.memory.cpu_seconds()
         self.wrap(t.learner, "save_hf", "hf_export")
         for attr, role in ROLE_GROUPS:
             self.wrap(getattr(t, attr, None), "shutdown", f"shutdown_{role}")
@@ -344,6 +367,7 @@ class RunCosts:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "memory.json").write_text(json.dumps(self.memory.report(), indent=1) + "\n")
         summary = summarize_phases(self.phases.spans)
+        summary["cpu_s_at_roles_started"] = self.startup_cpu_s
         (run_dir / "phases.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(format_phases(summary), flush=True)
         mem = self.memory.report()
@@ -352,7 +376,7 @@ class RunCosts:
             f"; all at once {mem['total']['peak_pss_gib']:.2f}", flush=True)
 
 
-def watch_run_costs(trainer: Any, interval_s: float = 1.0) -> RunCosts:
+def watch_run_costs(trainer: Any, interval_s: float = SAMPLE_EVERY_S) -> RunCosts:
     """Time ``trainer``'s phases and sample its roles' memory; both are written when ``fit`` ends."""
     costs = RunCosts(trainer, interval_s)
     costs.attach()
