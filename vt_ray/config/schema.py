@@ -204,7 +204,7 @@ class RolloutConfig:
         check(self.max_tokens >= 1, "rollout.max_tokens", "must be >= 1")
         check(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
         check(self.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
-        check(self.kv_cache_gib == "auto" or (_positive_number(self.kv_cache_gib)), "rollout.kv_cache_gib",
+        check(self.kv_cache_gib == "auto" or _positive_number(self.kv_cache_gib), "rollout.kv_cache_gib",
               f"must be auto or a size in GiB > 0, got {self.kv_cache_gib!r}")
 
     @property
