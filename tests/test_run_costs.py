@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from vt_ray.common.memory import read_process, read_tree
+from vt_ray.common.timeouts import ActorInfo
 from vt_ray.config import ConfigError, load_config
 from vt_ray.rollout.kv_cache import (
     BLOCK_TOKENS,
@@ -20,7 +24,7 @@ from vt_ray.rollout.kv_cache import (
     sequences_per_call,
     sized_for_recipe,
 )
-from vt_ray.trainer.run_costs import Span, summarize_phases
+from vt_ray.trainer.run_costs import Span, summarize_phases, watch_run_costs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny_cpu.yaml"
@@ -114,3 +118,93 @@ def test_process_readings_of_this_process() -> None:
     assert 0 < me.pss <= me.rss <= me.peak_rss  # PSS splits shared pages; the peak is at least today's
     assert read_tree()[0].pid == os.getpid()
     assert read_process(2**22 + 12345) is None  # beyond pid_max: gone
+
+
+class _Group:
+    """A role group as the run costs see it: where its actors run (here: plain child processes)."""
+
+    def __init__(self, role: str, pids: list[int]) -> None:
+        self.infos = {rank: ActorInfo(role, rank, pid) for rank, pid in enumerate(pids)}
+        self.hf_dirs: list[str] = []
+
+    def actor_infos(self) -> dict[int, ActorInfo]:
+        return dict(self.infos)
+
+    def save_hf(self, out_dir: str) -> str:
+        self.hf_dirs.append(out_dir)
+        return out_dir
+
+    def shutdown(self) -> None:
+        self.infos = {}
+
+
+class _Trainer:
+    """The driver's shape (method names only): what vt_ray/trainer/run_costs.py observes."""
+
+    def __init__(self, run_dir: Path, children: list[subprocess.Popen[bytes]]) -> None:
+        self.run_dir, self.children, self.step = run_dir, children, 0
+        self.tc = SimpleNamespace(total_steps=3)
+        self.learner = self.rollout = self.rewards = None
+        self.logger = None
+        self.costs = watch_run_costs(self, interval_s=0.05)
+
+    def _load_data(self) -> None: ...
+
+    def _start_roles(self) -> None:
+        pids = [c.pid for c in self.children]
+        self.learner, self.rollout = _Group("learner", pids[:2]), _Group("rollout", pids[2:])
+
+    def _resume(self) -> None: ...
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def train_step(self) -> dict[str, float]:
+        self.step += 1
+        return {"time/step_s": 0.0}
+
+    def save(self) -> str:
+        return "ckpt"
+
+    def shutdown(self) -> None:
+        for group in (self.rollout, self.learner):
+            group.shutdown()
+
+    def fit(self) -> list[dict[str, float]]:
+        self._load_data()
+        self._start_roles()
+        self._resume()
+        self.validate()
+        logged = [self.train_step() for _ in range(self.tc.total_steps)]
+        self.save()
+        self.learner.save_hf("hf")
+        self.shutdown()
+        return logged
+
+
+def test_run_costs_report_every_role_process_and_phase_of_a_driver_shaped_object(tmp_path: Path) -> None:
+    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(3)]
+    try:
+        trainer = _Trainer(tmp_path, children)
+        logged = trainer.fit()
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert set(logged[0]) > {"memory/learner0_peak_gib", "memory/learner1_peak_gib", "memory/rollout0_peak_gib",
+                             "memory/driver_peak_gib", "memory/total_peak_gib"}
+    assert not any(k.startswith("memory/") for k in logged[1])  # step 1 and the last step only
+    assert "memory/rollout0_peak_gib" in logged[2]
+    memory = json.loads((tmp_path / "memory.json").read_text())
+    roles = memory["roles"]
+    assert {"driver", "learner0", "learner1", "rollout0"} <= set(roles)
+    assert [p["pid"] for p in roles["rollout0"]["processes"]] == [children[2].pid]
+    for name in ("driver", "learner0", "rollout0"):
+        assert 0 < roles[name]["peak_pss_gib"] <= roles[name]["peak_rss_gib"] + 1e-3
+    peaks = [r["peak_pss_gib"] for r in roles.values()]  # all at once: at least the largest, at most their sum
+    assert max(peaks) - 0.001 <= memory["total"]["peak_pss_gib"] <= sum(peaks) + 0.01
+    phases = json.loads((tmp_path / "phases.json").read_text())
+    names = [s["name"] for s in phases["timeline"]]
+    assert names == ["fit", "load_data", "start_roles", "resume", "validate_before", "step_1", "step_2", "step_3",
+                     "checkpoint", "hf_export", "shutdown", "shutdown_rollout", "shutdown_learner"]
+    assert trainer.learner is not None and trainer.learner.hf_dirs == ["hf"]  # the wrapped call still ran

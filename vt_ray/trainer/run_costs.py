@@ -155,7 +155,9 @@ class MemoryWatch:
         return {role: round(v, 2) for role, v in sorted(out.items())}
 
     def metrics(self) -> dict[str, float]:
-        """``memory/<role>_peak_gib`` (peak PSS so far) of every role sampled here, and the total."""
+        """``memory/<role>_peak_gib`` (peak PSS so far, with a sample taken now) of every role on this node, and
+        the total."""
+        self.sample()
         with self._lock:
             out = {f"memory/{role}_peak_gib": gib(p.peak_pss) for role, p in self.roles.items() if not p.remote}
             out["memory/total_peak_gib"] = gib(self.peak_total)
