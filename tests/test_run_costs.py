@@ -24,6 +24,7 @@ from vt_ray.rollout.kv_cache import (
     sequences_per_call,
     sized_for_recipe,
 )
+from vt_ray.trainer.metrics import read_metrics
 from vt_ray.trainer.run_costs import Span, summarize_phases, watch_run_costs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,3 +209,30 @@ def test_run_costs_report_every_role_process_and_phase_of_a_driver_shaped_object
     assert names == ["fit", "load_data", "start_roles", "resume", "validate_before", "step_1", "step_2", "step_3",
                      "checkpoint", "hf_export", "shutdown", "shutdown_rollout", "shutdown_learner"]
     assert trainer.learner is not None and trainer.learner.hf_dirs == ["hf"]  # the wrapped call still ran
+
+
+def test_metrics_reach_wandb_in_order_when_it_starts_after_the_first_logs(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B starts in a thread (its start is off the driver's path): records logged meanwhile wait, then go in
+    order; log() never waits for it. The W&B run here is a recorder (an external service, not our code)."""
+    import threading
+
+    from vt_ray.trainer.metrics import MetricsLogger
+
+    up = threading.Event()
+    sent: list[tuple[int, dict[str, float]]] = []
+    run = SimpleNamespace(log=lambda record, step: sent.append((step, record)), finish=lambda: sent.append((-1, {})))
+
+    def slow_start(self: MetricsLogger, *args: object) -> None:
+        up.wait(30)  # the test opens it below: W&B "starts" after two records were logged
+        self._wandb_run = run
+
+    monkeypatch.setattr(MetricsLogger, "_start_wandb", slow_start)
+    logger = MetricsLogger(tmp_path, "t", {}, wandb_mode="offline")
+    logger.log(0, {"val/total": 0.5, "note": "text"})
+    logger.log(1, {"reward/total": 1.0})
+    assert sent == []  # neither call waited for W&B
+    up.set()
+    logger.close()
+    assert sent == [(0, {"val/total": 0.5}), (1, {"reward/total": 1.0}), (-1, {})]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1]

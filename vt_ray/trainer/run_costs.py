@@ -318,7 +318,7 @@ class RunCosts:
         self.wrap(t, "_start_roles", "start_roles", after=self._roles_started)
         self.wrap(t, "_resume", "resume")
         self.wrap(t, "validate", lambda: "validate_before" if t.step == 0 else "validate")
-        self.wrap(t, "save", lambda: "checkpoint")
+        self.wrap(t, "save", "checkpoint")
         self.wrap(t, "shutdown", "shutdown")
         original_step = t.train_step
 
