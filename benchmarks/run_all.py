@@ -6,7 +6,8 @@ import importlib
 import sys
 
 BENCHMARKS = ("benchmarks.rollout_throughput", "benchmarks.curation_throughput", "benchmarks.learner_load_memory",
-              "benchmarks.data_formats", "benchmarks.weight_sync", "benchmarks.async_modes")
+              "benchmarks.data_formats", "benchmarks.weight_sync", "benchmarks.fixed_costs",
+              "benchmarks.async_modes")
 
 
 def main() -> int:

@@ -136,6 +136,23 @@ def test_fault_free_run_logs_every_step_skips_the_corrupt_video_and_writes_its_r
     # one update per step: the engine-vs-learner mismatch is measured in the update's own forward, every step
     assert all(0 <= a[s]["rollout/engine_learner_abs_diff_max"] < 1e-4 for s in (1, 2, 3, 4))
     assert (straight_dir / "hf" / "config.json").is_file()
+    _check_run_costs(straight_dir, a)
+
+
+def _check_run_costs(run_dir: Path, steps: dict[int, dict]) -> None:
+    """Peak memory of every role process and the seconds of every start-up and shut-down phase (issue 24)."""
+    roles = json.loads((run_dir / "memory.json").read_text())["roles"]
+    assert set(roles) == {"driver", "learner0", "learner1", "rollout0", "reward0", "ray"}
+    for role, r in roles.items():  # a sampled PSS peak never exceeds the kernel's RSS high-water marks
+        assert 0.01 < r["peak_pss_gib"] <= r["peak_rss_gib"] + 0.01, (role, r)
+    assert roles["rollout0"]["peak_pss_gib"] < 1.0  # the tiny recipe's KV cache is sized to its need (~25 MiB)
+    for step in (1, 4):  # the first and the last step carry the peaks so far
+        assert steps[step]["memory/rollout0_peak_gib"] > 0 and steps[step]["memory/learner1_peak_gib"] > 0
+    assert not any(k.startswith("memory/") for k in steps[2])
+    phases = json.loads((run_dir / "phases.json").read_text())
+    assert {"start_roles", "validate_before", "step_1"} <= set(phases["startup"]["phases"])
+    assert {"checkpoint", "hf_export", "shutdown", "shutdown_learner"} <= set(phases["shutdown"]["phases"])
+    assert phases["steps"]["count"] == 4 and set(phases["outer"]) == {"ray_init_s", "ray_stop_s"}
 
 
 def _session_processes(sid: int) -> list:

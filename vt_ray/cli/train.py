@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import time
 
 from vt_ray.cluster.session import init_ray
 from vt_ray.config.loader import load_from_cli
@@ -28,9 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_from_cli(args.overrides)
+    started = time.perf_counter()
     cluster = init_ray(cfg, while_booting=lambda: importlib.import_module("vt_ray.trainer.driver"))
     from vt_ray.trainer.driver import RESTART_BUDGET_EXIT_CODE, GRPOTrainer, RestartBudgetExhausted
+    from vt_ray.trainer.run_costs import add_outer_phases
 
+    ray_init_s = time.perf_counter() - started  # with the driver's imports, which overlap the head's start
     ok = False
     try:
         summary = GRPOTrainer(cfg).fit()
@@ -39,8 +43,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"[train] {err}", flush=True)
         return RESTART_BUDGET_EXIT_CODE
     finally:
+        stopping = time.perf_counter()
         if cluster is not None:
             cluster.stop(keep_logs=not ok)  # after a failure the Ray session logs are worth keeping
+        ray_stop_s = time.perf_counter() - stopping
+    add_outer_phases(summary["run_dir"], ray_init_s=ray_init_s, ray_stop_s=ray_stop_s)
     print(json.dumps(summary, indent=2))
     if cfg.trainer.write_report and not summary.get("stopped_early"):  # a stopped run's grace time is not ours
         from vt_ray.report.page import report_after_run

@@ -64,6 +64,14 @@ class WorkerGroup:
     def world_size(self) -> int:
         return len(self.actors)
 
+    def actor_infos(self) -> dict[int, ActorInfo]:
+        """rank -> where each actor that has answered ``ready()`` runs (pid, node), without waiting for the others:
+        the run's memory report (vt_ray/trainer/run_costs.py)."""
+        for rank, ref in list(self._ready_refs.items()):
+            if rank not in self._infos and (info := resolved(ref)) is not None:
+                self._infos[rank] = info
+        return dict(self._infos)
+
     # ---- actors ----------------------------------------------------------------------------------------------
     def _spawn(self, rank: int) -> Any:
         opts: dict[str, Any] = dict(self._actor_options(rank)) if self._actor_options else {}

@@ -7,6 +7,7 @@ fails at load time (the loader adds the file name).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -166,8 +167,11 @@ class RolloutConfig:
     in_process: bool = True
     """Run the vLLM engine inside the actor process (VLLM_ENABLE_V1_MULTIPROCESSING=0): 2.5 s start and half
     the memory on CPU. Set false for the multi-process engine (GPU default)."""
-    kv_cache_gib: int = 1
-    """CPU only: VLLM_CPU_KVCACHE_SPACE in GiB."""
+    kv_cache_gib: str = "auto"
+    """CPU only: the vLLM KV cache, reserved at start. ``auto`` (default): what the recipe needs, from the model's
+    layers, KV heads and dtype, the sequences of one rollout call and the prompt budget + max_tokens, with a 25%
+    margin (vt_ray/rollout/kv_cache.py; the tiny recipe: about 25 MiB). A number (GiB, fractions allowed) is an
+    explicit size, e.g. ``1`` (the old fixed reservation)."""
     enable_sleep_mode: bool = False
     """Free vLLM's weights and KV cache while the learner trains, restore them before the weight sync: what makes
     a colocated layout (resources.colocate) fit on one GPU. GPU only (vLLM sleep mode needs CUDA)."""
@@ -212,6 +216,20 @@ class RolloutConfig:
         check(self.hf_batch_size >= 0, "rollout.hf_batch_size", "must be >= 0 (0 = all prompts of a call)")
         check(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
         check(self.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
+        check(self.kv_cache_gib == "auto" or _positive_number(self.kv_cache_gib), "rollout.kv_cache_gib",
+              f"must be auto or a size in GiB > 0, got {self.kv_cache_gib!r}")
+
+    @property
+    def kv_cache_fixed_gib(self) -> float | None:
+        """``kv_cache_gib`` as GiB, or None for ``auto``."""
+        return None if self.kv_cache_gib == "auto" else float(self.kv_cache_gib)
+
+
+def _positive_number(text: str) -> bool:
+    try:
+        return math.isfinite(value := float(text)) and value > 0
+    except ValueError:
+        return False
 
 
 @dataclass

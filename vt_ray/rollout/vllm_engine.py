@@ -31,10 +31,10 @@ from vt_ray.rollout.weight_sync import (
 
 
 def configure_vllm_env(rollout: RolloutConfig) -> None:
-    """Environment vLLM reads at import time; user-set values win (setdefault)."""
+    """Environment vLLM reads at import time; user-set values win (setdefault). The KV cache size is an engine
+    argument (:func:`_kv_cache_args`); a ``VLLM_CPU_KVCACHE_SPACE`` set by the user still overrides it."""
     if rollout.in_process:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -68,6 +68,7 @@ class VllmEngine:
             limit_mm_per_prompt={"video": 1, "image": rollout.max_images_per_prompt},
             worker_extension_cls="vt_ray.rollout.weight_sync.WeightSyncExtension",
             enable_sleep_mode=rollout.enable_sleep_mode,
+            **_kv_cache_args(rollout, self.model_path, model.dtype),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._banned = banned_token_ids(self.tokenizer)
@@ -184,6 +185,19 @@ class VllmEngine:
             self.llm.reset_prefix_cache()
         self.weight_version = version
         return int(loaded if count is None else count)
+
+
+def _kv_cache_args(rollout: RolloutConfig, model_path: str, dtype: str) -> dict[str, Any]:
+    """CPU: ``kv_cache_memory_bytes`` from ``rollout.kv_cache_gib`` (auto: the computed need). vLLM-CPU's
+    ``VLLM_CPU_KVCACHE_SPACE`` takes whole GiB only, too coarse for a 25 MiB need. GPU: nothing (vLLM sizes
+    the cache from gpu_memory_utilization)."""
+    from vllm.platforms import current_platform
+
+    from vt_ray.rollout.kv_cache import engine_kv_cache_bytes
+
+    if not current_platform.is_cpu():
+        return {}
+    return {"kv_cache_memory_bytes": engine_kv_cache_bytes(rollout, model_path, dtype)}
 
 
 def multi_modal_data(request: GenerationRequest) -> dict[str, Any]:

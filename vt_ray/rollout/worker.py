@@ -19,6 +19,7 @@ from vt_ray.data.schema import VideoSample
 from vt_ray.prompts.chat import prompt_text
 from vt_ray.rollout.engine_api import StreamingRolloutEngine
 from vt_ray.rollout.engines import make_engine
+from vt_ray.rollout.kv_cache import sized_for_recipe
 from vt_ray.rollout.types import GenerationRequest, RolloutResult, SamplingSettings
 from vt_ray.testing.faults import crash_point, hang_point
 from vt_ray.video.budget import PromptBudget, fit_image_to_budget, fit_to_budget
@@ -59,7 +60,8 @@ class RolloutWorker:
         self.cfg, self.rank = cfg, rank
         self.info = install_stack_dumps("rollout", rank)  # first: a hang in the engine start can be dumped too
         hang_point("rollout.init", rank)
-        self.engine = make_engine(cfg.model, cfg.rollout, seed=cfg.run.seed + rank, model_path=model_path)
+        rollout = sized_for_recipe(cfg, model_path)  # kv_cache_gib: auto -> this recipe's need
+        self.engine = make_engine(cfg.model, rollout, seed=cfg.run.seed + rank, model_path=model_path)
         from transformers import AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(model_path or cfg.model.path)

@@ -49,6 +49,7 @@ from vt_ray.trace import parse_trace
 from vt_ray.trainer.metrics import MetricsLogger, truncate_jsonl
 from vt_ray.trainer.pipeline import RolloutPipeline
 from vt_ray.trainer.rollout_log import RolloutLog, group_record
+from vt_ray.trainer.run_costs import watch_run_costs
 from vt_ray.trainer.sampler import PromptSampler
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ class GRPOTrainer:
         self._started = time.perf_counter()
         self.rollout_log = RolloutLog.from_config(self.run_dir, self.tc)
         self.restarts = 0  # in-job recoveries so far (trainer.max_restarts)
+        self.costs = watch_run_costs(self)  # phases.json, memory.json: times and peak memory by phase and role
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:

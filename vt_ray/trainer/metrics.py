@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,38 @@ class MetricsLogger:
         self.path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
-        self._wandb = None
+        self._wandb_run: Any = None
+        self._wandb_start: threading.Thread | None = None
+        self._pending: list[tuple[int, dict[str, float]]] = []
         if wandb_mode != "disabled":
-            try:
-                import wandb
+            # W&B's start (a service process and the run's files: 1.5 s on a quiet 2-core machine, 3-11 s beside
+            # the roles) runs in a thread, off the driver's path: records logged before it is up wait in
+            # ``_pending`` and reach W&B in order once it is (at the latest in close()).
+            self._wandb_start = threading.Thread(
+                target=self._start_wandb, name="wandb-init", daemon=True,
+                args=(run_dir, run_name, config, wandb_mode, wandb_project, wandb_entity))
+            self._wandb_start.start()
 
-                self._wandb = wandb.init(
-                    project=wandb_project, entity=wandb_entity or None, name=run_name, dir=str(run_dir),
-                    mode=wandb_mode,  # type: ignore[arg-type]  # a str: online | offline | disabled
-                    config=config, id=f"{run_name}", resume="allow",
-                )
-            except Exception as err:  # logging must never stop training; the JSONL file is always there
-                log.warning("W&B disabled: %s", err)
+    def _start_wandb(self, run_dir: Path, run_name: str, config: dict[str, Any], mode: str, project: str,
+                     entity: str) -> None:
+        try:
+            import wandb
+
+            self._wandb_run = wandb.init(
+                project=project, entity=entity or None, name=run_name, dir=str(run_dir),
+                mode=mode,  # type: ignore[arg-type]  # a str: online | offline | disabled
+                config=config, id=f"{run_name}", resume="allow",
+            )
+        except Exception as err:  # logging must never stop training; the JSONL file is always there
+            log.warning("W&B disabled: %s", err)
+
+    @property
+    def _wandb(self) -> Any:
+        """The W&B run once started (None when disabled or it failed to start)."""
+        if self._wandb_start is not None:
+            self._wandb_start.join()
+            self._wandb_start = None
+        return self._wandb_run
 
     def _truncate_after(self, step: int) -> None:
         truncate_jsonl(self.path, step)
@@ -63,18 +84,29 @@ class MetricsLogger:
         record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._wandb is not None:
-            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
+        if self._wandb_start is not None or self._wandb_run is not None:
+            self._pending.append((step, {k: v for k, v in metrics.items() if isinstance(v, int | float)}))
+            self._flush_wandb(wait=False)
         shown = "  ".join(
             f"{k.replace('reward/', '').replace('/', '_')}={metrics[k]:.3f}"
             for k in CONSOLE_KEYS if isinstance(metrics.get(k), int | float)
         )
         echo(f"[step {step}] {shown}")
 
+    def _flush_wandb(self, wait: bool) -> None:
+        """Send the pending records to W&B once it has started (``wait``: wait for its start)."""
+        if not wait and self._wandb_start is not None and self._wandb_start.is_alive():
+            return
+        run = self._wandb
+        for step, record in self._pending if run is not None else []:
+            run.log(record, step=step)
+        self._pending.clear()
+
     def close(self) -> None:
+        self._flush_wandb(wait=True)
         if self._wandb is not None:
             self._wandb.finish()
-            self._wandb = None
+            self._wandb_run = None
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
