@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vt_ray.common.memory import ProcessMemory, read_process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,18 +55,18 @@ def _register_sizes() -> None:
 def reset_peak(_: Any = None) -> int:
     """Reset this process's VmHWM to its current RSS; returns the RSS in bytes."""
     Path("/proc/self/clear_refs").write_text("5")
-    return _status("VmRSS")
+    return _own_memory().rss
 
 
 def read_peak(_: Any = None) -> int:
-    return _status("VmHWM")
+    return _own_memory().peak_rss
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+def _own_memory() -> ProcessMemory:
+    found = read_process(os.getpid())
+    if found is None:
+        raise RuntimeError("/proc/self/status is unreadable")
+    return found
 
 
 def _plasma_mib() -> float:

@@ -129,11 +129,16 @@ class StepBatch:
     draws the batches that were in flight again (none lost, none doubled)."""
 
 
+def step_seed(cfg: RecipeConfig, step: int) -> int:
+    """The seed of a step's rollouts (engine sampling, T-GRPO's frame shuffle): a resumed step draws the same."""
+    return cfg.run.seed * 1_000_003 + step
+
+
 def sampling_for_training(cfg: RecipeConfig, step: int = 0) -> SamplingSettings:
     r, a = cfg.rollout, cfg.algorithm
     shuffled = (a.tgrpo_shuffled_n or r.n) if a.tgrpo else 0
     return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, stop=list(r.stop),
-                            shuffled_n=shuffled, shuffle_seed=cfg.run.seed * 1_000_003 + step,
+                            shuffled_n=shuffled, shuffle_seed=step_seed(cfg, step),
                             min_tokens=r.min_tokens, ignore_eos=r.ignore_eos)
 
 
@@ -622,7 +627,7 @@ class GRPOTrainer:
     def _make_batch(self, step: int, version: int) -> StepBatch:
         """The rollout phase of ``step`` (generate, score, shape) on the engines' policy ``version``; in the
         asynchronous modes it runs in the pipeline's thread."""
-        self.rollout.reseed(self.cfg.run.seed * 1_000_003 + step)
+        self.rollout.reseed(step_seed(self.cfg, step))
         data, skipped, metrics, (rollout_s, reward_s) = self._collect_step_data(step)
         return StepBatch(step, version, data, skipped, metrics, rollout_s, reward_s, self.sampler.state_dict())
 
