@@ -186,3 +186,30 @@ def test_which_steps_pay_a_policy_logprob_pass(mode: str, updates: int, recomput
     assert cfg.recompute_old_logprobs(updates) is recompute
     assert cfg.policy_logprob_pass(updates) is policy_pass
     assert AlgorithmConfig(behaviour_logprobs="engine", log_logprob_mismatch=False).policy_logprob_pass(3) is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cap"),
+    [
+        ([], 0.0),  # sync: on-policy samples, no weight
+        (["trainer.mode=one_step_off"], 2.0),  # stale samples: the weight is the correction
+        (["trainer.mode=async", "trainer.max_staleness=2"], 2.0),
+        (["trainer.mode=one_step_off", "algorithm.tis_cap=0"], 0.0),  # said explicitly: kept
+        (["trainer.mode=one_step_off", "algorithm.tis_cap=3"], 3.0),
+        (["trainer.mode=one_step_off", "algorithm.behaviour_logprobs=engine"], 0.0),  # ratio vs the engine instead
+    ],
+)
+def test_unset_tis_cap_follows_the_trainer_mode(overrides: list[str], cap: float) -> None:
+    assert load_config(None, overrides).algorithm.tis_cap == cap
+
+
+def test_a_stale_batch_with_one_update_is_weighted_towards_the_current_policy() -> None:
+    """One update per step (auto, no recompute): the ratio is 1, and the truncated weight pi_now / pi_behaviour
+    is all that separates a stale batch's gradient from an on-policy one's."""
+    logp, _, engine, adv, mask = _data(5)
+    engine = engine - 0.7 * (torch.arange(6) % 3 == 0).to(F64)  # an older policy that liked these less
+    batch = _batch(mask, adv, behaviour_logprobs=engine)
+    loss, metrics = make_loss(_cfg(tis_cap=2.0))(logp, batch, _norm(mask))
+    w = tis_weights(logp.detach(), engine, 2.0)
+    torch.testing.assert_close(loss, _expected(logp, logp.detach(), adv, mask, w), rtol=0, atol=1e-12)
+    assert float(metrics["actor/tis_weight_mean"]) != 1.0

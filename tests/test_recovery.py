@@ -128,4 +128,5 @@ def test_one_step_off_run_trains_on_the_previous_version_and_a_recovery_loses_an
     assert versions == {1: 0, 2: 0, 3: 2, 4: 2}, versions  # trained at step s (after s-1 updates) on version s-2
     assert [steps[s]["rollout/staleness"] for s in (1, 2, 3, 4)] == [0, 1, 0, 1]
     assert all(steps[s]["rollout/weight_version"] == s for s in (1, 2, 3, 4))
+    assert all("actor/tis_weight_mean" in steps[s] for s in (1, 2, 3, 4))  # stale samples weighted by default
     assert (run_dir / "hf" / "config.json").is_file()

@@ -20,6 +20,8 @@ POLICY_LOSSES = registry.POLICY_LOSSES.builtin
 SEQUENCE_LEVEL_LOSSES = ("gspo", "gspo_token")  # GSPO defines its objective per sequence (seq-mean-token-mean)
 TGRPO_RULES = ("paper", "code")
 BEHAVIOUR_LOGPROBS = ("auto", "recompute", "engine")
+STALE_TIS_CAP = 2.0
+"""``algorithm.tis_cap`` when unset in the overlapped trainer modes (verl's rollout-correction threshold)."""
 
 
 @dataclass
@@ -96,10 +98,13 @@ class AlgorithmConfig:
     sampling log-probs (no extra pass; the ratio then also carries the engine/learner numerical mismatch).
     auto: recompute when a step makes more than one update (update_epochs > 1 or several mini-batches), else
     on-policy (ratio 1, the learner's own log-probs, free)."""
-    tis_cap: float = 0.0
+    tis_cap: float | None = None
     """Truncated importance sampling of the engine/learner mismatch: each token's loss is weighted by
     min(pi_learner_old / pi_engine, tis_cap) (Yao et al. 2025, "Your efficient RL framework secretly brings you
-    off-policy RL training"; verl's rollout correction, threshold 2.0). 0 = off. Not with ``engine``."""
+    off-policy RL training"; verl's rollout correction, threshold 2.0). 0 = off. Not with ``engine``.
+    Unset (null): off in ``trainer.mode: sync``; ``STALE_TIS_CAP`` in the overlapped modes, whose samples come
+    from an older policy than the one being updated: there the weight is what corrects for the staleness
+    (with one update per step the ratio itself is 1), AReaL's decoupled objective."""
     log_logprob_mismatch: bool = True
     """Log the engine-vs-learner log-prob mismatch every step (rollout/engine_learner_*: mean and max |diff|,
     k3 KL per token). Free when the step makes one update or recomputes old log-probs; with ``engine`` and
@@ -143,10 +148,16 @@ class AlgorithmConfig:
         check(self.entropy_coef >= 0, "algorithm.entropy_coef", "must be >= 0")
         check(self.behaviour_logprobs in BEHAVIOUR_LOGPROBS, "algorithm.behaviour_logprobs",
               f"must be one of {BEHAVIOUR_LOGPROBS}, got {self.behaviour_logprobs!r}")
-        check(self.tis_cap == 0 or self.tis_cap >= 1, "algorithm.tis_cap", "must be 0 (off) or >= 1 (e.g. 2)")
-        check(not (self.tis_cap > 0 and self.behaviour_logprobs == "engine"), "algorithm.tis_cap",
+        check(self.tis_cap is None or self.tis_cap == 0 or self.tis_cap >= 1, "algorithm.tis_cap",
+              "must be 0 (off) or >= 1 (e.g. 2)")
+        check(not (self.truncated_is_cap > 0 and self.behaviour_logprobs == "engine"), "algorithm.tis_cap",
               "truncated IS corrects learner-old vs engine log-probs; with behaviour_logprobs=engine there is no "
               "learner-old policy (use recompute or auto)")
+
+    @property
+    def truncated_is_cap(self) -> float:
+        """``tis_cap`` as a number (unset counts as off: a recipe resolves it from ``trainer.mode``)."""
+        return self.tis_cap or 0.0
 
     def recompute_old_logprobs(self, updates_per_step: int) -> bool:
         """Whether the learner recomputes old log-probs before the update (see ``behaviour_logprobs``)."""

@@ -123,13 +123,13 @@ def make_loss(cfg: Any) -> GRPOLoss:
             if acfg.log_logprob_mismatch:
                 metrics.update({k: v.detach() for k, v in mismatch_stats(learner_old, engine, mask,
                                                                          agg["num_tokens"]).items()})
-            if acfg.tis_cap > 0:
-                weights = tis_weights(learner_old, engine, acfg.tis_cap)  # [B, L]
+            if acfg.truncated_is_cap > 0:
+                weights = tis_weights(learner_old, engine, acfg.truncated_is_cap)  # [B, L]
                 metrics["actor/tis_weight_mean"] = masked_sum(weights, mask) / agg["num_tokens"]
                 metrics["actor/tis_capped_frac"] = (
-                    masked_sum((weights >= acfg.tis_cap).to(weights), mask) / agg["num_tokens"]
+                    masked_sum((weights >= acfg.truncated_is_cap).to(weights), mask) / agg["num_tokens"]
                 )
-        elif acfg.tis_cap > 0:
+        elif acfg.truncated_is_cap > 0:
             raise ValueError("algorithm.tis_cap > 0 needs batch.behaviour_logprobs (engine log-probs)")
         pg_loss, stats = pg_fn(logprobs, old, adv, mask, acfg, Aggregation(acfg.loss_agg_mode, **agg), weights)
         local_share = mask.sum() / agg["num_tokens"]  # turns a local token mean into a mini-batch share

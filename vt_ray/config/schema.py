@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 
-from vt_ray.algo.config import AlgorithmConfig
+from vt_ray.algo.config import STALE_TIS_CAP, AlgorithmConfig
 from vt_ray.common.errors import ConfigError, check
 from vt_ray.config.backends import ROLLOUT_ENGINES
 from vt_ray.config.curate import CurateConfig
@@ -261,6 +261,9 @@ class RecipeConfig:
               f"{self.trainer.mode} overlaps generation with the update; rollout.enable_sleep_mode frees the engines "
               "while the learner trains (a colocated layout): use trainer.mode=sync there")
         algo = self.algorithm  # algorithm keys that depend on the rollout section (issue 18)
+        if algo.tis_cap is None:  # stale samples need the importance weight; on-policy ones do not
+            overlapped = self.trainer.mode != "sync" and algo.behaviour_logprobs != "engine"
+            algo.tis_cap = STALE_TIS_CAP if overlapped else 0.0
         check(not algo.dynamic_sampling or self.rollout.n >= 2, "algorithm.dynamic_sampling",
               "needs rollout.n >= 2 (a group of one never has unequal rewards)")
         check(algo.overlong_buffer_len < self.rollout.max_tokens, "algorithm.overlong_buffer_len",
