@@ -98,20 +98,31 @@ def ensure_inputs(out: Path) -> tuple[Path, Path]:
     return model, data
 
 
+def train_command(model: Path, data: Path, out: Path, name: str, mode: str, tokens: int, steps: int,
+                  overrides: list[str]) -> list[str]:
+    """``vt_ray train`` on the tiny recipe with issue 24's settings, in ``mode``, writing ``OUT/runs/NAME``."""
+    return [sys.executable, "-m", "vt_ray", "train", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
+            f"model.path={model}", f"data.train_file={data / 'train.jsonl'}", f"data.val_file={data / 'val.jsonl'}",
+            f"run.output_dir={out / 'runs'}", f"run.name={name}", f"trainer.total_steps={steps}",
+            f"trainer.save_every={steps}", "trainer.val_samples=1", "trainer.wandb_mode=disabled",
+            "trainer.write_report=false", f"rollout.max_tokens={tokens}", *MODES[mode], *overrides]
+
+
+def step_rows(out: Path, name: str) -> list[dict[str, Any]]:
+    """The training steps' rows of a finished run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["step"] >= 1]
+
+
 def run_one(model: Path, data: Path, out: Path, name: str, mode: str, tokens: int, steps: int,
             overrides: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "vt_ray", "train", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
-           f"model.path={model}", f"data.train_file={data / 'train.jsonl'}", f"data.val_file={data / 'val.jsonl'}",
-           f"run.output_dir={out / 'runs'}", f"run.name={name}", f"trainer.total_steps={steps}",
-           f"trainer.save_every={steps}", "trainer.val_samples=1", "trainer.wandb_mode=disabled",
-           "trainer.write_report=false", f"rollout.max_tokens={tokens}", *MODES[mode], *overrides]
+    cmd = train_command(model, data, out, name, mode, tokens, steps, overrides)
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    rows = [json.loads(line) for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
-    return {"wall_s": wall, "rows": [r for r in rows if r["step"] >= 1]}
+    return {"wall_s": wall, "rows": step_rows(out, name)}
 
 
 def summarize(rows: list[dict[str, Any]], skip: int) -> dict[str, float]:
