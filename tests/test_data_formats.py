@@ -263,3 +263,28 @@ def test_missing_media_can_be_left_to_the_workers(root: Path) -> None:
     assert len(load_samples(root / "video_r1_bad.json", "video_r1")) == 1
     kept = load_samples(root / "video_r1_bad.json", "video_r1", check_media=False)
     assert [s.question for s in kept] == ["ok row", "missing file"]  # bad rows still refused
+
+
+def test_a_format_of_our_own_plugs_in_by_import_path(root: Path) -> None:
+    """``data.format`` and ``eval.benchmarks[].format`` take ``package.module:function`` (tests/own_formats.py):
+    checked at load time, its bad rows skipped and counted like a built-in format's."""
+    from vt_ray.common.errors import ConfigError
+    from vt_ray.config.loader import load_config
+    from vt_ray.eval.loaders import load_benchmark
+
+    rows = [{"clip": "videos/clip.mp4", "q": "Which colour?", "choices": ["red", "blue"], "gold": 1},
+            {"clip": "videos/clip.mp4", "q": "Broken", "choices": ["red"], "gold": 3}]
+    (root / "own.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_config(None, ["data.format=own_formats:convert"]).data.format == "own_formats:convert"
+    report = load_data(root / "own.jsonl", "own_formats:convert")
+    assert [(s.answer, s.options, s.video) for s in report.samples] == [
+        ("B", ["red", "blue"], str((root / "videos" / "clip.mp4").resolve()))]
+    assert [(b.index, b.reason) for b in report.bad_rows] == [(1, "bad_gold")]
+    (root / "own.json").write_text(json.dumps(rows[:1]))
+    assert [s.answer for s in load_benchmark("own_formats:load", root / "own.json")] == ["B"]
+    cfg = load_config(None, ["eval.benchmarks=[{name: own, format: 'own_formats:load', path: x.json}]"])
+    assert cfg.eval.benchmarks[0].format == "own_formats:load"
+    with pytest.raises(ConfigError, match="data.format"):
+        load_config(None, ["data.format=own_formats:no_such_function"])
+    with pytest.raises(ConfigError, match=r"eval.benchmarks\[0\].format"):
+        load_config(None, ["eval.benchmarks=[{name: own, format: 'nope', path: x.json}]"])

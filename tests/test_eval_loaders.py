@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from vt_ray.common.errors import ConfigError  # first: vt_ray.config's __init__ must load before a section module
-from vt_ray.config.eval import BENCHMARK_FORMATS, BenchmarkConfig, EvalConfig
+from vt_ray.config.eval import BenchmarkConfig, EvalConfig
+from vt_ray.config.formats import BENCHMARK_FORMATS
 from vt_ray.data.schema import SampleFormatError, VideoSample, write_samples
-from vt_ray.eval.loaders import LOADERS, BenchmarkFormatError, load_benchmark
+from vt_ray.eval.loaders import BenchmarkFormatError, load_benchmark
 
 
 def _json(path: Path, data) -> Path:
@@ -24,7 +25,10 @@ def _jsonl(path: Path, rows) -> Path:
 
 
 def test_registry_matches_config_formats():
-    assert sorted(LOADERS) == sorted(BENCHMARK_FORMATS)
+    import vt_ray.eval.loaders  # noqa: F401  (registers the built-ins)
+
+    assert BENCHMARK_FORMATS.names() == sorted(BENCHMARK_FORMATS.builtin)
+    assert all(callable(BENCHMARK_FORMATS.get(name)) for name in BENCHMARK_FORMATS.builtin)
 
 
 def test_video_holmes(tmp_path):
@@ -138,7 +142,7 @@ def test_project_jsonl_resolves_videos(tmp_path):
         load_benchmark("project", path)
 
 
-@pytest.mark.parametrize("fmt", sorted(BENCHMARK_FORMATS))
+@pytest.mark.parametrize("fmt", sorted(BENCHMARK_FORMATS.builtin))
 def test_missing_file_names_path(tmp_path, fmt):
     missing = tmp_path / "nope" / "annotations.json"
     with pytest.raises(FileNotFoundError, match="nope/annotations.json"):
@@ -170,7 +174,7 @@ def test_duplicate_uids_and_limit(tmp_path):
         load_benchmark("video_holmes", path)
     path = _json(tmp_path / "two.json", [rec, {**rec, "Question ID": "other"}])
     assert [s.uid for s in load_benchmark("video_holmes", path, limit=1)] == ["same"]
-    with pytest.raises(ValueError, match="unknown benchmark format"):
+    with pytest.raises(ValueError, match="unknown benchmark format 'nope'"):
         load_benchmark("nope", path)
 
 

@@ -9,20 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vt_ray.common.errors import check
-
-# Kept in sync with vt_ray.eval.loaders.LOADERS (a test checks it); listed here so the config module does not
-# import the loaders (and their optional dependencies) just to validate a name.
-BENCHMARK_FORMATS = (
-    "video_holmes",
-    "cg_bench",
-    "cg_bench_reasoning",
-    "vrbench",
-    "scivideobench",
-    "videott",
-    "videomme",
-    "project",
-    "video_r1",
-)
+from vt_ray.config.formats import BENCHMARK_FORMATS
 
 
 @dataclass
@@ -75,7 +62,7 @@ class EvalConfig:
         for i, b in enumerate(self.benchmarks):
             key = f"eval.benchmarks[{i}]"
             check(bool(b.name), f"{key}.name", "must be set")
-            check(b.format in BENCHMARK_FORMATS, f"{key}.format", f"unknown format {b.format!r} {BENCHMARK_FORMATS}")
+            BENCHMARK_FORMATS.check(b.format, f"{key}.format")
             check(bool(b.path), f"{key}.path", "must point at the local annotation file")
             check(b.limit >= 0, f"{key}.limit", "must be >= 0")
         names = [b.name for b in self.benchmarks]

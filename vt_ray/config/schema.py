@@ -16,6 +16,7 @@ from vt_ray.common.errors import ConfigError, check
 from vt_ray.config.backends import ROLLOUT_ENGINES
 from vt_ray.config.curate import CurateConfig
 from vt_ray.config.eval import EvalConfig
+from vt_ray.config.formats import DATA_FORMATS
 from vt_ray.config.learner import LearnerConfig, SftConfig
 from vt_ray.config.resources import ResourcesConfig
 from vt_ray.config.trainer import TrainerConfig
@@ -102,7 +103,8 @@ class DataConfig:
     format: str = "project"
     """Format of train_file/val_file (and sft.train_file): project (our JSONL, vt_ray.data.schema) | video_r1
     (Video-R1-260k / COT-165k records) | verl (verl RL parquet) | easyr1 (EasyR1 dataset); json, jsonl or
-    parquet. See docs/coming-from.md."""
+    parquet; or ``package.module:function``, a converter of your own (contract: vt_ray.config.formats). See
+    docs/coming-from.md."""
     root: str = ""
     """Data root media paths resolve against (Video-R1: the Video-R1-data directory); empty = the data file's
     directory. No sample reads a file outside it: paths that leave it (``..``, absolute paths, symlinks out)
@@ -120,8 +122,7 @@ class DataConfig:
     """downsample: halve the frames until the prompt fits (then drop); drop: skip the sample and count it."""
 
     def __post_init__(self) -> None:
-        check(self.format in ("project", "video_r1", "verl", "easyr1"), "data.format",
-              f"unknown format {self.format!r} (project | video_r1 | verl | easyr1)")
+        DATA_FORMATS.check(self.format, "data.format")
         check(self.max_prompt_tokens > 0, "data.max_prompt_tokens", "must be > 0")
         check(
             self.overlong_policy in ("downsample", "drop"),

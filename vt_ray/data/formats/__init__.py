@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vt_ray.config.formats import DATA_FORMATS
 from vt_ray.data.formats import easyr1, verl, video_r1
 from vt_ray.data.formats.errors import RowError
 from vt_ray.data.formats.media import MediaPathError, resolve_media
@@ -24,9 +25,9 @@ from vt_ray.data.formats.rows import iter_rows
 from vt_ray.data.schema import VideoSample
 
 log = logging.getLogger(__name__)
-FORMATS = ("project", "video_r1", "verl", "easyr1")
 Converter = Callable[[dict[str, Any], int, Path, Path], VideoSample]
-CONVERTERS: dict[str, Converter] = {"video_r1": video_r1.convert, "verl": verl.convert, "easyr1": easyr1.convert}
+for _name, _convert in (("video_r1", video_r1.convert), ("verl", verl.convert), ("easyr1", easyr1.convert)):
+    DATA_FORMATS.register(_name)(_convert)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def _project_rows(path: Path) -> Iterator[dict[str, Any] | RowError]:
                 yield RowError("bad_json", str(err))
 
 
+@DATA_FORMATS.register("project")
 def _project_convert(row: dict[str, Any], index: int, file: Path, root: Path) -> VideoSample:
     try:
         sample = VideoSample(**row)
@@ -98,15 +100,14 @@ def _project_convert(row: dict[str, Any], index: int, file: Path, root: Path) ->
 
 def load_data(path: str | Path, format: str = "project", root: str | Path | None = None,
               check_media: bool = True, on_row: Callable[[LoadReport], None] | None = None) -> LoadReport:
-    """Samples of ``path`` in ``format``, media resolved against ``root`` (default: the file's directory).
-    ``on_row`` sees the report after every row (``data check`` drives its progress line with it)."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown data format {format!r} {FORMATS}")
+    """Samples of ``path`` in ``format`` (a registered name or ``package.module:function``, see
+    :data:`vt_ray.config.formats.DATA_FORMATS`), media resolved against ``root`` (default: the file's
+    directory). ``on_row`` sees the report after every row (``data check`` drives its progress line with it)."""
+    convert: Converter = DATA_FORMATS.get(format)  # an unknown name raises ConfigError naming data.format
     path = Path(path)
     base = Path(root if root else path.parent).resolve()  # once: rows are checked against it
     report = LoadReport(str(path), format)
     rows: Iterable[Any] = _project_rows(path) if format == "project" else iter_rows(path)
-    convert = _project_convert if format == "project" else CONVERTERS[format]
     uids: set[str] = set()
     for index, row in enumerate(rows):
         _take_row(report, row, index, convert, base, uids, check_media)
@@ -158,4 +159,4 @@ def load_samples(path: str | Path, format: str = "project", root: str | Path | N
         raise NoUsableSamples(f"{path}: no usable sample in format {format!r} (root {root or Path(path).parent}); "
                               f"run python -m vt_ray data check")
     return report.samples
-__all__ = ["FORMATS", "BadRow", "LoadReport", "NoUsableSamples", "load_data", "load_samples"]
+__all__ = ["BadRow", "LoadReport", "NoUsableSamples", "load_data", "load_samples"]
