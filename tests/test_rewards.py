@@ -15,8 +15,7 @@ from vt_ray.config import ConfigError, load_config
 from vt_ray.data.schema import VideoSample
 from vt_ray.rewards import CustomRewardConfig, RewardConfig, RewardScorer, RewardTarget, reward_metrics, score_response
 from vt_ray.rewards.accuracy import extract_choice, extract_number, token_f1
-from vt_ray.rewards.composite import BUILTINS
-from vt_ray.rewards.config import BUILTIN_COMPONENTS
+from vt_ray.rewards.config import BUILTIN_COMPONENTS, REWARD_COMPONENTS
 from vt_ray.rewards.format import format_criteria, format_reward
 from vt_ray.rewards.optional import caption_similarity, length_penalty, temporal_iou
 from vt_ray.trace import parse_trace
@@ -234,7 +233,8 @@ def test_composite_total_is_weighted_sum() -> None:
                 + 2.0 * out["length_penalty"])  # fmt: skip
     assert out["total"] == pytest.approx(expected)
     assert out["temporal_iou"] == pytest.approx(1.0) and out["length_penalty"] < 0
-    assert tuple(BUILTINS) == BUILTIN_COMPONENTS
+    assert list(out)[:len(BUILTIN_COMPONENTS)] == list(BUILTIN_COMPONENTS)  # the registry's order
+    assert all(REWARD_COMPONENTS.get(name).__doc__ for name in BUILTIN_COMPONENTS)
 
 
 def test_target_from_sample_and_json() -> None:

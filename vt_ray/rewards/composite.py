@@ -13,12 +13,12 @@ Not thread-safe: use one scorer per thread/actor.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from vt_ray.rewards import video_r1
 from vt_ray.rewards.accuracy import accuracy_reward
-from vt_ray.rewards.config import RewardConfig
+from vt_ray.rewards.config import REWARD_COMPONENTS, RewardConfig
 from vt_ray.rewards.format import format_reward
 from vt_ray.rewards.guard import RewardFn, RewardGuard, make_guard, resolve_import_path
 from vt_ray.rewards.optional import caption_similarity, length_penalty, temporal_iou
@@ -26,16 +26,40 @@ from vt_ray.rewards.target import RewardTarget
 from vt_ray.trace import ParsedTrace, parse_trace
 
 log = logging.getLogger(__name__)
-Builtin = Callable[[ParsedTrace, str, RewardTarget, RewardConfig], float]
 
-BUILTINS: dict[str, Builtin] = {
-    "accuracy": accuracy_reward,
-    "format": lambda tr, resp, t, c: video_r1.format_reward(resp) if c.format_mode == "think_answer"
-    else format_reward(tr, t.duration, c.format_mode, c.window_slack_s),
-    "temporal_iou": lambda tr, _resp, t, _c: temporal_iou(tr.windows, t.windows, t.duration),
-    "caption_similarity": lambda tr, _resp, t, c: caption_similarity(tr.captions, t.captions, c.caption_metric),
-    "length_penalty": lambda _tr, resp, _t, c: length_penalty(resp, c.length_max_words, c.length_buffer_words),
-}
+
+
+@REWARD_COMPONENTS.register("accuracy")
+def _accuracy(trace: ParsedTrace, response: str, target: RewardTarget, cfg: RewardConfig) -> float:
+    """The answer is correct (0/1, or token F1 for free text): vt_ray.rewards.accuracy."""
+    return accuracy_reward(trace, response, target, cfg)
+
+
+@REWARD_COMPONENTS.register("format")
+def _format(trace: ParsedTrace, response: str, target: RewardTarget, cfg: RewardConfig) -> float:
+    """The trace format (``reward.format_mode``; think_answer is Video-R1's)."""
+    if cfg.format_mode == "think_answer":
+        return video_r1.format_reward(response)
+    return format_reward(trace, target.duration, cfg.format_mode, cfg.window_slack_s)
+
+
+@REWARD_COMPONENTS.register("temporal_iou")
+def _temporal_iou(trace: ParsedTrace, response: str, target: RewardTarget, cfg: RewardConfig) -> float:
+    """IoU of the predicted <time> windows with the annotated ones."""
+    return temporal_iou(trace.windows, target.windows, target.duration)
+
+
+@REWARD_COMPONENTS.register("caption_similarity")
+def _caption_similarity(trace: ParsedTrace, response: str, target: RewardTarget, cfg: RewardConfig) -> float:
+    """Similarity of the predicted <caption>s to the reference captions (``reward.caption_metric``)."""
+    return caption_similarity(trace.captions, target.captions, cfg.caption_metric)
+
+
+@REWARD_COMPONENTS.register("length_penalty")
+def _length_penalty(trace: ParsedTrace, response: str, target: RewardTarget, cfg: RewardConfig) -> float:
+    """Soft over-length penalty in [-1, 0]."""
+    return length_penalty(response, cfg.length_max_words, cfg.length_buffer_words)
+
 
 
 class RewardScorer:
@@ -59,9 +83,9 @@ class RewardScorer:
         trace = parse_trace(response)
         out: dict[str, float] = {}
         errors = timeouts = 0
-        for name, fn in BUILTINS.items():
+        for name in REWARD_COMPONENTS.builtin:
             try:
-                out[name] = float(fn(trace, response, target, self.cfg))
+                out[name] = float(REWARD_COMPONENTS.get(name)(trace, response, target, self.cfg))
             except Exception:  # noqa: BLE001 - a reward bug must not crash a training step
                 log.exception("built-in reward %s failed on response %r", name, response[:200])
                 out[name], errors = 0.0, errors + 1

@@ -11,9 +11,17 @@ import re
 from dataclasses import dataclass, field
 
 from vt_ray.common.errors import check
+from vt_ray.common.registry import Registry
 
 _IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
-BUILTIN_COMPONENTS = ("accuracy", "format", "temporal_iou", "caption_similarity", "length_penalty")
+REWARD_COMPONENTS = Registry(
+    "reward component", "reward", "vt_ray.rewards.composite",
+    ("accuracy", "format", "temporal_iou", "caption_similarity", "length_penalty"),
+)
+"""name -> ``component(trace, response, target, cfg) -> float``, computed for every response in this order
+(cheap, linear-time by contract, reported even at weight 0). A user's own reward goes in ``reward.custom``
+instead: that runs isolated, under a time limit."""
+BUILTIN_COMPONENTS = REWARD_COMPONENTS.builtin
 RESERVED_NAMES = (*BUILTIN_COMPONENTS, "total", "errors", "timeouts")
 
 
