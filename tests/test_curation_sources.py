@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from data_pipeline.sources import REGISTRY, Segment, SourceFormatError, SourceRecord, SourceStats, read_source
-from vt_ray.config.curate import SourceConfig
+from data_pipeline.sources import Segment, SourceFormatError, SourceRecord, SourceStats, read_source
+from vt_ray.config.curate import CURATION_SOURCES, SourceConfig
 
 
 def _write(path: Path, data: Any) -> Path:
@@ -217,12 +217,12 @@ def test_lvbench(tmp_path: Path) -> None:
 
 
 def test_unknown_source_lists_known_names(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown source 'howto100m'") as err:
+    with pytest.raises(ValueError, match="unknown curation source 'howto100m'") as err:
         read_source("howto100m", tmp_path / "x.json")
-    assert all(name in str(err.value) for name in REGISTRY)
+    assert all(name in str(err.value) for name in CURATION_SOURCES.builtin)
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(CURATION_SOURCES.builtin))
 def test_missing_file_names_path(tmp_path: Path, name: str) -> None:
     missing = tmp_path / "nope" / "annotations.json"
     with pytest.raises(FileNotFoundError, match=str(missing)):

@@ -2,8 +2,8 @@
 
 ``read_source(name, path, **kw)`` is what the curation pipeline calls (data_pipeline.pipeline.read_records)
 for every source but ``records``. Every module's docstring cites where its format comes from and says what
-could not be confirmed. Errors (see data_pipeline.sources._common): an unknown name is a ValueError listing
-the known ones; a missing file a FileNotFoundError naming it; a file that is not the format at all a
+could not be confirmed. Errors (see data_pipeline.sources._common): an unknown name is a ConfigError (a
+ValueError) listing the known ones; a missing file a FileNotFoundError naming it; a file that is not the format at all a
 SourceFormatError (ValueError) naming the file and the expected format; a malformed entry is skipped and
 counted in the :class:`SourceStats` passed as ``stats=`` (and logged as a warning when the file is done).
 Duplicate uids within a file are skipped and counted too: the uid is the pipeline's resume and dedup key.
@@ -18,18 +18,15 @@ from typing import Any
 from data_pipeline.sources import activitynet_captions, lvbench, scalelong, star, tutorialvqa, youcook2
 from data_pipeline.sources._common import SourceFormatError, SourceStats
 from data_pipeline.sources.record import Segment, SourceRecord
+from vt_ray.config.curate import CURATION_SOURCES
 
 Reader = Callable[..., Iterator[SourceRecord]]
 """``read(path, stats, **kw)``: loads and checks the file eagerly, returns a lazy iterator of records."""
 
-REGISTRY: dict[str, Reader] = {
-    "activitynet_captions": activitynet_captions.read,
-    "tutorialvqa": tutorialvqa.read,
-    "youcook2": youcook2.read,
-    "star": star.read,
-    "scalelong": scalelong.read,
-    "lvbench": lvbench.read,
-}
+for _name, _read in (("activitynet_captions", activitynet_captions.read), ("tutorialvqa", tutorialvqa.read),
+                     ("youcook2", youcook2.read), ("star", star.read), ("scalelong", scalelong.read),
+                     ("lvbench", lvbench.read)):
+    CURATION_SOURCES.register(_name)(_read)  # the built-in names, known statically in vt_ray.config.curate
 
 
 def read_source(name: str, path: str | Path, *, stats: SourceStats | None = None,
@@ -37,9 +34,7 @@ def read_source(name: str, path: str | Path, *, stats: SourceStats | None = None
     """The records of one annotation file. The file is opened and its format checked now; the records are
     produced lazily. ``stats`` (optional) is filled in as the iterator is consumed; ``kw`` goes to the reader
     (e.g. ``video_ext=".mkv"``, YouCook2 ``subset="training"``, TutorialVQA ``videos_path=...``)."""
-    reader = REGISTRY.get(name)
-    if reader is None:
-        raise ValueError(f"unknown source {name!r}; known sources: {', '.join(sorted(REGISTRY))}")
+    reader: Reader = CURATION_SOURCES.get(name)  # an unknown name raises ConfigError (a ValueError) listing them
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{name} annotation file not found: {path}")
@@ -65,4 +60,4 @@ def _tracked(records: Iterator[SourceRecord], stats: SourceStats) -> Iterator[So
     stats.finish()
 
 
-__all__ = ["REGISTRY", "Segment", "SourceFormatError", "SourceRecord", "SourceStats", "read_source"]
+__all__ = ["Segment", "SourceFormatError", "SourceRecord", "SourceStats", "read_source"]

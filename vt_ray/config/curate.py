@@ -11,10 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vt_ray.common.errors import check
+from vt_ray.common.registry import Registry
 
 ENDPOINT_KINDS = ("openai", "vllm_local")
 STEPS = ("question", "caption", "trace", "verify")  # the four model calls of the pipeline
-SOURCE_NAMES = ("activitynet_captions", "tutorialvqa", "youcook2", "star", "scalelong", "lvbench", "records")
+CURATION_SOURCES = Registry("curation source", "curate.sources[].name", "data_pipeline.sources",
+                            ("activitynet_captions", "tutorialvqa", "youcook2", "star", "scalelong", "lvbench"))
+"""name -> ``read(path, stats, **options) -> Iterator[SourceRecord]`` (data_pipeline.sources); a recipe may also
+name ``package.module:read``, its own adapter. ``records`` (a JSONL of SourceRecord dicts) is read by the pipeline
+itself."""
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -90,7 +95,8 @@ class EndpointsConfig:
 @dataclass
 class SourceConfig:
     name: str = "records"
-    """Source adapter (data_pipeline.sources.REGISTRY), or ``records``: a JSONL of SourceRecord dicts."""
+    """Source adapter (a name in ``CURATION_SOURCES`` or ``package.module:read``, your own), or ``records``: a
+    JSONL of SourceRecord dicts."""
     path: str = ""
     """Annotation file of the source."""
     video_root: str = ""
@@ -141,8 +147,8 @@ class CurateConfig:
 
     def __post_init__(self) -> None:
         for i, src in enumerate(self.sources):
-            check(src.name in SOURCE_NAMES, f"curate.sources.{i}.name",
-                  f"unknown source {src.name!r} ({' | '.join(SOURCE_NAMES)})")
+            if src.name != "records":
+                CURATION_SOURCES.check(src.name, f"curate.sources.{i}.name")
             check(bool(src.path), f"curate.sources.{i}.path", "must be set")
             check(src.limit >= 0, f"curate.sources.{i}.limit", "must be >= 0")
         for step in STEPS:
