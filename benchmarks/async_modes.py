@@ -181,13 +181,16 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['staleness_max']:.0f} | {r['wall_s']:.0f} |")
     table = "\n".join(lines)
     print(table, flush=True)
-    payload = {"settings": {"steps": args.steps, "skip_steps": args.skip_steps, "overrides": args.overrides,
-                            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                            "load_avg_end": os.getloadavg()},
-               "table": table, "runs": results}
-    (out / "async_modes.json").write_text(json.dumps(payload, indent=1))
-    print(f"[async_modes] wrote {out / 'async_modes.json'}", flush=True)
+    write_report(out / "async_modes.json", {"steps": args.steps, "skip_steps": args.skip_steps,
+                                            "overrides": args.overrides}, table, results)
     return 0
+
+
+def write_report(path: Path, settings: dict[str, Any], table: str, runs: dict[str, Any]) -> None:
+    """The benchmark's JSON: its settings with the machine and the load at the end, the table, every run."""
+    machine = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "load_avg_end": os.getloadavg()}
+    path.write_text(json.dumps({"settings": {**settings, **machine}, "table": table, "runs": runs}, indent=1))
+    print(f"[{path.stem}] wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.async_modes import MODES, ensure_inputs, step_rows, summarize, train_command
+from benchmarks.async_modes import MODES, ensure_inputs, step_rows, summarize, train_command, write_report
 from vt_ray.common.memory import gib, read_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,13 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             roles = ", ".join(f"{role} {v:.2f}" for role, v in r["role_peak_pss_gib"].items())
             text += f"\n{name} peak PSS by role (GiB): {roles}"
     print(text, flush=True)
-    payload = {"settings": {"steps": args.steps, "skip_steps": args.skip_steps, "repeats": args.repeats,
-                            "overrides": args.overrides, "trl": args.trl_version, "accelerate": ACCELERATE_VERSION,
-                            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                            "load_avg_end": os.getloadavg()},
-               "table": text, "runs": results}
-    (out / "trl_head_to_head.json").write_text(json.dumps(payload, indent=1))
-    print(f"[trl_head_to_head] wrote {out / 'trl_head_to_head.json'}", flush=True)
+    settings = {"steps": args.steps, "skip_steps": args.skip_steps, "repeats": args.repeats,
+                "overrides": args.overrides, "trl": args.trl_version, "accelerate": ACCELERATE_VERSION}
+    write_report(out / "trl_head_to_head.json", settings, text, results)
     return 0
 
 
