@@ -49,7 +49,7 @@ from vt_ray.trace import parse_trace
 from vt_ray.trainer.metrics import MetricsLogger, truncate_jsonl
 from vt_ray.trainer.pipeline import RolloutPipeline
 from vt_ray.trainer.rollout_log import RolloutLog, group_record
-from vt_ray.trainer.run_costs import watch_run_costs
+from vt_ray.trainer.run_costs import RunCosts
 from vt_ray.trainer.sampler import PromptSampler
 
 log = logging.getLogger(__name__)
@@ -231,10 +231,16 @@ class GRPOTrainer:
         self._started = time.perf_counter()
         self.rollout_log = RolloutLog.from_config(self.run_dir, self.tc)
         self.restarts = 0  # in-job recoveries so far (trainer.max_restarts)
-        self.costs = watch_run_costs(self)  # phases.json, memory.json: times and peak memory by phase and role
+        # phases.json, memory.json: times and peak memory by phase and role (the phases are opened below)
+        self.costs = RunCosts(self.run_dir, lambda: {"learner": self.learner, "rollout": self.rollout,
+                                                     "reward": self.rewards})
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
+        with self.costs.phase("load_data"):
+            self._read_data()
+
+    def _read_data(self) -> None:
         from vt_ray.data.formats import load_samples as load_format
         from vt_ray.data.guarded import load_samples
 
@@ -258,6 +264,11 @@ class GRPOTrainer:
         self.sampler = PromptSampler(self.train, seed=self.cfg.run.seed)
 
     def _start_roles(self) -> None:
+        with self.costs.phase("start_roles"):
+            self._spawn_roles()
+        self.costs.roles_started()
+
+    def _spawn_roles(self) -> None:
         from transformers import AutoProcessor
 
         from vt_ray.learner.group import LearnerGroup
@@ -312,6 +323,10 @@ class GRPOTrainer:
 
     # ---- resume --------------------------------------------------------------------------------------------
     def _resume(self, in_job: bool = False) -> None:
+        with self.costs.phase("resume"):
+            self._restore(in_job)
+
+    def _restore(self, in_job: bool) -> None:
         from vt_ray.learner.checkpoint import select
 
         partial = sorted(p.name for p in self.ckpt_root.glob(".tmp_*")) if self.ckpt_root.is_dir() else []
@@ -340,6 +355,10 @@ class GRPOTrainer:
         return {"step": self.step, "sampler": sampler, "skip_totals": dict(self.skip_totals)}
 
     def save(self, driver_state: dict[str, Any] | None = None) -> str:
+        with self.costs.phase("checkpoint"):
+            return self._save(driver_state)
+
+    def _save(self, driver_state: dict[str, Any] | None) -> str:
         start = time.perf_counter()
         state = driver_state or self._driver_state()
         path = self.learner.save_checkpoint(str(self.ckpt_root), extra_state=state)
@@ -712,6 +731,10 @@ class GRPOTrainer:
 
     # ---- validation ----------------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
+        with self.costs.phase("validate_before" if self.step == 0 else "validate"):
+            return self._validate()
+
+    def _validate(self) -> dict[str, float]:
         if not self.val:
             return {}
         start = time.perf_counter()
@@ -741,6 +764,13 @@ class GRPOTrainer:
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        try:
+            with self.costs.phase("fit"):
+                return self._fit()
+        finally:
+            self.costs.finish()
+
+    def _fit(self) -> dict[str, Any]:
         self._started = time.perf_counter()
         from vt_ray.learner.group import LearnerCallError
 
@@ -767,7 +797,9 @@ class GRPOTrainer:
             bar = Progress("GRPO", total=self.tc.total_steps, initial=self.step)
             while self.step < self.tc.total_steps and not self.stop.requested.is_set():
                 try:
-                    metrics = self.train_step()
+                    with self.costs.phase(f"step_{self.step + 1}"):
+                        metrics = self.train_step()
+                    self.costs.step_done(self.step, self.tc.total_steps, metrics)
                 except RolloutRestartBudgetExhausted as err:
                     self._save_before_failing(err)
                     raise
@@ -799,7 +831,8 @@ class GRPOTrainer:
                 summary["checkpoint_step"] = self._saved_step
             if self.step >= self.tc.total_steps and not self.stop.requested.is_set():
                 hf_dir = self.run_dir / "hf"
-                self.learner.save_hf(str(hf_dir), self.cfg.model.dtype)
+                with self.costs.phase("hf_export"):
+                    self.learner.save_hf(str(hf_dir), self.cfg.model.dtype)
                 summary["hf_checkpoint"] = str(hf_dir)
             return summary
         finally:
@@ -811,18 +844,24 @@ class GRPOTrainer:
             (self.run_dir / name).unlink(missing_ok=True)
 
     def shutdown(self) -> None:
+        with self.costs.phase("shutdown"):
+            self._shutdown()
+
+    def _shutdown(self) -> None:
         self._close_pipeline()
-        for role in (self.rollout, self.rewards, self.learner):
+        for name, role in (("rollout", self.rollout), ("reward", self.rewards), ("learner", self.learner)):
             if role is not None:
                 try:
-                    role.shutdown()
+                    with self.costs.phase(f"shutdown_{name}"):
+                        role.shutdown()
                 except Exception as err:  # keep tearing down the rest
                     log.warning("shutdown of %s failed: %s", type(role).__name__, err)
         if self.placement is not None:
             remove_placement_groups(self.placement)
             self.placement = None
         if self.logger is not None:
-            self.logger.close()
+            with self.costs.phase("wandb_close"):
+                self.logger.close()
 
 
 def weight_sync_mode(cfg: RecipeConfig) -> str:
