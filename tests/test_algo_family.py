@@ -298,7 +298,7 @@ def test_recipe_keys_select_every_family() -> None:
         assert isinstance(cfg, AlgorithmConfig), name
 
 
-# --- the driver's dynamic-sampling loop (stand-ins for the Ray groups; the real ones run in
+# --- the rollout phase's dynamic-sampling loop (stand-ins for the Ray groups; the real ones run in
 # test_algo_family_run.py) -----------------------------------------------------------------------------------
 
 
@@ -331,47 +331,45 @@ class _StandInRewards:
         return out
 
 
-def _trainer(*overrides: str):
+def _phase(*overrides: str):
     from vt_ray.data.schema import VideoSample
-    from vt_ray.trainer.driver import GRPOTrainer
+    from vt_ray.trainer.rollout_phase import RolloutPhase
     from vt_ray.trainer.sampler import PromptSampler
 
     cfg = load_config(None, ["rollout.n=3", "trainer.prompts_per_step=3", *overrides])
-    trainer = GRPOTrainer(cfg)
     samples = [VideoSample(uid=f"u{k}", video="v.mp4", question="q", answer="A", options=["x", "y"]) for k in range(40)]
-    trainer.sampler = PromptSampler(samples, seed=0)
-    trainer.sampler._order = list(range(len(samples)))  # u0, u1, u2, ... in order: the test reads plainly
-    trainer.rollout, trainer.rewards = _StandInRollout(cfg.rollout.n), _StandInRewards()
-    return trainer
+    sampler = PromptSampler(samples, seed=0)
+    sampler._order = list(range(len(samples)))  # u0, u1, u2, ... in order: the test reads plainly
+    return RolloutPhase(cfg, sampler, _StandInRollout(cfg.rollout.n), _StandInRewards())
 
 
 def test_dynamic_sampling_refills_with_informative_groups_and_counts_rounds() -> None:
-    trainer = _trainer("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=3")
-    data, _, metrics, _ = trainer._collect_step_data(0)
+    phase = _phase("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=3")
+    data, _, metrics, _ = phase.collect(0)
     # round 0: u0 u1 u2 -> keeps u1; round 1: 2 more (u3 u4) -> u3; round 2: 1 more (u5) -> u5: full
-    assert trainer.rollout.calls == [["u0", "u1", "u2"], ["u3", "u4"], ["u5"]]
+    assert phase.rollout.calls == [["u0", "u1", "u2"], ["u3", "u4"], ["u5"]]
     assert [r.uid for r in data.results] == ["u1", "u3", "u5"] and data.group_ids == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert data.scores.tolist() == [0.0, 1.0, 2.0] * 3
     assert metrics["dapo/refill_rounds"] == 2 and metrics["dapo/prompts_generated"] == 6
-    assert metrics["dapo/short_batch"] == 0 and trainer.sampler.state.consumed == 6  # resumable: the sampler moved
+    assert metrics["dapo/short_batch"] == 0 and phase.sampler.state.consumed == 6  # resumable: the sampler moved
 
 
 def test_dynamic_sampling_oversamples_and_plain_grpo_does_not_filter() -> None:
-    trainer = _trainer("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=1",
-                       "algorithm.oversample_factor=2")
-    data, _, metrics, _ = trainer._collect_step_data(0)
-    assert [len(c) for c in trainer.rollout.calls] == [6]  # ceil(3 x 2) prompts: u1, u3, u5 are informative
+    phase = _phase("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=1",
+                   "algorithm.oversample_factor=2")
+    data, _, metrics, _ = phase.collect(0)
+    assert [len(c) for c in phase.rollout.calls] == [6]  # ceil(3 x 2) prompts: u1, u3, u5 are informative
     assert metrics["dapo/refill_rounds"] == 0 and [r.uid for r in data.results] == ["u1", "u3", "u5"]
-    off = _trainer()
-    plain, _, plain_metrics, _ = off._collect_step_data(0)
+    off = _phase()
+    plain, _, plain_metrics, _ = off.collect(0)
     assert [r.uid for r in plain.results] == ["u0", "u1", "u2"] and "dapo/refill_rounds" not in plain_metrics
 
 
 def test_dynamic_sampling_with_no_informative_group_trains_the_first_round_and_says_so() -> None:
-    trainer = _trainer("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=2")
-    trainer.rewards.score = lambda texts, targets: [{"total": 1.0, "accuracy": 0.0} for _ in texts]
-    data, _, metrics, _ = trainer._collect_step_data(0)
-    assert len(trainer.rollout.calls) == 3 and metrics["dapo/refill_rounds"] == 2
+    phase = _phase("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=2")
+    phase.rewards.score = lambda texts, targets: [{"total": 1.0, "accuracy": 0.0} for _ in texts]
+    data, _, metrics, _ = phase.collect(0)
+    assert len(phase.rollout.calls) == 3 and metrics["dapo/refill_rounds"] == 2
     assert metrics["dapo/informative_groups"] == 0 and metrics["dapo/short_batch"] == 1
     assert [r.uid for r in data.results] == ["u0", "u1", "u2"]
 

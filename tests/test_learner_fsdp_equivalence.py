@@ -162,7 +162,7 @@ def test_sft_stage_writes_a_loadable_checkpoint_and_resumes(ray_cluster, tiny_mo
     from transformers import AutoModelForImageTextToText
 
     from vt_ray.data.synthetic import make_synthetic_dataset
-    from vt_ray.learner.sft import run_sft
+    from vt_ray.trainer.sft import run_sft
 
     make_synthetic_dataset(tmp_path / "data", 4, seed=0, val_fraction=0.0)
     overrides = [

@@ -25,7 +25,7 @@ from vt_ray.rollout.kv_cache import (
     sized_for_recipe,
 )
 from vt_ray.trainer.metrics import read_metrics
-from vt_ray.trainer.run_costs import Span, summarize_phases, watch_run_costs
+from vt_ray.trainer.run_costs import RunCosts, Span, summarize_phases
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny_cpu.yaml"
@@ -140,47 +140,55 @@ class _Group:
 
 
 class _Trainer:
-    """The driver's shape (method names only): what vt_ray/trainer/run_costs.py observes."""
+    """The driver's shape: the phases it opens and the hooks it calls, which vt_ray/trainer/run_costs.py records
+    (the real driver's are checked end to end in test_trainer.py's fault-free run)."""
 
     def __init__(self, run_dir: Path, children: list[subprocess.Popen[bytes]]) -> None:
         self.run_dir, self.children, self.step = run_dir, children, 0
         self.tc = SimpleNamespace(total_steps=3)
         self.learner = self.rollout = self.rewards = None
         self.logger = None
-        self.costs = watch_run_costs(self, interval_s=0.05)
-
-    def _load_data(self) -> None: ...
+        self.costs = RunCosts(run_dir, lambda: {"learner": self.learner, "rollout": self.rollout,
+                                                "reward": self.rewards}, interval_s=0.05)
 
     def _start_roles(self) -> None:
-        pids = [c.pid for c in self.children]
-        self.learner, self.rollout = _Group("learner", pids[:2]), _Group("rollout", pids[2:])
-
-    def _resume(self) -> None: ...
-
-    def validate(self) -> dict[str, float]:
-        return {}
+        with self.costs.phase("start_roles"):
+            pids = [c.pid for c in self.children]
+            self.learner, self.rollout = _Group("learner", pids[:2]), _Group("rollout", pids[2:])
+        self.costs.roles_started()
 
     def train_step(self) -> dict[str, float]:
-        self.step += 1
-        return {"time/step_s": 0.0}
-
-    def save(self) -> str:
-        return "ckpt"
+        with self.costs.phase(f"step_{self.step + 1}"):
+            self.step += 1
+            metrics = {"time/step_s": 0.0}
+        self.costs.step_done(self.step, self.tc.total_steps, metrics)
+        return metrics
 
     def shutdown(self) -> None:
-        for group in (self.rollout, self.learner):
-            group.shutdown()
+        with self.costs.phase("shutdown"):
+            for name, group in (("rollout", self.rollout), ("learner", self.learner)):
+                with self.costs.phase(f"shutdown_{name}"):
+                    group.shutdown()
 
     def fit(self) -> list[dict[str, float]]:
-        self._load_data()
-        self._start_roles()
-        self._resume()
-        self.validate()
-        logged = [self.train_step() for _ in range(self.tc.total_steps)]
-        self.save()
-        self.learner.save_hf("hf")
-        self.shutdown()
-        return logged
+        try:
+            with self.costs.phase("fit"):
+                with self.costs.phase("load_data"):
+                    pass
+                self._start_roles()
+                with self.costs.phase("resume"):
+                    pass
+                with self.costs.phase("validate_before"):
+                    pass
+                logged = [self.train_step() for _ in range(self.tc.total_steps)]
+                with self.costs.phase("checkpoint"):
+                    pass
+                with self.costs.phase("hf_export"):
+                    self.learner.save_hf("hf")
+                self.shutdown()
+                return logged
+        finally:
+            self.costs.finish()
 
 
 def test_run_costs_report_every_role_process_and_phase_of_a_driver_shaped_object(tmp_path: Path) -> None:
@@ -208,7 +216,7 @@ def test_run_costs_report_every_role_process_and_phase_of_a_driver_shaped_object
     names = [s["name"] for s in phases["timeline"]]
     assert names == ["fit", "load_data", "start_roles", "resume", "validate_before", "step_1", "step_2", "step_3",
                      "checkpoint", "hf_export", "shutdown", "shutdown_rollout", "shutdown_learner"]
-    assert trainer.learner is not None and trainer.learner.hf_dirs == ["hf"]  # the wrapped call still ran
+    assert trainer.learner is not None and trainer.learner.hf_dirs == ["hf"]  # the timed call ran
 
 
 def test_metrics_reach_wandb_in_order_when_it_starts_after_the_first_logs(tmp_path: Path,

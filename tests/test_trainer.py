@@ -268,3 +268,56 @@ def test_a_stuck_role_raises_an_error_naming_it() -> None:
         group.shutdown()
     finally:
         ray.shutdown()
+
+
+def _printed_result(text: str) -> dict:
+    """The result JSON ``vt_ray sft`` prints (the report line and logs may follow it)."""
+    return json.JSONDecoder().raw_decode(text[text.rindex('{\n  "hf_dir"'):])[0]
+
+
+@pytest.mark.slow
+def test_sft_stops_on_sigterm_with_a_checkpoint_and_the_same_command_resumes(
+    tiny_model_dir: Path, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """``vt_ray sft`` stops the way ``train`` does: SIGTERM to its process group finishes the current step,
+    writes a checkpoint, exports no HF model of a partial stage and exits 143, leaving no process behind; the
+    same command resumes at the next batch and finishes with every step logged once."""
+    import sys
+
+    out = tmp_path / "sft"
+    cmd = [sys.executable, "-m", "vt_ray", "sft", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
+           f"model.path={tiny_model_dir}", f"data.train_file={synthetic_dir / 'train.jsonl'}",
+           f"sft.output_dir={out}", "sft.epochs=10", "sft.batch_size=4", "trainer.wandb_mode=disabled"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True)
+    lines, total = [], 0
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:  # wait for a real step, then preempt the whole group
+            lines.append(line)
+            second = re.search(r"SFT step 2/(\d+)", line)
+            if second:
+                os.killpg(proc.pid, signal.SIGTERM)
+                total = int(second.group(1))
+                break
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(lines) + rest
+    assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert "checkpointing after the current step" in text
+    result = _printed_result(text)
+    stopped_at = result["steps"]
+    assert result["stopped_early"] is True and result["stop_signal"] == signal.SIGTERM and result["hf_dir"] == ""
+    assert 2 <= stopped_at < total
+    assert not (out / "hf").exists()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, stopped_at + 1))
+    assert _wait_gone(proc.pid) == []
+
+    again = run_cli(cmd)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    finished = _printed_result(again.stdout)
+    assert finished["resumed_from_step"] == stopped_at and finished["steps"] == total
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, total + 1))  # none twice
+    assert (out / "hf" / "config.json").is_file()

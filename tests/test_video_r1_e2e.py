@@ -26,9 +26,9 @@ def test_video_r1_file_trains_sft_and_grpo_and_evaluates(tiny_model_dir: Path, s
 
     from vt_ray.cluster.session import init_ray
     from vt_ray.eval.runner import evaluate
-    from vt_ray.learner.sft import run_sft
     from vt_ray.trainer.driver import GRPOTrainer
     from vt_ray.trainer.metrics import read_metrics
+    from vt_ray.trainer.sft import run_sft
 
     mix = write_video_r1_mix(tmp_path / "mix", read_samples(synthetic_dir / "train.jsonl")[:2], synthetic_dir,
                              num_images=4)  # 4 image rows (MC, numerical, OCR, free-form) + 2 video MC + 1 regression

@@ -292,13 +292,13 @@ def test_driver_sync_raises_on_a_version_mismatch(tmp_path: Path) -> None:
         weight_version = 0
 
     trainer = _trainer(tmp_path / "unused", tmp_path, "rollout.probe_every=0")
-    trainer.learner = _Learner(b"blob")
-    trainer.rollout = _InProcessRollout(Engine(), lie=True, versions=[3, 2])
+    trainer.roles.learner = _Learner(b"blob")
+    trainer.roles.rollout = _InProcessRollout(Engine(), lie=True, versions=[3, 2])
     trainer.step = 3
     with pytest.raises(WeightVersionMismatch, match=r"rollout rank\(s\) \[1\] do not serve version 3") as info:
         trainer._sync_weights()
     assert info.value.ranks == [1]
-    trainer.rollout.versions = [3, 3]
+    trainer.roles.rollout.versions = [3, 3]
     assert trainer._sync_weights() >= 0
     assert trainer.sync_metrics == {"rollout/weight_version": 3.0}  # probe_every=0: no probe
 
@@ -309,8 +309,8 @@ def test_driver_probe_catches_an_engine_that_did_not_load(tiny_model_dir: Path, 
 
     engine = HfEngine(ModelConfig(path=str(tiny_model_dir)), RolloutConfig(backend="hf"))
     trainer = _trainer(tiny_model_dir, tmp_path, "rollout.probe_every=2", "rollout.probe_tolerance=1e-4")
-    trainer.learner = _Learner(_serialize(_perturbed_state(tiny_model_dir)))
-    trainer.rollout = _InProcessRollout(engine)
+    trainer.roles.learner = _Learner(_serialize(_perturbed_state(tiny_model_dir)))
+    trainer.roles.rollout = _InProcessRollout(engine)
 
     trainer.step = 1  # not a probe step ...
     trainer._sync_weights()
@@ -319,8 +319,8 @@ def test_driver_probe_catches_an_engine_that_did_not_load(tiny_model_dir: Path, 
     assert trainer.sync_metrics["rollout/weight_version"] == 1.0
     assert trainer.sync_metrics["rollout/probe_logprob_abs_diff"] < 1e-4
 
-    trainer.learner = _Learner(_serialize(_perturbed_state(tiny_model_dir, seed=8)))
-    trainer.rollout.lie = True
+    trainer.roles.learner = _Learner(_serialize(_perturbed_state(tiny_model_dir, seed=8)))
+    trainer.roles.rollout.lie = True
     trainer.step = 2
     with pytest.raises(WeightProbeMismatch, match=r"rollout rank\(s\) \[0\]"):
         trainer._sync_weights()

@@ -130,12 +130,12 @@ def _round3(value: float | None) -> float | None:
 
 
 def stage_sft(state: DemoState) -> Path:
-    from vt_ray.learner.sft import run_sft
+    from vt_ray.trainer.sft import finished_sft, run_sft
 
     result = run_sft(state.recipe())
     state.summary["sft"] = {"hf_dir": result.hf_dir, "steps": result.steps,
                             "loss_first": _round3(result.first_loss), "loss_last": _round3(result.last_loss)}
-    return Path(result.hf_dir)
+    return finished_sft(result)
 
 
 def stage_grpo(state: DemoState, sft_dir: Path) -> Path:

@@ -149,10 +149,10 @@ def build_inputs(spec: LearningSpec) -> dict[str, Any]:
 
 
 def run_sft_stage(spec: LearningSpec) -> tuple[Path, dict[str, Any]]:
-    from vt_ray.learner.sft import run_sft
+    from vt_ray.trainer.sft import finished_sft, run_sft
 
     result = run_sft(learning_recipe(spec))
-    return Path(result.hf_dir), {"steps": result.steps, "loss_first": result.first_loss, "loss_last": result.last_loss}
+    return finished_sft(result), {"steps": result.steps, "loss_first": result.first_loss, "loss_last": result.last_loss}
 
 
 def run_grpo_stage(spec: LearningSpec, sft_dir: Path, name: str, blank: bool,

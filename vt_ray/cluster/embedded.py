@@ -5,7 +5,7 @@ signal sent to the group (``kill -TERM -PGID``, ``timeout``, systemd/supervisord
 group, a Slurm step) then reaches them too: the GCS and raylet shut down while the driver is still trying to
 finish the step and write its checkpoint, and the run dies with "owner's node has crashed". Here the node is a
 ``ray start --head --block`` in a new session, so only the driver sees such a signal and the graceful stop
-(:class:`vt_ray.trainer.driver.GracefulStop`) can use the cluster until it is done.
+(:class:`vt_ray.trainer.stop.GracefulStop`) can use the cluster until it is done.
 
 Fate sharing is kept: the ``ray start`` process gets ``PR_SET_PDEATHSIG=SIGKILL`` (so it dies with the driver,
 even on SIGKILL), and ``ray start --block`` gives its own children the same (Ray's kernel fate sharing); actor

@@ -5,51 +5,43 @@ operations the driver calls. A plain class, usable in-process (world size 1, tes
 Every public method that touches the model is a collective: all ranks must call it, with their own shard of
 the batch and the same ``num_micro`` (FSDP all-gathers parameters in every forward, so ranks must run the
 same number of forward/backward passes; a short rank runs zero-loss fillers).
+
+Loading and sharding the model (:mod:`vt_ray.learner.sharded_load`) and checkpoint I/O
+(:mod:`vt_ray.learner.checkpoint_io`) are functions of their own over the state this class owns.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.common.weight_stream import StreamPlan, StreamSession, host_store
 from vt_ray.config.schema import RecipeConfig
-from vt_ray.learner import checkpoint as ckpt
-from vt_ray.learner import manifest, safe_dcp, weight_stream
+from vt_ray.learner import weight_stream
 from vt_ray.learner.batch import TrainBatch
-from vt_ray.learner.fsdp import DTYPES, reshard_all, shard_model, tied_parameter_groups
+from vt_ray.learner.checkpoint_io import load_checkpoint, save_checkpoint
+from vt_ray.learner.fsdp import DTYPES, reshard_all
 from vt_ray.learner.logprobs import token_logprobs, token_logprobs_and_entropy
 from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
 from vt_ray.learner.rendezvous import free_port, node_ip
 from vt_ray.learner.schedule import lr_factor, warmup_steps
+from vt_ray.learner.sharded_load import init_process_group, load_sharded
 from vt_ray.learner.vision_dedup import install_video_dedup
 from vt_ray.testing.faults import corrupt_point, crash_point, hang_point
 
 log = logging.getLogger(__name__)
-
-
 
 
 class LearnerWorker:
@@ -88,7 +80,8 @@ class LearnerWorker:
         from torch.distributed.device_mesh import init_device_mesh
         from transformers import AutoConfig, AutoProcessor
 
-        self._init_process_group(master_addr, master_port)
+        init_process_group(self.lcfg.dist_backend, self.device, self.rank, self.world_size, master_addr,
+                           master_port, self.lcfg.timeout_s)
         torch.manual_seed(self.cfg.run.seed + self.rank)
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
         self.model_path = model_path or self.cfg.model.path
@@ -154,69 +147,11 @@ class LearnerWorker:
         offload: bool,
         reshard_after_forward: bool = True,
     ) -> torch.nn.Module:
-        """The model at ``path`` in ``dtype``, ``prepare``d (train/eval mode, flags), sharded over the mesh.
-
-        With learner.load_on_rank0 and more than one rank, no rank but 0 ever holds the full model: all ranks
-        build it on the meta device and shard it, allocate their shard only (``to_empty``), then rank 0 reads
-        the checkpoint and broadcasts it tensor by tensor into the shards (the torchtitan/torchtune recipe).
-        Otherwise every rank loads the full model, then shards it. Collective.
-        """
-        from vt_ray.models.hf_load import build_vl_model_on_meta, load_vl_model, stored_dtype
-
-        if not (self.lcfg.load_on_rank0 and self.world_size > 1):
-            return shard_model(prepare(load_vl_model(path, dtype)), self.mesh, mp, offload, reshard_after_forward)
-
-        model = prepare(build_vl_model_on_meta(path, dtype))
-        tied = tied_parameter_groups(model)
-        model = shard_model(model, self.mesh, mp, offload, reshard_after_forward)
-        # With CPUOffloadPolicy (pin_memory), FSDP2 moves each shard to pinned host memory right after it is
-        # allocated here, so the GPU holds one module's shard at most for a moment.
-        model.to_empty(device=self.device)
-        # Rank 0 reads the weights in the narrower of their stored dtype and the target: the copy into each shard
-        # widens them exactly (bf16 -> fp32), so the released bf16 checkpoint never exists as a full fp32 copy.
-        stored = stored_dtype(path)
-        narrow = stored if stored is not None and stored.itemsize < dtype.itemsize else dtype
-        source = load_vl_model(path, narrow) if self.rank == 0 else None
-        with torch.no_grad():
-            full = source.state_dict() if source is not None else {}
-            set_model_state_dict(
-                model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
-            )
-            del full
-            # FSDP2 does not shard buffers (each rank holds them whole), and the non-persistent ones (Qwen2.5-VL's
-            # text and vision rotary ``inv_freq`` / ``original_inv_freq``) are not in the state dict: after
-            # ``to_empty`` they hold uninitialised memory. Rank 0's plain-loaded model has the values
-            # ``from_pretrained`` gives them, so every rank takes all buffers from it (a few KB) rather than
-            # recomputing them with model-specific init code that could drift from transformers'.
-            for name, buf in model.named_buffers():
-                if source is not None:
-                    buf.copy_(source.get_buffer(name))
-                dist.broadcast(buf, src=0)
-        # The full model must go now, not at the next cyclic GC: use_released_rope_index binds a method to the
-        # model (a reference cycle), so dropping the name alone would keep rank 0 holding the whole policy
-        # while it reads the reference.
-        del source
-        gc.collect()
-        if tied_parameter_groups(model) != tied:  # tie_word_embeddings: lm_head must still be the embedding
-            raise RuntimeError(f"tied parameters {tied} were untied by meta-device loading")
-        return model
-
-    def _init_process_group(self, master_addr: str, master_port: int | None) -> None:
-        backend = self.lcfg.dist_backend
-        if backend == "auto":
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-        if dist.is_initialized():
-            if dist.get_world_size() != self.world_size:
-                raise RuntimeError(f"a process group of {dist.get_world_size()} ranks already exists")
-            return
-        os.environ["MASTER_ADDR"] = master_addr
-        os.environ["MASTER_PORT"] = str(master_port or free_port())
-        dist.init_process_group(
-            backend,
-            rank=self.rank,
-            world_size=self.world_size,
-            timeout=timedelta(seconds=self.lcfg.timeout_s),
-        )
+        """The model at ``path`` sharded over this rank's mesh (:func:`~vt_ray.learner.sharded_load.load_sharded`).
+        Collective."""
+        return load_sharded(path, dtype, prepare, mp, offload, mesh=self.mesh, device=self.device, rank=self.rank,
+                            world_size=self.world_size, load_on_rank0=self.lcfg.load_on_rank0,
+                            reshard_after_forward=reshard_after_forward)
 
     # ---- forward / update ----------------------------------------------------------------------------------
     def _micro_batches(self, shard: TrainBatch, num_micro: int) -> tuple[list[TrainBatch], list[bool]]:
@@ -422,38 +357,9 @@ class LearnerWorker:
         removes the partial directory and raises :class:`~vt_ray.learner.checkpoint.CheckpointWriteError`;
         the previous checkpoint is untouched."""
         assert self.model is not None
-        tmp = ckpt.tmp_dir(root, self.step)
-        if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        dist.barrier()
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        try:
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-            ckpt.save_rng(tmp / ckpt.rng_file(self.rank))
-            if self.rank == 0:
-                ckpt.write_trainer_state(tmp / ckpt.TRAINER_STATE, {
-                    "step": self.step,
-                    "scheduler": self.scheduler.state_dict(),
-                    "world_size": self.world_size,
-                    "extra": extra_state or {},
-                })
-            mine = [p.name for p in tmp.glob(f"__{self.rank}_*.distcp")] + [ckpt.rng_file(self.rank)]
-            manifest.write_partial(tmp, self.rank, mine)
-        except (Exception, CheckpointException) as err:  # DCP's wrapper of the OSError is a BaseException
-            disk = ckpt.disk_state(tmp)  # before the cleanup: torch's zip writer reports ENOSPC as "unexpected pos"
-            shutil.rmtree(tmp, ignore_errors=True)  # give the space back: logs and metrics still need it
-            raise ckpt.CheckpointWriteError(
-                f"learner[{self.rank}]: saving step {self.step} to {tmp} failed ({ckpt.root_cause(err)}; {disk}); the "
-                f"partial directory was removed and the previous checkpoint ({ckpt.latest_name(root)}) is untouched"
-            ) from err
-        crash_point("learner.save_checkpoint", self.rank)  # tests: a kill with the shards written, not committed
-        dist.barrier()
-        final = Path(root) / ckpt.step_dir_name(self.step)
-        if self.rank == 0:
-            final = ckpt.commit(root, self.step, self.lcfg.keep_last)
-        dist.barrier()
-        return str(final)
+        return save_checkpoint(self.model, self.optimizer, self.scheduler, step=self.step, rank=self.rank,
+                               world_size=self.world_size, root=root, keep_last=self.lcfg.keep_last,
+                               extra_state=extra_state)
 
     def load_checkpoint(self, path: str) -> dict[str, Any] | None:
         """Restore from a checkpoint root (its newest intact step) or a step dir; returns the extra state, or
@@ -461,30 +367,11 @@ class LearnerWorker:
         (every rank, a stat per file): the caller chose it with :func:`~vt_ray.learner.checkpoint.select`,
         which checks the hashes once (``LearnerGroup.load_checkpoint`` does). Nothing is unpickled."""
         assert self.model is not None
-        p = Path(path)
-        if ckpt.is_step_dir(p):
-            if not (p / manifest.MANIFEST).is_file() and (p / ckpt.LEGACY_TRAINER_STATE).is_file():
-                raise ckpt.LegacyCheckpoint(p)
-            manifest.verify(p, hashes=False)
-            found: Path | None = p
-        else:
-            found = ckpt.resolve(p)
-        if found is None:
+        loaded = load_checkpoint(self.model, self.optimizer, self.scheduler, rank=self.rank, path=path)
+        if loaded is None:
             return None
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
-        safe_dcp.load(state, str(found))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        trainer = ckpt.read_trainer_state(found / ckpt.TRAINER_STATE)
-        self.scheduler.load_state_dict(trainer["scheduler"])
-        self.step = int(trainer["step"])
-        rng_path = found / ckpt.rng_file(self.rank)
-        if rng_path.is_file():
-            ckpt.load_rng(rng_path)
-        else:  # resumed on more ranks than saved: the new ranks keep their seeded RNG
-            log.warning("learner[%d]: no RNG state in %s", self.rank, found)
-        dist.barrier()
-        return dict(trainer["extra"])
+        self.step, extra = loaded
+        return extra
 
     def shutdown(self) -> None:
         if dist.is_initialized():

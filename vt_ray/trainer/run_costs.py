@@ -13,17 +13,16 @@ shut-down phase (issue 24, items 3 and 4), written into the run directory.
   used when the roles were up (start-up is CPU-bound on a small machine). The train command adds the Ray start
   and stop around ``fit`` (:func:`add_outer_phases`).
 
-Why a wrapper and not lines in the driver: the driver loop is being rewritten (the asynchronous pipeline), so
-this module observes it from outside, through the instance's method names (:func:`watch_run_costs`, one call
-in ``GRPOTrainer.__init__``). A method that is not there is not timed; nothing here can fail a run (errors
-are logged). The sampler reads ``/proc`` from the driver (no call into a busy actor, so steps are not
-delayed; see SAMPLE_EVERY_S for its cost); actors on another node are asked once, after the last step, through
-``__ray_call__`` (one reading, no sampled peak).
+Why spans opened by the driver: a phase is named where it runs (``with costs.phase("start_roles"):``), so
+renaming or moving a method cannot silently drop it from the report; this module only records what it is told
+(:class:`RunCosts`: :meth:`~RunCosts.phase`, :meth:`~RunCosts.roles_started`, :meth:`~RunCosts.step_done`,
+:meth:`~RunCosts.finish`). Nothing here can fail a run (errors are logged). The sampler reads ``/proc`` from the
+driver (no call into a busy actor, so steps are not delayed; see SAMPLE_EVERY_S for its cost); actors on another
+node are asked once, after the last step, through ``__ray_call__`` (one reading, no sampled peak).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,6 @@ SAMPLE_EVERY_S = 2.0
 """PSS sampling period. Reading ``smaps_rollup`` walks a process's page tables: about 10-25 ms of CPU for each
 large process (measured under load), ~80 ms for the tiny recipe's tree, so 2 s keeps it near 2% of one core;
 the exact peak RSS (VmHWM) needs no sampling."""
-ROLE_GROUPS = (("learner", "learner"), ("rollout", "rollout"), ("rewards", "reward"))  # trainer attribute, role
 
 
 # ---- memory ------------------------------------------------------------------------------------------------
@@ -76,8 +74,9 @@ class RolePeak:
 class MemoryWatch:
     """Samples the PSS of every role's process tree on this node every ``interval_s`` (a daemon thread)."""
 
-    def __init__(self, trainer: Any, interval_s: float = SAMPLE_EVERY_S) -> None:
-        self.trainer, self.interval_s = trainer, interval_s
+    def __init__(self, roles: Callable[[], dict[str, Any]], interval_s: float = SAMPLE_EVERY_S) -> None:
+        self.groups, self.interval_s = roles, interval_s
+        """role name (``learner``, ``rollout``, ``reward``) -> its group now (``None`` when not started)"""
         self.driver_pid = os.getpid()
         self.node_id = _node_id()
         self.roles: dict[str, RolePeak] = {}
@@ -110,8 +109,7 @@ class MemoryWatch:
     def role_pids(self) -> dict[str, int]:
         """role name -> pid of every actor on this node that has reported where it runs."""
         found = {}
-        for attr, role in ROLE_GROUPS:
-            group: Any = getattr(self.trainer, attr, None)
+        for role, group in self.groups().items():
             infos = group.actor_infos() if hasattr(group, "actor_infos") else {}
             for rank, info in infos.items():
                 if not self.node_id or not info.node_id or info.node_id == self.node_id:
@@ -168,8 +166,7 @@ class MemoryWatch:
         reading; the peak RSS is the kernel's)."""
         import ray
 
-        for attr, role in ROLE_GROUPS:
-            group = getattr(self.trainer, attr, None)
+        for role, group in self.groups().items():
             for rank, actor in enumerate(getattr(group, "actors", None) or []):
                 peak = self.roles.get(f"{role}{rank}")
                 if peak is None or not peak.remote:
@@ -284,105 +281,54 @@ def format_phases(summary: dict[str, Any]) -> str:
     return "\n".join([line("start-up", summary["startup"]), steps, line("shut-down", summary["shutdown"])])
 
 
-# ---- wiring ------------------------------------------------------------------------------------------------
+# ---- recording ----------------------------------------------------------------------------------------------
 class RunCosts:
-    """The phases and memory of one :class:`~vt_ray.trainer.driver.GRPOTrainer` run."""
+    """The phases and memory of one :class:`~vt_ray.trainer.driver.GRPOTrainer` run: the driver opens the phases
+    and says when the roles are up and a step is done; :meth:`finish` writes the reports."""
 
-    def __init__(self, trainer: Any, interval_s: float = SAMPLE_EVERY_S) -> None:
-        self.trainer = trainer
+    def __init__(self, run_dir: str | Path, roles: Callable[[], dict[str, Any]],
+                 interval_s: float = SAMPLE_EVERY_S) -> None:
+        self.run_dir = Path(run_dir)
         self.phases = PhaseLog()
-        self.memory = MemoryWatch(trainer, interval_s)
+        self.memory = MemoryWatch(roles, interval_s)
         self.startup_cpu_s: dict[str, float] = {}
 
-    def wrap(self, obj: Any, method: str, name: Callable[[], str] | str, after: Callable[[], None] | None = None
-             ) -> None:
-        """Time ``obj.method`` (an instance attribute shadowing the class's method) under ``name``."""
-        original = getattr(obj, method, None)
-        if original is None or getattr(original, "_run_costs", False):
-            return
+    def phase(self, name: str) -> AbstractContextManager[None]:
+        """Time the ``with`` block as phase ``name`` (recorded even when the block raises)."""
+        return self.phases.span(name)
 
-        @functools.wraps(original)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            with self.phases.span(name() if callable(name) else name):
-                result = original(*args, **kwargs)
-            if after is not None:
-                _quietly(after)
-            return result
+    def roles_started(self) -> None:
+        """The roles are up: note the CPU each has used so far and start sampling their memory."""
+        def started() -> None:
+            self.startup_cpu_s = self.memory.cpu_seconds()
+            self.memory.start()
 
-        timed._run_costs = True  # type: ignore[attr-defined]
-        setattr(obj, method, timed)
+        _quietly(started)
 
-    def attach(self) -> None:
-        t = self.trainer
-        self.wrap(t, "_load_data", "load_data")
-        self.wrap(t, "_start_roles", "start_roles", after=self._roles_started)
-        self.wrap(t, "_resume", "resume")
-        self.wrap(t, "validate", lambda: "validate_before" if t.step == 0 else "validate")
-        self.wrap(t, "save", "checkpoint")
-        self.wrap(t, "shutdown", "shutdown")
-        original_step = t.train_step
-
-        @functools.wraps(original_step)
-        def step(*args: Any, **kwargs: Any) -> Any:
-            with self.phases.span(f"step_{t.step + 1}"):
-                metrics = original_step(*args, **kwargs)
-            if t.step == t.tc.total_steps:  # actors on other nodes: asked while they are still there
-                _quietly(self.memory.ask_remote_roles)
-            if t.step in (1, t.tc.total_steps) and isinstance(metrics, dict):
-                _quietly(lambda: metrics.update(self.memory.metrics()))
-            return metrics
-
-        t.train_step = step
-        original_shutdown = t.shutdown
-
-        def shutdown() -> None:  # W&B close is timed on its own; the logger exists only from fit's middle
-            if getattr(t, "logger", None) is not None:
-                self.wrap(t.logger, "close", "wandb_close")
-            original_shutdown()
-
-        t.shutdown = shutdown
-        original_fit = t.fit
-
-        @functools.wraps(original_fit)
-        def fit(*args: Any, **kwargs: Any) -> Any:
-            try:
-                with self.phases.span("fit"):
-                    return original_fit(*args, **kwargs)
-            finally:
-                _quietly(self.finish)
-
-        t.fit = fit
-
-    def _roles_started(self) -> None:
-        t = self.trainer
-        self.startup_cpu_s = self.memory.cpu_seconds()
-        self.wrap(t.learner, "save_hf", "hf_export")
-        for attr, role in ROLE_GROUPS:
-            self.wrap(getattr(t, attr, None), "shutdown", f"shutdown_{role}")
-        self.memory.start()
+    def step_done(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        """After step ``step`` (1-based): the first and the last step's ``metrics`` get the memory peaks so far."""
+        if step == total_steps:  # actors on other nodes: asked while they are still there
+            _quietly(self.memory.ask_remote_roles)
+        if step in (1, total_steps):
+            _quietly(lambda: metrics.update(self.memory.metrics()))
 
     def finish(self) -> None:
-        """Stop sampling; write memory.json and phases.json and print the phases once."""
+        """Stop sampling; write memory.json and phases.json and print the phases once (never raises)."""
+        _quietly(self._finish)
+
+    def _finish(self) -> None:
         self.memory.sample()  # the roles are gone by now: this catches the driver's and Ray's final state
         self.memory.stop()
-        run_dir = Path(self.trainer.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "memory.json").write_text(json.dumps(self.memory.report(), indent=1) + "\n")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "memory.json").write_text(json.dumps(self.memory.report(), indent=1) + "\n")
         summary = summarize_phases(self.phases.spans)
         summary["cpu_s_at_roles_started"] = self.startup_cpu_s
-        (run_dir / "phases.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (self.run_dir / "phases.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(format_phases(summary), flush=True)
         mem = self.memory.report()
         print("[train] peak memory (PSS, GiB): " + ", ".join(
             f"{role} {r['peak_pss_gib']:.2f}" for role, r in mem["roles"].items()) +
             f"; all at once {mem['total']['peak_pss_gib']:.2f}", flush=True)
-
-
-def watch_run_costs(trainer: Any, interval_s: float = SAMPLE_EVERY_S) -> RunCosts:
-    """Time ``trainer``'s phases and sample its roles' memory; both are written when ``fit`` ends."""
-    costs = RunCosts(trainer, interval_s)
-    costs.attach()
-    return costs
 
 
 def add_outer_phases(run_dir: str | Path, **seconds: float) -> None:

@@ -1,5 +1,12 @@
 """The SFT stage: token-mean NLL on gold traces with the learner group, then a Hugging Face checkpoint.
 
+The loop drives the learner group the way the GRPO driver does, with the same guarantees: the first step
+under ``trainer.first_step_timeout_s`` (model loads, compilation), every later one under
+``trainer.step_timeout_s`` (a hung rank raises a StepTimeout naming it, with its stacks); SIGTERM/SIGINT finish
+the current step, write a checkpoint and stop (``vt_ray sft`` then exits 128+signal; no HF export of a
+partial stage), within ``trainer.stop_grace_s``; ``sft.resume`` continues from the last checkpoint at the
+next unseen batch.
+
 Output layout (``sft.output_dir``, default {run.output_dir}/{run.name}/sft):
     recipe.yaml        the resolved recipe
     metrics.jsonl      one line per optimizer step
@@ -29,6 +36,7 @@ from vt_ray.learner.sft_data import (
     sft_train_file,
     steps_per_epoch,
 )
+from vt_ray.trainer.stop import GracefulStop
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,17 @@ class SftResult:
     last_loss: float | None
     skipped: dict[str, int] = field(default_factory=dict)
     resumed_from_step: int = 0
+    stopped_early: bool = False
+    """A signal stopped the stage: a checkpoint was written, no HF export (``hf_dir`` is empty)."""
+    stop_signal: int = 0
+
+
+def finished_sft(result: SftResult) -> Path:
+    """The stage's HF checkpoint, for a caller that goes on to GRPO; a signal that stopped the stage ends the
+    caller too (exit 128+signal, the checkpoint to resume from is written)."""
+    if result.stopped_early:
+        raise SystemExit(128 + result.stop_signal)
+    return Path(result.hf_dir)
 
 
 def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> SftResult:
@@ -65,7 +84,11 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
     log.info("SFT: %d samples, %d steps (%d epochs), %d learners", len(samples), total, cfg.sft.epochs,
              cfg.resources.learner.num_workers)
 
-    group = LearnerGroup(cfg, runtime_env=runtime_env)
+    tc = cfg.trainer
+    group = LearnerGroup(cfg, runtime_env=runtime_env, timeout_s=tc.first_step_timeout_s)
+    stop = GracefulStop(tc.stop_grace_s)
+    stop.install()
+    hf_dir = ""
     try:
         group.setup(total_steps=total, model_path=cfg.model.path, lr=cfg.sft.lr, reference="none")
         ckpt_root = str(out / "checkpoints")
@@ -96,6 +119,8 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
                     continue
                 waited = time.perf_counter() - started  # time the learners waited for this batch's data
                 metrics = group.train_step(batch, "sft")
+                if step == resumed:  # the first step paid for loads and compilation; later ones get the tight bound
+                    group.timeout_s = tc.step_timeout_s
                 step += 1
                 losses.append(metrics["loss"])
                 extra_state = {"epoch": epoch, "next_index": begin + cfg.sft.batch_size, "step": step}
@@ -107,13 +132,17 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
                 log.info("SFT step %d/%d loss %.4f grad_norm %.3f lr %.2e", step, total, metrics["loss"],
                          metrics["grad_norm"], metrics["lr"])
                 bar.advance(loss=metrics["loss"], samples_s=len(batch) / max(now - started, 1e-9))
+                if stop.requested.is_set():
+                    break
                 if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
                     group.save_checkpoint(ckpt_root, extra_state)
                 started = time.perf_counter()
         group.save_checkpoint(ckpt_root, extra_state)
-        hf_dir = group.save_hf(str(out / "hf"))
+        if not stop.requested.is_set():
+            hf_dir = group.save_hf(str(out / "hf"))
     finally:
         group.shutdown()
+        stop.uninstall()
     return SftResult(
         hf_dir=hf_dir,
         steps=step,
@@ -121,4 +150,6 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
         last_loss=losses[-1] if losses else None,
         skipped=dict(builder.skipped.counts),
         resumed_from_step=resumed,
+        stopped_early=stop.requested.is_set(),
+        stop_signal=stop.signum,
     )

@@ -1,0 +1,151 @@
+"""The rollout half of a training step: draw prompts, generate (skipped videos replaced), score, shape the
+scores, and with DAPO dynamic sampling refill until enough groups are informative.
+
+Apart from the driver because in the asynchronous modes it runs on the pipeline's thread while the main thread
+trains: it touches only the sampler and the rollout and reward groups it is given, never the trainer. The score
+shaping (:func:`shape_scores`) is a pure function of the recipe and the scored responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vt_ray.config.schema import RecipeConfig
+from vt_ray.data.schema import VideoSample
+from vt_ray.rollout.types import RolloutResult
+from vt_ray.trainer.responses import Responses, StepBatch
+from vt_ray.trainer.sampler import PromptSampler
+from vt_ray.trainer.settings import sampling_for_training, step_seed
+
+log = logging.getLogger(__name__)
+MAX_REFILL_ROUNDS = 3
+
+
+def shape_scores(cfg: RecipeConfig, data: Responses, shuffled_scored: list[dict[str, float]],
+                 shuffled_groups: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total rewards -> the scores the advantages use: non-finite values zeroed and counted, then DAPO's soft
+    overlong punishment and T-GRPO's temporal bonus when the recipe turns them on."""
+    from vt_ray.algo.shaping import finite_scores, soft_overlong_penalty, tgrpo_bonus
+
+    a = cfg.algorithm
+    scores, bad = finite_scores([s["total"] for s in data.scored])
+    metrics = {"reward/nonfinite": float(bad)}
+    if a.overlong_buffer_len > 0:
+        penalty = soft_overlong_penalty(torch.tensor(data.token_counts), cfg.rollout.max_tokens,
+                                        a.overlong_buffer_len, a.overlong_penalty_factor)
+        scores = scores + penalty.float()
+        metrics["dapo/overlong_penalty_mean"] = float(penalty.mean())
+    if a.tgrpo:
+        acc = torch.tensor([finite_scores([s.get("accuracy", 0.0)])[0].item() for s in data.scored])
+        shuffled_acc = torch.tensor([finite_scores([s.get("accuracy", 0.0)])[0].item() for s in shuffled_scored])
+        bonus, tg = tgrpo_bonus(acc, data.group_ids, shuffled_acc, shuffled_groups, alpha=a.tgrpo_alpha,
+                                rule=a.tgrpo_rule)
+        scores = scores + bonus.float()
+        metrics.update(tg)
+        metrics["tgrpo/shuffled_responses"] = float(len(shuffled_scored))
+    return scores, metrics
+
+
+@dataclass
+class RolloutPhase:
+    """One step's rollouts from ``sampler`` through the ``rollout`` and ``rewards`` groups (made afresh for each
+    batch, so a restarted role or a reset sampler is always the one used)."""
+
+    cfg: RecipeConfig
+    sampler: PromptSampler[VideoSample]
+    rollout: Any
+    rewards: Any
+
+    def make_batch(self, step: int, version: int) -> StepBatch:
+        """The rollout phase of ``step`` (generate, score, shape) on the engines' policy ``version``."""
+        self.rollout.reseed(step_seed(self.cfg, step))
+        data, skipped, metrics, (rollout_s, reward_s) = self.collect(step)
+        return StepBatch(step, version, data, skipped, metrics, rollout_s, reward_s, self.sampler.state_dict())
+
+    def collect(self, step: int) -> tuple[Responses, Counter[str], dict[str, float], tuple[float, float]]:
+        """This step's scored responses. With DAPO dynamic sampling, keep only groups with unequal rewards and
+        refill from further prompts (``algorithm.max_refill_rounds`` extra rounds at most; every draw comes from
+        the resumable sampler, so a resumed run draws the same prompts); short batches are counted."""
+        a, want = self.cfg.algorithm, self.cfg.trainer.prompts_per_step
+        factor = a.oversample_factor if a.dynamic_sampling else 1.0
+        first, skipped, metrics = self.round(self.sampler.take(math.ceil(want * factor)), step)
+        if first is None:
+            raise RuntimeError(f"step {step}: every prompt was skipped ({dict(skipped)})")
+        timing = [metrics.pop("time/rollout_s"), metrics.pop("time/reward_s")]
+        if not a.dynamic_sampling:
+            return first, skipped, metrics, (timing[0], timing[1])
+        from vt_ray.algo.shaping import informative_groups
+
+        kept: list[Responses] = []
+        data: Responses | None = first
+        rounds = generated = 0
+        while True:
+            if data is not None:
+                generated += len(data.results)
+                kept.append(data.select_groups(informative_groups(data.scored_tensor(), data.group_ids)))
+            have = sum(len(k.results) for k in kept)
+            if have >= want or rounds >= a.max_refill_rounds:
+                break
+            rounds += 1
+            data, more_skipped, round_metrics = self.round(self.sampler.take(math.ceil((want - have) * factor)), step)
+            skipped.update(more_skipped)
+            timing[0] += round_metrics.pop("time/rollout_s")
+            timing[1] += round_metrics.pop("time/reward_s")
+            metrics["reward/nonfinite"] += round_metrics["reward/nonfinite"]  # other shaping metrics: first round's
+        merged = Responses.concat(kept)
+        have = len(merged.results)
+        chosen = merged.select_groups(list(range(min(have, want)))) if have else first  # none informative: train as is
+        metrics.update({
+            "dapo/refill_rounds": float(rounds),
+            "dapo/prompts_generated": float(generated),
+            "dapo/informative_groups": float(have),
+            "dapo/short_batch": float(have < want),
+        })
+        return chosen, skipped, metrics, (timing[0], timing[1])
+
+    def round(self, prompts: list[VideoSample], step: int) -> tuple[Responses | None, Counter[str], dict[str, float]]:
+        """Generate (skips refilled), score and shape one round of prompts. Returns (responses with ``scored`` and
+        ``scores``, skip counts, metrics incl. time/rollout_s and time/reward_s of this round)."""
+        t0 = time.perf_counter()
+        results, samples, skipped = self.generate(prompts, step)
+        t1 = time.perf_counter()
+        if not results:
+            return None, skipped, {"time/rollout_s": t1 - t0, "time/reward_s": 0.0}
+        data = Responses.flatten(results, samples)
+        targets = [samples[g].reward_target() for g in data.group_ids]
+        shuffled_groups = [g for g, r in enumerate(results) for _ in r.shuffled_completions]
+        shuffled_texts = [c.text for r in results for c in r.shuffled_completions]
+        shuffled_targets = [samples[g].reward_target() for g in shuffled_groups]
+        all_scored = self.rewards.score(data.texts + shuffled_texts, targets + shuffled_targets)
+        data.scored, shuffled_scored = all_scored[: len(data.texts)], all_scored[len(data.texts):]
+        metrics = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
+        data.scores, shaping = shape_scores(self.cfg, data, shuffled_scored, shuffled_groups)
+        metrics.update(shaping)
+        return data, skipped, metrics
+
+    def generate(self, first: list[VideoSample], step: int
+                 ) -> tuple[list[RolloutResult], list[VideoSample], Counter[str]]:
+        """Responses for ``len(first)`` prompts: skipped samples are counted, remembered and replaced."""
+        want, by_uid = len(first), {s.uid: s for s in first}
+        results: list[RolloutResult] = []
+        skipped: Counter[str] = Counter()
+        todo = first
+        for _ in range(MAX_REFILL_ROUNDS + 1):
+            out = self.rollout.generate(todo, sampling_for_training(self.cfg, step))
+            results += out.results
+            for s in out.skipped:
+                self.sampler.mark_skipped(s.uid, s.reason)
+                skipped[s.reason] += 1
+                log.warning("skipped %s (%s): %s", s.video, s.reason, s.detail)
+            if len(results) >= want or not out.skipped:
+                break
+            todo = self.sampler.take(want - len(results))
+            by_uid.update((s.uid, s) for s in todo)
+        return results, [by_uid[r.uid] for r in results], skipped

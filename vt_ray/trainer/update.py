@@ -1,0 +1,100 @@
+"""The update half of a training step: the scored responses become a learner batch, get their old and reference
+log-probs, advantages and loss mask, and train the policy over ``trainer.update_epochs`` x mini-batches.
+
+The learner calls are in :func:`update_policy`; the math between them (:func:`advantages`,
+:func:`with_update_metrics`) is pure, so it is read and tested without a learner.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from vt_ray.algo.config import AlgorithmConfig
+from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
+from vt_ray.algo.loss import mismatch_stats
+from vt_ray.config.schema import RecipeConfig
+from vt_ray.rollout.types import RolloutResult
+from vt_ray.trainer.responses import Responses
+from vt_ray.trainer.settings import minibatches_per_step
+
+
+def frames_of(result: RolloutResult) -> np.ndarray:
+    """The frames the rollout worker attached to ``result`` (it always does): the learner scores on them."""
+    if result.frames is None:
+        raise ValueError(f"rollout result {result.uid!r} carries no frames: the learner cannot score it")
+    return result.frames
+
+
+def advantages(acfg: AlgorithmConfig, scores: torch.Tensor, data: Responses
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Group-relative advantages of ``scores`` and the responses that count in the loss (DAPO's overlong filter
+    drops truncated ones): (advantages, keep mask, metrics)."""
+    lengths = torch.tensor(data.token_counts, dtype=torch.float32)
+    adv, keep, adv_metrics = compute_grpo_advantages(acfg, scores, data.group_ids, lengths)
+    if acfg.overlong_filter:  # DAPO overlong filtering: truncated responses do not count in the loss
+        from vt_ray.algo.shaping import overlong_filter
+        keep, adv_metrics["dapo/overlong_filtered_frac"] = overlong_filter(keep, data.truncated)
+    return adv, keep, adv_metrics
+
+
+def with_update_metrics(metrics: dict[str, float], update: list[dict[str, float]]) -> dict[str, float]:
+    """``metrics`` plus the mean of each learner key over the mini-batch updates (bare keys under ``actor/``)."""
+    out = dict(metrics)
+    for key in update[0]:  # the learner's own keys (loss, grad_norm, lr, ...) go under actor/
+        name = key if "/" in key else f"actor/{key}"
+        out[name] = sum(u[key] for u in update) / len(update)
+        if key.startswith("actor/engine_learner_") and len(update) == 1:  # the one update saw the pre-update policy
+            out.setdefault(key.replace("actor/", "rollout/"), update[0][key])
+    return out
+
+
+def update_policy(cfg: RecipeConfig, processor: Any, learner: Any, data: Responses, scores: torch.Tensor
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+    """Train the learners on ``data`` (``scores`` from the rollout phase); fills ``data.advantages``. Returns
+    (metrics, timings)."""
+    from vt_ray.learner.batch import Example, collate
+
+    examples = [
+        Example(prompt=r.prompt, frames=frames_of(r), response_ids=c.token_ids, video_metadata=r.video_metadata,
+                uid=r.uid, behaviour_logprobs=c.logprobs, media=r.media)
+        for r in data.results for c in r.completions
+    ]
+    batch = collate(processor, examples)
+    timings: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    start = time.perf_counter()
+    mask = batch.response_mask
+    acfg, tc = cfg.algorithm, cfg.trainer
+    updates = tc.update_epochs * minibatches_per_step(cfg)
+    passes = (["policy"] if acfg.policy_logprob_pass(updates) else []) + (
+        ["reference"] if acfg.needs_reference else [])
+    logprobs = learner.compute_logprobs_passes(batch, passes) if passes else {}  # one put of the batch
+    if "policy" in logprobs:
+        batch.old_logprobs = logprobs["policy"]
+        if acfg.log_logprob_mismatch and batch.behaviour_logprobs is not None:
+            stats = mismatch_stats(batch.old_logprobs, batch.behaviour_logprobs, mask, max(float(mask.sum()), 1.0))
+            metrics.update({k.replace("actor/", "rollout/"): float(v) for k, v in stats.items()})
+    if "reference" in logprobs:
+        batch.ref_logprobs = logprobs["reference"]
+    timings["time/logprobs_s"] = time.perf_counter() - start
+    if batch.ref_logprobs is not None and acfg.use_kl_in_reward:
+        current = batch.old_logprobs if batch.old_logprobs is not None else learner.compute_logprobs(batch, "policy")
+        scores, kl_metrics = apply_kl_in_reward(acfg, scores, current, batch.ref_logprobs, mask)
+        metrics.update(kl_metrics)
+    adv, keep, adv_metrics = advantages(acfg, scores, data)
+    metrics.update(adv_metrics)
+    data.advantages = adv.float().tolist()
+    batch.advantages = adv.float()
+    batch.response_mask = mask * keep.float()[:, None]
+    start = time.perf_counter()
+    size = tc.mini_batch_size or len(batch)
+    update: list[dict[str, float]] = []
+    for _ in range(tc.update_epochs):
+        for mini in batch.chunks(size):
+            update.append(learner.train_step(mini, "grpo"))
+    timings["time/update_s"] = time.perf_counter() - start
+    return with_update_metrics(metrics, update), timings
