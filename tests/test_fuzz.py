@@ -191,7 +191,8 @@ def test_fuzzed_rows_are_kept_inside_the_root_or_skipped_and_counted(data_root: 
                 read_video(s.video, _TINY_VIDEO)
             except VideoError:
                 pass
-    assert report.kept + sum(report.skipped.values()) == sum(1 for line in lines if line.strip())
+    rows_written = [row for row in path.read_text().split("\n") if row.strip()]  # JSON Lines: rows end at \n only
+    assert report.kept + sum(report.skipped.values()) == len(rows_written)
     assert all(Path(s.video).resolve().is_relative_to(data_root) for s in samples)
     assert all(isinstance(s.uid, str) and isinstance(s.options, list) for s in samples)
     assert outside == [], outside
@@ -210,6 +211,21 @@ def test_each_escape_is_refused_by_name(data_root: Path) -> None:
     assert [s.uid for s in samples] == ["3", "4"]  # the in-root symlink is fine
     assert report.skipped == Counter(outside_root=3, bad_type=2, bad_json=1, too_long=1, invalid=1)
     assert "field 'uid'" in report.examples["bad_type"] and "outside" in report.examples["outside_root"]
+
+
+def test_a_carriage_return_inside_a_row_does_not_split_it(data_root: Path) -> None:
+    """JSON Lines rows end at "\\n" only: "\\r" inside a row is JSON whitespace (found by the fuzzer above:
+    universal-newline reading turned one row into two bad ones)."""
+    from vt_ray.data.formats import load_data
+    from vt_ray.data.guarded import load_samples
+
+    path = data_root / "cr.jsonl"
+    good = json.dumps(dict(GOOD, uid="cr")).replace(', "question"', ',\r"question"')
+    path.write_text(good + "\n" + "{broken\rrow}\n")
+    samples, report = load_samples(path)
+    assert [s.uid for s in samples] == ["cr"] and report.skipped == Counter(bad_json=1)
+    formats = load_data(path, check_media=False)
+    assert [s.uid for s in formats.samples] == ["cr"] and [b.reason for b in formats.bad_rows] == ["bad_json"]
 
 
 # ---- model outputs through the reward functions -------------------------------------------------------------

@@ -103,7 +103,9 @@ def load_samples(path: str | Path, root: str | Path | None = None) -> tuple[list
     base = Path(root if root is not None else path.parent).resolve()
     report = LoadReport(str(path))
     out: list[VideoSample] = []
-    with path.open(encoding="utf-8", errors="replace") as f:
+    # JSON Lines rows end at "\n" only: a "\r" inside a row is JSON whitespace, not a row break (text mode's
+    # universal newlines would split it into two bad rows).
+    with path.open(encoding="utf-8", errors="replace", newline="\n") as f:
         for lineno, line in enumerate(f, 1):
             where = f"line {lineno}"
             if not line.strip():

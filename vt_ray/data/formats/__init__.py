@@ -72,7 +72,7 @@ def _project_rows(path: Path) -> Iterator[dict[str, Any] | RowError]:
     ``extra`` dicts across rows (adding null keys), so the samples would not come back as written."""
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    with path.open() as f:
+    with path.open(newline="\n") as f:  # rows end at "\n" only (a "\r" inside a row is JSON whitespace)
         for line in f:
             if not line.strip():
                 yield RowError("blank_line", "empty line")
