@@ -1,0 +1,229 @@
+"""The Megatron-core language model of Qwen2.5-VL (issue 20, first slice) against the Hugging Face model.
+
+Two gloo ranks spawned with torch.multiprocessing (no Ray), on the tiny random Qwen2.5-VL in float32. In one
+spawn each rank runs TP=1 (the two ranks are then data-parallel copies; rank 0's numbers are TP=1's), tears
+megatron's groups down, and runs TP=2. Checked here, in the pytest process, against
+``Qwen2_5_VLForConditionalGeneration`` loaded from the same directory:
+
+* per-token log-probs, on text positions and on video-like multimodal RoPE positions (distinct t/h/w rows);
+* HF -> Megatron -> HF bit-exact at TP=1 and TP=2 (the TP=2 shards split by megatron's partition dims and
+  merged back), each shard also equal to mbridge's own TP split of the same tensor;
+* one SGD step on the mean negative log-likelihood: the updated weights, exported to HF names, match the HF
+  model after the same step; one AdamW step at TP=2 matches TP=1.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+WORLD = 2
+TIMEOUT_S = 240.0
+SGD_LR = 0.5
+ADAMW_LR = 1e-3
+BATCH, LENGTH = 2, 24
+
+
+def _inputs(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, text positions [3, B, L], and positions of a 2x4x4-patch video after 5 text tokens."""
+    from vt_ray.models.mrope import TEXT, VIDEO, sequence_positions
+
+    ids = torch.randint(0, vocab, (BATCH, LENGTH), generator=torch.Generator().manual_seed(3))
+    text = torch.arange(LENGTH).expand(3, BATCH, LENGTH).clone()
+    types = [TEXT] * 5 + [VIDEO] * 8 + [TEXT] * (LENGTH - 13)
+    video = sequence_positions(types, [], [torch.tensor([2, 4, 4])], [2.0], spatial_merge=2, tokens_per_second=2)
+    return ids, text, video[:, None].expand(3, BATCH, LENGTH).clone()
+
+
+def _nll(logprobs: torch.Tensor) -> torch.Tensor:
+    return -logprobs.mean()
+
+
+def _run_tp(tp: int, model_dir: str, rank: int) -> dict[str, Any]:
+    from megatron.core import parallel_state
+
+    from vt_ray.learner.megatron import logprobs, model, parallel, weights
+
+    parallel.init_model_parallel(tensor_parallel=tp)
+    config = model.load_hf_config(model_dir)
+    shape = model.TextShape.from_hf(config)
+    ids, text_pos, video_pos = _inputs(shape.vocab)
+    out: dict[str, Any] = {}
+    results = {}
+    for optimizer in ("sgd", "adamw"):
+        lm = model.build_language_model(shape, tensor_parallel=tp)
+        bridge = weights.make_bridge(config)
+        checkpoint = weights.HfCheckpoint(model_dir)
+        used = weights.load_hf_weights(lm, bridge, checkpoint)
+        if optimizer == "sgd":
+            # mbridge's own TP split of the same full tensor must give the shard we loaded.
+            tp_rank = parallel_state.get_tensor_model_parallel_rank()
+            mismatched = []
+            for name, param in lm.named_parameters():
+                mcore = weights.bridge_name(name)
+                full = bridge._weight_to_mcore_format(
+                    mcore, [checkpoint.get(h) for h in bridge._weight_name_mapping_mcore_to_hf(mcore)])
+                theirs = bridge._weight_split_across_tp(mcore, full, param, tp)[tp_rank]
+                if not torch.equal(theirs, param.detach()):
+                    mismatched.append(name)
+            out["mbridge_split_mismatch"] = mismatched
+            out["used"] = sorted(set(used))
+            out["local_params"] = sum(p.numel() for p in lm.parameters())
+            out["shards"] = {n: p.detach().clone() for n, p in lm.named_parameters()}
+            lm.eval()
+            with torch.no_grad():
+                out["lp_text"] = logprobs.next_token_logprobs(lm, ids, text_pos)
+                out["lp_video"] = logprobs.next_token_logprobs(lm, ids, video_pos)
+            out["exported"] = dict(weights.export_hf_weights(lm, bridge))
+            opt: torch.optim.Optimizer = torch.optim.SGD(lm.parameters(), lr=SGD_LR)
+        else:
+            opt = torch.optim.AdamW(lm.parameters(), lr=ADAMW_LR, weight_decay=0.0)
+        lm.train()
+        opt.zero_grad()
+        loss = _nll(logprobs.next_token_logprobs(lm, ids, video_pos))
+        loss.backward()
+        opt.step()
+        results[optimizer] = {"loss": loss.item(), "weights": dict(weights.export_hf_weights(lm, bridge))}
+    out["steps"] = results
+    parallel.destroy_model_parallel()
+    return out
+
+
+def _rank_main(rank: int, port: int, model_dir: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    result = {f"tp{tp}": _run_tp(tp, model_dir, rank) for tp in (1, 2)}
+    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _spawn(out_dir: Path, model_dir: Path) -> None:
+    """Run :func:`_rank_main` on WORLD processes; fail (and kill them) if they are not done in TIMEOUT_S."""
+    import torch.multiprocessing as mp
+
+    from vt_ray.learner.rendezvous import free_port
+
+    ctx = mp.start_processes(_rank_main, args=(free_port(), str(model_dir), str(out_dir)), nprocs=WORLD,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"megatron ranks not done after {TIMEOUT_S:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    pytest.importorskip("megatron.core")
+    pytest.importorskip("mbridge")
+    out = tmp_path_factory.mktemp("megatron")
+    _spawn(out, tiny_model_dir)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The HF model's log-probs on the same inputs, and its weights after the same SGD step."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ids, text_pos, video_pos = _inputs(model.config.text_config.vocab_size)
+
+    def lp(positions: torch.Tensor) -> torch.Tensor:
+        logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
+        return logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+
+    model.eval()
+    with torch.no_grad():
+        result = {"lp_text": lp(text_pos), "lp_video": lp(video_pos)}
+    model.train()
+    loss = _nll(lp(video_pos))
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=SGD_LR).step()
+    # The trained weights in checkpoint names: what save_pretrained writes.
+    out = tmp_path_factory.mktemp("hf_sgd")
+    model.save_pretrained(out)
+    trained = load_file(str(out / "model.safetensors"))
+    checkpoint = load_file(str(tiny_model_dir / "model.safetensors"))
+    result.update(loss=loss.item(), sgd=trained, checkpoint=checkpoint)
+    return result
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert sorted(a) == sorted(b)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_logprobs_match_hf(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
+    for rank in range(WORLD):
+        ours = runs[rank][f"tp{tp}"]
+        for which in ("lp_text", "lp_video"):
+            diff = (ours[which] - hf[which]).abs().max().item()
+            assert diff < 1e-5, f"TP={tp} rank {rank} {which}: max |diff| {diff:.2e}"
+    # The video positions really exercise the mrope sections: they change the log-probs.
+    assert (hf["lp_video"] - hf["lp_text"]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_hf_megatron_hf_round_trip_is_bit_exact(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
+    language = {k: v for k, v in hf["checkpoint"].items() if not k.startswith("visual.")}
+    for rank in range(WORLD):
+        ours = runs[rank][f"tp{tp}"]
+        assert ours["used"] == sorted(language)  # every language-model tensor read, no vision tensor
+        assert sorted(ours["exported"]) == sorted(language)
+        unequal = [k for k in language if not torch.equal(ours["exported"][k], language[k])]
+        assert unequal == []
+        assert ours["mbridge_split_mismatch"] == []
+
+
+def test_tp2_shards_are_real_halves(runs: list[dict[str, Any]]) -> None:
+    tp1, tp2 = runs[0]["tp1"], [runs[r]["tp2"] for r in range(WORLD)]
+    assert tp2[0]["local_params"] == tp2[1]["local_params"] < 0.6 * tp1["local_params"]
+    qkv = "decoder.layers.0.self_attention.linear_qkv.weight"
+    fc1 = "decoder.layers.0.mlp.linear_fc1.weight"
+    # q/k/v: whole query groups per rank; fc1: this rank's gate rows then its up rows.
+    assert torch.equal(torch.cat([tp2[0]["shards"][qkv], tp2[1]["shards"][qkv]]), tp1["shards"][qkv])
+    gate, up = tp1["shards"][fc1].chunk(2)
+    assert torch.equal(tp2[1]["shards"][fc1], torch.cat([gate.chunk(2)[1], up.chunk(2)[1]]))
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_one_sgd_step_matches_hf(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
+    ours = runs[0][f"tp{tp}"]["steps"]["sgd"]
+    assert abs(ours["loss"] - hf["loss"]) < 1e-5
+    trained = {k: hf["sgd"][k] for k in ours["weights"]}
+    moved = _max_diff(trained, {k: hf["checkpoint"][k] for k in trained})
+    assert moved > 1e-3  # the step changed the weights
+    diff = _max_diff(ours["weights"], trained)
+    assert diff < 1e-5, f"TP={tp}: weights after one SGD step differ from HF's by {diff:.2e}"
+
+
+def test_one_adamw_step_tp2_matches_tp1(runs: list[dict[str, Any]], hf: dict[str, Any]) -> None:
+    """AdamW's first update is about ``lr * sign(grad)``, so it magnifies rounding wherever the true gradient is
+    0. The key bias is such a place: adding the same vector to every key adds one constant to a query's scores,
+    which the softmax cancels; its float gradient is noise of either sign, at TP=1 and TP=2 alike. Everything
+    else must agree to float32 tolerance."""
+    tp1, tp2 = runs[0]["tp1"]["steps"]["adamw"], runs[0]["tp2"]["steps"]["adamw"]
+    assert abs(tp1["loss"] - tp2["loss"]) < 1e-5
+    noise = {k for k in tp1["weights"] if k.endswith("self_attn.k_proj.bias")}
+    assert len(noise) == 2
+    kept = {k: v for k, v in tp1["weights"].items() if k not in noise}
+    diff = _max_diff(kept, {k: tp2["weights"][k] for k in kept})
+    assert diff < 1e-5, f"AdamW TP=2 vs TP=1: {diff:.2e}"
+    moved = _max_diff(kept, {k: hf["checkpoint"][k] for k in kept})
+    assert moved > 0.9 * ADAMW_LR  # the step moved the weights by about lr
+    # Every rank exported the same full weights.
+    assert _max_diff(runs[1]["tp2"]["steps"]["adamw"]["weights"], tp2["weights"]) == 0.0

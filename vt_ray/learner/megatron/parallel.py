@@ -1,0 +1,28 @@
+"""Megatron's model-parallel groups on top of an initialised ``torch.distributed`` default group."""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+
+def init_model_parallel(tensor_parallel: int = 1, pipeline_parallel: int = 1) -> None:
+    """Create megatron's TP/PP/DP groups. The world size must be a multiple of ``tensor_parallel *
+    pipeline_parallel`` (the rest is data parallel); megatron checks it and says so."""
+    from megatron.core import parallel_state
+
+    if not dist.is_initialized():
+        raise RuntimeError("init_model_parallel: call torch.distributed.init_process_group first")
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel,
+                                             pipeline_model_parallel_size=pipeline_parallel)
+
+
+def destroy_model_parallel() -> None:
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+
+
+def tp_rank_and_size() -> tuple[int, int]:
+    from megatron.core import parallel_state
+
+    return (parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size())
