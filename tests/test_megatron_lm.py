@@ -227,3 +227,24 @@ def test_one_adamw_step_tp2_matches_tp1(runs: list[dict[str, Any]], hf: dict[str
     assert moved > 0.9 * ADAMW_LR  # the step moved the weights by about lr
     # Every rank exported the same full weights.
     assert _max_diff(runs[1]["tp2"]["steps"]["adamw"]["weights"], tp2["weights"]) == 0.0
+
+
+def test_layer_spec_choice_on_this_machine() -> None:
+    """TE layers are chosen only with CUDA and transformer-engine; here the local spec with SDPA attention."""
+    pytest.importorskip("megatron.core")
+    from vt_ray.learner.megatron.cpu import SDPACoreAttention
+    from vt_ray.learner.megatron.spec import layer_spec, transformer_engine_usable, use_transformer_engine
+
+    assert transformer_engine_usable() == (torch.cuda.is_available() and _has("transformer_engine"))
+    assert use_transformer_engine("auto") == transformer_engine_usable()
+    assert use_transformer_engine("local") is False and use_transformer_engine("transformer_engine") is True
+    with pytest.raises(ValueError, match="apex"):
+        use_transformer_engine("apex")
+    local = layer_spec(use_te=False)
+    assert local.submodules.self_attention.submodules.core_attention is SDPACoreAttention
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -15,6 +15,15 @@ def transformer_engine_usable() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
 
 
+def use_transformer_engine(impl: str) -> bool:
+    """``learner.megatron.transformer_impl`` -> whether to build TE layers (``auto``: when usable)."""
+    if impl == "auto":
+        return transformer_engine_usable()
+    if impl not in ("transformer_engine", "local"):
+        raise ValueError(f"unknown transformer_impl {impl!r} (auto | transformer_engine | local)")
+    return impl == "transformer_engine"
+
+
 def layer_spec(use_te: bool | None = None) -> Any:
     """A GPT layer ``ModuleSpec`` for Qwen2.5-VL's language model (RMSNorm, SwiGLU, q/k/v bias).
 
