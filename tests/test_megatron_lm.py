@@ -8,7 +8,8 @@ megatron's groups down, and runs TP=2. Checked here, in the pytest process, agai
 * per-token log-probs, on text positions and on video-like multimodal RoPE positions (distinct t/h/w rows);
 * HF -> Megatron -> HF bit-exact at TP=1 and TP=2 (the TP=2 shards split by megatron's partition dims and
   merged back), each shard also equal to mbridge's own TP split of the same tensor;
-* one SGD step on the mean negative log-likelihood: the updated weights, exported to HF names, match the HF
+* one SGD step on the mean negative log-likelihood, gradient clipped by its global norm (assembled over the TP
+  shards, vt_ray/learner/megatron/optim.py): the norm and the updated weights, exported to HF names, match the HF
   model after the same step; one AdamW step at TP=2 matches TP=1.
 """
 
@@ -25,6 +26,7 @@ import torch
 WORLD = 2
 TIMEOUT_S = 240.0
 SGD_LR = 0.5
+CLIP = 1.0  # below the gradient norm here (3.55), so clipping scales the step
 ADAMW_LR = 1e-3
 BATCH, LENGTH = 2, 24
 
@@ -47,7 +49,7 @@ def _nll(logprobs: torch.Tensor) -> torch.Tensor:
 def _run_tp(tp: int, model_dir: str, rank: int) -> dict[str, Any]:
     from megatron.core import parallel_state
 
-    from vt_ray.learner.megatron import logprobs, model, parallel, weights
+    from vt_ray.learner.megatron import logprobs, model, optim, parallel, weights
 
     parallel.init_model_parallel(tensor_parallel=tp)
     config = model.load_hf_config(model_dir)
@@ -87,8 +89,10 @@ def _run_tp(tp: int, model_dir: str, rank: int) -> dict[str, Any]:
         opt.zero_grad()
         loss = _nll(logprobs.next_token_logprobs(lm, ids, video_pos))
         loss.backward()
+        norm = optim.clip_grad_norm(lm, CLIP)
         opt.step()
-        results[optimizer] = {"loss": loss.item(), "weights": dict(weights.export_hf_weights(lm, bridge))}
+        results[optimizer] = {"loss": loss.item(), "grad_norm": norm,
+                              "weights": dict(weights.export_hf_weights(lm, bridge))}
     out["steps"] = results
     parallel.destroy_model_parallel()
     return out
@@ -151,13 +155,14 @@ def hf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     model.train()
     loss = _nll(lp(video_pos))
     loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP).item()
     torch.optim.SGD(model.parameters(), lr=SGD_LR).step()
     # The trained weights in checkpoint names: what save_pretrained writes.
     out = tmp_path_factory.mktemp("hf_sgd")
     model.save_pretrained(out)
     trained = load_file(str(out / "model.safetensors"))
     checkpoint = load_file(str(tiny_model_dir / "model.safetensors"))
-    result.update(loss=loss.item(), sgd=trained, checkpoint=checkpoint)
+    result.update(loss=loss.item(), grad_norm=norm, sgd=trained, checkpoint=checkpoint)
     return result
 
 
@@ -204,6 +209,8 @@ def test_tp2_shards_are_real_halves(runs: list[dict[str, Any]]) -> None:
 def test_one_sgd_step_matches_hf(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
     ours = runs[0][f"tp{tp}"]["steps"]["sgd"]
     assert abs(ours["loss"] - hf["loss"]) < 1e-5
+    assert hf["grad_norm"] > CLIP  # the step below was clipped, on both sides
+    assert abs(ours["grad_norm"] - hf["grad_norm"]) < 1e-5 * hf["grad_norm"]
     trained = {k: hf["sgd"][k] for k in ours["weights"]}
     moved = _max_diff(trained, {k: hf["checkpoint"][k] for k in trained})
     assert moved > 1e-3  # the step changed the weights
