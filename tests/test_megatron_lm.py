@@ -5,7 +5,8 @@ spawn each rank runs TP=1 (the two ranks are then data-parallel copies; rank 0's
 megatron's groups down, and runs TP=2. Checked here, in the pytest process, against
 ``Qwen2_5_VLForConditionalGeneration`` loaded from the same directory:
 
-* per-token log-probs, on text positions and on video-like multimodal RoPE positions (distinct t/h/w rows);
+* per-token log-probs, on text positions and on video-like multimodal RoPE positions (distinct t/h/w rows), and
+  on prompts with an image (the HF vision tower's features merged into the Megatron decoder's input);
 * HF -> Megatron -> HF bit-exact at TP=1 and TP=2 (the TP=2 shards split by megatron's partition dims and
   merged back), each shard also equal to mbridge's own TP split of the same tensor;
 * one SGD step on the mean negative log-likelihood, gradient clipped by its global norm (assembled over the TP
@@ -42,14 +43,31 @@ def _inputs(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ids, text, video[:, None].expand(3, BATCH, LENGTH).clone()
 
 
+def _image_inputs(model_dir: str) -> dict[str, torch.Tensor]:
+    """Two prompts with one image each (same size, different pixels), and their multimodal positions."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from vt_ray.models.mrope import rope_index
+
+    rng = np.random.RandomState(0)
+    images = [Image.fromarray((rng.rand(56, 84, 3) * 255).astype("uint8")) for _ in range(2)]
+    text = "Look: <|vision_start|><|image_pad|><|vision_end|> what colour is it? Red, mostly."
+    inputs = dict(AutoProcessor.from_pretrained(model_dir)(text=[text, text], images=images, return_tensors="pt"))
+    inputs["position_ids"], _ = rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
+                                           None, None, inputs["attention_mask"], spatial_merge=2, tokens_per_second=2)
+    return inputs
+
+
 def _nll(logprobs: torch.Tensor) -> torch.Tensor:
     return -logprobs.mean()
 
 
-def _run_tp(tp: int, model_dir: str, rank: int) -> dict[str, Any]:
+def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, torch.Tensor]) -> dict[str, Any]:
     from megatron.core import parallel_state
 
-    from vt_ray.learner.megatron import logprobs, model, optim, parallel, weights
+    from vt_ray.learner.megatron import logprobs, model, multimodal, optim, parallel, weights
 
     parallel.init_model_parallel(tensor_parallel=tp)
     config = model.load_hf_config(model_dir)
@@ -81,6 +99,10 @@ def _run_tp(tp: int, model_dir: str, rank: int) -> dict[str, Any]:
             with torch.no_grad():
                 out["lp_text"] = logprobs.next_token_logprobs(lm, ids, text_pos)
                 out["lp_video"] = logprobs.next_token_logprobs(lm, ids, video_pos)
+                # Images: the HF vision tower's features merged into the Megatron decoder's input.
+                features = multimodal.vision_features(visual, image["pixel_values"], image["image_grid_thw"])
+                embeds = multimodal.decoder_input(lm, image["input_ids"], {config.image_token_id: features})
+                out["lp_image"] = logprobs.next_token_logprobs(lm, image["input_ids"], image["position_ids"], embeds)
             out["exported"] = dict(weights.export_hf_weights(lm, bridge))
             opt: torch.optim.Optimizer = torch.optim.SGD(lm.parameters(), lr=SGD_LR)
         else:
@@ -104,7 +126,11 @@ def _rank_main(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    result = {f"tp{tp}": _run_tp(tp, model_dir, rank) for tp in (1, 2)}
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    visual = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).model.visual
+    image = _image_inputs(model_dir)
+    result = {f"tp{tp}": _run_tp(tp, model_dir, visual, image) for tp in (1, 2)}
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
@@ -152,6 +178,9 @@ def hf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     model.eval()
     with torch.no_grad():
         result = {"lp_text": lp(text_pos), "lp_video": lp(video_pos)}
+        image = _image_inputs(str(tiny_model_dir))
+        logits = model(**{k: v for k, v in image.items() if k != "mm_token_type_ids"}, use_cache=False).logits
+        result["lp_image"] = logits[:, :-1].float().log_softmax(-1).gather(-1, image["input_ids"][:, 1:, None])[..., 0]
     model.train()
     loss = _nll(lp(video_pos))
     loss.backward()
@@ -175,7 +204,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_logprobs_match_hf(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
     for rank in range(WORLD):
         ours = runs[rank][f"tp{tp}"]
-        for which in ("lp_text", "lp_video"):
+        for which in ("lp_text", "lp_video", "lp_image"):
             diff = (ours[which] - hf[which]).abs().max().item()
             assert diff < 1e-5, f"TP={tp} rank {rank} {which}: max |diff| {diff:.2e}"
     # The video positions really exercise the mrope sections: they change the log-probs.
