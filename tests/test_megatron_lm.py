@@ -6,7 +6,9 @@ megatron's groups down, and runs TP=2. Checked here, in the pytest process, agai
 ``Qwen2_5_VLForConditionalGeneration`` loaded from the same directory:
 
 * per-token log-probs, on text positions and on video-like multimodal RoPE positions (distinct t/h/w rows), and
-  on prompts with an image (the HF vision tower's features merged into the Megatron decoder's input);
+  on prompts with an image (the HF vision tower's features merged into the Megatron decoder's input), and on a
+  collated learner batch of video prompts against ``vt_ray.learner.logprobs.token_logprobs`` (the FSDP2
+  learner's function);
 * HF -> Megatron -> HF bit-exact at TP=1 and TP=2 (the TP=2 shards split by megatron's partition dims and
   merged back), each shard also equal to mbridge's own TP split of the same tensor;
 * one SGD step on the mean negative log-likelihood, gradient clipped by its global norm (assembled over the TP
@@ -60,6 +62,17 @@ def _image_inputs(model_dir: str) -> dict[str, torch.Tensor]:
     return inputs
 
 
+def _learner_batch(model_dir: str) -> Any:
+    """Three video prompts with responses of different lengths, collated (right-padded) as the learner gets them."""
+    from transformers import AutoProcessor
+
+    from test_learner import make_examples  # pytest puts tests/ on sys.path; spawn passes it on
+    from vt_ray.learner.batch import collate
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    return collate(processor, make_examples(processor, 3))
+
+
 def _nll(logprobs: torch.Tensor) -> torch.Tensor:
     return -logprobs.mean()
 
@@ -103,6 +116,7 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
                 features = multimodal.vision_features(visual, image["pixel_values"], image["image_grid_thw"])
                 embeds = multimodal.decoder_input(lm, image["input_ids"], {config.image_token_id: features})
                 out["lp_image"] = logprobs.next_token_logprobs(lm, image["input_ids"], image["position_ids"], embeds)
+                out["lp_batch"] = logprobs.batch_token_logprobs(lm, visual, _learner_batch(model_dir), config)
             out["exported"] = dict(weights.export_hf_weights(lm, bridge))
             opt: torch.optim.Optimizer = torch.optim.SGD(lm.parameters(), lr=SGD_LR)
         else:
@@ -168,6 +182,9 @@ def hf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     from safetensors.torch import load_file
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from vt_ray.learner.logprobs import token_logprobs
+    from vt_ray.models.mrope import use_released_rope_index
+
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
     ids, text_pos, video_pos = _inputs(model.config.text_config.vocab_size)
 
@@ -181,6 +198,9 @@ def hf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         image = _image_inputs(str(tiny_model_dir))
         logits = model(**{k: v for k, v in image.items() if k != "mm_token_type_ids"}, use_cache=False).logits
         result["lp_image"] = logits[:, :-1].float().log_softmax(-1).gather(-1, image["input_ids"][:, 1:, None])[..., 0]
+        batch = _learner_batch(str(tiny_model_dir))
+        result["lp_batch"] = token_logprobs(use_released_rope_index(model), batch, torch.device("cpu"))
+        result["response_mask"] = batch.response_mask.bool()
     model.train()
     loss = _nll(lp(video_pos))
     loss.backward()
@@ -204,9 +224,10 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_logprobs_match_hf(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
     for rank in range(WORLD):
         ours = runs[rank][f"tp{tp}"]
-        for which in ("lp_text", "lp_video", "lp_image"):
+        for which in ("lp_text", "lp_video", "lp_image", "lp_batch"):
             diff = (ours[which] - hf[which]).abs().max().item()
             assert diff < 1e-5, f"TP={tp} rank {rank} {which}: max |diff| {diff:.2e}"
+        assert bool((ours["lp_batch"][hf["response_mask"]] < 0).all())  # every response token was scored
     # The video positions really exercise the mrope sections: they change the log-probs.
     assert (hf["lp_video"] - hf["lp_text"]).abs().max().item() > 1e-3
 
