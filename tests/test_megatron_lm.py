@@ -11,6 +11,7 @@ megatron's groups down, and runs TP=2. Checked here, in the pytest process, agai
   learner's function);
 * HF -> Megatron -> HF bit-exact at TP=1 and TP=2 (the TP=2 shards split by megatron's partition dims and
   merged back), each shard also equal to mbridge's own TP split of the same tensor;
+* one SFT step (vt_ray.learner.losses.sft_loss on that batch, clipped SGD) matches the HF model's;
 * one SGD step on the mean negative log-likelihood, gradient clipped by its global norm (assembled over the TP
   shards, vt_ray/learner/megatron/optim.py): the norm and the updated weights, exported to HF names, match the HF
   model after the same step; one AdamW step at TP=2 matches TP=1.
@@ -80,6 +81,7 @@ def _nll(logprobs: torch.Tensor) -> torch.Tensor:
 def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, torch.Tensor]) -> dict[str, Any]:
     from megatron.core import parallel_state
 
+    from vt_ray.learner.losses import LossNorm, sft_loss
     from vt_ray.learner.megatron import logprobs, model, multimodal, optim, parallel, weights
 
     parallel.init_model_parallel(tensor_parallel=tp)
@@ -88,7 +90,7 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
     ids, text_pos, video_pos = _inputs(shape.vocab)
     out: dict[str, Any] = {}
     results = {}
-    for optimizer in ("sgd", "adamw"):
+    for optimizer in ("sgd", "adamw", "sft"):
         lm = model.build_language_model(shape, tensor_parallel=tp)
         bridge = weights.make_bridge(config)
         checkpoint = weights.HfCheckpoint(model_dir)
@@ -119,11 +121,18 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
                 out["lp_batch"] = logprobs.batch_token_logprobs(lm, visual, _learner_batch(model_dir), config)
             out["exported"] = dict(weights.export_hf_weights(lm, bridge))
             opt: torch.optim.Optimizer = torch.optim.SGD(lm.parameters(), lr=SGD_LR)
-        else:
+        elif optimizer == "adamw":
             opt = torch.optim.AdamW(lm.parameters(), lr=ADAMW_LR, weight_decay=0.0)
+        else:
+            opt = torch.optim.SGD(lm.parameters(), lr=SGD_LR)
         lm.train()
         opt.zero_grad()
-        loss = _nll(logprobs.next_token_logprobs(lm, ids, video_pos))
+        if optimizer == "sft":  # the learner's SFT loss on a collated video batch (vision tower frozen)
+            batch = _learner_batch(model_dir)
+            norm_counts = LossNorm(num_tokens=batch.num_tokens, num_sequences=batch.num_sequences)
+            loss, _ = sft_loss(logprobs.batch_token_logprobs(lm, visual, batch, config), batch, norm_counts)
+        else:
+            loss = _nll(logprobs.next_token_logprobs(lm, ids, video_pos))
         loss.backward()
         norm = optim.clip_grad_norm(lm, CLIP)
         opt.step()
@@ -143,6 +152,7 @@ def _rank_main(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     visual = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).model.visual
+    visual.requires_grad_(False)
     image = _image_inputs(model_dir)
     result = {f"tp{tp}": _run_tp(tp, model_dir, visual, image) for tp in (1, 2)}
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
@@ -183,6 +193,7 @@ def hf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from vt_ray.learner.logprobs import token_logprobs
+    from vt_ray.learner.losses import LossNorm, sft_loss
     from vt_ray.models.mrope import use_released_rope_index
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -212,6 +223,20 @@ def hf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     trained = load_file(str(out / "model.safetensors"))
     checkpoint = load_file(str(tiny_model_dir / "model.safetensors"))
     result.update(loss=loss.item(), grad_norm=norm, sgd=trained, checkpoint=checkpoint)
+
+    # The learner's SFT loss on the collated batch, on a fresh copy, vision tower frozen.
+    model = use_released_rope_index(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir,
+                                                                                       dtype=torch.float32))
+    model.model.visual.requires_grad_(False)
+    model.train()
+    norm_counts = LossNorm(num_tokens=batch.num_tokens, num_sequences=batch.num_sequences)
+    loss, _ = sft_loss(token_logprobs(model, batch, torch.device("cpu")), batch, norm_counts)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], CLIP).item()
+    torch.optim.SGD(model.parameters(), lr=SGD_LR).step()
+    out = tmp_path_factory.mktemp("hf_sft")
+    model.save_pretrained(out)
+    result["sft"] = {"loss": loss.item(), "grad_norm": norm, "weights": load_file(str(out / "model.safetensors"))}
     return result
 
 
@@ -266,6 +291,18 @@ def test_one_sgd_step_matches_hf(runs: list[dict[str, Any]], hf: dict[str, Any],
     assert moved > 1e-3  # the step changed the weights
     diff = _max_diff(ours["weights"], trained)
     assert diff < 1e-5, f"TP={tp}: weights after one SGD step differ from HF's by {diff:.2e}"
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_one_sft_step_on_a_learner_batch_matches_hf(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
+    """vt_ray's SFT loss (token-mean NLL of the responses) on a collated video batch, clipped SGD step."""
+    ours, theirs = runs[0][f"tp{tp}"]["steps"]["sft"], hf["sft"]
+    assert abs(ours["loss"] - theirs["loss"]) < 1e-5
+    assert abs(ours["grad_norm"] - theirs["grad_norm"]) < 1e-5 * theirs["grad_norm"]
+    trained = {k: theirs["weights"][k] for k in ours["weights"]}
+    assert _max_diff(trained, {k: hf["checkpoint"][k] for k in trained}) > 1e-3
+    diff = _max_diff(ours["weights"], trained)
+    assert diff < 1e-5, f"TP={tp}: weights after one SFT step differ from HF's by {diff:.2e}"
 
 
 def test_one_adamw_step_tp2_matches_tp1(runs: list[dict[str, Any]], hf: dict[str, Any]) -> None:
