@@ -78,7 +78,23 @@ def _nll(logprobs: torch.Tensor) -> torch.Tensor:
     return -logprobs.mean()
 
 
-def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _save_hf(state: dict[str, torch.Tensor], model_dir: str, out_dir: str) -> None:
+    """``state`` as a HF model directory next to the rank results: weights plus the source's config and
+    processor files."""
+    import shutil
+
+    from huggingface_hub import save_torch_state_dict
+
+    target = Path(out_dir) / "hf_after_sft"
+    target.mkdir()
+    save_torch_state_dict(state, target)
+    for f in Path(model_dir).iterdir():
+        if not f.name.startswith("model.safetensors"):
+            shutil.copy(f, target / f.name)
+
+
+def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, torch.Tensor],
+            out_dir: str) -> dict[str, Any]:
     from megatron.core import parallel_state
 
     from vt_ray.learner.losses import LossNorm, sft_loss
@@ -138,6 +154,14 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
         opt.step()
         results[optimizer] = {"loss": loss.item(), "grad_norm": norm,
                               "weights": dict(weights.export_hf_weights(lm, bridge))}
+        if optimizer == "sft" and tp == 2:
+            # The trained model as a HF checkpoint (rank 0 writes), and what the Megatron model now gives.
+            state = weights.full_hf_state_dict(lm, bridge, visual)
+            if parallel_state.get_data_parallel_rank() == 0 and parallel_state.get_tensor_model_parallel_rank() == 0:
+                _save_hf(state, model_dir, out_dir)
+            lm.eval()
+            with torch.no_grad():
+                out["lp_batch_after_sft"] = logprobs.batch_token_logprobs(lm, visual, batch, config)
     out["steps"] = results
     parallel.destroy_model_parallel()
     return out
@@ -154,7 +178,7 @@ def _rank_main(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     visual = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).model.visual
     visual.requires_grad_(False)
     image = _image_inputs(model_dir)
-    result = {f"tp{tp}": _run_tp(tp, model_dir, visual, image) for tp in (1, 2)}
+    result = {f"tp{tp}": _run_tp(tp, model_dir, visual, image, out_dir) for tp in (1, 2)}
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
@@ -183,7 +207,9 @@ def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list
     pytest.importorskip("mbridge")
     out = tmp_path_factory.mktemp("megatron")
     _spawn(out, tiny_model_dir)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    runs = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    runs[0]["hf_after_sft"] = out / "hf_after_sft"
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -303,6 +329,31 @@ def test_one_sft_step_on_a_learner_batch_matches_hf(runs: list[dict[str, Any]], 
     assert _max_diff(trained, {k: hf["checkpoint"][k] for k in trained}) > 1e-3
     diff = _max_diff(ours["weights"], trained)
     assert diff < 1e-5, f"TP={tp}: weights after one SFT step differ from HF's by {diff:.2e}"
+
+
+def test_trained_megatron_model_saves_as_a_hf_checkpoint(runs: list[dict[str, Any]], hf: dict[str, Any]) -> None:
+    """After the TP=2 SFT step: the full state (LM merged from shards + HF vision tower) is a complete checkpoint
+    (the original's names and shapes, nothing missing or unexpected on load), and the HF model loaded from it
+    scores the learner batch as the Megatron model does."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vt_ray.learner.logprobs import token_logprobs
+    from vt_ray.models.mrope import use_released_rope_index
+
+    saved_dir = runs[0]["hf_after_sft"]
+    saved = load_file(str(saved_dir / "model.safetensors"))
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in hf["checkpoint"].items()}
+    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(saved_dir, dtype=torch.float32,
+                                                                     output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        theirs = token_logprobs(use_released_rope_index(model.eval()), _learner_batch(str(saved_dir)),
+                                torch.device("cpu"))
+    ours = runs[0]["tp2"]["lp_batch_after_sft"]
+    assert (ours - hf["lp_batch"]).abs().max().item() > 1e-3  # the step changed the scores
+    diff = (ours - theirs).abs().max().item()
+    assert diff < 1e-5, f"HF model from the Megatron export vs the Megatron model: {diff:.2e}"
 
 
 def test_one_adamw_step_tp2_matches_tp1(runs: list[dict[str, Any]], hf: dict[str, Any]) -> None:

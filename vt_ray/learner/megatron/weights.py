@@ -157,8 +157,8 @@ def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint) -> list[s
 @torch.no_grad()
 def export_hf_weights(model: Any, bridge: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, full tensor) for every language-model parameter, TP shards merged; every TP rank must iterate
-    it (the merge is an all-gather), every rank gets the full tensors. They are copies: training on after an
-    export does not change what was exported."""
+    it (the merge is an all-gather), every rank gets the full tensors. Each is its own copy: training on after
+    an export does not change it, and safetensors can save it (no shared storage)."""
     _, size, group = _tp()
     offset = _layer_offset(model)
     for name, param in model.named_parameters():
@@ -167,6 +167,17 @@ def export_hf_weights(model: Any, bridge: Any) -> Iterator[tuple[str, torch.Tens
             shards = [torch.empty_like(local) for _ in range(size)]
             dist.all_gather(shards, local, group=group)
         else:
-            shards = [local.clone()]
+            shards = [local]
         hf_names, tensors = bridge._weight_to_hf_format(bridge_name(name, offset), merge_shards(shards, param, name))
-        yield from zip(hf_names, tensors)
+        for hf_name, tensor in zip(hf_names, tensors):
+            yield hf_name, tensor.clone()  # mbridge's q/k/v and gate/up are views of one tensor
+
+
+def full_hf_state_dict(model: Any, bridge: Any, visual: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+    """The whole Qwen2.5-VL in checkpoint names: the language model merged from its TP shards (collective, as
+    :func:`export_hf_weights`) plus the HF vision tower's tensors under ``visual.`` (the names
+    ``save_pretrained`` writes). What a rollout engine or ``save_hf`` needs."""
+    state = dict(export_hf_weights(model, bridge))
+    if visual is not None:
+        state.update({f"visual.{k}": v.detach().clone() for k, v in visual.state_dict().items()})
+    return state
