@@ -21,8 +21,3 @@ def destroy_model_parallel() -> None:
 
     parallel_state.destroy_model_parallel()
 
-
-def tp_rank_and_size() -> tuple[int, int]:
-    from megatron.core import parallel_state
-
-    return (parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size())
