@@ -393,3 +393,20 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.slow
+def test_check_script_passes_on_cpu_and_fails_when_it_should(tiny_model_dir: Path) -> None:
+    """tools/megatron_check.py (the one-command GPU check) in its CPU mode: TP=2 over gloo passes; a zero
+    log-prob tolerance fails with exit status 1 (so its OK lines are real checks)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "tools" / "megatron_check.py"), "--tp", "2", "--model", str(tiny_model_dir)]
+    ok = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("OK  ") == 3
+    strict = subprocess.run([*command, "--tol", "0"], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert strict.returncode == 1
+    assert "FAIL log-probs" in strict.stdout
