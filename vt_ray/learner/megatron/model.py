@@ -64,8 +64,13 @@ def _filled_from_checkpoint(weight: torch.Tensor) -> None:
 
 def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                        dtype: torch.dtype = torch.float32, use_te: bool = False) -> Any:
-    """The ``TransformerConfig``. Without TE every fused kernel is off (they are CUDA kernels) and parameters
-    are created on the CPU; dropout is 0 (RL fine-tuning, and what the HF model runs with)."""
+    """The ``TransformerConfig``. Dropout is 0 (RL fine-tuning, and what the HF model runs with).
+
+    Fused kernels: only the bias-SwiGLU and bias-dropout-add fusions, and only with TE on CUDA (they are CUDA
+    kernels). Left off everywhere: gradient-accumulation fusion (writes ``param.main_grad``, which only
+    megatron's DDP allocates; we step a torch optimizer), the RoPE fusion (not checked with mrope), the masked
+    softmax fusion (for megatron's own attention, which neither spec here uses) and persistent layer norm
+    (apex). Without CUDA, parameters are created on the CPU."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     fused = use_te and torch.cuda.is_available()
@@ -83,8 +88,9 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
         # no-op: every parameter is overwritten from the checkpoint.
         perform_initialization=True, init_method=_filled_from_checkpoint,
         output_layer_init_method=_filled_from_checkpoint,
-        gradient_accumulation_fusion=fused, bias_activation_fusion=fused, bias_dropout_fusion=fused,
-        masked_softmax_fusion=fused, persist_layer_norm=fused, apply_rope_fusion=fused,
+        bias_activation_fusion=fused, bias_dropout_fusion=fused,
+        gradient_accumulation_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
+        apply_rope_fusion=False,
     )
 
 

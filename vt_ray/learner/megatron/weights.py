@@ -15,6 +15,11 @@ The TP split is by each parameter's ``partition_dim`` (megatron sets it with ``t
 the one layout megatron chooses per rank: a SwiGLU ``linear_fc1`` shard holds this rank's gate rows *then* its
 up rows. q/k/v need nothing special: mbridge's layout is grouped by KV head, so contiguous chunks are whole
 query groups, which is how ``linear_qkv`` is partitioned.
+
+The bridge methods used (``_weight_name_mapping_mcore_to_hf``, ``_weight_to_mcore_format``,
+``_weight_to_hf_format``) are underscore-private in mbridge 0.15.1: its public ``load_weights`` /
+``export_weights`` walk a model mbridge built itself, which needs transformer-engine. The version is pinned and
+tests/test_megatron_lm.py round-trips every tensor through them.
 """
 
 from __future__ import annotations
