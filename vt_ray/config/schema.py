@@ -261,6 +261,7 @@ class RecipeConfig:
         check(self.trainer.mode == "sync" or not self.rollout.enable_sleep_mode, "trainer.mode",
               f"{self.trainer.mode} overlaps generation with the update; rollout.enable_sleep_mode frees the engines "
               "while the learner trains (a colocated layout): use trainer.mode=sync there")
+        self.learner.megatron.check_model(self.model.path, self.resources.learner.num_workers)
         algo = self.algorithm  # algorithm keys that depend on the rollout section (issue 18)
         if algo.tis_cap is None:  # stale samples need the importance weight; on-policy ones do not
             overlapped = self.trainer.mode != "sync" and algo.behaviour_logprobs != "engine"

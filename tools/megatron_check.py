@@ -1,0 +1,119 @@
+"""One-command check of the Megatron language model against Hugging Face, on GPU or CPU (issue 20).
+
+    .venv/bin/python tools/megatron_check.py --tp 2                      # tiny random model, built here
+    .venv/bin/python tools/megatron_check.py --tp 4 --model DIR --dtype bfloat16 --impl transformer_engine
+
+Spawns ``--tp`` ranks (NCCL and one GPU each when CUDA is there, gloo on CPU otherwise), builds the model with
+the chosen layer spec (``auto``: transformer-engine on GPU when installed), loads the checkpoint, and checks:
+the HF -> Megatron -> HF round trip is exact (in the run's dtype), and per-token log-probs on random text with
+text and with multimodal (video-like) positions match ``Qwen2_5_VLForConditionalGeneration``'s within
+``--tol``. Prints one line per check; exit status 1 on a failure. On CPU it runs what tests/test_megatron_lm.py
+runs; the TE spec, NCCL and bf16 paths are what it is for, and were not run on this project's CPU machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: vt_ray of this tree
+
+
+def _inputs(vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from vt_ray.models.mrope import TEXT, VIDEO, sequence_positions
+
+    batch, length = 2, 64
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
+    text = torch.arange(length).expand(3, batch, length).clone()
+    types = [TEXT] * 8 + [VIDEO] * 32 + [TEXT] * (length - 40)
+    video = sequence_positions(types, [], [torch.tensor([2, 8, 8])], [2.0], spatial_merge=2, tokens_per_second=2)
+    return ids.to(device), text.to(device), video[:, None].expand(3, batch, length).contiguous().to(device)
+
+
+def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=args.tp)
+
+    from vt_ray.learner.megatron import logprobs, model, parallel, spec, weights
+
+    parallel.init_model_parallel(args.tp)
+    dtype = getattr(torch, args.dtype)
+    config = model.load_hf_config(args.model)
+    use_te = spec.use_transformer_engine(args.impl)
+    lm = model.build_language_model(model.TextShape.from_hf(config), args.tp, dtype=dtype, use_te=use_te)
+    lm = lm.to(device)
+    checkpoint = weights.HfCheckpoint(args.model)
+    bridge = weights.make_bridge(config)
+    weights.load_hf_weights(lm, bridge, checkpoint)
+    exported = dict(weights.export_hf_weights(lm, bridge))
+    unequal = [k for k, v in exported.items() if not torch.equal(v.cpu(), checkpoint.get(k).to(dtype))]
+    ids, text_pos, video_pos = _inputs(int(config.text_config.vocab_size), device)
+    lm.eval()
+    with torch.no_grad():
+        ours = {"text": logprobs.next_token_logprobs(lm, ids, text_pos).cpu(),
+                "video": logprobs.next_token_logprobs(lm, ids, video_pos).cpu()}
+    if rank == 0:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.model, dtype=dtype).to(device).eval()
+        report = {"impl": "transformer_engine" if use_te else "local", "device": device.type, "tp": args.tp,
+                  "dtype": args.dtype, "tensors": len(exported), "round_trip_unequal": unequal}
+        with torch.no_grad():
+            for name, pos in (("text", text_pos), ("video", video_pos)):
+                logits = hf(input_ids=ids, position_ids=pos, use_cache=False).logits.float()
+                ref = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0].cpu()
+                report[f"logprobs_{name}_max_diff"] = (ours[name] - ref).abs().max().item()
+        Path(out).write_text(json.dumps(report))
+    dist.barrier()
+    parallel.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="", help="Qwen2.5-VL HF directory (default: a tiny random one, built here)")
+    ap.add_argument("--tp", type=int, default=2, help="tensor-parallel ranks (GPUs on a GPU node)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--impl", default="auto", choices=["auto", "transformer_engine", "local"])
+    ap.add_argument("--tol", type=float, default=None, help="log-prob tolerance (default 1e-5 float32, 0.1 bf16)")
+    args = ap.parse_args(argv)
+    tol = args.tol if args.tol is not None else (1e-5 if args.dtype == "float32" else 0.1)
+    import torch.multiprocessing as mp
+
+    from vt_ray.learner.rendezvous import free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.model:
+            from vt_ray.models.tiny import make_tiny_model
+
+            args.model = str(make_tiny_model(Path(tmp) / "tiny"))
+        if torch.cuda.is_available() and torch.cuda.device_count() < args.tp:
+            print(f"need {args.tp} GPUs, found {torch.cuda.device_count()}", file=sys.stderr)
+            return 1
+        out = str(Path(tmp) / "report.json")
+        mp.spawn(_rank, args=(args, free_port(), out), nprocs=args.tp, join=True)
+        report = json.loads(Path(out).read_text())
+    checks = {
+        "round trip HF -> Megatron -> HF exact": not report["round_trip_unequal"],
+        f"log-probs, text positions, within {tol:g}": report["logprobs_text_max_diff"] < tol,
+        f"log-probs, multimodal positions, within {tol:g}": report["logprobs_video_max_diff"] < tol,
+    }
+    print(json.dumps(report))
+    for name, ok in checks.items():
+        print(f"{'OK  ' if ok else 'FAIL'} {name}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""What megatron-core 0.16's local (non transformer-engine) path needs to run on a CPU-only torch build.
+
+Measured on this project's CPUs (../shared/notes/megatron-cpu.md): column/row-parallel linears, vocab-parallel
+embedding and cross-entropy and the TP collectives run over gloo unchanged. Two things assume CUDA:
+
+* ``DotProductAttention`` (the local core attention) forks the CUDA RNG tracker and takes its score buffer from
+  a CUDA ``GlobalMemoryBuffer``. :class:`SDPACoreAttention` replaces it in the layer spec with
+  ``F.scaled_dot_product_attention``, which needs neither (and is faster on CPU).
+* ``MultimodalRotaryEmbedding.__init__`` creates ``inv_freq`` on ``torch.cuda.current_device()``.
+  :func:`cuda_device_is_cpu` answers ``cpu`` there while the model is built, nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class SDPACoreAttention(torch.nn.Module):
+    """Core attention with ``DotProductAttention``'s constructor and forward signature, computed by SDPA.
+
+    q, k, v arrive as ``[s, b, heads, head_dim]`` (this rank's heads and query groups); returns
+    ``[s, b, heads * head_dim]``. Causal masks use SDPA's ``is_causal``; other masks are megatron's boolean
+    ``True = masked``. Attention dropout follows the config (0 for RL fine-tuning); a dropout that agrees
+    across TP ranks would need megatron's RNG tracker, so a non-zero one is refused.
+    """
+
+    def __init__(self, config: Any, layer_number: int, attn_mask_type: Any, attention_type: str,
+                 attention_dropout: float | None = None, softmax_scale: float | None = None,
+                 cp_comm_type: str | None = None, pg_collection: Any = None) -> None:
+        super().__init__()
+        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        if dropout:
+            raise ValueError(f"SDPACoreAttention runs without dropout (got attention_dropout={dropout})")
+        self.config = config
+        self.attn_mask_type = attn_mask_type
+        self.softmax_scale = softmax_scale
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, attn_mask_type: Any = None,
+                attention_bias: torch.Tensor | None = None, packed_seq_params: Any = None) -> torch.Tensor:
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("SDPACoreAttention: packed sequences and attention bias need the TE spec")
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
+        mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
+        causal = getattr(mask_type, "name", "") == "causal"
+        mask = None if causal or attention_mask is None else ~attention_mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale,
+                                             enable_gqa=q.size(1) != k.size(1))
+        return out.permute(2, 0, 1, 3).reshape(out.size(2), out.size(0), -1)
+
+
+@contextlib.contextmanager
+def cuda_device_is_cpu() -> Iterator[None]:
+    """Inside, ``torch.cuda.current_device()`` returns the CPU device instead of failing (CPU builds only).
+
+    Held only while the model is built: ``MultimodalRotaryEmbedding`` places ``inv_freq`` there. With CUDA
+    present nothing changes.
+    """
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.cuda.current_device
+    torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment,return-value]
+    try:
+        yield
+    finally:
+        torch.cuda.current_device = original

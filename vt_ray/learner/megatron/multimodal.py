@@ -1,0 +1,31 @@
+"""Image and video tokens into the Megatron language model, from the Hugging Face vision tower.
+
+This slice keeps the vision tower as the HF module (``model.visual``: same weights, same code as the FSDP2
+learner); what Megatron needs is Qwen2.5-VL's merge step: the placeholder tokens' embeddings are replaced by the
+tower's features, in sequence order, before the decoder. ``GPTModel(decoder_input=...)`` takes those embeddings
+instead of running its own embedding layer. Every TP rank runs the (replicated) tower on the same pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def decoder_input(lm: Any, input_ids: torch.Tensor, features: dict[int, torch.Tensor]) -> torch.Tensor:
+    """[L, B, hidden] embeddings of ``input_ids`` ([B, L]) with each placeholder token id in ``features``
+    replaced by its rows (``[n, hidden]``, in batch-major sequence order: HF's ``masked_scatter`` order)."""
+    embeddings = lm.embedding(input_ids=input_ids, position_ids=None).transpose(0, 1)  # [B, L, hidden]
+    for token_id, rows in features.items():
+        mask = input_ids == token_id
+        if int(mask.sum()) != rows.shape[0]:
+            raise ValueError(f"{int(mask.sum())} placeholder tokens (id {token_id}) but {rows.shape[0]} feature rows")
+        embeddings = embeddings.masked_scatter(mask[..., None], rows.to(embeddings.dtype))
+    return embeddings.transpose(0, 1).contiguous()
+
+
+def vision_features(visual: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """[n_tokens, hidden] merged patch features of the HF Qwen2.5-VL vision tower, all images (or videos) in order."""
+    out = visual(pixel_values.to(next(visual.parameters()).dtype), grid_thw=grid_thw)
+    return out.pooler_output if hasattr(out, "pooler_output") else out

@@ -1,0 +1,49 @@
+"""Gradient norm and clipping over tensor-parallel shards, for a plain torch optimizer on the local shards.
+
+Why not megatron's: on 0.16.1 ``get_megatron_optimizer`` needs megatron's DDP, whose gradient buffers use CUDA
+streams, and ``clip_grad_norm_fp32`` asserts ``torch.cuda.FloatTensor`` (measured, notes/megatron-cpu.md). With
+tensor parallelism only, ``torch.optim.AdamW`` over each rank's shards is the same update as over the full
+weights (AdamW is elementwise); the global gradient norm is the one thing that must be assembled across ranks:
+a partitioned parameter contributes its local squares (summed over the TP group), a replicated one (the norms)
+counts once, not once per rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def grad_norm(model: torch.nn.Module, tp_group: Any = None) -> torch.Tensor:
+    """The L2 norm of the full model's gradient, the same on every TP rank (a float32 scalar)."""
+    if tp_group is None:
+        from megatron.core import parallel_state
+
+        tp_group = parallel_state.get_tensor_model_parallel_group()
+    sharded = torch.zeros((), dtype=torch.float32)
+    replicated = torch.zeros((), dtype=torch.float32)
+    for param in model.parameters():
+        if param.grad is None:
+            continue
+        squares = param.grad.detach().float().pow(2).sum()
+        if getattr(param, "tensor_model_parallel", False):
+            sharded += squares
+        else:
+            replicated += squares
+    if dist.get_world_size(tp_group) > 1:
+        dist.all_reduce(sharded, group=tp_group)
+    return (sharded + replicated).sqrt()
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float, tp_group: Any = None) -> float:
+    """Scale gradients so their global norm is at most ``max_norm`` (<= 0: only measure); returns the norm
+    before clipping. Same rule as ``torch.nn.utils.clip_grad_norm_``."""
+    norm = grad_norm(model, tp_group)
+    if max_norm > 0:
+        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(scale)
+    return float(norm)
