@@ -303,6 +303,8 @@ class GRPOTrainer:
                     self.save()
                     crash_point("trainer.after_save", self.step)  # tests: SIGKILL-equivalent right after a save
             bar.close()
+            if self.stop.requested.is_set() and self._saved_step != self.step:
+                self.save()  # the signal came between a step's save check and the loop's test: save that step too
             summary["step"] = self.step
             summary["restarts"] = self.restarts
             summary["stopped_early"] = self.stop.requested.is_set()

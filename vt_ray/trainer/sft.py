@@ -88,7 +88,7 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
     group = LearnerGroup(cfg, runtime_env=runtime_env, timeout_s=tc.first_step_timeout_s)
     stop = GracefulStop(tc.stop_grace_s)
     stop.install()
-    hf_dir = ""
+    hf_dir, stopped = "", False
     try:
         group.setup(total_steps=total, model_path=cfg.model.path, lr=cfg.sft.lr, reference="none")
         ckpt_root = str(out / "checkpoints")
@@ -138,7 +138,8 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
                     group.save_checkpoint(ckpt_root, extra_state)
                 started = time.perf_counter()
         group.save_checkpoint(ckpt_root, extra_state)
-        if not stop.requested.is_set():
+        stopped = stop.requested.is_set() and step < total  # a signal after the last step stops nothing
+        if not stopped:
             hf_dir = group.save_hf(str(out / "hf"))
     finally:
         group.shutdown()
@@ -150,6 +151,6 @@ def run_sft(cfg: RecipeConfig, runtime_env: dict[str, Any] | None = None) -> Sft
         last_loss=losses[-1] if losses else None,
         skipped=dict(builder.skipped.counts),
         resumed_from_step=resumed,
-        stopped_early=stop.requested.is_set(),
-        stop_signal=stop.signum,
+        stopped_early=stopped,
+        stop_signal=stop.signum if stopped else 0,
     )
