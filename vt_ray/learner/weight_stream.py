@@ -7,7 +7,7 @@ and rank 0 keeps two send buffers that it reuses across buckets and syncs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -49,8 +49,23 @@ def plan_policy(model: torch.nn.Module, dtype: torch.dtype, bucket_bytes: int) -
 def send_policy(model: torch.nn.Module, plan: StreamPlan, session: StreamSession | None, rank: int,
                 device: torch.device, corrupt: Callable[[int, torch.Tensor], None] | None = None,
                 store: Any = None) -> dict[str, float]:
-    """Collective over the learner group: every rank gathers each bucket's tensors; rank 0 (given the
-    ``session``) casts them to the plan's dtypes and broadcasts the bucket. Returns rank 0's timings: the
+    """:func:`send_buckets` of an FSDP2 model: each tensor's full value is its DTensor's all-gather."""
+    state = model.state_dict()
+
+    def gathered(names: list[str]) -> Iterator[torch.Tensor]:
+        for name in names:
+            tensor = state[name]
+            yield tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # this tensor's all-gather only
+
+    return send_buckets(gathered, plan, session, rank, device, corrupt, store)
+
+
+def send_buckets(gathered: Callable[[list[str]], Iterator[torch.Tensor]], plan: StreamPlan,
+                 session: StreamSession | None, rank: int, device: torch.device,
+                 corrupt: Callable[[int, torch.Tensor], None] | None = None, store: Any = None) -> dict[str, float]:
+    """Collective over the learner group: every rank gathers each bucket's tensors (``gathered(names)`` yields
+    the full tensors of those names, in order, running the backend's collectives as it goes); rank 0 (given
+    the ``session``) casts them to the plan's dtypes and broadcasts the bucket. Returns rank 0's timings: the
     group join, gathering and packing (``pack_s``) and the time left waiting on the wire (``wire_wait_s``)."""
     import time
 
@@ -65,13 +80,6 @@ def send_policy(model: torch.nn.Module, plan: StreamPlan, session: StreamSession
         except Exception as err:  # an engine never joined: keep gathering with the peers, then raise
             failure = err
     timings["join_s"] = time.perf_counter() - started
-    state = model.state_dict()
-
-    def gathered(names: list[str]) -> Any:
-        for name in names:
-            tensor = state[name]
-            yield tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # this tensor's all-gather only
-
     with torch.no_grad():
         for index, bucket in enumerate(plan.buckets):
             t0 = time.perf_counter()

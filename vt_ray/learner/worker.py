@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
-from vt_ray.common.weight_stream import StreamPlan, StreamSession, host_store
+from vt_ray.common.weight_stream import StreamPlan, StreamSession
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner import weight_stream
 from vt_ray.learner.batch import TrainBatch
@@ -35,6 +33,14 @@ from vt_ray.learner.checkpoint_io import load_checkpoint, save_checkpoint
 from vt_ray.learner.fsdp import DTYPES, reshard_all
 from vt_ray.learner.logprobs import token_logprobs, token_logprobs_and_entropy
 from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
+from vt_ray.learner.rank_common import (
+    StreamStore,
+    accumulate,
+    micro_batches,
+    reduce_metrics,
+    safetensors_blob,
+    write_hf_dir,
+)
 from vt_ray.learner.rendezvous import free_port, node_ip
 from vt_ray.learner.schedule import lr_factor, warmup_steps
 from vt_ray.learner.sharded_load import init_process_group, load_sharded
@@ -44,7 +50,7 @@ from vt_ray.testing.faults import corrupt_point, crash_point, hang_point
 log = logging.getLogger(__name__)
 
 
-class LearnerWorker:
+class LearnerWorker(StreamStore):
     def __init__(self, cfg: RecipeConfig, rank: int = 0, world_size: int = 1) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.info = install_stack_dumps("learner", rank)
@@ -156,11 +162,7 @@ class LearnerWorker:
     # ---- forward / update ----------------------------------------------------------------------------------
     def _micro_batches(self, shard: TrainBatch, num_micro: int) -> tuple[list[TrainBatch], list[bool]]:
         """``num_micro`` micro-batches of ``micro_batch_size`` at most; fillers (flag False) pad a short rank."""
-        real = shard.chunks(self.lcfg.micro_batch_size)
-        if len(real) > num_micro:
-            raise ValueError(f"{len(shard)} sequences need {len(real)} micro-batches, but num_micro={num_micro}")
-        fillers = [shard.without_loss() for _ in range(num_micro - len(real))]
-        return real + fillers, [True] * len(real) + [False] * len(fillers)
+        return micro_batches(shard, num_micro, self.lcfg.micro_batch_size)
 
     @torch.no_grad()
     def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:
@@ -212,13 +214,7 @@ class LearnerWorker:
             loss, metrics = loss_fn(logprobs, mb, norm)
             # FSDP averages gradients over ranks; shares are meant to be summed, hence the world size.
             (loss * self.world_size).backward()
-            # Fillers add their keys too (as 0 or -inf): a rank holding only fillers must all_reduce the same
-            # tensors as its peers, or the collective fails (gloo) or hangs (NCCL).
-            for key, value in metrics.items():
-                if key.endswith("_max"):  # a maximum, not a share: reduced with max below
-                    maxes[key] = max(maxes.get(key, float("-inf")), float(value) if is_real else float("-inf"))
-                else:
-                    sums[key] = sums.get(key, 0.0) + (float(value) if is_real else 0.0)
+            accumulate(sums, maxes, metrics, is_real)
             if is_real:
                 sums["loss"] += float(loss.detach())
 
@@ -233,15 +229,7 @@ class LearnerWorker:
         self.scheduler.step()
         self.step += 1
 
-        keys = sorted(sums)
-        reduced = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(reduced)
-        out = {k: float(v) for k, v in zip(keys, reduced.tolist())}
-        if maxes:
-            max_keys = sorted(maxes)
-            peak = torch.tensor([maxes[k] for k in max_keys], dtype=torch.float64)
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-            out.update({k: float(v) for k, v in zip(max_keys, peak.tolist())})
+        out = reduce_metrics(sums, maxes)
         out.update(
             grad_norm=grad_norm,
             lr=lr,
@@ -277,10 +265,8 @@ class LearnerWorker:
 
     def export_safetensors(self, dtype: str | None = None) -> bytes | None:
         """Rank 0: the state dict as one safetensors blob, the rollout engines' weight-update format."""
-        from safetensors.torch import save
-
         state = self.export_state_dict(dtype)
-        return save({k: v.contiguous() for k, v in state.items()}) if self.rank == 0 else None
+        return safetensors_blob(state) if self.rank == 0 else None
 
     # ---- streamed weight sync (vt_ray.learner.weight_stream) -----------------------------------------------
     def weight_plan(self, dtype: str | None = None, bucket_mb: float = 128) -> dict[str, Any]:
@@ -288,13 +274,6 @@ class LearnerWorker:
         assert self.model is not None
         plan = weight_stream.plan_policy(self.model, DTYPES[dtype or self.cfg.model.dtype], int(bucket_mb * 2**20))
         return plan.to_dict()
-
-    def stream_address(self) -> tuple[str, int]:
-        """Rank 0: where its weight-stream store listens (started on first use, kept for every later sync)."""
-        if self._stream_store is None:
-            port = free_port()
-            self._stream_store = (host_store(port, self.cfg.rollout.weight_sync_timeout_s), port)
-        return node_ip(), self._stream_store[1]
 
     def send_weights(self, plan: dict[str, Any], session: StreamSession | None) -> dict[str, float]:
         """Stream the policy per ``plan`` to the engines of ``session`` (rank 0 sends, every rank gathers).
@@ -306,9 +285,8 @@ class LearnerWorker:
             def corrupt(index: int, buf: torch.Tensor) -> None:
                 if index == len(plan["buckets"]) // 2:
                     buf[0] ^= 0xFF
-        store = self._stream_store[0] if self._stream_store is not None else None
         timings = weight_stream.send_policy(self.model, StreamPlan.from_dict(plan), session if self.rank == 0
-                                            else None, self.rank, self.device, corrupt, store)
+                                            else None, self.rank, self.device, corrupt, self._store())
         return timings if self.rank == 0 else {k: 0.0 for k in timings}
 
     def probe_logprobs(self, text: str) -> list[float]:
@@ -322,32 +300,12 @@ class LearnerWorker:
     def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
         """A Hugging Face model directory (safetensors + config + generation config + processor) that
         transformers and vLLM load directly. Written to a temp dir, then renamed. Collective."""
-        from huggingface_hub import save_torch_state_dict
-        from transformers import GenerationConfig
-
         dtype = dtype or self.cfg.model.dtype
         state = self.export_state_dict(dtype)
-        out = Path(out_dir)
         if self.rank == 0:
-            tmp = out.with_name(f".tmp_{out.name}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_torch_state_dict(state, tmp, max_shard_size="5GB")
-            config = self.hf_config
-            config.dtype = dtype
-            if getattr(config, "text_config", None) is not None:
-                config.text_config.dtype = dtype
-            config.save_pretrained(tmp)
-            try:
-                GenerationConfig.from_pretrained(self.model_path).save_pretrained(tmp)
-            except OSError:  # the source model had no generation config
-                pass
-            self.processor.save_pretrained(tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            write_hf_dir(out_dir, state, self.hf_config, dtype, self.model_path, self.processor)
         dist.barrier()
-        return str(out)
+        return str(Path(out_dir))
 
     # ---- resumable checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, root: str, extra_state: dict[str, Any] | None = None) -> str:

@@ -70,3 +70,21 @@ def cuda_device_is_cpu() -> Iterator[None]:
         yield
     finally:
         torch.cuda.current_device = original
+
+
+@contextlib.contextmanager
+def checkpointing_on_cpu() -> Iterator[None]:
+    """Inside, megatron's distributed checkpointing runs on a CPU build: its ``torch_dist`` writer calls
+    ``torch.cuda.synchronize()`` after copying tensors to the host (a no-op here: they are there) and puts its
+    failure flag on ``torch.cuda.current_device()`` (the CPU, as :func:`cuda_device_is_cpu`). With CUDA
+    present nothing changes."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.cuda.synchronize
+    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
+    try:
+        with cuda_device_is_cpu():
+            yield
+    finally:
+        torch.cuda.synchronize = original

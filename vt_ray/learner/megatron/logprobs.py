@@ -34,21 +34,69 @@ def next_token_logprobs(model: Any, input_ids: torch.Tensor, position_ids: torch
     return -loss[:, :-1].float()
 
 
-def batch_token_logprobs(lm: Any, visual: torch.nn.Module, batch: TrainBatch, hf_config: Any) -> torch.Tensor:
+def batch_token_logprobs(lm: Any, visual: torch.nn.Module, batch: TrainBatch, hf_config: Any,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
     """[B, L] log-probs of a learner batch's response tokens (0 elsewhere): what
     :func:`vt_ray.learner.logprobs.token_logprobs` gives for the HF model, here with the Megatron language model
     and the HF vision tower ``visual``. Same inputs as the HF learner: ``batch.model_inputs()`` (images as
     one-frame videos) and the released multimodal positions (:func:`vt_ray.models.mrope.rope_index`). Batches
     are right-padded, so causal attention keeps padding out of every real token's context."""
-    inputs = batch.model_inputs()
+    return batch_logprobs_and_entropy(lm, visual, batch, hf_config, None, device)[0]
+
+
+def batch_logprobs_and_entropy(lm: Any, visual: torch.nn.Module, batch: TrainBatch, hf_config: Any,
+                               entropy: str | None, device: torch.device | str = "cpu"
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`batch_token_logprobs`, plus the per-token entropy [B, L] when ``entropy`` is "metric" (no
+    gradient) or "grad" (an entropy bonus), as :func:`vt_ray.learner.logprobs.token_logprobs_and_entropy`.
+    Without entropy the vocab-parallel cross-entropy gives the log-probs; with it the forward returns this
+    rank's vocabulary slice of the logits and both come from it (:func:`vocab_parallel_entropy`)."""
+    inputs = batch.model_inputs(device)
     ids, vision = inputs["input_ids"], hf_config.vision_config
     videos = inputs.get("video_grid_thw")
-    positions, _ = rope_index(ids, inputs["mm_token_type_ids"], None, videos, inputs.get("second_per_grid_ts"),
-                              inputs["attention_mask"], spatial_merge=int(vision.spatial_merge_size),
+    positions, _ = rope_index(ids.cpu(), inputs["mm_token_type_ids"].cpu(), None,
+                              None if videos is None else videos.cpu(),
+                              None if videos is None else inputs["second_per_grid_ts"].cpu(),
+                              inputs["attention_mask"].cpu(), spatial_merge=int(vision.spatial_merge_size),
                               tokens_per_second=float(vision.tokens_per_second))
+    positions = positions.to(ids.device)
     features = {}
     if videos is not None:
         features[hf_config.video_token_id] = vision_features(visual, inputs["pixel_values_videos"], videos)
-    logprobs = next_token_logprobs(lm, ids, positions, decoder_input(lm, ids, features))
-    full = F.pad(logprobs, (1, 0))  # position t holds log p(token t | tokens < t)
-    return torch.where(batch.response_mask.bool(), full, torch.zeros_like(full))
+    embeds = decoder_input(lm, ids, features)
+    mask = batch.response_mask.to(ids.device).bool()
+    if entropy is None:
+        full = F.pad(next_token_logprobs(lm, ids, positions, embeds), (1, 0))  # t: log p(token t | tokens < t)
+        return torch.where(mask, full, torch.zeros_like(full)), None
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    logits = lm(ids, positions, causal_mask(ids.shape[1]).to(ids.device), decoder_input=embeds).float()[:, :-1]
+    labels = ids[:, 1:]
+    # megatron's cross-entropy writes into its input: give it a copy, the entropy below still needs the logits.
+    logprobs = F.pad(-vocab_parallel_cross_entropy(logits.clone(), labels), (1, 0))
+    with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+        ent = F.pad(vocab_parallel_entropy(logits), (1, 0))
+    zero = torch.zeros_like(logprobs)
+    return torch.where(mask, logprobs, zero), torch.where(mask, ent, zero)
+
+
+def vocab_parallel_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax over the full vocabulary from this TP rank's slice ``[..., vocab / TP]``.
+
+    H = log sum exp(s) - sum exp(s) s / sum exp(s), with s the logits minus their global maximum. The two sums
+    are all-reduced over the TP group by megatron's ``reduce_from_tensor_model_parallel_region`` (all-reduce
+    forward, identity backward): every rank computes the same H, and each rank's backward reaches its own
+    slice's logits, which is the gradient of H with respect to them."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
+
+    group = parallel_state.get_tensor_model_parallel_group()
+    peak = logits.detach().max(-1, keepdim=True).values
+    if dist.get_world_size(group) > 1:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
+    shifted = logits - peak
+    exp = shifted.exp()
+    sum_exp = reduce_from_tensor_model_parallel_region(exp.sum(-1))
+    weighted = reduce_from_tensor_model_parallel_region((exp * shifted).sum(-1))
+    return sum_exp.log() - weighted / sum_exp

@@ -160,22 +160,39 @@ def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint) -> list[s
 
 
 @torch.no_grad()
+def gather_param(name: str, param: torch.Tensor, bridge: Any, layer_offset: int = 0) -> list[tuple[str, torch.Tensor]]:
+    """(HF name, full tensor) of one Megatron parameter (q/k/v and gate/up give several), its TP shards merged:
+    an all-gather over the TP group, so every TP rank must call it for the same parameter. Each tensor is its
+    own copy (mbridge's pieces are views of one tensor; safetensors refuses shared storage)."""
+    _, size, group = _tp()
+    local = param.detach().contiguous()
+    if size > 1 and getattr(param, "tensor_model_parallel", False):
+        shards = [torch.empty_like(local) for _ in range(size)]
+        dist.all_gather(shards, local, group=group)
+    else:
+        shards = [local]
+    hf_names, tensors = bridge._weight_to_hf_format(bridge_name(name, layer_offset), merge_shards(shards, param, name))
+    return [(hf_name, tensor.clone()) for hf_name, tensor in zip(hf_names, tensors)]
+
+
+def hf_names_of(model: Any, bridge: Any) -> dict[str, list[str]]:
+    """Megatron parameter name -> the HF checkpoint names it holds (mbridge's mapping), in parameter order."""
+    offset = _layer_offset(model)
+    return {name: list(bridge._weight_name_mapping_mcore_to_hf(bridge_name(name, offset)))
+            for name, _ in model.named_parameters()}
+
+
+def layer_offset(model: Any) -> int:
+    return _layer_offset(model)
+
+
 def export_hf_weights(model: Any, bridge: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, full tensor) for every language-model parameter, TP shards merged; every TP rank must iterate
     it (the merge is an all-gather), every rank gets the full tensors. Each is its own copy: training on after
     an export does not change it, and safetensors can save it (no shared storage)."""
-    _, size, group = _tp()
     offset = _layer_offset(model)
     for name, param in model.named_parameters():
-        local = param.detach().contiguous()
-        if size > 1 and getattr(param, "tensor_model_parallel", False):
-            shards = [torch.empty_like(local) for _ in range(size)]
-            dist.all_gather(shards, local, group=group)
-        else:
-            shards = [local]
-        hf_names, tensors = bridge._weight_to_hf_format(bridge_name(name, offset), merge_shards(shards, param, name))
-        for hf_name, tensor in zip(hf_names, tensors):
-            yield hf_name, tensor.clone()  # mbridge's q/k/v and gate/up are views of one tensor
+        yield from gather_param(name, param, bridge, offset)
 
 
 def full_hf_state_dict(model: Any, bridge: Any, visual: torch.nn.Module | None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,297 @@
+"""``learner.backend: megatron``: one learner rank with the policy (and frozen reference) as a megatron-core
+tensor-parallel language model plus the Hugging Face vision tower (:class:`~vt_ray.learner.megatron.vlm.
+MegatronVL`), behind the same contract as the FSDP2 worker (:class:`vt_ray.learner.backend_api.LearnerBackend`).
+
+Layout: ``learner.megatron.tensor_parallel_size`` (TP) ranks share each model; the ``world / TP`` TP groups are
+data-parallel replicas. The learner group shards a mini-batch over *all* ranks, so the ranks of one TP group
+first pool their shards (``all_gather_object`` over the TP group; they must run the same forward) and each
+answers for its own rows; gradients are summed over the data-parallel group before the step.
+
+Same semantics as the FSDP2 worker: the same loss functions and metric keys (``resolve_loss``; shares summed
+over micro-batches and ranks), AdamW on the local shards with the same hyperparameters and lr schedule, the
+global gradient norm over TP shards (``optim.clip_grad_norm``), a skipped update on a non-finite norm.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
+from vt_ray.common.weight_stream import StreamPlan, StreamSession, plan_buckets
+from vt_ray.config.schema import RecipeConfig
+from vt_ray.learner import weight_stream
+from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.checkpoint_io import load_step, save_step
+from vt_ray.learner.fsdp import DTYPES
+from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
+from vt_ray.learner.rank_common import (
+    StreamStore,
+    accumulate,
+    reduce_metrics,
+    safetensors_blob,
+    write_hf_dir,
+)
+from vt_ray.learner.rendezvous import free_port, node_ip
+from vt_ray.learner.schedule import lr_factor, warmup_steps
+from vt_ray.learner.sharded_load import init_process_group
+from vt_ray.testing.faults import corrupt_point, crash_point, hang_point
+
+log = logging.getLogger(__name__)
+
+
+def refuse_unsupported(cfg: RecipeConfig) -> None:
+    """What this backend does not run yet fails at setup, naming the key."""
+    lcfg = cfg.learner
+    if lcfg.megatron.pipeline_parallel_size != 1:
+        raise ValueError("learner.megatron.pipeline_parallel_size: the Megatron backend runs 1 pipeline stage only "
+                         f"(got {lcfg.megatron.pipeline_parallel_size}; docs/megatron.md)")
+    if lcfg.param_dtype != "float32" or lcfg.reduce_dtype != "float32":
+        raise ValueError("learner.param_dtype / learner.reduce_dtype: the Megatron backend computes in float32 "
+                         "(mixed precision needs megatron's Float16Module and DDP, not wired yet; docs/megatron.md)")
+    if lcfg.activation_checkpointing:
+        raise ValueError("learner.activation_checkpointing: not wired for the Megatron backend "
+                         "(megatron's recompute_granularity would be; docs/megatron.md)")
+
+
+class MegatronWorker(StreamStore):
+    def __init__(self, cfg: RecipeConfig, rank: int = 0, world_size: int = 1) -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.info = install_stack_dumps("learner", rank)
+        self.lcfg = cfg.learner
+        use_cuda = cfg.resources.learner.gpus_per_worker > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        self.policy: Any = None
+        self.reference: Any = None
+        self.step = 0
+        self._losses: dict[str, LossFn] = {}
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def ready(self) -> ActorInfo:
+        return self.info
+
+    def address(self) -> tuple[str, int]:
+        return node_ip(), free_port()
+
+    def setup(self, master_addr: str = "127.0.0.1", master_port: int | None = None, *, total_steps: int = 1,
+              model_path: str | None = None, lr: float | None = None, reference: str | None = None) -> int:
+        """Join the process group, create megatron's TP/DP groups, load the policy (and reference) split over the
+        TP group, build AdamW and the lr schedule. Returns the policy's (global) parameter count."""
+        from transformers import AutoProcessor
+
+        from vt_ray.learner.megatron.hf_view import HfView
+        from vt_ray.learner.megatron.parallel import init_model_parallel
+        from vt_ray.learner.megatron.spec import use_transformer_engine
+        from vt_ray.learner.megatron.vlm import MegatronVL
+
+        refuse_unsupported(self.cfg)
+        init_process_group(self.lcfg.dist_backend, self.device, self.rank, self.world_size, master_addr,
+                           master_port, self.lcfg.timeout_s)
+        self.tp = self.lcfg.megatron.tensor_parallel_size
+        init_model_parallel(tensor_parallel=self.tp, seed=self.cfg.run.seed)
+        from megatron.core import parallel_state
+
+        self.tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.dp_group = parallel_state.get_data_parallel_group()
+        self.dp_size = dist.get_world_size(self.dp_group)
+        torch.manual_seed(self.cfg.run.seed + parallel_state.get_data_parallel_rank())
+        use_te = use_transformer_engine(self.lcfg.megatron.transformer_impl)
+        self.model_path = model_path or self.cfg.model.path
+        self.processor = AutoProcessor.from_pretrained(self.model_path)
+        self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device).train()
+        self.hf_config = self.policy.hf_config
+        placement = self.lcfg.reference if reference is None else reference
+        if placement != "none":
+            ref_path = self.lcfg.reference_path or self.model_path
+            self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device).eval().requires_grad_(False)
+        self.view = HfView(self.policy)
+        peak_lr = self.lcfg.lr if lr is None else lr
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=peak_lr,
+                                           betas=(self.lcfg.betas[0], self.lcfg.betas[1]), eps=self.lcfg.eps,
+                                           weight_decay=self.lcfg.weight_decay)
+        warmup = warmup_steps(total_steps, self.lcfg.warmup_steps, self.lcfg.warmup_ratio)
+        min_ratio = self.lcfg.min_lr_ratio
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, total_steps, min_ratio))
+        self.step = 0
+        return sum(math.prod(shape) for shape in self.view.shapes.values())
+
+    # ---- the TP group's data -------------------------------------------------------------------------------
+    def _pooled(self, shard: TrainBatch) -> tuple[TrainBatch, slice]:
+        """The shards of this rank's TP group as one batch (every TP rank runs the same forward), and this
+        rank's rows in it."""
+        if self.tp == 1:
+            return shard, slice(0, len(shard))
+        shards: list[Any] = [None] * self.tp
+        dist.all_gather_object(shards, shard, group=self.tp_group)
+        me = dist.get_rank(self.tp_group)
+        start = sum(len(s) for s in shards[:me])
+        return TrainBatch.concat(shards), slice(start, start + len(shard))
+
+    def _model(self, which: str) -> Any:
+        model = {"policy": self.policy, "reference": self.reference}.get(which)
+        if model is None:
+            raise ValueError(f"no {which!r} model on this learner (learner.reference={self.lcfg.reference!r})")
+        return model
+
+    @torch.no_grad()
+    def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:
+        """[B, L] per-token log-probs of this rank's shard under the policy or the reference (CPU tensor).
+        ``num_micro`` is the FSDP2 ranks' lock-step count; here the TP group runs its pooled batch in
+        micro-batches of ``learner.micro_batch_size`` (no collective spans TP groups)."""
+        hang_point("learner.compute_logprobs", self.rank)
+        model = self._model(which).eval()
+        pooled, mine = self._pooled(shard)
+        width = pooled.input_ids.shape[1]
+        outs = [model.logprobs(mb)[0].cpu() for mb in pooled.chunks(self.lcfg.micro_batch_size)]
+        full = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs])
+        return full[mine, : shard.input_ids.shape[1]]
+
+    def _loss_fn(self, name: str) -> LossFn:
+        if name not in self._losses:
+            self._losses[name] = resolve_loss(name, self.cfg)
+        return self._losses[name]
+
+    def train_step(self, shard: TrainBatch, num_micro: int, loss_name: str = "sft") -> dict[str, float]:
+        """One optimizer step over the mini-batch (gradient accumulation over the TP group's micro-batches, a
+        sum over data-parallel replicas). Returns mini-batch metrics, identical on every rank."""
+        assert self.policy is not None, "call setup() first"
+        hang_point("learner.train_step", self.rank)
+        crash_point("learner.train_step", self.rank)
+        started = time.perf_counter()
+        loss_fn = self._loss_fn(loss_name)
+        counts = torch.tensor([float(shard.num_tokens), float(shard.num_sequences)])
+        dist.all_reduce(counts)
+        norm = LossNorm(num_tokens=int(counts[0]), num_sequences=int(counts[1]))
+        pooled, _ = self._pooled(shard)
+
+        self.policy.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {"loss": 0.0}
+        maxes: dict[str, float] = {}
+        for mb in pooled.chunks(self.lcfg.micro_batch_size):
+            is_real = mb.num_sequences > 0  # all fillers: counted as the FSDP2 worker counts its fillers
+            logprobs, entropy = self.policy.logprobs(mb, getattr(loss_fn, "entropy", None))
+            if entropy is not None:
+                mb.entropy = entropy
+            loss, metrics = loss_fn(logprobs, mb, norm)
+            loss.backward()  # shares of the whole mini-batch: summed, never averaged
+            accumulate(sums, maxes, metrics, is_real)
+            if is_real:
+                sums["loss"] += float(loss.detach())
+        self._sum_data_parallel_grads()
+        grad_norm = self._clip_grad_norm()
+        lr = float(self.scheduler.get_last_lr()[0])
+        finite = math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+        else:
+            log.warning("learner[%d] step %d: non-finite grad norm, update skipped", self.rank, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        # Every TP rank of a replica holds the same figures: sum over the replicas only.
+        out = reduce_metrics(sums, maxes, self.dp_group)
+        out.update(grad_norm=grad_norm, lr=lr, step=float(self.step), skipped=float(not finite),
+                   num_tokens=float(norm.num_tokens), num_sequences=float(norm.num_sequences),
+                   step_time_s=time.perf_counter() - started)
+        return out
+
+    def _sum_data_parallel_grads(self) -> None:
+        """Data-parallel replicas hold gradients of their own data: the step needs their sum (one all-reduce
+        per parameter; megatron's bucketed DDP is the GPU-scale version, left for later)."""
+        if self.dp_size == 1:
+            return
+        for param in self.policy.parameters():
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad, group=self.dp_group)
+
+    def _clip_grad_norm(self) -> float:
+        from vt_ray.learner.megatron.optim import clip_grad_norm
+
+        return clip_grad_norm(self.policy, self.lcfg.grad_clip, self.tp_group)
+
+    # ---- export and the streamed weight sync -------------------------------------------------------------------
+    def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
+        """The full policy in the HF model's names, on rank 0 (empty elsewhere). Collective."""
+        assert self.policy is not None
+        state = self.view.state_dict(self.policy)
+        if self.rank != 0:
+            return {}
+        target = DTYPES[dtype or self.cfg.model.dtype]
+        return {k: v.cpu().to(target) if v.is_floating_point() else v.cpu() for k, v in state.items()}
+
+    def export_safetensors(self, dtype: str | None = None) -> bytes | None:
+        state = self.export_state_dict(dtype)
+        return safetensors_blob(state) if self.rank == 0 else None
+
+    def weight_plan(self, dtype: str | None = None, bucket_mb: float = 128) -> dict[str, Any]:
+        """The bucket plan, from the HF model's shapes (no collective: the group asks rank 0 only)."""
+        target = str(DTYPES[dtype or self.cfg.model.dtype]).removeprefix("torch.")
+        specs = [(name, self.view.shapes[name], target) for name in self.view.stream_names]
+        return plan_buckets(specs, int(bucket_mb * 2**20)).to_dict()
+
+    def send_weights(self, plan: dict[str, Any], session: StreamSession | None) -> dict[str, float]:
+        """Stream the policy per ``plan``: every rank gathers each bucket's tensors from the TP shards, rank 0
+        sends. Collective. Rank 0's timings (zeros elsewhere)."""
+        assert self.policy is not None
+        hang_point("learner.send_weights", self.rank)
+        corrupt = None
+        if corrupt_point("learner.send_weights", self.rank):
+            def corrupt(index: int, buf: torch.Tensor) -> None:
+                if index == len(plan["buckets"]) // 2:
+                    buf[0] ^= 0xFF
+        timings = weight_stream.send_buckets(lambda names: self.view.gathered(self.policy, names),
+                                             StreamPlan.from_dict(plan), session if self.rank == 0 else None,
+                                             self.rank, self.device, corrupt, self._store())
+        return timings if self.rank == 0 else {k: 0.0 for k in timings}
+
+    @torch.no_grad()
+    def probe_logprobs(self, text: str) -> list[float]:
+        """The policy's log-probs of ``text`` (float64 softmax over the gathered vocabulary). Collective."""
+        assert self.policy is not None
+        ids = self.processor.tokenizer(text, return_tensors="pt")["input_ids"].to(self.device)
+        out = self.policy.eval().text_logprobs(ids).tolist()
+        self.policy.train()
+        return out
+
+    def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
+        """A Hugging Face model directory, as the FSDP2 worker writes it. Collective."""
+        dtype = dtype or self.cfg.model.dtype
+        state = self.export_state_dict(dtype)
+        if self.rank == 0:
+            write_hf_dir(out_dir, state, self.hf_config, dtype, self.model_path, self.processor)
+        dist.barrier()
+        return str(Path(out_dir))
+
+    # ---- resumable checkpoints (megatron dist_checkpointing: vt_ray.learner.megatron.checkpoint) -------------
+    def save_checkpoint(self, root: str, extra_state: dict[str, Any] | None = None) -> str:
+        from vt_ray.learner.megatron.checkpoint import write_shards
+
+        return save_step(lambda tmp: write_shards(self.policy, self.optimizer, tmp, self.rank), self.scheduler,
+                         step=self.step, rank=self.rank, world_size=self.world_size, root=root,
+                         keep_last=self.lcfg.keep_last, extra_state=extra_state)
+
+    def load_checkpoint(self, path: str) -> dict[str, Any] | None:
+        from vt_ray.learner.megatron.checkpoint import read_shards
+
+        loaded = load_step(lambda found: read_shards(self.policy, self.optimizer, found, self.rank),
+                           self.scheduler, rank=self.rank, path=path)
+        if loaded is None:
+            return None
+        self.step, extra = loaded
+        return extra
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            from vt_ray.learner.megatron.parallel import destroy_model_parallel
+
+            destroy_model_parallel()
+            dist.destroy_process_group()

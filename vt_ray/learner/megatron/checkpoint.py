@@ -1,0 +1,108 @@
+"""Resumable checkpoints of the Megatron learner through megatron-core's distributed checkpointing.
+
+``dist_checkpointing`` saves a *sharded state dict*: every tensor with its global key and this rank's place in
+the global tensor (``ShardedTensor``), so a checkpoint written at one TP size can be read at another. The
+language model gives its own (``GPTModel.sharded_state_dict``); the HF vision tower's tensors are added as
+replicated ``ShardedTensor``s (one writer: the replica with id 0); the torch AdamW state is mapped onto the
+parameters' sharding with megatron's ``optim_state_to_sharding_state`` (what its own FP32 optimizer does). The
+per-parameter step counter and the param-group hyperparameters are kept out of it (``exclude_keys``, a
+``LocalNonpersistentObject``) and written as JSON, so the only pickle megatron writes is its empty common dict.
+
+The checkpoint protocol around it (temp dir, manifest, RNG, trainer state, commit) is the FSDP2 learner's
+(:func:`vt_ray.learner.checkpoint_io.save_step` / ``load_step``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vt_ray.learner.megatron.cpu import checkpointing_on_cpu
+from vt_ray.learner.megatron.vlm import MegatronVL
+
+OPTIM_COMMON = "optim_common_rank{rank}.json"
+
+
+def _sharded_model(vl: MegatronVL) -> dict[str, Any]:
+    from megatron.core import parallel_state
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    state: dict[str, Any] = dict(vl.lm.sharded_state_dict(prefix="lm."))
+    replica = (0, parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_data_parallel_rank())
+    for name, tensor in vl.visual.state_dict(keep_vars=True).items():
+        key = f"visual.{name}"
+        state[key] = ShardedTensor.from_rank_offsets(key, tensor, replica_id=replica)
+    return state
+
+
+def _init_adamw_state(optimizer: torch.optim.Optimizer) -> None:
+    """AdamW's state as its first step creates it (zeros, step 0): the template a load fills in."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if not optimizer.state[param]:
+                optimizer.state[param] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(param),
+                                          "exp_avg_sq": torch.zeros_like(param)}
+
+
+def _sharded_optim(vl: MegatronVL, model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from megatron.core.dist_checkpointing.optimizer import (
+        get_param_id_to_sharded_param_map,
+        optim_state_to_sharding_state,
+    )
+
+    state = optimizer.state_dict()
+    ids = get_param_id_to_sharded_param_map(model_sd, (p for g in optimizer.param_groups for p in g["params"]))
+    optim_state_to_sharding_state(state, ids, exclude_keys=("step",))
+    return state
+
+
+def _optim_common(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    state = optimizer.state_dict()
+    return {"steps": {str(i): float(s["step"]) for i, s in state["state"].items()},
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]}
+
+
+def write_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, tmp: Path, rank: int) -> list[str]:
+    """Model and optimizer shards into ``tmp`` (collective); returns the files this rank wrote."""
+    from megatron.core import dist_checkpointing
+
+    _init_adamw_state(optimizer)  # a checkpoint before the first step still has every key
+    model_sd = _sharded_model(vl)
+    with checkpointing_on_cpu():
+        dist_checkpointing.save({"model": model_sd, "optim": _sharded_optim(vl, model_sd, optimizer)}, str(tmp))
+    common = tmp / OPTIM_COMMON.format(rank=rank)
+    common.write_text(json.dumps(_optim_common(optimizer)))
+    return [common.name, *(p.name for p in tmp.glob(f"__{rank}_*.distcp"))]
+
+
+@torch.no_grad()
+def read_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, found: Path, rank: int) -> None:
+    """Restore model and optimizer from ``found`` (collective). Parameters are copied in place, so the
+    optimizer keeps pointing at them."""
+    from megatron.core import dist_checkpointing
+
+    _init_adamw_state(optimizer)
+    model_sd = _sharded_model(vl)
+    targets = {key: getattr(sharded, "data", None) for key, sharded in model_sd.items()}
+    with checkpointing_on_cpu():
+        loaded = dist_checkpointing.load({"model": model_sd, "optim": _sharded_optim(vl, model_sd, optimizer)},
+                                         str(found))
+    for key, tensor in loaded["model"].items():
+        target = targets.get(key)
+        if isinstance(target, torch.Tensor) and target is not tensor:  # extra state (not tensors) stays as built
+            target.copy_(tensor)
+    saved = found / OPTIM_COMMON.format(rank=rank)
+    if not saved.is_file():  # resumed on more ranks than saved: take rank 0's (the same on every rank)
+        saved = found / OPTIM_COMMON.format(rank=0)
+    common = json.loads(saved.read_text())
+    optim = loaded["optim"]
+    optim["param_groups"] = [{**g, **c} for g, c in zip(optimizer.state_dict()["param_groups"],
+                                                         common["param_groups"])]
+    for pid, values in optim["state"].items():
+        values["step"] = torch.tensor(common["steps"][str(pid)])
+    optimizer.load_state_dict(optim)
+    dist.barrier()

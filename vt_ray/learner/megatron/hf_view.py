@@ -1,0 +1,72 @@
+"""The Megatron policy under the names the FSDP2 learner's Hugging Face model uses: what rollout engines
+receive (the streamed weight sync), ``export_state_dict`` returns and ``save_hf`` writes.
+
+Names and shapes come from the transformers model built on the meta device (no storage), in its
+``state_dict`` order; each maps to its checkpoint name through transformers' own conversion mapping
+(``revert_weight_conversion``, what ``save_pretrained`` applies), and the checkpoint name to the Megatron
+parameter that holds it through mbridge's mapping. A tensor's full value is gathered from the TP shards only
+when a bucket needs it (:func:`vt_ray.learner.megatron.weights.gather_param`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from vt_ray.learner.fsdp import tied_parameter_groups
+from vt_ray.learner.megatron.vlm import MegatronVL
+from vt_ray.learner.megatron.weights import gather_param, hf_names_of, layer_offset
+
+
+class HfView:
+    """HF model names -> where each tensor lives in a :class:`MegatronVL` (the same on every rank)."""
+
+    def __init__(self, vl: MegatronVL) -> None:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        from vt_ray.learner.weight_stream import stream_names
+        from vt_ray.models.hf_load import build_vl_model_on_meta
+
+        meta = build_vl_model_on_meta(vl.hf_config, torch.float32)
+        state = meta.state_dict()
+        self.shapes = {name: tuple(t.shape) for name, t in state.items()}
+        self.names = list(state)
+        self.stream_names = stream_names(meta)  # every tensor once (a tied lm_head is left to the embedding)
+        owner = {hf: param for param, hfs in hf_names_of(vl.lm, vl.bridge).items() for hf in hfs}
+        self.source: dict[str, tuple[str, str]] = {}
+        for name, tensor in state.items():
+            checkpoint_name = next(iter(revert_weight_conversion(meta, {name: tensor})))
+            if checkpoint_name in owner:
+                self.source[name] = (owner[checkpoint_name], checkpoint_name)
+            elif checkpoint_name.startswith("visual."):
+                self.source[name] = ("", checkpoint_name.removeprefix("visual."))
+        for group in tied_parameter_groups(meta):  # lm_head tied to the embedding: one Megatron tensor
+            known = [self.source[n] for n in group if n in self.source]
+            for name in group:
+                if known:
+                    self.source.setdefault(name, known[0])
+        missing = [n for n in self.names if n not in self.source]
+        if missing:
+            raise ValueError(f"no Megatron parameter or vision-tower tensor holds {missing[:5]}")
+
+    def gathered(self, vl: MegatronVL, names: list[str]) -> Iterator[torch.Tensor]:
+        """The full tensors of ``names`` in order. Collective over the TP group (every rank must iterate it):
+        each Megatron parameter is all-gathered when its first HF name comes; its other pieces (q/k/v, gate/up)
+        wait until theirs."""
+        params = dict(vl.lm.named_parameters())
+        tower = vl.visual.state_dict()
+        offset = layer_offset(vl.lm)
+        pending: dict[str, torch.Tensor] = {}
+        for name in names:
+            param, key = self.source[name]
+            if not param:
+                yield tower[key].detach()
+                continue
+            if key not in pending:
+                pending.update(gather_param(param, params[param], vl.bridge, offset))
+            yield pending.pop(key)
+
+    def state_dict(self, vl: MegatronVL) -> dict[str, torch.Tensor]:
+        """Every tensor of the HF model (tied names included), full. Collective."""
+        return dict(zip(self.names, self.gathered(vl, self.names)))

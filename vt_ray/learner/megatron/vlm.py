@@ -1,0 +1,58 @@
+"""One Qwen2.5-VL for the Megatron learner: this rank's tensor-parallel shard of the language model (a
+megatron-core ``GPTModel``) and the Hugging Face vision tower (replicated on every TP rank), as one module, so
+the optimizer, ``train()``/``eval()`` and checkpoints see both.
+
+Why the tower can train replicated: the decoder's input is replicated over the TP group and megatron all-reduces
+its gradient (the first column-parallel linear's input, the vocab-parallel embedding's output), so every TP
+rank gets the same, full gradient for the tower and applies the same AdamW update to its copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.megatron.logprobs import batch_logprobs_and_entropy, causal_mask
+from vt_ray.learner.megatron.model import TextShape, build_language_model, load_hf_config
+from vt_ray.learner.megatron.weights import HfCheckpoint, load_hf_weights, make_bridge
+
+
+class MegatronVL(torch.nn.Module):
+    """``lm`` (GPTModel shard) + ``visual`` (HF tower); ``bridge`` converts names (mbridge)."""
+
+    def __init__(self, lm: Any, visual: torch.nn.Module, hf_config: Any) -> None:
+        super().__init__()
+        self.lm, self.visual, self.hf_config = lm, visual, hf_config
+        self.bridge = make_bridge(hf_config)
+
+    @classmethod
+    def load(cls, path: str, tensor_parallel: int, use_te: bool, device: torch.device) -> MegatronVL:
+        """The checkpoint at ``path``: the language model split over the TP group (every rank reads the tensors it
+        needs, weights.load_hf_weights), the vision tower whole. Collective over megatron's groups."""
+        from vt_ray.models.hf_load import load_vl_model
+
+        hf_config = load_hf_config(path)
+        lm = build_language_model(TextShape.from_hf(hf_config), tensor_parallel=tensor_parallel, use_te=use_te)
+        vl = cls(lm, torch.nn.Module(), hf_config)
+        load_hf_weights(lm, vl.bridge, HfCheckpoint(path))
+        # The tower from transformers' own loader (same module and attention as the FSDP2 learner). It reads the
+        # whole checkpoint once at setup; reading only ``visual.*`` is left for large models (docs/megatron.md).
+        vl.visual = load_vl_model(path, torch.float32).model.visual
+        return vl.to(device)
+
+    def logprobs(self, batch: TrainBatch, entropy: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, L] response-token log-probs (and entropy when asked) of a learner batch."""
+        device = next(self.lm.parameters()).device
+        return batch_logprobs_and_entropy(self.lm, self.visual, batch, self.hf_config, entropy, device)
+
+    def text_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
+        """[T-1] float64 log-probs of a text-only sequence ``ids`` [1, T]: full-vocabulary logits gathered over
+        the TP group and a float64 softmax, as the FSDP2 learner's weight probe computes it."""
+        from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+        positions = torch.arange(ids.shape[1], device=ids.device).expand(3, 1, -1)
+        logits = self.lm(ids, positions, causal_mask(ids.shape[1]).to(ids.device))  # [1, T, vocab / TP]
+        full = gather_from_tensor_model_parallel_region(logits)[0].double()
+        return full[:-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]

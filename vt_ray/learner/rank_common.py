@@ -1,0 +1,104 @@
+"""What every learner backend's rank does the same way, whatever shards the model: micro-batching a shard,
+reducing a step's metrics, the weight-stream store, and writing a Hugging Face directory.
+
+Factored out of :class:`vt_ray.learner.worker.LearnerWorker` so the Megatron backend
+(:mod:`vt_ray.learner.megatron.backend`) reports the same metrics and writes the same files, not a copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vt_ray.common.weight_stream import host_store
+from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.rendezvous import free_port, node_ip
+
+
+def micro_batches(shard: TrainBatch, num_micro: int, size: int) -> tuple[list[TrainBatch], list[bool]]:
+    """``num_micro`` micro-batches of ``size`` at most; fillers (flag False) pad a short rank."""
+    real = shard.chunks(size)
+    if len(real) > num_micro:
+        raise ValueError(f"{len(shard)} sequences need {len(real)} micro-batches, but num_micro={num_micro}")
+    fillers = [shard.without_loss() for _ in range(num_micro - len(real))]
+    return real + fillers, [True] * len(real) + [False] * len(fillers)
+
+
+def accumulate(sums: dict[str, float], maxes: dict[str, float], metrics: dict[str, torch.Tensor],
+               is_real: bool) -> None:
+    """Add one micro-batch's metric shares. Fillers add their keys too (as 0 or -inf): a rank holding only
+    fillers must all_reduce the same tensors as its peers, or the collective fails (gloo) or hangs (NCCL)."""
+    for key, value in metrics.items():
+        if key.endswith("_max"):  # a maximum, not a share: reduced with max
+            maxes[key] = max(maxes.get(key, float("-inf")), float(value) if is_real else float("-inf"))
+        else:
+            sums[key] = sums.get(key, 0.0) + (float(value) if is_real else 0.0)
+
+
+def reduce_metrics(sums: dict[str, float], maxes: dict[str, float], group: Any = None) -> dict[str, float]:
+    """Sum the shares and take the maxima over ``group`` (default: every rank): the mini-batch's metrics."""
+    keys = sorted(sums)
+    reduced = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(reduced, group=group)
+    out = {k: float(v) for k, v in zip(keys, reduced.tolist())}
+    if maxes:
+        max_keys = sorted(maxes)
+        peak = torch.tensor([maxes[k] for k in max_keys], dtype=torch.float64)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
+        out.update({k: float(v) for k, v in zip(max_keys, peak.tolist())})
+    return out
+
+
+class StreamStore:
+    """Rank 0's weight-stream store (started on first use, kept for every later sync)."""
+
+    cfg: Any
+    _stream_store: tuple[Any, int] | None = None
+
+    def stream_address(self) -> tuple[str, int]:
+        """Rank 0: where its weight-stream store listens."""
+        if self._stream_store is None:
+            port = free_port()
+            self._stream_store = (host_store(port, self.cfg.rollout.weight_sync_timeout_s), port)
+        return node_ip(), self._stream_store[1]
+
+    def _store(self) -> Any:
+        return self._stream_store[0] if self._stream_store is not None else None
+
+
+def safetensors_blob(state: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in state.items()})
+
+
+def write_hf_dir(out_dir: str, state: dict[str, torch.Tensor], hf_config: Any, dtype: str, model_path: str,
+                 processor: Any) -> Path:
+    """Rank 0: a Hugging Face model directory (safetensors + config + generation config + processor) that
+    transformers and vLLM load directly. Written to a temp dir, then renamed."""
+    from huggingface_hub import save_torch_state_dict
+    from transformers import GenerationConfig
+
+    out = Path(out_dir)
+    tmp = out.with_name(f".tmp_{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_torch_state_dict(state, tmp, max_shard_size="5GB")
+    hf_config.dtype = dtype
+    if getattr(hf_config, "text_config", None) is not None:
+        hf_config.text_config.dtype = dtype
+    hf_config.save_pretrained(tmp)
+    try:
+        GenerationConfig.from_pretrained(model_path).save_pretrained(tmp)
+    except OSError:  # the source model had no generation config
+        pass
+    processor.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
