@@ -148,3 +148,29 @@ def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_
     assert again["step"] == STEPS
     assert all(torch.equal(resumed_weights[k], v) for k, v in first_weights.items())
     assert not all(torch.equal(first_weights[k], v) for k, v in meg["weights"].items())  # that step moved them
+
+
+@pytest.mark.slow
+def test_grpo_through_the_driver_with_megatron_matches_the_fsdp2_run(
+        tiny_model_dir: Path, train_data: Path, straight_run: tuple[Any, Path], tmp_path: Path) -> None:
+    """``python -m vt_ray train`` with ``learner.backend=megatron`` at TP=2 (two learner ranks): its first two
+    GRPO steps against the suite's FSDP2 run of the same command (conftest ``straight_run``). Step 1 trains on
+    the same rollouts from the same weights; step 2's rollouts come from the weights each learner streamed to
+    the engine, so equal step-2 figures also say the megatron ranks streamed the same weights (and the weight
+    probe, run at every sync by this recipe, passed)."""
+    from train_runs import logged_steps, run_cli, train_command
+
+    proc = run_cli(train_command(tiny_model_dir, train_data, tmp_path, "learner.backend=megatron",
+                                 "learner.megatron.tensor_parallel_size=2", "trainer.total_steps=2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours, theirs = logged_steps(tmp_path / "t"), logged_steps(straight_run[1])
+    assert sorted(ours) == [0, 1, 2]
+    for step in (1, 2):
+        assert ours[step]["response/length_mean"] == theirs[step]["response/length_mean"]
+        for key in ("actor/loss", "actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/grad_norm"):
+            assert ours[step][key] == pytest.approx(theirs[step][key], rel=1e-5, abs=1e-7), (step, key)
+        assert ours[step]["rollout/engine_learner_abs_diff_max"] < 1e-4
+    assert ours[2]["actor/kl_loss"] > 0  # step 2 trained a moved policy against the reference
+    step_dir = tmp_path / "t" / "checkpoints" / "step_00000002"
+    assert (step_dir / "manifest.json").is_file() and list(step_dir.glob("__*_*.distcp"))
+    assert (tmp_path / "t" / "hf" / "config.json").is_file()

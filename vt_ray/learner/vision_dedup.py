@@ -47,7 +47,7 @@ def distinct_videos(pixels: torch.Tensor, grid_thw: torch.Tensor) -> tuple[list[
     return first, inverse
 
 
-def _select_videos(pixels: torch.Tensor, grid_thw: torch.Tensor, videos: list[int]) -> torch.Tensor:
+def select_videos(pixels: torch.Tensor, grid_thw: torch.Tensor, videos: list[int]) -> torch.Tensor:
     offsets = _patch_offsets(grid_thw)
     return torch.cat([pixels[offsets[v] : offsets[v + 1]] for v in videos])
 
@@ -67,7 +67,7 @@ def install_video_dedup(model: torch.nn.Module) -> bool:
         first, inverse = distinct_videos(pixel_values_videos, video_grid_thw)
         if len(first) == len(inverse):
             return original(pixel_values_videos, video_grid_thw, **kwargs)
-        out = original(_select_videos(pixel_values_videos, video_grid_thw, first), video_grid_thw[first], **kwargs)
+        out = original(select_videos(pixel_values_videos, video_grid_thw, first), video_grid_thw[first], **kwargs)
         pooled = out.pooler_output  # one [tokens, hidden] tensor per distinct video
         out.pooler_output = tuple(pooled[u] for u in inverse)
         return out

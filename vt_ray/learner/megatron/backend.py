@@ -104,12 +104,13 @@ class MegatronWorker(StreamStore):
         use_te = use_transformer_engine(self.lcfg.megatron.transformer_impl)
         self.model_path = model_path or self.cfg.model.path
         self.processor = AutoProcessor.from_pretrained(self.model_path)
-        self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device).train()
+        dedup = self.lcfg.dedup_videos
+        self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device, dedup).train()
         self.hf_config = self.policy.hf_config
         placement = self.lcfg.reference if reference is None else reference
         if placement != "none":
             ref_path = self.lcfg.reference_path or self.model_path
-            self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device).eval().requires_grad_(False)
+            self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device, dedup).eval().requires_grad_(False)
         self.view = HfView(self.policy)
         peak_lr = self.lcfg.lr if lr is None else lr
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=peak_lr,

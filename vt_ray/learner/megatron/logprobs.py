@@ -45,12 +45,13 @@ def batch_token_logprobs(lm: Any, visual: torch.nn.Module, batch: TrainBatch, hf
 
 
 def batch_logprobs_and_entropy(lm: Any, visual: torch.nn.Module, batch: TrainBatch, hf_config: Any,
-                               entropy: str | None, device: torch.device | str = "cpu"
+                               entropy: str | None, device: torch.device | str = "cpu", dedup_videos: bool = False
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`batch_token_logprobs`, plus the per-token entropy [B, L] when ``entropy`` is "metric" (no
     gradient) or "grad" (an entropy bonus), as :func:`vt_ray.learner.logprobs.token_logprobs_and_entropy`.
     Without entropy the vocab-parallel cross-entropy gives the log-probs; with it the forward returns this
-    rank's vocabulary slice of the logits and both come from it (:func:`vocab_parallel_entropy`)."""
+    rank's vocabulary slice of the logits and both come from it (:func:`vocab_parallel_entropy`).
+    ``dedup_videos``: one vision-tower pass per distinct video (:func:`.multimodal.vision_features`)."""
     inputs = batch.model_inputs(device)
     ids, vision = inputs["input_ids"], hf_config.vision_config
     videos = inputs.get("video_grid_thw")
@@ -62,7 +63,8 @@ def batch_logprobs_and_entropy(lm: Any, visual: torch.nn.Module, batch: TrainBat
     positions = positions.to(ids.device)
     features = {}
     if videos is not None:
-        features[hf_config.video_token_id] = vision_features(visual, inputs["pixel_values_videos"], videos)
+        features[hf_config.video_token_id] = vision_features(visual, inputs["pixel_values_videos"], videos,
+                                                                    dedup_videos)
     embeds = decoder_input(lm, ids, features)
     mask = batch.response_mask.to(ids.device).bool()
     if entropy is None:

@@ -25,7 +25,20 @@ def decoder_input(lm: Any, input_ids: torch.Tensor, features: dict[int, torch.Te
     return embeddings.transpose(0, 1).contiguous()
 
 
-def vision_features(visual: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-    """[n_tokens, hidden] merged patch features of the HF Qwen2.5-VL vision tower, all images (or videos) in order."""
+def vision_features(visual: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor,
+                    dedup: bool = False) -> torch.Tensor:
+    """[n_tokens, hidden] merged patch features of the HF Qwen2.5-VL vision tower, all images (or videos) in
+    order. ``dedup`` (``learner.dedup_videos``): the tower sees each distinct video once and its features are
+    repeated for every copy (a GRPO group's responses share one video), as
+    :mod:`vt_ray.learner.vision_dedup` does for the FSDP2 learner's HF model."""
+    from vt_ray.learner.vision_dedup import distinct_videos, select_videos
+
+    if dedup and len(grid_thw) > 1:
+        first, inverse = distinct_videos(pixel_values, grid_thw)
+        if len(first) < len(inverse):
+            features = vision_features(visual, select_videos(pixel_values, grid_thw, first), grid_thw[first])
+            merge = int(getattr(visual, "spatial_merge_size", 2))
+            parts = features.split((grid_thw[first].prod(-1) // merge**2).tolist())
+            return torch.cat([parts[u] for u in inverse])
     out = visual(pixel_values.to(next(visual.parameters()).dtype), grid_thw=grid_thw)
     return out.pooler_output if hasattr(out, "pooler_output") else out

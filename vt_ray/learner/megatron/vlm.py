@@ -22,20 +22,21 @@ from vt_ray.learner.megatron.weights import HfCheckpoint, load_hf_weights, make_
 class MegatronVL(torch.nn.Module):
     """``lm`` (GPTModel shard) + ``visual`` (HF tower); ``bridge`` converts names (mbridge)."""
 
-    def __init__(self, lm: Any, visual: torch.nn.Module, hf_config: Any) -> None:
+    def __init__(self, lm: Any, visual: torch.nn.Module, hf_config: Any, dedup_videos: bool = False) -> None:
         super().__init__()
-        self.lm, self.visual, self.hf_config = lm, visual, hf_config
+        self.lm, self.visual, self.hf_config, self.dedup_videos = lm, visual, hf_config, dedup_videos
         self.bridge = make_bridge(hf_config)
 
     @classmethod
-    def load(cls, path: str, tensor_parallel: int, use_te: bool, device: torch.device) -> MegatronVL:
+    def load(cls, path: str, tensor_parallel: int, use_te: bool, device: torch.device,
+             dedup_videos: bool = False) -> MegatronVL:
         """The checkpoint at ``path``: the language model split over the TP group (every rank reads the tensors it
         needs, weights.load_hf_weights), the vision tower whole. Collective over megatron's groups."""
         from vt_ray.models.hf_load import load_vl_model
 
         hf_config = load_hf_config(path)
         lm = build_language_model(TextShape.from_hf(hf_config), tensor_parallel=tensor_parallel, use_te=use_te)
-        vl = cls(lm, torch.nn.Module(), hf_config)
+        vl = cls(lm, torch.nn.Module(), hf_config, dedup_videos)
         load_hf_weights(lm, vl.bridge, HfCheckpoint(path))
         # The tower from transformers' own loader (same module and attention as the FSDP2 learner). It reads the
         # whole checkpoint once at setup; reading only ``visual.*`` is left for large models (docs/megatron.md).
@@ -45,14 +46,20 @@ class MegatronVL(torch.nn.Module):
     def logprobs(self, batch: TrainBatch, entropy: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, L] response-token log-probs (and entropy when asked) of a learner batch."""
         device = next(self.lm.parameters()).device
-        return batch_logprobs_and_entropy(self.lm, self.visual, batch, self.hf_config, entropy, device)
+        return batch_logprobs_and_entropy(self.lm, self.visual, batch, self.hf_config, entropy, device,
+                                          self.dedup_videos)
 
     def text_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
         """[T-1] float64 log-probs of a text-only sequence ``ids`` [1, T]: full-vocabulary logits gathered over
         the TP group and a float64 softmax, as the FSDP2 learner's weight probe computes it."""
-        from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+        import torch.distributed as dist
+        from megatron.core import parallel_state
 
         positions = torch.arange(ids.shape[1], device=ids.device).expand(3, 1, -1)
-        logits = self.lm(ids, positions, causal_mask(ids.shape[1]).to(ids.device))  # [1, T, vocab / TP]
-        full = gather_from_tensor_model_parallel_region(logits)[0].double()
+        logits = self.lm(ids, positions, causal_mask(ids.shape[1]).to(ids.device))[0].contiguous()  # [T, V/TP]
+        group = parallel_state.get_tensor_model_parallel_group()
+        # TP rank r holds vocabulary slice r. megatron's own gather allocates on the CUDA device: gathered here.
+        pieces = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(pieces, logits, group=group)
+        full = torch.cat(pieces, dim=-1).double()
         return full[:-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
