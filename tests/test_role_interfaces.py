@@ -56,6 +56,13 @@ def test_fsdp2_learner_meets_the_contract() -> None:
     assert _check(LearnerBackend, LearnerWorker) == []
 
 
+def test_megatron_learner_meets_the_contract() -> None:
+    from vt_ray.learner.megatron.backend import MegatronWorker
+
+    assert _check(LearnerBackend, MegatronWorker) == []
+    assert callable(MegatronWorker.stream_address)  # asked by the rollout group, outside the protocol
+
+
 def test_the_check_finds_a_missing_method_and_parameter() -> None:
     class Partial:
         def generate(self, requests: Any) -> list[Any]:
@@ -119,9 +126,9 @@ def test_a_backend_is_chosen_by_name_or_import_path_and_a_wrong_one_fails_at_loa
     finally:
         ROLLOUT_ENGINES._entries.pop("echo")
 
-    with pytest.raises(ConfigError, match=r"'learner.backend': unknown learner backend 'megatron'; "
-                                          r"registered: \['fsdp2'\]"):
-        load_config(None, ["learner.backend=megatron"])
+    with pytest.raises(ConfigError, match=r"'learner.backend': unknown learner backend 'deepspeed'; "
+                                          r"registered: \['fsdp2', 'megatron'\]"):
+        load_config(None, ["learner.backend=deepspeed"])
     with pytest.raises(ConfigError, match=r"'rollout.backend': unknown rollout engine 'sglang'; "
                                           r"registered: \['hf', 'vllm'\]"):
         load_config(None, ["rollout.backend=sglang"])
@@ -137,4 +144,29 @@ def test_the_built_in_backends_are_the_registered_ones() -> None:
     from vt_ray.learner.worker import LearnerWorker
 
     assert LEARNER_BACKENDS.get("fsdp2") is LearnerWorker
+    assert LEARNER_BACKENDS.get("megatron").__name__ == "MegatronWorker"
     assert {ROLLOUT_ENGINES.get(n).__name__ for n in ("vllm", "hf")} == {"vllm_engine", "hf_engine"}
+
+
+def test_the_megatron_backend_is_imported_without_megatron_core_and_refuses_what_it_cannot_run() -> None:
+    """Registering it must not import megatron-core (fsdp2 runs never load it); what it does not run yet fails
+    at setup naming the key."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vt_ray.learner.backends; from vt_ray.config.backends import LEARNER_BACKENDS; "
+            "LEARNER_BACKENDS.get('megatron'); print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('megatron', 'mbridge')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+    from vt_ray.config.loader import load_config
+    from vt_ray.learner.megatron.backend import refuse_unsupported
+
+    base = ["learner.backend=megatron", "resources.learner.num_workers=2"]
+    refuse_unsupported(load_config(None, base))
+    for override, key in (("learner.megatron.pipeline_parallel_size=2", "learner.megatron.pipeline_parallel_size"),
+                          ("learner.param_dtype=bfloat16", "learner.param_dtype"),
+                          ("learner.activation_checkpointing=true", "learner.activation_checkpointing")):
+        with pytest.raises(ValueError, match=key):
+            refuse_unsupported(load_config(None, [*base, override]))

@@ -82,7 +82,7 @@ def checkpointing_on_cpu() -> Iterator[None]:
         yield
         return
     original = torch.cuda.synchronize
-    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda device=None: None
     try:
         with cuda_device_is_cpu():
             yield
