@@ -18,9 +18,9 @@ TRANSFORMER_IMPLS = ("auto", "transformer_engine", "local")
 
 @dataclass
 class MegatronConfig:
-    """The Megatron-core learner's parallel layout (issue 20; vt_ray/learner/megatron/, docs/megatron.md). Not
-    a ``learner.backend`` yet: this slice builds, loads and exports the language model; the section is checked
-    against the model when the recipe loads, so a layout that cannot split the model fails there."""
+    """The Megatron-core learner's parallel layout (``learner.backend: megatron``; vt_ray/learner/megatron/,
+    docs/megatron.md). Checked against the model when the recipe loads, so a layout that cannot split the model
+    fails there; what the backend does not run yet (PP > 1) fails at its setup, naming the key."""
 
     tensor_parallel_size: int = 1
     """Ranks each layer's matrices are split over (attention heads, KV heads, MLP columns, vocabulary). Must
@@ -80,8 +80,9 @@ def _text_config(model_path: str) -> dict[str, Any] | None:
 class LearnerConfig:
     # Worker count, CPUs and GPUs per rank live in ``resources.learner`` (one place for placement).
     backend: str = "fsdp2"
-    """The training backend (vt_ray.config.backends.LEARNER_BACKENDS): fsdp2 (torch FSDP2), or a class by
-    import path ``package.module:Class`` (docs/backends.md)."""
+    """The training backend (vt_ray.config.backends.LEARNER_BACKENDS): fsdp2 (torch FSDP2) | megatron
+    (megatron-core tensor parallel, ``learner.megatron``; docs/megatron.md), or a class by import path
+    ``package.module:Class`` (docs/backends.md)."""
     dist_backend: str = "auto"
     """torch.distributed backend: auto (gloo on CPU, nccl on GPU) | gloo | nccl."""
     param_dtype: str = "float32"
@@ -141,7 +142,7 @@ class LearnerConfig:
     timeout_s: float = 1800.0
     """Timeout for collectives and for every remote call from the driver (a hang becomes a named error)."""
     megatron: MegatronConfig = field(default_factory=MegatronConfig)
-    """The Megatron-core learner's parallel layout (issue 20, not a backend yet)."""
+    """The Megatron-core learner's parallel layout (read by ``learner.backend: megatron``)."""
 
     def __post_init__(self) -> None:
         check(self.backend not in ("auto", "gloo", "nccl"), "learner.backend",

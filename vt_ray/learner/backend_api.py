@@ -3,9 +3,10 @@
 A backend is a Ray actor class ``Backend(cfg: RecipeConfig, rank: int, world_size: int)`` with the methods of
 :class:`LearnerBackend`; :class:`vt_ray.learner.group.LearnerGroup` runs ``world_size`` of them and speaks only
 this contract (sharding the batch, one deadline per call, errors naming the rank). The built-in backend is
-``fsdp2`` (:class:`vt_ray.learner.worker.LearnerWorker`: torch FSDP2, gloo on CPU and NCCL on GPU). A recipe
-picks one with ``learner.backend``: a registered name, or ``package.module:Class``. To add one (a Megatron
-backend, say), write the class in a module of your own and register it or name it by import path, as
+``fsdp2`` (:class:`vt_ray.learner.worker.LearnerWorker`: torch FSDP2, gloo on CPU and NCCL on GPU); ``megatron``
+(:class:`vt_ray.learner.megatron.backend.MegatronWorker`: megatron-core tensor parallel) is the second. A recipe
+picks one with ``learner.backend``: a registered name, or ``package.module:Class``. To add one, write the class
+in a module of your own and register it or name it by import path, as
 :mod:`vt_ray.rollout.engine_api` shows for rollout engines; docs/backends.md has a worked example.
 """
 

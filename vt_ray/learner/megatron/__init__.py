@@ -1,4 +1,4 @@
-"""Megatron-core language model for Qwen2.5-VL (issue 20, first slice): build, load, export, log-probs.
+"""Megatron-core learner for Qwen2.5-VL (issue 20): the language model as a tensor-parallel GPTModel, and the backend.
 
 One job per module: :mod:`.cpu` (the small fixes that let megatron-core's local modules run without CUDA),
 :mod:`.spec` (layer spec: transformer-engine on GPU, local + SDPA attention elsewhere), :mod:`.parallel`
@@ -6,6 +6,8 @@ One job per module: :mod:`.cpu` (the small fixes that let megatron-core's local 
 :mod:`.weights` (HF <-> Megatron through mbridge's converters, split and merged over tensor-parallel ranks by
 megatron's own partition dims), :mod:`.logprobs` (per-token log-probs from vocab-parallel logits).
 
-The vision tower stays the Hugging Face module in this slice; ``learner.backend: megatron`` is not registered
-yet (docs/megatron.md says what is left). megatron-core is imported only inside these modules.
+The backend (``learner.backend: megatron``) is :mod:`.backend` over :mod:`.vlm` (the language model's TP
+shard plus the HF vision tower, one module), :mod:`.hf_view` (its tensors under the HF model's names, gathered
+for the weight stream, export and ``save_hf``) and :mod:`.checkpoint` (megatron's distributed checkpointing).
+megatron-core is imported only inside these modules' functions (registering the backend imports none of it).
 """
