@@ -87,6 +87,10 @@ def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_
     try:
         params = learner.setup(total_steps=STEPS)
         meg = run_learner(learner, batch, tmp_path)
+        # the vision tower trains replicated: both TP ranks must still hold the same copy, bit for bit
+        towers = ray_cluster.get([a.__ray_call__.remote(lambda w: w.policy.visual.state_dict())
+                                  for a in learner.actors])
+        assert all(torch.equal(towers[0][k], towers[1][k]) for k in towers[0])
         # the streamed sync from both TP ranks to an engine
         plan = learner.weight_plan("float32", cfg.rollout.weight_bucket_mb)
         assert len(plan["buckets"]) > 2

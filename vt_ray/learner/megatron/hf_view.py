@@ -68,5 +68,8 @@ class HfView:
             yield pending.pop(key)
 
     def state_dict(self, vl: MegatronVL) -> dict[str, torch.Tensor]:
-        """Every tensor of the HF model (tied names included), full. Collective."""
-        return dict(zip(self.names, self.gathered(vl, self.names)))
+        """Every tensor of the HF model (tied names included), full, each its own copy (the tower's would
+        otherwise be its live parameters). Collective; every rank gets the whole model (fine for the sizes run
+        here; a rank-0-only gather is what 72B wants)."""
+        return {name: tensor if self.source[name][0] else tensor.clone()
+                for name, tensor in zip(self.names, self.gathered(vl, self.names))}
