@@ -9,6 +9,9 @@ batch. One Ray session checks, in order:
 * the streamed weight sync from the two TP ranks to a transformers engine is bit for bit the learner's export;
 * ``save_hf`` gives a directory transformers loads (no missing or unexpected key) with the exported weights;
 * a dist_checkpointing checkpoint: a step, then load and the same step again gives the same metrics, exactly.
+
+Then TP=1 on two ranks (data parallel) against the FSDP2 worker, and GRPO through the driver against the suite's
+FSDP2 run of the same command.
 """
 
 from __future__ import annotations
@@ -50,9 +53,8 @@ def grpo_batch(model_dir: Path) -> TrainBatch:
     return batch
 
 
-def run_learner(learner: Any, batch: TrainBatch, tmp: Path | None = None) -> dict[str, Any]:
-    """The calls the trainer makes, on a group (megatron) or an in-process FSDP2 worker (``tmp`` None)."""
-    group = tmp is not None
+def run_learner(learner: Any, batch: TrainBatch, group: bool) -> dict[str, Any]:
+    """The calls the trainer makes, on a learner group (megatron) or an in-process FSDP2 worker."""
 
     def lp(which: str) -> torch.Tensor:
         return learner.compute_logprobs(batch, which) if group else learner.compute_logprobs(batch, 1, which)
@@ -86,7 +88,7 @@ def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_
     rollout = RolloutGroup(cfg, num_workers=1, num_cpus=0, timeout_s=300, max_restarts=0)
     try:
         params = learner.setup(total_steps=STEPS)
-        meg = run_learner(learner, batch, tmp_path)
+        meg = run_learner(learner, batch, group=True)
         # the vision tower trains replicated: both TP ranks must still hold the same copy, bit for bit
         towers = ray_cluster.get([a.__ray_call__.remote(lambda w: w.policy.visual.state_dict())
                                   for a in learner.actors])
@@ -114,7 +116,7 @@ def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_
     worker = LearnerWorker(fsdp_cfg)
     assert worker.setup(total_steps=STEPS) == params  # the same model, counted in full
     batch.old_logprobs = batch.ref_logprobs = None
-    fsdp = run_learner(worker, batch)
+    fsdp = run_learner(worker, batch, group=False)
     worker.shutdown()
 
     measured = {key: (meg[key] - fsdp[key]).abs().max().item() for key in ("ref", "old", "after")}
@@ -178,3 +180,35 @@ def test_grpo_through_the_driver_with_megatron_matches_the_fsdp2_run(
     step_dir = tmp_path / "t" / "checkpoints" / "step_00000002"
     assert (step_dir / "manifest.json").is_file() and list(step_dir.glob("__*_*.distcp"))
     assert (tmp_path / "t" / "hf" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_megatron_data_parallel_matches_fsdp2(ray_cluster, tiny_model_dir: Path) -> None:
+    """``tensor_parallel_size: 1`` on two ranks (the section's default): two data-parallel replicas, each with
+    its own shard of the batch, gradients summed over the data-parallel group; the same GRPO and SFT steps as the
+    FSDP2 worker."""
+    from vt_ray.learner.group import LearnerGroup
+    from vt_ray.learner.worker import LearnerWorker
+
+    batch = grpo_batch(tiny_model_dir)
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "learner.backend=megatron",
+                             "resources.learner.num_workers=2"])
+    learner = LearnerGroup(cfg)
+    try:
+        learner.setup(total_steps=STEPS)
+        meg = run_learner(learner, batch, group=True)
+    finally:
+        learner.shutdown()
+    worker = LearnerWorker(load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES,
+                                              "learner.micro_batch_size=5"]))
+    worker.setup(total_steps=STEPS)
+    batch.old_logprobs = batch.ref_logprobs = None
+    fsdp = run_learner(worker, batch, group=False)
+    worker.shutdown()
+    for key in ("ref", "old", "after"):
+        assert (meg[key] - fsdp[key]).abs().max().item() < TOL, key
+    for loss in ("grpo", "sft"):
+        assert sorted(meg[loss]) == sorted(fsdp[loss])
+        for key in ("loss", "grad_norm", "num_tokens", "num_sequences"):
+            assert meg[loss][key] == pytest.approx(fsdp[loss][key], rel=TOL, abs=TOL), (loss, key)
+    assert max((meg["weights"][k] - fsdp["weights"][k]).abs().max().item() for k in fsdp["weights"]) < 5e-5
