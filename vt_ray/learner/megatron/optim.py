@@ -22,8 +22,9 @@ def grad_norm(model: torch.nn.Module, tp_group: Any = None) -> torch.Tensor:
         from megatron.core import parallel_state
 
         tp_group = parallel_state.get_tensor_model_parallel_group()
-    sharded = torch.zeros((), dtype=torch.float32)
-    replicated = torch.zeros((), dtype=torch.float32)
+    device = next(model.parameters()).device  # NCCL reduces CUDA tensors only
+    sharded = torch.zeros((), dtype=torch.float32, device=device)
+    replicated = torch.zeros((), dtype=torch.float32, device=device)
     for param in model.parameters():
         if param.grad is None:
             continue
