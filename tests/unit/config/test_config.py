@@ -112,3 +112,42 @@ def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", ["rollout.n=3"])
     again = load_config(_write(tmp_path, to_yaml(cfg)))
     assert again == cfg
+
+
+def test_a_loaded_recipe_is_frozen_and_its_closed_choices_are_enums(tmp_path: Path) -> None:
+    import dataclasses
+
+    from vt_ray.config.loader import to_yaml
+    from vt_ray.config.trainer import TrainerMode
+
+    cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", ["trainer.mode=async", "trainer.max_staleness=2"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.trainer.total_steps = 99  # type: ignore[misc]
+    assert cfg.trainer.mode is TrainerMode.async_ and cfg.trainer.mode == "async"  # a StrEnum compares as its value
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert "  mode: async\n" in saved.read_text()  # the value a recipe writes, not the member name
+    assert load_config(saved) == cfg
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("trainer.mode=asynchronous", "trainer.mode"),
+    ("learner.param_dtype=fp8", "learner.param_dtype"),
+    ("rollout.weight_sync=push", "rollout.weight_sync"),
+    ("reward.isolation=none", "reward.isolation"),
+    ("algorithm.behaviour_logprobs=vllm", "algorithm.behaviour_logprobs"),
+])
+def test_a_value_outside_a_closed_choice_fails_naming_the_key_and_the_choices(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "recipes/tiny_cpu.yaml", [override])
+    assert info.value.key == key
+    assert override.partition("=")[2] in str(info.value)
+
+
+def test_a_section_built_in_python_gets_the_same_check_and_type() -> None:
+    from vt_ray.rewards.config import Isolation, RewardConfig
+
+    assert RewardConfig(isolation="thread").isolation is Isolation.thread  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        RewardConfig(isolation="fork")  # type: ignore[arg-type]
+    assert info.value.key == "reward.isolation" and "process | thread" in str(info.value)
