@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from train_runs import logged_steps, run_cli, step_uids, train_command  # tests/ is on sys.path (rootdir conftest)
+from train_runs import (  # tests/ is on sys.path (rootdir conftest)
+    logged_steps,
+    run_cli,
+    run_until_then_signal,
+    step_uids,
+    train_command,
+)
 from vt_ray.trainer.metrics import read_metrics, truncate_jsonl
 from vt_ray.trainer.sampler import PromptSampler
 
@@ -209,21 +215,7 @@ def test_rollout_budget_spent_saves_then_a_sigterm_checkpoints_and_the_same_comm
     assert first[2]["data/prompts"] == 4  # the dead actor's prompts were re-sent: none lost
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000002"
 
-    proc = subprocess.Popen(command(50), env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True)
-    lines = []
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:  # wait for a real training step, then preempt
-            lines.append(line)
-            if line.startswith("[step 3]"):
-                os.killpg(proc.pid, signal.SIGTERM)  # the driver's group, not just the driver
-                break
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = "".join(lines) + out
+    proc, text, _ = run_until_then_signal(command(50), r"^\[step 3\]", with_stderr=False)  # a real step, then preempt
     assert "resumed from" in text and "at step 2" in text, text[-3000:]
     assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]  # unfinished: a retry must not see success
     assert "checkpointing after the current step" in text
@@ -288,23 +280,9 @@ def test_sft_stops_on_sigterm_with_a_checkpoint_and_the_same_command_resumes(
     cmd = [sys.executable, "-m", "vt_ray", "sft", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
            f"model.path={tiny_model_dir}", f"data.train_file={synthetic_dir / 'train.jsonl'}",
            f"sft.output_dir={out}", "sft.epochs=10", "sft.batch_size=4", "trainer.wandb_mode=disabled"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True)
-    lines, total = [], 0
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:  # wait for a real step, then preempt the whole group
-            lines.append(line)
-            second = re.search(r"SFT step 2/(\d+)", line)
-            if second:
-                os.killpg(proc.pid, signal.SIGTERM)
-                total = int(second.group(1))
-                break
-        rest, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = "".join(lines) + rest
+    proc, text, second = run_until_then_signal(cmd, r"SFT step 2/(\d+)", with_stderr=True)  # a real step
+    assert second is not None, text[-3000:]
+    total = int(second.group(1))
     assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
     assert "checkpointing after the current step" in text
     result = _printed_result(text)
