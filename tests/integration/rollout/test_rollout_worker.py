@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vt_ray.config.loader import load_config
+from vt_ray.config.roles import RolloutRoleConfig
 from vt_ray.data.schema import read_samples, resolve_video_paths
 from vt_ray.rollout.types import SamplingSettings
 from vt_ray.video.budget import PromptBudget
@@ -30,7 +31,7 @@ def cfg(tiny_model_dir: Path):
 def worker(cfg):
     from vt_ray.rollout.worker import RolloutWorker
 
-    return RolloutWorker(cfg)
+    return RolloutWorker(RolloutRoleConfig.of(cfg))
 
 
 @pytest.fixture()

@@ -120,17 +120,17 @@ def test_probe_comparison() -> None:
 
 
 # ---- the group's all-or-nothing push, with stand-in actors ---------------------------------------------------
-def _stand_in_worker_cls() -> type:
+def _stand_in_worker_cls(script: dict[str, Any]) -> type:
     """Built in a function so Ray ships the class by value (the test module is not importable in workers).
 
-    ``cfg["modes"][(rank, version)]`` scripts a push: "reject" (validation failure, nothing written),
-    "partial" (failure after writing started), "die" (the process exits once, marker file ``cfg["marker"]``);
+    ``script["modes"][(rank, version)]`` scripts a push: "reject" (validation failure, nothing written),
+    "partial" (failure after writing started), "die" (the process exits once, marker file ``script["marker"]``);
     a ``#k`` suffix fires on the k-th push of that version only (a rollback re-pushes the previous one).
     """
 
     class StandInWorker:
-        def __init__(self, cfg: dict[str, Any], rank: int) -> None:
-            self.cfg, self.rank = cfg, rank
+        def __init__(self, role: Any, rank: int) -> None:  # role: the RolloutRoleConfig every worker gets
+            self.cfg, self.rank = script, rank
             self.version, self.weights = 0, "initial"
             self.arrivals: dict[int, int] = {}
 
@@ -176,9 +176,9 @@ def ray_cluster():
 def _stand_in_group(ray: Any, modes: dict[tuple[int, int], str], marker: Path | None = None) -> Any:
     from vt_ray.rollout.group import RolloutGroup
 
-    cfg = {"modes": modes, "marker": str(marker or "")}
-    return RolloutGroup(cfg, num_workers=2, num_cpus=0.1, timeout_s=120,  # type: ignore[arg-type]
-                        worker_cls=_stand_in_worker_cls())
+    script = {"modes": modes, "marker": str(marker or "")}
+    return RolloutGroup(load_config(None, []), num_workers=2, num_cpus=0.1, timeout_s=120,
+                        worker_cls=_stand_in_worker_cls(script))
 
 
 def _states(ray: Any, group: Any) -> list[str]:

@@ -16,14 +16,8 @@ import pytest
 from vt_ray.common.memory import read_process, read_tree
 from vt_ray.common.timeouts import ActorInfo
 from vt_ray.config import ConfigError, load_config
-from vt_ray.rollout.kv_cache import (
-    BLOCK_TOKENS,
-    GIB,
-    kv_bytes_per_token,
-    kv_cache_bytes,
-    sequences_per_call,
-    sized_for_recipe,
-)
+from vt_ray.config.roles import sequences_per_call
+from vt_ray.rollout.kv_cache import BLOCK_TOKENS, GIB, kv_bytes_per_token, kv_cache_bytes, sized_for_recipe
 from vt_ray.trainer.metrics import read_metrics
 from vt_ray.trainer.run_costs import RunCosts, Span, summarize_phases
 
