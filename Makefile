@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast test-unit lint bench clean
 setup:
 	@bash tools/setup_env.sh
 	@bash tools/setup_wordnet.sh
@@ -15,9 +15,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Pure-Python tests only (no vLLM, no Ray): seconds.
+# Everything but the tests marked slow (vLLM engines, Ray jobs): about 3 minutes.
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# tests/unit only: no Ray, no vLLM, no process, no torch.distributed (enforced by tests/unit/conftest.py).
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # Lint (ruff) and type checks (mypy; strict for algo/rewards/config/common/trace), configured in pyproject.toml.
 lint: setup

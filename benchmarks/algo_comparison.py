@@ -35,7 +35,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
              "algorithm.overlong_buffer_len=12"),
     "tgrpo": ("algorithm.tgrpo=true",),
     # T-GRPO's bonus goes to correct responses only: with a binary accuracy and GRPO's std normalisation it only
-    # rescales a group's deviations and cancels (tests/test_algo_family.py); without std (Dr. GRPO) it does not
+    # rescales a group's deviations and cancels (tests/unit/algo/test_algo_family.py); without std (Dr. GRPO) it
+    # does not
     "tgrpo_dr": ("algorithm.tgrpo=true", "algorithm.adv_estimator=dr_grpo",
                  "algorithm.loss_agg_mode=seq-mean-token-sum-norm"),
     "cispo": ("algorithm.policy_loss=cispo",),

@@ -1,5 +1,6 @@
 """A team's own data format and benchmark loader, plugged in by import path (``data.format: own_formats:convert``,
-``eval.benchmarks[].format: own_formats:load``) with no edit of vt_ray: what tests/test_data_formats.py loads."""
+``eval.benchmarks[].format: own_formats:load``) with no edit of vt_ray: what
+tests/unit/data/test_data_formats.py loads."""
 
 from __future__ import annotations
 

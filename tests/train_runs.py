@@ -8,6 +8,8 @@ so it is made once per session (the ``straight_run`` fixture in ``conftest.py``)
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +37,30 @@ def train_command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
 def run_cli(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def run_until_then_signal(cmd: list[str], pattern: str, *, with_stderr: bool, sig: int = signal.SIGTERM,
+                          timeout: float = 300) -> tuple[subprocess.Popen, str, re.Match[str] | None]:
+    """Start ``cmd`` in a new session, read its output (stdout, and stderr ``with_stderr``) until a line matches
+    ``pattern`` (a real step has run), send ``sig`` to its whole process group and wait. Returns (the finished
+    process, all its output, the match). The group is SIGKILLed if it outlives ``timeout``."""
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if with_stderr else subprocess.DEVNULL, text=True, cwd=ROOT,
+                            start_new_session=True)
+    lines, found = [], None
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            found = re.search(pattern, line)
+            if found:
+                os.killpg(proc.pid, sig)  # the driver's group, not just the driver
+                break
+        rest, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc, "".join(lines) + rest, found
 
 
 def logged_steps(run_dir: Path) -> dict[int, dict]:

@@ -7,8 +7,9 @@ Spawns ``--tp`` ranks (NCCL and one GPU each when CUDA is there, gloo on CPU oth
 the chosen layer spec (``auto``: transformer-engine on GPU when installed), loads the checkpoint, and checks:
 the HF -> Megatron -> HF round trip is exact (in the run's dtype), and per-token log-probs on random text with
 text and with multimodal (video-like) positions match ``Qwen2_5_VLForConditionalGeneration``'s within
-``--tol``. Prints one line per check; exit status 1 on a failure. On CPU it runs what tests/test_megatron_lm.py
-runs; the TE spec, NCCL and bf16 paths are what it is for, and were not run on this project's CPU machines.
+``--tol``. Prints one line per check; exit status 1 on a failure. On CPU it runs what
+tests/integration/learner/test_megatron_lm.py runs; the TE spec, NCCL and bf16 paths are what it is for, and
+were not run on this project's CPU machines.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium for the report's browser test (tests/test_report.py, the test named
+# Headless Chromium for the report's browser test (tests/integration/report/test_report.py, the test named
 # test_report_in_headless_chromium_shows_every_rollout_and_window): Debian's `chromium` package.
 # Idempotent: an existing /usr/bin/chromium is left alone (well under a second). Without root and sudo, or when
 # apt-get is missing, it says so and exits 0: the browser test then skips naming this script, nothing else

@@ -9,8 +9,10 @@ group std, eps, and no entropy bonus, dual clip or group filtering.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from vt_ray.algo import registry
+from vt_ray.common.choices import set_choice
 from vt_ray.common.errors import check
 
 ADV_ESTIMATORS = registry.ADV_ESTIMATORS.builtin  # the registries' built-in names (vt_ray.algo.registry)
@@ -18,13 +20,26 @@ LOSS_AGG_MODES = registry.LOSS_AGG_MODES.builtin
 KL_ESTIMATORS = registry.KL_ESTIMATORS.builtin
 POLICY_LOSSES = registry.POLICY_LOSSES.builtin
 SEQUENCE_LEVEL_LOSSES = ("gspo", "gspo_token")  # GSPO defines its objective per sequence (seq-mean-token-mean)
-TGRPO_RULES = ("paper", "code")
-BEHAVIOUR_LOGPROBS = ("auto", "recompute", "engine")
+
+
+class TgrpoRule(StrEnum):
+    paper = "paper"
+    code = "code"
+
+
+class BehaviourLogprobs(StrEnum):
+    auto = "auto"
+    recompute = "recompute"
+    engine = "engine"
+
+
+TGRPO_RULES = tuple(TgrpoRule)
+BEHAVIOUR_LOGPROBS = tuple(BehaviourLogprobs)
 STALE_TIS_CAP = 2.0
 """``algorithm.tis_cap`` when unset in the overlapped trainer modes (verl's rollout-correction threshold)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class AlgorithmConfig:
     adv_estimator: str = "grpo"
     """Registered name or ``package.module:function`` (docs/algorithms.md). grpo: (r - mean(group)) / std (paper)
@@ -77,7 +92,7 @@ class AlgorithmConfig:
     response."""
     tgrpo_alpha: float = 0.3
     """The temporal reward alpha (paper: 0.3)."""
-    tgrpo_rule: str = "paper"
+    tgrpo_rule: TgrpoRule = TgrpoRule.paper
     """paper: bonus when p > p~ (Eq. 1) | code: when p >= 0.8 p~ (Video-R1's released trainer)."""
     tgrpo_shuffled_n: int = 0
     """Shuffled responses per prompt; 0 = rollout.n (the paper's two groups of G; the released code uses G/2)."""
@@ -92,7 +107,7 @@ class AlgorithmConfig:
     ``package.module:function``."""
     entropy_coef: float = 0.0
     """Entropy bonus: loss -= entropy_coef * entropy (0 = off)."""
-    behaviour_logprobs: str = "auto"
+    behaviour_logprobs: BehaviourLogprobs = BehaviourLogprobs.auto
     """Which log-probs stand for the behaviour (old) policy in the ratio. recompute: the learner recomputes
     them before every step's update (one no-grad forward pass over the batch). engine: the rollout engine's
     sampling log-probs (no extra pass; the ratio then also carries the engine/learner numerical mismatch).
@@ -137,7 +152,7 @@ class AlgorithmConfig:
         check(self.overlong_buffer_len >= 0, "algorithm.overlong_buffer_len", "must be >= 0 (0 = off)")
         check(self.overlong_penalty_factor >= 0, "algorithm.overlong_penalty_factor", "must be >= 0")
         check(self.tgrpo_alpha >= 0, "algorithm.tgrpo_alpha", "must be >= 0")
-        check(self.tgrpo_rule in TGRPO_RULES, "algorithm.tgrpo_rule", f"must be one of {TGRPO_RULES}")
+        set_choice(self, "tgrpo_rule", TgrpoRule, "algorithm.tgrpo_rule")
         check(self.tgrpo_shuffled_n >= 0, "algorithm.tgrpo_shuffled_n", "must be >= 0 (0 = rollout.n)")
         check(self.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
         check(
@@ -146,8 +161,7 @@ class AlgorithmConfig:
             "KL is either a loss term (use_kl_loss) or a reward penalty, not both",
         )
         check(self.entropy_coef >= 0, "algorithm.entropy_coef", "must be >= 0")
-        check(self.behaviour_logprobs in BEHAVIOUR_LOGPROBS, "algorithm.behaviour_logprobs",
-              f"must be one of {BEHAVIOUR_LOGPROBS}, got {self.behaviour_logprobs!r}")
+        set_choice(self, "behaviour_logprobs", BehaviourLogprobs, "algorithm.behaviour_logprobs")
         check(self.tis_cap is None or self.tis_cap == 0 or self.tis_cap >= 1, "algorithm.tis_cap",
               "must be 0 (off) or >= 1 (e.g. 2)")
         check(not (self.truncated_is_cap > 0 and self.behaviour_logprobs == "engine"), "algorithm.tis_cap",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from vt_ray.config.loader import load_from_cli
+from vt_ray.config.roles import RolloutRoleConfig
 from vt_ray.rollout.types import SamplingSettings
 from vt_ray.trace import parse_trace
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from vt_ray.rollout.worker import RolloutWorker
 
     start = time.perf_counter()
-    worker = RolloutWorker(cfg, model_path=args.model)
+    worker = RolloutWorker(RolloutRoleConfig.of(cfg), model_path=args.model)
     ready = time.perf_counter()
     sampling = SamplingSettings(
         n=1 if args.greedy else (args.n or cfg.rollout.n),

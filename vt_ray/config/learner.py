@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from vt_ray.common.choices import Dtype, set_choice
 from vt_ray.common.errors import check
 from vt_ray.config.backends import LEARNER_BACKENDS
 
-DTYPES = ("float32", "bfloat16", "float16")
+
+class TransformerImpl(StrEnum):
+    auto = "auto"
+    transformer_engine = "transformer_engine"
+    local = "local"
 
 
-TRANSFORMER_IMPLS = ("auto", "transformer_engine", "local")
+class DistBackend(StrEnum):
+    auto = "auto"
+    gloo = "gloo"
+    nccl = "nccl"
 
 
-@dataclass
+class ReferencePlacement(StrEnum):
+    sharded = "sharded"
+    cpu_offload = "cpu_offload"
+    none = "none"
+
+
+
+@dataclass(frozen=True)
 class MegatronConfig:
     """The Megatron-core learner's parallel layout (``learner.backend: megatron``; vt_ray/learner/megatron/,
     docs/megatron.md). Checked against the model when the recipe loads, so a layout that cannot split the model
@@ -27,15 +43,14 @@ class MegatronConfig:
     divide the attention heads, the KV heads and the vocabulary size."""
     pipeline_parallel_size: int = 1
     """Pipeline stages the decoder layers are split into; must divide the layers. Only 1 runs yet."""
-    transformer_impl: str = "auto"
+    transformer_impl: TransformerImpl = TransformerImpl.auto
     """Layer modules: auto (transformer-engine when CUDA and TE are present, else local) | transformer_engine |
     local (megatron-core's own modules with SDPA attention: what runs on CPU)."""
 
     def __post_init__(self) -> None:
         check(self.tensor_parallel_size >= 1, "learner.megatron.tensor_parallel_size", "must be >= 1")
         check(self.pipeline_parallel_size >= 1, "learner.megatron.pipeline_parallel_size", "must be >= 1")
-        check(self.transformer_impl in TRANSFORMER_IMPLS, "learner.megatron.transformer_impl",
-              f"unknown {self.transformer_impl!r} ({' | '.join(TRANSFORMER_IMPLS)})")
+        set_choice(self, "transformer_impl", TransformerImpl, "learner.megatron.transformer_impl")
 
     def check_model(self, model_path: str, learner_ranks: int) -> None:
         """The layout against the model's shape (``<model_path>/config.json``, when it is on this machine) and the
@@ -76,19 +91,19 @@ def _text_config(model_path: str) -> dict[str, Any] | None:
     return text if isinstance(text, dict) and "num_attention_heads" in text else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LearnerConfig:
     # Worker count, CPUs and GPUs per rank live in ``resources.learner`` (one place for placement).
     backend: str = "fsdp2"
     """The training backend (vt_ray.config.backends.LEARNER_BACKENDS): fsdp2 (torch FSDP2) | megatron
     (megatron-core tensor parallel, ``learner.megatron``; docs/megatron.md), or a class by import path
     ``package.module:Class`` (docs/backends.md)."""
-    dist_backend: str = "auto"
+    dist_backend: DistBackend = DistBackend.auto
     """torch.distributed backend: auto (gloo on CPU, nccl on GPU) | gloo | nccl."""
-    param_dtype: str = "float32"
+    param_dtype: Dtype = Dtype.float32
     """FSDP2 mixed precision: dtype of the all-gathered parameters used in forward/backward (bfloat16 on GPU).
     Sharded master weights and optimizer state always stay float32."""
-    reduce_dtype: str = "float32"
+    reduce_dtype: Dtype = Dtype.float32
     """FSDP2 mixed precision: dtype of the gradient reduce-scatter."""
     reshard_after_forward: bool = True
     """FSDP2, policy only: free each block's all-gathered parameters after its forward and gather them again in
@@ -130,7 +145,7 @@ class LearnerConfig:
     """Cosine decay floor as a share of the peak lr (1.0 = constant lr after warmup)."""
     grad_clip: float = 5.0
     """Max global gradient norm (paper: 5); <= 0 disables clipping (the norm is still reported)."""
-    reference: str = "sharded"
+    reference: ReferencePlacement = ReferencePlacement.sharded
     """Frozen reference model for the KL term: sharded (FSDP2 like the policy) | cpu_offload (FSDP2 with
     parameters kept in host memory, GPU only; same as sharded on CPU) | none (no KL term)."""
     reference_path: str = ""
@@ -149,10 +164,9 @@ class LearnerConfig:
               f"{self.backend!r} is a torch.distributed backend: that key is learner.dist_backend now; "
               "learner.backend names the training backend (fsdp2, or package.module:Class)")
         LEARNER_BACKENDS.check(self.backend)
-        check(self.dist_backend in ("auto", "gloo", "nccl"), "learner.dist_backend",
-              f"unknown backend {self.dist_backend!r} (auto | gloo | nccl)")
-        check(self.param_dtype in DTYPES, "learner.param_dtype", f"unknown dtype {self.param_dtype!r}")
-        check(self.reduce_dtype in DTYPES, "learner.reduce_dtype", f"unknown dtype {self.reduce_dtype!r}")
+        set_choice(self, "dist_backend", DistBackend, "learner.dist_backend")
+        set_choice(self, "param_dtype", Dtype, "learner.param_dtype")
+        set_choice(self, "reduce_dtype", Dtype, "learner.reduce_dtype")
         check(self.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
         # 0 is allowed: a frozen policy is the baseline that shows how much of a curve is evaluation noise
         check(self.lr >= 0, "learner.lr", "must be >= 0")
@@ -161,17 +175,13 @@ class LearnerConfig:
         check(self.warmup_steps >= 0, "learner.warmup_steps", "must be >= 0")
         check(0 <= self.warmup_ratio < 1, "learner.warmup_ratio", "must be in [0, 1)")
         check(0 <= self.min_lr_ratio <= 1, "learner.min_lr_ratio", "must be in [0, 1]")
-        check(
-            self.reference in ("sharded", "cpu_offload", "none"),
-            "learner.reference",
-            f"unknown placement {self.reference!r} (sharded | cpu_offload | none)",
-        )
+        set_choice(self, "reference", ReferencePlacement, "learner.reference")
         check(self.checkpoint_every >= 0, "learner.checkpoint_every", "must be >= 0")
         check(self.keep_last >= 1, "learner.keep_last", "must be >= 1")
         check(self.timeout_s > 0, "learner.timeout_s", "must be > 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SftConfig:
     train_file: str = ""
     """SFT samples with a gold ``trace`` (project JSONL schema); empty = data.train_file."""

@@ -6,13 +6,15 @@ fail here, before any actor starts, naming the full key and the file (or 'comman
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vt_ray.common.errors import ConfigError
@@ -62,6 +64,11 @@ def _apply_override(merged: DictConfig, item: str) -> DictConfig:
         value = OmegaConf.from_dotlist([f"value={raw}"])["value"]  # the same value grammar as a dotlist
         if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
             raise ConfigError(key, "no such key (or list index out of range)", COMMAND_LINE)
+        parts = key.split(".")
+        for depth in range(1, len(parts)):  # list items are built from frozen (read-only) dataclass prototypes
+            node = OmegaConf.select(merged, ".".join(parts[:depth]))
+            if isinstance(node, Container):
+                OmegaConf.set_readonly(node, False)
         OmegaConf.update(merged, key, value, merge=True)
         return merged
     return cast(DictConfig, OmegaConf.merge(merged, OmegaConf.from_dotlist([item])))  # merging into a DictConfig
@@ -73,6 +80,7 @@ _MISSING = object()
 def load_config(recipe: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
     """The typed recipe. Raises :class:`ConfigError` naming the key and its source on any problem."""
     merged: DictConfig = OmegaConf.structured(RecipeConfig)
+    OmegaConf.set_readonly(merged, False)  # the dataclasses are frozen; the draft they are built from is not
     source = COMMAND_LINE
     if recipe is not None:
         source = str(recipe)
@@ -101,8 +109,19 @@ def load_config(recipe: str | os.PathLike[str] | None = None, overrides: Sequenc
 
 
 def to_yaml(config: RecipeConfig) -> str:
-    """The fully resolved recipe, as saved next to checkpoints and printed at start."""
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
+    """The fully resolved recipe, as saved next to checkpoints and printed at start. Closed choices are written as
+    their values (``mode: async``), which is what a recipe says; OmegaConf would write the member name."""
+    return OmegaConf.to_yaml(OmegaConf.create(_plain(dataclasses.asdict(config))))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def load_from_cli(args: Sequence[str]) -> RecipeConfig:

@@ -11,14 +11,24 @@ counts against it, so the three cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
+from vt_ray.common.choices import set_choice
 from vt_ray.common.errors import check
 
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+class PlacementStrategy(StrEnum):
+    PACK = "PACK"
+    SPREAD = "SPREAD"
+    STRICT_PACK = "STRICT_PACK"
+    STRICT_SPREAD = "STRICT_SPREAD"
+
+
+STRATEGIES = tuple(PlacementStrategy)
 MODEL_SIZES = ("", "3B", "7B", "72B")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GpuRoleResources:
     """A GPU role (rollout engines, FSDP learner ranks): ``num_workers`` actors of one bundle each."""
 
@@ -30,7 +40,7 @@ class GpuRoleResources:
     """CPUs in each actor's bundle (data loading and video decoding run on these)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardResources:
     """CPU-only reward scorers (killable worker processes; never scored inline in the driver)."""
 
@@ -40,7 +50,7 @@ class RewardResources:
     """CPUs per reward actor."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResourcesConfig:
     """Cluster shape and role layout; validated here so a layout that cannot be placed fails at load time."""
 
@@ -65,7 +75,7 @@ class ResourcesConfig:
     """Rollout and learner share GPUs: one bundle per learner rank holds one learner and one rollout actor, each
     asking for half the bundle's GPU. vLLM sleeps (frees weights and KV cache) while the learner trains.
     Needs equal worker counts and equal gpus_per_worker for both roles."""
-    placement_strategy: str = "PACK"
+    placement_strategy: PlacementStrategy = PlacementStrategy.PACK
     """Ray strategy for the GPU placement groups: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD. Reward actors
     always use a soft SPREAD group (CPU-only, any node)."""
 
@@ -75,11 +85,7 @@ class ResourcesConfig:
         check(self.cpus_per_node >= 1, "resources.cpus_per_node", "must be >= 1")
         check(self.gpu_memory_gib > 0, "resources.gpu_memory_gib", "must be > 0")
         check(self.model_size in MODEL_SIZES, "resources.model_size", f"unknown size {self.model_size!r} (3B|7B|72B)")
-        check(
-            self.placement_strategy in STRATEGIES,
-            "resources.placement_strategy",
-            f"unknown strategy {self.placement_strategy!r} ({' | '.join(STRATEGIES)})",
-        )
+        set_choice(self, "placement_strategy", PlacementStrategy, "resources.placement_strategy")
         for role in ("rollout", "learner"):
             self._check_gpu_role(role, getattr(self, role))
         check(self.reward.num_workers >= 1, "resources.reward.num_workers", "must be >= 1")

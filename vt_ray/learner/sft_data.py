@@ -79,7 +79,7 @@ class SftExampleBuilder:
         from vt_ray.video.budget import PromptBudget
 
         self.cfg, self.processor = cfg, processor
-        self.budget = PromptBudget.from_config(cfg)
+        self.budget = PromptBudget.of(cfg.data, cfg.video)
         self.skipped = SkipCounts()
 
     def build(self, sample: VideoSample) -> Example | None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 
+from vt_ray.common.choices import set_choice
 from vt_ray.common.errors import check
 from vt_ray.common.registry import Registry
 
@@ -25,7 +27,34 @@ BUILTIN_COMPONENTS = REWARD_COMPONENTS.builtin
 RESERVED_NAMES = (*BUILTIN_COMPONENTS, "total", "errors", "timeouts")
 
 
-@dataclass
+
+class FormatMode(StrEnum):
+    strict = "strict"
+    graded = "graded"
+    think_answer = "think_answer"
+
+
+class AnswerRules(StrEnum):
+    sample = "sample"
+    project = "project"
+    video_r1 = "video_r1"
+
+
+class FreeTextMatch(StrEnum):
+    exact = "exact"
+    token_f1 = "token_f1"
+
+
+class CaptionMetric(StrEnum):
+    rouge_l = "rouge_l"
+    token_f1 = "token_f1"
+
+
+class Isolation(StrEnum):
+    process = "process"
+    thread = "thread"
+
+@dataclass(frozen=True)
 class CustomRewardConfig:
     name: str = ""
     """Component name in results and metrics (``reward/<name>``); must not clash with a built-in one."""
@@ -36,17 +65,17 @@ class CustomRewardConfig:
     """Weight in the total."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig:
     accuracy_weight: float = 1.0
     """Weight of the accuracy reward (paper: 1)."""
     format_weight: float = 1.0
     """Weight of the format reward (paper: 1)."""
-    format_mode: str = "strict"
+    format_mode: FormatMode = FormatMode.strict
     """strict: 1 if every format criterion holds, else 0 (our reading of the paper). graded: the fraction of
     criteria met (assumption; gives a denser signal to a model that does not yet follow the format).
     think_answer: Video-R1's format reward (the response is exactly <think>...</think> <answer>...</answer>)."""
-    answer_rules: str = "sample"
+    answer_rules: AnswerRules = AnswerRules.sample
     """Which definitions grade answers: sample (each sample's own: Video-R1 files load as video_r1, everything
     else as project) | project | video_r1 (Video-R1's exact rewards, vt_ray.rewards.video_r1)."""
     answer_fallback: bool = False
@@ -56,7 +85,7 @@ class RewardConfig:
     """Numeric answers match when |pred - gold| <= max(abs_tol, rel_tol * |gold|) (assumption)."""
     numeric_rel_tol: float = 0.0
     """Relative tolerance for numeric answers (assumption: exact by default)."""
-    free_text_match: str = "exact"
+    free_text_match: FreeTextMatch = FreeTextMatch.exact
     """Free-text answers: exact (normalised exact match, 0/1, paper) | token_f1 (SQuAD-style F1 in [0, 1])."""
     window_slack_s: float = 1.0
     """A ``<time>`` window counts as inside the video if its end <= duration + slack. The trained model writes
@@ -65,7 +94,7 @@ class RewardConfig:
     """Optional: IoU of the union of predicted windows with the union of ground-truth windows (0 = off)."""
     caption_similarity_weight: float = 0.0
     """Optional: similarity of the predicted captions to the reference captions (0 = off)."""
-    caption_metric: str = "rouge_l"
+    caption_metric: CaptionMetric = CaptionMetric.rouge_l
     """rouge_l (F-measure, rouge-score package) | token_f1."""
     length_penalty_weight: float = 0.0
     """Optional: weight of the soft over-length penalty in [-1, 0] (0 = off; use a positive weight)."""
@@ -77,19 +106,17 @@ class RewardConfig:
     """User rewards by import path: ``[{name, path: "pkg.module:function", weight}]``."""
     timeout_s: float = 5.0
     """Time limit for one custom reward call; a slower call scores 0 and counts in ``timeouts``."""
-    isolation: str = "process"
+    isolation: Isolation = Isolation.process
     """How custom rewards run. process: a persistent worker subprocess, killed and restarted on a timeout or
     crash (survives infinite loops and ``os._exit``). thread: a helper thread with a timeout (cheaper, but a
     stuck call leaks its thread and ``os._exit`` kills the caller). Built-in rewards always run inline: they
     are linear-time by contract and tested on adversarial text."""
 
     def __post_init__(self) -> None:
-        check(self.format_mode in ("strict", "graded", "think_answer"), "reward.format_mode",
-              "must be strict | graded | think_answer")
-        check(self.answer_rules in ("sample", "project", "video_r1"), "reward.answer_rules",
-              "must be sample | project | video_r1")
-        check(self.free_text_match in ("exact", "token_f1"), "reward.free_text_match", "must be exact | token_f1")
-        check(self.caption_metric in ("rouge_l", "token_f1"), "reward.caption_metric", "must be rouge_l | token_f1")
+        set_choice(self, "format_mode", FormatMode, "reward.format_mode")
+        set_choice(self, "answer_rules", AnswerRules, "reward.answer_rules")
+        set_choice(self, "free_text_match", FreeTextMatch, "reward.free_text_match")
+        set_choice(self, "caption_metric", CaptionMetric, "reward.caption_metric")
         check(self.numeric_abs_tol >= 0, "reward.numeric_abs_tol", "must be >= 0")
         check(self.numeric_rel_tol >= 0, "reward.numeric_rel_tol", "must be >= 0")
         check(self.window_slack_s >= 0, "reward.window_slack_s", "must be >= 0")
@@ -100,7 +127,7 @@ class RewardConfig:
             "must be in [0, length_max_words]",
         )
         check(self.timeout_s > 0, "reward.timeout_s", "must be > 0")
-        check(self.isolation in ("process", "thread"), "reward.isolation", "must be process | thread")
+        set_choice(self, "isolation", Isolation, "reward.isolation")
         seen: set[str] = set()
         for i, c in enumerate(self.custom):
             key = f"reward.custom[{i}]"

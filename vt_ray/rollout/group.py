@@ -22,6 +22,7 @@ from vt_ray.cluster.worker_group import WorkerGroup
 from vt_ray.common.sharding import split_evenly
 from vt_ray.common.timeouts import StepTimeout, wait_all
 from vt_ray.common.weight_stream import StreamSession
+from vt_ray.config.roles import RolloutRoleConfig
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.rollout.types import SamplingSettings
 from vt_ray.rollout.weight_sync import WeightSource, WeightSyncError
@@ -60,7 +61,7 @@ class RolloutGroup(WorkerGroup):
     ) -> None:
         """``actor_options(rank)`` gives each actor's Ray options (placement group bundle, CPUs, GPUs); without
         it actors ask for ``num_cpus``/``num_gpus`` anywhere in the cluster. ``worker_cls`` is the actor class
-        (constructed as ``worker_cls(cfg, rank)``): :class:`RolloutWorker`, or a stand-in in tests.
+        (constructed as ``worker_cls(RolloutRoleConfig.of(cfg), rank)``): :class:`RolloutWorker`, or a stand-in.
         ``wait_ready=False`` returns once the actors are spawned: the caller sets up other roles while the
         engines start and then calls :meth:`wait_ready` (the trainer does, to overlap the start-ups)."""
         self.cfg = cfg
@@ -74,7 +75,8 @@ class RolloutGroup(WorkerGroup):
         self._stream_backend = "gloo"
         self._source_address: tuple[str, int] = ("", 0)  # where the source's store listens
         self._version = 0  # the version every engine has after the last complete stream
-        super().__init__(worker_cls, num_workers, lambda rank: (cfg, rank), timeout_s=timeout_s,
+        role = RolloutRoleConfig.of(cfg)  # what a worker reads of the recipe
+        super().__init__(worker_cls, num_workers, lambda rank: (role, rank), timeout_s=timeout_s,
                          remote_options={"num_cpus": num_cpus, "num_gpus": num_gpus}, actor_options=actor_options,
                          runtime_env=runtime_env, wait_ready=wait_ready)
 

@@ -67,7 +67,7 @@ class HfEngine:
         Reproducibility: ``sampling.seed`` (or the last :meth:`reseed`) seeds the call once, so a call's samples
         are a function of the seed and the batch it was given. Sampled responses differ from one-prompt-per-call
         generation with the same seed (the batch draws its random numbers together); greedy ones do not
-        (tests/test_hf_engine.py).
+        (tests/unit/rollout/test_hf_engine.py).
         """
         if self.weight_version == UNKNOWN_VERSION:
             raise WeightSyncError("this engine's weights are in an unknown state after a failed weight sync; "

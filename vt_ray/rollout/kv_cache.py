@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vt_ray.config.roles import RolloutRoleConfig
 from vt_ray.config.schema import RecipeConfig, RolloutConfig
 
 GIB = 1024**3
@@ -49,15 +50,6 @@ def kv_cache_bytes(bytes_per_token: int, sequences: int, seq_len: int, max_model
     return math.ceil(blocks * BLOCK_TOKENS * bytes_per_token * margin)
 
 
-def sequences_per_call(cfg: RecipeConfig) -> int:
-    """Sequences one engine gets in a training rollout call, capped by ``rollout.max_num_seqs``."""
-    ro, algo, tc = cfg.rollout, cfg.algorithm, cfg.trainer
-    prompts = math.ceil(tc.prompts_per_step * (algo.oversample_factor if algo.dynamic_sampling else 1.0))
-    per_engine = math.ceil(prompts / max(cfg.resources.rollout.num_workers, 1))
-    per_prompt = ro.n + ((algo.tgrpo_shuffled_n or ro.n) if algo.tgrpo else 0)
-    return min(ro.max_num_seqs, per_engine * per_prompt)
-
-
 def read_hf_config(model_path: str) -> dict[str, Any]:
     return dict(json.loads((Path(model_path) / "config.json").read_text()))
 
@@ -74,12 +66,18 @@ def engine_kv_cache_bytes(rollout: RolloutConfig, model_path: str, dtype: str, s
 
 
 def sized_for_recipe(cfg: RecipeConfig, model_path: str | None = None) -> RolloutConfig:
-    """``cfg.rollout`` with ``kv_cache_gib: auto`` resolved from the whole recipe (the training call's sequences,
-    prompt budget + max_tokens); a number, or a model without a readable config.json, is left as it is."""
-    ro = cfg.rollout
-    path = model_path or cfg.model.path
+    """``cfg.rollout`` with ``kv_cache_gib: auto`` resolved from the whole recipe (:func:`sized_for_role`)."""
+    return sized_for_role(RolloutRoleConfig.of(cfg), model_path)
+
+
+def sized_for_role(role: RolloutRoleConfig, model_path: str | None = None) -> RolloutConfig:
+    """``role.rollout`` with ``kv_cache_gib: auto`` resolved: the training call's sequences, each of the prompt
+    budget + max_tokens, at this model's KV bytes per token; a number, or a model without a readable
+    config.json, is left as it is."""
+    ro = role.rollout
+    path = model_path or role.model.path
     if ro.kv_cache_fixed_gib is not None or not (Path(path) / "config.json").is_file():
         return ro
-    need = engine_kv_cache_bytes(ro, path, cfg.model.dtype, sequences_per_call(cfg),
-                                 cfg.data.max_prompt_tokens + ro.max_tokens)
+    need = engine_kv_cache_bytes(ro, path, role.model.dtype, role.sequences_per_call,
+                                 role.data.max_prompt_tokens + ro.max_tokens)
     return replace(ro, kv_cache_gib=f"{need / GIB:.6f}")

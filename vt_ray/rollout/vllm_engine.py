@@ -58,7 +58,7 @@ class VllmEngine:
         self.weight_version = 0
         self.llm = LLM(
             model=self.model_path,
-            dtype=model.dtype,  # type: ignore[arg-type]  # a str the recipe schema checks
+            dtype=str(model.dtype),  # type: ignore[arg-type]  # one of vLLM's names; a plain str, not our StrEnum
             seed=seed,
             max_model_len=rollout.max_model_len,
             enforce_eager=rollout.enforce_eager,

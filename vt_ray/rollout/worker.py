@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
-from vt_ray.config.schema import RecipeConfig, VideoConfig
+from vt_ray.config.roles import RolloutRoleConfig
+from vt_ray.config.schema import VideoConfig
 from vt_ray.data.schema import VideoSample
 from vt_ray.prompts.chat import prompt_text
 from vt_ray.rollout.engine_api import StreamingRolloutEngine
 from vt_ray.rollout.engines import make_engine
-from vt_ray.rollout.kv_cache import sized_for_recipe
+from vt_ray.rollout.kv_cache import sized_for_role
 from vt_ray.rollout.types import GenerationRequest, RolloutResult, SamplingSettings
 from vt_ray.testing.faults import crash_point, hang_point
 from vt_ray.video.budget import PromptBudget, fit_image_to_budget, fit_to_budget
@@ -56,16 +57,17 @@ class RolloutBatchResult:
 
 
 class RolloutWorker:
-    def __init__(self, cfg: RecipeConfig, rank: int = 0, model_path: str | None = None) -> None:
-        self.cfg, self.rank = cfg, rank
+    def __init__(self, role: RolloutRoleConfig, rank: int = 0, model_path: str | None = None) -> None:
+        """``role``: what a rollout worker reads of the recipe (``RolloutRoleConfig.of(recipe)``)."""
+        self.cfg, self.rank = role, rank
         self.info = install_stack_dumps("rollout", rank)  # first: a hang in the engine start can be dumped too
         hang_point("rollout.init", rank)
-        rollout = sized_for_recipe(cfg, model_path)  # kv_cache_gib: auto -> this recipe's need
-        self.engine = make_engine(cfg.model, rollout, seed=cfg.run.seed + rank, model_path=model_path)
+        rollout = sized_for_role(role, model_path)  # kv_cache_gib: auto -> this recipe's need
+        self.engine = make_engine(role.model, rollout, seed=role.seed + rank, model_path=model_path)
         from transformers import AutoProcessor
 
-        self.processor = AutoProcessor.from_pretrained(model_path or cfg.model.path)
-        self.budget = PromptBudget.from_config(cfg)
+        self.processor = AutoProcessor.from_pretrained(model_path or role.model.path)
+        self.budget = PromptBudget.of(role.data, role.video)
 
     def ready(self) -> ActorInfo:
         """Where this actor runs (pid, node, stack dump file): the group needs it to dump a stuck actor."""

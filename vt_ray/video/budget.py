@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from vt_ray.config.schema import RecipeConfig, VideoConfig
+from vt_ray.config.schema import DataConfig, VideoConfig
 from vt_ray.video.image import DecodedImage, image_token_count, read_image
 from vt_ray.video.reader import DecodedVideo, read_video
 from vt_ray.video.sampling import video_token_count
@@ -26,8 +26,9 @@ class PromptBudget:
     min_frames: int
 
     @staticmethod
-    def from_config(cfg: RecipeConfig) -> PromptBudget:
-        return PromptBudget(cfg.data.max_prompt_tokens, cfg.data.overlong_policy, max(2, cfg.video.min_frames))
+    def of(data: DataConfig, video: VideoConfig) -> PromptBudget:
+        """The budget the ``data`` and ``video`` sections set."""
+        return PromptBudget(data.max_prompt_tokens, data.overlong_policy, max(2, video.min_frames))
 
 
 @dataclass

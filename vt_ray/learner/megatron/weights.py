@@ -19,7 +19,7 @@ query groups, which is how ``linear_qkv`` is partitioned.
 The bridge methods used (``_weight_name_mapping_mcore_to_hf``, ``_weight_to_mcore_format``,
 ``_weight_to_hf_format``) are underscore-private in mbridge 0.15.1: its public ``load_weights`` /
 ``export_weights`` walk a model mbridge built itself, which needs transformer-engine. The version is pinned and
-tests/test_megatron_lm.py round-trips every tensor through them.
+tests/integration/learner/test_megatron_lm.py round-trips every tensor through them.
 """
 
 from __future__ import annotations

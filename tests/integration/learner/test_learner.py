@@ -1,0 +1,164 @@
+"""The learner in-process (a world of one gloo rank, FSDP2): weight export and HF checkpoints, reference
+log-probs, resumable checkpoints, the GRPO loss hook, activation checkpointing and bf16 mixed precision. The
+multi-rank FSDP test is in test_learner_fsdp_equivalence.py; collation and the schedule are unit tests
+(tests/unit/learner/test_batch_and_schedule.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from learner_examples import make_examples  # tests/ is on sys.path (rootdir conftest)
+from vt_ray.config.loader import load_config
+from vt_ray.learner.batch import collate
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir: Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+# ---- in-process learner ----------------------------------------------------------------------------------
+def _cfg(model_dir: Path, *extra: str):
+    return load_config(None, [f"model.path={model_dir}", "learner.lr=1e-3", "learner.micro_batch_size=2", *extra])
+
+
+def _learner(model_dir: Path, *extra: str, total_steps: int = 4):
+    from vt_ray.learner.worker import LearnerWorker
+
+    worker = LearnerWorker(_cfg(model_dir, *extra))
+    worker.setup(total_steps=total_steps)
+    return worker
+
+
+def test_export_keys_and_save_hf_reload_gives_identical_logits(tiny_model_dir: Path, processor, tmp_path: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from vt_ray.models.hf_load import load_vl_model
+
+    worker = _learner(tiny_model_dir, "learner.reference=none")
+    batch = collate(processor, make_examples(processor, 3))
+    worker.train_step(batch, num_micro=2, loss_name="sft")  # exported weights differ from the source's
+
+    hf = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    exported = worker.export_state_dict()
+    assert list(exported) == list(hf.state_dict())
+    assert any(not torch.equal(exported[k], v) for k, v in hf.state_dict().items())
+
+    out = Path(worker.save_hf(str(tmp_path / "hf")))
+    reloaded = load_vl_model(str(out), torch.float32).eval()
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in exported.items())
+    with torch.no_grad():
+        worker.model.eval()
+        ours = worker.model(**batch.model_inputs(), use_cache=False).logits
+        theirs = reloaded(**batch.model_inputs(), use_cache=False).logits
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+    assert (out / "preprocessor_config.json").exists() or (out / "processor_config.json").exists()
+
+
+def test_reference_logprobs_stay_at_the_initial_weights(tiny_model_dir: Path, processor) -> None:
+    worker = _learner(tiny_model_dir, "learner.reference=sharded")
+    batch = collate(processor, make_examples(processor, 2))
+    ref_before = worker.compute_logprobs(batch, num_micro=1, which="reference")
+    policy_before = worker.compute_logprobs(batch, num_micro=1, which="policy")
+    assert torch.allclose(ref_before, policy_before, atol=1e-6)
+    assert (ref_before[~batch.response_mask.bool()] == 0).all() and (ref_before[batch.response_mask.bool()] < 0).all()
+    worker.train_step(batch, num_micro=1)
+    assert torch.equal(worker.compute_logprobs(batch, num_micro=1, which="reference"), ref_before)
+    after = worker.compute_logprobs(batch, num_micro=1, which="policy")
+    mask = batch.response_mask.bool()
+    assert after[mask].mean() > policy_before[mask].mean()  # SFT raised the response likelihood
+
+
+def test_checkpoint_round_trip_resumes_exactly(tiny_model_dir: Path, processor, tmp_path: Path) -> None:
+    batches = [collate(processor, make_examples(processor, 3, seed=s)) for s in range(3)]
+    root = tmp_path / "ckpt"
+    a = _learner(tiny_model_dir, "learner.reference=none", "learner.keep_last=2", "learner.warmup_steps=1")
+    a.train_step(batches[0], num_micro=2)
+    a.save_checkpoint(str(root), {"epoch": 0, "next_index": 3})
+    rng_after_save = torch.rand(4)
+    expected = a.train_step(batches[1], num_micro=2)
+    expected_weights = a.export_state_dict()
+
+    b = _learner(tiny_model_dir, "learner.reference=none", "learner.keep_last=2", "learner.warmup_steps=1")
+    assert b.load_checkpoint(str(root)) == {"epoch": 0, "next_index": 3}
+    assert b.step == 1
+    assert torch.equal(torch.rand(4), rng_after_save)
+    got = b.train_step(batches[1], num_micro=2)
+    assert got["lr"] == expected["lr"] and got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    weights = b.export_state_dict()
+    assert max((weights[k] - v).abs().max().item() for k, v in expected_weights.items()) < 1e-6
+
+    # Without the optimizer state the same step lands elsewhere: the check above can fail.
+    c = _learner(tiny_model_dir, "learner.reference=none", "learner.warmup_steps=1")
+    c.train_step(batches[0], num_micro=2)
+    c.optimizer.state.clear()
+    c.train_step(batches[1], num_micro=2)
+    assert max((c.export_state_dict()[k] - v).abs().max().item() for k, v in expected_weights.items()) > 1e-5
+
+    # keep_last: three saves leave the newest two, and `latest` names the newest.
+    b.save_checkpoint(str(root))
+    b.train_step(batches[2], num_micro=2)
+    b.save_checkpoint(str(root))
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000002", "step_00000003"]
+    assert (root / "latest").read_text().strip() == "step_00000003"
+    assert not list(root.glob(".tmp_*"))
+
+
+def test_load_checkpoint_without_one_returns_none(tiny_model_dir: Path, tmp_path: Path) -> None:
+    worker = _learner(tiny_model_dir, "learner.reference=none")
+    assert worker.load_checkpoint(str(tmp_path / "nothing")) is None
+    assert worker.step == 0
+
+
+def test_grpo_loss_plugs_into_the_learner_hook(tiny_model_dir: Path, processor) -> None:
+    """The algorithm module's loss runs through train_step by name, fed the learner's own log-probs."""
+    worker = _learner(tiny_model_dir, "learner.reference=sharded")
+    batch = collate(processor, make_examples(processor, 4))
+    batch.old_logprobs = worker.compute_logprobs(batch, num_micro=2, which="policy")
+    batch.ref_logprobs = worker.compute_logprobs(batch, num_micro=2, which="reference")
+    batch.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    noise = torch.linspace(-0.3, 0.2, batch.input_ids.numel()).reshape(batch.input_ids.shape)
+    batch.behaviour_logprobs = (batch.old_logprobs + noise) * batch.response_mask  # a mismatched "engine"
+    metrics = worker.train_step(batch, num_micro=2, loss_name="grpo")
+    diff = noise[batch.response_mask.bool()].abs()
+    # the max over both micro-batches (reduced with max, not summed as the shares are) and the token mean
+    assert metrics["actor/engine_learner_abs_diff_max"] == pytest.approx(float(diff.max()), abs=1e-5)
+    assert metrics["actor/engine_learner_abs_diff_mean"] == pytest.approx(float(diff.mean()), abs=1e-5)
+    assert "actor/pg_loss" in metrics and math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    vocab = worker.hf_config.text_config.vocab_size
+    assert 0 < metrics["actor/entropy"] <= math.log(vocab) + 1e-4  # the policy's, in nats, over the vocabulary
+    after = worker.compute_logprobs(batch, num_micro=2, which="policy")
+    mask = batch.response_mask.bool()
+    gain = (after - batch.old_logprobs)[mask]
+    rows = mask.nonzero()[:, 0]
+    # positive advantage -> likelihood up, negative -> down (on average over each response)
+    assert gain[rows == 0].mean() > 0 > gain[rows == 1].mean()
+
+
+def test_activation_checkpointing_changes_memory_not_math(tiny_model_dir: Path, processor) -> None:
+    batch = collate(processor, make_examples(processor, 2))
+    plain = _learner(tiny_model_dir, "learner.reference=none")
+    ckpt = _learner(tiny_model_dir, "learner.reference=none", "learner.activation_checkpointing=true")
+    assert any(getattr(m, "gradient_checkpointing", False) for m in ckpt.model.modules())
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in plain.model.modules())
+    a, b = plain.train_step(batch, num_micro=1), ckpt.train_step(batch, num_micro=1)
+    assert b["loss"] == pytest.approx(a["loss"], abs=1e-6) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    wa, wb = plain.export_state_dict(), ckpt.export_state_dict()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+
+
+def test_bf16_mixed_precision_trains_float32_master_weights(tiny_model_dir: Path, processor) -> None:
+    batch = collate(processor, make_examples(processor, 2))
+    worker = _learner(tiny_model_dir, "learner.reference=none", "learner.param_dtype=bfloat16")
+    first = worker.train_step(batch, num_micro=1)
+    second = worker.train_step(batch, num_micro=1)
+    assert second["loss"] < first["loss"]
+    assert all(p.dtype == torch.float32 for p in worker.model.parameters())  # sharded masters stay fp32
+    assert all(v.dtype == torch.float32 for v in worker.export_state_dict().values())  # model.dtype=float32
+    assert all(v.dtype == torch.bfloat16 for v in worker.export_state_dict("bfloat16").values())

@@ -1,0 +1,412 @@
+"""The Megatron-core language model of Qwen2.5-VL (issue 20, first slice) against the Hugging Face model.
+
+Two gloo ranks spawned with torch.multiprocessing (no Ray), on the tiny random Qwen2.5-VL in float32. In one
+spawn each rank runs TP=1 (the two ranks are then data-parallel copies; rank 0's numbers are TP=1's), tears
+megatron's groups down, and runs TP=2. Checked here, in the pytest process, against
+``Qwen2_5_VLForConditionalGeneration`` loaded from the same directory:
+
+* per-token log-probs, on text positions and on video-like multimodal RoPE positions (distinct t/h/w rows), and
+  on prompts with an image (the HF vision tower's features merged into the Megatron decoder's input), and on a
+  collated learner batch of video prompts against ``vt_ray.learner.logprobs.token_logprobs`` (the FSDP2
+  learner's function);
+* HF -> Megatron -> HF bit-exact at TP=1 and TP=2 (the TP=2 shards split by megatron's partition dims and
+  merged back), each shard also equal to mbridge's own TP split of the same tensor;
+* one SFT step (vt_ray.learner.losses.sft_loss on that batch, clipped SGD) matches the HF model's;
+* one SGD step on the mean negative log-likelihood, gradient clipped by its global norm (assembled over the TP
+  shards, vt_ray/learner/megatron/optim.py): the norm and the updated weights, exported to HF names, match the HF
+  model after the same step; one AdamW step at TP=2 matches TP=1.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+WORLD = 2
+TIMEOUT_S = 240.0
+SGD_LR = 0.5
+CLIP = 1.0  # below the gradient norm here (3.55), so clipping scales the step
+ADAMW_LR = 1e-3
+BATCH, LENGTH = 2, 24
+
+
+def _inputs(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, text positions [3, B, L], and positions of a 2x4x4-patch video after 5 text tokens."""
+    from vt_ray.models.mrope import TEXT, VIDEO, sequence_positions
+
+    ids = torch.randint(0, vocab, (BATCH, LENGTH), generator=torch.Generator().manual_seed(3))
+    text = torch.arange(LENGTH).expand(3, BATCH, LENGTH).clone()
+    types = [TEXT] * 5 + [VIDEO] * 8 + [TEXT] * (LENGTH - 13)
+    video = sequence_positions(types, [], [torch.tensor([2, 4, 4])], [2.0], spatial_merge=2, tokens_per_second=2)
+    return ids, text, video[:, None].expand(3, BATCH, LENGTH).clone()
+
+
+def _image_inputs(model_dir: str) -> dict[str, torch.Tensor]:
+    """Two prompts with one image each (same size, different pixels), and their multimodal positions."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from vt_ray.models.mrope import rope_index
+
+    rng = np.random.RandomState(0)
+    images = [Image.fromarray((rng.rand(56, 84, 3) * 255).astype("uint8")) for _ in range(2)]
+    text = "Look: <|vision_start|><|image_pad|><|vision_end|> what colour is it? Red, mostly."
+    inputs = dict(AutoProcessor.from_pretrained(model_dir)(text=[text, text], images=images, return_tensors="pt"))
+    inputs["position_ids"], _ = rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
+                                           None, None, inputs["attention_mask"], spatial_merge=2, tokens_per_second=2)
+    return inputs
+
+
+def _learner_batch(model_dir: str) -> Any:
+    """Three video prompts with responses of different lengths, collated (right-padded) as the learner gets them."""
+    from transformers import AutoProcessor
+
+    from learner_examples import make_examples  # pytest puts tests/ on sys.path; spawn passes it on
+    from vt_ray.learner.batch import collate
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    return collate(processor, make_examples(processor, 3))
+
+
+def _nll(logprobs: torch.Tensor) -> torch.Tensor:
+    return -logprobs.mean()
+
+
+def _save_hf(state: dict[str, torch.Tensor], model_dir: str, out_dir: str) -> None:
+    """``state`` as a HF model directory next to the rank results: weights plus the source's config and
+    processor files."""
+    import shutil
+
+    from huggingface_hub import save_torch_state_dict
+
+    target = Path(out_dir) / "hf_after_sft"
+    target.mkdir()
+    save_torch_state_dict(state, target)
+    for f in Path(model_dir).iterdir():
+        if not f.name.startswith("model.safetensors"):
+            shutil.copy(f, target / f.name)
+
+
+def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, torch.Tensor],
+            out_dir: str) -> dict[str, Any]:
+    from megatron.core import parallel_state
+
+    from vt_ray.learner.losses import LossNorm, sft_loss
+    from vt_ray.learner.megatron import logprobs, model, multimodal, optim, parallel, weights
+
+    parallel.init_model_parallel(tensor_parallel=tp)
+    config = model.load_hf_config(model_dir)
+    shape = model.TextShape.from_hf(config)
+    ids, text_pos, video_pos = _inputs(shape.vocab)
+    out: dict[str, Any] = {}
+    results = {}
+    for optimizer in ("sgd", "adamw", "sft"):
+        lm = model.build_language_model(shape, tensor_parallel=tp)
+        bridge = weights.make_bridge(config)
+        checkpoint = weights.HfCheckpoint(model_dir)
+        used = weights.load_hf_weights(lm, bridge, checkpoint)
+        if optimizer == "sgd":
+            # mbridge's own TP split of the same full tensor must give the shard we loaded.
+            tp_rank = parallel_state.get_tensor_model_parallel_rank()
+            mismatched = []
+            for name, param in lm.named_parameters():
+                mcore = weights.bridge_name(name)
+                full = bridge._weight_to_mcore_format(
+                    mcore, [checkpoint.get(h) for h in bridge._weight_name_mapping_mcore_to_hf(mcore)])
+                theirs = bridge._weight_split_across_tp(mcore, full, param, tp)[tp_rank]
+                if not torch.equal(theirs, param.detach()):
+                    mismatched.append(name)
+            out["mbridge_split_mismatch"] = mismatched
+            out["used"] = sorted(set(used))
+            out["local_params"] = sum(p.numel() for p in lm.parameters())
+            out["shards"] = {n: p.detach().clone() for n, p in lm.named_parameters()}
+            lm.eval()
+            with torch.no_grad():
+                out["lp_text"] = logprobs.next_token_logprobs(lm, ids, text_pos)
+                out["lp_video"] = logprobs.next_token_logprobs(lm, ids, video_pos)
+                # Images: the HF vision tower's features merged into the Megatron decoder's input.
+                features = multimodal.vision_features(visual, image["pixel_values"], image["image_grid_thw"])
+                embeds = multimodal.decoder_input(lm, image["input_ids"], {config.image_token_id: features})
+                out["lp_image"] = logprobs.next_token_logprobs(lm, image["input_ids"], image["position_ids"], embeds)
+                out["lp_batch"] = logprobs.batch_token_logprobs(lm, visual, _learner_batch(model_dir), config)
+            out["exported"] = dict(weights.export_hf_weights(lm, bridge))
+            opt: torch.optim.Optimizer = torch.optim.SGD(lm.parameters(), lr=SGD_LR)
+        elif optimizer == "adamw":
+            opt = torch.optim.AdamW(lm.parameters(), lr=ADAMW_LR, weight_decay=0.0)
+        else:
+            opt = torch.optim.SGD(lm.parameters(), lr=SGD_LR)
+        lm.train()
+        opt.zero_grad()
+        if optimizer == "sft":  # the learner's SFT loss on a collated video batch (vision tower frozen)
+            batch = _learner_batch(model_dir)
+            norm_counts = LossNorm(num_tokens=batch.num_tokens, num_sequences=batch.num_sequences)
+            loss, _ = sft_loss(logprobs.batch_token_logprobs(lm, visual, batch, config), batch, norm_counts)
+        else:
+            loss = _nll(logprobs.next_token_logprobs(lm, ids, video_pos))
+        loss.backward()
+        norm = optim.clip_grad_norm(lm, CLIP)
+        opt.step()
+        results[optimizer] = {"loss": loss.item(), "grad_norm": norm,
+                              "weights": dict(weights.export_hf_weights(lm, bridge))}
+        if optimizer == "sft" and tp == 2:
+            # The trained model as a HF checkpoint (rank 0 writes), and what the Megatron model now gives.
+            state = weights.full_hf_state_dict(lm, bridge, visual)
+            if parallel_state.get_data_parallel_rank() == 0 and parallel_state.get_tensor_model_parallel_rank() == 0:
+                _save_hf(state, model_dir, out_dir)
+            lm.eval()
+            with torch.no_grad():
+                out["lp_batch_after_sft"] = logprobs.batch_token_logprobs(lm, visual, batch, config)
+    out["steps"] = results
+    parallel.destroy_model_parallel()
+    return out
+
+
+def _rank_main(rank: int, port: int, model_dir: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    visual = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).model.visual
+    visual.requires_grad_(False)
+    image = _image_inputs(model_dir)
+    result = {f"tp{tp}": _run_tp(tp, model_dir, visual, image, out_dir) for tp in (1, 2)}
+    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _spawn(out_dir: Path, model_dir: Path) -> None:
+    """Run :func:`_rank_main` on WORLD processes; fail (and kill them) if they are not done in TIMEOUT_S."""
+    import torch.multiprocessing as mp
+
+    from vt_ray.learner.rendezvous import free_port
+
+    ctx = mp.start_processes(_rank_main, args=(free_port(), str(model_dir), str(out_dir)), nprocs=WORLD,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"megatron ranks not done after {TIMEOUT_S:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    pytest.importorskip("megatron.core")
+    pytest.importorskip("mbridge")
+    out = tmp_path_factory.mktemp("megatron")
+    _spawn(out, tiny_model_dir)
+    runs = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    runs[0]["hf_after_sft"] = out / "hf_after_sft"
+    return runs
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The HF model's log-probs on the same inputs, and its weights after the same SGD step."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vt_ray.learner.logprobs import token_logprobs
+    from vt_ray.learner.losses import LossNorm, sft_loss
+    from vt_ray.models.mrope import use_released_rope_index
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ids, text_pos, video_pos = _inputs(model.config.text_config.vocab_size)
+
+    def lp(positions: torch.Tensor) -> torch.Tensor:
+        logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
+        return logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+
+    model.eval()
+    with torch.no_grad():
+        result = {"lp_text": lp(text_pos), "lp_video": lp(video_pos)}
+        image = _image_inputs(str(tiny_model_dir))
+        logits = model(**{k: v for k, v in image.items() if k != "mm_token_type_ids"}, use_cache=False).logits
+        result["lp_image"] = logits[:, :-1].float().log_softmax(-1).gather(-1, image["input_ids"][:, 1:, None])[..., 0]
+        batch = _learner_batch(str(tiny_model_dir))
+        result["lp_batch"] = token_logprobs(use_released_rope_index(model), batch, torch.device("cpu"))
+        result["response_mask"] = batch.response_mask.bool()
+    model.train()
+    loss = _nll(lp(video_pos))
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP).item()
+    torch.optim.SGD(model.parameters(), lr=SGD_LR).step()
+    # The trained weights in checkpoint names: what save_pretrained writes.
+    out = tmp_path_factory.mktemp("hf_sgd")
+    model.save_pretrained(out)
+    trained = load_file(str(out / "model.safetensors"))
+    checkpoint = load_file(str(tiny_model_dir / "model.safetensors"))
+    result.update(loss=loss.item(), grad_norm=norm, sgd=trained, checkpoint=checkpoint)
+
+    # The learner's SFT loss on the collated batch, on a fresh copy, vision tower frozen.
+    model = use_released_rope_index(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir,
+                                                                                       dtype=torch.float32))
+    model.model.visual.requires_grad_(False)
+    model.train()
+    norm_counts = LossNorm(num_tokens=batch.num_tokens, num_sequences=batch.num_sequences)
+    loss, _ = sft_loss(token_logprobs(model, batch, torch.device("cpu")), batch, norm_counts)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], CLIP).item()
+    torch.optim.SGD(model.parameters(), lr=SGD_LR).step()
+    out = tmp_path_factory.mktemp("hf_sft")
+    model.save_pretrained(out)
+    result["sft"] = {"loss": loss.item(), "grad_norm": norm, "weights": load_file(str(out / "model.safetensors"))}
+    return result
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert sorted(a) == sorted(b)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_logprobs_match_hf(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
+    for rank in range(WORLD):
+        ours = runs[rank][f"tp{tp}"]
+        for which in ("lp_text", "lp_video", "lp_image", "lp_batch"):
+            diff = (ours[which] - hf[which]).abs().max().item()
+            assert diff < 1e-5, f"TP={tp} rank {rank} {which}: max |diff| {diff:.2e}"
+        assert bool((ours["lp_batch"][hf["response_mask"]] < 0).all())  # every response token was scored
+    # The video positions really exercise the mrope sections: they change the log-probs.
+    assert (hf["lp_video"] - hf["lp_text"]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_hf_megatron_hf_round_trip_is_bit_exact(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
+    language = {k: v for k, v in hf["checkpoint"].items() if not k.startswith("visual.")}
+    for rank in range(WORLD):
+        ours = runs[rank][f"tp{tp}"]
+        assert ours["used"] == sorted(language)  # every language-model tensor read, no vision tensor
+        assert sorted(ours["exported"]) == sorted(language)
+        unequal = [k for k in language if not torch.equal(ours["exported"][k], language[k])]
+        assert unequal == []
+        assert ours["mbridge_split_mismatch"] == []
+
+
+def test_tp2_shards_are_real_halves(runs: list[dict[str, Any]]) -> None:
+    tp1, tp2 = runs[0]["tp1"], [runs[r]["tp2"] for r in range(WORLD)]
+    assert tp2[0]["local_params"] == tp2[1]["local_params"] < 0.6 * tp1["local_params"]
+    qkv = "decoder.layers.0.self_attention.linear_qkv.weight"
+    fc1 = "decoder.layers.0.mlp.linear_fc1.weight"
+    # q/k/v: whole query groups per rank; fc1: this rank's gate rows then its up rows.
+    assert torch.equal(torch.cat([tp2[0]["shards"][qkv], tp2[1]["shards"][qkv]]), tp1["shards"][qkv])
+    gate, up = tp1["shards"][fc1].chunk(2)
+    assert torch.equal(tp2[1]["shards"][fc1], torch.cat([gate.chunk(2)[1], up.chunk(2)[1]]))
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_one_sgd_step_matches_hf(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
+    ours = runs[0][f"tp{tp}"]["steps"]["sgd"]
+    assert abs(ours["loss"] - hf["loss"]) < 1e-5
+    assert hf["grad_norm"] > CLIP  # the step below was clipped, on both sides
+    assert abs(ours["grad_norm"] - hf["grad_norm"]) < 1e-5 * hf["grad_norm"]
+    trained = {k: hf["sgd"][k] for k in ours["weights"]}
+    moved = _max_diff(trained, {k: hf["checkpoint"][k] for k in trained})
+    assert moved > 1e-3  # the step changed the weights
+    diff = _max_diff(ours["weights"], trained)
+    assert diff < 1e-5, f"TP={tp}: weights after one SGD step differ from HF's by {diff:.2e}"
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_one_sft_step_on_a_learner_batch_matches_hf(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
+    """vt_ray's SFT loss (token-mean NLL of the responses) on a collated video batch, clipped SGD step."""
+    ours, theirs = runs[0][f"tp{tp}"]["steps"]["sft"], hf["sft"]
+    assert abs(ours["loss"] - theirs["loss"]) < 1e-5
+    assert abs(ours["grad_norm"] - theirs["grad_norm"]) < 1e-5 * theirs["grad_norm"]
+    trained = {k: theirs["weights"][k] for k in ours["weights"]}
+    assert _max_diff(trained, {k: hf["checkpoint"][k] for k in trained}) > 1e-3
+    diff = _max_diff(ours["weights"], trained)
+    assert diff < 1e-5, f"TP={tp}: weights after one SFT step differ from HF's by {diff:.2e}"
+
+
+def test_trained_megatron_model_saves_as_a_hf_checkpoint(runs: list[dict[str, Any]], hf: dict[str, Any]) -> None:
+    """After the TP=2 SFT step: the full state (LM merged from shards + HF vision tower) is a complete checkpoint
+    (the original's names and shapes, nothing missing or unexpected on load), and the HF model loaded from it
+    scores the learner batch as the Megatron model does."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vt_ray.learner.logprobs import token_logprobs
+    from vt_ray.models.mrope import use_released_rope_index
+
+    saved_dir = runs[0]["hf_after_sft"]
+    saved = load_file(str(saved_dir / "model.safetensors"))
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in hf["checkpoint"].items()}
+    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(saved_dir, dtype=torch.float32,
+                                                                     output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        theirs = token_logprobs(use_released_rope_index(model.eval()), _learner_batch(str(saved_dir)),
+                                torch.device("cpu"))
+    ours = runs[0]["tp2"]["lp_batch_after_sft"]
+    assert (ours - hf["lp_batch"]).abs().max().item() > 1e-3  # the step changed the scores
+    diff = (ours - theirs).abs().max().item()
+    assert diff < 1e-5, f"HF model from the Megatron export vs the Megatron model: {diff:.2e}"
+
+
+def test_one_adamw_step_tp2_matches_tp1(runs: list[dict[str, Any]], hf: dict[str, Any]) -> None:
+    """AdamW's first update is about ``lr * sign(grad)``, so it magnifies rounding wherever the true gradient is
+    0. The key bias is such a place: adding the same vector to every key adds one constant to a query's scores,
+    which the softmax cancels; its float gradient is noise of either sign, at TP=1 and TP=2 alike. Everything
+    else must agree to float32 tolerance."""
+    tp1, tp2 = runs[0]["tp1"]["steps"]["adamw"], runs[0]["tp2"]["steps"]["adamw"]
+    assert abs(tp1["loss"] - tp2["loss"]) < 1e-5
+    noise = {k for k in tp1["weights"] if k.endswith("self_attn.k_proj.bias")}
+    assert len(noise) == 2
+    kept = {k: v for k, v in tp1["weights"].items() if k not in noise}
+    diff = _max_diff(kept, {k: tp2["weights"][k] for k in kept})
+    assert diff < 1e-5, f"AdamW TP=2 vs TP=1: {diff:.2e}"
+    moved = _max_diff(kept, {k: hf["checkpoint"][k] for k in kept})
+    assert moved > 0.9 * ADAMW_LR  # the step moved the weights by about lr
+    # Every rank exported the same full weights.
+    assert _max_diff(runs[1]["tp2"]["steps"]["adamw"]["weights"], tp2["weights"]) == 0.0
+
+
+def test_layer_spec_choice_on_this_machine() -> None:
+    """TE layers are chosen only with CUDA and transformer-engine; here the local spec with SDPA attention."""
+    pytest.importorskip("megatron.core")
+    from vt_ray.learner.megatron.cpu import SDPACoreAttention
+    from vt_ray.learner.megatron.spec import layer_spec, transformer_engine_usable, use_transformer_engine
+
+    assert transformer_engine_usable() == (torch.cuda.is_available() and _has("transformer_engine"))
+    assert use_transformer_engine("auto") == transformer_engine_usable()
+    assert use_transformer_engine("local") is False and use_transformer_engine("transformer_engine") is True
+    with pytest.raises(ValueError, match="apex"):
+        use_transformer_engine("apex")
+    local = layer_spec(use_te=False)
+    assert local.submodules.self_attention.submodules.core_attention is SDPACoreAttention
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.slow
+def test_check_script_passes_on_cpu_and_fails_when_it_should(tiny_model_dir: Path) -> None:
+    """tools/megatron_check.py (the one-command GPU check) in its CPU mode: TP=2 over gloo passes; a zero
+    log-prob tolerance fails with exit status 1 (so its OK lines are real checks)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    command = [sys.executable, str(root / "tools" / "megatron_check.py"), "--tp", "2", "--model", str(tiny_model_dir)]
+    ok = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("OK  ") == 3
+    strict = subprocess.run([*command, "--tol", "0"], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert strict.returncode == 1
+    assert "FAIL log-probs" in strict.stdout

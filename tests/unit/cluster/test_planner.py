@@ -1,0 +1,162 @@
+"""The resources section, its placement groups, and the memory planner (python -m vt_ray plan)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vt_ray.cli import main
+from vt_ray.cluster.model_shapes import KNOWN_SHAPES, resolve_shape, shape_from_hf_config
+from vt_ray.cluster.planner import plan_memory
+from vt_ray.config import ConfigError, load_config
+from vt_ray.config.resources import pack_bundles, placement_groups, total_resources
+
+ROOT = Path(__file__).resolve().parents[3]
+SCALE_1 = ROOT / "recipes/scale_1node.yaml"
+ONE_SMALL_GPU = [
+    "resources.gpus_per_node=1", "resources.gpu_memory_gib=24", "resources.learner.num_workers=1",
+    "resources.rollout.num_workers=1", "resources.reward.num_workers=1",
+]
+
+
+def test_param_count_from_config_matches_the_real_module(tiny_model_dir: Path) -> None:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    shape = shape_from_hf_config(json.loads((tiny_model_dir / "config.json").read_text()))
+    assert shape.total_params == sum(p.numel() for p in model.parameters())
+    assert shape.vision_params == sum(p.numel() for n, p in model.named_parameters() if ".visual." in n)
+
+
+def test_known_sizes_match_published_counts() -> None:
+    # Qwen2.5-VL-7B-Instruct's safetensors index: 8,292,166,656 parameters; 3B: 3.75B; 72B: 73.4B.
+    assert KNOWN_SHAPES["7B"].total_params == 8_292_166_656
+    assert round(KNOWN_SHAPES["3B"].total_params / 1e9, 2) == 3.75
+    assert round(KNOWN_SHAPES["72B"].total_params / 1e9, 1) == 73.4
+
+
+def test_config_json_wins_over_the_hint(tiny_model_dir: Path) -> None:
+    shape, source = resolve_shape(str(tiny_model_dir), "72B")
+    assert shape.hidden < 1024 and source.endswith("config.json")
+    with pytest.raises(ConfigError) as info:
+        resolve_shape("/nonexistent/model", "")
+    assert info.value.key == "resources.model_size"
+
+
+def test_7b_recipe_fits_on_8x80gb(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(SCALE_1)
+    assert (cfg.resources.gpus_per_node, cfg.resources.gpu_memory_gib, cfg.resources.model_size) == (8, 80, "7B")
+    plan = plan_memory(cfg)
+    assert plan.first_overflow() is None
+    names = {t.name for b in plan.budgets for t in b.terms}
+    assert {"parameters", "gradients", "optimizer", "activations", "reference", "vllm_weights",
+            "vllm_kv_cache"} <= names
+    assert main(["plan", f"recipe={SCALE_1}"]) == 0
+    out = capsys.readouterr().out
+    assert "8.29B parameters" in out and "DOES NOT FIT" not in out
+
+
+def test_one_24gb_gpu_is_refused_naming_the_term(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", f"recipe={SCALE_1}", *ONE_SMALL_GPU]) == 1
+    captured = capsys.readouterr()
+    assert "term 'parameters'" in captured.err  # 4P = 31 GiB of fp32 master weights alone exceed 22.8 GiB
+
+
+@pytest.mark.parametrize(
+    ("overrides", "micro_batch", "term"),
+    [
+        (["rollout.max_num_seqs=1024"], 1, "vllm_kv_cache"),  # 168 GiB of KV cache at max_model_len
+        ([], 64, "activations"),  # 64 sequences of 2816 tokens per micro batch
+        (["rollout.gpu_memory_utilization=0.9"], 1, "vllm_reserved"),  # colocated: no room left for the learner
+    ],
+)
+def test_the_overflowing_term_is_named(overrides: list[str], micro_batch: int, term: str) -> None:
+    plan = plan_memory(load_config(SCALE_1, overrides), micro_batch=micro_batch)
+    found = plan.first_overflow()
+    assert found is not None and found[1].name == term
+
+
+def test_split_layout_has_learner_and_rollout_gpus() -> None:
+    cfg = load_config(SCALE_1, ["resources.colocate=false", "resources.learner.num_workers=4",
+                                "resources.rollout.num_workers=4", "rollout.gpu_memory_utilization=0.9"])
+    plan = plan_memory(cfg)
+    assert [b.title.split(" (")[0] for b in plan.budgets][::2] == ["learner GPU", "rollout GPU"]
+    assert plan.first_overflow() is None
+    # Sharding over half the GPUs doubles the per-GPU optimizer state.
+    colocated = plan_memory(load_config(SCALE_1))
+    opt = {b.title: t.gib for b in (plan.budgets + colocated.budgets) for t in b.terms if t.name == "optimizer"}
+    assert opt["learner GPU"] == pytest.approx(2 * opt["colocated GPU, train phase (vLLM asleep)"])
+
+
+def test_tensor_parallel_must_match_rollout_gpus() -> None:
+    with pytest.raises(ConfigError) as info:
+        plan_memory(load_config(SCALE_1, ["rollout.tensor_parallel_size=2"]))
+    assert info.value.key == "resources.rollout.gpus_per_worker"
+
+
+def test_colocated_bundles_host_one_learner_and_one_engine() -> None:
+    res = load_config(SCALE_1).resources
+    actor, reward = placement_groups(res)
+    assert (actor.name, actor.roles, len(actor.bundles)) == ("actor", ("learner", "rollout"), 8)
+    assert actor.bundles[0] == {"GPU": 1.0, "CPU": 8.0}
+    assert sum(r["GPU"] for r in actor.requests.values()) == actor.bundles[0]["GPU"]
+    assert (reward.strategy, len(reward.bundles)) == ("SPREAD", 8)
+    assert total_resources([actor, reward]) == {"GPU": 8.0, "CPU": 72.0}
+
+
+def test_split_bundles_and_packing() -> None:
+    res = load_config(SCALE_1, ["resources.colocate=false", "resources.learner.num_workers=4",
+                                "resources.rollout.num_workers=4"]).resources
+    assert [g.name for g in placement_groups(res)] == ["learner", "rollout", "reward"]
+    bundles = [{"GPU": 1.0, "CPU": 4.0}] * 3
+    assert pack_bundles(bundles, 2, 2, 8) == [0, 0, 1]
+    assert pack_bundles(bundles, 1, 2, 8) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["resources.learner.num_workers=9"], "resources.rollout.num_workers"),  # colocate needs equal counts
+        (["resources.learner.num_workers=9", "resources.rollout.num_workers=9", "resources.reward.num_workers=1"],
+         "resources.num_nodes"),  # 9 GPUs on one 8-GPU node
+        (["resources.rollout.gpus_per_worker=1.5", "resources.colocate=false"], "resources.rollout.gpus_per_worker"),
+        (["resources.learner.gpus_per_worker=2", "resources.rollout.gpus_per_worker=2"],
+         "resources.learner.gpus_per_worker"),
+        (["resources.placement_strategy=STRICT_SPREAD"], "resources.placement_strategy"),  # 8 bundles, 1 node
+        (["resources.placement_strategy=BALANCED"], "resources.placement_strategy"),
+        (["resources.reward.cpus_per_worker=81"], "resources.reward.cpus_per_worker"),
+        (["resources.model_size=13B"], "resources.model_size"),
+        (["resources.gpus_per_node=0"], "resources.rollout.gpus_per_worker"),
+    ],
+)
+def test_bad_resources_fail_at_load_naming_the_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(SCALE_1, overrides)
+    assert info.value.key == key
+
+
+def test_cpu_recipe_plans_without_a_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}", "model.path=/nonexistent"]) == 0
+    assert "CPU-only" in capsys.readouterr().out
+
+
+def test_learner_settings_change_the_plan() -> None:
+    def term(overrides: list[str], name: str) -> float:
+        plan = plan_memory(load_config(SCALE_1, overrides))
+        return next(t.gib for b in plan.budgets if "train phase" in b.title for t in b.terms if t.name == name)
+
+    assert term(["learner.activation_checkpointing=false"], "activations") > 5 * term([], "activations")
+    assert term(["learner.reference=none"], "reference") == 0.0
+    assert term(["algorithm.kl_coef=0"], "reference") == 0.0
+    assert term(["learner.param_dtype=float32"], "reference") == pytest.approx(2 * term([], "reference"))
+    # the communication-saving FSDP settings each hold one more unsharded copy (compute dtype c bytes x P)
+    cfg = load_config(SCALE_1, [])
+    shape, c = plan_memory(cfg).shape, 2 if cfg.learner.param_dtype == "bfloat16" else 4
+    assert shape is not None
+    gathered = shape.embedding_params + 2 * shape.text_layer_params
+    assert term(["learner.reshard_after_forward=false"], "parameters") - term([], "parameters") == pytest.approx(
+        c * (shape.total_params - gathered) / 2**30, rel=1e-3)
+    assert term(["learner.reduce_every_micro_batch=false"], "gradients") - term([], "gradients") == pytest.approx(
+        c * shape.total_params / 2**30, rel=1e-3)

@@ -1,0 +1,56 @@
+"""``learner.megatron``: a parallel layout that cannot split the model fails when the recipe loads, naming the
+key (issue 20). The tiny model has 4 attention heads, 2 KV heads, 2 layers and a 1152-token vocabulary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vt_ray.config.loader import load_config
+from vt_ray.config.schema import ConfigError
+
+
+def _load(model: Path | str, *overrides: str):
+    return load_config(None, [f"model.path={model}", "resources.learner.num_workers=2", *overrides])
+
+
+def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
+    cfg = _load(tiny_model_dir, "learner.megatron.tensor_parallel_size=2")
+    assert (cfg.learner.megatron.tensor_parallel_size, cfg.learner.megatron.pipeline_parallel_size) == (2, 1)
+    assert cfg.learner.megatron.transformer_impl == "auto"
+    cfg = _load(tiny_model_dir, "learner.megatron.pipeline_parallel_size=2")
+    assert cfg.learner.megatron.pipeline_parallel_size == 2
+
+
+@pytest.mark.parametrize(("override", "key", "words"), [
+    ("learner.megatron.tensor_parallel_size=4", "learner.megatron.tensor_parallel_size", "2 KV heads"),
+    ("learner.megatron.tensor_parallel_size=3", "learner.megatron.tensor_parallel_size", "4 attention heads"),
+    ("learner.megatron.pipeline_parallel_size=4", "learner.megatron.pipeline_parallel_size", "2 layers"),
+    ("learner.megatron.transformer_impl=apex", "learner.megatron.transformer_impl", "'apex'"),
+    ("learner.megatron.tensor_parallel_size=0", "learner.megatron.tensor_parallel_size", ">= 1"),
+])
+def test_a_layout_that_cannot_split_the_model_names_the_key(tiny_model_dir: Path, override: str, key: str,
+                                                            words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _load(tiny_model_dir, override)
+    assert err.value.key == key
+    assert words in str(err.value)
+
+
+def test_vocabulary_must_split_too(tmp_path: Path, tiny_model_dir: Path) -> None:
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    # 4 heads and 4 KV heads split 4 ways; a 1150-token vocabulary splits 2 ways, not 4.
+    config["text_config"].update(vocab_size=1150, num_attention_heads=4, num_key_value_heads=4)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _load(tmp_path, "learner.megatron.tensor_parallel_size=2")
+    with pytest.raises(ConfigError, match="1150 vocabulary size") as err:
+        _load(tmp_path, "learner.megatron.tensor_parallel_size=4")
+    assert err.value.key == "learner.megatron.tensor_parallel_size"
+
+
+def test_the_layout_must_divide_the_learner_ranks(tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="does not divide the 1 learner ranks") as err:
+        load_config(None, [f"model.path={tiny_model_dir}", "learner.megatron.tensor_parallel_size=2"])
+    assert err.value.key == "learner.megatron.tensor_parallel_size"
