@@ -12,7 +12,7 @@ import torch
 
 from vt_ray.algo.advantages import GroupIds, compute_advantages, group_inverse, nonzero_variance_mask
 from vt_ray.algo.config import AlgorithmConfig
-from vt_ray.algo.losses import (
+from vt_ray.algo.loss_terms import (
     POLICY_LOSSES,
     Aggregation,
     agg_loss,
@@ -88,7 +88,7 @@ def grpo_loss(
 
     logp, old_logp, ref_logp, mask: [N, T]; advantages: [N]; logits: [N, T, V] aligned with the tokens, or
     entropy [N, T] precomputed. ``old_logp`` None means on-policy (ratio 1, the rollout is this policy).
-    ``num_tokens``/``num_seqs``: global denominators, see :func:`vt_ray.algo.losses.agg_loss`.
+    ``num_tokens``/``num_seqs``: global denominators, see :func:`vt_ray.algo.loss_terms.agg_loss`.
     """
     old = logp.detach() if old_logp is None else old_logp
     agg = {"num_tokens": num_tokens, "num_seqs": num_seqs, "scale": scale or cfg.loss_scale_factor or None}

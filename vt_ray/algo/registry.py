@@ -28,11 +28,11 @@ ADV_ESTIMATORS = Registry(
     ("grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"),
 )
 POLICY_LOSSES = Registry(
-    "policy loss", "algorithm.policy_loss", "vt_ray.algo.losses", ("vanilla", "gspo", "gspo_token", "cispo"),
+    "policy loss", "algorithm.policy_loss", "vt_ray.algo.loss_terms", ("vanilla", "gspo", "gspo_token", "cispo"),
 )
-KL_ESTIMATORS = Registry("KL estimator", "algorithm.kl_estimator", "vt_ray.algo.losses", ("k1", "k2", "k3"))
+KL_ESTIMATORS = Registry("KL estimator", "algorithm.kl_estimator", "vt_ray.algo.loss_terms", ("k1", "k2", "k3"))
 LOSS_AGG_MODES = Registry(
-    "loss aggregation", "algorithm.loss_agg_mode", "vt_ray.algo.losses",
+    "loss aggregation", "algorithm.loss_agg_mode", "vt_ray.algo.loss_terms",
     ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
 )
 REGISTRIES = (ADV_ESTIMATORS, POLICY_LOSSES, KL_ESTIMATORS, LOSS_AGG_MODES)

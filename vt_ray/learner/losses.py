@@ -69,7 +69,7 @@ def _sft_factory(cfg: Any) -> LossFn:
 
 @LOSSES.register("grpo")
 def _grpo_factory(cfg: Any) -> LossFn:
-    from vt_ray.algo.loss import make_loss  # the GRPO math lives in vt_ray.algo
+    from vt_ray.algo.objective import make_loss  # the GRPO math lives in vt_ray.algo
 
     return make_loss(cfg)
 

@@ -15,7 +15,7 @@ import torch
 
 from vt_ray.algo.config import AlgorithmConfig
 from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages
-from vt_ray.algo.loss import mismatch_stats
+from vt_ray.algo.objective import mismatch_stats
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.rollout.types import RolloutResult
 from vt_ray.trainer.responses import Responses

@@ -13,7 +13,7 @@ import torch
 from vt_ray.algo import registry
 from vt_ray.algo.advantages import compute_advantages
 from vt_ray.algo.config import AlgorithmConfig
-from vt_ray.algo.losses import POLICY_LOSSES, Aggregation, agg_loss
+from vt_ray.algo.loss_terms import POLICY_LOSSES, Aggregation, agg_loss
 from vt_ray.algo.shaping import (
     finite_scores,
     informative_groups,
@@ -39,7 +39,7 @@ def _lp(seed: int = 0, n: int = 3, t: int = 5):
 
 def test_every_registry_lists_exactly_its_builtin_names_once_imported() -> None:
     import vt_ray.algo.advantages  # noqa: F401 - registers the estimators
-    import vt_ray.algo.losses  # noqa: F401 - registers losses, KL estimators, aggregations
+    import vt_ray.algo.loss_terms  # noqa: F401 - registers losses, KL estimators, aggregations
 
     for reg in registry.REGISTRIES:
         registered = {n for n in reg._entries if ":" not in n}
@@ -166,7 +166,7 @@ def test_dr_grpo_constant_normaliser_does_not_depend_on_lengths() -> None:
 
 
 def test_learner_loss_uses_the_recipe_policy_loss_and_max_tokens_as_dr_grpo_constant() -> None:
-    from vt_ray.algo.loss import make_loss
+    from vt_ray.algo.objective import make_loss
     from vt_ray.learner.batch import TrainBatch
     from vt_ray.learner.losses import LossNorm
 

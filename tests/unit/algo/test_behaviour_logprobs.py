@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from vt_ray.algo.config import AlgorithmConfig
-from vt_ray.algo.loss import make_loss, mismatch_stats, tis_weights
-from vt_ray.algo.losses import policy_loss
+from vt_ray.algo.loss_terms import policy_loss
+from vt_ray.algo.objective import make_loss, mismatch_stats, tis_weights
 from vt_ray.config import ConfigError, load_config
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.losses import LossNorm

@@ -13,7 +13,7 @@ from vt_ray.algo import advantages as adv_mod
 from vt_ray.algo.advantages import compute_advantages, grpo_advantages, nonzero_variance_mask, rloo_advantages
 from vt_ray.algo.config import ADV_ESTIMATORS, AlgorithmConfig
 from vt_ray.algo.grpo import apply_kl_in_reward, compute_grpo_advantages, grpo_loss
-from vt_ray.algo.losses import agg_loss, entropy_from_logits, kl_estimate, kl_penalized_scores, policy_loss
+from vt_ray.algo.loss_terms import agg_loss, entropy_from_logits, kl_estimate, kl_penalized_scores, policy_loss
 from vt_ray.config import ConfigError, load_config
 
 F64 = torch.float64
@@ -367,12 +367,12 @@ def _train_batch(logp, old, ref, adv, mask):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_learner_loss_shares_add_up_to_grpo_loss(mode: str) -> None:
-    from vt_ray.algo.loss import make_loss
+    from vt_ray.algo.objective import make_loss
     from vt_ray.learner.losses import LossNorm, resolve_loss
 
     logp, old, ref, adv, mask = _batch(11)
     recipe = load_config(None, [f"algorithm.loss_agg_mode={mode}", "algorithm.dual_clip_c=3"])
-    loss_fn = resolve_loss("grpo", recipe)  # the learner's lookup reaches vt_ray.algo.loss.make_loss
+    loss_fn = resolve_loss("grpo", recipe)  # the learner's lookup reaches vt_ray.algo.objective.make_loss
     batch = _train_batch(logp, old, ref, adv, mask)
     norm = LossNorm(num_tokens=int(mask.sum()), num_sequences=len(batch))
     full, _ = grpo_loss(recipe.algorithm, logp, adv, mask, old_logp=old, ref_logp=ref)
@@ -389,7 +389,7 @@ def test_learner_loss_shares_add_up_to_grpo_loss(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_learner_loss_entropy_bonus_shares_match_grpo_loss(mode: str) -> None:
-    from vt_ray.algo.loss import make_loss
+    from vt_ray.algo.objective import make_loss
     from vt_ray.learner.losses import LossNorm
 
     logp, old, ref, adv, mask = _batch(12)

@@ -16,7 +16,7 @@ import torch
 
 from vt_ray.algo.advantages import compute_advantages
 from vt_ray.algo.config import AlgorithmConfig
-from vt_ray.algo.losses import POLICY_LOSSES, Aggregation, agg_loss, kl_estimate
+from vt_ray.algo.loss_terms import POLICY_LOSSES, Aggregation, agg_loss, kl_estimate
 
 FIXTURE = json.loads((Path(__file__).parents[2] / "fixtures/verl_core_algos/core_algos.json").read_text())
 INPUTS = FIXTURE["inputs"]

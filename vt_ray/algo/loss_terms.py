@@ -1,5 +1,6 @@
-"""GRPO-family losses (pure torch): policy losses, KL estimators, entropy, loss aggregation, each registered
-by name (:mod:`vt_ray.algo.registry`).
+"""The terms of the GRPO-family losses (pure torch): policy losses, KL estimators, entropy, loss aggregation, each
+registered by name (:mod:`vt_ray.algo.registry`). :mod:`vt_ray.algo.objective` puts them together into the loss a
+learner calls; :mod:`vt_ray.learner.losses` is the learner's side of that call.
 
 Shapes: N responses, T response tokens (right-padded), V vocabulary. ``mask`` [N, T] is 1 on response tokens
 that count. Masked-out positions are removed with ``torch.where`` (not multiplied by 0), so padding holding

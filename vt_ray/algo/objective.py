@@ -1,5 +1,5 @@
 """The GRPO loss behind the learner's ``grpo`` loss name (``vt_ray.learner.losses``): an adapter from the
-learner's micro-batch contract to :mod:`vt_ray.algo.losses`.
+learner's micro-batch contract to :mod:`vt_ray.algo.loss_terms`.
 
 Contract (see ``vt_ray.learner.losses``): ``loss_fn(logprobs [B, L], batch, norm)`` returns this micro-batch's
 *share* of the mini-batch loss and metric shares, so sums over micro-batches and ranks give the mini-batch
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from vt_ray.algo.config import AlgorithmConfig
-from vt_ray.algo.losses import (
+from vt_ray.algo.loss_terms import (
     LOG_RATIO_CLAMP,
     POLICY_LOSSES,
     Aggregation,
