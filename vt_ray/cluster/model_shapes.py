@@ -2,7 +2,7 @@
 
 Parameter counts are computed from the architecture (not looked up) so the same code covers the tiny test
 model, whose count tests/unit/cluster/test_planner.py checks against the real module. The table holds the published
-Qwen2.5-VL-{3B,7B,72B}-Instruct configs; it is used when ``<model.path>/config.json`` is not on this machine
+Qwen2.5-VL-{3B,7B,32B,72B}-Instruct configs; it is used when ``<model.path>/config.json`` is not on this machine
 (planning a cluster run from a laptop), selected by ``resources.model_size``.
 """
 
@@ -89,6 +89,7 @@ def _qwen(name: str, vocab: int, hidden: int, inter: int, layers: int, heads: in
 KNOWN_SHAPES: dict[str, ModelShape] = {
     "3B": _qwen("Qwen2.5-VL-3B-Instruct", 151936, 2048, 11008, 36, 16, 2, True),
     "7B": _qwen("Qwen2.5-VL-7B-Instruct", 152064, 3584, 18944, 28, 28, 4, False),
+    "32B": _qwen("Qwen2.5-VL-32B-Instruct", 152064, 5120, 27648, 64, 40, 8, False),
     "72B": _qwen("Qwen2.5-VL-72B-Instruct", 152064, 8192, 29568, 80, 64, 8, False),
 }
 

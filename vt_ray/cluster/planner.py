@@ -7,6 +7,8 @@ Assumptions (each one is a term's formula in the printed table; change them here
   copies), gradients = 4P/F (fp32, sharded), optimizer = 8P/F (AdamW exp_avg + exp_avg_sq in fp32, sharded).
   ``learner.reshard_after_forward: false`` adds cP to parameters (every gathered copy kept until backward);
   ``learner.reduce_every_micro_batch: false`` adds cP to gradients (accumulated unsharded).
+- Learner with ``learner.backend: megatron``: tensor x pipeline x data parallel instead of FSDP; its terms are
+  computed in :mod:`vt_ray.cluster.megatron_memory` (the same names, so the budgets below are unchanged).
 - Reference model (KL to the SFT policy, paper 1.2): FSDP-sharded in c, forward only: cP/F. None on the GPU when
   ``algorithm.needs_reference`` is false or ``learner.reference`` is not ``sharded``.
 - Activations, micro batch b = ``learner.micro_batch_size`` (or ``--micro-batch-size``), S = data.max_prompt_tokens
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vt_ray.cluster.megatron_memory import MegatronLayout, peak_stage
 from vt_ray.cluster.model_shapes import ModelShape, resolve_shape
 from vt_ray.common.errors import check
 from vt_ray.config.schema import RecipeConfig
@@ -118,6 +121,23 @@ def _learner_settings(cfg: RecipeConfig) -> tuple[int, bool, bool]:
     return c, checkpointing, ref_on_gpu
 
 
+def _megatron_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int, vision: float) -> dict[str, Term]:
+    """The learner terms of a Megatron layout (vt_ray.cluster.megatron_memory says how each is computed)."""
+    c, checkpointing, ref_on_gpu = _learner_settings(cfg)
+    lay = MegatronLayout.of(cfg, s)
+    st = peak_stage(cfg, s, lay, micro_batch, c, checkpointing, ref_on_gpu, vision)
+    p_s = f"P_s={st.params / 1e9:.2f}B ({st.name}), TP={lay.tp}, PP={lay.pp}, DP={lay.dp}"
+    return {
+        "parameters": Term("parameters", _gib(4 * st.params), f"4P_s (fp32 master); {p_s}"),
+        "gradients": Term("gradients", _gib(4 * st.params), "4P_s (fp32, this rank's shards)"),
+        "optimizer": Term("optimizer", _gib(8 * st.params), "8P_s (AdamW m, v in fp32, not sharded over DP)"),
+        "reference": Term("reference", _gib(c * st.params) if ref_on_gpu else 0.0,
+                          f"{c}P_s (same layout, forward only)" if ref_on_gpu
+                          else "no reference on GPU (KL off or offloaded)"),
+        "activations": Term("activations", _gib(st.activations), st.activation_note),
+    }
+
+
 def _learner_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int) -> dict[str, Term]:
     c, checkpointing, ref_on_gpu = _learner_settings(cfg)
     f = cfg.resources.learner.num_workers
@@ -134,6 +154,8 @@ def _learner_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int) -> dict[s
     patches = _vision_patches(cfg, s)
     vision_blocks = (s.vision_depth + 16) if checkpointing else 16 * s.vision_depth
     vision = c * vision_blocks * patches * b * s.vision_hidden
+    if cfg.learner.backend == "megatron":
+        return _megatron_terms(cfg, s, micro_batch, vision)
     learner = cfg.learner
     if getattr(learner, "reshard_after_forward", True):
         params = Term("parameters", _gib(4 * p / f + c * gathered),
@@ -171,6 +193,10 @@ def _vllm_terms(cfg: RecipeConfig, s: ModelShape) -> list[Term]:
     ]
 
 
+def _learner_layout(cfg: RecipeConfig, shape: ModelShape) -> str:
+    return MegatronLayout.of(cfg, shape).describe() if cfg.learner.backend == "megatron" else "FSDP"
+
+
 def plan_memory(cfg: RecipeConfig, micro_batch: int = 1) -> MemoryPlan:
     """The per-GPU budgets of the recipe's layout. Raises ConfigError when the layout is inconsistent."""
     check(micro_batch >= 1, "micro_batch_size", "must be >= 1")
@@ -192,7 +218,8 @@ def plan_memory(cfg: RecipeConfig, micro_batch: int = 1) -> MemoryPlan:
         f"model: {shape.name} from {source}: {shape.total_params / 1e9:.2f}B parameters "
         f"(vision {shape.vision_params / 1e9:.2f}B), dtype {cfg.model.dtype}",
         f"layout: {res.num_nodes} node(s) x {res.gpus_per_node} GPUs of {mem:g} GiB; "
-        f"{res.learner.num_workers} learner ranks (FSDP), {res.rollout.num_workers} vLLM engines "
+        f"{res.learner.num_workers} learner ranks ({_learner_layout(cfg, shape)}), "
+        f"{res.rollout.num_workers} vLLM engines "
         f"(TP {cfg.rollout.tensor_parallel_size}), {'colocated' if res.colocate else 'split'}",
     ]
     if res.colocate:

@@ -25,7 +25,7 @@ class PlacementStrategy(StrEnum):
 
 
 STRATEGIES = tuple(PlacementStrategy)
-MODEL_SIZES = ("", "3B", "7B", "72B")
+MODEL_SIZES = ("", "3B", "7B", "32B", "72B")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class ResourcesConfig:
     gpu_memory_gib: float = 80.0
     """Memory of one GPU in GiB, for the planner (python -m vt_ray plan)."""
     model_size: str = ""
-    """Planner hint when ``<model.path>/config.json`` is absent (e.g. planning on a laptop): 3B | 7B | 72B
+    """Planner hint when ``<model.path>/config.json`` is absent (e.g. planning on a laptop): 3B | 7B | 32B | 72B
     (Qwen2.5-VL-Instruct). Empty: the config file must exist."""
     rollout: GpuRoleResources = field(default_factory=GpuRoleResources)
     """vLLM rollout engines. With tensor parallelism, gpus_per_worker = rollout.tensor_parallel_size."""
@@ -84,7 +84,8 @@ class ResourcesConfig:
         check(self.gpus_per_node >= 0, "resources.gpus_per_node", "must be >= 0")
         check(self.cpus_per_node >= 1, "resources.cpus_per_node", "must be >= 1")
         check(self.gpu_memory_gib > 0, "resources.gpu_memory_gib", "must be > 0")
-        check(self.model_size in MODEL_SIZES, "resources.model_size", f"unknown size {self.model_size!r} (3B|7B|72B)")
+        check(self.model_size in MODEL_SIZES, "resources.model_size",
+              f"unknown size {self.model_size!r} ({'|'.join(MODEL_SIZES[1:])})")
         set_choice(self, "placement_strategy", PlacementStrategy, "resources.placement_strategy")
         for role in ("rollout", "learner"):
             self._check_gpu_role(role, getattr(self, role))

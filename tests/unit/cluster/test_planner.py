@@ -160,3 +160,51 @@ def test_learner_settings_change_the_plan() -> None:
         c * (shape.total_params - gathered) / 2**30, rel=1e-3)
     assert term(["learner.reduce_every_micro_batch=false"], "gradients") - term([], "gradients") == pytest.approx(
         c * shape.total_params / 2**30, rel=1e-3)
+
+
+MEGATRON_7B = ROOT / "recipes/grpo_qwen25vl_7b_megatron.yaml"
+MEGATRON_72B = ROOT / "recipes/grpo_qwen25vl_72b_megatron.yaml"
+
+
+def test_megatron_recipes_print_a_tp_pp_placement_that_fits(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", f"recipe={MEGATRON_7B}"]) == 0
+    assert "8 learner ranks (Megatron TP 4 x PP 1 x DP 2)" in capsys.readouterr().out
+    assert main(["plan", f"recipe={MEGATRON_72B}"]) == 0
+    out = capsys.readouterr().out
+    assert "32 learner ranks (Megatron TP 8 x PP 4 x DP 1)" in out and "(first stage)" in out
+
+
+def test_megatron_tp2_for_7b_is_refused_beside_vllm() -> None:
+    # AdamW state is not sharded over data-parallel ranks: TP 2 leaves 4.5B parameters' fp32 state per GPU.
+    plan = plan_memory(load_config(MEGATRON_7B, ["learner.megatron.tensor_parallel_size=2"]))
+    found = plan.first_overflow()
+    assert found is not None and found[0].title.startswith("colocated GPU, rollout phase")
+
+
+def test_megatron_stage_parameters_add_up_to_the_model() -> None:
+    from vt_ray.cluster.megatron_memory import MegatronLayout, peak_stage
+
+    shape = KNOWN_SHAPES["72B"]
+    one = load_config(MEGATRON_72B, ["learner.megatron.tensor_parallel_size=1",
+                                     "learner.megatron.pipeline_parallel_size=1"])
+    whole = peak_stage(one, shape, MegatronLayout.of(one, shape), 1, 2, True, True, 0.0)
+    assert whole.params == shape.total_params - shape.hidden  # every tensor but the final norm (replicated, tiny)
+    cfg = load_config(MEGATRON_72B)
+    split = peak_stage(cfg, shape, MegatronLayout.of(cfg, shape), 1, 2, True, True, 0.0)
+    # the first stage: a quarter of the layers and the embedding over TP 8, plus the whole vision tower
+    expected = (20 * shape.text_layer_params + shape.vocab * shape.hidden) // 8 + shape.vision_params
+    assert split.name == "first stage" and abs(split.params - expected) <= 8
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["learner.megatron.tensor_parallel_size=16", "learner.megatron.pipeline_parallel_size=1"],
+     "learner.megatron.tensor_parallel_size"),  # 16 does not divide the 8 KV heads
+    (["learner.megatron.pipeline_parallel_size=3", "resources.learner.num_workers=48", "resources.num_nodes=8"],
+     "learner.megatron.pipeline_parallel_size"),  # 3 does not divide the 80 layers
+])
+def test_megatron_layout_that_cannot_split_the_hinted_model_names_the_key(overrides: list[str], key: str) -> None:
+    # No config.json on this machine: the recipe loads, the planner checks the layout against the 72B table shape.
+    cfg = load_config(MEGATRON_72B, overrides)
+    with pytest.raises(ConfigError) as info:
+        plan_memory(cfg)
+    assert info.value.key == key

@@ -1,0 +1,102 @@
+"""Per-GPU learner memory of a Megatron layout (``learner.backend: megatron``): tensor x pipeline x data parallel.
+
+The terms describe the backend as written (vt_ray/learner/megatron/, docs/megatron.md; Korthikanti et al. 2022
+for the activation split), with t = TP, p = PP, d = learner ranks / (t p), c = compute dtype bytes:
+- Parameters of the peak pipeline stage P_s: its layers/p decoder layers over t, the embedding (first stage)
+  and the lm_head (last stage) over t (vocab-parallel), the vision tower whole on the first stage (every TP rank
+  runs the same Hugging Face tower on the same pixels). Master weights are float32: 4 P_s.
+- Gradients: 4 P_s (float32, freed after the step: only the train phase holds them).
+- Optimizer: 8 P_s (a torch AdamW's m and v on the local shards, replicated over d: megatron's distributed
+  optimizer, which would shard fp32 state over d, needs CUDA streams in megatron-core 0.16.1 and is not used).
+- Reference: c P_s (the same layout, forward only) when the recipe keeps one on the GPU.
+- Activations (1F1B schedule): stage i holds p - i micro-batches in flight, each through layers/p layers, so the
+  first stage stores ``layers`` layers' worth. Without sequence parallelism a layer's norm inputs and residual
+  (2h) are replicated over TP and the rest (5h + 2 kv_dim + 4I) split: c S b (2h + (5h + 2kv + 4I)/t) per layer.
+  With activation checkpointing: c S b h per layer input kept, plus two layers recomputed. Logits (last stage):
+  (c + 8) R b V / t, vocab-parallel. Vision (first stage): as the FSDP2 plan.
+The first and the last stage are both sized; the larger is the learner's budget (they differ only for p > 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vt_ray.cluster.model_shapes import ModelShape
+from vt_ray.common.errors import check
+from vt_ray.config.schema import RecipeConfig
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class MegatronLayout:
+    tp: int
+    pp: int
+    dp: int
+
+    @classmethod
+    def of(cls, cfg: RecipeConfig, shape: ModelShape) -> MegatronLayout:
+        """The recipe's layout, checked against the model shape the planner resolved (``config.json`` or the
+        ``resources.model_size`` table: the recipe loader can only check a ``config.json`` on this machine)."""
+        section = cfg.learner.megatron
+        tp, pp, ranks = section.tensor_parallel_size, section.pipeline_parallel_size, cfg.resources.learner.num_workers
+        sizes = {"attention heads": shape.heads, "KV heads": shape.kv_heads, "vocabulary size": shape.vocab}
+        for what, n in sizes.items():
+            check(n % tp == 0, "learner.megatron.tensor_parallel_size",
+                  f"{tp} does not divide {shape.name}'s {n} {what}")
+        check(shape.layers % pp == 0, "learner.megatron.pipeline_parallel_size",
+              f"{pp} does not divide {shape.name}'s {shape.layers} layers")
+        check(ranks % (tp * pp) == 0, "learner.megatron.tensor_parallel_size",
+              f"TP {tp} x PP {pp} does not divide the {ranks} learner ranks (resources.learner.num_workers)")
+        return cls(tp, pp, ranks // (tp * pp))
+
+    def describe(self) -> str:
+        return f"Megatron TP {self.tp} x PP {self.pp} x DP {self.dp}"
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """One pipeline stage's learner terms in bytes, with the formula each was computed by."""
+
+    name: str
+    params: int
+    activations: float
+    activation_note: str
+
+    def total(self, c: int, reference: bool) -> float:
+        return self.params * (4 + 4 + 8 + (c if reference else 0)) + self.activations
+
+
+def _stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, first: bool, last: bool, micro_batch: int,
+           c: int, checkpointing: bool, vision_activations: float) -> StageMemory:
+    layers = s.layers // lay.pp
+    params = layers * s.text_layer_params // lay.tp
+    params += (s.vocab * s.hidden // lay.tp) * (int(first) + int(last and not s.tie_embeddings))
+    if first:
+        params += s.vision_params
+    seq, resp, b, h = cfg.data.max_prompt_tokens + cfg.rollout.max_tokens, cfg.rollout.max_tokens, micro_batch, s.hidden
+    per_layer = c * seq * b * (2 * h + (5 * h + 2 * s.kv_dim + 4 * s.intermediate) / lay.tp)
+    stage_index = 0 if first else lay.pp - 1
+    in_flight_layers = (lay.pp - stage_index) * layers  # 1F1B: p - i micro-batches through this stage's layers
+    if checkpointing:
+        text, note = c * in_flight_layers * seq * b * h + 2 * per_layer, "layer inputs in flight + 2 recomputed"
+    else:
+        text, note = in_flight_layers * per_layer, "every in-flight layer's saved tensors"
+    logits = (c + 8) * resp * b * s.vocab / lay.tp if last else 0.0
+    vision = vision_activations if first else 0.0
+    name = "only stage" if lay.pp == 1 else ("first stage" if first else "last stage")
+    note = (f"{name}, S={seq}, b={b}: {note} {text / GIB:.2f} + logits {logits / GIB:.2f} (vocab/TP) "
+            f"+ vision {vision / GIB:.2f}")
+    return StageMemory(name, params, text + logits + vision, note)
+
+
+def peak_stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, micro_batch: int, c: int,
+               checkpointing: bool, reference: bool, vision_activations: float) -> StageMemory:
+    """The stage (first or last) whose learner memory is larger."""
+    stages = [_stage(cfg, s, lay, True, lay.pp == 1, micro_batch, c, checkpointing, vision_activations)]
+    if lay.pp > 1:
+        stages.append(_stage(cfg, s, lay, False, True, micro_batch, c, checkpointing, vision_activations))
+    return max(stages, key=lambda st: st.total(c, reference))
+
+
+__all__ = ["MegatronLayout", "StageMemory", "peak_stage"]
