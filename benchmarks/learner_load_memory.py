@@ -95,6 +95,7 @@ def _rank_main(rank: int, world: int, port: int, model_dir: str, overrides: list
     import torch
 
     from vt_ray.config.loader import load_config
+    from vt_ray.config.roles import LearnerRoleConfig
     from vt_ray.learner.worker import LearnerWorker
 
     torch.set_num_threads(1)
@@ -105,7 +106,7 @@ def _rank_main(rank: int, world: int, port: int, model_dir: str, overrides: list
     from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
 
     cfg = load_config(None, [f"model.path={model_dir}", "learner.reference=sharded", *overrides])
-    worker = LearnerWorker(cfg, rank, world)
+    worker = LearnerWorker(LearnerRoleConfig.of(cfg), rank, world)
     before_kb, anon_before_kb = _status_kb("VmRSS") or 0, _status_kb("RssAnon") or 0
     hwm = _reset_peak()
     anon = _AnonPeak()

@@ -94,11 +94,13 @@ class GRPOLoss:
 
 
 def make_loss(cfg: Any) -> GRPOLoss:
-    """The GRPO loss function bound to a recipe (or directly to an :class:`AlgorithmConfig`)."""
+    """The GRPO loss function bound to a recipe, a learner's role config (vt_ray.config.roles) or directly to an
+    :class:`AlgorithmConfig`."""
     acfg: AlgorithmConfig = getattr(cfg, "algorithm", cfg)
     use_kl = acfg.use_kl_loss and acfg.kl_coef > 0
-    rollout = getattr(cfg, "rollout", None)
-    scale = acfg.loss_scale_factor or (rollout.max_tokens if rollout is not None else None)  # Dr. GRPO's constant
+    rollout = getattr(cfg, "rollout", None)  # a whole recipe; a learner's role config carries the budget itself
+    budget = rollout.max_tokens if rollout is not None else getattr(cfg, "max_response_tokens", None)
+    scale = acfg.loss_scale_factor or budget  # Dr. GRPO's constant
     pg_fn = POLICY_LOSSES.get(acfg.policy_loss)
 
     def grpo_loss_share(logprobs: torch.Tensor, batch: Any, norm: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -12,6 +12,6 @@ from __future__ import annotations
 from vt_ray.common.registry import Registry
 
 LEARNER_BACKENDS = Registry("learner backend", "learner.backend", "vt_ray.learner.backends", ("fsdp2", "megatron"))
-"""name -> Ray actor class ``Backend(cfg, rank, world_size)`` (one rank of a learner group)."""
+"""name -> Ray actor class ``Backend(cfg: LearnerRoleConfig, rank, world_size)`` (one rank of a learner group)."""
 ROLLOUT_ENGINES = Registry("rollout engine", "rollout.backend", "vt_ray.rollout.engines", ("vllm", "hf"))
 """name -> ``Engine(model, rollout, seed, model_path)`` (a rollout worker's generation backend)."""

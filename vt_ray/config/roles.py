@@ -31,11 +31,14 @@ class LearnerRoleConfig:
     """``run.seed`` (each rank seeds ``seed + rank``)."""
     weight_sync_timeout_s: float
     """``rollout.weight_sync_timeout_s``: how long rank 0's stream store waits for the engines."""
+    max_response_tokens: int
+    """``rollout.max_tokens``: Dr. GRPO's constant normaliser when ``algorithm.loss_scale_factor`` is 0."""
 
     @classmethod
     def of(cls, cfg: RecipeConfig) -> LearnerRoleConfig:
         return cls(learner=cfg.learner, algorithm=cfg.algorithm, model=cfg.model, resources=cfg.resources.learner,
-                   seed=cfg.run.seed, weight_sync_timeout_s=cfg.rollout.weight_sync_timeout_s)
+                   seed=cfg.run.seed, weight_sync_timeout_s=cfg.rollout.weight_sync_timeout_s,
+                   max_response_tokens=cfg.rollout.max_tokens)
 
 
 @dataclass(frozen=True)

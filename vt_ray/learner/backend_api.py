@@ -1,6 +1,7 @@
 """The contract between the learner group and a training backend, and how a recipe names one.
 
-A backend is a Ray actor class ``Backend(cfg: RecipeConfig, rank: int, world_size: int)`` with the methods of
+A backend is a Ray actor class ``Backend(cfg: LearnerRoleConfig, rank: int, world_size: int)`` (the learner's view
+of the recipe, :mod:`vt_ray.config.roles`) with the methods of
 :class:`LearnerBackend`; :class:`vt_ray.learner.group.LearnerGroup` runs ``world_size`` of them and speaks only
 this contract (sharding the batch, one deadline per call, errors naming the rank). The built-in backend is
 ``fsdp2`` (:class:`vt_ray.learner.worker.LearnerWorker`: torch FSDP2, gloo on CPU and NCCL on GPU); ``megatron``

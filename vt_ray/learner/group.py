@@ -24,6 +24,7 @@ import torch
 from vt_ray.cluster.worker_group import OnError, WorkerGroup
 from vt_ray.common.timeouts import StepTimeout
 from vt_ray.config.backends import LEARNER_BACKENDS
+from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner.batch import TrainBatch
 
@@ -60,8 +61,9 @@ class LearnerGroup(WorkerGroup):
         self.cfg = cfg
         res = cfg.resources.learner
         world = res.num_workers
+        role = LearnerRoleConfig.of(cfg)  # what a rank reads of the recipe
         super().__init__(
-            LEARNER_BACKENDS.get(cfg.learner.backend), world, lambda rank: (cfg, rank, world),
+            LEARNER_BACKENDS.get(cfg.learner.backend), world, lambda rank: (role, rank, world),
             timeout_s=cfg.learner.timeout_s if timeout_s is None else timeout_s,
             remote_options={"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker},
             actor_options=actor_options, runtime_env=runtime_env, wait_ready=False,

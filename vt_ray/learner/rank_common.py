@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from vt_ray.common.weight_stream import host_store
+from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.rendezvous import free_port, node_ip
 
@@ -57,14 +58,14 @@ def reduce_metrics(sums: dict[str, float], maxes: dict[str, float], group: Any =
 class StreamStore:
     """Rank 0's weight-stream store (started on first use, kept for every later sync)."""
 
-    cfg: Any
+    cfg: LearnerRoleConfig
     _stream_store: tuple[Any, int] | None = None
 
     def stream_address(self) -> tuple[str, int]:
         """Rank 0: where its weight-stream store listens."""
         if self._stream_store is None:
             port = free_port()
-            self._stream_store = (host_store(port, self.cfg.rollout.weight_sync_timeout_s), port)
+            self._stream_store = (host_store(port, self.cfg.weight_sync_timeout_s), port)
         return node_ip(), self._stream_store[1]
 
     def _store(self) -> Any:

@@ -26,7 +26,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.common.weight_stream import StreamPlan, StreamSession
-from vt_ray.config.schema import RecipeConfig
+from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner import weight_stream
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.checkpoint_io import load_checkpoint, save_checkpoint
@@ -51,11 +51,12 @@ log = logging.getLogger(__name__)
 
 
 class LearnerWorker(StreamStore):
-    def __init__(self, cfg: RecipeConfig, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, cfg: LearnerRoleConfig, rank: int = 0, world_size: int = 1) -> None:
+        """``cfg``: what a learner rank reads of the recipe (``LearnerRoleConfig.of(recipe)``)."""
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.info = install_stack_dumps("learner", rank)
         self.lcfg = cfg.learner
-        use_cuda = self.cfg.resources.learner.gpus_per_worker > 0 and torch.cuda.is_available()
+        use_cuda = self.cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.model: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
@@ -88,7 +89,7 @@ class LearnerWorker(StreamStore):
 
         init_process_group(self.lcfg.dist_backend, self.device, self.rank, self.world_size, master_addr,
                            master_port, self.lcfg.timeout_s)
-        torch.manual_seed(self.cfg.run.seed + self.rank)
+        torch.manual_seed(self.cfg.seed + self.rank)
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
         self.model_path = model_path or self.cfg.model.path
         self.hf_config = AutoConfig.from_pretrained(self.model_path)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner import checkpoint as ckpt
 from vt_ray.learner import manifest
 from vt_ray.learner.manifest import CheckpointCorrupt
@@ -148,7 +149,8 @@ def _learner(model_dir: Path, *extra: str):
     from vt_ray.config.loader import load_config
     from vt_ray.learner.worker import LearnerWorker
 
-    worker = LearnerWorker(load_config(None, [f"model.path={model_dir}", "learner.reference=none", *extra]))
+    worker = LearnerWorker(LearnerRoleConfig.of(load_config(None, [f"model.path={model_dir}", "learner.reference=none",
+                                                                   *extra])))
     worker.setup(total_steps=4)
     return worker
 
@@ -179,11 +181,13 @@ _FULL_DISK = textwrap.dedent("""
     import json, subprocess, sys
     from pathlib import Path
     from vt_ray.config.loader import load_config
+    from vt_ray.config.roles import LearnerRoleConfig
     from vt_ray.learner import checkpoint as ckpt, manifest
     from vt_ray.learner.worker import LearnerWorker
 
     model, scratch, mnt = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    w = LearnerWorker(load_config(None, [f"model.path={model}", "learner.reference=none", "learner.keep_last=2"]))
+    w = LearnerWorker(LearnerRoleConfig.of(load_config(None, [f"model.path={model}", "learner.reference=none",
+                                                              "learner.keep_last=2"])))
     w.setup(total_steps=4)
     w.save_checkpoint(str(scratch))  # how big one checkpoint is
     size = sum(p.stat().st_size for p in (scratch / "step_00000000").iterdir())

@@ -13,6 +13,7 @@ import torch
 
 from learner_examples import make_examples  # tests/ is on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
+from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner.batch import collate
 
 
@@ -31,7 +32,7 @@ def _cfg(model_dir: Path, *extra: str):
 def _learner(model_dir: Path, *extra: str, total_steps: int = 4):
     from vt_ray.learner.worker import LearnerWorker
 
-    worker = LearnerWorker(_cfg(model_dir, *extra))
+    worker = LearnerWorker(LearnerRoleConfig.of(_cfg(model_dir, *extra)))
     worker.setup(total_steps=total_steps)
     return worker
 

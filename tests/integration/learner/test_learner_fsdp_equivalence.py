@@ -13,6 +13,7 @@ import torch
 
 from learner_examples import make_examples  # pytest puts tests/ on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
+from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner.batch import collate
 from vt_ray.learner.schedule import lr_factor
 
@@ -114,7 +115,7 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
         group.shutdown()
 
     cfg1 = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "learner.micro_batch_size=5"])
-    single = LearnerWorker(cfg1)
+    single = LearnerWorker(LearnerRoleConfig.of(cfg1))
     single.setup(total_steps=STEPS)
     ref_lp1 = single.compute_logprobs(batch, num_micro=1, which="reference")
     metrics1 = [single.train_step(batch, num_micro=1, loss_name="sft") for _ in range(STEPS)]

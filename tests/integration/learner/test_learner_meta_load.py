@@ -17,6 +17,7 @@ import torch
 
 from learner_examples import make_examples  # pytest puts tests/ on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
+from vt_ray.config.roles import LearnerRoleConfig
 
 WORLD = 2
 BASE = ["learner.lr=1e-3", "learner.micro_batch_size=3", "learner.reference=sharded", "learner.timeout_s=300"]
@@ -101,7 +102,7 @@ def _rank_main(rank: int, port: int, cases: dict[str, tuple[str, list[str]]], ou
         batch = collate(processor, make_examples(processor, 3, seed=2))
         for on_rank0 in (True, False):
             cfg = load_config(None, [f"model.path={model_dir}", *BASE, *extra, f"learner.load_on_rank0={on_rank0}"])
-            worker = LearnerWorker(cfg, rank, WORLD)
+            worker = LearnerWorker(LearnerRoleConfig.of(cfg), rank, WORLD)
             worker.setup("127.0.0.1", port, total_steps=2)
             full = StateDictOptions(full_state_dict=True, cpu_offload=True)
             r = {

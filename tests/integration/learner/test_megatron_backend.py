@@ -24,6 +24,7 @@ import torch
 
 from learner_examples import make_examples  # pytest puts tests/ on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
+from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner.batch import TrainBatch, collate
 
 OVERRIDES = ["learner.lr=1e-3", "learner.grad_clip=0.5", "learner.reference=sharded", "learner.timeout_s=300",
@@ -125,7 +126,7 @@ def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_
         learner.shutdown()
 
     fsdp_cfg = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "learner.micro_batch_size=5"])
-    worker = LearnerWorker(fsdp_cfg)
+    worker = LearnerWorker(LearnerRoleConfig.of(fsdp_cfg))
     assert worker.setup(total_steps=STEPS) == params  # the same model, counted in full
     batch.old_logprobs = batch.ref_logprobs = None
     fsdp = run_learner(worker, batch, group=False)
@@ -211,8 +212,8 @@ def test_megatron_data_parallel_matches_fsdp2(ray_cluster, tiny_model_dir: Path)
         meg = run_learner(learner, batch, group=True)
     finally:
         learner.shutdown()
-    worker = LearnerWorker(load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES,
-                                              "learner.micro_batch_size=5"]))
+    worker = LearnerWorker(LearnerRoleConfig.of(load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES,
+                                                                   "learner.micro_batch_size=5"])))
     worker.setup(total_steps=STEPS)
     batch.old_logprobs = batch.ref_logprobs = None
     fsdp = run_learner(worker, batch, group=False)

@@ -59,9 +59,11 @@ def test_metrics_console_wandb_run_and_saved_recipe_hold_no_key(
 
 def test_a_checkpoint_holds_no_key(secret_env: None, tiny_model_dir: Path, tmp_path: Path) -> None:
     from vt_ray.config.loader import load_config
+    from vt_ray.config.roles import LearnerRoleConfig
     from vt_ray.learner.worker import LearnerWorker
 
-    worker = LearnerWorker(load_config(None, [f"model.path={tiny_model_dir}", "learner.reference=none"]))
+    worker = LearnerWorker(LearnerRoleConfig.of(load_config(None, [f"model.path={tiny_model_dir}",
+                                                                        "learner.reference=none"])))
     worker.setup(total_steps=2)
     worker.save_checkpoint(str(tmp_path / "ckpt"), {"note": "driver state"})
     worker.save_hf(str(tmp_path / "hf"))

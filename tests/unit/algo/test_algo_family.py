@@ -22,6 +22,7 @@ from vt_ray.algo.shaping import (
     tgrpo_bonus,
 )
 from vt_ray.config import ConfigError, load_config
+from vt_ray.config.roles import LearnerRoleConfig
 
 F64 = torch.float64
 
@@ -178,10 +179,14 @@ def test_learner_loss_uses_the_recipe_policy_loss_and_max_tokens_as_dr_grpo_cons
                        response_mask=mask, pixel_values_videos=torch.zeros(0, 1),
                        video_grid_thw=torch.ones(3, 3, dtype=torch.long), second_per_grid_ts=torch.ones(3),
                        advantages=adv, old_logprobs=old)
-    loss, _ = make_loss(recipe)(logp, batch, LossNorm(num_tokens=int(mask.sum()), num_sequences=3))
+    norm = LossNorm(num_tokens=int(mask.sum()), num_sequences=3)
+    loss, _ = make_loss(recipe)(logp, batch, norm)
     expected, _ = POLICY_LOSSES.get("cispo")(logp, old, adv, mask, recipe.algorithm,
                                              Aggregation("seq-mean-token-sum-norm", scale=64))
     assert loss.item() == pytest.approx(expected.item(), abs=1e-12)
+    # a learner rank binds the loss to its role config (vt_ray.config.roles), which carries the same constant
+    role_loss, _ = make_loss(LearnerRoleConfig.of(recipe))(logp, batch, norm)
+    assert role_loss.item() == loss.item()
 
 
 def test_reinforce_pp_whitens_over_the_batch_by_tokens() -> None:

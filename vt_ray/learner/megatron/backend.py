@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.common.weight_stream import StreamPlan, StreamSession, plan_buckets
-from vt_ray.config.schema import RecipeConfig
+from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner import weight_stream
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.checkpoint_io import load_step, save_step
@@ -46,7 +46,7 @@ from vt_ray.testing.faults import corrupt_point, crash_point, hang_point
 log = logging.getLogger(__name__)
 
 
-def refuse_unsupported(cfg: RecipeConfig) -> None:
+def refuse_unsupported(cfg: LearnerRoleConfig) -> None:
     """What this backend does not run yet fails at setup, naming the key."""
     lcfg = cfg.learner
     if lcfg.megatron.pipeline_parallel_size != 1:
@@ -61,11 +61,12 @@ def refuse_unsupported(cfg: RecipeConfig) -> None:
 
 
 class MegatronWorker(StreamStore):
-    def __init__(self, cfg: RecipeConfig, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, cfg: LearnerRoleConfig, rank: int = 0, world_size: int = 1) -> None:
+        """``cfg``: what a learner rank reads of the recipe (``LearnerRoleConfig.of(recipe)``)."""
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.info = install_stack_dumps("learner", rank)
         self.lcfg = cfg.learner
-        use_cuda = cfg.resources.learner.gpus_per_worker > 0 and torch.cuda.is_available()
+        use_cuda = cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.policy: Any = None
         self.reference: Any = None
@@ -94,13 +95,13 @@ class MegatronWorker(StreamStore):
         init_process_group(self.lcfg.dist_backend, self.device, self.rank, self.world_size, master_addr,
                            master_port, self.lcfg.timeout_s)
         self.tp = self.lcfg.megatron.tensor_parallel_size
-        init_model_parallel(tensor_parallel=self.tp, seed=self.cfg.run.seed)
+        init_model_parallel(tensor_parallel=self.tp, seed=self.cfg.seed)
         from megatron.core import parallel_state
 
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.dp_group = parallel_state.get_data_parallel_group()
         self.dp_size = dist.get_world_size(self.dp_group)
-        torch.manual_seed(self.cfg.run.seed + parallel_state.get_data_parallel_rank())
+        torch.manual_seed(self.cfg.seed + parallel_state.get_data_parallel_rank())
         use_te = use_transformer_engine(self.lcfg.megatron.transformer_impl)
         self.model_path = model_path or self.cfg.model.path
         self.processor = AutoProcessor.from_pretrained(self.model_path)
