@@ -138,7 +138,8 @@ class RolloutPhase:
         skipped: Counter[str] = Counter()
         todo = first
         for _ in range(MAX_REFILL_ROUNDS + 1):
-            out = self.rollout.generate(todo, sampling_for_training(self.cfg, step))
+            out = self.rollout.generate(todo, sampling_for_training(self.cfg, step),
+                                        learner_inputs=self.cfg.trainer.pixel_path == "rollout")
             results += out.results
             for s in out.skipped:
                 self.sampler.mark_skipped(s.uid, s.reason)

@@ -22,9 +22,10 @@ from vt_ray.trainer.responses import Responses
 from vt_ray.trainer.settings import minibatches_per_step
 
 
-def frames_of(result: RolloutResult) -> np.ndarray:
-    """The frames the rollout worker attached to ``result`` (it always does): the learner scores on them."""
-    if result.frames is None:
+def frames_of(result: RolloutResult) -> np.ndarray | None:
+    """The frames the rollout worker attached to ``result`` (None when it encoded them for the learner
+    instead): the learner scores on the same pixels."""
+    if result.frames is None and result.encoded is None:
         raise ValueError(f"rollout result {result.uid!r} carries no frames: the learner cannot score it")
     return result.frames
 
@@ -60,7 +61,7 @@ def update_policy(cfg: RecipeConfig, processor: Any, learner: Any, data: Respons
 
     examples = [
         Example(prompt=r.prompt, frames=frames_of(r), response_ids=c.token_ids, video_metadata=r.video_metadata,
-                uid=r.uid, behaviour_logprobs=c.logprobs, media=r.media)
+                uid=r.uid, behaviour_logprobs=c.logprobs, media=r.media, encoded=r.encoded)
         for r in data.results for c in r.completions
     ]
     batch = collate(processor, examples)

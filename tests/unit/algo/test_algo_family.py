@@ -308,7 +308,7 @@ class _StandInRollout:
     def __init__(self, n: int) -> None:
         self.n, self.calls = n, []
 
-    def generate(self, samples, sampling):
+    def generate(self, samples, sampling, learner_inputs=False):
         from vt_ray.rollout.types import Completion, RolloutResult
         from vt_ray.rollout.worker import RolloutBatchResult
 
