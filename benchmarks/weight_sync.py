@@ -74,7 +74,10 @@ def _plasma_mib() -> float:
 
     from ray._private.internal_api import memory_summary
 
-    found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+    import ray
+
+    address = ray.get_runtime_context().gcs_address  # this session's: another Ray on the machine is no matter
+    found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(address, stats_only=True))
     return float(found.group(1)) if found else 0.0
 
 
