@@ -33,6 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = ("driver", "rollout")
 
 
+def _set(trainer: Any, mode: str, group: int) -> None:
+    """The path and G of the next steps: the trainer's recipe (frozen) replaced; the roles keep theirs (neither
+    setting is read by an actor)."""
+    from dataclasses import replace
+
+    cfg = trainer.cfg
+    trainer.cfg = replace(cfg, trainer=replace(cfg.trainer, pixel_path=mode), rollout=replace(cfg.rollout, n=group))
+    trainer.tc = trainer.cfg.trainer
+
+
 def measure_frames(frames: int, args: argparse.Namespace, work: Path, model_dir: Path, data_dir: Path
                    ) -> list[dict[str, Any]]:
     """Every (G, mode, repetition) step on one set of roles started for ``frames`` frames per video."""
@@ -56,12 +66,12 @@ def measure_frames(frames: int, args: argparse.Namespace, work: Path, model_dir:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
         trainer._load_data()
         trainer._start_roles()
-        cfg.trainer.pixel_path, cfg.rollout.n = "rollout", min(args.groups)
+        _set(trainer, "rollout", min(args.groups))
         trainer.train_step()  # warm-up, untimed: first-call costs of every role
         for rep in range(args.reps):
             for g in args.groups:
                 for mode in args.modes:
-                    cfg.trainer.pixel_path, cfg.rollout.n = mode, g
+                    _set(trainer, mode, g)
                     rest = reset_peak()
                     start = time.perf_counter()
                     with PlasmaPeak() as plasma:
