@@ -72,9 +72,11 @@ def _own_memory() -> ProcessMemory:
 def _plasma_mib() -> float:
     import re
 
+    import ray
     from ray._private.internal_api import memory_summary
 
-    found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+    address = ray.get_runtime_context().gcs_address  # this session's: another Ray on the machine is no matter
+    found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(address, stats_only=True))
     return float(found.group(1)) if found else 0.0
 
 

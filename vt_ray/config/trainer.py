@@ -20,6 +20,11 @@ class ResumeMode(StrEnum):
     never = "never"
 
 
+class PixelPath(StrEnum):
+    rollout = "rollout"
+    driver = "driver"
+
+
 class WandbMode(StrEnum):
     offline = "offline"
     online = "online"
@@ -80,6 +85,12 @@ class TrainerConfig:
     is in samples.jsonl. See docs/async.md."""
     max_staleness: int = 1
     """async mode: a step may train on rollouts from at most this many policy versions ago (one_step_off: 1)."""
+    pixel_path: PixelPath = PixelPath.rollout
+    """How a step's pixels reach the learners. rollout: each rollout worker encodes its prompts once (uint8
+    patches) into the object store and the learners fetch them by reference; the driver holds only token ids,
+    grids and references. driver: the earlier path, kept for comparison (benchmarks/data_path.py): frames come
+    back to the driver, which runs the processor and sends float32 pixels, one copy per response, to the
+    learners. See docs/data-path.md."""
     log_every: int = 1
     wandb_mode: WandbMode = WandbMode.offline
     """offline | online | disabled. Online needs WANDB_API_KEY in the environment (never in the recipe)."""
@@ -104,4 +115,5 @@ class TrainerConfig:
         check(self.max_staleness >= 1, "trainer.max_staleness", "must be >= 1 (sync mode is trainer.mode=sync)")
         check(self.mode != "one_step_off" or self.max_staleness == 1, "trainer.max_staleness",
               "one_step_off means a staleness of exactly 1: use trainer.mode=async for more")
+        set_choice(self, "pixel_path", PixelPath, "trainer.pixel_path")
         set_choice(self, "wandb_mode", WandbMode, "trainer.wandb_mode")

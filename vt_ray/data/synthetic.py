@@ -299,12 +299,14 @@ def make_sample(uid: str, scene: Scene, letter: str, rng: random.Random, video: 
     )
 
 
-def make_synthetic_dataset(out: str | Path, num_videos: int, seed: int = 0, val_fraction: float = 0.2) -> dict:
-    """Write ``out/videos/*.mp4``, ``out/train.jsonl``, ``out/val.jsonl`` and ``out/stats.json``."""
+def make_synthetic_dataset(out: str | Path, num_videos: int, seed: int = 0, val_fraction: float = 0.2,
+                           spec: VideoSpec | None = None) -> dict:
+    """Write ``out/videos/*.mp4``, ``out/train.jsonl``, ``out/val.jsonl`` and ``out/stats.json``. ``spec``: the
+    videos' size, fps and length (default 112 x 112, 8 fps, 8 s; benchmarks use larger frames)."""
     if num_videos < 2:
         raise ValueError("num_videos must be >= 2 (one train and one val sample at least)")
     out = Path(out)
-    spec = VideoSpec()
+    spec = spec or VideoSpec()
     rng = random.Random(seed)
     n_val = max(1, int(round(num_videos * val_fraction)))
     splits = {"train": num_videos - n_val, "val": n_val}

@@ -40,7 +40,11 @@ class LearnerBackend(Protocol):
         ...
 
     def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:
-        """[B, L] log-probs of the shard's response tokens under ``policy`` or ``reference``, no grad."""
+        """[B, L] log-probs of the shard's response tokens under ``policy`` or ``reference``, no grad.
+
+        A shard's pixels may still be in the object store (``shard.pixel_refs``, docs/data-path.md):
+        ``shard.materialised()`` fetches them once for the call (``model_inputs()`` would otherwise fetch them
+        for every micro-batch); the fields then mean what they always did."""
         ...
 
     def train_step(self, shard: TrainBatch, num_micro: int, loss_name: str = "sft") -> dict[str, float]:

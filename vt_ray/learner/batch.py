@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vt_ray.prompts.encode import encode_prompt
+from vt_ray.prompts.encode import EncodedPrompt, PromptPixels, encode_prompt
 
 
 @dataclass
@@ -29,8 +29,8 @@ class Example:
 
     prompt: str
     """Rendered chat prompt with one video placeholder, ending in the assistant generation prompt."""
-    frames: np.ndarray
-    """[T, H, W, 3] uint8 decoded frames (T even for Qwen2.5-VL's temporal patches)."""
+    frames: np.ndarray | None
+    """[T, H, W, 3] uint8 decoded frames (T even for Qwen2.5-VL's temporal patches); None with ``encoded``."""
     response_ids: Sequence[int]
     """Response token ids, as sampled (GRPO) or tokenised from the gold trace + <|im_end|> (SFT)."""
     video_metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -46,6 +46,25 @@ class Example:
     """The sampling engine's log-prob of each response token (the behaviour policy), when known (GRPO)."""
     media: str = "video"
     """video | image: an image sample's ``frames`` is [1, H, W, 3] and its prompt has an image placeholder."""
+    encoded: EncodedPrompt | None = None
+    """The prompt already encoded by the rollout worker, pixels by reference: collate then never sees pixels."""
+
+
+@dataclass
+class PixelRefs:
+    """The pixels of a batch whose vision inputs are still in the object store: one reference per distinct
+    prompt (``refs``, :class:`~vt_ray.prompts.encode.PromptPixels`) and, per sample, which one it uses
+    (``rows``). A shard carries only the references its rows use; the learner fetches and expands them in
+    :meth:`TrainBatch.materialised`."""
+
+    refs: list[Any]
+    rows: list[int]
+
+    def select(self, start: int, end: int) -> PixelRefs:
+        """Samples ``[start, end)``, keeping only the references they use (renumbered in first-use order)."""
+        used: dict[int, int] = {}
+        rows = [used.setdefault(r, len(used)) for r in self.rows[start:end]]
+        return PixelRefs([self.refs[r] for r in used], rows)
 
 
 @dataclass(slots=True)  # slots: assigning a misspelt field (batch.old_logprob = ...) raises
@@ -74,6 +93,9 @@ class TrainBatch:
     # The rest of what the loss reads, typed too. ``token_extras``/``seq_extras`` stay for a user's own loss.
     advantages: torch.Tensor | None = None  # [B] float32, one per sequence (set by the driver before the update)
     entropy: torch.Tensor | None = None  # [B, L] the policy's per-token entropy (set by the learner when asked)
+    # Set while the pixels are still in the object store (pixel_values_videos/pixel_values are then empty, the
+    # grids are real): the driver's batch and the shards it sends. materialised() fills the pixel fields.
+    pixel_refs: PixelRefs | None = None
 
     LOGPROB_FIELDS = ("behaviour_logprobs", "old_logprobs", "ref_logprobs")
     TOKEN_FIELDS = (*LOGPROB_FIELDS, "entropy")  # the optional [B, L] fields
@@ -124,17 +146,22 @@ class TrainBatch:
         optional.update({
             k: None if getattr(self, k) is None else getattr(self, k)[start:end].clone() for k in self.SEQUENCE_FIELDS
         })
+        refs = None if self.pixel_refs is None else self.pixel_refs.select(start, end)
+        video_pixels, image_pixels = self.pixel_values_videos, self.pixel_values
+        if refs is None:  # by reference, the pixel fields are empty placeholders
+            video_pixels = video_pixels[offsets[v0] : offsets[v1]].clone()
+            image_pixels = None if image_pixels is None else image_pixels[image_offsets[i0] : image_offsets[i1]].clone()
         return replace(
             self,
             input_ids=rows(self.input_ids),
             attention_mask=rows(self.attention_mask),
             response_mask=rows(self.response_mask),
-            pixel_values_videos=self.pixel_values_videos[offsets[v0] : offsets[v1]].clone(),
+            pixel_refs=refs,
+            pixel_values_videos=video_pixels,
             video_grid_thw=self.video_grid_thw[v0:v1].clone(),
             second_per_grid_ts=self.second_per_grid_ts[v0:v1].clone(),
             mm_token_type_ids=None if self.mm_token_type_ids is None else rows(self.mm_token_type_ids),
-            pixel_values=None if self.pixel_values is None else
-            self.pixel_values[image_offsets[i0] : image_offsets[i1]].clone(),
+            pixel_values=image_pixels,
             image_grid_thw=None if self.image_grid_thw is None else self.image_grid_thw[i0:i1].clone(),
             is_image=None if self.is_image is None else self.is_image[start:end].clone(),
             token_extras={k: rows(v) for k, v in self.token_extras.items()},
@@ -181,7 +208,11 @@ class TrainBatch:
         to this model: the same patches (the image processor repeats it over the temporal patch of 2), the same
         grid (t=1: temporal position 0, as for an image) and placeholder embeddings that are replaced by the
         vision features either way; tests check the logits are equal. So every forward makes one vision call.
+        A batch whose pixels are still by reference is materialised first (a backend that calls
+        :meth:`materialised` itself fetches them once per call, not once per micro-batch).
         """
+        if self.pixel_refs is not None:
+            return self.materialised().model_inputs(device)
         input_ids, types = self.input_ids, self.mm_token_type_ids
         pixels, grids, seconds = self.pixel_values_videos, self.video_grid_thw, self.second_per_grid_ts
         if self.image_grid_thw is not None and len(self.image_grid_thw):
@@ -217,6 +248,26 @@ class TrainBatch:
                 v += 1
         return torch.cat(pixels), torch.stack(grids), torch.tensor(seconds, dtype=torch.float32)
 
+    def materialised(self) -> TrainBatch:
+        """This batch with its pixel fields filled from ``pixel_refs`` (fetched with ``ray.get`` in the calling
+        process, each distinct prompt's pixels once, expanded to one copy per sample as collate lays them out);
+        the batch itself when its pixels are already here."""
+        if self.pixel_refs is None:
+            return self
+        import ray
+
+        fetched: list[PromptPixels] = ray.get(self.pixel_refs.refs)
+        expanded = [p.tensor() for p in fetched]  # float32, once per distinct prompt
+        images = self._images_mask().tolist()
+        videos = [expanded[r] for r, img in zip(self.pixel_refs.rows, images) if not img]
+        pictures = [expanded[r] for r, img in zip(self.pixel_refs.rows, images) if img]
+        dim = expanded[0].shape[-1] if expanded else self.pixel_values_videos.shape[-1]
+        return replace(
+            self, pixel_refs=None,
+            pixel_values_videos=torch.cat(videos) if videos else torch.zeros(0, dim),
+            pixel_values=torch.cat(pictures) if pictures else self.pixel_values,
+        )
+
     def first_response_position(self) -> int:
         """Smallest index of a response token over the batch (the loss never needs logits before it)."""
         cols = self.response_mask.sum(0).nonzero()
@@ -227,6 +278,8 @@ class TrainBatch:
         """Stack batches (re-padding to the widest); the inverse of :meth:`split`."""
         if not batches:
             raise ValueError("nothing to concatenate")
+        if any(b.pixel_refs is not None for b in batches):  # the pixels are elsewhere: stack what is here
+            batches = [b.materialised() for b in batches]
         width = max(b.input_ids.shape[1] for b in batches)
         pad_id = batches[0].pad_token_id
 
@@ -240,7 +293,7 @@ class TrainBatch:
             parts = [get(b) for b in batches if get(b) is not None]
             return torch.cat(parts) if parts else None
 
-        return TrainBatch(
+        out = TrainBatch(
             input_ids=cat(lambda b: b.input_ids, pad_id),
             attention_mask=cat(lambda b: b.attention_mask, 0),
             response_mask=cat(lambda b: b.response_mask, 0),
@@ -257,11 +310,12 @@ class TrainBatch:
             seq_extras={k: torch.cat([b.seq_extras[k] for b in batches]) for k in first.seq_extras},
             uids=[u for b in batches for u in b.uids],
             pad_token_id=pad_id,
-            **{k: None if getattr(first, k) is None else cat(lambda b, k=k: getattr(b, k), 0)
-               for k in TrainBatch.TOKEN_FIELDS},
-            **{k: None if getattr(first, k) is None else torch.cat([getattr(b, k) for b in batches])
-               for k in TrainBatch.SEQUENCE_FIELDS},
         )
+        for k in TrainBatch.TOKEN_FIELDS:
+            setattr(out, k, None if getattr(first, k) is None else cat(lambda b, k=k: getattr(b, k), 0))
+        for k in TrainBatch.SEQUENCE_FIELDS:
+            setattr(out, k, None if getattr(first, k) is None else torch.cat([getattr(b, k) for b in batches]))
+        return out
 
 
 def _pad_right(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
@@ -280,6 +334,9 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
     with_behaviour = examples[0].behaviour_logprobs is not None
     rows: list[dict[str, torch.Tensor]] = []
     pixels, grids, seconds, image_pixels, image_grids = [], [], [], [], []
+    by_reference = examples[0].encoded is not None
+    ref_index: dict[Any, int] = {}  # pixel reference -> its index in PixelRefs.refs (one per prompt)
+    ref_rows: list[int] = []
     # The G responses of one prompt share its frames object: run the processor once per prompt, not per response
     # (it was most of a GRPO step's driver time). Keyed by identity: the examples keep every key object alive.
     encoded: dict[tuple[int, int, str, str], dict[str, torch.Tensor]] = {}
@@ -290,10 +347,18 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
             raise ValueError(f"example {ex.uid!r}: behaviour_logprobs given for some examples only")
         if len(ex.response_ids) == 0:
             raise ValueError(f"example {ex.uid!r}: empty response")
-        cache_key = (id(ex.frames), id(ex.video_metadata), ex.prompt, ex.media)
-        if cache_key not in encoded:
-            encoded[cache_key] = encode_prompt(processor, ex.prompt, ex.frames, ex.video_metadata, ex.media)
-        enc = encoded[cache_key]
+        if (ex.encoded is not None) != by_reference:
+            raise ValueError(f"example {ex.uid!r}: pixels by reference for some examples only")
+        if ex.encoded is not None:
+            enc = _by_reference(ex.encoded)
+            ref_rows.append(ref_index.setdefault(ex.encoded.pixels, len(ref_index)))
+        else:
+            if ex.frames is None:
+                raise ValueError(f"example {ex.uid!r}: neither frames nor encoded inputs")
+            cache_key = (id(ex.frames), id(ex.video_metadata), ex.prompt, ex.media)
+            if cache_key not in encoded:
+                encoded[cache_key] = encode_prompt(processor, ex.prompt, ex.frames, ex.video_metadata, ex.media)
+            enc = encoded[cache_key]
         prompt_ids = enc["input_ids"][0]
         response = torch.as_tensor(list(ex.response_ids), dtype=torch.long)
         n_prompt, n_resp = len(prompt_ids), len(response)
@@ -325,6 +390,9 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
         seconds.append(enc.get("second_per_grid_ts", torch.ones(1)).float())
     width = max(len(r["input_ids"]) for r in rows)
     patch_dim = (pixels or image_pixels)[0].shape[-1]
+    if by_reference:  # placeholders: the learner fills them (TrainBatch.materialised)
+        pixels = [torch.zeros(0, patch_dim)] if pixels else []
+        image_pixels = [torch.zeros(0, patch_dim)] if image_pixels else []
     has_images = bool(image_pixels)
 
     def stack(key: str, value: float) -> torch.Tensor:
@@ -348,4 +416,18 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
         uids=[ex.uid for ex in examples],
         pad_token_id=int(pad_id),
         behaviour_logprobs=stack("behaviour_logprobs", 0).float() if with_behaviour else None,
+        pixel_refs=PixelRefs(list(ref_index), ref_rows) if by_reference else None,
     )
+
+
+def _by_reference(enc: EncodedPrompt) -> dict[str, torch.Tensor]:
+    """An :class:`EncodedPrompt` in the processor's output keys, its pixels as an empty ``[0, D]`` placeholder."""
+    dim = enc.patch_dim
+    out = {"input_ids": enc.input_ids, "second_per_grid_ts": enc.second_per_grid_ts}
+    if enc.mm_token_type_ids is not None:
+        out["mm_token_type_ids"] = enc.mm_token_type_ids
+    key, grid_key = ("pixel_values", "image_grid_thw") if enc.media == "image" else ("pixel_values_videos",
+                                                                                  "video_grid_thw")
+    out[key] = torch.zeros(0, dim)
+    out[grid_key] = enc.grid_thw
+    return out

@@ -119,15 +119,26 @@ class LearnerGroup(WorkerGroup):
         """:meth:`compute_logprobs` for several models (the old policy and the reference) on one batch: its shards
         go to the object store once, and every rank gets all its passes at once (Ray runs an actor's calls in
         the order they were sent, so the ranks' collectives stay in step)."""
+        return self.submit_logprobs_passes(batch, whiches)()
+
+    def submit_logprobs_passes(self, batch: TrainBatch, whiches: Sequence[str]
+                               ) -> Callable[[], dict[str, torch.Tensor]]:
+        """:meth:`compute_logprobs_passes`, sent now and waited for by the returned call (the driver scores the
+        rewards meanwhile)."""
         refs, real, num_micro = self._shards(batch)
         calls = {w: [a.compute_logprobs.remote(ref, num_micro, w) for a, ref in zip(self.actors, refs)]
                  for w in whiches}  # all sent now; each pass is then waited for with its own deadline
         width = batch.input_ids.shape[1]
-        out = {}
-        for w, pass_refs in calls.items():
-            parts = self._per_rank("compute_logprobs", pass_refs)
-            out[w] = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p, r in zip(parts, real) if r])
-        return out
+
+        def wait() -> dict[str, torch.Tensor]:
+            out = {}
+            for w, pass_refs in calls.items():
+                parts = self._per_rank("compute_logprobs", pass_refs)
+                out[w] = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]))
+                                    for p, r in zip(parts, real) if r])
+            return out
+
+        return wait
 
     def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
         return self.call("export_state_dict", dtype)[0]

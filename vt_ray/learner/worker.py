@@ -169,6 +169,7 @@ class LearnerWorker(StreamStore):
     def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:
         """[B, L] per-token log-probs of this rank's shard under the policy or the reference (CPU tensor)."""
         hang_point("learner.compute_logprobs", self.rank)
+        shard = shard.materialised()  # pixels by reference: fetched here, once per call
         model = self._model(which)
         model.eval()
         micro, real = self._micro_batches(shard, num_micro)
@@ -195,6 +196,7 @@ class LearnerWorker(StreamStore):
         hang_point("learner.train_step", self.rank)
         crash_point("learner.train_step", self.rank)  # tests: a learner rank lost mid-update
         started = time.perf_counter()
+        shard = shard.materialised()
         loss_fn = self._loss_fn(loss_name)
         micro, real = self._micro_batches(shard, num_micro)
         counts = torch.tensor([float(shard.num_tokens), float(shard.num_sequences)])

@@ -80,13 +80,28 @@ class RolloutGroup(WorkerGroup):
                          remote_options={"num_cpus": num_cpus, "num_gpus": num_gpus}, actor_options=actor_options,
                          runtime_env=runtime_env, wait_ready=wait_ready)
 
-    def generate(self, samples: Sequence[Any], sampling: SamplingSettings, video: Any = None) -> RolloutBatchResult:
+    def generate(self, samples: Sequence[Any], sampling: SamplingSettings, video: Any = None,
+                 learner_inputs: bool = False) -> RolloutBatchResult:
         """Responses for every sample, in input order; skipped samples are reported, never silently lost. One
         deadline for every rank; an actor that died is restarted and its share re-sent (with a deadline of its
-        own: a new call to a new actor)."""
+        own: a new call to a new actor).
+
+        ``learner_inputs``: each result also carries its prompt's learner inputs (``result.encoded``), the
+        pixels as an object reference this process owns (a return of the call itself, so it outlives the rollout
+        actor and is freed once the caller drops it) and no frames: the pixels never pass through here."""
         if self._broken:
             raise WeightSyncError(self._broken)
         parts = split_evenly(len(samples), len(self.actors))
+        pixel_refs: dict[int, list[ray.ObjectRef]] = {}
+
+        def send(rank: int) -> ray.ObjectRef:
+            a, b = parts[rank]
+            if not learner_inputs:
+                return self.actors[rank].generate.remote(list(samples[a:b]), sampling, video)
+            refs = self.actors[rank].generate.options(num_returns=1 + b - a).remote(
+                list(samples[a:b]), sampling, video, True)
+            pixel_refs[rank] = refs[1:]
+            return refs[0]
 
         def resend(rank: int, err: Exception) -> ray.ObjectRef:
             if not isinstance(err, RayActorError):
@@ -94,11 +109,14 @@ class RolloutGroup(WorkerGroup):
             a, b = parts[rank]
             log.warning("rollout[%d] died mid-batch; restarting it and re-sending %d samples", rank, b - a)
             self._restart(rank)
-            return self.actors[rank].generate.remote(list(samples[a:b]), sampling, video)
+            return send(rank)
 
-        refs = {rank: self.actors[rank].generate.remote(list(samples[a:b]), sampling, video)
-                for rank, (a, b) in enumerate(parts) if b > a}
+        refs = {rank: send(rank) for rank, (a, b) in enumerate(parts) if b > a}
         results = self.wait(refs, "generate", resend)
+        for rank, report in results.items():
+            for result, ref in zip(report.results, pixel_refs.get(rank, [])):
+                if result.encoded is not None:
+                    result.encoded.pixels = ref
         merged = RolloutBatchResult.merge([results[r] for r in sorted(results)])
         for reason, count in merged.skipped_counts().items():
             self.metrics.skipped[reason] = self.metrics.skipped.get(reason, 0) + count

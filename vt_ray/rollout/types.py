@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from vt_ray.prompts.encode import EncodedPrompt
+
 
 @dataclass
 class SamplingSettings:
@@ -66,3 +68,7 @@ class RolloutResult:
     """The frame permutation the shuffled responses saw (frame k of their video = frame shuffle_order[k])."""
     media: str = "video"
     """video | image: what ``frames`` holds."""
+    encoded: EncodedPrompt | None = None
+    """The learner's inputs for this prompt, encoded by the rollout worker when asked (``learner_inputs``): ids
+    and grids, and a reference to the pixels in the object store. ``frames`` is then None: the driver never
+    holds the pixels."""

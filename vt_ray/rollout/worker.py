@@ -18,6 +18,7 @@ from vt_ray.config.roles import RolloutRoleConfig
 from vt_ray.config.schema import VideoConfig
 from vt_ray.data.schema import VideoSample
 from vt_ray.prompts.chat import prompt_text
+from vt_ray.prompts.encode import PromptPixels, encode_for_learner
 from vt_ray.rollout.engine_api import StreamingRolloutEngine
 from vt_ray.rollout.engines import make_engine
 from vt_ray.rollout.kv_cache import sized_for_role
@@ -144,8 +145,15 @@ class RolloutWorker:
         return requests, report
 
     def generate(
-        self, samples: Sequence[VideoSample], sampling: SamplingSettings, video: VideoConfig | None = None
-    ) -> RolloutBatchResult:
+        self, samples: Sequence[VideoSample], sampling: SamplingSettings, video: VideoConfig | None = None,
+        learner_inputs: bool = False,
+    ) -> Any:
+        """The batch's responses (:class:`RolloutBatchResult`). With ``learner_inputs`` the worker also encodes
+        each generated prompt for the learner, once per prompt (it has the frames and the processor), and
+        returns ``(report, pixels_0, ..., pixels_{n-1})``, one :class:`PromptPixels` per result (None past the
+        last) for ``n = len(samples)``: the rollout group calls this with ``num_returns = 1 + n``, so the pixels
+        become objects of their own that the caller (the driver) owns and never fetches; each result keeps its
+        ids and grids in ``encoded`` and no frames."""
         crash_point("rollout.generate", self.rank)
         hang_point("rollout.generate", self.rank)
         requests, report = self.prepare(samples, video)
@@ -156,7 +164,15 @@ class RolloutWorker:
                 result.video_metadata = dict(req.video_metadata)
             if sampling.shuffled_n > 0:
                 self._generate_shuffled(requests, report.results, sampling)
-        return report
+        if not learner_inputs:
+            return report
+        pixels: list[PromptPixels | None] = [None] * len(samples)
+        for i, result in enumerate(report.results):
+            assert result.frames is not None
+            result.encoded, pixels[i] = encode_for_learner(self.processor, result.prompt, result.frames,
+                                                           result.video_metadata, result.media)
+            result.frames = None
+        return (report, *pixels)
 
     def _generate_shuffled(
         self, requests: Sequence[GenerationRequest], results: Sequence[RolloutResult], sampling: SamplingSettings

@@ -177,7 +177,8 @@ class GRPOTrainer:
     def _make_batch(self, step: int, version: int) -> StepBatch:
         """The rollout phase of ``step`` on the engines' policy ``version``; in the asynchronous modes it runs in
         the pipeline's thread."""
-        return RolloutPhase(self.cfg, self.sampler, self.roles.rollout, self.roles.rewards).make_batch(step, version)
+        return RolloutPhase(self.cfg, self.sampler, self.roles.rollout, self.roles.rewards,
+                            defer_scoring=self.tc.mode == "sync").make_batch(step, version)
 
     def _open_pipeline(self) -> None:
         """trainer.mode one_step_off / async: start making batches ahead, from the current step and sampler."""
@@ -211,7 +212,7 @@ class GRPOTrainer:
         roles, data = self.roles, batch.data
         if self.cfg.rollout.enable_sleep_mode:
             roles.rollout.sleep()  # colocated: the learner gets the GPU memory back
-        metrics, timings = update_policy(self.cfg, roles.processor, roles.learner, data, data.scored_tensor())
+        metrics, timings = update_policy(self.cfg, roles.processor, roles.learner, data)
         crash_point("trainer.after_update", self.step + 1)
         metrics.update(batch.metrics)
         staleness = self.step - batch.policy_version
@@ -228,6 +229,7 @@ class GRPOTrainer:
                                     overlap))
         metrics["time/step_s"] = time.perf_counter() - t0
         write_step_records(self.run_dir, self.step, batch, self.rollout_log, self.tc.rollouts_per_step)
+        data.release_pixels()
         return metrics
 
     def _sync_weights(self, probe: bool = False) -> float:

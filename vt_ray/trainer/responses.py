@@ -8,6 +8,7 @@ metrics share one plain data type and none of them imports another.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,21 @@ class Responses:
     """[N] shaped scores the advantages start from (total reward, non-finite zeroed, DAPO/T-GRPO shaping)."""
     advantages: list[float] = field(default_factory=list)
     """One per response, filled by the update (the report's rollout viewer shows them)."""
+    pending_scores: Callable[[], dict[str, float]] | None = None
+    """Set when the scores were sent but not waited for (sync mode without dynamic sampling: the update waits
+    for them while the learners compute log-probs); :meth:`wait_scores` fills ``scored``/``scores``."""
+
+    def wait_scores(self) -> dict[str, float]:
+        """Wait for scores sent earlier, if any; returns their shaping metrics and ``time/reward_s``."""
+        pending, self.pending_scores = self.pending_scores, None
+        return pending() if pending is not None else {}
+
+    def release_pixels(self) -> None:
+        """Drop this step's pixel references (the object store frees the pixels once no learner call holds
+        them): the driver calls it when the step is done, so rollouts kept for logging pin no pixels."""
+        for r in self.results:
+            if r.encoded is not None:
+                r.encoded.pixels = None
 
     def scored_tensor(self) -> torch.Tensor:
         """``scores``, once the driver has scored the responses (using them before is a bug)."""

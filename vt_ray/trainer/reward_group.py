@@ -52,6 +52,12 @@ class RewardGroup(WorkerGroup):
     def score(self, responses: Sequence[str], targets: Sequence[RewardTarget]) -> list[dict[str, float]]:
         """One result dict per response, in order, with one deadline for all scorers. A dead scorer is replaced
         and its share re-scored (once per call)."""
+        return self.submit(responses, targets)()
+
+    def submit(self, responses: Sequence[str], targets: Sequence[RewardTarget]
+               ) -> Callable[[], list[dict[str, float]]]:
+        """:meth:`score`, sent now and waited for by the returned call (the driver scores while the learners
+        compute log-probs). The deadline starts when the call waits."""
         parts = split_evenly(len(responses), len(self.actors))
         replaced: set[int] = set()
 
@@ -66,8 +72,12 @@ class RewardGroup(WorkerGroup):
 
         refs = {r: self.actors[r].score.remote(list(responses[a:b]), list(targets[a:b]))
                 for r, (a, b) in enumerate(parts) if b > a}
-        results = self.wait(refs, "score", rescore)
-        return [item for rank in sorted(results) for item in results[rank]]
+
+        def wait() -> list[dict[str, float]]:
+            results = self.wait(refs, "score", rescore)
+            return [item for rank in sorted(results) for item in results[rank]]
+
+        return wait
 
     def shutdown(self) -> None:
         self.kill_all()

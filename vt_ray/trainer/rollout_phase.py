@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,13 @@ class RolloutPhase:
     sampler: PromptSampler[VideoSample]
     rollout: Any
     rewards: Any
+    defer_scoring: bool = False
+    """Send the rewards and let the update wait for them (``Responses.pending_scores``) while the learners
+    compute log-probs. Ignored with DAPO dynamic sampling: its refill needs the scores before the batch."""
+
+    @property
+    def deferred(self) -> bool:
+        return self.defer_scoring and not self.cfg.algorithm.dynamic_sampling
 
     def make_batch(self, step: int, version: int) -> StepBatch:
         """The rollout phase of ``step`` (generate, score, shape) on the engines' policy ``version``."""
@@ -119,16 +127,41 @@ class RolloutPhase:
         if not results:
             return None, skipped, {"time/rollout_s": t1 - t0, "time/reward_s": 0.0}
         data = Responses.flatten(results, samples)
+        finish = self.score(data, results, samples)
+        metrics = {"time/rollout_s": t1 - t0}
+        if self.deferred:
+            data.pending_scores = finish
+            metrics["time/reward_s"] = 0.0  # the update reports it once it waited for the scores
+        else:
+            metrics.update(finish())
+        return data, skipped, metrics
+
+    def score(self, data: Responses, results: list[RolloutResult], samples: list[VideoSample]
+              ) -> Callable[[], dict[str, float]]:
+        """Send ``data``'s responses (and T-GRPO's shuffled ones) to the scorers. The returned call waits for the
+        scores, fills ``data.scored``/``data.scores`` (shaped) and returns the shaping metrics and
+        ``time/reward_s`` (sending to scores received)."""
+        started = time.perf_counter()
         targets = [samples[g].reward_target() for g in data.group_ids]
         shuffled_groups = [g for g, r in enumerate(results) for _ in r.shuffled_completions]
         shuffled_texts = [c.text for r in results for c in r.shuffled_completions]
         shuffled_targets = [samples[g].reward_target() for g in shuffled_groups]
-        all_scored = self.rewards.score(data.texts + shuffled_texts, targets + shuffled_targets)
-        data.scored, shuffled_scored = all_scored[: len(data.texts)], all_scored[len(data.texts):]
-        metrics = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
-        data.scores, shaping = shape_scores(self.cfg, data, shuffled_scored, shuffled_groups)
-        metrics.update(shaping)
-        return data, skipped, metrics
+        texts, all_targets = data.texts + shuffled_texts, targets + shuffled_targets
+        if self.deferred:
+            wait = self.rewards.submit(texts, all_targets)
+        else:
+            scored = self.rewards.score(texts, all_targets)
+            wait = lambda: scored  # noqa: E731
+
+        def finish() -> dict[str, float]:
+            all_scored = wait()
+            data.scored, shuffled_scored = all_scored[: len(data.texts)], all_scored[len(data.texts):]
+            metrics = {"time/reward_s": time.perf_counter() - started}
+            data.scores, shaping = shape_scores(self.cfg, data, shuffled_scored, shuffled_groups)
+            metrics.update(shaping)
+            return metrics
+
+        return finish
 
     def generate(self, first: list[VideoSample], step: int
                  ) -> tuple[list[RolloutResult], list[VideoSample], Counter[str]]:
@@ -138,7 +171,8 @@ class RolloutPhase:
         skipped: Counter[str] = Counter()
         todo = first
         for _ in range(MAX_REFILL_ROUNDS + 1):
-            out = self.rollout.generate(todo, sampling_for_training(self.cfg, step))
+            out = self.rollout.generate(todo, sampling_for_training(self.cfg, step),
+                                        learner_inputs=self.cfg.trainer.pixel_path == "rollout")
             results += out.results
             for s in out.skipped:
                 self.sampler.mark_skipped(s.uid, s.reason)

@@ -22,9 +22,10 @@ from vt_ray.trainer.responses import Responses
 from vt_ray.trainer.settings import minibatches_per_step
 
 
-def frames_of(result: RolloutResult) -> np.ndarray:
-    """The frames the rollout worker attached to ``result`` (it always does): the learner scores on them."""
-    if result.frames is None:
+def frames_of(result: RolloutResult) -> np.ndarray | None:
+    """The frames the rollout worker attached to ``result`` (None when it encoded them for the learner
+    instead): the learner scores on the same pixels."""
+    if result.frames is None and result.encoded is None:
         raise ValueError(f"rollout result {result.uid!r} carries no frames: the learner cannot score it")
     return result.frames
 
@@ -52,15 +53,16 @@ def with_update_metrics(metrics: dict[str, float], update: list[dict[str, float]
     return out
 
 
-def update_policy(cfg: RecipeConfig, processor: Any, learner: Any, data: Responses, scores: torch.Tensor
+def update_policy(cfg: RecipeConfig, processor: Any, learner: Any, data: Responses
                   ) -> tuple[dict[str, float], dict[str, float]]:
-    """Train the learners on ``data`` (``scores`` from the rollout phase); fills ``data.advantages``. Returns
-    (metrics, timings)."""
+    """Train the learners on ``data`` (scored by the rollout phase, or scores still pending: they are waited for
+    while the learners compute the old and reference log-probs); fills ``data.advantages``. Returns (metrics,
+    timings)."""
     from vt_ray.learner.batch import Example, collate
 
     examples = [
         Example(prompt=r.prompt, frames=frames_of(r), response_ids=c.token_ids, video_metadata=r.video_metadata,
-                uid=r.uid, behaviour_logprobs=c.logprobs, media=r.media)
+                uid=r.uid, behaviour_logprobs=c.logprobs, media=r.media, encoded=r.encoded)
         for r in data.results for c in r.completions
     ]
     batch = collate(processor, examples)
@@ -72,7 +74,13 @@ def update_policy(cfg: RecipeConfig, processor: Any, learner: Any, data: Respons
     updates = tc.update_epochs * minibatches_per_step(cfg)
     passes = (["policy"] if acfg.policy_logprob_pass(updates) else []) + (
         ["reference"] if acfg.needs_reference else [])
-    logprobs = learner.compute_logprobs_passes(batch, passes) if passes else {}  # one put of the batch
+    pending = learner.submit_logprobs_passes(batch, passes) if passes else dict  # one put of the batch
+    scoring = data.wait_scores()  # overlapped with the log-prob passes (sync mode without refill)
+    if "time/reward_s" in scoring:
+        timings["time/reward_s"] = scoring.pop("time/reward_s")
+    metrics.update(scoring)
+    scores = data.scored_tensor()
+    logprobs: dict[str, torch.Tensor] = pending()
     if "policy" in logprobs:
         batch.old_logprobs = logprobs["policy"]
         if acfg.log_logprob_mismatch and batch.behaviour_logprobs is not None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from learner_examples import make_examples  # tests/ is on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
 from vt_ray.config.roles import LearnerRoleConfig
-from vt_ray.learner.batch import collate
+from vt_ray.learner.batch import Example, collate
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +164,66 @@ def test_bf16_mixed_precision_trains_float32_master_weights(tiny_model_dir: Path
     assert all(p.dtype == torch.float32 for p in worker.model.parameters())  # sharded masters stay fp32
     assert all(v.dtype == torch.float32 for v in worker.export_state_dict().values())  # model.dtype=float32
     assert all(v.dtype == torch.bfloat16 for v in worker.export_state_dict("bfloat16").values())
+
+
+# ---- pixels by reference (docs/data-path.md) ----------------------------------------------------------------
+def _image_example(processor, uid: str) -> Example:
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which colour?"}]}]
+    prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    image = np.random.default_rng(7).integers(0, 256, size=(1, 60, 90, 3), dtype=np.uint8)
+    ids = processor.tokenizer("<answer>B</answer>", add_special_tokens=False)["input_ids"]
+    return Example(prompt, image, ids, {}, uid=uid, media="image")
+
+
+def test_pixels_by_reference_give_the_driver_path_bit_for_bit(tiny_model_dir: Path, processor) -> None:
+    """The rollout worker's uint8 patches, fetched and normalised by the learner, are the driver's float32
+    pixels bit for bit: same batch fields (whole and sharded), same log-probs and losses. The by-reference
+    batch holds no pixels, only one reference per prompt (not per response)."""
+    from dataclasses import replace
+
+    import ray
+
+    from vt_ray.prompts.encode import encode_for_learner
+
+    base = make_examples(processor, 2, frames_shape=(4, 50, 70, 3))
+    examples = [replace(base[g], response_ids=list(base[j].response_ids), uid=f"g{g}r{j}")
+                for g in range(2) for j in range(2)]
+    examples.insert(2, _image_example(processor, "img"))
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        by_prompt = {}
+        for ex in examples:
+            if id(ex.frames) not in by_prompt:
+                enc, pixels = encode_for_learner(processor, ex.prompt, ex.frames, ex.video_metadata, ex.media)
+                assert pixels.patches.dtype == np.uint8
+                enc.pixels = ray.put(pixels)
+                by_prompt[id(ex.frames)] = enc
+        refs = [replace(ex, frames=None, encoded=by_prompt[id(ex.frames)]) for ex in examples]
+        old, new = collate(processor, examples), collate(processor, refs)
+        assert new.pixel_refs is not None and len(new.pixel_refs.refs) == 3 and new.pixel_refs.rows == [0, 0, 1, 2, 2]
+        assert new.pixel_values_videos.numel() == 0 and new.pixel_values is not None and new.pixel_values.numel() == 0
+        fields = ("input_ids", "attention_mask", "response_mask", "mm_token_type_ids", "pixel_values_videos",
+                  "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw", "is_image")
+        for a, b in [(old, new.materialised()), *zip(old.split(2), new.split(2))]:
+            assert a is not None and b is not None
+            b = b.materialised()
+            for name in fields:
+                assert torch.equal(getattr(a, name), getattr(b, name)), name
+        first_shard, second_shard = new.split(2)
+        assert first_shard is not None and second_shard is not None and second_shard.pixel_refs is not None
+        assert second_shard.pixel_refs.rows == [0, 0] and len(second_shard.pixel_refs.refs) == 1  # only its own
+        for k, v in old.model_inputs().items():
+            assert torch.equal(v, new.model_inputs()[k]), k  # a backend that never calls materialised()
+
+        worker = _learner(tiny_model_dir, "learner.reference=none", "algorithm.use_kl_loss=false")
+        assert torch.equal(worker.compute_logprobs(old, num_micro=3), worker.compute_logprobs(new, num_micro=3))
+        for b in (old, new):
+            b.old_logprobs = worker.compute_logprobs(old, num_micro=3)
+            b.advantages = torch.tensor([1.0, -1.0, 0.5, 1.0, -1.0])
+        state = {k: v.clone() for k, v in worker.model.state_dict().items()}
+        first = worker.train_step(old, num_micro=3, loss_name="grpo")
+        worker.model.load_state_dict(state)  # the loss and gradient are taken before the optimizer moves
+        second = worker.train_step(new, num_micro=3, loss_name="grpo")
+        assert first["loss"] == second["loss"] and first["grad_norm"] == second["grad_norm"]
+    finally:
+        ray.shutdown()

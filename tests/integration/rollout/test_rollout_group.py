@@ -9,9 +9,14 @@ second where two vLLM engines would compete for our two cores.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from vt_ray.common.sharding import split_evenly
 from vt_ray.config.loader import load_config
@@ -30,6 +35,21 @@ def test_split_evenly_covers_every_item_once(n_items: int, n_parts: int) -> None
     assert covered == list(range(n_items))
     sizes = [b - a for a, b in parts]
     assert max(sizes) - min(sizes) <= 1
+
+
+def _largest_array(obj: Any) -> int:
+    """Bytes of the largest array or tensor reachable through dataclasses, lists and dicts."""
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, torch.Tensor):
+        return int(obj.numel() * obj.element_size())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return max((_largest_array(x) for x in obj), default=0)
+    return 0
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +78,7 @@ def test_actor_killed_mid_batch_is_restarted_and_nothing_is_lost(
     try:
         weights = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).state_dict()  # the learner's naming
         group.update_weights(serialize_state_dict(weights), version=3)
-        batch = group.generate(samples, SAMPLING)
+        batch = group.generate(samples, SAMPLING, learner_inputs=True)
         assert marker.exists()  # rank 1 really died
         assert group.metrics.actor_restarts == 1
         assert [r.uid for r in batch.results] == [s.uid for s in samples]  # none lost, none doubled, in order
@@ -66,6 +86,22 @@ def test_actor_killed_mid_batch_is_restarted_and_nothing_is_lost(
         assert group.weight_versions() == [3, 3]  # the restarted actor got the current weights back
     finally:
         group.shutdown()
+    # Pixels by reference (docs/data-path.md): the driver holds ids, grids and references, never pixel arrays;
+    # the pixels are the call's own returns, owned here, so they outlive the rollout actors (shut down above),
+    # and are freed once the driver drops them.
+    assert all(r.frames is None and r.encoded is not None for r in batch.results)
+    assert _largest_array(batch.results) < 4096
+    encs = [r.encoded for r in batch.results if r.encoded is not None]
+    pixels = ray_cluster.get([e.pixels for e in encs])
+    for enc, pix in zip(encs, pixels, strict=True):
+        assert pix.patches.dtype == np.uint8 and pix.patches.shape == (int(enc.grid_thw.prod()), enc.patch_dim)
+    del pixels
+    ids = {e.pixels.hex().encode() for e in encs}  # the reference table keys ids by hex
+    core = ray_cluster._private.worker.global_worker.core_worker
+    assert ids <= set(core.get_all_reference_counts())
+    del batch, encs, enc
+    gc.collect()
+    assert not ids & set(core.get_all_reference_counts())  # released: the owner frees them
 
 
 @pytest.mark.slow

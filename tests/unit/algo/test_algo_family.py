@@ -313,7 +313,7 @@ class _StandInRollout:
     def __init__(self, n: int) -> None:
         self.n, self.calls = n, []
 
-    def generate(self, samples, sampling):
+    def generate(self, samples, sampling, learner_inputs=False):
         from vt_ray.rollout.types import Completion, RolloutResult
         from vt_ray.rollout.worker import RolloutBatchResult
 
@@ -377,6 +377,31 @@ def test_dynamic_sampling_with_no_informative_group_trains_the_first_round_and_s
     assert len(phase.rollout.calls) == 3 and metrics["dapo/refill_rounds"] == 2
     assert metrics["dapo/informative_groups"] == 0 and metrics["dapo/short_batch"] == 1
     assert [r.uid for r in data.results] == ["u0", "u1", "u2"]
+
+
+def test_deferred_scoring_waits_in_the_update_and_dapo_refill_scores_first() -> None:
+    """Sync mode sends the rewards and the update waits for them while the learners compute log-probs; DAPO's
+    refill needs the scores to pick groups, so it scores first whatever the driver asked."""
+    sent = []
+
+    class Submitting(_StandInRewards):
+        def submit(self, texts, targets):
+            sent.append(len(texts))
+            return lambda: self.score(texts, targets)
+
+    phase = _phase()
+    phase.rewards, phase.defer_scoring = Submitting(), True
+    data, _, metrics, (_, reward_s) = phase.collect(0)
+    assert sent == [9] and data.pending_scores is not None and not data.scored and reward_s == 0.0
+    with pytest.raises(RuntimeError, match="not been scored"):
+        data.scored_tensor()
+    waited = data.wait_scores()
+    assert data.scores.tolist() == [1.0] * 3 + [0.0, 1.0, 2.0] + [1.0] * 3 and waited["time/reward_s"] >= 0
+    assert waited["reward/nonfinite"] == 0 and data.pending_scores is None and data.wait_scores() == {}
+    refill = _phase("algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=3")
+    refill.rewards, refill.defer_scoring = Submitting(), True
+    scored, _, _, _ = refill.collect(0)
+    assert scored.pending_scores is None and [r.uid for r in scored.results] == ["u1", "u3", "u5"]
 
 
 def test_tgrpo_bonus_is_a_no_op_under_std_normalisation_of_a_binary_reward() -> None:

@@ -148,6 +148,7 @@ class MegatronWorker(StreamStore):
         ``num_micro`` is the FSDP2 ranks' lock-step count; here the TP group runs its pooled batch in
         micro-batches of ``learner.micro_batch_size`` (no collective spans TP groups)."""
         hang_point("learner.compute_logprobs", self.rank)
+        shard = shard.materialised()  # pixels by reference: fetched once per call, before the TP gather
         model = self._model(which).eval()
         pooled, mine = self._pooled(shard)
         width = pooled.input_ids.shape[1]
@@ -167,6 +168,7 @@ class MegatronWorker(StreamStore):
         hang_point("learner.train_step", self.rank)
         crash_point("learner.train_step", self.rank)
         started = time.perf_counter()
+        shard = shard.materialised()
         loss_fn = self._loss_fn(loss_name)
         counts = torch.tensor([float(shard.num_tokens), float(shard.num_sequences)])
         dist.all_reduce(counts)
