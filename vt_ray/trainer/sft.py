@@ -27,7 +27,7 @@ from vt_ray.common.environment import capture_environment
 from vt_ray.common.progress import Progress
 from vt_ray.config.loader import to_yaml
 from vt_ray.config.schema import RecipeConfig
-from vt_ray.learner.batch import collate
+from vt_ray.learner.collate import collate
 from vt_ray.learner.sft_data import (
     SftExampleBuilder,
     iter_batches,

@@ -58,7 +58,8 @@ def update_policy(cfg: RecipeConfig, processor: Any, learner: Any, data: Respons
     """Train the learners on ``data`` (scored by the rollout phase, or scores still pending: they are waited for
     while the learners compute the old and reference log-probs); fills ``data.advantages``. Returns (metrics,
     timings)."""
-    from vt_ray.learner.batch import Example, collate
+    from vt_ray.learner.batch import Example
+    from vt_ray.learner.collate import collate
 
     examples = [
         Example(prompt=r.prompt, frames=frames_of(r), response_ids=c.token_ids, video_metadata=r.video_metadata,

@@ -15,7 +15,8 @@ import torch
 from learner_examples import make_examples  # tests/ is on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
 from vt_ray.config.roles import LearnerRoleConfig
-from vt_ray.learner.batch import Example, collate
+from vt_ray.learner.batch import Example
+from vt_ray.learner.collate import collate
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 from learner_examples import make_examples  # pytest puts tests/ on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
 from vt_ray.config.roles import LearnerRoleConfig
-from vt_ray.learner.batch import collate
+from vt_ray.learner.collate import collate
 from vt_ray.learner.schedule import lr_factor
 
 STEPS = 2

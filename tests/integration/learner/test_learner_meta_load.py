@@ -92,7 +92,7 @@ def _rank_main(rank: int, port: int, cases: dict[str, tuple[str, list[str]]], ou
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoProcessor
 
-    from vt_ray.learner.batch import collate
+    from vt_ray.learner.collate import collate
     from vt_ray.learner.worker import LearnerWorker
 
     torch.set_num_threads(1)

@@ -25,7 +25,8 @@ import torch
 from learner_examples import make_examples  # pytest puts tests/ on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
 from vt_ray.config.roles import LearnerRoleConfig
-from vt_ray.learner.batch import TrainBatch, collate
+from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.collate import collate
 
 OVERRIDES = ["learner.lr=1e-3", "learner.grad_clip=0.5", "learner.reference=sharded", "learner.timeout_s=300",
              "algorithm.entropy_coef=0.01", "learner.micro_batch_size=2", "learner.warmup_steps=0",

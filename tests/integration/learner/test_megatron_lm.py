@@ -68,7 +68,7 @@ def _learner_batch(model_dir: str) -> Any:
     from transformers import AutoProcessor
 
     from learner_examples import make_examples  # pytest puts tests/ on sys.path; spawn passes it on
-    from vt_ray.learner.batch import collate
+    from vt_ray.learner.collate import collate
 
     processor = AutoProcessor.from_pretrained(model_dir)
     return collate(processor, make_examples(processor, 3))

@@ -126,7 +126,7 @@ def _learner(point: str, tiny_model_dir: Path, **_: Any) -> tuple[Any, Callable[
 
     from learner_examples import make_examples  # tests/ is on sys.path (rootdir conftest)
     from vt_ray.config.loader import load_config
-    from vt_ray.learner.batch import collate
+    from vt_ray.learner.collate import collate
     from vt_ray.learner.group import LearnerGroup
 
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "resources.learner.num_workers=1",

@@ -15,7 +15,8 @@ from vt_ray.config.schema import VideoConfig
 from vt_ray.data.formats import load_data
 from vt_ray.data.schema import read_samples
 from vt_ray.data.synthetic_images import make_image_questions, write_video_r1_mix
-from vt_ray.learner.batch import Example, TrainBatch, collate
+from vt_ray.learner.batch import Example, TrainBatch
+from vt_ray.learner.collate import collate
 from vt_ray.video.errors import VideoCorrupt, VideoNotFound
 from vt_ray.video.image import read_image
 

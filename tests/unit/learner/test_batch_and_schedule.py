@@ -14,7 +14,8 @@ import torch
 from learner_examples import make_examples  # tests/ is on sys.path (rootdir conftest)
 from vt_ray.common.errors import ConfigError
 from vt_ray.config.loader import load_config
-from vt_ray.learner.batch import TrainBatch, collate
+from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.collate import collate
 from vt_ray.learner.schedule import lr_factor
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from learner_examples import make_examples  # pytest puts tests/ on sys.path (rootdir conftest)
-from vt_ray.learner.batch import collate
+from vt_ray.learner.collate import collate
 from vt_ray.learner.vision_dedup import distinct_videos, install_video_dedup
 
 
