@@ -2,7 +2,7 @@
 micro-batch. The learner calls these two functions; everything else in :mod:`vt_ray.algo` is their parts.
 
 Per step: scores [N] (one per response, from the rewards) and group ids -> :func:`compute_grpo_advantages`
--> advantages [N] and a keep mask [N]; then per micro-batch :func:`grpo_loss` with the policy's log-probs,
+-> advantages [N] and a keep mask [N]; then per micro-batch :func:`grpo_objective` with the policy's log-probs,
 the rollout (old) log-probs and the reference log-probs of the response tokens.
 """
 
@@ -70,6 +70,46 @@ def apply_kl_in_reward(
     return penalized, {"algo/kl_in_reward": ((scores - penalized) / cfg.kl_coef).mean().item()}
 
 
+def grpo_objective(
+    cfg: AlgorithmConfig,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    agg: dict[str, float | None],
+    *,
+    ref_logp: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss = policy loss + kl_coef * KL (if ``use_kl_loss``) - entropy_coef * entropy, and its terms (tensors,
+    keys without the ``actor/`` prefix). The one place these terms are put together: the learner's loss
+    (:func:`vt_ray.algo.objective.make_loss`) and :func:`grpo_loss` both call it.
+
+    logp, old_logp, ref_logp, entropy, weights (per-token importance weights, TIS): [N, T]; advantages: [N];
+    ``agg``: :class:`~vt_ray.algo.loss_terms.Aggregation`'s num_tokens, num_seqs and scale.
+    """
+    pg_loss, pg = POLICY_LOSSES.get(cfg.policy_loss)(logp, old_logp, advantages, mask, cfg,
+                                                     Aggregation(cfg.loss_agg_mode, **agg), weights)
+    loss = pg_loss
+    terms = {"pg_loss": pg_loss, **{f"pg_{k}": v for k, v in pg.items()}}
+    if cfg.use_kl_loss and cfg.kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("algorithm.use_kl_loss with kl_coef > 0 needs reference log-probs (ref_logp)")
+        kl_mat = kl_estimate(zero_masked(logp, mask), zero_masked(ref_logp.detach(), mask), cfg.kl_estimator)
+        kl = agg_loss(kl_mat, mask, cfg.loss_agg_mode, **agg)
+        loss = loss + cfg.kl_coef * kl
+        terms["kl_loss"] = kl
+    if entropy is not None:
+        ent = agg_loss(zero_masked(entropy, mask), mask, cfg.loss_agg_mode, **agg)
+        if cfg.entropy_coef > 0:
+            loss = loss - cfg.entropy_coef * ent
+        terms["entropy"] = ent
+    elif cfg.entropy_coef > 0:
+        raise ValueError("algorithm.entropy_coef > 0 needs the policy's entropy")
+    return loss, terms
+
+
 def grpo_loss(
     cfg: AlgorithmConfig,
     logp: torch.Tensor,
@@ -84,33 +124,17 @@ def grpo_loss(
     num_seqs: float | None = None,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss = policy loss + kl_coef * KL (if ``use_kl_loss``) - entropy_coef * entropy, and its metrics.
+    """:func:`grpo_objective` on plain tensors, metrics as floats named as the learner logs them.
 
-    logp, old_logp, ref_logp, mask: [N, T]; advantages: [N]; logits: [N, T, V] aligned with the tokens, or
-    entropy [N, T] precomputed. ``old_logp`` None means on-policy (ratio 1, the rollout is this policy).
-    ``num_tokens``/``num_seqs``: global denominators, see :func:`vt_ray.algo.loss_terms.agg_loss`.
+    ``old_logp`` None means on-policy (ratio 1, the rollout is this policy); ``logits`` [N, T, V] aligned with the
+    tokens give the entropy when ``entropy`` is not given. ``num_tokens``/``num_seqs``: global denominators, see
+    :func:`vt_ray.algo.loss_terms.agg_loss`.
     """
     old = logp.detach() if old_logp is None else old_logp
-    agg = {"num_tokens": num_tokens, "num_seqs": num_seqs, "scale": scale or cfg.loss_scale_factor or None}
-    pg_loss, pg = POLICY_LOSSES.get(cfg.policy_loss)(logp, old, advantages, mask, cfg,
-                                                     Aggregation(cfg.loss_agg_mode, **agg))
-    loss = pg_loss
-    metrics = {"actor/pg_loss": pg_loss.item(), **{f"actor/pg_{k}": v.item() for k, v in pg.items()}}
-    if cfg.use_kl_loss and cfg.kl_coef > 0:
-        if ref_logp is None:
-            raise ValueError("algorithm.use_kl_loss with kl_coef > 0 needs ref_logp")
-        kl_mat = kl_estimate(zero_masked(logp, mask), zero_masked(ref_logp.detach(), mask), cfg.kl_estimator)
-        kl = agg_loss(kl_mat, mask, cfg.loss_agg_mode, **agg)
-        loss = loss + cfg.kl_coef * kl
-        metrics["actor/kl_loss"] = kl.item()
     if entropy is None and logits is not None:
         entropy = entropy_from_logits(logits)  # [N, T]
-    if entropy is not None:
-        ent = agg_loss(zero_masked(entropy, mask), mask, cfg.loss_agg_mode, **agg)
-        if cfg.entropy_coef > 0:
-            loss = loss - cfg.entropy_coef * ent
-        metrics["actor/entropy"] = ent.item()
-    elif cfg.entropy_coef > 0:
-        raise ValueError("algorithm.entropy_coef > 0 needs logits or entropy")
+    agg = {"num_tokens": num_tokens, "num_seqs": num_seqs, "scale": scale or cfg.loss_scale_factor or None}
+    loss, terms = grpo_objective(cfg, logp, old, advantages, mask, agg, ref_logp=ref_logp, entropy=entropy)
+    metrics = {f"actor/{k}": v.item() for k, v in terms.items()}
     metrics["actor/loss"] = loss.item()
     return loss, metrics

@@ -30,11 +30,10 @@ from typing import Any
 import torch
 
 from vt_ray.algo.config import AlgorithmConfig
+from vt_ray.algo.grpo import grpo_objective
 from vt_ray.algo.loss_terms import (
     LOG_RATIO_CLAMP,
     POLICY_LOSSES,
-    Aggregation,
-    agg_loss,
     kl_estimate,
     masked_sum,
     zero_masked,
@@ -101,7 +100,7 @@ def make_loss(cfg: Any) -> GRPOLoss:
     rollout = getattr(cfg, "rollout", None)  # a whole recipe; a learner's role config carries the budget itself
     budget = rollout.max_tokens if rollout is not None else getattr(cfg, "max_response_tokens", None)
     scale = acfg.loss_scale_factor or budget  # Dr. GRPO's constant
-    pg_fn = POLICY_LOSSES.get(acfg.policy_loss)
+    POLICY_LOSSES.get(acfg.policy_loss)  # an unknown name fails here, when the loss is bound, not mid-step
 
     def grpo_loss_share(logprobs: torch.Tensor, batch: Any, norm: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch.response_mask.to(logprobs.device)  # [B, L]
@@ -133,28 +132,22 @@ def make_loss(cfg: Any) -> GRPOLoss:
                 )
         elif acfg.truncated_is_cap > 0:
             raise ValueError("algorithm.tis_cap > 0 needs batch.behaviour_logprobs (engine log-probs)")
-        pg_loss, stats = pg_fn(logprobs, old, adv, mask, acfg, Aggregation(acfg.loss_agg_mode, **agg), weights)
-        local_share = mask.sum() / agg["num_tokens"]  # turns a local token mean into a mini-batch share
-        metrics["actor/pg_loss"] = pg_loss.detach()
-        for key in ("clipfrac", "ppo_kl", "clipfrac_lower"):
-            if key in stats:
-                metrics[f"actor/pg_{key}"] = stats[key] * local_share
-        loss = pg_loss
-        if use_kl:
-            if batch.ref_logprobs is None:
-                raise ValueError("algorithm.use_kl_loss needs batch.ref_logprobs (reference log-probs)")
-            ref = zero_masked(batch.ref_logprobs.to(logprobs), mask)  # [B, L]
-            kl = agg_loss(kl_estimate(zero_masked(logprobs, mask), ref, acfg.kl_estimator), mask,
-                          acfg.loss_agg_mode, **agg)  # fmt: skip
-            loss = loss + acfg.kl_coef * kl
-            metrics["actor/kl_loss"] = kl.detach()
-        if batch.entropy is not None:
-            ent = agg_loss(zero_masked(batch.entropy.to(logprobs), mask), mask, acfg.loss_agg_mode, **agg)
-            metrics["actor/entropy"] = ent.detach()
-            if acfg.entropy_coef > 0:
-                loss = loss - acfg.entropy_coef * ent
-        elif acfg.entropy_coef > 0:
+        ref = None if batch.ref_logprobs is None else batch.ref_logprobs.to(logprobs)  # [B, L]
+        entropy = None if batch.entropy is None else batch.entropy.to(logprobs)  # [B, L]
+        if use_kl and ref is None:
+            raise ValueError("algorithm.use_kl_loss needs batch.ref_logprobs (reference log-probs)")
+        if acfg.entropy_coef > 0 and entropy is None:
             raise ValueError("algorithm.entropy_coef > 0 needs batch.entropy from the learner")
+        loss, terms = grpo_objective(acfg, logprobs, old, adv, mask, agg, ref_logp=ref if use_kl else None,
+                                     entropy=entropy, weights=weights)
+        local_share = mask.sum() / agg["num_tokens"]  # turns a local token mean into a mini-batch share
+        metrics["actor/pg_loss"] = terms["pg_loss"].detach()
+        for key in ("clipfrac", "ppo_kl", "clipfrac_lower"):
+            if f"pg_{key}" in terms:
+                metrics[f"actor/pg_{key}"] = terms[f"pg_{key}"] * local_share
+        for key in ("kl_loss", "entropy"):
+            if key in terms:
+                metrics[f"actor/{key}"] = terms[key].detach()
         return loss, metrics
 
     return GRPOLoss(grpo_loss_share, "grad" if acfg.entropy_coef > 0 else ("metric" if acfg.log_entropy else None))
