@@ -55,11 +55,20 @@ def reduce_metrics(sums: dict[str, float], maxes: dict[str, float], group: Any =
     return out
 
 
-class StreamStore:
-    """Rank 0's weight-stream store (started on first use, kept for every later sync)."""
+class RankCommon:
+    """Methods every learner backend's rank has in the same form: rank 0's weight-stream store (started on first
+    use, kept for every later sync) and the Hugging Face export. A backend sets the attributes below in
+    ``setup`` and has an ``export_state_dict``."""
 
     cfg: LearnerRoleConfig
+    rank: int
+    hf_config: Any
+    model_path: str
+    processor: Any
     _stream_store: tuple[Any, int] | None = None
+
+    def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def stream_address(self) -> tuple[str, int]:
         """Rank 0: where its weight-stream store listens."""
@@ -70,6 +79,16 @@ class StreamStore:
 
     def _store(self) -> Any:
         return self._stream_store[0] if self._stream_store is not None else None
+
+    def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
+        """A Hugging Face model directory (safetensors + config + generation config + processor) that
+        transformers and vLLM load directly, written by rank 0 (:func:`write_hf_dir`). Collective."""
+        dtype = dtype or self.cfg.model.dtype
+        state = self.export_state_dict(dtype)
+        if self.rank == 0:
+            write_hf_dir(out_dir, state, self.hf_config, dtype, self.model_path, self.processor)
+        dist.barrier()
+        return str(Path(out_dir))
 
 
 def safetensors_blob(state: dict[str, torch.Tensor]) -> bytes:

@@ -16,7 +16,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -34,12 +33,11 @@ from vt_ray.learner.fsdp import DTYPES, reshard_all
 from vt_ray.learner.logprobs import token_logprobs, token_logprobs_and_entropy
 from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
 from vt_ray.learner.rank_common import (
-    StreamStore,
+    RankCommon,
     accumulate,
     micro_batches,
     reduce_metrics,
     safetensors_blob,
-    write_hf_dir,
 )
 from vt_ray.learner.rendezvous import free_port, node_ip
 from vt_ray.learner.schedule import lr_factor, warmup_steps
@@ -50,7 +48,7 @@ from vt_ray.testing.faults import corrupt_point, crash_point, hang_point
 log = logging.getLogger(__name__)
 
 
-class LearnerWorker(StreamStore):
+class LearnerWorker(RankCommon):
     def __init__(self, cfg: LearnerRoleConfig, rank: int = 0, world_size: int = 1) -> None:
         """``cfg``: what a learner rank reads of the recipe (``LearnerRoleConfig.of(recipe)``)."""
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
@@ -299,16 +297,6 @@ class LearnerWorker(StreamStore):
         out = weight_stream.probe_logprobs(model, self.processor, text, self.device)
         reshard_all(model)
         return out
-
-    def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
-        """A Hugging Face model directory (safetensors + config + generation config + processor) that
-        transformers and vLLM load directly. Written to a temp dir, then renamed. Collective."""
-        dtype = dtype or self.cfg.model.dtype
-        state = self.export_state_dict(dtype)
-        if self.rank == 0:
-            write_hf_dir(out_dir, state, self.hf_config, dtype, self.model_path, self.processor)
-        dist.barrier()
-        return str(Path(out_dir))
 
     # ---- resumable checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, root: str, extra_state: dict[str, Any] | None = None) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,11 +31,10 @@ from vt_ray.learner.checkpoint_io import load_step, save_step
 from vt_ray.learner.fsdp import DTYPES
 from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
 from vt_ray.learner.rank_common import (
-    StreamStore,
+    RankCommon,
     accumulate,
     reduce_metrics,
     safetensors_blob,
-    write_hf_dir,
 )
 from vt_ray.learner.rendezvous import free_port, node_ip
 from vt_ray.learner.schedule import lr_factor, warmup_steps
@@ -60,7 +58,7 @@ def refuse_unsupported(cfg: LearnerRoleConfig) -> None:
                          "(megatron's recompute_granularity would be; docs/megatron.md)")
 
 
-class MegatronWorker(StreamStore):
+class MegatronWorker(RankCommon):
     def __init__(self, cfg: LearnerRoleConfig, rank: int = 0, world_size: int = 1) -> None:
         """``cfg``: what a learner rank reads of the recipe (``LearnerRoleConfig.of(recipe)``)."""
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
@@ -265,15 +263,6 @@ class MegatronWorker(StreamStore):
         out = self.policy.eval().text_logprobs(ids).tolist()
         self.policy.train()
         return out
-
-    def save_hf(self, out_dir: str, dtype: str | None = None) -> str:
-        """A Hugging Face model directory, as the FSDP2 worker writes it. Collective."""
-        dtype = dtype or self.cfg.model.dtype
-        state = self.export_state_dict(dtype)
-        if self.rank == 0:
-            write_hf_dir(out_dir, state, self.hf_config, dtype, self.model_path, self.processor)
-        dist.barrier()
-        return str(Path(out_dir))
 
     # ---- resumable checkpoints (megatron dist_checkpointing: vt_ray.learner.megatron.checkpoint) -------------
     def save_checkpoint(self, root: str, extra_state: dict[str, Any] | None = None) -> str:
