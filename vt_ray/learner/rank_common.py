@@ -1,5 +1,6 @@
 """What every learner backend's rank does the same way, whatever shards the model: micro-batching a shard,
-reducing a step's metrics, the weight-stream store, and writing a Hugging Face directory.
+reducing a step's metrics, the optimizer and schedule, the weight-stream store, and writing a Hugging Face
+directory.
 
 Factored out of :class:`vt_ray.learner.worker.LearnerWorker` so the Megatron backend
 (:mod:`vt_ray.learner.megatron.backend`) reports the same metrics and writes the same files, not a copy.
@@ -9,16 +10,20 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.common.weight_stream import host_store
 from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.losses import LossFn, resolve_loss
 from vt_ray.learner.rendezvous import free_port, node_ip
+from vt_ray.learner.schedule import lr_factor, warmup_steps
 
 
 def micro_batches(shard: TrainBatch, num_micro: int, size: int) -> tuple[list[TrainBatch], list[bool]]:
@@ -56,19 +61,64 @@ def reduce_metrics(sums: dict[str, float], maxes: dict[str, float], group: Any =
 
 
 class RankCommon:
-    """Methods every learner backend's rank has in the same form: rank 0's weight-stream store (started on first
-    use, kept for every later sync) and the Hugging Face export. A backend sets the attributes below in
-    ``setup`` and has an ``export_state_dict``."""
+    """What every learner backend's rank has in the same form: its identity and device, the rendezvous address,
+    the loss lookup, AdamW with the lr schedule, rank 0's weight-stream store (started on first use, kept for
+    every later sync) and the Hugging Face export. A backend sets ``hf_config``, ``model_path`` and
+    ``processor`` in ``setup`` and has an ``export_state_dict``."""
 
-    cfg: LearnerRoleConfig
-    rank: int
     hf_config: Any
     model_path: str
     processor: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     _stream_store: tuple[Any, int] | None = None
+
+    def __init__(self, cfg: LearnerRoleConfig, rank: int = 0, world_size: int = 1) -> None:
+        """``cfg``: what a learner rank reads of the recipe (``LearnerRoleConfig.of(recipe)``)."""
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.info = install_stack_dumps("learner", rank)
+        self.lcfg = cfg.learner
+        use_cuda = cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        self.step = 0
+        self._losses: dict[str, LossFn] = {}
+
+    def ready(self) -> ActorInfo:
+        """Where this rank runs (pid, node, stack dump file): the group needs it to dump a stuck rank."""
+        return self.info
+
+    def address(self) -> tuple[str, int]:
+        """Rank 0's node address and a free port there: the rendezvous point of the process group."""
+        return node_ip(), free_port()
+
+    def _loss_fn(self, name: str) -> LossFn:
+        if name not in self._losses:
+            self._losses[name] = resolve_loss(name, self.cfg)
+        return self._losses[name]
+
+    def _build_optimizer(self, params: Iterable[torch.nn.Parameter], total_steps: int, lr: float | None) -> None:
+        """AdamW over ``params`` at ``lr`` (default ``learner.lr``) and the warmup + cosine schedule."""
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=self.lcfg.lr if lr is None else lr,
+            betas=(self.lcfg.betas[0], self.lcfg.betas[1]),  # two, checked by LearnerConfig
+            eps=self.lcfg.eps,
+            weight_decay=self.lcfg.weight_decay,
+        )
+        warmup = warmup_steps(total_steps, self.lcfg.warmup_steps, self.lcfg.warmup_ratio)
+        min_ratio = self.lcfg.min_lr_ratio
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, total_steps, min_ratio)
+        )
+        self.step = 0
 
     def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def export_safetensors(self, dtype: str | None = None) -> bytes | None:
+        """Rank 0: the state dict as one safetensors blob, the rollout engines' weight-update format."""
+        state = self.export_state_dict(dtype)
+        return safetensors_blob(state) if self.rank == 0 else None
 
     def stream_address(self) -> tuple[str, int]:
         """Rank 0: where its weight-stream store listens."""

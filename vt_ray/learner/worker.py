@@ -23,7 +23,6 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
-from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.common.weight_stream import StreamPlan, StreamSession
 from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner import weight_stream
@@ -31,16 +30,13 @@ from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.checkpoint_io import load_checkpoint, save_checkpoint
 from vt_ray.learner.fsdp import DTYPES, reshard_all
 from vt_ray.learner.logprobs import token_logprobs, token_logprobs_and_entropy
-from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
+from vt_ray.learner.losses import LossNorm
 from vt_ray.learner.rank_common import (
     RankCommon,
     accumulate,
     micro_batches,
     reduce_metrics,
-    safetensors_blob,
 )
-from vt_ray.learner.rendezvous import free_port, node_ip
-from vt_ray.learner.schedule import lr_factor, warmup_steps
 from vt_ray.learner.sharded_load import init_process_group, load_sharded
 from vt_ray.learner.vision_dedup import install_video_dedup
 from vt_ray.testing.faults import corrupt_point, crash_point, hang_point
@@ -50,22 +46,11 @@ log = logging.getLogger(__name__)
 
 class LearnerWorker(RankCommon):
     def __init__(self, cfg: LearnerRoleConfig, rank: int = 0, world_size: int = 1) -> None:
-        """``cfg``: what a learner rank reads of the recipe (``LearnerRoleConfig.of(recipe)``)."""
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.info = install_stack_dumps("learner", rank)
-        self.lcfg = cfg.learner
-        use_cuda = self.cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        super().__init__(cfg, rank, world_size)
         self.model: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
-        self.step = 0
-        self._losses: dict[str, LossFn] = {}
-        self._stream_store: tuple[Any, int] | None = None  # rank 0: (store server, port) of weight streams
 
     # ---- setup -------------------------------------------------------------------------------------------
-    def address(self) -> tuple[str, int]:
-        """Rank 0's node address and a free port there: the rendezvous point of the process group."""
-        return node_ip(), free_port()
 
     def setup(
         self,
@@ -122,26 +107,8 @@ class LearnerWorker(RankCommon):
                 ref_path, DTYPES[self.lcfg.param_dtype], prepare_reference, None, offload=offload
             )
 
-        peak_lr = self.lcfg.lr if lr is None else lr
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=peak_lr,
-            betas=(self.lcfg.betas[0], self.lcfg.betas[1]),  # two, checked by LearnerConfig
-            eps=self.lcfg.eps,
-            weight_decay=self.lcfg.weight_decay,
-        )
-        warmup = warmup_steps(total_steps, self.lcfg.warmup_steps, self.lcfg.warmup_ratio)
-        min_ratio = self.lcfg.min_lr_ratio
-        self.total_steps = total_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warmup, total_steps, min_ratio)
-        )
-        self.step = 0
+        self._build_optimizer(self.model.parameters(), total_steps, lr)
         return sum(p.numel() for p in self.model.parameters())  # DTensor numel is the global size
-
-    def ready(self) -> ActorInfo:
-        """Where this rank runs (pid, node, stack dump file): the group needs it to dump a stuck rank."""
-        return self.info
 
     def _load_sharded(
         self,
@@ -181,11 +148,6 @@ class LearnerWorker(RankCommon):
         if model is None:
             raise ValueError(f"no {which!r} model on this learner (learner.reference={self.lcfg.reference!r})")
         return model
-
-    def _loss_fn(self, name: str) -> LossFn:
-        if name not in self._losses:
-            self._losses[name] = resolve_loss(name, self.cfg)
-        return self._losses[name]
 
     def train_step(self, shard: TrainBatch, num_micro: int, loss_name: str = "sft") -> dict[str, float]:
         """One optimizer step over the mini-batch whose shard this rank holds (gradient accumulation over
@@ -263,11 +225,6 @@ class LearnerWorker(RankCommon):
             return {}
         target = DTYPES[dtype or self.cfg.model.dtype]
         return {k: v.to(target) if v.is_floating_point() else v for k, v in full.items()}
-
-    def export_safetensors(self, dtype: str | None = None) -> bytes | None:
-        """Rank 0: the state dict as one safetensors blob, the rollout engines' weight-update format."""
-        state = self.export_state_dict(dtype)
-        return safetensors_blob(state) if self.rank == 0 else None
 
     # ---- streamed weight sync (vt_ray.learner.weight_stream) -----------------------------------------------
     def weight_plan(self, dtype: str | None = None, bucket_mb: float = 128) -> dict[str, Any]:

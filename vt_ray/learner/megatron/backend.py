@@ -22,22 +22,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vt_ray.common.timeouts import ActorInfo, install_stack_dumps
 from vt_ray.common.weight_stream import StreamPlan, StreamSession, plan_buckets
 from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner import weight_stream
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.checkpoint_io import load_step, save_step
 from vt_ray.learner.fsdp import DTYPES
-from vt_ray.learner.losses import LossFn, LossNorm, resolve_loss
+from vt_ray.learner.losses import LossNorm
 from vt_ray.learner.rank_common import (
     RankCommon,
     accumulate,
     reduce_metrics,
-    safetensors_blob,
 )
-from vt_ray.learner.rendezvous import free_port, node_ip
-from vt_ray.learner.schedule import lr_factor, warmup_steps
 from vt_ray.learner.sharded_load import init_process_group
 from vt_ray.testing.faults import corrupt_point, crash_point, hang_point
 
@@ -60,24 +56,11 @@ def refuse_unsupported(cfg: LearnerRoleConfig) -> None:
 
 class MegatronWorker(RankCommon):
     def __init__(self, cfg: LearnerRoleConfig, rank: int = 0, world_size: int = 1) -> None:
-        """``cfg``: what a learner rank reads of the recipe (``LearnerRoleConfig.of(recipe)``)."""
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.info = install_stack_dumps("learner", rank)
-        self.lcfg = cfg.learner
-        use_cuda = cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        super().__init__(cfg, rank, world_size)
         self.policy: Any = None
         self.reference: Any = None
-        self.step = 0
-        self._losses: dict[str, LossFn] = {}
 
     # ---- setup -------------------------------------------------------------------------------------------
-    def ready(self) -> ActorInfo:
-        return self.info
-
-    def address(self) -> tuple[str, int]:
-        return node_ip(), free_port()
-
     def setup(self, master_addr: str = "127.0.0.1", master_port: int | None = None, *, total_steps: int = 1,
               model_path: str | None = None, lr: float | None = None, reference: str | None = None) -> int:
         """Join the process group, create megatron's TP/DP groups, load the policy (and reference) split over the
@@ -111,15 +94,7 @@ class MegatronWorker(RankCommon):
             ref_path = self.lcfg.reference_path or self.model_path
             self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device, dedup).eval().requires_grad_(False)
         self.view = HfView(self.policy)
-        peak_lr = self.lcfg.lr if lr is None else lr
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=peak_lr,
-                                           betas=(self.lcfg.betas[0], self.lcfg.betas[1]), eps=self.lcfg.eps,
-                                           weight_decay=self.lcfg.weight_decay)
-        warmup = warmup_steps(total_steps, self.lcfg.warmup_steps, self.lcfg.warmup_ratio)
-        min_ratio = self.lcfg.min_lr_ratio
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warmup, total_steps, min_ratio))
-        self.step = 0
+        self._build_optimizer(self.policy.parameters(), total_steps, lr)
         return sum(math.prod(shape) for shape in self.view.shapes.values())
 
     # ---- the TP group's data -------------------------------------------------------------------------------
@@ -153,11 +128,6 @@ class MegatronWorker(RankCommon):
         outs = [model.logprobs(mb)[0].cpu() for mb in pooled.chunks(self.lcfg.micro_batch_size)]
         full = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs])
         return full[mine, : shard.input_ids.shape[1]]
-
-    def _loss_fn(self, name: str) -> LossFn:
-        if name not in self._losses:
-            self._losses[name] = resolve_loss(name, self.cfg)
-        return self._losses[name]
 
     def train_step(self, shard: TrainBatch, num_micro: int, loss_name: str = "sft") -> dict[str, float]:
         """One optimizer step over the mini-batch (gradient accumulation over the TP group's micro-batches, a
@@ -229,10 +199,6 @@ class MegatronWorker(RankCommon):
             return {}
         target = DTYPES[dtype or self.cfg.model.dtype]
         return {k: v.cpu().to(target) if v.is_floating_point() else v.cpu() for k, v in state.items()}
-
-    def export_safetensors(self, dtype: str | None = None) -> bytes | None:
-        state = self.export_state_dict(dtype)
-        return safetensors_blob(state) if self.rank == 0 else None
 
     def weight_plan(self, dtype: str | None = None, bucket_mb: float = 128) -> dict[str, Any]:
         """The bucket plan, from the HF model's shapes (no collective: the group asks rank 0 only)."""
