@@ -48,7 +48,7 @@ def _init_adamw_state(optimizer: torch.optim.Optimizer) -> None:
                                           "exp_avg_sq": torch.zeros_like(param)}
 
 
-def _sharded_optim(vl: MegatronVL, model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _sharded_optim(model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     from megatron.core.dist_checkpointing.optimizer import (
         get_param_id_to_sharded_param_map,
         optim_state_to_sharding_state,
@@ -58,6 +58,13 @@ def _sharded_optim(vl: MegatronVL, model_sd: dict[str, Any], optimizer: torch.op
     ids = get_param_id_to_sharded_param_map(model_sd, (p for g in optimizer.param_groups for p in g["params"]))
     optim_state_to_sharding_state(state, ids, exclude_keys=("step",))
     return state
+
+
+def _sharded_state(vl: MegatronVL, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The sharded state dict ``dist_checkpointing`` saves and loads: the model's and the optimizer's."""
+    _init_adamw_state(optimizer)  # a checkpoint before the first step still has every key
+    model_sd = _sharded_model(vl)
+    return {"model": model_sd, "optim": _sharded_optim(model_sd, optimizer)}
 
 
 def _optim_common(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -70,10 +77,8 @@ def write_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, tmp: Path, ra
     """Model and optimizer shards into ``tmp`` (collective); returns the files this rank wrote."""
     from megatron.core import dist_checkpointing
 
-    _init_adamw_state(optimizer)  # a checkpoint before the first step still has every key
-    model_sd = _sharded_model(vl)
     with checkpointing_on_cpu():
-        dist_checkpointing.save({"model": model_sd, "optim": _sharded_optim(vl, model_sd, optimizer)}, str(tmp))
+        dist_checkpointing.save(_sharded_state(vl, optimizer), str(tmp))
     common = tmp / OPTIM_COMMON.format(rank=rank)
     common.write_text(json.dumps(_optim_common(optimizer)))
     return [common.name, *(p.name for p in tmp.glob(f"__{rank}_*.distcp"))]
@@ -85,12 +90,10 @@ def read_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, found: Path, r
     optimizer keeps pointing at them."""
     from megatron.core import dist_checkpointing
 
-    _init_adamw_state(optimizer)
-    model_sd = _sharded_model(vl)
-    targets = {key: getattr(sharded, "data", None) for key, sharded in model_sd.items()}
+    sharded_state = _sharded_state(vl, optimizer)
+    targets = {key: getattr(sharded, "data", None) for key, sharded in sharded_state["model"].items()}
     with checkpointing_on_cpu():
-        loaded = dist_checkpointing.load({"model": model_sd, "optim": _sharded_optim(vl, model_sd, optimizer)},
-                                         str(found))
+        loaded = dist_checkpointing.load(sharded_state, str(found))
     for key, tensor in loaded["model"].items():
         target = targets.get(key)
         if isinstance(target, torch.Tensor) and target is not tensor:  # extra state (not tensors) stays as built
