@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vt_ray.config.roles import RolloutRoleConfig
-from vt_ray.config.schema import RecipeConfig, RolloutConfig
+from vt_ray.config.schema import RolloutConfig
 
 GIB = 1024**3
 BLOCK_TOKENS = 128
@@ -63,11 +63,6 @@ def engine_kv_cache_bytes(rollout: RolloutConfig, model_path: str, dtype: str, s
         return int(fixed * GIB)
     return kv_cache_bytes(kv_bytes_per_token(read_hf_config(model_path), dtype),
                           sequences or rollout.max_num_seqs, seq_len or rollout.max_model_len, rollout.max_model_len)
-
-
-def sized_for_recipe(cfg: RecipeConfig, model_path: str | None = None) -> RolloutConfig:
-    """``cfg.rollout`` with ``kv_cache_gib: auto`` resolved from the whole recipe (:func:`sized_for_role`)."""
-    return sized_for_role(RolloutRoleConfig.of(cfg), model_path)
 
 
 def sized_for_role(role: RolloutRoleConfig, model_path: str | None = None) -> RolloutConfig:

@@ -16,8 +16,8 @@ import pytest
 from vt_ray.common.memory import read_process, read_tree
 from vt_ray.common.timeouts import ActorInfo
 from vt_ray.config import ConfigError, load_config
-from vt_ray.config.roles import sequences_per_call
-from vt_ray.rollout.kv_cache import BLOCK_TOKENS, GIB, kv_bytes_per_token, kv_cache_bytes, sized_for_recipe
+from vt_ray.config.roles import RolloutRoleConfig, sequences_per_call
+from vt_ray.rollout.kv_cache import BLOCK_TOKENS, GIB, kv_bytes_per_token, kv_cache_bytes, sized_for_role
 from vt_ray.trainer.metrics import read_metrics
 from vt_ray.trainer.run_costs import RunCosts, Span, summarize_phases
 
@@ -67,11 +67,11 @@ def test_auto_sizes_the_tiny_recipe_to_tens_of_mib_and_a_number_is_kept(tmp_path
     (tmp_path / "config.json").write_text(json.dumps({"text_config": TINY_TEXT}))
     cfg = load_config(TINY, [f"model.path={tmp_path}"])
     assert cfg.rollout.kv_cache_gib == "auto"
-    sized = float(sized_for_recipe(cfg).kv_cache_gib) * GIB
+    sized = float(sized_for_role(RolloutRoleConfig.of(cfg)).kv_cache_gib) * GIB
     assert sized == pytest.approx(kv_cache_bytes(1024, 16, 1024 + 256, 2048), rel=1e-4)
     assert 20 * 2**20 < sized < 32 * 2**20  # ~25 MiB, against the 1 GiB the recipe used to reserve
     fixed = load_config(TINY, [f"model.path={tmp_path}", "rollout.kv_cache_gib=0.5"])
-    assert sized_for_recipe(fixed).kv_cache_gib == "0.5" and fixed.rollout.kv_cache_fixed_gib == 0.5
+    assert sized_for_role(RolloutRoleConfig.of(fixed)).kv_cache_gib == "0.5" and fixed.rollout.kv_cache_fixed_gib == 0.5
 
 
 def test_old_integer_kv_cache_gib_still_loads(tmp_path: Path) -> None:
