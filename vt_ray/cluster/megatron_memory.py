@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vt_ray.cluster.model_shapes import ModelShape
-from vt_ray.common.errors import check
 from vt_ray.config.schema import RecipeConfig
 
 GIB = 1024**3
@@ -40,14 +39,8 @@ class MegatronLayout:
         ``resources.model_size`` table: the recipe loader can only check a ``config.json`` on this machine)."""
         section = cfg.learner.megatron
         tp, pp, ranks = section.tensor_parallel_size, section.pipeline_parallel_size, cfg.resources.learner.num_workers
-        sizes = {"attention heads": shape.heads, "KV heads": shape.kv_heads, "vocabulary size": shape.vocab}
-        for what, n in sizes.items():
-            check(n % tp == 0, "learner.megatron.tensor_parallel_size",
-                  f"{tp} does not divide {shape.name}'s {n} {what}")
-        check(shape.layers % pp == 0, "learner.megatron.pipeline_parallel_size",
-              f"{pp} does not divide {shape.name}'s {shape.layers} layers")
-        check(ranks % (tp * pp) == 0, "learner.megatron.tensor_parallel_size",
-              f"TP {tp} x PP {pp} does not divide the {ranks} learner ranks (resources.learner.num_workers)")
+        section.check_shape(shape.heads, shape.kv_heads, shape.vocab, shape.layers, f"({shape.name})")
+        section.check_ranks(ranks)
         return cls(tp, pp, ranks // (tp * pp))
 
     def describe(self) -> str:

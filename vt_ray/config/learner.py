@@ -61,22 +61,27 @@ class MegatronConfig:
             return
         text = _text_config(model_path)
         if text is not None:
-            self._check_shape(text, model_path)
+            heads = int(text["num_attention_heads"])
+            self.check_shape(heads, int(text.get("num_key_value_heads") or heads), int(text["vocab_size"]),
+                             int(text["num_hidden_layers"]), f"({model_path}/config.json)")
+        self.check_ranks(learner_ranks)
+
+    def check_ranks(self, learner_ranks: int) -> None:
+        """TP x PP must divide the learner's ranks (the rest are data-parallel replicas)."""
+        tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
         check(learner_ranks % (tp * pp) == 0, "learner.megatron.tensor_parallel_size",
               f"tensor_parallel_size x pipeline_parallel_size = {tp * pp} does not divide the "
               f"{learner_ranks} learner ranks (resources.learner.num_workers)")
 
-    def _check_shape(self, text: dict[str, Any], model_path: str) -> None:
+    def check_shape(self, heads: int, kv_heads: int, vocab: int, layers: int, source: str) -> None:
+        """TP must divide the heads, KV heads and vocabulary, PP the layers, of the model ``source`` names (the
+        recipe's ``config.json`` here; the planner passes the shape it resolved)."""
         tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
-        heads = int(text["num_attention_heads"])
-        sizes = {"attention heads": heads, "KV heads": int(text.get("num_key_value_heads") or heads),
-                 "vocabulary size": int(text["vocab_size"])}
-        for what, n in sizes.items():
+        for what, n in {"attention heads": heads, "KV heads": kv_heads, "vocabulary size": vocab}.items():
             check(n % tp == 0, "learner.megatron.tensor_parallel_size",
-                  f"{tp} does not divide the model's {n} {what} ({model_path}/config.json)")
-        layers = int(text["num_hidden_layers"])
+                  f"{tp} does not divide the model's {n} {what} {source}")
         check(layers % pp == 0, "learner.megatron.pipeline_parallel_size",
-              f"{pp} does not divide the model's {layers} layers ({model_path}/config.json)")
+              f"{pp} does not divide the model's {layers} layers {source}")
 
 
 def _text_config(model_path: str) -> dict[str, Any] | None:
