@@ -22,11 +22,19 @@ from vt_ray.learner.fsdp import shard_model, tied_parameter_groups
 from vt_ray.learner.rendezvous import free_port
 
 
-def init_process_group(backend: str, device: torch.device, rank: int, world_size: int, master_addr: str,
-                       master_port: int | None, timeout_s: float) -> None:
-    """Join (or check) the learners' process group; ``backend`` ``auto`` is NCCL on CUDA, else gloo."""
+def group_backend(backend: str, device: torch.device) -> str:
+    """The learners' default-group backend: ``auto`` is NCCL on CUDA, else gloo. Whenever NCCL is chosen, CPU
+    tensors get gloo in the same group (``cpu:gloo,cuda:nccl``): the ranks all-reduce small CPU tensors (token
+    counts, metric sums) on the default group, which NCCL alone rejects."""
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
+    return "cpu:gloo,cuda:nccl" if backend == "nccl" else backend
+
+
+def init_process_group(backend: str, device: torch.device, rank: int, world_size: int, master_addr: str,
+                       master_port: int | None, timeout_s: float) -> None:
+    """Join (or check) the learners' process group (backend: :func:`group_backend`)."""
+    backend = group_backend(backend, device)
     if dist.is_initialized():
         if dist.get_world_size() != world_size:
             raise RuntimeError(f"a process group of {dist.get_world_size()} ranks already exists")
