@@ -25,7 +25,6 @@ def _rank(rank: int, port: int, model_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from vt_ray.learner.megatron import cpu, logprobs, model, parallel, weights

@@ -197,16 +197,20 @@ def test_grpo_through_the_driver_with_megatron_matches_the_fsdp2_run(
 
 
 @pytest.mark.slow
-def test_megatron_data_parallel_matches_fsdp2(ray_cluster, tiny_model_dir: Path) -> None:
-    """``tensor_parallel_size: 1`` on two ranks (the section's default): two data-parallel replicas, each with
-    its own shard of the batch, gradients summed over the data-parallel group; the same GRPO and SFT steps as the
-    FSDP2 worker."""
+@pytest.mark.parametrize("layout", [[], ["learner.megatron.pipeline_parallel_size=2"]], ids=["dp2", "pp2"])
+def test_megatron_data_parallel_and_pipeline_match_fsdp2(ray_cluster, tiny_model_dir: Path, layout: list[str]) -> None:
+    """Two ranks, ``tensor_parallel_size: 1``. ``dp2`` (the section's default): two data-parallel replicas, each
+    with its own shard of the batch, gradients summed over the data-parallel group. ``pp2``: two pipeline stages
+    (one decoder layer each; the embedding and the vision tower on the first, the output layer and the loss on
+    the last), the pooled batch's three micro-batches through megatron's 1F1B schedule over gloo, log-probs and
+    metrics broadcast from the last stage, the weights exported from both stages. Either way the same log-probs,
+    GRPO and SFT steps as the FSDP2 worker."""
     from vt_ray.learner.group import LearnerGroup
     from vt_ray.learner.worker import LearnerWorker
 
     batch = grpo_batch(tiny_model_dir)
     cfg = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "learner.backend=megatron",
-                             "resources.learner.num_workers=2"])
+                             "resources.learner.num_workers=2", *layout])
     learner = LearnerGroup(cfg)
     try:
         learner.setup(total_steps=STEPS)
