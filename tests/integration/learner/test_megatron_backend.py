@@ -85,13 +85,27 @@ def run_learner(learner: Any, batch: TrainBatch, group: bool) -> dict[str, Any]:
     return out
 
 
+@pytest.fixture(scope="module")
+def fsdp2_run(tiny_model_dir: Path) -> dict[str, Any]:
+    """The in-process FSDP2 worker's log-probs, GRPO and SFT steps and weights on :func:`grpo_batch`: the
+    reference every two-rank layout below is compared with (run once)."""
+    from vt_ray.learner.worker import LearnerWorker
+
+    worker = LearnerWorker(LearnerRoleConfig.of(load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES,
+                                                                   "learner.micro_batch_size=5"])))
+    params = worker.setup(total_steps=STEPS)
+    try:
+        return {**run_learner(worker, grpo_batch(tiny_model_dir), group=False), "params": params}
+    finally:
+        worker.shutdown()
+
+
 @pytest.mark.slow
-def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_model_dir: Path,
-                                                             tmp_path: Path) -> None:
+def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_model_dir: Path, tmp_path: Path,
+                                                             fsdp2_run: dict[str, Any]) -> None:
     from transformers import AutoModelForImageTextToText
 
     from vt_ray.learner.group import LearnerGroup
-    from vt_ray.learner.worker import LearnerWorker
     from vt_ray.rollout.group import RolloutGroup
 
     batch = grpo_batch(tiny_model_dir)
@@ -126,12 +140,8 @@ def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_
         rollout.shutdown()
         learner.shutdown()
 
-    fsdp_cfg = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "learner.micro_batch_size=5"])
-    worker = LearnerWorker(LearnerRoleConfig.of(fsdp_cfg))
-    assert worker.setup(total_steps=STEPS) == params  # the same model, counted in full
-    batch.old_logprobs = batch.ref_logprobs = None
-    fsdp = run_learner(worker, batch, group=False)
-    worker.shutdown()
+    fsdp = fsdp2_run
+    assert fsdp["params"] == params  # the same model, counted in full
 
     measured = {key: (meg[key] - fsdp[key]).abs().max().item() for key in ("ref", "old", "after")}
     measured.update({f"{loss}/{key}": abs(meg[loss][key] - fsdp[loss][key]) for loss in ("grpo", "sft")
@@ -194,21 +204,6 @@ def test_grpo_through_the_driver_with_megatron_matches_the_fsdp2_run(
     step_dir = tmp_path / "t" / "checkpoints" / "step_00000002"
     assert (step_dir / "manifest.json").is_file() and list(step_dir.glob("__*_*.distcp"))
     assert (tmp_path / "t" / "hf" / "config.json").is_file()
-
-
-@pytest.fixture(scope="module")
-def fsdp2_run(tiny_model_dir: Path) -> dict[str, Any]:
-    """The in-process FSDP2 worker's log-probs, GRPO and SFT steps and weights on :func:`grpo_batch`: the
-    reference both two-rank layouts below are compared with (run once)."""
-    from vt_ray.learner.worker import LearnerWorker
-
-    worker = LearnerWorker(LearnerRoleConfig.of(load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES,
-                                                                   "learner.micro_batch_size=5"])))
-    worker.setup(total_steps=STEPS)
-    try:
-        return run_learner(worker, grpo_batch(tiny_model_dir), group=False)
-    finally:
-        worker.shutdown()
 
 
 @pytest.mark.slow

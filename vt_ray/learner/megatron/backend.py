@@ -1,11 +1,13 @@
 """``learner.backend: megatron``: one learner rank with the policy (and frozen reference) as a megatron-core
-tensor-parallel language model plus the Hugging Face vision tower (:class:`~vt_ray.learner.megatron.vlm.
+tensor- and pipeline-parallel language model plus the Hugging Face vision tower (:class:`~vt_ray.learner.megatron.vlm.
 MegatronVL`), behind the same contract as the FSDP2 worker (:class:`vt_ray.learner.backend_api.LearnerBackend`).
 
-Layout: ``learner.megatron.tensor_parallel_size`` (TP) ranks share each model; the ``world / TP`` TP groups are
-data-parallel replicas. The learner group shards a mini-batch over *all* ranks, so the ranks of one TP group
-first pool their shards (``all_gather_object`` over the TP group; they must run the same forward) and each
-answers for its own rows; gradients are summed over the data-parallel group before the step.
+Layout: ``learner.megatron.tensor_parallel_size`` (TP) x ``pipeline_parallel_size`` (PP) ranks share each
+model; the ``world / (TP PP)`` model-parallel groups are data-parallel replicas. The learner group shards a
+mini-batch over *all* ranks, so the ranks of one model-parallel group first pool their shards
+(``all_gather_object``; they must run the same forward) and each answers for its own rows; gradients are summed
+over the data-parallel group before the step. With PP > 1 the micro-batches go through megatron's 1F1B schedule
+(:mod:`vt_ray.learner.megatron.pipeline`); log-probs and metrics come from the last stage to every rank.
 
 Same semantics as the FSDP2 worker: the same loss functions and metric keys (``resolve_loss``; shares summed
 over micro-batches and ranks), AdamW on the local shards with the same hyperparameters and lr schedule, the

@@ -106,8 +106,9 @@ def build_language_model(shape: TextShape, tensor_parallel: int = 1, pipeline_pa
                          dtype: torch.dtype = torch.float32, use_te: bool | None = None) -> Any:
     """This rank's ``GPTModel`` (its TP shard; parameters uninitialised until weights are loaded).
 
-    Needs :func:`vt_ray.learner.megatron.parallel.init_model_parallel` first. Pipeline stages other than the
-    first and last would need megatron's pipeline schedules to run, which this slice does not drive yet.
+    Needs :func:`vt_ray.learner.megatron.parallel.init_model_parallel` first. With pipeline stages, this
+    stage's layers only (the embedding on the first, the output layer on the last); megatron's schedule runs
+    them (:mod:`vt_ray.learner.megatron.pipeline`).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
