@@ -36,13 +36,15 @@ class ReferencePlacement(StrEnum):
 class MegatronConfig:
     """The Megatron-core learner's parallel layout (``learner.backend: megatron``; vt_ray/learner/megatron/,
     docs/megatron.md). Checked against the model when the recipe loads, so a layout that cannot split the model
-    fails there; what the backend does not run yet (PP > 1) fails at its setup, naming the key."""
+    fails there; what the backend does not run yet (PP > 1 with tied embeddings) fails at its setup, naming the
+    key."""
 
     tensor_parallel_size: int = 1
     """Ranks each layer's matrices are split over (attention heads, KV heads, MLP columns, vocabulary). Must
     divide the attention heads, the KV heads and the vocabulary size."""
     pipeline_parallel_size: int = 1
-    """Pipeline stages the decoder layers are split into; must divide the layers. Only 1 runs yet."""
+    """Pipeline stages the decoder layers are split into (megatron's 1F1B schedule); must divide the layers.
+    A model with tied embeddings runs with 1 only."""
     transformer_impl: TransformerImpl = TransformerImpl.auto
     """Layer modules: auto (transformer-engine when CUDA and TE are present, else local) | transformer_engine |
     local (megatron-core's own modules with SDPA attention: what runs on CPU)."""
