@@ -105,7 +105,7 @@ class MegatronWorker(RankCommon):
         self._build_optimizer(self.policy.parameters(), total_steps, lr)
         return sum(math.prod(shape) for shape in self.view.shapes.values())
 
-    # ---- the model-parallel group's data----------------------------------------------------------------------------
+    # ---- the model-parallel group's data -----------------------------------------------------------------
     def _pooled(self, shard: TrainBatch) -> tuple[TrainBatch, slice]:
         """The shards of this rank's model-parallel group (TP x PP) as one batch (its ranks run the same
         forward), and this rank's rows in it."""
