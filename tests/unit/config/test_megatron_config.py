@@ -54,3 +54,14 @@ def test_the_layout_must_divide_the_learner_ranks(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="does not divide the 1 learner ranks") as err:
         load_config(None, [f"model.path={tiny_model_dir}", "learner.megatron.tensor_parallel_size=2"])
     assert err.value.key == "learner.megatron.tensor_parallel_size"
+
+
+def test_pipeline_stages_refuse_tied_embeddings(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The first stage's embedding and the last stage's output layer would be one tensor: not run yet."""
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _load(tmp_path, "learner.megatron.tensor_parallel_size=2")  # one stage: fine
+    with pytest.raises(ConfigError, match="ties its embeddings") as err:
+        _load(tmp_path, "learner.megatron.pipeline_parallel_size=2")
+    assert err.value.key == "learner.megatron.pipeline_parallel_size"

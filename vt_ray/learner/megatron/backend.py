@@ -1,11 +1,13 @@
 """``learner.backend: megatron``: one learner rank with the policy (and frozen reference) as a megatron-core
-tensor-parallel language model plus the Hugging Face vision tower (:class:`~vt_ray.learner.megatron.vlm.
+tensor- and pipeline-parallel language model plus the Hugging Face vision tower (:class:`~vt_ray.learner.megatron.vlm.
 MegatronVL`), behind the same contract as the FSDP2 worker (:class:`vt_ray.learner.backend_api.LearnerBackend`).
 
-Layout: ``learner.megatron.tensor_parallel_size`` (TP) ranks share each model; the ``world / TP`` TP groups are
-data-parallel replicas. The learner group shards a mini-batch over *all* ranks, so the ranks of one TP group
-first pool their shards (``all_gather_object`` over the TP group; they must run the same forward) and each
-answers for its own rows; gradients are summed over the data-parallel group before the step.
+Layout: ``learner.megatron.tensor_parallel_size`` (TP) x ``pipeline_parallel_size`` (PP) ranks share each
+model; the ``world / (TP PP)`` model-parallel groups are data-parallel replicas. The learner group shards a
+mini-batch over *all* ranks, so the ranks of one model-parallel group first pool their shards
+(``all_gather_object``; they must run the same forward) and each answers for its own rows; gradients are summed
+over the data-parallel group before the step. With PP > 1 the micro-batches go through megatron's 1F1B schedule
+(:mod:`vt_ray.learner.megatron.pipeline`); log-probs and metrics come from the last stage to every rank.
 
 Same semantics as the FSDP2 worker: the same loss functions and metric keys (``resolve_loss``; shares summed
 over micro-batches and ranks), AdamW on the local shards with the same hyperparameters and lr schedule, the
@@ -43,9 +45,6 @@ log = logging.getLogger(__name__)
 def refuse_unsupported(cfg: LearnerRoleConfig) -> None:
     """What this backend does not run yet fails at setup, naming the key."""
     lcfg = cfg.learner
-    if lcfg.megatron.pipeline_parallel_size != 1:
-        raise ValueError("learner.megatron.pipeline_parallel_size: the Megatron backend runs 1 pipeline stage only "
-                         f"(got {lcfg.megatron.pipeline_parallel_size}; docs/megatron.md)")
     if lcfg.param_dtype != "float32" or lcfg.reduce_dtype != "float32":
         raise ValueError("learner.param_dtype / learner.reduce_dtype: the Megatron backend computes in float32 "
                          "(mixed precision needs megatron's Float16Module and DDP, not wired yet; docs/megatron.md)")
@@ -76,10 +75,14 @@ class MegatronWorker(RankCommon):
         init_process_group(self.lcfg.dist_backend, self.device, self.rank, self.world_size, master_addr,
                            master_port, self.lcfg.timeout_s)
         self.tp = self.lcfg.megatron.tensor_parallel_size
-        init_model_parallel(tensor_parallel=self.tp, seed=self.cfg.seed)
+        self.pp = self.lcfg.megatron.pipeline_parallel_size
+        init_model_parallel(tensor_parallel=self.tp, pipeline_parallel=self.pp, seed=self.cfg.seed)
         from megatron.core import parallel_state
 
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.pp_group = parallel_state.get_pipeline_model_parallel_group()
+        # The ranks that share one model (TP x PP) run the same forward on the same pooled batch.
+        self.mp_group = parallel_state.get_model_parallel_group()
         self.dp_group = parallel_state.get_data_parallel_group()
         self.dp_size = dist.get_world_size(self.dp_group)
         torch.manual_seed(self.cfg.seed + parallel_state.get_data_parallel_rank())
@@ -87,25 +90,31 @@ class MegatronWorker(RankCommon):
         self.model_path = model_path or self.cfg.model.path
         self.processor = AutoProcessor.from_pretrained(self.model_path)
         dedup = self.lcfg.dedup_videos
-        self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device, dedup).train()
+        self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device, dedup, self.pp).train()
         self.hf_config = self.policy.hf_config
+        if self.pp > 1 and self.policy.lm.share_embeddings_and_output_weights:
+            raise ValueError("learner.megatron.pipeline_parallel_size: a model with tied embeddings (tie_word_"
+                             "embeddings) needs the embedding-group gradient all-reduce across stages, not wired "
+                             "yet; run it with pipeline_parallel_size 1 (docs/megatron.md)")
         placement = self.lcfg.reference if reference is None else reference
         if placement != "none":
             ref_path = self.lcfg.reference_path or self.model_path
-            self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device, dedup).eval().requires_grad_(False)
+            self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device, dedup,
+                                             self.pp).eval().requires_grad_(False)
         self.view = HfView(self.policy)
         self._build_optimizer(self.policy.parameters(), total_steps, lr)
         return sum(math.prod(shape) for shape in self.view.shapes.values())
 
-    # ---- the TP group's data -------------------------------------------------------------------------------
+    # ---- the model-parallel group's data -----------------------------------------------------------------
     def _pooled(self, shard: TrainBatch) -> tuple[TrainBatch, slice]:
-        """The shards of this rank's TP group as one batch (every TP rank runs the same forward), and this
-        rank's rows in it."""
-        if self.tp == 1:
+        """The shards of this rank's model-parallel group (TP x PP) as one batch (its ranks run the same
+        forward), and this rank's rows in it."""
+        size = self.tp * self.pp
+        if size == 1:
             return shard, slice(0, len(shard))
-        shards: list[Any] = [None] * self.tp
-        dist.all_gather_object(shards, shard, group=self.tp_group)
-        me = dist.get_rank(self.tp_group)
+        shards: list[Any] = [None] * size
+        dist.all_gather_object(shards, shard, group=self.mp_group)
+        me = dist.get_rank(self.mp_group)
         start = sum(len(s) for s in shards[:me])
         return TrainBatch.concat(shards), slice(start, start + len(shard))
 
@@ -125,7 +134,15 @@ class MegatronWorker(RankCommon):
         model = self._model(which).eval()
         pooled, mine = self._pooled(shard)
         width = pooled.input_ids.shape[1]
-        outs = [model.logprobs(mb)[0].cpu() for mb in pooled.chunks(self.lcfg.micro_batch_size)]
+        micro = pooled.chunks(self.lcfg.micro_batch_size)
+        if self.pp > 1:
+            from vt_ray.learner.megatron import logprobs, pipeline
+
+            inputs = [model.stage_inputs(mb) for mb in micro]
+            outs = pipeline.run(model.lm, inputs, lambda i, out: (
+                out.sum() * 0, logprobs.logprobs_from_output(out, inputs[i], None)[0].cpu()), forward_only=True)
+        else:
+            outs = [model.logprobs(mb)[0].cpu() for mb in micro]
         full = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs])
         return full[mine, : shard.input_ids.shape[1]]
 
@@ -147,16 +164,30 @@ class MegatronWorker(RankCommon):
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {"loss": 0.0}
         maxes: dict[str, float] = {}
-        for mb in pooled.chunks(self.lcfg.micro_batch_size):
+        wants_entropy = getattr(loss_fn, "entropy", None)
+
+        def mb_loss(mb: TrainBatch, logprobs: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
             is_real = mb.num_sequences > 0  # all fillers: counted as the FSDP2 worker counts its fillers
-            logprobs, entropy = self.policy.logprobs(mb, getattr(loss_fn, "entropy", None))
             if entropy is not None:
                 mb.entropy = entropy
             loss, metrics = loss_fn(logprobs, mb, norm)
-            loss.backward()  # shares of the whole mini-batch: summed, never averaged
             accumulate(sums, maxes, metrics, is_real)
             if is_real:
                 sums["loss"] += float(loss.detach())
+            return loss  # a share of the whole mini-batch: summed over micro-batches, never averaged
+
+        micro = pooled.chunks(self.lcfg.micro_batch_size)
+        if self.pp > 1:
+            from vt_ray.learner.megatron import logprobs, pipeline
+
+            inputs = [self.policy.stage_inputs(mb, wants_entropy) for mb in micro]
+            pipeline.run(self.policy.lm, inputs, lambda i, out: (
+                mb_loss(micro[i], *logprobs.logprobs_from_output(out, inputs[i], wants_entropy)), None),
+                forward_only=False)
+            sums, maxes = pipeline.from_last_stage((sums, maxes))  # the loss exists on the last stage only
+        else:
+            for mb in micro:
+                mb_loss(mb, *self.policy.logprobs(mb, wants_entropy)).backward()
         self._sum_data_parallel_grads()
         grad_norm = self._clip_grad_norm()
         lr = float(self.scheduler.get_last_lr()[0])
@@ -188,7 +219,7 @@ class MegatronWorker(RankCommon):
     def _clip_grad_norm(self) -> float:
         from vt_ray.learner.megatron.optim import clip_grad_norm
 
-        return clip_grad_norm(self.policy, self.lcfg.grad_clip, self.tp_group)
+        return clip_grad_norm(self.policy, self.lcfg.grad_clip, self.tp_group, self.pp_group)
 
     # ---- export and the streamed weight sync -------------------------------------------------------------------
     def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:

@@ -8,6 +8,9 @@ embedding and cross-entropy and the TP collectives run over gloo unchanged. Two 
   ``F.scaled_dot_product_attention``, which needs neither (and is faster on CPU).
 * ``MultimodalRotaryEmbedding.__init__`` creates ``inv_freq`` on ``torch.cuda.current_device()``.
   :func:`cuda_device_is_cpu` answers ``cpu`` there while the model is built, nothing else.
+
+Pipeline parallelism (megatron's schedules and p2p communication, over gloo) needs three more, all held only
+around the schedule (:func:`pipeline_on_cpu`). ``batch_isend_irecv`` itself runs on gloo unchanged.
 """
 
 from __future__ import annotations
@@ -88,3 +91,38 @@ def checkpointing_on_cpu() -> Iterator[None]:
             yield
     finally:
         torch.cuda.synchronize = original
+
+
+@contextlib.contextmanager
+def cuda_factories_on_cpu() -> Iterator[None]:
+    """Inside, tensor factories asked for ``device="cuda"`` create CPU tensors (CPU builds only).
+
+    Held only around megatron's pipeline schedule: ``forward_backward_pipelining_without_interleaving`` counts
+    tokens in ``torch.zeros([], device="cuda")`` (it is the only CUDA factory on the pipeline path; the p2p
+    receive buffers ask :func:`cuda_device_is_cpu`'s ``current_device()``). With CUDA present nothing changes."""
+    if torch.cuda.is_available():
+        yield
+        return
+    from torch.overrides import TorchFunctionMode
+
+    class _CudaToCpu(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                               kwargs: dict[str, Any] | None = None) -> Any:
+            kwargs = dict(kwargs or {})
+            device = kwargs.get("device")
+            if device is not None and torch.device(device).type == "cuda":
+                kwargs["device"] = "cpu"
+            return func(*args, **kwargs)
+
+    with _CudaToCpu():
+        yield
+
+
+@contextlib.contextmanager
+def pipeline_on_cpu() -> Iterator[None]:
+    """Inside, megatron's pipeline schedule and its p2p communication run on a CPU build: the p2p code puts
+    its receive buffers and shape tensors on ``torch.cuda.current_device()`` and calls ``torch.cuda.synchronize()``
+    after every ``batch_isend_irecv`` (both as in :func:`checkpointing_on_cpu`), and the schedule counts tokens
+    in a ``device="cuda"`` tensor (:func:`cuda_factories_on_cpu`). With CUDA present nothing changes."""
+    with checkpointing_on_cpu(), cuda_factories_on_cpu():
+        yield

@@ -10,9 +10,11 @@ when a bucket needs it (:func:`vt_ray.learner.megatron.weights.gather_param`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from vt_ray.learner.fsdp import tied_parameter_groups
 from vt_ray.learner.megatron.vlm import MegatronVL
@@ -23,6 +25,7 @@ class HfView:
     """HF model names -> where each tensor lives in a :class:`MegatronVL` (the same on every rank)."""
 
     def __init__(self, vl: MegatronVL) -> None:
+        from megatron.core import parallel_state
         from transformers.core_model_loading import revert_weight_conversion
 
         from vt_ray.learner.weight_stream import stream_names
@@ -31,6 +34,11 @@ class HfView:
         meta = build_vl_model_on_meta(vl.hf_config, torch.float32)
         state = meta.state_dict()
         self.shapes = {name: tuple(t.shape) for name, t in state.items()}
+        self.dtypes = {name: t.dtype for name, t in state.items()}
+        self.pp_group = parallel_state.get_pipeline_model_parallel_group()
+        self.stage = parallel_state.get_pipeline_model_parallel_rank()
+        self.stage_ranks = dist.get_process_group_ranks(self.pp_group)
+        first = parallel_state.is_pipeline_first_stage()
         self.names = list(state)
         self.stream_names = stream_names(meta)  # every tensor once (a tied lm_head is left to the embedding)
         owner = {hf: param for param, hfs in hf_names_of(vl.lm, vl.bridge).items() for hf in hfs}
@@ -39,33 +47,67 @@ class HfView:
             checkpoint_name = next(iter(revert_weight_conversion(meta, {name: tensor})))
             if checkpoint_name in owner:
                 self.source[name] = (owner[checkpoint_name], checkpoint_name)
-            elif checkpoint_name.startswith("visual."):
+            elif checkpoint_name.startswith("visual.") and first:  # the tower lives on the first stage
                 self.source[name] = ("", checkpoint_name.removeprefix("visual."))
         for group in tied_parameter_groups(meta):  # lm_head tied to the embedding: one Megatron tensor
             known = [self.source[n] for n in group if n in self.source]
             for name in group:
                 if known:
                     self.source.setdefault(name, known[0])
+        # Pipeline stages: each holds some names; every stage learns which stage holds each (the others' sources
+        # are only looked up by their own stage).
+        self.stage_of = {name: self.stage for name in self.source}
+        if len(self.stage_ranks) > 1:
+            found: list[Any] = [None] * len(self.stage_ranks)
+            dist.all_gather_object(found, self.source, group=self.pp_group)
+            for stage, source in enumerate(found):
+                for name, where in source.items():
+                    self.source.setdefault(name, where)
+                    self.stage_of.setdefault(name, stage)
         missing = [n for n in self.names if n not in self.source]
         if missing:
             raise ValueError(f"no Megatron parameter or vision-tower tensor holds {missing[:5]}")
 
     def gathered(self, vl: MegatronVL, names: list[str]) -> Iterator[torch.Tensor]:
-        """The full tensors of ``names`` in order. Collective over the TP group (every rank must iterate it):
+        """The full tensors of ``names`` in order, on every rank. Collective over the TP and pipeline groups
+        (every rank must iterate it): the stage holding a tensor makes it, then broadcasts it to the other
+        stages (one broadcast per tensor over the pipeline group)."""
+        local = self._gathered_here(vl)
+        next(local)
+        for name in names:
+            mine = self.stage_of[name] == self.stage
+            tensor = local.send(name) if mine else None
+            if len(self.stage_ranks) > 1:
+                if tensor is None:
+                    tensor = torch.empty(self.shapes[name], dtype=self.dtypes[name], device=self._device(vl))
+                else:
+                    tensor = tensor.contiguous()
+                dist.broadcast(tensor, src=self.stage_ranks[self.stage_of[name]], group=self.pp_group)
+            assert tensor is not None
+            yield tensor
+
+    @staticmethod
+    def _device(vl: MegatronVL) -> torch.device:
+        return next(vl.lm.parameters()).device
+
+    def _gathered_here(self, vl: MegatronVL) -> Generator[torch.Tensor | None, str, None]:
+        """A coroutine: sent a name this stage holds, it answers the full tensor. Collective over the TP group:
         each Megatron parameter is all-gathered when its first HF name comes; its other pieces (q/k/v, gate/up)
         wait until theirs."""
         params = dict(vl.lm.named_parameters())
         tower = vl.visual.state_dict()
         offset = layer_offset(vl.lm)
         pending: dict[str, torch.Tensor] = {}
-        for name in names:
+        out: torch.Tensor | None = None
+        while True:
+            name = yield out
             param, key = self.source[name]
             if not param:
-                yield tower[key].detach()
+                out = tower[key].detach()
                 continue
             if key not in pending:
                 pending.update(gather_param(param, params[param], vl.bridge, offset))
-            yield pending.pop(key)
+            out = pending.pop(key)
 
     def state_dict(self, vl: MegatronVL) -> dict[str, torch.Tensor]:
         """Every tensor of the HF model (tied names included), full, each its own copy (the tower's would

@@ -7,6 +7,8 @@ gradients, and no rank materialises ``[batch, seq, vocab]`` logits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,6 +54,30 @@ def batch_logprobs_and_entropy(lm: Any, visual: torch.nn.Module, batch: TrainBat
     Without entropy the vocab-parallel cross-entropy gives the log-probs; with it the forward returns this
     rank's vocabulary slice of the logits and both come from it (:func:`vocab_parallel_entropy`).
     ``dedup_videos``: one vision-tower pass per distinct video (:func:`.multimodal.vision_features`)."""
+    inputs = stage_inputs(lm, visual, batch, hf_config, entropy, device, dedup_videos)
+    output = lm(inputs.ids, inputs.positions, causal_mask(inputs.ids.shape[1]).to(inputs.ids.device),
+                labels=inputs.labels, decoder_input=inputs.embeddings())
+    return logprobs_from_output(output, inputs, entropy)
+
+
+@dataclass
+class StageInputs:
+    """What one forward of the language model needs on every pipeline stage: token ids and multimodal
+    positions (RoPE is applied in every layer), the labels (the last stage's vocab-parallel cross-entropy;
+    None when the logits are wanted), and ``embeddings()``: the decoder input with the vision tower's features
+    merged in, computed only where it is called (the first stage, which holds the embedding and the tower)."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    labels: torch.Tensor | None
+    response_mask: torch.Tensor
+    embeddings: Callable[[], torch.Tensor | None]
+
+
+def stage_inputs(lm: Any, visual: torch.nn.Module | None, batch: TrainBatch, hf_config: Any,
+                 entropy: str | None, device: torch.device | str = "cpu", dedup_videos: bool = False) -> StageInputs:
+    """A learner batch as :class:`StageInputs`: ``batch.model_inputs()`` (images as one-frame videos) and the
+    released multimodal positions (:func:`vt_ray.models.mrope.rope_index`), as the HF learner computes them."""
     inputs = batch.model_inputs(device)
     ids, vision = inputs["input_ids"], hf_config.vision_config
     videos = inputs.get("video_grid_thw")
@@ -60,20 +86,31 @@ def batch_logprobs_and_entropy(lm: Any, visual: torch.nn.Module, batch: TrainBat
                               None if videos is None else inputs["second_per_grid_ts"].cpu(),
                               inputs["attention_mask"].cpu(), spatial_merge=int(vision.spatial_merge_size),
                               tokens_per_second=float(vision.tokens_per_second))
-    positions = positions.to(ids.device)
-    features = {}
-    if videos is not None:
-        features[hf_config.video_token_id] = vision_features(visual, inputs["pixel_values_videos"], videos,
-                                                                    dedup_videos)
-    embeds = decoder_input(lm, ids, features)
-    mask = batch.response_mask.to(ids.device).bool()
-    if entropy is None:
-        full = F.pad(next_token_logprobs(lm, ids, positions, embeds), (1, 0))  # t: log p(token t | tokens < t)
+
+    def embeddings() -> torch.Tensor:
+        features = {}
+        if videos is not None:
+            assert visual is not None, "the vision tower lives on the first pipeline stage"
+            features[hf_config.video_token_id] = vision_features(visual, inputs["pixel_values_videos"], videos,
+                                                                 dedup_videos)
+        return decoder_input(lm, ids, features)
+
+    labels = torch.roll(ids, -1, dims=1) if entropy is None else None
+    return StageInputs(ids, positions.to(ids.device), labels, batch.response_mask.to(ids.device).bool(), embeddings)
+
+
+def logprobs_from_output(output: torch.Tensor, inputs: StageInputs, entropy: str | None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, L] response-token log-probs (and entropy) from the last stage's output: the per-token cross-entropy
+    [B, L] when ``inputs.labels`` were given, else this TP rank's vocabulary slice of the logits [B, L, V/TP]."""
+    mask = inputs.response_mask
+    if inputs.labels is not None:
+        full = F.pad(-output[:, :-1].float(), (1, 0))  # t: log p(token t | tokens < t)
         return torch.where(mask, full, torch.zeros_like(full)), None
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
-    logits = lm(ids, positions, causal_mask(ids.shape[1]).to(ids.device), decoder_input=embeds).float()[:, :-1]
-    labels = ids[:, 1:]
+    logits = output.float()[:, :-1]
+    labels = inputs.ids[:, 1:]
     # megatron's cross-entropy writes into its input: give it a copy, the entropy below still needs the logits.
     logprobs = F.pad(-vocab_parallel_cross_entropy(logits.clone(), labels), (1, 0))
     with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):

@@ -74,7 +74,7 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     fused = use_te and torch.cuda.is_available()
-    return TransformerConfig(
+    config = TransformerConfig(
         num_layers=shape.layers, hidden_size=shape.hidden, ffn_hidden_size=shape.intermediate,
         num_attention_heads=shape.heads, num_query_groups=shape.kv_heads, kv_channels=shape.head_dim,
         normalization="RMSNorm", layernorm_epsilon=shape.rms_eps, gated_linear_unit=True, activation_func=F.silu,
@@ -91,21 +91,28 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
         bias_activation_fusion=fused, bias_dropout_fusion=fused,
         gradient_accumulation_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
         apply_rope_fusion=False,
+        # Pipeline stages (megatron's schedules): activations cross stages in the model's dtype; the loss
+        # function returns its share of the mini-batch itself, which the schedule must not divide by the
+        # micro-batch count (calculate_per_token_loss; the token count it returns is 1).
+        pipeline_dtype=dtype, calculate_per_token_loss=True,
     )
+    # Each micro-batch has its own length: the schedule sends the shape before the activations. Set after
+    # construction: __post_init__ refuses it with the default MoE token dispatcher even for a dense model.
+    config.variable_seq_lengths = True
+    return config
 
 
 def build_language_model(shape: TextShape, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                          dtype: torch.dtype = torch.float32, use_te: bool | None = None) -> Any:
     """This rank's ``GPTModel`` (its TP shard; parameters uninitialised until weights are loaded).
 
-    Needs :func:`vt_ray.learner.megatron.parallel.init_model_parallel` first. Pipeline stages other than the
-    first and last would need megatron's pipeline schedules to run, which this slice does not drive yet.
+    Needs :func:`vt_ray.learner.megatron.parallel.init_model_parallel` first. With pipeline stages, this
+    stage's layers only (the embedding on the first, the output layer on the last); megatron's schedule runs
+    them (:mod:`vt_ray.learner.megatron.pipeline`).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
-    if pipeline_parallel != 1:
-        raise NotImplementedError("Megatron learner: pipeline parallel is not driven yet (issue 20)")
     if use_te is None:
         use_te = transformer_engine_usable()
     config = transformer_config(shape, tensor_parallel, pipeline_parallel, dtype, use_te)

@@ -16,8 +16,9 @@ import torch
 import torch.distributed as dist
 
 
-def grad_norm(model: torch.nn.Module, tp_group: Any = None) -> torch.Tensor:
-    """The L2 norm of the full model's gradient, the same on every TP rank (a float32 scalar)."""
+def grad_norm(model: torch.nn.Module, tp_group: Any = None, pp_group: Any = None) -> torch.Tensor:
+    """The L2 norm of the full model's gradient, the same on every TP rank (a float32 scalar). With pipeline
+    stages (``pp_group``), each stage holds other parameters: their squares are summed over the stages."""
     if tp_group is None:
         from megatron.core import parallel_state
 
@@ -35,13 +36,16 @@ def grad_norm(model: torch.nn.Module, tp_group: Any = None) -> torch.Tensor:
             replicated += squares
     if dist.get_world_size(tp_group) > 1:
         dist.all_reduce(sharded, group=tp_group)
-    return (sharded + replicated).sqrt()
+    total = sharded + replicated
+    if pp_group is not None and dist.get_world_size(pp_group) > 1:
+        dist.all_reduce(total, group=pp_group)
+    return total.sqrt()
 
 
-def clip_grad_norm(model: torch.nn.Module, max_norm: float, tp_group: Any = None) -> float:
+def clip_grad_norm(model: torch.nn.Module, max_norm: float, tp_group: Any = None, pp_group: Any = None) -> float:
     """Scale gradients so their global norm is at most ``max_norm`` (<= 0: only measure); returns the norm
     before clipping. Same rule as ``torch.nn.utils.clip_grad_norm_``."""
-    norm = grad_norm(model, tp_group)
+    norm = grad_norm(model, tp_group, pp_group)
     if max_norm > 0:
         scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         for param in model.parameters():
