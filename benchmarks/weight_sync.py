@@ -120,6 +120,32 @@ def _raw_broadcast(session: dict[str, Any], rank: int, total: int, bucket: int) 
     return time.perf_counter() - start
 
 
+def _raw_ipc(session: dict[str, Any], rank: int, total: int, bucket: int) -> float:
+    """The same ``total`` bytes through the ipc transport alone: rank 0 copies each ``bucket``-sized piece of one
+    buffer into the shared buffers (checksummed) and announces it; rank 1 verifies each checksum (reading every
+    byte) and acknowledges. Seconds taken, the segments' creation included (each sync makes its own)."""
+    import torch
+
+    from vt_ray.common.weight_share import open_receiver, open_sender
+    from vt_ray.common.weight_stream import StreamGroup, StreamSession, plan_buckets
+
+    plan = plan_buckets([(f"piece{i}", (min(bucket, total - start),), "uint8")
+                         for i, start in enumerate(range(0, total, bucket))], bucket)
+    group = StreamGroup(StreamSession(**session), rank)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    source = torch.zeros(bucket, dtype=torch.uint8, device=device) if rank == 0 else None
+    start = time.perf_counter()
+    if source is not None:
+        sender = open_sender(group, plan, device)
+        for index, piece in enumerate(plan.buckets):
+            sender.send(index, [source[: piece.tensors[0].nbytes]])
+        sender.finish()
+    else:
+        for _ in open_receiver(group, plan, private=False).tensors():
+            pass
+    return time.perf_counter() - start
+
+
 def _transfer_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
     """One stream to the engine's vLLM worker in drain-only mode: gathering, packing and the wire (or, ``ipc``,
     the shared buffers and acks), no load. The engine is rollout rank 0, which rank 0's buffers reach."""
@@ -252,15 +278,19 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             by_path[backend] = rollout.probe_logprobs(PROBE_TEXT)
         by_stream = next(iter(by_path.values()))
         reference = learner.probe_logprobs(PROBE_TEXT)
-        raw = []
-        for _ in range(0 if args.colocate else args.reps):  # colocated: no NCCL between two processes of one GPU
-            addr, port = learner.call("address", ranks=[0])[0]  # a free port: the stream's store holds its own
-            session = {"addr": addr, "port": port, "prefix": f"raw{len(raw)}", "world_size": 2,
-                       "timeout_s": 600.0, "backend": collective}
-            bucket = int(args.bucket_mb * 2**20)
-            refs = [a.__ray_call__.remote(lambda _, r=r, s=session, b=bucket: _raw_broadcast(s, r, nbytes, b))
-                    for r, a in enumerate((sender, engine))]
-            raw.append(max(ray.get(refs)))
+        raw: list[float] = []
+        raw_ipc: list[float] = []
+        bucket = int(args.bucket_mb * 2**20)
+        for rep in range(args.reps):  # the two transports' physical limits, alternately, between the same actors
+            for backend, times, measure in ((collective, raw, _raw_broadcast), ("ipc", raw_ipc, _raw_ipc)):
+                if backend == "nccl" and args.colocate:  # no NCCL between two processes of one GPU
+                    continue
+                addr, port = learner.call("address", ranks=[0])[0]  # a free port: the stream's store has its own
+                session = {"addr": addr, "port": port, "prefix": f"raw-{backend}{rep}", "world_size": 2,
+                           "timeout_s": 600.0, "backend": backend}
+                refs = [a.__ray_call__.remote(lambda _, r=r, s=session, f=measure: f(s, r, nbytes, bucket))
+                        for r, a in enumerate((sender, engine))]
+                times.append(max(ray.get(refs)))
         return {
             "size": size, "backend": collective, "colocate": args.colocate, "dtype": dtype, "parameters": params,
             "bytes": nbytes, "buckets": len(plan["buckets"]),
@@ -269,6 +299,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             "ipc_equals_stream_probe": by_path.get("ipc") == by_stream,
             "probe_engine_vs_learner_max_abs": max(abs(a - b) for a, b in zip(by_stream, reference, strict=True)),
             "raw_broadcast_s": raw, "raw_broadcast_gb_per_s": [nbytes / s / 1e9 for s in raw],
+            "raw_ipc_s": raw_ipc, "raw_ipc_gb_per_s": [nbytes / s / 1e9 for s in raw_ipc],
         }
     finally:
         rollout.shutdown()
@@ -290,6 +321,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     out["ipc_speedup_vs_blob"] = out["blob"]["sync_s"] / ipc if ipc and "blob" in out else None
     out["ipc_speedup_vs_stream"] = out["stream"]["sync_s"] / ipc if ipc and "stream" in out else None
     out["raw_broadcast_gb_per_s"] = raw
+    out["raw_ipc_gb_per_s"] = statistics.median(result["raw_ipc_gb_per_s"]) if result["raw_ipc_gb_per_s"] else None
     # the stream's transfer without the engine's load (gather + pack + wire, drained on arrival) against a plain
     # broadcast of the same bytes: what the stream's own machinery costs over the physical limit
     if "transfer" in out and raw:
@@ -348,6 +380,9 @@ def main() -> None:
                          if summary.get(k))
         load = f"; engine load {summary['ipc_load_share']:.0%} of the ipc sync" if "ipc_load_share" in summary else ""
         print(f"{size:>6} speed-ups: {ratio or '-'}{load}")
+        limits = [f"{name} {summary[key]:.2f} GB/s" for name, key in (("broadcast", "raw_broadcast_gb_per_s"),
+                                                                      ("ipc", "raw_ipc_gb_per_s")) if summary[key]]
+        print(f"{size:>6} the same bytes through each transport alone: {', '.join(limits)}")
         if "transfer_gb_per_s" in summary:
             stream = summary["stream"]
             print(f"{size:>6} stream split: join {stream['join_s']:.3f} s, gather+pack {stream['pack_s']:.3f} s, "
