@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from vt_ray.common.weight_stream import BucketSender, StreamGroup, StreamPlan, StreamSession, plan_buckets
+from vt_ray.common.weight_share import open_sender
+from vt_ray.common.weight_stream import StreamGroup, StreamPlan, StreamSession, plan_buckets
 from vt_ray.learner.rendezvous import free_port
 
 
@@ -17,10 +18,12 @@ def plan_of(state: dict[str, torch.Tensor], bucket_bytes: int) -> StreamPlan:
 
 
 def stream_to(engine: Any, state: dict[str, torch.Tensor], version: int, bucket_bytes: int,
-                    corrupt: Callable[[int, torch.Tensor], None] | None = None) -> BaseException | None:
-    """``engine.receive_weights`` in a thread while this thread sends ``state``; the engine's error, if any."""
+              corrupt: Callable[[int, torch.Tensor], None] | None = None, backend: str = "gloo"
+              ) -> BaseException | None:
+    """``engine.receive_weights`` in a thread while this thread sends ``state`` (a broadcast over ``backend``
+    gloo, or ``ipc``: shared buffers); the engine's error, if any."""
     plan = plan_of(state, bucket_bytes)
-    session = StreamSession("127.0.0.1", free_port(), f"v{version}", 2, timeout_s=30)
+    session = StreamSession("127.0.0.1", free_port(), f"v{version}", 2, timeout_s=30, backend=backend)
     outcome: list[BaseException | None] = [None]
 
     def receive() -> None:
@@ -31,7 +34,7 @@ def stream_to(engine: Any, state: dict[str, torch.Tensor], version: int, bucket_
 
     thread = threading.Thread(target=receive)
     thread.start()
-    sender = BucketSender(StreamGroup(session, 0), plan, "cpu")
+    sender = open_sender(StreamGroup(session, 0), plan, "cpu")
     for index, bucket in enumerate(plan.buckets):
         sender.send(index, [state[t.name] for t in bucket.tensors], corrupt)
     sender.finish()

@@ -126,7 +126,8 @@ def plan_buckets(specs: Iterable[tuple[str, Sequence[int], str]], bucket_bytes: 
 class StreamSession:
     """Where one sync meets: the sender's store (``addr``:``port``), a key ``prefix`` unique to this sync,
     ``world_size`` (1 sender + every receiving engine worker), the ``timeout_s`` of every collective, and the
-    ``backend`` ("gloo" on CPU, "nccl" on GPU)."""
+    ``backend`` ("gloo" on CPU, "nccl" on GPU; "ipc": buckets in shared buffers, a gloo group for the control
+    messages, :mod:`vt_ray.common.weight_share`)."""
 
     addr: str
     port: int
@@ -156,13 +157,14 @@ class StreamGroup:
         self._store: Any = store if store is not None else dist.TCPStore(
             session.addr, session.port, None, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
         prefixed = dist.PrefixStore(session.prefix, self._store)
+        self.store: Any = prefixed  # this session's keys (the ipc transport's buffer handles)
         if session.backend == "nccl":
             self._group: Any = dist.ProcessGroupNCCL(prefixed, rank, session.world_size,
                                                      dist.ProcessGroupNCCL.Options())
-        elif session.backend == "gloo":
+        elif session.backend in ("gloo", "ipc"):
             self._group = dist.ProcessGroupGloo(prefixed, rank, session.world_size, timeout)
         else:
-            raise ValueError(f"unknown stream backend {session.backend!r} (gloo or nccl)")
+            raise ValueError(f"unknown stream backend {session.backend!r} (gloo, nccl or ipc)")
         self.broadcast(torch.zeros(1, device=self.device)).wait()  # all in: no bucket races a late joiner
 
     def close(self) -> None:
@@ -170,6 +172,7 @@ class StreamGroup:
         waiting out ``timeout_s`` (the sender does this when a receiver died mid-stream)."""
         self._group = None
         self._store = None
+        self.store = None
 
     def broadcast(self, tensor: torch.Tensor) -> Any:
         """Async broadcast from rank 0 on this group itself (``dist.broadcast(group=...)`` maps global ranks,
@@ -177,6 +180,12 @@ class StreamGroup:
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
         return self._group.broadcast([tensor], opts)
+
+    def all_reduce_min(self, tensor: torch.Tensor) -> Any:
+        """Async in-place minimum over the group (the ipc transport's acks); returns the ``Work``."""
+        opts = dist.AllreduceOptions()
+        opts.reduceOp = dist.ReduceOp.MIN  # type: ignore[assignment]  # the stubs name the enum type only
+        return self._group.allreduce([tensor], opts)
 
 
 def _checksum(payload: Any) -> Any:

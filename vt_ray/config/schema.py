@@ -44,7 +44,31 @@ class OverlongPolicy(StrEnum):
 class WeightSync(StrEnum):
     auto = "auto"
     stream = "stream"
+    ipc = "ipc"
     blob = "blob"
+
+
+def ipc_layout_problem(res: ResourcesConfig, rollout: RolloutConfig) -> str | None:
+    """Why ``rollout.weight_sync=ipc`` cannot work in this layout, or None. Shared handles only reach processes
+    that see the sender's memory: on GPU an engine on its learner's own GPU (``resources.colocate``, one GPU
+    per engine worker), on CPU an engine on a learner's node (one node)."""
+    learner_gpus, rollout_gpus = res.learner.gpus_per_worker > 0, res.rollout.gpus_per_worker > 0
+    if learner_gpus != rollout_gpus:
+        return "the learners and the engines must both use GPUs or both CPUs (shared handles stay on one device kind)"
+    if learner_gpus and not res.colocate:
+        return ("on GPU an engine must share its learner's GPU (resources.colocate=true): CUDA IPC does not reach "
+                "another actor's GPU; use stream (NCCL) for separate GPUs")
+    if learner_gpus and rollout.backend == "vllm" and rollout.tensor_parallel_size > 1:
+        return "on GPU each engine worker must sit on one learner GPU: rollout.tensor_parallel_size must be 1"
+    if not learner_gpus and res.num_nodes > 1:
+        return (f"on CPU every engine must be on a learner's node: resources.num_nodes={res.num_nodes}; use stream "
+                "(gloo) across nodes")
+    return None
+
+
+def check_ipc_layout(res: ResourcesConfig, rollout: RolloutConfig) -> None:
+    problem = ipc_layout_problem(res, rollout)
+    check(problem is None, "rollout.weight_sync", f"ipc: {problem}")
 
 
 def _prompt(name: str) -> str:
@@ -197,12 +221,14 @@ class RolloutConfig:
     a colocated layout (resources.colocate) fit on one GPU. GPU only (vLLM sleep mode needs CUDA)."""
     weight_sync: WeightSync = WeightSync.auto
     """How new policy weights reach the engines (docs/weight-sync.md). ``auto`` (default): ``stream``, except
-    ``blob`` for colocated GPU layouts (an engine sharing the learner's GPU cannot join an NCCL group with it; the
-    CUDA IPC path is not built yet) and for engines without the streaming methods. ``stream``: learner rank 0
-    broadcasts them in buckets over a process group of learner and engine workers (gloo on CPU, NCCL on GPU),
-    gathering FSDP2 shards one bucket at a time; the driver carries only the plan. ``blob``: the whole policy as
-    one safetensors blob through the driver and the object store (the original path, kept as a fallback; it
-    needs the whole model in the driver's memory)."""
+    ``ipc`` for colocated GPU layouts (an engine sharing the learner's GPU cannot join an NCCL group with it) and
+    ``blob`` for engines without the streaming methods. ``stream``: learner rank 0 broadcasts them in buckets
+    over a process group of learner and engine workers (gloo on CPU, NCCL on GPU), gathering FSDP2 shards one
+    bucket at a time; the driver carries only the plan. ``ipc``: the same buckets, handed to each engine as
+    shared buffers by the learner rank on its GPU (CUDA IPC) or node (CPU: /dev/shm), only handles and acks
+    travel; GPU: colocated layouts (``resources.colocate``), CPU: one node. ``blob``: the whole policy as one
+    safetensors blob through the driver and the object store (the original path, kept as a fallback; it needs
+    the whole model in the driver's memory)."""
     weight_bucket_mb: float = 128.0
     """Bucket size of the streamed sync. 32-256 MB is the measured sweet spot on CPU
     (notes/weight-streaming-cpu.md); learner rank 0 holds two buckets, an engine up to two in flight."""
@@ -281,6 +307,8 @@ class RecipeConfig:
               f"{self.trainer.mode} overlaps generation with the update; rollout.enable_sleep_mode frees the engines "
               "while the learner trains (a colocated layout): use trainer.mode=sync there")
         self.learner.megatron.check_model(self.model.path, self.resources.learner.num_workers)
+        if self.rollout.weight_sync == WeightSync.ipc:
+            check_ipc_layout(self.resources, self.rollout)
         algo = self.algorithm  # algorithm keys that depend on the rollout section (issue 18)
         if algo.tis_cap is None:  # stale samples need the importance weight; on-policy ones do not
             overlapped = self.trainer.mode != "sync" and algo.behaviour_logprobs != "engine"

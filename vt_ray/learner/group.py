@@ -156,10 +156,16 @@ class LearnerGroup(WorkerGroup):
         addr, port = self.call("stream_address", ranks=[0])[0]
         return str(addr), int(port)
 
+    def stream_endpoints(self) -> list[tuple[str, int, str]]:
+        """Every rank's (store address, port, device key): where ``ipc`` syncs find a sender beside each engine."""
+        return [(str(a), int(p), str(k)) for a, p, k in self.call("stream_endpoint")]
+
     def start_stream(self, plan: dict[str, Any], session: Any) -> list[ray.ObjectRef]:
-        """Every rank gathers, rank 0 sends: the calls are started, not waited for (the engines receive
-        meanwhile)."""
-        return [a.send_weights.remote(plan, session if rank == 0 else None) for rank, a in enumerate(self.actors)]
+        """Every rank gathers, the ranks with a session send: ``session`` is rank 0's, or a dict rank -> session
+        (``ipc``: one per rank that has engines beside it). The calls are started, not waited for (the engines
+        receive meanwhile)."""
+        sessions = session if isinstance(session, dict) else {0: session}
+        return [a.send_weights.remote(plan, sessions.get(rank)) for rank, a in enumerate(self.actors)]
 
     def finish_stream(self, refs: list[ray.ObjectRef]) -> dict[str, float]:
         """Rank 0's timings of the send started by :meth:`start_stream`; a rank's failure raises."""

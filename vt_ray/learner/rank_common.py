@@ -121,11 +121,19 @@ class RankCommon:
         return safetensors_blob(state) if self.rank == 0 else None
 
     def stream_address(self) -> tuple[str, int]:
-        """Rank 0: where its weight-stream store listens."""
+        """Where this rank's weight-stream store listens (rank 0's serves stream sessions; every rank's, ipc)."""
         if self._stream_store is None:
             port = free_port()
             self._stream_store = (host_store(port, self.cfg.weight_sync_timeout_s), port)
         return node_ip(), self._stream_store[1]
+
+    def stream_endpoint(self) -> tuple[str, int, str]:
+        """Where this rank's weight-stream store listens and what its shared buffers are on (``ipc`` syncs:
+        :func:`vt_ray.common.weight_share.device_key`)."""
+        from vt_ray.common.weight_share import device_key
+
+        addr, port = self.stream_address()
+        return addr, port, device_key(self.device)
 
     def _store(self) -> Any:
         return self._stream_store[0] if self._stream_store is not None else None

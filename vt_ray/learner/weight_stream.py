@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor
 
+from vt_ray.common.weight_share import SharedBucketSender, open_sender
 from vt_ray.common.weight_stream import (
     BucketSender,
     StreamGroup,
@@ -64,19 +65,20 @@ def send_buckets(gathered: Callable[[list[str]], Iterator[torch.Tensor]], plan: 
                  session: StreamSession | None, rank: int, device: torch.device,
                  corrupt: Callable[[int, torch.Tensor], None] | None = None, store: Any = None) -> dict[str, float]:
     """Collective over the learner group: every rank gathers each bucket's tensors (``gathered(names)`` yields
-    the full tensors of those names, in order, running the backend's collectives as it goes); rank 0 (given
-    the ``session``) casts them to the plan's dtypes and broadcasts the bucket. Returns rank 0's timings: the
-    group join, gathering and packing (``pack_s``) and the time left waiting on the wire (``wire_wait_s``)."""
+    the full tensors of those names, in order, running the backend's collectives as it goes); a rank given a
+    ``session`` (rank 0; with ``ipc`` sessions every rank that has engines on its GPU or node) casts them to the
+    plan's dtypes and delivers the bucket: a broadcast, or shared buffers (:mod:`vt_ray.common.weight_share`).
+    Returns this rank's timings: the group join, gathering and packing (``pack_s``) and the time left waiting on
+    the wire (``wire_wait_s``)."""
     import time
 
     timings = {"join_s": 0.0, "pack_s": 0.0, "wire_wait_s": 0.0}
     started = time.perf_counter()
-    sender: BucketSender | None = None
+    sender: BucketSender | SharedBucketSender | None = None
     failure: Exception | None = None
-    if rank == 0:
-        assert session is not None, "rank 0 sends: it needs the session"
+    if session is not None:
         try:
-            sender = BucketSender(StreamGroup(session, 0, store), plan, device)
+            sender = open_sender(StreamGroup(session, 0, store), plan, device)
         except Exception as err:  # an engine never joined: keep gathering with the peers, then raise
             failure = err
     timings["join_s"] = time.perf_counter() - started

@@ -234,7 +234,8 @@ class LearnerWorker(RankCommon):
         return plan.to_dict()
 
     def send_weights(self, plan: dict[str, Any], session: StreamSession | None) -> dict[str, float]:
-        """Stream the policy per ``plan`` to the engines of ``session`` (rank 0 sends, every rank gathers).
+        """Stream the policy per ``plan`` to the engines of ``session`` (every rank gathers; the group gives a
+        session to rank 0, or with ``ipc`` to each rank that has engines on its GPU or node, and those send).
         Collective. Returns rank 0's timings (zeros elsewhere)."""
         assert self.model is not None
         hang_point("learner.send_weights", self.rank)
@@ -243,8 +244,8 @@ class LearnerWorker(RankCommon):
             def corrupt(index: int, buf: torch.Tensor) -> None:
                 if index == len(plan["buckets"]) // 2:
                     buf[0] ^= 0xFF
-        timings = weight_stream.send_policy(self.model, StreamPlan.from_dict(plan), session if self.rank == 0
-                                            else None, self.rank, self.device, corrupt, self._store())
+        timings = weight_stream.send_policy(self.model, StreamPlan.from_dict(plan), session, self.rank,
+                                            self.device, corrupt, self._store())
         return timings if self.rank == 0 else {k: 0.0 for k in timings}
 
     def probe_logprobs(self, text: str) -> list[float]:

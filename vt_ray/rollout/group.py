@@ -74,6 +74,8 @@ class RolloutGroup(WorkerGroup):
         self._plan: dict[str, Any] = {}
         self._stream_backend = "gloo"
         self._source_address: tuple[str, int] = ("", 0)  # where the source's store listens
+        self._senders: list[tuple[str, int, str]] = []  # ipc: every source rank's (address, port, device key)
+        self._routes: dict[int, int] = {}  # ipc: engine rank -> the source rank beside it
         self._version = 0  # the version every engine has after the last complete stream
         role = RolloutRoleConfig.of(cfg)  # what a worker reads of the recipe
         super().__init__(worker_cls, num_workers, lambda rank: (role, rank), timeout_s=timeout_s,
@@ -129,6 +131,7 @@ class RolloutGroup(WorkerGroup):
             raise RolloutRestartBudgetExhausted(f"rollout actors restarted {self.metrics.actor_restarts} times")
         self.metrics.actor_restarts += 1
         self.respawn(rank)
+        self._routes.pop(rank, None)  # ipc: the new actor is paired again
         if self._source is not None:
             if catch_up and self._version > 0:
                 _, failed = self._stream(self._version, [rank])
@@ -222,6 +225,24 @@ class RolloutGroup(WorkerGroup):
         engine is brought to the current version by a stream of its own instead of a blob re-push."""
         self._source, self._plan, self._stream_backend = source, plan, backend
         self._source_address = source.stream_address()  # fixed for the source's life: asked once, not per sync
+        if backend == "ipc":  # every engine must have a sender on its GPU or node: checked now, at start-up
+            self._senders, self._routes = source.stream_endpoints(), {}
+            self._ipc_routes(list(range(len(self.actors))))
+
+    def _ipc_routes(self, ranks: list[int]) -> dict[int, int]:
+        """engine rank -> the source rank whose shared buffers it maps: the first on the same node with the
+        same device key (CPU: the node; GPU: the GPU). Asked once per engine (again after a restart)."""
+        missing = [rank for rank in ranks if rank not in self._routes]
+        for rank, (node, key) in zip(missing, self.call("ipc_endpoint", ranks=missing) if missing else [],
+                                     strict=True):
+            found = [i for i, (addr, _, k) in enumerate(self._senders) if addr == node and k == key]
+            if not found:
+                raise WeightSyncError(
+                    f"rollout.weight_sync=ipc: rollout[{rank}] (node {node}, device {key}) has no learner rank on "
+                    f"its {'node' if key == 'cpu' else 'GPU'} (learner ranks: "
+                    f"{[(a, k) for a, _, k in self._senders]}); use stream", rank=rank)
+            self._routes[rank] = found[0]
+        return {rank: self._routes[rank] for rank in ranks}
 
     def check_weight_plan(self) -> None:
         """Every engine checks the plan against its model; a bad plan raises :class:`WeightSyncError` naming the
@@ -268,15 +289,27 @@ class RolloutGroup(WorkerGroup):
         """One stream session to ``ranks``: (sender timings, rank -> error of every engine that failed). A
         failure of the sender itself (the learner group) propagates."""
         assert self._source is not None
-        addr, port = self._source_address
         workers = self.cfg.rollout.tensor_parallel_size if self.cfg.rollout.backend == "vllm" else 1
-        session = StreamSession(addr, port, f"vt-wsync/{version}/{uuid.uuid4().hex[:12]}",
-                                1 + workers * len(ranks), self.cfg.rollout.weight_sync_timeout_s,
-                                self._stream_backend)
-        fields = dataclasses.asdict(session)
-        sending = self._source.start_stream(self._plan, session)  # first: it hosts the store the engines dial
-        refs = {rank: self.actors[rank].receive_weights.remote(fields, 1 + i * workers, self._plan, version)
-                for i, rank in enumerate(ranks)}
+        prefix = f"vt-wsync/{version}/{uuid.uuid4().hex[:12]}"
+        timeout = self.cfg.rollout.weight_sync_timeout_s
+        if self._stream_backend == "ipc":  # a session per source rank, with the engines beside it
+            routes = self._ipc_routes(ranks)
+            sessions: dict[int, StreamSession] = {}
+            joins: dict[int, tuple[StreamSession, int]] = {}
+            for sender in sorted(set(routes.values())):
+                mine = [rank for rank in ranks if routes[rank] == sender]
+                addr, port, _ = self._senders[sender]
+                sessions[sender] = StreamSession(addr, port, f"{prefix}/{sender}", 1 + workers * len(mine),
+                                                 timeout, "ipc")
+                joins.update({rank: (sessions[sender], 1 + i * workers) for i, rank in enumerate(mine)})
+            sending = self._source.start_stream(self._plan, sessions)  # first: the senders host the stores
+        else:
+            addr, port = self._source_address
+            session = StreamSession(addr, port, prefix, 1 + workers * len(ranks), timeout, self._stream_backend)
+            joins = {rank: (session, 1 + i * workers) for i, rank in enumerate(ranks)}
+            sending = self._source.start_stream(self._plan, session)  # first: it hosts the store the engines dial
+        refs = {rank: self.actors[rank].receive_weights.remote(dataclasses.asdict(joins[rank][0]), joins[rank][1],
+                                                               self._plan, version) for rank in ranks}
 
         def failed(rank: int, err: Exception) -> Any:
             return _cause(err)

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from vt_ray.common.weight_stream import BucketReceiver, StreamGroup, StreamPlan, StreamSession
+from vt_ray.common.weight_share import open_receiver
+from vt_ray.common.weight_stream import StreamGroup, StreamPlan, StreamSession
 from vt_ray.config.schema import ModelConfig, RolloutConfig
 from vt_ray.prompts.chat import banned_token_ids
 from vt_ray.prompts.encode import encode_prompts
@@ -182,10 +183,11 @@ class HfEngine:
     def receive_weights(self, session: dict[str, Any], base_rank: int, plan: dict[str, Any], version: int,
                         engine_rank: int = 0) -> int:
         """Join a streamed sync as rank ``base_rank`` and copy each tensor into the model as it arrives; the
-        contract of ``VllmEngine.receive_weights``."""
+        contract of ``VllmEngine.receive_weights``. An ``ipc`` session hands out views of the learner's shared
+        buffer itself: each is copied into its parameter before the next is asked for (``private=False``)."""
         parsed = StreamPlan.from_dict(plan)
         group = StreamGroup(StreamSession(**session), base_rank)
-        receiver = BucketReceiver(group, parsed, group.device)
+        receiver = open_receiver(group, parsed, private=False)
         try:
             validate_specs(parsed.specs(), self.manifest)
         except WeightSyncError:

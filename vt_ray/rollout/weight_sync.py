@@ -218,21 +218,25 @@ class WeightSyncExtension:
 
     def receive_weight_stream(self, session: dict[str, Any], base_rank: int, plan: dict[str, Any],
                               engine_rank: int = 0, drain_only: bool = False) -> int:
-        """Join a streamed sync as rank ``base_rank`` + this worker's rank and load the plan's tensors as they
-        arrive, in one reload session (``reload_weights`` with an iterator: vLLM buffers a layer until all of it
-        has arrived, then repacks it; notes/weight-streaming-cpu.md). Returns the tensor count.
+        """Join a streamed sync (a broadcast, or an ``ipc`` session's shared buffers) as rank ``base_rank`` +
+        this worker's rank and load the plan's tensors as they arrive, in one reload session
+        (``reload_weights`` with an iterator: vLLM buffers a layer until all of it has arrived, then repacks it;
+        notes/weight-streaming-cpu.md). Returns the tensor count.
         ``drain_only``: receive and drop everything (an engine that refused the plan still lets the stream end).
 
         The first bucket is received and checked before the reload starts, so a stream refused there leaves the
         weights untouched (``applied=False``); a failure later raises :class:`WeightSyncError` with
         ``applied=True`` and the tensor reached. Either way the rest of the stream is drained, so the sender
         and the other engines are not left blocked."""
-        from vt_ray.common.weight_stream import BucketReceiver, StreamGroup, StreamPlan, StreamSession
+        from vt_ray.common.weight_share import open_receiver
+        from vt_ray.common.weight_stream import StreamGroup, StreamPlan, StreamSession
         from vt_ray.testing.faults import crash_point
 
         worker_rank = getattr(self, "rank", 0)
         group = StreamGroup(StreamSession(**session), base_rank + worker_rank)
-        receiver = BucketReceiver(group, StreamPlan.from_dict(plan), group.device)
+        # private: the layerwise reload keeps a layer's tensors until the layer is complete (buckets later), so
+        # an ipc session's shared buffer, which the learner reuses, is copied out bucket by bucket
+        receiver = open_receiver(group, StreamPlan.from_dict(plan), private=True)
         if drain_only:  # the engine refused the plan: take part in the stream without loading it
             receiver.drain()
             return 0
@@ -282,8 +286,14 @@ class WeightSource(Protocol):
         """Where the sender's store listens (node address, port): the same for every session of the source."""
         ...
 
+    def stream_endpoints(self) -> list[tuple[str, int, str]]:
+        """Per sender rank: its store's address and port, and its device key (``ipc`` syncs pair each engine
+        with a rank on its GPU or node: :func:`vt_ray.common.weight_share.device_key`)."""
+        ...
+
     def start_stream(self, plan: dict[str, Any], session: Any) -> Any:
-        """Start sending (non-blocking); returns a handle for :meth:`finish_stream`."""
+        """Start sending (non-blocking): ``session`` is rank 0's, or a dict sender rank -> session (``ipc``);
+        returns a handle for :meth:`finish_stream`."""
         ...
 
     def finish_stream(self, handle: Any) -> dict[str, float]:

@@ -86,6 +86,15 @@ class RolloutWorker:
     def receive_weights(self, session: dict[str, Any], base_rank: int, plan: dict[str, Any], version: int) -> int:
         return self._streaming().receive_weights(session, base_rank, plan, version, self.rank)
 
+    def ipc_endpoint(self) -> tuple[str, str]:
+        """(node address, device key) of this engine: an ``ipc`` sync pairs it with the learner rank that has
+        the same (:func:`vt_ray.common.weight_share.device_key`: the GPU's UUID, or ``cpu``)."""
+        import torch
+
+        from vt_ray.common.weight_share import device_key
+
+        return self.info.node_ip, device_key("cuda" if torch.cuda.is_available() else "cpu")
+
     def _streaming(self) -> StreamingRolloutEngine:
         if not isinstance(self.engine, StreamingRolloutEngine):  # the driver picks blob pushes for such engines
             raise TypeError(f"{type(self.engine).__name__} does not take streamed weight syncs")

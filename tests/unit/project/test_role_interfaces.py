@@ -160,3 +160,34 @@ def test_the_megatron_backend_refuses_what_it_cannot_run_naming_the_key() -> Non
                           ("learner.activation_checkpointing=true", "learner.activation_checkpointing")):
         with pytest.raises(ValueError, match=key):
             refuse_unsupported(load_config(None, [*base, override]))
+
+
+def test_ipc_sync_is_auto_for_colocated_gpus_explicit_on_one_cpu_node_and_refused_where_it_cannot_work() -> None:
+    from vt_ray.common.errors import ConfigError
+    from vt_ray.config.loader import load_config
+    from vt_ray.trainer.weights import stream_backend, weight_sync_mode
+
+    gpus = ["resources.gpus_per_node=2", "resources.cpus_per_node=16", "resources.learner.num_workers=2",
+            "resources.rollout.num_workers=2",
+            "resources.learner.gpus_per_worker=1", "resources.rollout.gpus_per_worker=1"]
+    colocated = load_config(None, [*gpus, "resources.colocate=true"])
+    assert weight_sync_mode(colocated) == "ipc" and stream_backend(colocated.resources, "ipc") == "ipc"
+    assert weight_sync_mode(load_config(None, [*gpus, "resources.gpus_per_node=4"])) == "stream"  # own GPUs: NCCL
+    tp2 = load_config(None, [*gpus, "resources.colocate=true", "rollout.tensor_parallel_size=2",
+                             "resources.rollout.gpus_per_worker=1"])
+    assert weight_sync_mode(tp2) == "blob"  # a worker per GPU, not one per learner GPU: auto falls back
+    cpu = load_config(None, ["rollout.weight_sync=ipc", "rollout.backend=hf"])
+    assert weight_sync_mode(cpu) == "ipc" and stream_backend(cpu.resources, "ipc") == "ipc"
+    refused = {
+        "separate GPUs": [*gpus, "resources.gpus_per_node=4"],
+        "several CPU nodes": ["resources.num_nodes=2", "resources.cpus_per_node=16"],
+        "engines on GPU, learners on CPU": ["resources.gpus_per_node=1", "resources.cpus_per_node=16",
+                                            "resources.rollout.gpus_per_worker=1"],
+    }
+    for case, overrides in refused.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [*overrides, "rollout.weight_sync=ipc"])
+        assert info.value.key == "rollout.weight_sync" and "ipc" in str(info.value), case
+    with pytest.raises(ConfigError, match="ipc needs an engine"):
+        weight_sync_mode(load_config(None, ["rollout.backend=test_role_interfaces:EchoEngine",
+                                            "rollout.weight_sync=ipc"]))

@@ -221,3 +221,20 @@ def test_hf_engine_takes_a_stream_bit_for_bit_and_refuses_to_serve_after_a_bad_o
     assert stream_to(engine, state, 4, bucket) is None  # a complete stream puts it back in service
     assert engine.weight_version == 4
     assert all(torch.equal(engine.model.state_dict()[k], v) for k, v in state.items())
+
+    # The same through shared buffers (rollout.weight_sync=ipc; views of the sender's buffer, copied as they come)
+    from vt_ray.common.weight_share import SHM_DIR, SHM_PREFIX
+
+    segments = set(SHM_DIR.glob(f"{SHM_PREFIX}*"))
+    other = {k: v * 2 for k, v in state.items()}
+    assert stream_to(engine, other, 5, bucket, backend="ipc") is None
+    assert engine.weight_version == 5 and all(torch.equal(engine.model.state_dict()[k], v) for k, v in other.items())
+    err = stream_to(engine, state, 6, bucket, at(0), backend="ipc")
+    assert isinstance(err, WeightSyncError) and not err.applied and err.tensor == plan.buckets[0].tensors[0].name
+    assert engine.weight_version == 5 and all(torch.equal(engine.model.state_dict()[k], v) for k, v in other.items())
+    err = stream_to(engine, state, 7, bucket, at(middle), backend="ipc")
+    assert isinstance(err, WeightSyncError) and err.applied and err.tensor == plan.buckets[middle].tensors[0].name
+    assert "checksum" in str(err) and engine.weight_version == UNKNOWN_VERSION
+    assert stream_to(engine, state, 8, bucket, backend="ipc") is None
+    assert engine.weight_version == 8 and all(torch.equal(engine.model.state_dict()[k], v) for k, v in state.items())
+    assert set(SHM_DIR.glob(f"{SHM_PREFIX}*")) == segments  # every segment unlinked, after success and failure

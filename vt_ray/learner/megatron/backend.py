@@ -248,7 +248,7 @@ class MegatronWorker(RankCommon):
                 if index == len(plan["buckets"]) // 2:
                     buf[0] ^= 0xFF
         timings = weight_stream.send_buckets(lambda names: self.view.gathered(self.policy, names),
-                                             StreamPlan.from_dict(plan), session if self.rank == 0 else None,
+                                             StreamPlan.from_dict(plan), session,
                                              self.rank, self.device, corrupt, self._store())
         return timings if self.rank == 0 else {k: 0.0 for k in timings}
 
