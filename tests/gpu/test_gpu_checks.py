@@ -4,9 +4,8 @@ Each test runs one of the one-command GPU check scripts (README, docs/megatron.m
 fails when it does: the Megatron language model under transformer-engine layers and NCCL tensor parallelism
 against Hugging Face in bf16, the NCCL weight stream from two learner ranks to a vLLM engine, and the colocated
 sync over CUDA IPC (the benchmark's colocated run, and the transport alone between two processes of one GPU); and
-the
-tiny GRPO run through the driver on GPUs, split (FSDP2 over NCCL, the stream to a vLLM engine on its own GPU) and
-colocated (an engine on each learner GPU, asleep while the learners train; weights by CUDA IPC).
+the tiny GRPO run through the driver on GPUs, split (FSDP2 over NCCL, the stream to a vLLM engine on its own GPU)
+and colocated (an engine on each learner GPU, asleep while the learners train; weights by CUDA IPC).
 """
 
 from __future__ import annotations
