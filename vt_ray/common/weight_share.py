@@ -114,6 +114,32 @@ def device_key(device: Any) -> str:
     return "cpu"
 
 
+# Every global a pickled list of handles names (CUDA: reduce_tensor's rebuild function and its argument types).
+_HANDLE_GLOBALS = {
+    ("vt_ray.common.weight_share", "ShmHandle"), ("vt_ray.common.weight_share", "CudaHandle"),
+    ("torch.multiprocessing.reductions", "rebuild_cuda_tensor"), ("torch", "Tensor"), ("torch", "Size"),
+    ("torch.storage", "TypedStorage"), ("torch.storage", "UntypedStorage"), ("torch", "UntypedStorage"),
+}
+
+
+class _HandleUnpickler(pickle.Unpickler):
+    """Admits only the globals of a handle list (and torch dtypes): the store is a network port, and a plain
+    ``pickle.loads`` of what it holds would run whatever code a writer put there."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _HANDLE_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                  torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"weight-sync handles may not name {module}.{name}")
+
+
+def load_handles(data: bytes) -> list[Any]:
+    """The sender's buffer handles from the session store (a restricted unpickler: see :class:`_HandleUnpickler`)."""
+    import io
+
+    return list(_HandleUnpickler(io.BytesIO(data)).load())
+
+
 # ---- the two buffer kinds ------------------------------------------------------------------------------------
 class ShmSegments:
     """``count`` buffers of ``nbytes`` in /dev/shm files, mapped shared."""
@@ -303,7 +329,7 @@ class SharedBucketReceiver:
 
     def _shared(self, index: int) -> torch.Tensor:
         if self._buffers is None:
-            handles = pickle.loads(self.group.store.get(HANDLES_KEY))
+            handles = load_handles(self.group.store.get(HANDLES_KEY))
             self._buffers = [h.open() for h in handles]
         return self._buffers[index % 2][: self.plan.buckets[index].nbytes + TRAILER]
 

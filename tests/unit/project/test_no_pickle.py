@@ -22,6 +22,9 @@ SCANNED = ("vt_ray", "data_pipeline", "cluster")
 ALLOWED: dict[tuple[str, str], str] = {
     ("vt_ray/learner/safe_dcp.py", "pickle.Unpickler"):
         "restricted unpickler for torch DCP's .metadata index: find_class admits only DCP metadata types",
+    ("vt_ray/common/weight_share.py", "pickle.Unpickler"):
+        "restricted unpickler for the weight-sync buffer handles: find_class admits only the handle types, "
+        "reduce_tensor's CUDA rebuild function and its argument types, and torch dtypes",
     ("vt_ray/cluster/manifests.py", "yaml.load with Loader=loader"):
         "loader is yaml.CSafeLoader or yaml.SafeLoader, chosen on the line above (the C one is 10x faster)",
 }

@@ -21,9 +21,12 @@ from vt_ray.common.weight_share import (
     HANDLES_KEY,
     SHM_DIR,
     SHM_PREFIX,
+    CudaHandle,
     SharedBucketReceiver,
     SharedBucketSender,
+    ShmHandle,
     ShmSegments,
+    load_handles,
     open_receiver,
     open_sender,
     sweep_stale_segments,
@@ -54,7 +57,7 @@ def test_a_shm_handle_pickles_and_maps_the_same_memory_and_names_are_unlinked_on
     before = _segments()
     segments = ShmSegments(2, 4096)
     assert len(_segments() - before) == 2
-    handle = pickle.loads(pickle.dumps(segments.handles[1]))
+    handle = load_handles(pickle.dumps(segments.handles))[1]
     other = handle.open()  # what an engine process does
     segments.buffers[1][:8] = torch.arange(8, dtype=torch.uint8)
     assert other[:8].tolist() == list(range(8))  # one memory, zero copy
@@ -253,3 +256,24 @@ def test_a_sender_failing_mid_sync_unlinks_its_segments_and_releases_the_receive
     thread.join(timeout=60)
     assert not thread.is_alive() and errors  # failed on the closed connection, not after timeout_s
     assert _segments() == before
+
+
+def test_handles_load_through_an_allow_list_and_anything_else_is_refused() -> None:
+    """The store the handles travel through is a network port: loading must not run a writer's code. A CUDA
+    handle's globals (reduce_tensor's rebuild function and its argument types) are admitted, built here on CPU."""
+    import os
+
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    t = torch.empty(8, dtype=torch.uint8)
+    args = (type(t), t.size(), t.stride(), 0, type(t._typed_storage()), t.dtype, 0, b"h" * 64, 8, 0, False, b"r",
+            0, b"e", True)
+    handles = [CudaHandle("GPU-0", rebuild_cuda_tensor, args), ShmHandle("/dev/shm/x", 8)]
+    assert load_handles(pickle.dumps(handles)) == handles
+
+    class Exploit:
+        def __reduce__(self) -> Any:
+            return (os.system, ("true",))
+
+    with pytest.raises(pickle.UnpicklingError, match="may not name"):
+        load_handles(pickle.dumps([Exploit()]))
