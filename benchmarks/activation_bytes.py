@@ -5,7 +5,9 @@ autograd's saved tensors are the activations themselves. This runs one forward o
 does (float32, ``logits_to_keep`` at the response, each distinct video encoded once, ``use_cache=False``) on
 ``b`` rows sharing one 224 x 224 synthetic video (a GRPO group), and counts every tensor storage saved for
 backward once (parameters excluded), split into the vision tower's and the rest, plus the float32 log-softmax
-of the response logits that the loss adds. Next to it: :mod:`vt_ray.cluster.planner`'s activation term for the
+of the response logits that the loss adds; and the process's peak RSS above its resting RSS through that forward
+and through a backward after it (what a CPU process needs beyond the saved tensors: their gradients, the
+parameters' gradients, the allocator). Next to it: :mod:`vt_ray.cluster.planner`'s activation term for the
 same model, sequence length and micro batch (docs/scaling.md).
 
 Run: ``PYTHONPATH=$PWD .venv/bin/python -m benchmarks.activation_bytes`` (after ``benchmarks.scaling`` built the
@@ -68,15 +70,24 @@ def saved_bytes(model_dir: Path, frames: int, rows: int, text_tokens: int, respo
     visual = model.model.visual
     visual.register_forward_pre_hook(lambda *_: where.append("vision"))  # hooks returning None change nothing
     visual.register_forward_hook(lambda *_: where.pop() and None)
+    from benchmarks.weight_sync import read_peak, reset_peak
+
+    rest = reset_peak()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(**inputs, use_cache=False, logits_to_keep=response + 1)
         logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # what the loss takes, as the learner does
+    forward_peak = read_peak() - rest
+    logp[..., 0].sum().backward()  # the process's peak through backward: saved tensors + their gradients + grads
+    backward_peak = read_peak() - rest
+    grads = sum(p.numel() * p.element_size() for p in model.parameters())
     seq = inputs["input_ids"].shape[1]
     vision_only = set(saved["vision"])
     text = sum(n for p, n in saved["text"].items() if p not in vision_only)
     return {"frames": frames, "rows": rows, "seq": seq, "patches": int(inputs["video_grid_thw"][0].prod()),
             "vision_saved_gib": sum(saved["vision"].values()) / 2**30, "text_saved_gib": text / 2**30,
-            "logsoftmax_gib": logp.numel() * logp.element_size() / 2**30}
+            "logsoftmax_gib": logp.numel() * logp.element_size() / 2**30,
+            "rss_forward_peak_gib": forward_peak / 2**30, "rss_backward_peak_gib": backward_peak / 2**30,
+            "param_grads_gib": grads / 2**30}
 
 
 def planned(model_dir: Path, frames: int, rows: int, seq: int, response: int) -> dict[str, float]:
@@ -115,7 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs/scaling/activation_bytes.json")
     args = parser.parse_args(argv)
     rows = []
-    for case in args.cases:
+    if len(args.cases) > 1:  # one process per case: a process's peak RSS counts only its first case's memory
+        import subprocess
+        import sys
+        import tempfile
+
+        for case in args.cases:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "one.json"
+                subprocess.run([sys.executable, "-m", "benchmarks.activation_bytes", "--cases", case, "--work",
+                                str(args.work), "--rows", str(args.rows), "--text-tokens", str(args.text_tokens),
+                                "--response", str(args.response), "--out", str(out)], check=True)
+                rows += json.loads(out.read_text())["rows"]
+    for case in args.cases if len(args.cases) == 1 else []:
         size, frames = case.split(":")
         model_dir = args.work / f"model_{size}"
         got = saved_bytes(model_dir, int(frames), args.rows, args.text_tokens, args.response)
@@ -128,14 +151,16 @@ def main(argv: list[str] | None = None) -> int:
                                     "rows": rows}, indent=1) + "\n")
     print("| model | frames | rows | seq | text + log-softmax saved GiB | planned GiB | vision saved GiB (1 video) | "
           "planned per video GiB | planned per video before GiB | all saved GiB | planned GiB | "
-          "measured/planned |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "measured/planned | RSS peak forward GiB | RSS peak backward GiB |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['size']} | {r['frames']} | {r['rows']} | {r['seq']} | "
               f"{r['text_saved_gib'] + r['logsoftmax_gib']:.3f} | {r['plan_text_and_logits_gib']:.3f} | "
               f"{r['vision_saved_gib']:.3f} | {r['plan_vision_per_video_gib']:.3f} | "
               f"{r['plan_vision_before_per_video_gib']:.3f} | "
               f"{r['measured_gib']:.3f} | {r['plan_activations_gib']:.3f} | "
-              f"{r['measured_gib'] / r['plan_activations_gib']:.2f} |")
+              f"{r['measured_gib'] / r['plan_activations_gib']:.2f} | {r['rss_forward_peak_gib']:.3f} | "
+              f"{r['rss_backward_peak_gib']:.3f} |")
     return 0
 
 
