@@ -18,7 +18,7 @@ also holds torch, vLLM and Ray, which the planner does not count and which no GP
 ``peak RSS - overhead``, with the overhead measured as the ``tiny`` model's peak minus its own prediction at the
 same learner count (docs/scaling.md).
 
-Run: ``PYTHONPATH=$PWD .venv/bin/python -m benchmarks.scaling`` (about 25 minutes on 2 shared cores; JSON
+Run: ``PYTHONPATH=$PWD .venv/bin/python -m benchmarks.scaling`` (about 45 minutes on 2 cores under a load of 20; JSON
 ``docs/scaling/scaling.json``, plots ``docs/scaling/*.png``). ``--plot-only`` redraws table and plots from the
 JSON. ``--sizes tiny --frames --groups --learners --reps 1`` is a quick check (the base point alone).
 """
