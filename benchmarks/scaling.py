@@ -20,7 +20,7 @@ same learner count (docs/scaling.md).
 
 Run: ``PYTHONPATH=$PWD .venv/bin/python -m benchmarks.scaling`` (about 45 minutes on 2 cores under a load of 20; JSON
 ``docs/scaling/scaling.json``, plots ``docs/scaling/*.png``). ``--plot-only`` redraws table and plots from the
-JSON. ``--sizes tiny --frames --groups --learners --reps 1`` is a quick check (the base point alone).
+JSON. ``--base tiny 8 4 2 --sizes --frames --groups --learners --reps 1`` is a quick check (one setting, ~1-2 min).
 """
 
 from __future__ import annotations
