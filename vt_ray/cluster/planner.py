@@ -18,8 +18,13 @@ Assumptions (each one is a term's formula in the printed table; change them here
   and its gradients); without: (layers + 1) x A.
   logits: (c + 8) x R x b x V (logits only at response positions, as the learner asks with logits_to_keep; the
   model's logits, their fp32 copy and its gradient).
-  vision tower: c x (depth + 16) x T x b x h_v with checkpointing, c x 16 depth x T x b x h_v without, with
-  T = patches of one video at video.max_frames and video.max_pixels.
+  vision tower, per video: c x T x (depth x B_v + patch_in) without checkpointing, c x T x (depth x h_v + 2 B_v +
+  patch_in) with, where B_v = 14 h_v + 4 I_v (one block's saved tensors per patch), patch_in = the patch
+  embedding's input width (3 x 2 x 14 x 14), T = patches of one video at video.max_frames and video.max_pixels;
+  times the distinct videos in a micro-batch: b, or with ``learner.dedup_videos`` (each distinct video encoded
+  once) the most a run of b rows in groups of G = rollout.n sharing one video can hold, min(b, ceil((b-1)/G)+1).
+  Measured (benchmarks/activation_bytes.py, autograd's saved tensors, docs/scaling.md): text within 6% of the
+  formula, vision 22.4 h_v per block for I_v = 2 h_v (the formula: 22).
 - vLLM (per engine, TP = rollout.tensor_parallel_size): weights cP/TP; runtime = 2 GiB with enforce_eager, else
   3 GiB (profiling activations, CUDA graphs, non-torch allocations; measure on the cluster); KV cache need =
   max_num_seqs x max_model_len x kv_bytes_per_token / TP. vLLM reserves gpu_memory_utilization x GPU memory up
@@ -121,6 +126,24 @@ def _learner_settings(cfg: RecipeConfig) -> tuple[int, bool, bool]:
     return c, checkpointing, ref_on_gpu
 
 
+def videos_per_micro_batch(cfg: RecipeConfig, micro_batch: int) -> int:
+    """Distinct videos the vision tower encodes in one micro-batch. A GRPO batch keeps each prompt's
+    ``rollout.n`` responses (one video) contiguous through sharding and micro-batching, so ``b`` consecutive rows
+    span at most ceil((b-1)/n) + 1 prompts; ``learner.dedup_videos`` encodes each once (without it, every row)."""
+    b, n = micro_batch, max(cfg.rollout.n, 1)
+    if not getattr(cfg.learner, "dedup_videos", True):
+        return b
+    return min(b, -(-(b - 1) // n) + 1)
+
+
+def vision_activation_bytes(cfg: RecipeConfig, s: ModelShape, micro_batch: int, c: int, checkpointing: bool) -> int:
+    """What the vision tower saves for backward in one micro-batch (the module docstring's formula)."""
+    block = 14 * s.vision_hidden + 4 * s.vision_intermediate  # per patch: norms, qkv, attention, SwiGLU MLP
+    patch_in = s.in_channels * s.temporal_patch * s.patch**2
+    per_patch = (s.vision_depth * s.vision_hidden + 2 * block) if checkpointing else s.vision_depth * block
+    return c * _vision_patches(cfg, s) * videos_per_micro_batch(cfg, micro_batch) * (per_patch + patch_in)
+
+
 def _megatron_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int, vision: float) -> dict[str, Term]:
     """The learner terms of a Megatron layout (vt_ray.cluster.megatron_memory says how each is computed)."""
     c, checkpointing, ref_on_gpu = _learner_settings(cfg)
@@ -151,9 +174,7 @@ def _learner_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int) -> dict[s
     else:
         text, text_note = s.layers * per_layer + per_layer, "every layer's saved tensors"
     logits = (c + 8) * resp * b * s.vocab
-    patches = _vision_patches(cfg, s)
-    vision_blocks = (s.vision_depth + 16) if checkpointing else 16 * s.vision_depth
-    vision = c * vision_blocks * patches * b * s.vision_hidden
+    vision = vision_activation_bytes(cfg, s, b, c, checkpointing)
     if cfg.learner.backend == "megatron":
         return _megatron_terms(cfg, s, micro_batch, vision)
     learner = cfg.learner
@@ -265,4 +286,5 @@ def overflow_message(plan: MemoryPlan) -> str | None:
             f"({budget.total_gib:.2f} GiB > {budget.capacity_gib:.1f} GiB)")
 
 
-__all__ = ["Budget", "MemoryPlan", "Term", "check_layout", "format_plan", "overflow_message", "plan_memory"]
+__all__ = ["Budget", "MemoryPlan", "Term", "check_layout", "format_plan", "overflow_message", "plan_memory",
+           "videos_per_micro_batch", "vision_activation_bytes"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from vt_ray.cluster.model_shapes import KNOWN_SHAPES, resolve_shape, shape_from_
 from vt_ray.cluster.planner import plan_memory
 from vt_ray.config import ConfigError, load_config
 from vt_ray.config.resources import pack_bundles, placement_groups, total_resources
+from vt_ray.config.schema import RecipeConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 SCALE_1 = ROOT / "recipes/scale_1node.yaml"
@@ -208,3 +210,30 @@ def test_megatron_layout_that_cannot_split_the_hinted_model_names_the_key(overri
     with pytest.raises(ConfigError) as info:
         plan_memory(cfg)
     assert info.value.key == key
+
+
+def test_vision_activations_count_each_distinct_video_once_at_the_measured_bytes_per_block(
+        tiny_model_dir: Path) -> None:
+    from vt_ray.cluster.planner import videos_per_micro_batch, vision_activation_bytes
+
+    def cfg(*extra: str) -> RecipeConfig:
+        return load_config(ROOT / "recipes/tiny_cpu.yaml", [
+            f"model.path={tiny_model_dir}", "resources.gpus_per_node=3", "resources.learner.gpus_per_worker=1",
+            "resources.rollout.gpus_per_worker=1", "video.max_frames=8", "video.max_pixels=50176", *extra])
+
+    # 4 rows in groups of G share at most ceil(3/G) + 1 videos (a micro-batch may start mid-group); G=1: every row
+    assert [videos_per_micro_batch(cfg(f"rollout.n={g}"), 4) for g in (1, 2, 4, 16)] == [4, 3, 2, 2]
+    assert videos_per_micro_batch(cfg("rollout.n=16"), 1) == 1
+    assert videos_per_micro_batch(cfg("rollout.n=16", "learner.dedup_videos=false"), 4) == 4
+    shape = plan_memory(cfg()).shape
+    assert shape is not None
+    one_video = vision_activation_bytes(cfg("rollout.n=16"), shape, 1, 4, False)
+    # benchmarks/activation_bytes.py (docs/scaling/activation_bytes.json): autograd saved 0.0160 GiB in the tiny
+    # model's vision tower for one 8-frame 224 x 224 video in float32; the formula before (16 h_v per block, no
+    # patch input) gave 0.0078 GiB, half of it
+    assert one_video / 2**30 == pytest.approx(0.0160, rel=0.2)
+    assert vision_activation_bytes(cfg("rollout.n=16"), shape, 4, 4, False) == 2 * one_video
+    # the `small` model's tower (4 blocks, 256 wide, MLP 512): 0.092 GiB measured the same way
+    small = dataclasses.replace(shape, vision_depth=4, vision_hidden=256, vision_intermediate=512)
+    assert vision_activation_bytes(cfg("rollout.n=16"), small, 1, 4, False) / 2**30 == pytest.approx(0.092, rel=0.2)
+
