@@ -49,6 +49,7 @@ class LearnerWorker(RankCommon):
         super().__init__(cfg, rank, world_size)
         self.model: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
+        self.stream_gather = "flat"  # weight_stream.GATHERS; the benchmark switches it to time the earlier sender
 
     # ---- setup -------------------------------------------------------------------------------------------
 
@@ -244,7 +245,8 @@ class LearnerWorker(RankCommon):
                 if index == len(plan["buckets"]) // 2:
                     buf[0] ^= 0xFF
         timings = weight_stream.send_policy(self.model, StreamPlan.from_dict(plan), session if self.rank == 0
-                                            else None, self.rank, self.device, corrupt, self._store())
+                                            else None, self.rank, self.device, corrupt, self._store(),
+                                            self.stream_gather)
         return timings if self.rank == 0 else {k: 0.0 for k in timings}
 
     def probe_logprobs(self, text: str) -> list[float]:
