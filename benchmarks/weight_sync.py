@@ -116,22 +116,86 @@ def _raw_broadcast(session: dict[str, Any], rank: int, total: int, bucket: int) 
     return time.perf_counter() - start
 
 
-def _transfer_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
-    """One stream to the engine's vLLM worker in drain-only mode: gathering, packing and the wire, no load."""
+def _receive_and_drop(session: dict[str, Any], plan: dict[str, Any]) -> float:
+    """An engine process's receiver without the load: every bucket taken off the wire with receive-prefetch and
+    its checksum verified (``BucketReceiver.tensors``), each tensor dropped on arrival. Seconds after the join."""
+    from vt_ray.common.weight_stream import BucketReceiver, StreamGroup, StreamPlan, StreamSession
+
+    group = StreamGroup(StreamSession(**session), 1)
+    start = time.perf_counter()
+    for _ in BucketReceiver(group, StreamPlan.from_dict(plan), group.device).tensors():
+        pass
+    return time.perf_counter() - start
+
+
+def _send_packed(worker: Any, session: dict[str, Any], plan: dict[str, Any]) -> float:
+    """Learner rank 0: the wire alone. The plan's buckets go through a real ``BucketSender`` (checksum, two
+    buffers, async broadcast), each tensor given as a view of the very bytes of the buffer it is sent from, so
+    no gathering or packing happens (``copy_`` of a tensor onto itself returns at once). Seconds from the first
+    bucket to the last one sent, after the group is joined."""
+    import torch
+
+    from vt_ray.common.weight_stream import BucketSender, StreamGroup, StreamPlan, StreamSession
+
+    layout = StreamPlan.from_dict(plan)
+    sender = BucketSender(StreamGroup(StreamSession(**session), 0, worker._store()), layout, worker.device)
+    buffers = sender._buffers  # whatever bytes they hold: the checksum covers them, the receiver verifies it
+    start = time.perf_counter()
+    for index, bucket in enumerate(layout.buckets):
+        buf = buffers[index % 2]
+        sender.send(index, (buf[s.offset: s.offset + s.nbytes].view(getattr(torch, s.dtype)).view(s.shape)
+                            for s in bucket.tensors))
+    sender.finish()
+    return time.perf_counter() - start
+
+
+def _session(learner: Any, tag: str, backend: str) -> dict[str, Any]:
     import dataclasses
     import uuid
 
     from vt_ray.common.weight_stream import StreamSession
 
     addr, port = learner.stream_address()
-    session = StreamSession(addr, port, f"transfer/{uuid.uuid4().hex[:8]}", 2, 600.0, backend)
-    sending = learner.start_stream(plan, session)
-    fields = dataclasses.asdict(session)
-    received = engine.__ray_call__.remote(
-        lambda w: w.engine.llm.collective_rpc("receive_weight_stream", args=(fields, 1, plan, 0, True)))
+    return dataclasses.asdict(StreamSession(addr, port, f"{tag}/{uuid.uuid4().hex[:8]}", 2, 600.0, backend))
+
+
+def _transfer_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
+    """One stream to the engine with every bucket dropped on arrival (checksummed, prefetched, not loaded):
+    gathering, packing and the wire."""
+    import ray
+
+    from vt_ray.common.weight_stream import StreamSession
+
+    session = _session(learner, "transfer", backend)
+    sending = learner.start_stream(plan, StreamSession(**session))
+    received = engine.__ray_call__.remote(lambda _: _receive_and_drop(session, plan))
     timings = learner.finish_stream(sending)
-    __import__("ray").get(received)
+    ray.get(received)
     return timings
+
+
+def _wire_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
+    """The wire alone, through the stream's own sender and receiver (:func:`_send_packed`): the later of the two
+    ends' times after joining the group (as the raw broadcast is timed)."""
+    import ray
+
+    session = _session(learner, "wire", backend)
+    sending = learner.actors[0].__ray_call__.remote(lambda w: _send_packed(w, session, plan))
+    received = engine.__ray_call__.remote(lambda _: _receive_and_drop(session, plan))
+    sent_s, received_s = ray.get([sending, received])
+    return {"wire_s": max(sent_s, received_s), "wire_sender_s": sent_s}
+
+
+def _use_gather(learner: Any, gather: str) -> None:
+    """Every learner rank's shard gather for the next streams (``weight_stream.GATHERS``)."""
+    import ray
+
+    ray.get([a.__ray_call__.remote(lambda w: setattr(w, "stream_gather", gather)) for a in learner.actors])
+
+
+MODES = ("blob", "stream", "stream_old", "transfer", "transfer_old", "wire")
+"""``*_old``: the earlier sender (one ``full_tensor()`` all-gather per tensor); ``transfer``: the stream with
+every bucket dropped on arrival (no load); ``wire``: the wire alone (:func:`_send_packed`)."""
 
 
 def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -171,16 +235,20 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
         engine, sender = rollout.actors[0], learner.actors[0]
         procs = {"learner0": sender, "engine": engine}
         runs: list[dict[str, Any]] = []
-        modes = ("stream", "transfer") if size in args.stream_only else ("blob", "stream", "transfer")
+        modes = [m for m in MODES if m != "blob" or size not in args.stream_only]
         if "blob" in modes:
             rollout.update_weights(learner.export_safetensors(dtype), 1)  # warm-ups, untimed: first-call costs
+        _use_gather(learner, "per_tensor")
         rollout.stream_weights(2)
-        version = 2
+        _use_gather(learner, "flat")
+        rollout.stream_weights(3)
+        version = 3
         for rep in range(args.reps):
             for mode in modes:
                 version += 1
                 rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
                 rest["driver"] = reset_peak()
+                _use_gather(learner, "per_tensor" if mode.endswith("_old") else "flat")
                 with PlasmaPeak() as plasma:
                     start = time.perf_counter()
                     row: dict[str, Any] = {"size": size, "mode": mode, "rep": rep}
@@ -191,10 +259,13 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                         rollout.update_weights(blob, version)
                         row["push_and_load_s"] = time.perf_counter() - t0
                         del blob
-                    elif mode == "stream":
+                    elif mode.startswith("stream"):
                         row.update(rollout.stream_weights(version))
-                    else:  # the stream without vLLM's load: the engine receives every bucket and drops it
+                    elif mode.startswith("transfer"):  # the engine receives every bucket and drops it
                         row.update(_transfer_only(learner, engine, plan, "nccl" if args.gpu else "gloo"))
+                        version -= 1
+                    else:
+                        row.update(_wire_only(learner, engine, plan, "nccl" if args.gpu else "gloo"))
                         version -= 1
                     row["sync_s"] = time.perf_counter() - start
                 peaks = {name: ray.get(a.__ray_call__.remote(read_peak)) for name, a in procs.items()}
@@ -203,7 +274,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                 row.update(object_store_peak_mib=plasma.peak_mib,
                            object_store_added_mib=plasma.peak_mib - plasma.start_mib,
                            gb_per_s=nbytes / row["sync_s"] / 1e9)
-                if mode != "transfer" and rollout.weight_versions() != [version]:
+                if mode in ("blob", "stream", "stream_old") and rollout.weight_versions() != [version]:
                     raise RuntimeError(f"{mode}: the engine does not serve version {version}")
                 runs.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -212,10 +283,14 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
         if "blob" in modes:
             rollout.update_weights(learner.export_safetensors(dtype), version + 1)
             by_blob = rollout.probe_logprobs(PROBE_TEXT)
+        _use_gather(learner, "per_tensor")
         rollout.stream_weights(version + 2)
+        by_old_stream = rollout.probe_logprobs(PROBE_TEXT)
+        _use_gather(learner, "flat")
+        rollout.stream_weights(version + 3)
         by_stream = rollout.probe_logprobs(PROBE_TEXT)
         reference = learner.probe_logprobs(PROBE_TEXT)
-        raw = []
+        raw: list[float] = []
         for _ in range(args.reps):
             addr, port = learner.call("address", ranks=[0])[0]  # a free port: the stream's store holds its own
             session = {"addr": addr, "port": port, "prefix": f"raw{len(raw)}", "world_size": 2,
@@ -229,6 +304,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             "bytes": nbytes, "buckets": len(plan["buckets"]),
             "bucket_mb": args.bucket_mb, "learners": args.learners, "runs": runs,
             "stream_equals_blob_probe": None if by_blob is None else by_stream == by_blob,
+            "stream_equals_old_stream_probe": by_stream == by_old_stream,
             "probe_engine_vs_learner_max_abs": max(abs(a - b) for a, b in zip(by_stream, reference, strict=True)),
             "raw_broadcast_s": raw, "raw_broadcast_gb_per_s": [nbytes / s / 1e9 for s in raw],
         }
@@ -238,22 +314,34 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
-    """Medians per mode, the speed-up, and the wire's share of the raw broadcast bandwidth."""
+    """Medians per mode; per sender (``new``: flat shard gather, ``old``: one all-gather per tensor) the split
+    of a sync into gathering + packing, the wire and the engine's load; the wire's share of a raw broadcast."""
     out: dict[str, Any] = {}
-    for mode in ("blob", "stream", "transfer"):
+    for mode in MODES:
         rows = [r for r in result["runs"] if r["mode"] == mode]
         if not rows:
             continue
         keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
         out[mode] = {k: statistics.median(r[k] for r in rows) for k in keys}
+    nbytes = result["bytes"]
     raw = statistics.median(result["raw_broadcast_gb_per_s"])
-    out["speedup"] = out["blob"]["sync_s"] / out["stream"]["sync_s"] if "blob" in out else None
+    wire_s = out["wire"]["wire_s"]
     out["raw_broadcast_gb_per_s"] = raw
-    # the stream's transfer without the engine's load (gather + pack + wire, drained on arrival) against a plain
-    # broadcast of the same bytes: what the stream's own machinery costs over the physical limit
-    out["transfer_gb_per_s"] = out["transfer"]["gb_per_s"]
-    out["transfer_share_of_raw"] = out["transfer_gb_per_s"] / raw
-    out["load_share_of_stream"] = 1 - out["transfer"]["sync_s"] / out["stream"]["sync_s"]
+    out["wire_gb_per_s"] = nbytes / wire_s / 1e9  # the stream's own sender and receiver with nothing to gather
+    out["wire_share_of_raw"] = out["wire_gb_per_s"] / raw
+    for sender, suffix in (("new", ""), ("old", "_old")):
+        stream, transfer = out[f"stream{suffix}"], out[f"transfer{suffix}"]
+        out[sender] = {
+            "sync_s": stream["sync_s"], "gb_per_s": stream["gb_per_s"],  # end to end, the engine's load included
+            "gather_pack_s": stream["pack_s"],  # rank 0's loop over buckets, the wire overlapping it
+            "wire_s": wire_s,
+            "engine_load_s": stream["sync_s"] - transfer["sync_s"],  # the same stream without the load
+            "transfer_s": transfer["sync_s"], "transfer_gb_per_s": transfer["gb_per_s"],
+            "transfer_share_of_raw": transfer["gb_per_s"] / raw,
+        }
+    out["speedup_vs_blob"] = out["blob"]["sync_s"] / out["stream"]["sync_s"] if "blob" in out else None
+    out["speedup_vs_old_sender"] = out["stream_old"]["sync_s"] / out["stream"]["sync_s"]
+    out["transfer_speedup_vs_old_sender"] = out["transfer_old"]["sync_s"] / out["transfer"]["sync_s"]
     return out
 
 
@@ -282,25 +370,30 @@ def main() -> None:
         results = [measure_size(size, args, work) for size in args.sizes]
     finally:
         ray.shutdown()
-    report = {"results": results, "summary": {r["size"]: summarise(r) for r in results}}
+    report: dict[str, Any] = {"results": results, "summary": {r["size"]: summarise(r) for r in results}}
     (work / "weight_sync.json").write_text(json.dumps(report, indent=1))
-    print(f"\n{'size':>6} {'path':>6} {'sync s':>8} {'GB/s':>6} {'driver +GiB':>11} {'learner0 +GiB':>13} "
+    print(f"\n{'size':>6} {'path':>12} {'sync s':>8} {'GB/s':>6} {'driver +GiB':>11} {'learner0 +GiB':>13} "
           f"{'engine +GiB':>11} {'store +MiB':>10}")
     for size, summary in report["summary"].items():
-        for mode in ("blob", "stream", "transfer"):
+        for mode in MODES:
             if mode not in summary:
-                print(f"{size:>6} {mode:>6}  (not run: --stream-only)")
+                print(f"{size:>6} {mode:>12}  (not run: --stream-only)")
                 continue
             m = summary[mode]
-            print(f"{size:>6} {mode:>6} {m['sync_s']:8.3f} {m['gb_per_s']:6.2f} {m['driver_peak_gib']:11.3f} "
+            print(f"{size:>6} {mode:>12} {m['sync_s']:8.3f} {m['gb_per_s']:6.2f} {m['driver_peak_gib']:11.3f} "
                   f"{m['learner0_peak_gib']:13.3f} {m['engine_peak_gib']:11.3f} {m['object_store_added_mib']:9.0f}")
-        speedup = f"{summary['speedup']:.1f}x" if summary["speedup"] else "-"
-        print(f"{size:>6} stream/blob speed-up {speedup}; stream split: join "
-              f"{summary['stream']['join_s']:.3f} s, gather+pack {summary['stream']['pack_s']:.3f} s, then waiting for "
-              f"wire+load {summary['stream']['wire_wait_s']:.3f} s; engine load {summary['load_share_of_stream']:.0%} "
-              f"of the sync; transfer without load {summary['transfer_gb_per_s']:.2f} GB/s = "
-              f"{summary['transfer_share_of_raw']:.0%} of a raw broadcast "
-              f"({summary['raw_broadcast_gb_per_s']:.2f} GB/s)")
+    print(f"\n{'size':>6} {'sender':>6} {'sync s':>7} {'GB/s':>5} {'gather+pack s':>13} {'load s':>7} "
+          f"{'transfer GB/s':>13} {'wire GB/s':>9} {'raw GB/s':>8} {'wire/raw':>8}  speed-up")
+    for size, summary in report["summary"].items():
+        for sender in ("old", "new"):
+            m = summary[sender]
+            ups = (f"{summary['speedup_vs_old_sender']:.2f}x vs old (transfer "
+                   f"{summary['transfer_speedup_vs_old_sender']:.2f}x)" if sender == "new" else "")
+            if sender == "new" and summary["speedup_vs_blob"]:
+                ups += f", {summary['speedup_vs_blob']:.1f}x vs blob"
+            print(f"{size:>6} {sender:>6} {m['sync_s']:7.3f} {m['gb_per_s']:5.2f} {m['gather_pack_s']:13.3f} "
+                  f"{m['engine_load_s']:7.3f} {m['transfer_gb_per_s']:13.2f} {summary['wire_gb_per_s']:9.2f} "
+                  f"{summary['raw_broadcast_gb_per_s']:8.2f} {summary['wire_share_of_raw']:8.0%}  {ups}")
     print(f"\nwrote {work / 'weight_sync.json'}")
 
 
