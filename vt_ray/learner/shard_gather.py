@@ -138,7 +138,7 @@ class ShardGatherer:
         staging = self._staging(size) if self.rank == 0 else None
         works = []
         for name, span in spans.items():
-            local = self.state[name].to_local()
+            local = self.state[name].to_local().to(self.device)  # a no-op unless the shards are offloaded to CPU
             if staging is not None:
                 place_piece(staging, span, 0, local)
                 works += [dist.irecv(span.piece(staging, r), group=self.group, group_src=r)
