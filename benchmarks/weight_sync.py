@@ -21,7 +21,7 @@ resting RSS; the object store's peak; and, as the physical limit, a plain gloo b
 between the same two actors.
 
 Run: ``.venv/bin/python -m benchmarks.weight_sync`` (defaults: sizes tiny, 0p3b and 0p5b, the last on the stream
-alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 15 minutes on 2 cores).
+alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 6 minutes on 2 quiet cores).
 ``--sizes tiny --reps 2`` is a quick check. On a GPU node ``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
 runs the same comparison over NCCL in bfloat16
 (``tools/gpu_check_weight_sync.sh``).
