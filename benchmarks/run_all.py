@@ -6,7 +6,7 @@ import importlib
 import sys
 
 BENCHMARKS = ("benchmarks.rollout_throughput", "benchmarks.curation_throughput", "benchmarks.learner_load_memory",
-              "benchmarks.data_formats", "benchmarks.weight_sync", "benchmarks.fixed_costs",
+              "benchmarks.data_formats", "benchmarks.weight_sync", "benchmarks.shard_gather", "benchmarks.fixed_costs",
               "benchmarks.async_modes", "benchmarks.trl_head_to_head")
 
 

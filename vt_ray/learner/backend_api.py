@@ -65,10 +65,11 @@ class LearnerBackend(Protocol):
         (:class:`vt_ray.common.weight_stream.StreamPlan` as a dict)."""
         ...
 
-    def send_weights(self, plan: dict[str, Any], session: Any) -> dict[str, float]:
-        """Stream the policy per ``plan``: every rank gathers its shards bucket by bucket, rank 0 broadcasts on
-        the ``session`` (:class:`vt_ray.common.weight_stream.StreamSession`; None on other ranks). Rank 0's
-        timings."""
+    def send_weights(self, plan: dict[str, Any], session: Any, many_senders: bool = False) -> dict[str, float]:
+        """Stream the policy per ``plan``: every rank gathers its shards bucket by bucket, the ranks given a
+        ``session`` (:class:`vt_ray.common.weight_stream.StreamSession`; rank 0, or with ``ipc`` on GPUs every
+        rank with an engine beside it) send. ``many_senders``: ranks other than 0 send too, so each needs every
+        full tensor (the same on every rank: it decides the collectives). Rank 0's timings."""
         ...
 
     def probe_logprobs(self, text: str) -> list[float]:

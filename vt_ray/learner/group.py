@@ -165,7 +165,8 @@ class LearnerGroup(WorkerGroup):
         (``ipc``: one per rank that has engines beside it). The calls are started, not waited for (the engines
         receive meanwhile)."""
         sessions = session if isinstance(session, dict) else {0: session}
-        return [a.send_weights.remote(plan, sessions.get(rank)) for rank, a in enumerate(self.actors)]
+        many = any(rank != 0 for rank in sessions)
+        return [a.send_weights.remote(plan, sessions.get(rank), many) for rank, a in enumerate(self.actors)]
 
     def finish_stream(self, refs: list[ray.ObjectRef]) -> dict[str, float]:
         """Rank 0's timings of the send started by :meth:`start_stream`; a rank's failure raises."""

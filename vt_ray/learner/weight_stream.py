@@ -1,8 +1,9 @@
 """The learner's side of the streamed weight sync: plan the policy's tensors into buckets, then gather FSDP2
 shards one bucket at a time and have rank 0 broadcast each bucket to the engines
 (:mod:`vt_ray.common.weight_stream` is the wire). No rank ever holds the whole model: a bucket's full tensors
-exist on every rank only while that bucket is packed (the all-gather is a collective of the learner group),
-and rank 0 keeps two send buffers that it reuses across buckets and syncs.
+exist on rank 0 only while that bucket is packed (:mod:`vt_ray.learner.shard_gather` moves each bucket's shards
+in one flat transfer, the next bucket's while this one is sent), and rank 0 keeps two send buffers that it
+reuses across buckets and syncs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vt_ray.common.weight_stream import (
     plan_buckets,
 )
 from vt_ray.learner.fsdp import tied_parameter_groups
+from vt_ray.learner.shard_gather import ShardGatherer
 
 
 def stream_names(model: torch.nn.Module) -> list[str]:
@@ -47,11 +49,22 @@ def plan_policy(model: torch.nn.Module, dtype: torch.dtype, bucket_bytes: int) -
     return plan_buckets(specs, bucket_bytes)
 
 
+GATHERS = ("flat", "per_tensor")
+"""How :func:`send_policy` gathers FSDP2 shards: ``flat`` (one transfer per bucket onto rank 0,
+:mod:`vt_ray.learner.shard_gather`) or ``per_tensor`` (one ``full_tensor()`` all-gather per tensor, the
+earlier sender; ``benchmarks/weight_sync.py`` measures both)."""
+
+
 def send_policy(model: torch.nn.Module, plan: StreamPlan, session: StreamSession | None, rank: int,
                 device: torch.device, corrupt: Callable[[int, torch.Tensor], None] | None = None,
-                store: Any = None) -> dict[str, float]:
-    """:func:`send_buckets` of an FSDP2 model: each tensor's full value is its DTensor's all-gather."""
+                store: Any = None, gather: str = "flat") -> dict[str, float]:
+    """:func:`send_buckets` of an FSDP2 model, its shards gathered per ``gather`` (:data:`GATHERS`)."""
     state = model.state_dict()
+    mesh = next((t.device_mesh for t in state.values() if isinstance(t, DTensor) and t.device_mesh.ndim == 1), None)
+    if gather not in GATHERS:
+        raise ValueError(f"gather must be one of {GATHERS}, got {gather!r}")
+    if gather == "flat" and mesh is not None:
+        return send_buckets(ShardGatherer(state, plan, mesh, device), plan, session, rank, device, corrupt, store)
 
     def gathered(names: list[str]) -> Iterator[torch.Tensor]:
         for name in names:

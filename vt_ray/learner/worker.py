@@ -49,6 +49,7 @@ class LearnerWorker(RankCommon):
         super().__init__(cfg, rank, world_size)
         self.model: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
+        self.stream_gather = "flat"  # weight_stream.GATHERS; the benchmark switches it to time the earlier sender
 
     # ---- setup -------------------------------------------------------------------------------------------
 
@@ -233,7 +234,8 @@ class LearnerWorker(RankCommon):
         plan = weight_stream.plan_policy(self.model, DTYPES[dtype or self.cfg.model.dtype], int(bucket_mb * 2**20))
         return plan.to_dict()
 
-    def send_weights(self, plan: dict[str, Any], session: StreamSession | None) -> dict[str, float]:
+    def send_weights(self, plan: dict[str, Any], session: StreamSession | None,
+                     many_senders: bool = False) -> dict[str, float]:
         """Stream the policy per ``plan`` to the engines of ``session`` (every rank gathers; the group gives a
         session to rank 0, or with ``ipc`` to each rank that has engines on its GPU or node, and those send).
         Collective. Returns rank 0's timings (zeros elsewhere)."""
@@ -244,8 +246,10 @@ class LearnerWorker(RankCommon):
             def corrupt(index: int, buf: torch.Tensor) -> None:
                 if index == len(plan["buckets"]) // 2:
                     buf[0] ^= 0xFF
+        # The flat gather brings full tensors to rank 0 only: where other ranks send too, every rank all-gathers.
+        gather = "per_tensor" if many_senders else self.stream_gather
         timings = weight_stream.send_policy(self.model, StreamPlan.from_dict(plan), session, self.rank,
-                                            self.device, corrupt, self._store())
+                                            self.device, corrupt, self._store(), gather)
         return timings if self.rank == 0 else {k: 0.0 for k in timings}
 
     def probe_logprobs(self, text: str) -> list[float]:

@@ -237,9 +237,11 @@ class MegatronWorker(RankCommon):
         specs = [(name, self.view.shapes[name], target) for name in self.view.stream_names]
         return plan_buckets(specs, int(bucket_mb * 2**20)).to_dict()
 
-    def send_weights(self, plan: dict[str, Any], session: StreamSession | None) -> dict[str, float]:
-        """Stream the policy per ``plan``: every rank gathers each bucket's tensors from the TP shards, rank 0
-        sends. Collective. Rank 0's timings (zeros elsewhere)."""
+    def send_weights(self, plan: dict[str, Any], session: StreamSession | None,
+                     many_senders: bool = False) -> dict[str, float]:
+        """Stream the policy per ``plan``: every rank gathers each bucket's full tensors from the TP/PP shards
+        (so ``many_senders`` changes nothing here), the ranks with a session send. Collective. Rank 0's timings
+        (zeros elsewhere)."""
         assert self.policy is not None
         hang_point("learner.send_weights", self.rank)
         corrupt = None
