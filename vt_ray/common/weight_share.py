@@ -53,6 +53,7 @@ from vt_ray.common.weight_stream import (
     StreamPlan,
     WeightStreamError,
     _checksum,
+    pack_bucket,
 )
 
 SHM_DIR = Path("/dev/shm")
@@ -248,14 +249,7 @@ class SharedBucketSender:
         bucket = self.plan.buckets[index]
         self._settle(index - 2)  # this buffer's previous bucket has been read by every receiver
         buf = self._segments.buffers[index % 2][: bucket.nbytes + TRAILER]
-        for spec, tensor in zip(bucket.tensors, tensors, strict=True):
-            target = getattr(torch, spec.dtype)
-            if tuple(tensor.shape) != spec.shape or tensor.is_floating_point() != target.is_floating_point:
-                raise WeightStreamError(f"tensor {spec.name!r} is {tensor.dtype} {list(tensor.shape)}, the plan "
-                                        f"says {spec.dtype} {list(spec.shape)}", index, spec.name)
-            buf[spec.offset: spec.offset + spec.nbytes].view(target).view(spec.shape).copy_(tensor)
-            del tensor
-        buf[bucket.nbytes:].view(torch.int64)[0] = _checksum(buf[: bucket.nbytes])
+        pack_bucket(buf, bucket, index, tensors)
         if corrupt is not None:  # tests: a fault after the checksum, as a bad copy would be
             corrupt(index, buf)
         _synchronize(buf)

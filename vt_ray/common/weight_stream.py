@@ -194,6 +194,20 @@ def _checksum(payload: Any) -> Any:
     return payload.view(torch.int64).sum()
 
 
+def pack_bucket(buf: Any, bucket: Bucket, index: int, tensors: Iterable[Any]) -> None:
+    """Copy bucket ``index``'s ``tensors`` (the plan's order and shapes, any device and float width: each is cast
+    into the plan's dtype) into ``buf`` and append the checksum; a tensor is released once copied. A tensor the
+    plan does not describe fails naming bucket and tensor."""
+    for spec, tensor in zip(bucket.tensors, tensors, strict=True):
+        target = getattr(torch, spec.dtype)
+        if tuple(tensor.shape) != spec.shape or tensor.is_floating_point() != target.is_floating_point:
+            raise WeightStreamError(f"tensor {spec.name!r} is {tensor.dtype} {list(tensor.shape)}, the plan "
+                                    f"says {spec.dtype} {list(spec.shape)}", index, spec.name)
+        buf[spec.offset: spec.offset + spec.nbytes].view(target).view(spec.shape).copy_(tensor)
+        del tensor
+    buf[bucket.nbytes:].view(torch.int64)[0] = _checksum(buf[: bucket.nbytes])
+
+
 class BucketSender:
     """Rank 0's side: pack tensors into one of two reused buffers while the other is on the wire."""
 
@@ -213,14 +227,7 @@ class BucketSender:
         if self._work[slot] is not None:
             self._work[slot].wait()  # that buffer's previous bucket has left
         buf = self._buffers[slot][: bucket.nbytes + TRAILER]
-        for spec, tensor in zip(bucket.tensors, tensors, strict=True):
-            target = getattr(torch, spec.dtype)
-            if tuple(tensor.shape) != spec.shape or tensor.is_floating_point() != target.is_floating_point:
-                raise WeightStreamError(f"tensor {spec.name!r} is {tensor.dtype} {list(tensor.shape)}, the plan "
-                                        f"says {spec.dtype} {list(spec.shape)}", index, spec.name)
-            buf[spec.offset: spec.offset + spec.nbytes].view(target).view(spec.shape).copy_(tensor)
-            del tensor
-        buf[bucket.nbytes:].view(torch.int64)[0] = _checksum(buf[: bucket.nbytes])
+        pack_bucket(buf, bucket, index, tensors)
         if corrupt is not None:  # tests: a fault after the checksum, as a bad wire or a bad copy would be
             corrupt(index, buf)
         self._work[slot] = self.group.broadcast(buf)
