@@ -13,6 +13,16 @@ from vt_ray.common.weight_stream import StreamGroup, StreamPlan, StreamSession, 
 from vt_ray.learner.rendezvous import free_port
 
 
+def mixed_tensors(layers: int = 12) -> dict[str, torch.Tensor]:
+    """Tensors of mixed shapes and dtypes, one larger than a 4 KB bucket (a bucket of its own)."""
+    gen = torch.Generator().manual_seed(0)
+    out = {f"layers.{i}.w": torch.randn(30 + 7 * i, 5, generator=gen) for i in range(layers)}
+    out["big"] = torch.randn(300, 100, generator=gen)
+    out["steps"] = torch.arange(7, dtype=torch.int64)
+    out["half"] = torch.randn(9, generator=gen).bfloat16()
+    return out
+
+
 def plan_of(state: dict[str, torch.Tensor], bucket_bytes: int) -> StreamPlan:
     return plan_buckets([(k, v.shape, str(v.dtype).removeprefix("torch.")) for k, v in state.items()], bucket_bytes)
 

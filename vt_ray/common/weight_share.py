@@ -52,8 +52,8 @@ from vt_ray.common.weight_stream import (
     StreamGroup,
     StreamPlan,
     WeightStreamError,
-    _checksum,
     pack_bucket,
+    verify_bucket,
 )
 
 SHM_DIR = Path("/dev/shm")
@@ -335,11 +335,7 @@ class SharedBucketReceiver:
             if self.private:
                 buf = buf.clone()
                 self._ack()  # copied out: the sender may reuse the buffer while this bucket is loaded
-            want = buf[bucket.nbytes:].view(torch.int64)[0]
-            if not bool(_checksum(buf[: bucket.nbytes]) == want):
-                first = bucket.tensors[0].name
-                raise WeightStreamError(f"bucket {index} of {len(buckets)} (first tensor {first!r}) failed its "
-                                        "checksum: the stream is refused from there on", index, first)
+            verify_bucket(buf, bucket, index, len(buckets))
             for spec in bucket.tensors:
                 self.current = spec.name
                 self.delivered += 1

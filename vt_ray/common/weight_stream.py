@@ -208,6 +208,15 @@ def pack_bucket(buf: Any, bucket: Bucket, index: int, tensors: Iterable[Any]) ->
     buf[bucket.nbytes:].view(torch.int64)[0] = _checksum(buf[: bucket.nbytes])
 
 
+def verify_bucket(buf: Any, bucket: Bucket, index: int, count: int) -> None:
+    """Refuse bucket ``index`` of ``count`` unless its checksum trailer matches its bytes (naming the bucket and
+    its first tensor): the receivers' check, on the memory the consumer reads."""
+    if not bool(_checksum(buf[: bucket.nbytes]) == buf[bucket.nbytes:].view(torch.int64)[0]):
+        first = bucket.tensors[0].name
+        raise WeightStreamError(f"bucket {index} of {count} (first tensor {first!r}) failed its checksum: the "
+                                "stream is refused from there on", index, first)
+
+
 class BucketSender:
     """Rank 0's side: pack tensors into one of two reused buffers while the other is on the wire."""
 
@@ -285,11 +294,7 @@ class BucketReceiver:
             buf = self._take(index)
             if index + 1 < len(buckets):
                 self._post(index + 1)
-            want = buf[bucket.nbytes:].view(torch.int64)[0]
-            if not bool(_checksum(buf[: bucket.nbytes]) == want):
-                first = bucket.tensors[0].name
-                raise WeightStreamError(f"bucket {index} of {len(buckets)} (first tensor {first!r}) failed its "
-                                        "checksum: the stream is refused from there on", index, first)
+            verify_bucket(buf, bucket, index, len(buckets))
             for spec in bucket.tensors:
                 dtype = getattr(torch, spec.dtype)
                 self.current = spec.name

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+from stream_helpers import mixed_tensors, plan_of  # tests/ is on sys.path (rootdir conftest)
 from vt_ray.common.weight_share import (
     HANDLES_KEY,
     SHM_DIR,
@@ -31,7 +32,7 @@ from vt_ray.common.weight_share import (
     open_sender,
     sweep_stale_segments,
 )
-from vt_ray.common.weight_stream import TRAILER, StreamGroup, StreamPlan, StreamSession, WeightStreamError, plan_buckets
+from vt_ray.common.weight_stream import TRAILER, StreamGroup, StreamPlan, StreamSession, WeightStreamError
 from vt_ray.learner.rendezvous import free_port
 
 
@@ -40,17 +41,11 @@ def _segments() -> set[str]:
 
 
 def _tensors() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    out = {f"layers.{i}.w": torch.randn(30 + 7 * i, 5, generator=gen) for i in range(10)}
-    out["big"] = torch.randn(300, 100, generator=gen)  # larger than a bucket: a bucket of its own
-    out["steps"] = torch.arange(7, dtype=torch.int64)
-    out["half"] = torch.randn(9, generator=gen).bfloat16()
-    return out
+    return mixed_tensors(10)
 
 
 def _plan(tensors: dict[str, torch.Tensor], bucket_bytes: int = 4096) -> StreamPlan:
-    return plan_buckets([(k, v.shape, str(v.dtype).removeprefix("torch.")) for k, v in tensors.items()],
-                        bucket_bytes)
+    return plan_of(tensors, bucket_bytes)
 
 
 def test_a_shm_handle_pickles_and_maps_the_same_memory_and_names_are_unlinked_on_release() -> None:

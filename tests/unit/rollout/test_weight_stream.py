@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from stream_helpers import plan_of, stream_to  # tests/ is on sys.path (rootdir conftest)
+from stream_helpers import mixed_tensors, plan_of, stream_to  # tests/ is on sys.path (rootdir conftest)
 from vt_ray.common.weight_stream import (
     ALIGN,
     BucketReceiver,
@@ -33,17 +33,11 @@ from vt_ray.learner.rendezvous import free_port
 
 
 def _tensors() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    out = {f"layers.{i}.w": torch.randn(30 + 7 * i, 5, generator=gen) for i in range(12)}
-    out["big"] = torch.randn(300, 100, generator=gen)  # larger than a bucket: a bucket of its own
-    out["steps"] = torch.arange(7, dtype=torch.int64)
-    out["half"] = torch.randn(9, generator=gen).bfloat16()
-    return out
+    return mixed_tensors(12)
 
 
 def _plan(tensors: dict[str, torch.Tensor], bucket_bytes: int = 4096) -> StreamPlan:
-    return plan_buckets([(k, v.shape, str(v.dtype).removeprefix("torch.")) for k, v in tensors.items()],
-                        bucket_bytes)
+    return plan_of(tensors, bucket_bytes)
 
 
 def test_plan_keeps_order_aligns_every_tensor_and_never_splits_one() -> None:
