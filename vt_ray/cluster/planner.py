@@ -131,7 +131,7 @@ def videos_per_micro_batch(cfg: RecipeConfig, micro_batch: int) -> int:
     ``rollout.n`` responses (one video) contiguous through sharding and micro-batching, so ``b`` consecutive rows
     span at most ceil((b-1)/n) + 1 prompts; ``learner.dedup_videos`` encodes each once (without it, every row)."""
     b, n = micro_batch, max(cfg.rollout.n, 1)
-    if not getattr(cfg.learner, "dedup_videos", True):
+    if not cfg.learner.dedup_videos:
         return b
     return min(b, -(-(b - 1) // n) + 1)
 
