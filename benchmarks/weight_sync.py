@@ -316,20 +316,30 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
         warm_ups = ([(collective, "per_tensor"), (collective, "flat")] if "stream" in modes else []) + (
             [("ipc", "flat")] if "ipc" in modes else [])
         version = 1
-        for backend, gather in warm_ups:
+
+        def attach(backend: str) -> None:
+            """The engines' weight source on ``backend`` (outside any timing: small Ray calls)."""
+            nonlocal attached
             if backend != attached:
                 rollout.attach_weight_source(learner, plan, backend)
                 attached = backend
+
+        def stream_by(backend: str, gather: str) -> None:
+            """One untimed sync of the next version over ``backend`` with the ``gather`` sender."""
+            nonlocal version
+            attach(backend)
             _use_gather(learner, gather)
             version += 1
             rollout.stream_weights(version)
+
+        for backend, gather in warm_ups:
+            stream_by(backend, gather)
         for rep in range(args.reps):
             for mode in modes:
                 version += 1
                 backend = "ipc" if mode in IPC_MODES else collective
-                if mode in ("stream", "stream_old", "ipc") and backend != attached:
-                    rollout.attach_weight_source(learner, plan, backend)  # outside the timing: small Ray calls
-                    attached = backend
+                if mode in ("stream", "stream_old", "ipc"):
+                    attach(backend)
                 rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
                 rest["driver"] = reset_peak()
                 _use_gather(learner, "per_tensor" if mode.endswith("_old") else "flat")
@@ -372,12 +382,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                                       ("ipc", "ipc", "flat")):
             if path not in modes:
                 continue
-            if backend != attached:
-                rollout.attach_weight_source(learner, plan, backend)
-                attached = backend
-            _use_gather(learner, gather)
-            version += 1
-            rollout.stream_weights(version)
+            stream_by(backend, gather)
             probes[path] = rollout.probe_logprobs(PROBE_TEXT)
         _use_gather(learner, "flat")
         by_stream = probes.get("stream", probes.get("ipc"))  # the colocated layout streams over ipc alone
