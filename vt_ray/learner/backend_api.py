@@ -43,8 +43,9 @@ class LearnerBackend(Protocol):
         """[B, L] log-probs of the shard's response tokens under ``policy`` or ``reference``, no grad.
 
         A shard's pixels may still be in the object store (``shard.pixel_refs``, docs/data-path.md):
-        ``shard.materialised()`` fetches them once for the call (``model_inputs()`` would otherwise fetch them
-        for every micro-batch); the fields then mean what they always did."""
+        ``materialised(fetched)`` per micro-batch with one ``fetched`` dict per call fetches each prompt's pixels
+        once for the call and holds per-sample copies for the micro-batch in hand only (``model_inputs()`` alone
+        would fetch them for every micro-batch); the fields then mean what they always did."""
         ...
 
     def train_step(self, shard: TrainBatch, num_micro: int, loss_name: str = "sft") -> dict[str, float]:

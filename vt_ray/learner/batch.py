@@ -210,7 +210,7 @@ class TrainBatch:
         grid (t=1: temporal position 0, as for an image) and placeholder embeddings that are replaced by the
         vision features either way; tests check the logits are equal. So every forward makes one vision call.
         A batch whose pixels are still by reference is materialised first (a backend that calls
-        :meth:`materialised` itself fetches them once per call, not once per micro-batch).
+        :meth:`materialised` with one ``fetched`` dict per call fetches them once per call, not per micro-batch).
         """
         if self.pixel_refs is not None:
             return self.materialised().model_inputs(device)
@@ -249,16 +249,24 @@ class TrainBatch:
                 v += 1
         return torch.cat(pixels), torch.stack(grids), torch.tensor(seconds, dtype=torch.float32)
 
-    def materialised(self) -> TrainBatch:
+    def materialised(self, fetched: dict[Any, torch.Tensor] | None = None) -> TrainBatch:
         """This batch with its pixel fields filled from ``pixel_refs`` (fetched with ``ray.get`` in the calling
         process, each distinct prompt's pixels once, expanded to one copy per sample as collate lays them out);
-        the batch itself when its pixels are already here."""
+        the batch itself when its pixels are already here.
+
+        ``fetched`` (reference -> float32 pixels, filled here) lets a learner materialise one micro-batch at a
+        time: each distinct prompt is fetched and converted once per call, and only the micro-batch in hand holds
+        per-sample copies, not the whole shard (G copies of every video, docs/scaling.md)."""
         if self.pixel_refs is None:
             return self
         import ray
 
-        fetched: list[PromptPixels] = ray.get(self.pixel_refs.refs)
-        expanded = [p.tensor() for p in fetched]  # float32, once per distinct prompt
+        cache: dict[Any, torch.Tensor] = {} if fetched is None else fetched
+        missing = [ref for ref in self.pixel_refs.refs if ref not in cache]
+        if missing:
+            pixels: list[PromptPixels] = ray.get(missing)
+            cache.update((ref, p.tensor()) for ref, p in zip(missing, pixels))  # float32, once per prompt
+        expanded = [cache[ref] for ref in self.pixel_refs.refs]
         images = self._images_mask().tolist()
         videos = [expanded[r] for r, img in zip(self.pixel_refs.rows, images) if not img]
         pictures = [expanded[r] for r, img in zip(self.pixel_refs.rows, images) if img]

@@ -135,11 +135,11 @@ class LearnerWorker(RankCommon):
     def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:
         """[B, L] per-token log-probs of this rank's shard under the policy or the reference (CPU tensor)."""
         hang_point("learner.compute_logprobs", self.rank)
-        shard = shard.materialised()  # pixels by reference: fetched here, once per call
         model = self._model(which)
         model.eval()
         micro, real = self._micro_batches(shard, num_micro)
-        outs = [token_logprobs(model, mb, self.device).cpu() for mb in micro]
+        fetched: dict[Any, torch.Tensor] = {}  # pixels by reference: each prompt's fetched once per call
+        outs = [token_logprobs(model, mb.materialised(fetched), self.device).cpu() for mb in micro]
         reshard_all(model)  # no backward follows to reshard (learner.reshard_after_forward=false)
         width = shard.input_ids.shape[1]
         return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o, r in zip(outs, real) if r])
@@ -157,9 +157,9 @@ class LearnerWorker(RankCommon):
         hang_point("learner.train_step", self.rank)
         crash_point("learner.train_step", self.rank)  # tests: a learner rank lost mid-update
         started = time.perf_counter()
-        shard = shard.materialised()
         loss_fn = self._loss_fn(loss_name)
         micro, real = self._micro_batches(shard, num_micro)
+        fetched: dict[Any, torch.Tensor] = {}  # pixels by reference: each prompt's fetched once per call
         counts = torch.tensor([float(shard.num_tokens), float(shard.num_sequences)])
         dist.all_reduce(counts)
         norm = LossNorm(num_tokens=int(counts[0]), num_sequences=int(counts[1]))
@@ -169,6 +169,7 @@ class LearnerWorker(RankCommon):
         sums: dict[str, float] = {"loss": 0.0}
         maxes: dict[str, float] = {}
         for i, (mb, is_real) in enumerate(zip(micro, real)):
+            mb = mb.materialised(fetched)  # per-sample pixel copies for this micro-batch only
             if not self.lcfg.reduce_every_micro_batch:  # reduce-scatter once, after the last micro-batch
                 cast(FSDPModule, self.model).set_requires_gradient_sync(i == len(micro) - 1)
             logprobs, entropy = token_logprobs_and_entropy(self.model, mb, self.device,

@@ -205,11 +205,13 @@ def test_pixels_by_reference_give_the_driver_path_bit_for_bit(tiny_model_dir: Pa
         assert new.pixel_values_videos.numel() == 0 and new.pixel_values is not None and new.pixel_values.numel() == 0
         fields = ("input_ids", "attention_mask", "response_mask", "mm_token_type_ids", "pixel_values_videos",
                   "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw", "is_image")
+        fetched: dict = {}  # one per call, as the learner materialises micro-batch by micro-batch
         for a, b in [(old, new.materialised()), *zip(old.split(2), new.split(2))]:
             assert a is not None and b is not None
-            b = b.materialised()
+            b = b.materialised(fetched)
             for name in fields:
                 assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert len(fetched) == 3  # each distinct prompt fetched and converted once over the pieces
         first_shard, second_shard = new.split(2)
         assert first_shard is not None and second_shard is not None and second_shard.pixel_refs is not None
         assert second_shard.pixel_refs.rows == [0, 0] and len(second_shard.pixel_refs.refs) == 1  # only its own
