@@ -25,6 +25,12 @@ Assumptions (each one is a term's formula in the printed table; change them here
   once) the most a run of b rows in groups of G = rollout.n sharing one video can hold, min(b, ceil((b-1)/G)+1).
   Measured (benchmarks/activation_bytes.py, autograd's saved tensors, docs/scaling.md): text within 6% of the
   formula, vision 22.4 h_v per block for I_v = 2 h_v (the formula: 22).
+  pixel inputs: 4 x T x b x patch_in (float32 patches, one copy per row of the micro-batch, as the learner
+  passes them to the model).
+  transients, without checkpointing: 0.4 x the saved tensors above (activation gradients and forward/backward
+  temporaries alive at the peak; measured on CPU, docs/scaling.md: one micro-batch's forward + backward peaks at
+  1.31-1.41x its saved bytes, a GRPO step's learner rank at 1.36-1.42x). With checkpointing the recomputed
+  layer's 2A already counts its gradients (not measured).
 - vLLM (per engine, TP = rollout.tensor_parallel_size): weights cP/TP; runtime = 2 GiB with enforce_eager, else
   3 GiB (profiling activations, CUDA graphs, non-torch allocations; measure on the cluster); KV cache need =
   max_num_seqs x max_model_len x kv_bytes_per_token / TP. vLLM reserves gpu_memory_utilization x GPU memory up
@@ -49,6 +55,8 @@ GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CONTEXT_GIB = 2.0
 FRAGMENTATION = 0.05
+BACKWARD_TRANSIENTS = 0.4
+"""A learner's forward + backward peak beyond autograd's saved tensors, as a share of them (module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,12 @@ def vision_activation_bytes(cfg: RecipeConfig, s: ModelShape, micro_batch: int, 
     return c * _vision_patches(cfg, s) * videos_per_micro_batch(cfg, micro_batch) * (per_patch + patch_in)
 
 
+def pixel_input_bytes(cfg: RecipeConfig, s: ModelShape, micro_batch: int) -> int:
+    """The micro-batch's float32 patches as the model receives them: one copy per row (each distinct video's
+    copies share one encoding, not one input)."""
+    return 4 * _vision_patches(cfg, s) * micro_batch * s.in_channels * s.temporal_patch * s.patch**2
+
+
 def _megatron_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int, vision: float) -> dict[str, Term]:
     """The learner terms of a Megatron layout (vt_ray.cluster.megatron_memory says how each is computed)."""
     c, checkpointing, ref_on_gpu = _learner_settings(cfg)
@@ -175,8 +189,10 @@ def _learner_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int) -> dict[s
         text, text_note = s.layers * per_layer + per_layer, "every layer's saved tensors"
     logits = (c + 8) * resp * b * s.vocab
     vision = vision_activation_bytes(cfg, s, b, c, checkpointing)
+    inputs = pixel_input_bytes(cfg, s, b)
     if cfg.learner.backend == "megatron":
-        return _megatron_terms(cfg, s, micro_batch, vision)
+        return _megatron_terms(cfg, s, micro_batch, vision + inputs)
+    transients = 0.0 if checkpointing else BACKWARD_TRANSIENTS * (text + logits + vision)
     learner = cfg.learner
     if getattr(learner, "reshard_after_forward", True):
         params = Term("parameters", _gib(4 * p / f + c * gathered),
@@ -194,9 +210,11 @@ def _learner_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int) -> dict[s
         "optimizer": Term("optimizer", _gib(8 * p / f), "8P/F (AdamW m, v in fp32, sharded)"),
         "reference": Term("reference", _gib(c * p / f) if ref_on_gpu else 0.0,
                           f"{c}P/F (forward only)" if ref_on_gpu else "no reference on GPU (KL off or offloaded)"),
-        "activations": Term("activations", _gib(text + logits + vision),
+        "activations": Term("activations", _gib(text + logits + vision + inputs + transients),
                             f"S={seq}, b={b}: {text_note} {_gib(text):.2f} + logits of {resp} response tokens "
-                            f"{_gib(logits):.2f} + vision {_gib(vision):.2f}"),
+                            f"{_gib(logits):.2f} + vision {_gib(vision):.2f} + pixel inputs {_gib(inputs):.2f}"
+                            + (f" + transients {BACKWARD_TRANSIENTS:g} x saved {_gib(transients):.2f}"
+                               if transients else "")),
     }
 
 
@@ -287,4 +305,4 @@ def overflow_message(plan: MemoryPlan) -> str | None:
 
 
 __all__ = ["Budget", "MemoryPlan", "Term", "check_layout", "format_plan", "overflow_message", "plan_memory",
-           "videos_per_micro_batch", "vision_activation_bytes"]
+           "pixel_input_bytes", "videos_per_micro_batch", "vision_activation_bytes"]

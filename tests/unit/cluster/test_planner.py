@@ -237,3 +237,31 @@ def test_vision_activations_count_each_distinct_video_once_at_the_measured_bytes
     small = dataclasses.replace(shape, vision_depth=4, vision_hidden=256, vision_intermediate=512)
     assert vision_activation_bytes(cfg("rollout.n=16"), small, 1, 4, False) / 2**30 == pytest.approx(0.092, rel=0.2)
 
+
+
+def test_activations_without_checkpointing_add_the_measured_transients_and_the_pixel_inputs(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vt_ray.cluster import planner
+
+    cfg = load_config(ROOT / "recipes/tiny_cpu.yaml", [
+        f"model.path={tiny_model_dir}", "resources.gpus_per_node=3", "resources.learner.gpus_per_worker=1",
+        "resources.rollout.gpus_per_worker=1", "video.max_frames=8", "video.max_pixels=50176", "rollout.n=4",
+        "learner.activation_checkpointing=false"])
+
+    def activations(config: RecipeConfig) -> float:
+        plan = plan_memory(config, micro_batch=4)
+        return next(t.gib for b in plan.budgets for t in b.terms if t.name == "activations") * 2**30
+
+    shape = plan_memory(cfg).shape
+    assert shape is not None
+    inputs = planner.pixel_input_bytes(cfg, shape, 4)
+    assert inputs == 4 * 1024 * 4 * 1176  # float32 x (4 temporal x 256 spatial patches) x 4 rows x 3*2*14*14
+    with_transients = activations(cfg)
+    monkeypatch.setattr(planner, "BACKWARD_TRANSIENTS", 0.0)
+    saved = activations(cfg) - inputs
+    # docs/scaling.md: forward + backward peaks at 1.31-1.41x the saved bytes, a GRPO step's rank at 1.36-1.42x
+    assert with_transients - inputs == pytest.approx(1.4 * saved)
+    monkeypatch.undo()
+    checkpointed = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, activation_checkpointing=True))
+    assert "transients" not in next(t.formula for b in plan_memory(checkpointed, 4).budgets for t in b.terms
+                                    if t.name == "activations")
