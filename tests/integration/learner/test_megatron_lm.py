@@ -18,7 +18,10 @@ megatron's groups down, and runs TP=2. Checked here, in the pytest process, agai
 * checkpoint resharding (vt_ray/learner/megatron/checkpoint.py, megatron's dist_checkpointing): after that AdamW
   step each layout saves model and optimizer; TP=2 loads TP=1's checkpoint and then TP=1 (a third pass) loads
   TP=2's: the weights and both AdamW moments, merged to full tensors, equal the saved ones exactly, and a
-  second AdamW step from the loaded state equals the saving layout's own second step.
+  second AdamW step from the loaded state equals the saving layout's own second step;
+* activation recompute (megatron's ``recompute_granularity`` full and selective, ``learner.activation_checkpointing``;
+  on CPU under ``cpu.recompute_on_cpu``): the same loss and gradients as without, and fewer bytes saved for
+  backward.
 """
 
 from __future__ import annotations
@@ -125,6 +128,43 @@ def _second_adamw_step(lm: Any, opt: torch.optim.Optimizer, bridge: Any, ids: to
     optim.clip_grad_norm(lm, CLIP)
     opt.step()
     return dict(weights.export_hf_weights(lm, bridge))
+
+
+def _counting_pack(params: set[int], saved: dict[int, int]) -> Any:
+    """An autograd pack hook recording each saved storage's size once in ``saved`` (parameters left out)."""
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    return pack
+
+
+def _recompute_runs(tp: int, model_dir: str, ids: torch.Tensor, positions: torch.Tensor) -> dict[str, Any]:
+    """Per recompute mode (none, full, selective): the mean NLL, this rank's gradient shards, and the bytes the
+    forward saved for backward (each storage once, parameters left out), counted by autograd's pack hook."""
+    from vt_ray.learner.megatron import logprobs, model, weights
+    from vt_ray.learner.megatron.cpu import recompute_on_cpu
+
+    config = model.load_hf_config(model_dir)
+    out: dict[str, Any] = {}
+    for mode in ("none", "full", "selective"):
+        recompute = None if mode == "none" else model.Recompute(mode)
+        lm = model.build_language_model(model.TextShape.from_hf(config), tensor_parallel=tp, recompute=recompute)
+        weights.load_hf_weights(lm, weights.make_bridge(config), weights.HfCheckpoint(model_dir))
+        lm.train()
+        params = {p.untyped_storage().data_ptr() for p in lm.parameters()}
+        saved: dict[int, int] = {}
+        pack = _counting_pack(params, saved)
+        with recompute_on_cpu():
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = _nll(logprobs.next_token_logprobs(lm, ids, positions))
+            loss.backward()
+        out[mode] = {"loss": loss.item(), "saved_bytes": sum(saved.values()),
+                     "grads": {n: p.grad.clone() for n, p in lm.named_parameters()}}
+    return out
 
 
 def _checkpoint_dir(out_dir: str, tp: int) -> Path:
@@ -235,6 +275,7 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
             with torch.no_grad():
                 out["lp_batch_after_sft"] = logprobs.batch_token_logprobs(lm, visual, batch, config)
     out["steps"] = results
+    out["recompute"] = _recompute_runs(tp, model_dir, ids, video_pos)
     parallel.destroy_model_parallel()
     return out
 
@@ -508,3 +549,21 @@ def test_check_script_passes_on_cpu_and_fails_when_it_should(tiny_model_dir: Pat
     strict = subprocess.run([*command, "--tol", "0"], capture_output=True, text=True, timeout=TIMEOUT_S)
     assert strict.returncode == 1
     assert "FAIL log-probs" in strict.stdout
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_activation_recompute_keeps_the_gradients_and_saves_activations(runs: list[dict[str, Any]], tp: int) -> None:
+    """megatron's full (every layer, uniform) and selective (core attention) recompute on CPU: the loss and every
+    gradient shard as without recompute (the backward reruns the same forward), and the forward keeps fewer
+    bytes for backward."""
+    for rank in range(WORLD):
+        got = runs[rank][f"tp{tp}"]["recompute"]
+        base = got["none"]
+        for mode in ("full", "selective"):
+            assert got[mode]["loss"] == pytest.approx(base["loss"], abs=1e-6)
+            diff = _max_diff(got[mode]["grads"], base["grads"])
+            assert diff < 1e-6, f"TP={tp} rank {rank} {mode}: gradients {diff:.2e} from no recompute"
+        assert max(g.abs().max().item() for g in base["grads"].values()) > 1e-3  # gradients worth comparing
+        print(f"TP={tp} rank {rank} saved bytes:", {m: got[m]["saved_bytes"] for m in got})
+        assert got["full"]["saved_bytes"] < 0.5 * base["saved_bytes"]
+        assert got["selective"]["saved_bytes"] < base["saved_bytes"]
