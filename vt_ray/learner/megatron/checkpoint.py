@@ -21,7 +21,10 @@ The checkpoint protocol around it (temp dir, manifest, RNG, trainer state, commi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +105,29 @@ def _saved_steps(found: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
     return steps, groups
 
 
+@contextlib.contextmanager
+def _writer_results_in_process() -> Iterator[None]:
+    """megatron's ``torch_dist`` writer hands its write results back through a ``multiprocessing`` manager queue
+    (it starts a spawned server process on a process's first save: 3.5 s measured here) so that an *async* save,
+    run in another process, can report. ``dist_checkpointing.save`` is synchronous: the writer runs in this
+    process (its per-file workers report through their own fork queue), so an in-process queue carries the
+    results the same way."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    held = filesystem_async._results_queue
+    filesystem_async._results_queue = queue.Queue()
+    try:
+        yield
+    finally:
+        filesystem_async._results_queue = held
+
+
 def write_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, tmp: Path, rank: int) -> list[str]:
     """Model and optimizer shards into ``tmp`` (collective); returns the files this rank wrote."""
     from megatron.core import dist_checkpointing
 
     sharded_state = _sharded_state(vl, optimizer)
-    with checkpointing_on_cpu():
+    with checkpointing_on_cpu(), _writer_results_in_process():
         dist_checkpointing.save(sharded_state, str(tmp))
     common = tmp / OPTIM_COMMON.format(rank=rank)
     common.write_text(json.dumps(_optim_common(_sharded_model(vl), optimizer)))
