@@ -19,6 +19,20 @@ class TransformerImpl(StrEnum):
     local = "local"
 
 
+class Recompute(StrEnum):
+    """megatron-core's ``recompute_granularity``: what ``learner.activation_checkpointing`` recomputes."""
+
+    full = "full"  # whole layers: only each recompute unit's input is kept
+    selective = "selective"  # the core attention only (megatron's default selective module)
+
+
+class RecomputeMethod(StrEnum):
+    """megatron-core's ``recompute_method`` (``full`` only): which layers are recomputed."""
+
+    uniform = "uniform"  # every layer, in units of recompute_num_layers layers
+    block = "block"  # the first recompute_num_layers layers of each pipeline stage; the rest keep everything
+
+
 class DistBackend(StrEnum):
     auto = "auto"
     gloo = "gloo"
@@ -48,18 +62,29 @@ class MegatronConfig:
     transformer_impl: TransformerImpl = TransformerImpl.auto
     """Layer modules: auto (transformer-engine when CUDA and TE are present, else local) | transformer_engine |
     local (megatron-core's own modules with SDPA attention: what runs on CPU)."""
+    recompute_granularity: Recompute = Recompute.full
+    """With ``learner.activation_checkpointing``: full (whole layers recomputed in the backward, per
+    ``recompute_method``) | selective (the core attention only). Read only when checkpointing is on."""
+    recompute_method: RecomputeMethod = RecomputeMethod.uniform
+    """``full`` only: uniform (every layer, in units of ``recompute_num_layers``) | block (the first
+    ``recompute_num_layers`` layers of each pipeline stage)."""
+    recompute_num_layers: int = 1
+    """``full`` only: layers per recompute unit (uniform) or recomputed layers per stage (block)."""
 
     def __post_init__(self) -> None:
         check(self.tensor_parallel_size >= 1, "learner.megatron.tensor_parallel_size", "must be >= 1")
         check(self.pipeline_parallel_size >= 1, "learner.megatron.pipeline_parallel_size", "must be >= 1")
         set_choice(self, "transformer_impl", TransformerImpl, "learner.megatron.transformer_impl")
+        set_choice(self, "recompute_granularity", Recompute, "learner.megatron.recompute_granularity")
+        set_choice(self, "recompute_method", RecomputeMethod, "learner.megatron.recompute_method")
+        check(self.recompute_num_layers >= 1, "learner.megatron.recompute_num_layers", "must be >= 1")
 
     def check_model(self, model_path: str, learner_ranks: int) -> None:
         """The layout against the model's shape (``<model_path>/config.json``, when it is on this machine) and the
         learner's rank count. Reads the JSON directly: the planner's reader (vt_ray.cluster.model_shapes) sits
         above the config layer."""
         tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
-        if tp * pp == 1:
+        if tp * pp == 1 and self.recompute_num_layers == 1:  # nothing to split: any model fits
             return
         text = _text_config(model_path)
         if text is not None:
@@ -89,6 +114,13 @@ class MegatronConfig:
                   f"{tp} does not divide the model's {n} {what} {source}")
         check(layers % pp == 0, "learner.megatron.pipeline_parallel_size",
               f"{pp} does not divide the model's {layers} layers {source}")
+        n = self.recompute_num_layers
+        if self.recompute_method == RecomputeMethod.uniform:  # megatron's units must tile each stage's layers
+            check((layers // pp) % n == 0, "learner.megatron.recompute_num_layers",
+                  f"{n} does not divide the {layers // pp} layers of each pipeline stage {source}")
+        else:
+            check(n <= layers // pp, "learner.megatron.recompute_num_layers",
+                  f"{n} is more than the {layers // pp} layers of each pipeline stage {source}")
 
 
 def _text_config(model_path: str) -> dict[str, Any] | None:

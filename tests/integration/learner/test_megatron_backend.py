@@ -207,7 +207,8 @@ def test_grpo_through_the_driver_with_megatron_matches_the_fsdp2_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [[], ["learner.megatron.pipeline_parallel_size=2"]], ids=["dp2", "pp2"])
+@pytest.mark.parametrize("layout", [[], ["learner.megatron.pipeline_parallel_size=2",
+                                         "learner.activation_checkpointing=true"]], ids=["dp2", "pp2"])
 def test_megatron_data_parallel_and_pipeline_match_fsdp2(ray_cluster, tiny_model_dir: Path, tmp_path: Path,
                                                          fsdp2_run: dict[str, Any], layout: list[str]) -> None:
     """Two ranks, ``tensor_parallel_size: 1``. ``dp2`` (the section's default): two data-parallel replicas, each
@@ -215,8 +216,9 @@ def test_megatron_data_parallel_and_pipeline_match_fsdp2(ray_cluster, tiny_model
     (one decoder layer each; the embedding and the vision tower on the first, the output layer and the loss on
     the last), the pooled batch's three micro-batches through megatron's 1F1B schedule over gloo, log-probs and
     metrics broadcast from the last stage, the weights exported from both stages, and a dist_checkpointing
-    save / step / load / same step again. Either way the same log-probs, GRPO and SFT steps as the FSDP2
-    worker."""
+    save / step / load / same step again; with ``learner.activation_checkpointing`` (megatron's full recompute,
+    every layer: each stage's backward, run by the schedule, recomputes its layer). Either way the same
+    log-probs, GRPO and SFT steps as the FSDP2 worker (which keeps its activations)."""
     from vt_ray.learner.group import LearnerGroup
 
     pipeline = bool(layout)
@@ -226,6 +228,9 @@ def test_megatron_data_parallel_and_pipeline_match_fsdp2(ray_cluster, tiny_model
     learner = LearnerGroup(cfg)
     try:
         learner.setup(total_steps=STEPS)
+        recompute = ray_cluster.get([a.__ray_call__.remote(lambda w: w.policy.lm.config.recompute_granularity)
+                                     for a in learner.actors])
+        assert recompute == (["full", "full"] if pipeline else [None, None])
         meg = run_learner(learner, batch, group=True)
         if pipeline:  # each stage writes its own layers; the resumed step must repeat the first exactly
             learner.save_checkpoint(str(tmp_path / "ckpt"), {"data_position": 3})

@@ -14,7 +14,14 @@ megatron's groups down, and runs TP=2. Checked here, in the pytest process, agai
 * one SFT step (vt_ray.learner.losses.sft_loss on that batch, clipped SGD) matches the HF model's;
 * one SGD step on the mean negative log-likelihood, gradient clipped by its global norm (assembled over the TP
   shards, vt_ray/learner/megatron/optim.py): the norm and the updated weights, exported to HF names, match the HF
-  model after the same step; one AdamW step at TP=2 matches TP=1.
+  model after the same step; one AdamW step at TP=2 matches TP=1;
+* checkpoint resharding (vt_ray/learner/megatron/checkpoint.py, megatron's dist_checkpointing): after that AdamW
+  step each layout saves model and optimizer; TP=2 loads TP=1's checkpoint and then TP=1 (a third pass) loads
+  TP=2's: the weights and both AdamW moments, merged to full tensors, equal the saved ones exactly, and a
+  second AdamW step from the loaded state equals the saving layout's own second step;
+* activation recompute (megatron's ``recompute_granularity`` full and selective, ``learner.activation_checkpointing``;
+  on CPU under ``cpu.recompute_on_cpu``): the same loss and gradients as without, and fewer bytes saved for
+  backward.
 """
 
 from __future__ import annotations
@@ -93,6 +100,99 @@ def _save_hf(state: dict[str, torch.Tensor], model_dir: str, out_dir: str) -> No
             shutil.copy(f, target / f.name)
 
 
+def _adamw_state(lm: Any, opt: torch.optim.Optimizer, bridge: Any) -> dict[str, Any]:
+    """The weights and both AdamW moments as full tensors in HF names (each moment exported as if it were the
+    weights: merged over the TP shards by the same code), and the step counters. Collective over TP."""
+    from vt_ray.learner.megatron import weights
+
+    out: dict[str, Any] = {"weights": dict(weights.export_hf_weights(lm, bridge)),
+                           "steps": sorted({float(opt.state[p]["step"]) for p in lm.parameters()})}
+    held = {p: p.data for p in lm.parameters()}
+    try:
+        for moment in ("exp_avg", "exp_avg_sq"):
+            for p in lm.parameters():
+                p.data = opt.state[p][moment]
+            out[moment] = dict(weights.export_hf_weights(lm, bridge))
+    finally:
+        for p, data in held.items():
+            p.data = data
+    return out
+
+
+def _second_adamw_step(lm: Any, opt: torch.optim.Optimizer, bridge: Any, ids: torch.Tensor,
+                       positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    from vt_ray.learner.megatron import logprobs, optim, weights
+
+    opt.zero_grad()
+    _nll(logprobs.next_token_logprobs(lm, ids, positions)).backward()
+    optim.clip_grad_norm(lm, CLIP)
+    opt.step()
+    return dict(weights.export_hf_weights(lm, bridge))
+
+
+def _counting_pack(params: set[int], saved: dict[int, int]) -> Any:
+    """An autograd pack hook recording each saved storage's size once in ``saved`` (parameters left out)."""
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    return pack
+
+
+def _recompute_runs(tp: int, model_dir: str, ids: torch.Tensor, positions: torch.Tensor) -> dict[str, Any]:
+    """Per recompute mode (none, full, selective): the mean NLL, this rank's gradient shards, and the bytes the
+    forward saved for backward (each storage once, parameters left out), counted by autograd's pack hook."""
+    from vt_ray.learner.megatron import logprobs, model, weights
+    from vt_ray.learner.megatron.cpu import recompute_on_cpu
+
+    config = model.load_hf_config(model_dir)
+    out: dict[str, Any] = {}
+    for mode in ("none", "full", "selective"):
+        recompute = None if mode == "none" else model.Recompute(mode)
+        lm = model.build_language_model(model.TextShape.from_hf(config), tensor_parallel=tp, recompute=recompute)
+        weights.load_hf_weights(lm, weights.make_bridge(config), weights.HfCheckpoint(model_dir))
+        lm.train()
+        params = {p.untyped_storage().data_ptr() for p in lm.parameters()}
+        saved: dict[int, int] = {}
+        pack = _counting_pack(params, saved)
+        with recompute_on_cpu():
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = _nll(logprobs.next_token_logprobs(lm, ids, positions))
+            loss.backward()
+        out[mode] = {"loss": loss.item(), "saved_bytes": sum(saved.values()),
+                     "grads": {n: p.grad.clone() for n, p in lm.named_parameters()}}
+    return out
+
+
+def _checkpoint_dir(out_dir: str, tp: int) -> Path:
+    return Path(out_dir) / f"megatron_ckpt_tp{tp}"
+
+
+def _resume(tp: int, source_tp: int, model_dir: str, visual: torch.nn.Module, out_dir: str) -> dict[str, Any]:
+    """At TP=``tp``: a fresh model and AdamW, the TP=``source_tp`` checkpoint loaded into them (resharded by
+    dist_checkpointing), their state, and a second AdamW step from it."""
+    import torch.distributed as dist
+
+    from vt_ray.learner.megatron import checkpoint, model, parallel, weights
+    from vt_ray.learner.megatron.vlm import MegatronVL
+
+    parallel.init_model_parallel(tensor_parallel=tp)
+    config = model.load_hf_config(model_dir)
+    shape = model.TextShape.from_hf(config)
+    lm = model.build_language_model(shape, tensor_parallel=tp)  # uninitialised: the checkpoint fills it
+    bridge = weights.make_bridge(config)
+    opt = torch.optim.AdamW(lm.parameters(), lr=ADAMW_LR, weight_decay=0.0)
+    checkpoint.read_shards(MegatronVL(lm, visual, config), opt, _checkpoint_dir(out_dir, source_tp), dist.get_rank())
+    out = _adamw_state(lm, opt, bridge)
+    ids, _, video_pos = _inputs(shape.vocab)
+    out["second"] = _second_adamw_step(lm, opt, bridge, ids, video_pos)
+    parallel.destroy_model_parallel()
+    return out
+
+
 def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, torch.Tensor],
             out_dir: str) -> dict[str, Any]:
     from megatron.core import parallel_state
@@ -154,6 +254,18 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
         opt.step()
         results[optimizer] = {"loss": loss.item(), "grad_norm": norm,
                               "weights": dict(weights.export_hf_weights(lm, bridge))}
+        if optimizer == "adamw":  # a checkpoint of this layout, for the other one to load; then a second step
+            import torch.distributed as dist
+
+            from vt_ray.learner.megatron import checkpoint
+            from vt_ray.learner.megatron.vlm import MegatronVL
+
+            ckpt = _checkpoint_dir(out_dir, tp)
+            ckpt.mkdir(exist_ok=True)
+            dist.barrier()
+            checkpoint.write_shards(MegatronVL(lm, visual, config), opt, ckpt, dist.get_rank())
+            out["saved"] = _adamw_state(lm, opt, bridge)
+            out["saved"]["second"] = _second_adamw_step(lm, opt, bridge, ids, video_pos)
         if optimizer == "sft" and tp == 2:
             # The trained model as a HF checkpoint (rank 0 writes), and what the Megatron model now gives.
             state = weights.full_hf_state_dict(lm, bridge, visual)
@@ -163,6 +275,7 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
             with torch.no_grad():
                 out["lp_batch_after_sft"] = logprobs.batch_token_logprobs(lm, visual, batch, config)
     out["steps"] = results
+    out["recompute"] = _recompute_runs(tp, model_dir, ids, video_pos)
     parallel.destroy_model_parallel()
     return out
 
@@ -179,6 +292,9 @@ def _rank_main(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     visual.requires_grad_(False)
     image = _image_inputs(model_dir)
     result = {f"tp{tp}": _run_tp(tp, model_dir, visual, image, out_dir) for tp in (1, 2)}
+    # TP=2 is the layout up now: load TP=1's checkpoint into it, then TP=2's into TP=1
+    result["tp2_from_tp1"] = _resume(2, 1, model_dir, visual, out_dir)
+    result["tp1_from_tp2"] = _resume(1, 2, model_dir, visual, out_dir)
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
@@ -374,6 +490,29 @@ def test_one_adamw_step_tp2_matches_tp1(runs: list[dict[str, Any]], hf: dict[str
     assert _max_diff(runs[1]["tp2"]["steps"]["adamw"]["weights"], tp2["weights"]) == 0.0
 
 
+@pytest.mark.parametrize(("saved_at", "loaded_at"), [(1, 2), (2, 1)])
+def test_checkpoint_reshards_model_and_adamw_state(runs: list[dict[str, Any]], saved_at: int,
+                                                   loaded_at: int) -> None:
+    """A dist_checkpointing checkpoint (model + torch AdamW state) written at one TP size loads at the other:
+    the weights and both moments, merged to full tensors, are the saved ones bit for bit (the shards are slices
+    of the same global tensors), the step counter too; a second AdamW step from the loaded state equals the
+    saving layout's own second step (AdamW's update depends on the moments: a lost state would show). The key
+    biases are left out of that last comparison (their gradient is float noise, as in the AdamW test above)."""
+    for rank in range(WORLD):
+        saved = runs[rank][f"tp{saved_at}"]["saved"]
+        loaded = runs[rank][f"tp{loaded_at}_from_tp{saved_at}"]
+        assert loaded["steps"] == saved["steps"] == [1.0]
+        for part in ("weights", "exp_avg", "exp_avg_sq"):
+            assert sorted(loaded[part]) == sorted(saved[part])
+            assert _max_diff(loaded[part], saved[part]) == 0.0, (rank, part)
+        assert _max_diff(saved["exp_avg_sq"], {k: torch.zeros_like(v) for k, v in saved["exp_avg_sq"].items()}) > 0
+        kept = [k for k in saved["second"] if not k.endswith("self_attn.k_proj.bias")]
+        diff = _max_diff({k: loaded["second"][k] for k in kept}, {k: saved["second"][k] for k in kept})
+        assert diff < 1e-5, f"second AdamW step after TP={saved_at} -> TP={loaded_at}: {diff:.2e}"
+        moved = _max_diff(saved["second"], saved["weights"])
+        assert moved > 0.5 * ADAMW_LR  # the second step moved the weights
+
+
 def test_layer_spec_choice_on_this_machine() -> None:
     """TE layers are chosen only with CUDA and transformer-engine; here the local spec with SDPA attention."""
     pytest.importorskip("megatron.core")
@@ -410,3 +549,21 @@ def test_check_script_passes_on_cpu_and_fails_when_it_should(tiny_model_dir: Pat
     strict = subprocess.run([*command, "--tol", "0"], capture_output=True, text=True, timeout=TIMEOUT_S)
     assert strict.returncode == 1
     assert "FAIL log-probs" in strict.stdout
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_activation_recompute_keeps_the_gradients_and_saves_activations(runs: list[dict[str, Any]], tp: int) -> None:
+    """megatron's full (every layer, uniform) and selective (core attention) recompute on CPU: the loss and every
+    gradient shard as without recompute (the backward reruns the same forward), and the forward keeps fewer
+    bytes for backward."""
+    for rank in range(WORLD):
+        got = runs[rank][f"tp{tp}"]["recompute"]
+        base = got["none"]
+        for mode in ("full", "selective"):
+            assert got[mode]["loss"] == pytest.approx(base["loss"], abs=1e-6)
+            diff = _max_diff(got[mode]["grads"], base["grads"])
+            assert diff < 1e-6, f"TP={tp} rank {rank} {mode}: gradients {diff:.2e} from no recompute"
+        assert max(g.abs().max().item() for g in base["grads"].values()) > 1e-3  # gradients worth comparing
+        print(f"TP={tp} rank {rank} saved bytes:", {m: got[m]["saved_bytes"] for m in got})
+        assert got["full"]["saved_bytes"] < 0.5 * base["saved_bytes"]
+        assert got["selective"]["saved_bytes"] < base["saved_bytes"]

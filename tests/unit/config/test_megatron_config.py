@@ -22,6 +22,9 @@ def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
     assert cfg.learner.megatron.transformer_impl == "auto"
     cfg = _load(tiny_model_dir, "learner.megatron.pipeline_parallel_size=2")
     assert cfg.learner.megatron.pipeline_parallel_size == 2
+    cfg = _load(tiny_model_dir, "learner.activation_checkpointing=true", "learner.megatron.recompute_method=block",
+                "learner.megatron.recompute_num_layers=2")
+    assert (cfg.learner.megatron.recompute_granularity, cfg.learner.megatron.recompute_num_layers) == ("full", 2)
 
 
 @pytest.mark.parametrize(("override", "key", "words"), [
@@ -30,11 +33,18 @@ def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
     ("learner.megatron.pipeline_parallel_size=4", "learner.megatron.pipeline_parallel_size", "2 layers"),
     ("learner.megatron.transformer_impl=apex", "learner.megatron.transformer_impl", "'apex'"),
     ("learner.megatron.tensor_parallel_size=0", "learner.megatron.tensor_parallel_size", ">= 1"),
+    ("learner.megatron.recompute_granularity=layer", "learner.megatron.recompute_granularity", "'layer'"),
+    ("learner.megatron.recompute_method=every", "learner.megatron.recompute_method", "'every'"),
+    ("learner.megatron.recompute_num_layers=0", "learner.megatron.recompute_num_layers", ">= 1"),
+    # uniform units must tile each stage's layers (2 layers here); block may not ask for more than there are
+    ("learner.megatron.recompute_num_layers=3", "learner.megatron.recompute_num_layers", "does not divide the 2"),
+    ("learner.megatron.recompute_method=block learner.megatron.recompute_num_layers=2 "
+     "learner.megatron.pipeline_parallel_size=2", "learner.megatron.recompute_num_layers", "more than the 1 layers"),
 ])
 def test_a_layout_that_cannot_split_the_model_names_the_key(tiny_model_dir: Path, override: str, key: str,
                                                             words: str) -> None:
     with pytest.raises(ConfigError) as err:
-        _load(tiny_model_dir, override)
+        _load(tiny_model_dir, *override.split())
     assert err.value.key == key
     assert words in str(err.value)
 

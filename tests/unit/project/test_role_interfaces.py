@@ -156,10 +156,30 @@ def test_the_megatron_backend_refuses_what_it_cannot_run_naming_the_key() -> Non
     base = ["learner.backend=megatron", "resources.learner.num_workers=2"]
     refuse_unsupported(load_config(None, base))
     refuse_unsupported(load_config(None, [*base, "learner.megatron.pipeline_parallel_size=2"]))  # runs now
-    for override, key in (("learner.param_dtype=bfloat16", "learner.param_dtype"),
-                          ("learner.activation_checkpointing=true", "learner.activation_checkpointing")):
+    refuse_unsupported(load_config(None, [*base, "learner.activation_checkpointing=true"]))  # megatron's recompute
+    for override, key in (("learner.param_dtype=bfloat16", "learner.param_dtype"),):
         with pytest.raises(ValueError, match=key):
             refuse_unsupported(load_config(None, [*base, override]))
+
+
+def test_activation_checkpointing_selects_megatron_recompute() -> None:
+    """``learner.activation_checkpointing`` turns on megatron's recompute with the ``learner.megatron.recompute_*``
+    keys (full, every layer, by default); without it there is none."""
+    from vt_ray.config.loader import load_config
+    from vt_ray.config.roles import LearnerRoleConfig
+    from vt_ray.learner.megatron.backend import recompute_of
+    from vt_ray.learner.megatron.model import Recompute
+
+    base = ["learner.backend=megatron", "resources.learner.num_workers=2"]
+    assert recompute_of(LearnerRoleConfig.of(load_config(None, base))) is None
+    on = [*base, "learner.activation_checkpointing=true"]
+    full = recompute_of(LearnerRoleConfig.of(load_config(None, on)))
+    assert full == Recompute("full", "uniform", 1)
+    assert full.config_kwargs() == {"recompute_granularity": "full", "recompute_method": "uniform",
+                                    "recompute_num_layers": 1}
+    selective = recompute_of(LearnerRoleConfig.of(load_config(None, [*on, "learner.megatron.recompute_granularity="
+                                                                          "selective"])))
+    assert selective.config_kwargs() == {"recompute_granularity": "selective"}  # megatron: no method, no layers
 
 
 def test_ipc_sync_is_auto_for_colocated_gpus_explicit_on_one_cpu_node_and_refused_where_it_cannot_work() -> None:

@@ -48,9 +48,18 @@ def refuse_unsupported(cfg: LearnerRoleConfig) -> None:
     if lcfg.param_dtype != "float32" or lcfg.reduce_dtype != "float32":
         raise ValueError("learner.param_dtype / learner.reduce_dtype: the Megatron backend computes in float32 "
                          "(mixed precision needs megatron's Float16Module and DDP, not wired yet; docs/megatron.md)")
-    if lcfg.activation_checkpointing:
-        raise ValueError("learner.activation_checkpointing: not wired for the Megatron backend "
-                         "(megatron's recompute_granularity would be; docs/megatron.md)")
+
+
+def recompute_of(cfg: LearnerRoleConfig) -> Any:
+    """``learner.activation_checkpointing`` as megatron's activation recompute (``learner.megatron.recompute_*``),
+    or None without it."""
+    from vt_ray.learner.megatron.model import Recompute
+
+    lcfg = cfg.learner
+    if not lcfg.activation_checkpointing:
+        return None
+    mcfg = lcfg.megatron
+    return Recompute(str(mcfg.recompute_granularity), str(mcfg.recompute_method), mcfg.recompute_num_layers)
 
 
 class MegatronWorker(RankCommon):
@@ -90,7 +99,8 @@ class MegatronWorker(RankCommon):
         self.model_path = model_path or self.cfg.model.path
         self.processor = AutoProcessor.from_pretrained(self.model_path)
         dedup = self.lcfg.dedup_videos
-        self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device, dedup, self.pp).train()
+        self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device, dedup, self.pp,
+                                      recompute_of(self.cfg)).train()
         self.hf_config = self.policy.hf_config
         if self.pp > 1 and self.policy.lm.share_embeddings_and_output_weights:
             raise ValueError("learner.megatron.pipeline_parallel_size: a model with tied embeddings (tie_word_"
@@ -177,17 +187,20 @@ class MegatronWorker(RankCommon):
             return loss  # a share of the whole mini-batch: summed over micro-batches, never averaged
 
         micro = pooled.chunks(self.lcfg.micro_batch_size)
-        if self.pp > 1:
-            from vt_ray.learner.megatron import logprobs, pipeline
+        from vt_ray.learner.megatron.cpu import recompute_on_cpu
 
-            inputs = [self.policy.stage_inputs(mb, wants_entropy) for mb in micro]
-            pipeline.run(self.policy.lm, inputs, lambda i, out: (
-                mb_loss(micro[i], *logprobs.logprobs_from_output(out, inputs[i], wants_entropy)), None),
-                forward_only=False)
-            sums, maxes = pipeline.from_last_stage((sums, maxes))  # the loss exists on the last stage only
-        else:
-            for mb in micro:
-                mb_loss(mb, *self.policy.logprobs(mb, wants_entropy)).backward()
+        with recompute_on_cpu():  # the backward recomputes layers (learner.activation_checkpointing)
+            if self.pp > 1:
+                from vt_ray.learner.megatron import logprobs, pipeline
+
+                inputs = [self.policy.stage_inputs(mb, wants_entropy) for mb in micro]
+                pipeline.run(self.policy.lm, inputs, lambda i, out: (
+                    mb_loss(micro[i], *logprobs.logprobs_from_output(out, inputs[i], wants_entropy)), None),
+                    forward_only=False)
+                sums, maxes = pipeline.from_last_stage((sums, maxes))  # the loss exists on the last stage only
+            else:
+                for mb in micro:
+                    mb_loss(mb, *self.policy.logprobs(mb, wants_entropy)).backward()
         self._sum_data_parallel_grads()
         grad_norm = self._clip_grad_norm()
         lr = float(self.scheduler.get_last_lr()[0])

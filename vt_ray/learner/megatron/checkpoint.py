@@ -8,13 +8,23 @@ parameters' sharding with megatron's ``optim_state_to_sharding_state`` (what its
 per-parameter step counter and the param-group hyperparameters are kept out of it (``exclude_keys``, a
 ``LocalNonpersistentObject``) and written as JSON, so the only pickle megatron writes is its empty common dict.
 
+**Resharding.** Every tensor, the AdamW moments included, is saved under its global key with its place in the
+global tensor, so a checkpoint written at one TP/PP layout loads at another (dist_checkpointing reads the
+overlapping pieces; tested TP=1 <-> TP=2 in ``tests/integration/learner/test_megatron_lm.py``). The step
+counters are keyed by the same global keys (not by the rank's parameter index, which depends on the layout) and
+merged over every rank's JSON, so a rank of the new layout finds the counter of each parameter it holds; a
+parameter with no counter in the checkpoint fails the load, naming its key.
+
 The checkpoint protocol around it (temp dir, manifest, RNG, trainer state, commit) is the FSDP2 learner's
 (:func:`vt_ray.learner.checkpoint_io.save_step` / ``load_step``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +77,60 @@ def _sharded_state(vl: MegatronVL, optimizer: torch.optim.Optimizer) -> dict[str
     return {"model": model_sd, "optim": _sharded_optim(model_sd, optimizer)}
 
 
-def _optim_common(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _param_keys(model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """The optimizer's parameter index -> the parameter's global checkpoint key (the same at every layout)."""
+    from megatron.core.dist_checkpointing.optimizer import get_param_id_to_sharded_param_map
+
+    ids = get_param_id_to_sharded_param_map(model_sd, (p for g in optimizer.param_groups for p in g["params"]))
+    return {pid: sharded.key for pid, sharded in ids.items()}
+
+
+def _optim_common(model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What is not a tensor: each parameter's AdamW step counter (by global key) and the group hyperparameters."""
     state = optimizer.state_dict()
-    return {"steps": {str(i): float(s["step"]) for i, s in state["state"].items()},
+    keys = _param_keys(model_sd, optimizer)
+    return {"steps": {keys[i]: float(s["step"]) for i, s in state["state"].items()},
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]}
+
+
+def _saved_steps(found: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Every rank's step counters merged (a rank of another layout may hold parameters another rank saved), and
+    the param-group hyperparameters (the same on every rank)."""
+    steps: dict[str, float] = {}
+    groups: list[dict[str, Any]] = []
+    for path in sorted(found.glob(OPTIM_COMMON.format(rank="*"))):
+        common = json.loads(path.read_text())
+        steps.update(common["steps"])
+        groups = groups or common["param_groups"]
+    return steps, groups
+
+
+@contextlib.contextmanager
+def _writer_results_in_process() -> Iterator[None]:
+    """megatron's ``torch_dist`` writer hands its write results back through a ``multiprocessing`` manager queue
+    (it starts a spawned server process on a process's first save: 3.5 s measured here) so that an *async* save,
+    run in another process, can report. ``dist_checkpointing.save`` is synchronous: the writer runs in this
+    process (its per-file workers report through their own fork queue), so an in-process queue carries the
+    results the same way."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    held = filesystem_async._results_queue
+    filesystem_async._results_queue = queue.Queue()
+    try:
+        yield
+    finally:
+        filesystem_async._results_queue = held
 
 
 def write_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, tmp: Path, rank: int) -> list[str]:
     """Model and optimizer shards into ``tmp`` (collective); returns the files this rank wrote."""
     from megatron.core import dist_checkpointing
 
-    with checkpointing_on_cpu():
-        dist_checkpointing.save(_sharded_state(vl, optimizer), str(tmp))
+    sharded_state = _sharded_state(vl, optimizer)
+    with checkpointing_on_cpu(), _writer_results_in_process():
+        dist_checkpointing.save(sharded_state, str(tmp))
     common = tmp / OPTIM_COMMON.format(rank=rank)
-    common.write_text(json.dumps(_optim_common(optimizer)))
+    common.write_text(json.dumps(_optim_common(_sharded_model(vl), optimizer)))
     return [common.name, *(p.name for p in tmp.glob(f"__{rank}_*.distcp"))]
 
 
@@ -92,20 +142,19 @@ def read_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, found: Path, r
 
     sharded_state = _sharded_state(vl, optimizer)
     targets = {key: getattr(sharded, "data", None) for key, sharded in sharded_state["model"].items()}
+    keys = _param_keys(sharded_state["model"], optimizer)  # before the load applies (replaces) the factories
     with checkpointing_on_cpu():
         loaded = dist_checkpointing.load(sharded_state, str(found))
     for key, tensor in loaded["model"].items():
         target = targets.get(key)
         if isinstance(target, torch.Tensor) and target is not tensor:  # extra state (not tensors) stays as built
             target.copy_(tensor)
-    saved = found / OPTIM_COMMON.format(rank=rank)
-    if not saved.is_file():  # resumed on more ranks than saved: take rank 0's (the same on every rank)
-        saved = found / OPTIM_COMMON.format(rank=0)
-    common = json.loads(saved.read_text())
+    steps, groups = _saved_steps(found)
     optim = loaded["optim"]
-    optim["param_groups"] = [{**g, **c} for g, c in zip(optimizer.state_dict()["param_groups"],
-                                                         common["param_groups"])]
+    optim["param_groups"] = [{**g, **c} for g, c in zip(optimizer.state_dict()["param_groups"], groups)]
     for pid, values in optim["state"].items():
-        values["step"] = torch.tensor(common["steps"][str(pid)])
+        if keys[pid] not in steps:
+            raise KeyError(f"checkpoint {found}: no AdamW step counter for {keys[pid]!r}")
+        values["step"] = torch.tensor(steps[keys[pid]])
     optimizer.load_state_dict(optim)
     dist.barrier()

@@ -11,6 +11,9 @@ embedding and cross-entropy and the TP collectives run over gloo unchanged. Two 
 
 Pipeline parallelism (megatron's schedules and p2p communication, over gloo) needs three more, all held only
 around the schedule (:func:`pipeline_on_cpu`). ``batch_isend_irecv`` itself runs on gloo unchanged.
+
+Activation recompute (``tensor_parallel.checkpoint``) saves and restores the CUDA RNG state around the
+recomputed forward: :func:`recompute_on_cpu`, held around the training forward and backward.
 """
 
 from __future__ import annotations
@@ -126,3 +129,26 @@ def pipeline_on_cpu() -> Iterator[None]:
     in a ``device="cuda"`` tensor (:func:`cuda_factories_on_cpu`). With CUDA present nothing changes."""
     with checkpointing_on_cpu(), cuda_factories_on_cpu():
         yield
+
+
+@contextlib.contextmanager
+def recompute_on_cpu() -> Iterator[None]:
+    """Inside, megatron's activation recompute (``tensor_parallel.random.CheckpointFunction``, used by
+    ``recompute_granularity`` full and selective) runs on a CPU build. It snapshots the CPU RNG, the CUDA RNG and
+    its CUDA RNG tracker's states before the forward and restores them for the recomputation in the backward (so
+    dropout draws the same masks); the CUDA part fails without CUDA. Here there is no CUDA generator to keep:
+    its get answers None and its set does nothing (the CPU state and the tracker's, empty on CPU, are still
+    saved and restored). Held around the training forward and backward (the recomputation runs in the backward).
+    With CUDA present nothing changes."""
+    if torch.cuda.is_available():
+        yield
+        return
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    get_state, set_state = megatron_random._get_cuda_rng_state, megatron_random._set_cuda_rng_state
+    megatron_random._get_cuda_rng_state = lambda *args, **kwargs: None
+    megatron_random._set_cuda_rng_state = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        megatron_random._get_cuda_rng_state, megatron_random._set_cuda_rng_state = get_state, set_state

@@ -62,15 +62,35 @@ def _filled_from_checkpoint(weight: torch.Tensor) -> None:
     """Megatron's init hook, doing nothing: the weights are loaded next (vt_ray.learner.megatron.weights)."""
 
 
+@dataclass(frozen=True)
+class Recompute:
+    """megatron-core's activation recompute (``learner.activation_checkpointing`` with the
+    ``learner.megatron.recompute_*`` keys): ``granularity`` full (whole layers, per ``method`` and
+    ``num_layers``) or selective (the core attention)."""
+
+    granularity: str = "full"
+    method: str = "uniform"
+    num_layers: int = 1
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """The ``TransformerConfig`` fields (megatron asks method and layers to be None for selective)."""
+        if self.granularity == "selective":
+            return {"recompute_granularity": "selective"}
+        return {"recompute_granularity": "full", "recompute_method": self.method,
+                "recompute_num_layers": self.num_layers}
+
+
 def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                       dtype: torch.dtype = torch.float32, use_te: bool = False) -> Any:
+                       dtype: torch.dtype = torch.float32, use_te: bool = False,
+                       recompute: Recompute | None = None) -> Any:
     """The ``TransformerConfig``. Dropout is 0 (RL fine-tuning, and what the HF model runs with).
 
     Fused kernels: only the bias-SwiGLU and bias-dropout-add fusions, and only with TE on CUDA (they are CUDA
     kernels). Left off everywhere: gradient-accumulation fusion (writes ``param.main_grad``, which only
     megatron's DDP allocates; we step a torch optimizer), the RoPE fusion (not checked with mrope), the masked
     softmax fusion (for megatron's own attention, which neither spec here uses) and persistent layer norm
-    (apex). Without CUDA, parameters are created on the CPU."""
+    (apex). Without CUDA, parameters are created on the CPU. ``recompute``: activation recompute in training
+    (the backward recomputes what the forward did not keep; on CPU under :func:`.cpu.recompute_on_cpu`)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     fused = use_te and torch.cuda.is_available()
@@ -95,6 +115,7 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
         # function returns its share of the mini-batch itself, which the schedule must not divide by the
         # micro-batch count (calculate_per_token_loss; the token count it returns is 1).
         pipeline_dtype=dtype, calculate_per_token_loss=True,
+        **(recompute.config_kwargs() if recompute else {}),
     )
     # Each micro-batch has its own length: the schedule sends the shape before the activations. Set after
     # construction: __post_init__ refuses it with the default MoE token dispatcher even for a dense model.
@@ -103,7 +124,8 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
 
 
 def build_language_model(shape: TextShape, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                         dtype: torch.dtype = torch.float32, use_te: bool | None = None) -> Any:
+                         dtype: torch.dtype = torch.float32, use_te: bool | None = None,
+                         recompute: Recompute | None = None) -> Any:
     """This rank's ``GPTModel`` (its TP shard; parameters uninitialised until weights are loaded).
 
     Needs :func:`vt_ray.learner.megatron.parallel.init_model_parallel` first. With pipeline stages, this
@@ -115,7 +137,7 @@ def build_language_model(shape: TextShape, tensor_parallel: int = 1, pipeline_pa
 
     if use_te is None:
         use_te = transformer_engine_usable()
-    config = transformer_config(shape, tensor_parallel, pipeline_parallel, dtype, use_te)
+    config = transformer_config(shape, tensor_parallel, pipeline_parallel, dtype, use_te, recompute)
     with cuda_device_is_cpu():
         model = GPTModel(
             config=config, transformer_layer_spec=layer_spec(use_te), vocab_size=shape.vocab,

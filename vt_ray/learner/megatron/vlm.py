@@ -15,7 +15,7 @@ import torch
 
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.megatron.logprobs import StageInputs, batch_logprobs_and_entropy, causal_mask, stage_inputs
-from vt_ray.learner.megatron.model import TextShape, build_language_model, load_hf_config
+from vt_ray.learner.megatron.model import Recompute, TextShape, build_language_model, load_hf_config
 from vt_ray.learner.megatron.multimodal import decoder_input
 from vt_ray.learner.megatron.weights import HfCheckpoint, load_hf_weights, make_bridge
 
@@ -30,17 +30,19 @@ class MegatronVL(torch.nn.Module):
 
     @classmethod
     def load(cls, path: str, tensor_parallel: int, use_te: bool, device: torch.device,
-             dedup_videos: bool = False, pipeline_parallel: int = 1) -> MegatronVL:
+             dedup_videos: bool = False, pipeline_parallel: int = 1, recompute: Recompute | None = None
+             ) -> MegatronVL:
         """The checkpoint at ``path``: the language model split over the TP group and into pipeline stages (every
         rank reads the tensors it needs, weights.load_hf_weights), the vision tower whole on the first stage (an
-        empty module on the others). Collective over megatron's groups."""
+        empty module on the others). ``recompute``: megatron's activation recompute in training. Collective over
+        megatron's groups."""
         from megatron.core import parallel_state
 
         from vt_ray.models.hf_load import load_vl_model
 
         hf_config = load_hf_config(path)
         lm = build_language_model(TextShape.from_hf(hf_config), tensor_parallel=tensor_parallel,
-                                  pipeline_parallel=pipeline_parallel, use_te=use_te)
+                                  pipeline_parallel=pipeline_parallel, use_te=use_te, recompute=recompute)
         vl = cls(lm, torch.nn.Module(), hf_config, dedup_videos)
         load_hf_weights(lm, vl.bridge, HfCheckpoint(path))
         if not parallel_state.is_pipeline_first_stage():
