@@ -13,6 +13,20 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+
+def _one_torch_thread_in_the_test_process() -> None:
+    """The tests' own torch work is on tiny tensors, where intra-op threads only add synchronisation, and a busy
+    machine (Ray actors, vLLM engines, other jobs) turns their spin-waits into stalls: a batched HF generate took
+    11.8 s with torch's default threads and 0.6 s with one (tests/unit/rollout/test_hf_engine.py, loaded 2-core
+    machine). Ray actors already run with one thread per CPU they hold. This sets the pytest process only: the
+    processes that tests start (drivers, Ray workers, spawned ranks) keep their own defaults."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+_one_torch_thread_in_the_test_process()
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -20,7 +20,11 @@ def test_demo_runs_every_stage_sft_teaches_the_format_and_grpo_the_content(tmp_p
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     # The demo as `make demo` runs it, but 20 GRPO steps on the colour task instead of 30: accuracy is past the
     # bar below from step 5 in every run seen, and the 10 steps saved are about a minute of the suite's budget.
-    proc = subprocess.run([sys.executable, "-m", "vt_ray", "demo", "--out", str(out), "--color-steps", "20"],
+    # And 3 GRPO steps on the paper-format task instead of the recipe's 6: there the test checks that GRPO runs,
+    # times its phases, checkpoints and reports, not what it learns (~3 s a step). Its SFT keeps the recipe's 40
+    # epochs: with 20, greedy format validity after SFT was 0.0 (measured), far below the bar of 0.75.
+    proc = subprocess.run([sys.executable, "-m", "vt_ray", "demo", "--out", str(out), "--color-steps", "20",
+                           "trainer.total_steps=3"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "vt_ray demo summary" in proc.stdout
@@ -35,7 +39,7 @@ def test_demo_runs_every_stage_sft_teaches_the_format_and_grpo_the_content(tmp_p
     assert sft["mIoU"] > base["mIoU"]
     assert summary["sft"]["loss_last"] < summary["sft"]["loss_first"] / 5
     grpo = summary["grpo"]
-    assert grpo["steps"] == 6
+    assert grpo["steps"] == 3  # the override reached the paper-format GRPO run (the recipe says 6)
     assert all(grpo["mean_time_per_phase_s"][p] > 0 for p in ("rollout", "update", "weight_sync"))
     assert Path(grpo["run_dir"], "metrics.jsonl").is_file()
     for name in ("base", "sft", "grpo"):

@@ -277,9 +277,11 @@ def test_sft_stops_on_sigterm_with_a_checkpoint_and_the_same_command_resumes(
     import sys
 
     out = tmp_path / "sft"
+    # 13 samples in batches of 4: 4 steps an epoch, 12 in all. SIGTERM lands right after step 2 is logged, so the
+    # stop comes 9 steps (seconds) before the end and the resume is mid-epoch; each step more is ~0.3 s per run.
     cmd = [sys.executable, "-m", "vt_ray", "sft", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
            f"model.path={tiny_model_dir}", f"data.train_file={synthetic_dir / 'train.jsonl'}",
-           f"sft.output_dir={out}", "sft.epochs=10", "sft.batch_size=4", "trainer.wandb_mode=disabled"]
+           f"sft.output_dir={out}", "sft.epochs=3", "sft.batch_size=4", "trainer.wandb_mode=disabled"]
     proc, text, second = run_until_then_signal(cmd, r"SFT step 2/(\d+)", with_stderr=True)  # a real step
     assert second is not None, text[-3000:]
     total = int(second.group(1))
