@@ -219,12 +219,15 @@ def verify_bucket(buf: Any, bucket: Bucket, index: int, count: int) -> None:
 
 
 class BucketSender:
-    """Rank 0's side: pack tensors into one of two reused buffers while the other is on the wire."""
+    """Rank 0's side: pack tensors into one of two reused buffers while the other is on the wire. The two
+    buffers come from ``ring`` (the process's ``send`` ring unless given), so the next sync finds them faulted
+    in; a bucket larger than they are (one oversized tensor) gets a buffer of its own."""
 
-    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any) -> None:
-        self.group, self.plan = group, plan
-        size = plan.max_bucket_bytes + TRAILER
-        self._buffers = [torch.empty(size, dtype=torch.uint8, device=device) for _ in range(2)]
+    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any, ring: BufferRing | None = None) -> None:
+        self.group, self.plan, self.device = group, plan, device
+        ring = ring if ring is not None else process_ring("send")
+        self._keep = keep_bytes(plan)
+        self._buffers = [ring.acquire(self._keep, self._keep, device) for _ in range(2)]
         self._work: list[Any] = [None, None]
 
     def send(self, index: int, tensors: Iterable[Any],
@@ -236,7 +239,9 @@ class BucketSender:
         slot = index % 2
         if self._work[slot] is not None:
             self._work[slot].wait()  # that buffer's previous bucket has left
-        buf = self._buffers[slot][: bucket.nbytes + TRAILER]
+        need = bucket.nbytes + TRAILER
+        buf = (self._buffers[slot][:need] if need <= self._keep
+               else torch.empty(need, dtype=torch.uint8, device=self.device))
         pack_bucket(buf, bucket, index, tensors)
         if corrupt is not None:  # tests: a fault after the checksum, as a bad wire or a bad copy would be
             corrupt(index, buf)
@@ -309,7 +314,7 @@ class BufferRing:
             self._kept = []
 
 
-_PROCESS_RING = BufferRing()
+_PROCESS_RINGS = {"receive": BufferRing(), "send": BufferRing(2), "staging": BufferRing(2)}
 
 
 def keep_bytes(plan: StreamPlan) -> int:
@@ -319,9 +324,11 @@ def keep_bytes(plan: StreamPlan) -> int:
     return max(shared, default=plan.max_bucket_bytes) + TRAILER
 
 
-def process_ring() -> BufferRing:
-    """This process's receive buffers, kept between syncs (an engine worker receives one sync after another)."""
-    return _PROCESS_RING
+def process_ring(role: str = "receive") -> BufferRing:
+    """This process's bucket buffers for ``role``, kept between syncs: ``receive`` (an engine worker's, three),
+    ``send`` (a sender's two) and ``staging`` (learner rank 0's two shard-gather buffers). What they hold between
+    syncs is what a fresh allocation would fault in again at the next one."""
+    return _PROCESS_RINGS[role]
 
 
 class BucketReceiver:

@@ -29,6 +29,7 @@ from vt_ray.common.weight_stream import (
     StreamSession,
     WeightStreamError,
     plan_buckets,
+    process_ring,
 )
 from vt_ray.learner.rendezvous import free_port
 
@@ -181,10 +182,12 @@ def test_reused_buffers_deliver_two_consecutive_syncs_bit_for_bit_even_to_a_load
         return dict(receiver.tensors())  # like vLLM's reload holding a layer's views: nothing may be overwritten
 
     oversized = sum(len(b.tensors) == 1 and b.nbytes > 4096 for b in plan.buckets)
-    fresh = []
+    fresh, sent_fresh = [], []
+    sending = process_ring("send")  # the sender's two buffers, the process's own
     for tensors, consume in ((first, _copy_all), (second, keep_views), (first, _copy_all), (second, _copy_all)):
-        before = ring.fresh
+        before, sent_before = ring.fresh, sending.fresh
         results, errors = _stream(tensors, plan, 1, consume, ring=ring)
+        sent_fresh.append(sending.fresh - sent_before)
         assert not errors
         assert all(torch.equal(results[1][k].view(-1).view(torch.uint8), v.view(-1).view(torch.uint8))
                    for k, v in tensors.items())
@@ -194,6 +197,7 @@ def test_reused_buffers_deliver_two_consecutive_syncs_bit_for_bit_even_to_a_load
     # the first sync fills the ring; the one whose loader keeps every view needs fresh buffers past the ring's
     # (none overwritten under a view: checked above); after it, every bucket but the oversized one reuses a buffer
     assert fresh == [ring.capacity + oversized, len(plan.buckets) - ring.capacity, oversized, oversized]
+    assert sent_fresh[1:] == [0, 0, 0]  # the sender found its two buffers again at every later sync
 
 
 def test_stream_names_send_a_tied_tensor_once_under_the_embedding_name() -> None:
