@@ -244,26 +244,36 @@ def _use_gather(learner: Any, gather: str) -> None:
 MODES = ("blob", "stream", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire", "wire_old", "ipc",
          "ipc_transfer")
 """``stream_old``/``transfer_old``: the earlier sender (one ``full_tensor()`` all-gather per tensor);
-``stream_fresh``: the stream with the earlier receiver (a fresh buffer per bucket, no ring kept between syncs);
+``stream_fresh``: the stream with the earlier buffers (the engine's receiver a fresh buffer per bucket, learner
+rank 0 fresh send and staging buffers per sync; nothing kept between syncs);
 ``transfer``: the stream with every bucket dropped on arrival (no load); ``wire``: the wire alone
 (:func:`_send_packed`), ``wire_old`` the same with the earlier receiver (a fresh buffer per bucket); ``ipc``: the
 stream over ``rollout.weight_sync=ipc``, ``ipc_transfer`` the same with the engine only acknowledging."""
 COLLECTIVE_MODES = ("stream", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire", "wire_old")
+IPC_MODES = ("ipc", "ipc_transfer")
 
 
-def _fresh_receive_buffers(engine: Any, fresh: bool) -> None:
-    """The engine process's receivers on fresh buffers per bucket (the earlier receiver), or back on the ring."""
+def _earlier_buffers(sender: Any, engine: Any, earlier: bool) -> None:
+    """``earlier``: the buffers of the earlier code for the next sync, on both ends: the engine's receiver takes
+    a fresh buffer per bucket, learner rank 0 fresh send and staging buffers for the sync (reused within it);
+    nothing is kept from the syncs before. Otherwise the engine's ring back to its capacity."""
     import ray
 
-    def switch(_: Any) -> None:
+    def engine_side(_: Any) -> None:
         from vt_ray.common.weight_stream import RING_BUFFERS, process_ring
 
         ring = process_ring()
-        ring.capacity = 0 if fresh else RING_BUFFERS
+        ring.capacity = 0 if earlier else RING_BUFFERS
         ring.clear()
 
-    ray.get(engine.__ray_call__.remote(switch))
-IPC_MODES = ("ipc", "ipc_transfer")
+    def learner_side(_: Any) -> None:
+        from vt_ray.common.weight_stream import process_ring
+
+        for role in ("send", "staging"):
+            process_ring(role).clear()
+
+    ray.get([engine.__ray_call__.remote(engine_side)] + ([sender.__ray_call__.remote(learner_side)] if earlier
+                                                          else []))
 
 
 def modes_for(size: str, args: argparse.Namespace) -> list[str]:
@@ -362,8 +372,8 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                 backend = "ipc" if mode in IPC_MODES else collective
                 if mode in ("stream", "stream_old", "stream_fresh", "ipc"):
                     attach(backend)
-                if mode == "stream_fresh":  # its resting memory is measured without the ring's buffers
-                    _fresh_receive_buffers(engine, True)
+                if mode == "stream_fresh":  # its resting memory is measured without the rings' buffers
+                    _earlier_buffers(sender, engine, True)
                 rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
                 rest["driver"] = reset_peak()
                 _use_gather(learner, "per_tensor" if mode.endswith("_old") else "flat")
@@ -394,7 +404,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                            object_store_added_mib=plasma.peak_mib - plasma.start_mib,
                            gb_per_s=nbytes / row["sync_s"] / 1e9)
                 if mode == "stream_fresh":
-                    _fresh_receive_buffers(engine, False)
+                    _earlier_buffers(sender, engine, False)
                 if mode in ("blob", "stream", "stream_old", "stream_fresh", "ipc") and (
                         set(rollout.weight_versions()) != {version}):
                     raise RuntimeError(f"{mode}: the engine does not serve version {version}")

@@ -65,6 +65,7 @@ class StreamPlan:
     ``collective_rpc`` as :meth:`to_dict`."""
 
     buckets: tuple[Bucket, ...]
+    bucket_bytes: int = 0  # the payload limit it was planned with (0: unknown); larger buckets hold one tensor
 
     @property
     def total_bytes(self) -> int:
@@ -80,14 +81,15 @@ class StreamPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"buckets": [{"nbytes": b.nbytes, "tensors": [[t.name, t.dtype, list(t.shape), t.offset, t.nbytes]
-                                                              for t in b.tensors]} for b in self.buckets]}
+                                                              for t in b.tensors]} for b in self.buckets],
+                "bucket_bytes": self.bucket_bytes}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> StreamPlan:
         return StreamPlan(tuple(
             Bucket(int(b["nbytes"]), tuple(TensorSlot(str(n), str(d), tuple(int(x) for x in s), int(o), int(k))
                                            for n, d, s, o, k in b["tensors"]))
-            for b in data["buckets"]))
+            for b in data["buckets"]), int(data.get("bucket_bytes", 0)))
 
 
 _ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
@@ -120,7 +122,7 @@ def plan_buckets(specs: Iterable[tuple[str, Sequence[int], str]], bucket_bytes: 
         used += _aligned(nbytes)
     if slots:
         buckets.append(Bucket(used, tuple(slots)))
-    return StreamPlan(tuple(buckets))
+    return StreamPlan(tuple(buckets), bucket_bytes)
 
 
 @dataclass(frozen=True)
@@ -318,10 +320,10 @@ _PROCESS_RINGS = {"receive": BufferRing(), "send": BufferRing(2), "staging": Buf
 
 
 def keep_bytes(plan: StreamPlan) -> int:
-    """The size of a kept receive buffer for ``plan``: its largest bucket with more than one tensor, trailer
-    included (a bucket holding one oversized tensor gets a buffer of its own, not kept)."""
-    shared = [b.nbytes for b in plan.buckets if len(b.tensors) > 1]
-    return max(shared, default=plan.max_bucket_bytes) + TRAILER
+    """The size of a kept bucket buffer for ``plan``: its largest bucket within the planned bucket size, trailer
+    included (a bucket holding one tensor larger than that gets a buffer of its own, not kept)."""
+    fits = [b.nbytes for b in plan.buckets if not plan.bucket_bytes or b.nbytes <= plan.bucket_bytes]
+    return max(fits, default=plan.max_bucket_bytes) + TRAILER
 
 
 def process_ring(role: str = "receive") -> BufferRing:

@@ -194,10 +194,13 @@ def test_reused_buffers_deliver_two_consecutive_syncs_bit_for_bit_even_to_a_load
         del results  # the loader lets its views go
         fresh.append(ring.fresh - before)
     assert oversized == 1 and len(plan.buckets) - oversized > ring.capacity
-    # the first sync fills the ring; the one whose loader keeps every view needs fresh buffers past the ring's
-    # (none overwritten under a view: checked above); after it, every bucket but the oversized one reuses a buffer
-    assert fresh == [ring.capacity + oversized, len(plan.buckets) - ring.capacity, oversized, oversized]
-    assert sent_fresh[1:] == [0, 0, 0]  # the sender found its two buffers again at every later sync
+    # The first sync fills the ring; the one whose loader keeps every view needs fresh buffers past the ring's
+    # (none overwritten under a view: checked above). After it, every bucket but the oversized one reuses a
+    # buffer, but for an instant after a sync a group's worker thread may still hold its last buckets (the ring
+    # then makes a fresh one, as it must): at most two per sync. The earlier receiver: 7 fresh per sync.
+    assert fresh[0] >= ring.capacity + oversized and fresh[1] >= len(plan.buckets) - ring.capacity
+    assert sum(fresh[2:]) <= 2 * (oversized + 2)
+    assert sum(sent_fresh[1:]) <= 3  # the sender mostly finds its two buffers again (without the ring: 6)
 
 
 def test_stream_names_send_a_tied_tensor_once_under_the_embedding_name() -> None:
