@@ -10,7 +10,10 @@
   received with prefetch, not loaded), which splits the stream's time into transfer and the engine's load.
 * ``wire``: the wire alone through the stream's own code (a ``BucketSender`` whose tensors are views of its own
   send buffer, so nothing is gathered or packed, and the receiver of ``transfer``): the wire's GB/s, next to a
-  plain gloo broadcast of the same bytes between the same two actors.
+  plain gloo broadcast of the same bytes between the same two actors. ``wire_old``: the same with the earlier
+  receiver (a fresh buffer per bucket, where the receiver now reuses a ring kept between syncs).
+* ``stream_fresh``: the stream with the earlier buffers on both ends (the engine's a fresh buffer per bucket,
+  learner rank 0's send and staging buffers fresh per sync): what keeping them saves, in time and peak memory.
 * ``ipc`` (``rollout.weight_sync: ipc``): the same buckets handed to the engine as shared buffers by the learner
   rank on its node (CPU: /dev/shm) or GPU (CUDA IPC); only handles and acks travel. ``ipc_transfer``: the same
   with the engine only acknowledging each bucket (no copy out, no load).
@@ -26,7 +29,8 @@ alternately.
 
 Run: ``.venv/bin/python -m benchmarks.weight_sync`` (defaults: sizes tiny, 0p3b and 0p5b, the last on the stream
 alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 6 minutes on 2 quiet cores).
-``--sizes tiny --reps 2`` is a quick check. On a GPU node ``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
+``--sizes tiny --reps 2`` is a quick check; ``--modes wire wire_old`` runs only those modes. On a GPU node
+``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
 runs the same comparison over NCCL in bfloat16, and ``--gpu --colocate`` the colocated layout (every engine on
 its learner rank's GPU: blob against CUDA IPC; NCCL cannot pair two processes of one GPU)
 (``tools/gpu_check_weight_sync.sh``).
