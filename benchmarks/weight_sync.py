@@ -77,6 +77,14 @@ def read_peak(_: Any = None) -> int:
     return _own_memory().peak_rss
 
 
+def ring_counts(_: Any = None) -> dict[str, int]:
+    """This process's bucket-buffer rings: buffers allocated (``fresh``) and handed out again (``reused``)."""
+    from vt_ray.common.weight_stream import process_ring
+
+    return {f"{role}_{kind}": getattr(process_ring(role), kind) for role in ("receive", "send", "staging")
+            for kind in ("fresh", "reused")}
+
+
 def _own_memory() -> ProcessMemory:
     found = read_process(os.getpid())
     if found is None:
@@ -380,6 +388,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                     _earlier_buffers(sender, engine, True)
                 rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
                 rest["driver"] = reset_peak()
+                rings = {name: ray.get(a.__ray_call__.remote(ring_counts)) for name, a in procs.items()}
                 _use_gather(learner, "per_tensor" if mode.endswith("_old") else "flat")
                 with PlasmaPeak() as plasma:
                     start = time.perf_counter()
@@ -404,6 +413,10 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                 peaks["driver"] = read_peak()
                 row.update({f"{name}_peak_gib": (peaks[name] - rest[name]) / 2**30 for name in peaks})
                 row.update({f"{name}_rest_gib": rest[name] / 2**30 for name in rest})
+                for name, a in procs.items():  # buffers each process's rings made and reused during this sync
+                    after = ray.get(a.__ray_call__.remote(ring_counts))
+                    row.update({f"{name}_{key}": after[key] - rings[name][key] for key in after
+                                if after[key] != rings[name][key]})
                 row.update(object_store_peak_mib=plasma.peak_mib,
                            object_store_added_mib=plasma.peak_mib - plasma.start_mib,
                            gb_per_s=nbytes / row["sync_s"] / 1e9)
