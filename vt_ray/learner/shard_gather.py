@@ -116,8 +116,12 @@ class ShardGatherer:
         self._next = 0  # the bucket the next call must ask for
         self._posted: dict[int, _Posted] = {}
         self._ring = process_ring("staging")  # two staging buffers, reused bucket after bucket and sync after sync
-        shared = [size for (_, size), names in zip(self._layouts, self._names, strict=True) if len(names) > 1]
-        self._size = max(shared, default=0)  # every staging buffer this size at least, so that it is reusable
+        # every staging buffer this size at least, so that it is reusable: the largest of the buckets within the
+        # planned bucket size (a tensor of exactly that size alone in its bucket included); an oversized
+        # tensor's bucket gets a buffer of its own
+        within = [size for (_, size), bucket in zip(self._layouts, plan.buckets, strict=True)
+                  if (bucket.nbytes <= plan.bucket_bytes if plan.bucket_bytes else len(bucket.tensors) > 1)]
+        self._size = max(within, default=0)
 
     def _layout(self, names: list[str]) -> tuple[dict[str, ShardSpan], int]:
         flat = [n for n in names if _flat_shardable(self.state[n], self.mesh)]
