@@ -10,7 +10,10 @@
   received with prefetch, not loaded), which splits the stream's time into transfer and the engine's load.
 * ``wire``: the wire alone through the stream's own code (a ``BucketSender`` whose tensors are views of its own
   send buffer, so nothing is gathered or packed, and the receiver of ``transfer``): the wire's GB/s, next to a
-  plain gloo broadcast of the same bytes between the same two actors.
+  plain gloo broadcast of the same bytes between the same two actors. ``wire_old``: the same with the earlier
+  receiver (a fresh buffer per bucket, where the receiver now reuses a ring kept between syncs).
+* ``stream_fresh``: the stream with the earlier buffers on both ends (the engine's a fresh buffer per bucket,
+  learner rank 0's send and staging buffers fresh per sync): what keeping them saves, in time and peak memory.
 * ``ipc`` (``rollout.weight_sync: ipc``): the same buckets handed to the engine as shared buffers by the learner
   rank on its node (CPU: /dev/shm) or GPU (CUDA IPC); only handles and acks travel. ``ipc_transfer``: the same
   with the engine only acknowledging each bucket (no copy out, no load).
@@ -26,7 +29,8 @@ alternately.
 
 Run: ``.venv/bin/python -m benchmarks.weight_sync`` (defaults: sizes tiny, 0p3b and 0p5b, the last on the stream
 alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 6 minutes on 2 quiet cores).
-``--sizes tiny --reps 2`` is a quick check. On a GPU node ``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
+``--sizes tiny --reps 2`` is a quick check; ``--modes wire wire_old`` runs only those modes. On a GPU node
+``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
 runs the same comparison over NCCL in bfloat16, and ``--gpu --colocate`` the colocated layout (every engine on
 its learner rank's GPU: blob against CUDA IPC; NCCL cannot pair two processes of one GPU)
 (``tools/gpu_check_weight_sync.sh``).
@@ -71,6 +75,14 @@ def reset_peak(_: Any = None) -> int:
 
 def read_peak(_: Any = None) -> int:
     return _own_memory().peak_rss
+
+
+def ring_counts(_: Any = None) -> dict[str, int]:
+    """This process's bucket-buffer rings: buffers allocated (``fresh``) and handed out again (``reused``)."""
+    from vt_ray.common.weight_stream import process_ring
+
+    return {f"{role}_{kind}": getattr(process_ring(role), kind) for role in ("receive", "send", "staging")
+            for kind in ("fresh", "reused")}
 
 
 def _own_memory() -> ProcessMemory:
@@ -153,14 +165,17 @@ def _raw_ipc(session: dict[str, Any], rank: int, total: int, bucket: int) -> flo
     return time.perf_counter() - start
 
 
-def _receive_and_drop(session: dict[str, Any], plan: dict[str, Any]) -> float:
+def _receive_and_drop(session: dict[str, Any], plan: dict[str, Any], fresh: bool = False) -> float:
     """An engine process's receiver without the load: every bucket taken off the wire with receive-prefetch and
-    its checksum verified (``BucketReceiver.tensors``), each tensor dropped on arrival. Seconds after the join."""
-    from vt_ray.common.weight_stream import BucketReceiver, StreamGroup, StreamPlan, StreamSession
+    its checksum verified (``BucketReceiver.tensors``), each tensor dropped on arrival. Seconds after the join.
+    ``fresh``: the earlier receiver, a fresh buffer per bucket (``BufferRing(0)``), instead of the process's
+    reused ring."""
+    from vt_ray.common.weight_stream import BucketReceiver, BufferRing, StreamGroup, StreamPlan, StreamSession
 
     group = StreamGroup(StreamSession(**session), 1)
     start = time.perf_counter()
-    for _ in BucketReceiver(group, StreamPlan.from_dict(plan), group.device).tensors():
+    ring = BufferRing(0) if fresh else None
+    for _ in BucketReceiver(group, StreamPlan.from_dict(plan), group.device, ring).tensors():
         pass
     return time.perf_counter() - start
 
@@ -218,14 +233,15 @@ def _transfer_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str
     return timings
 
 
-def _wire_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str) -> dict[str, float]:
+def _wire_only(learner: Any, engine: Any, plan: dict[str, Any], backend: str, fresh: bool = False
+               ) -> dict[str, float]:
     """The wire alone, through the stream's own sender and receiver (:func:`_send_packed`): the later of the two
-    ends' times after joining the group (as the raw broadcast is timed)."""
+    ends' times after joining the group (as the raw broadcast is timed). ``fresh``: the earlier receiver."""
     import ray
 
     session = _session(learner, "wire", backend)
     sending = learner.actors[0].__ray_call__.remote(lambda w: _send_packed(w, session, plan))
-    received = engine.__ray_call__.remote(lambda _: _receive_and_drop(session, plan))
+    received = engine.__ray_call__.remote(lambda _: _receive_and_drop(session, plan, fresh))
     sent_s, received_s = ray.get([sending, received])
     return {"wire_s": max(sent_s, received_s), "wire_sender_s": sent_s}
 
@@ -237,12 +253,39 @@ def _use_gather(learner: Any, gather: str) -> None:
     ray.get([a.__ray_call__.remote(lambda w: setattr(w, "stream_gather", gather)) for a in learner.actors])
 
 
-MODES = ("blob", "stream", "stream_old", "transfer", "transfer_old", "wire", "ipc", "ipc_transfer")
-"""``*_old``: the earlier sender (one ``full_tensor()`` all-gather per tensor); ``transfer``: the stream with
-every bucket dropped on arrival (no load); ``wire``: the wire alone (:func:`_send_packed`); ``ipc``: the stream
-over ``rollout.weight_sync=ipc``, ``ipc_transfer`` the same with the engine only acknowledging."""
-COLLECTIVE_MODES = ("stream", "stream_old", "transfer", "transfer_old", "wire")
+MODES = ("blob", "stream", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire", "wire_old", "ipc",
+         "ipc_transfer")
+"""``stream_old``/``transfer_old``: the earlier sender (one ``full_tensor()`` all-gather per tensor);
+``stream_fresh``: the stream with the earlier buffers (the engine's receiver a fresh buffer per bucket, learner
+rank 0 fresh send and staging buffers per sync; nothing kept between syncs);
+``transfer``: the stream with every bucket dropped on arrival (no load); ``wire``: the wire alone
+(:func:`_send_packed`), ``wire_old`` the same with the earlier receiver (a fresh buffer per bucket); ``ipc``: the
+stream over ``rollout.weight_sync=ipc``, ``ipc_transfer`` the same with the engine only acknowledging."""
+COLLECTIVE_MODES = ("stream", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire", "wire_old")
 IPC_MODES = ("ipc", "ipc_transfer")
+
+
+def _earlier_buffers(sender: Any, engine: Any, earlier: bool) -> None:
+    """``earlier``: the buffers of the earlier code for the next sync, on both ends: the engine's receiver takes
+    a fresh buffer per bucket, learner rank 0 fresh send and staging buffers for the sync (reused within it);
+    nothing is kept from the syncs before. Otherwise the engine's ring back to its capacity."""
+    import ray
+
+    def engine_side(_: Any) -> None:
+        from vt_ray.common.weight_stream import RING_BUFFERS, process_ring
+
+        ring = process_ring()
+        ring.capacity = 0 if earlier else RING_BUFFERS
+        ring.clear()
+
+    def learner_side(_: Any) -> None:
+        from vt_ray.common.weight_stream import process_ring
+
+        for role in ("send", "staging"):
+            process_ring(role).clear()
+
+    ray.get([engine.__ray_call__.remote(engine_side)] + ([sender.__ray_call__.remote(learner_side)] if earlier
+                                                          else []))
 
 
 def modes_for(size: str, args: argparse.Namespace) -> list[str]:
@@ -250,7 +293,8 @@ def modes_for(size: str, args: argparse.Namespace) -> list[str]:
     GPUs, or, colocated, CUDA IPC alone (NCCL cannot pair two processes of one GPU). No blob for
     ``--stream-only`` sizes."""
     streams = IPC_MODES if args.colocate else COLLECTIVE_MODES if args.gpu else COLLECTIVE_MODES + IPC_MODES
-    return [m for m in MODES if m in streams or (m == "blob" and size not in args.stream_only)]
+    return [m for m in MODES if (m in streams or (m == "blob" and size not in args.stream_only))
+            and (not args.modes or m in args.modes)]
 
 
 def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -338,10 +382,13 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             for mode in modes:
                 version += 1
                 backend = "ipc" if mode in IPC_MODES else collective
-                if mode in ("stream", "stream_old", "ipc"):
+                if mode in ("stream", "stream_old", "stream_fresh", "ipc"):
                     attach(backend)
+                if mode == "stream_fresh":  # its resting memory is measured without the rings' buffers
+                    _earlier_buffers(sender, engine, True)
                 rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
                 rest["driver"] = reset_peak()
+                rings = {name: ray.get(a.__ray_call__.remote(ring_counts)) for name, a in procs.items()}
                 _use_gather(learner, "per_tensor" if mode.endswith("_old") else "flat")
                 with PlasmaPeak() as plasma:
                     start = time.perf_counter()
@@ -353,22 +400,30 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                         rollout.update_weights(blob, version)
                         row["push_and_load_s"] = time.perf_counter() - t0
                         del blob
-                    elif mode in ("stream", "stream_old", "ipc"):
+                    elif mode in ("stream", "stream_old", "stream_fresh", "ipc"):
                         row.update(rollout.stream_weights(version))
                     elif mode in ("transfer", "transfer_old", "ipc_transfer"):  # received and dropped, no load
                         row.update(_transfer_only(learner, engine, plan, backend))
                         version -= 1
                     else:
-                        row.update(_wire_only(learner, engine, plan, backend))
+                        row.update(_wire_only(learner, engine, plan, backend, fresh=mode == "wire_old"))
                         version -= 1
                     row["sync_s"] = time.perf_counter() - start
                 peaks = {name: ray.get(a.__ray_call__.remote(read_peak)) for name, a in procs.items()}
                 peaks["driver"] = read_peak()
                 row.update({f"{name}_peak_gib": (peaks[name] - rest[name]) / 2**30 for name in peaks})
+                row.update({f"{name}_rest_gib": rest[name] / 2**30 for name in rest})
+                for name, a in procs.items():  # buffers each process's rings made and reused during this sync
+                    after = ray.get(a.__ray_call__.remote(ring_counts))
+                    row.update({f"{name}_{key}": after[key] - rings[name][key] for key in after
+                                if after[key] != rings[name][key]})
                 row.update(object_store_peak_mib=plasma.peak_mib,
                            object_store_added_mib=plasma.peak_mib - plasma.start_mib,
                            gb_per_s=nbytes / row["sync_s"] / 1e9)
-                if mode in ("blob", "stream", "stream_old", "ipc") and set(rollout.weight_versions()) != {version}:
+                if mode == "stream_fresh":
+                    _earlier_buffers(sender, engine, False)
+                if mode in ("blob", "stream", "stream_old", "stream_fresh", "ipc") and (
+                        set(rollout.weight_versions()) != {version}):
                     raise RuntimeError(f"{mode}: the engine does not serve version {version}")
                 runs.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -386,8 +441,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             probes[path] = rollout.probe_logprobs(PROBE_TEXT)
         _use_gather(learner, "flat")
         by_stream = probes.get("stream", probes.get("ipc"))  # the colocated layout streams over ipc alone
-        assert by_stream is not None
-        reference = learner.probe_logprobs(PROBE_TEXT)
+        reference = learner.probe_logprobs(PROBE_TEXT) if by_stream is not None else None
 
         def same(a: str, b: str) -> bool | None:
             return probes[a] == probes[b] if a in probes and b in probes else None
@@ -395,7 +449,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
         raw: list[float] = []
         raw_ipc: list[float] = []
         bucket = int(args.bucket_mb * 2**20)
-        transports = ([(collective, raw, _raw_broadcast)] if "stream" in modes else []) + (
+        transports = ([(collective, raw, _raw_broadcast)] if {"stream", "wire"} & set(modes) else []) + (
             [("ipc", raw_ipc, _raw_ipc)] if "ipc" in modes else [])
         for rep in range(args.reps):  # the transports' physical limits, alternately, between the same actors
             for backend, times, measure in transports:
@@ -413,7 +467,8 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             "stream_equals_old_stream_probe": same("stream", "stream_old"),
             "ipc_equals_stream_probe": same("ipc", "stream"),
             "ipc_equals_blob_probe": same("ipc", "blob"),
-            "probe_engine_vs_learner_max_abs": max(abs(a - b) for a, b in zip(by_stream, reference, strict=True)),
+            "probe_engine_vs_learner_max_abs": None if by_stream is None or reference is None else max(
+                abs(a - b) for a, b in zip(by_stream, reference, strict=True)),
             "raw_broadcast_s": raw, "raw_broadcast_gb_per_s": [nbytes / s / 1e9 for s in raw],
             "raw_ipc_s": raw_ipc, "raw_ipc_gb_per_s": [nbytes / s / 1e9 for s in raw_ipc],
         }
@@ -441,9 +496,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     raw, raw_ipc = median("raw_broadcast_gb_per_s"), median("raw_ipc_gb_per_s")
     out["raw_broadcast_gb_per_s"], out["raw_ipc_gb_per_s"] = raw, raw_ipc
     wire_s = out["wire"]["wire_s"] if "wire" in out else None
-    if wire_s and raw:
-        out["wire_gb_per_s"] = nbytes / wire_s / 1e9  # the stream's own sender and receiver with nothing to gather
-        out["wire_share_of_raw"] = out["wire_gb_per_s"] / raw
+    for mode in ("wire", "wire_old"):  # the stream's own sender and receiver with nothing to gather
+        if mode in out and raw:
+            out[f"{mode}_gb_per_s"] = nbytes / out[mode]["wire_s"] / 1e9
+            out[f"{mode}_share_of_raw"] = out[f"{mode}_gb_per_s"] / raw
     for sender, stream_mode, transfer_mode, limit in (("new", "stream", "transfer", raw),
                                                       ("old", "stream_old", "transfer_old", raw),
                                                       ("ipc_sender", "ipc", "ipc_transfer", raw_ipc)):
@@ -465,6 +521,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     out["speedup_vs_blob"] = ratio("blob", "stream")
     out["speedup_vs_old_sender"] = ratio("stream_old", "stream")
     out["transfer_speedup_vs_old_sender"] = ratio("transfer_old", "transfer")
+    out["speedup_vs_fresh_receiver"] = ratio("stream_fresh", "stream")
     out["ipc_speedup_vs_blob"] = ratio("blob", "ipc")
     out["ipc_speedup_vs_stream"] = ratio("stream", "ipc")
     return out
@@ -495,8 +552,11 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
             m = summary[sender]
             ups = []
             if sender == "new":
-                ups.append(f"{summary['speedup_vs_old_sender']:.2f}x vs old (transfer "
-                           f"{summary['transfer_speedup_vs_old_sender']:.2f}x)")
+                if summary["speedup_vs_old_sender"] and summary["transfer_speedup_vs_old_sender"]:
+                    ups.append(f"{summary['speedup_vs_old_sender']:.2f}x vs old (transfer "
+                               f"{summary['transfer_speedup_vs_old_sender']:.2f}x)")
+                if summary["speedup_vs_fresh_receiver"]:
+                    ups.append(f"{summary['speedup_vs_fresh_receiver']:.2f}x vs the earlier receiver")
                 if summary["speedup_vs_blob"]:
                     ups.append(f"{summary['speedup_vs_blob']:.1f}x vs blob")
             if sender == "ipc_sender":
@@ -509,6 +569,11 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
                   f"{_fmt(None if ipc else summary.get('wire_gb_per_s'), '9.2f', 9)} "
                   f"{_fmt(summary['raw_ipc_gb_per_s' if ipc else 'raw_broadcast_gb_per_s'], '8.2f', 8)} "
                   f"{_fmt(None if ipc else summary.get('wire_share_of_raw'), '8.0%', 8)}  {', '.join(ups)}")
+        for mode, label in (("wire_old", "earlier receiver (a fresh buffer per bucket)"),
+                            ("wire", "reused receive buffers")):
+            if f"{mode}_gb_per_s" in summary:
+                print(f"{size:>6} {mode:>8}: {summary[f'{mode}_gb_per_s']:.2f} GB/s, "
+                      f"{summary[f'{mode}_share_of_raw']:.0%} of the raw broadcast ({label})")
         limits = [f"{name} {summary[key]:.2f} GB/s" for name, key in (("gloo/nccl broadcast", "raw_broadcast_gb_per_s"),
                                                                       ("ipc", "raw_ipc_gb_per_s")) if summary[key]]
         print(f"{size:>6} the same bytes through each transport alone: {', '.join(limits) or '-'}")
@@ -519,6 +584,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["tiny", "0p3b", "0p5b"])
     parser.add_argument("--stream-only", nargs="*", default=["0p5b"],
                         help="sizes measured on the stream alone (the blob path does not fit in memory)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
+                        help="run only these modes (default: every mode the layout allows)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--bucket-mb", type=float, default=64.0)
     parser.add_argument("--learners", type=int, default=2)

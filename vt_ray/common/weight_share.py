@@ -49,10 +49,13 @@ from vt_ray.common.weight_stream import (
     TRAILER,
     BucketReceiver,
     BucketSender,
+    BufferRing,
     StreamGroup,
     StreamPlan,
     WeightStreamError,
+    keep_bytes,
     pack_bucket,
+    process_ring,
     verify_bucket,
 )
 
@@ -284,10 +287,13 @@ class SharedBucketSender:
 class SharedBucketReceiver:
     """An engine worker's side (``BucketReceiver``'s interface): the plan's tensors, in order, as views of the
     sender's shared buffer (``private=False``: valid until the next tensor is asked for) or of a private copy of
-    each bucket (``private=True``: valid as long as the consumer keeps them)."""
+    each bucket (``private=True``: valid as long as the consumer keeps them; the copies come from ``ring``,
+    :func:`~vt_ray.common.weight_stream.process_ring` unless given)."""
 
-    def __init__(self, group: StreamGroup, plan: StreamPlan, private: bool) -> None:
+    def __init__(self, group: StreamGroup, plan: StreamPlan, private: bool, ring: BufferRing | None = None) -> None:
         self.group, self.plan, self.private = group, plan, private
+        self.ring = ring if ring is not None else process_ring()
+        self._keep_bytes = keep_bytes(plan)
         self.received = 0  # buckets announced and taken
         self.delivered = 0  # tensors handed to the consumer
         self.current: str | None = None  # the last tensor handed over
@@ -333,7 +339,7 @@ class SharedBucketReceiver:
             self._take(index)
             buf = self._shared(index)
             if self.private:
-                buf = buf.clone()
+                buf = self.ring.acquire(buf.numel(), self._keep_bytes, buf.device).copy_(buf)
                 self._ack()  # copied out: the sender may reuse the buffer while this bucket is loaded
             verify_bucket(buf, bucket, index, len(buckets))
             for spec in bucket.tensors:

@@ -18,6 +18,7 @@ the next one. Building it costs a few milliseconds on CPU (measured in ``benchma
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,6 +65,7 @@ class StreamPlan:
     ``collective_rpc`` as :meth:`to_dict`."""
 
     buckets: tuple[Bucket, ...]
+    bucket_bytes: int = 0  # the payload limit it was planned with (0: unknown); larger buckets hold one tensor
 
     @property
     def total_bytes(self) -> int:
@@ -79,14 +81,15 @@ class StreamPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"buckets": [{"nbytes": b.nbytes, "tensors": [[t.name, t.dtype, list(t.shape), t.offset, t.nbytes]
-                                                              for t in b.tensors]} for b in self.buckets]}
+                                                              for t in b.tensors]} for b in self.buckets],
+                "bucket_bytes": self.bucket_bytes}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> StreamPlan:
         return StreamPlan(tuple(
             Bucket(int(b["nbytes"]), tuple(TensorSlot(str(n), str(d), tuple(int(x) for x in s), int(o), int(k))
                                            for n, d, s, o, k in b["tensors"]))
-            for b in data["buckets"]))
+            for b in data["buckets"]), int(data.get("bucket_bytes", 0)))
 
 
 _ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
@@ -119,7 +122,7 @@ def plan_buckets(specs: Iterable[tuple[str, Sequence[int], str]], bucket_bytes: 
         used += _aligned(nbytes)
     if slots:
         buckets.append(Bucket(used, tuple(slots)))
-    return StreamPlan(tuple(buckets))
+    return StreamPlan(tuple(buckets), bucket_bytes)
 
 
 @dataclass(frozen=True)
@@ -218,12 +221,15 @@ def verify_bucket(buf: Any, bucket: Bucket, index: int, count: int) -> None:
 
 
 class BucketSender:
-    """Rank 0's side: pack tensors into one of two reused buffers while the other is on the wire."""
+    """Rank 0's side: pack tensors into one of two reused buffers while the other is on the wire. The two
+    buffers come from ``ring`` (the process's ``send`` ring unless given), so the next sync finds them faulted
+    in; a bucket larger than they are (one oversized tensor) gets a buffer of its own."""
 
-    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any) -> None:
-        self.group, self.plan = group, plan
-        size = plan.max_bucket_bytes + TRAILER
-        self._buffers = [torch.empty(size, dtype=torch.uint8, device=device) for _ in range(2)]
+    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any, ring: BufferRing | None = None) -> None:
+        self.group, self.plan, self.device = group, plan, device
+        ring = ring if ring is not None else process_ring("send")
+        self._keep = keep_bytes(plan)
+        self._buffers = [ring.acquire(self._keep, self._keep, device) for _ in range(2)]
         self._work: list[Any] = [None, None]
 
     def send(self, index: int, tensors: Iterable[Any],
@@ -235,7 +241,9 @@ class BucketSender:
         slot = index % 2
         if self._work[slot] is not None:
             self._work[slot].wait()  # that buffer's previous bucket has left
-        buf = self._buffers[slot][: bucket.nbytes + TRAILER]
+        need = bucket.nbytes + TRAILER
+        buf = (self._buffers[slot][:need] if need <= self._keep
+               else torch.empty(need, dtype=torch.uint8, device=self.device))
         pack_bucket(buf, bucket, index, tensors)
         if corrupt is not None:  # tests: a fault after the checksum, as a bad wire or a bad copy would be
             corrupt(index, buf)
@@ -256,25 +264,99 @@ class BucketSender:
         gc.collect()  # the process group's destructor is what closes the sockets
 
 
-class BucketReceiver:
-    """An engine worker's side: the plan's tensors, in order, as views into freshly received buckets.
+RING_BUFFERS = 3
+"""Receive buffers an engine process keeps: the bucket in flight, the one being loaded, and the one before it,
+which a loader may still view (a layer split across two buckets, or the loop variable holding the last tensor)."""
 
-    One bucket is always in flight ahead of the one being consumed (receive-prefetch). Buffers are fresh per
-    bucket, never reused: a loader may keep views of a layer that straddles two buckets until the rest of it
-    arrives (vLLM's layerwise reload does). After a failure (a checksum, or the consumer stopping early),
-    :meth:`drain` (or :meth:`abandon`) receives the buckets left so the sender and the other receivers are not left
-    blocked.
+
+def _storage_users(tensor: torch.Tensor) -> int:
+    """How many tensors (and storage objects) share ``tensor``'s memory, views of any shape or dtype included."""
+    return int(torch._C._storage_Use_Count(tensor.untyped_storage()._cdata))
+
+
+class BufferRing:
+    """Bucket buffers reused across buckets and syncs: a fresh 64 MB buffer costs its page faults (the kernel
+    zeroes every page on first touch) on every bucket, about as long as the bucket takes on the wire.
+
+    A buffer is handed out again only when nothing but the ring refers to its memory, checked on the storage's
+    use count: a view that a loader keeps (vLLM's layerwise reload holds a layer's tensors until the layer is
+    complete) keeps its buffer out of use, whatever the loader does with it. If every kept buffer is still
+    viewed, a fresh one is made (and the least recently used one is let go, to be freed with its last view).
+    Buckets larger than ``keep_bytes`` (a tensor bigger than a bucket) get a buffer of their own, never kept.
+    Thread-safe: the receivers of one process may share it."""
+
+    def __init__(self, capacity: int = RING_BUFFERS) -> None:
+        self.capacity = capacity
+        self._kept: list[tuple[torch.Tensor, int]] = []  # (buffer, its use count when only the ring holds it)
+        self._lock = threading.Lock()
+        self.reused = 0  # buffers handed out again
+        self.fresh = 0  # buffers allocated
+
+    def acquire(self, nbytes: int, keep_bytes: int, device: Any) -> torch.Tensor:
+        """A uint8 buffer of ``nbytes`` (a view of a kept one when one is free and large enough); kept buffers
+        are allocated ``keep_bytes`` long, so that each fits every bucket of the plan but the oversized ones."""
+        with self._lock:
+            for i, (buf, alone) in enumerate(self._kept):
+                if buf.device == torch.device(device) and buf.numel() >= nbytes and _storage_users(buf) == alone:
+                    self._kept.append(self._kept.pop(i))  # most recently used last
+                    self.reused += 1
+                    return buf[:nbytes]
+            self.fresh += 1
+            if nbytes > keep_bytes or self.capacity == 0:
+                return torch.empty(nbytes, dtype=torch.uint8, device=device)
+            buf = torch.empty(keep_bytes, dtype=torch.uint8, device=device)
+            if len(self._kept) >= self.capacity:
+                self._kept.pop(0)
+            self._kept.append((buf, _storage_users(buf)))
+            return buf[:nbytes]
+
+    def clear(self) -> None:
+        """Let every kept buffer go (freed once its last view is)."""
+        with self._lock:
+            self._kept = []
+
+
+_PROCESS_RINGS = {"receive": BufferRing(), "send": BufferRing(2), "staging": BufferRing(2)}
+
+
+def keep_bytes(plan: StreamPlan) -> int:
+    """The size of a kept bucket buffer for ``plan``: its largest bucket within the planned bucket size, trailer
+    included (a bucket holding one tensor larger than that gets a buffer of its own, not kept)."""
+    fits = [b.nbytes for b in plan.buckets if not plan.bucket_bytes or b.nbytes <= plan.bucket_bytes]
+    return max(fits, default=plan.max_bucket_bytes) + TRAILER
+
+
+def process_ring(role: str = "receive") -> BufferRing:
+    """This process's bucket buffers for ``role``, kept between syncs: ``receive`` (an engine worker's, three),
+    ``send`` (a sender's two) and ``staging`` (learner rank 0's two shard-gather buffers). What they hold between
+    syncs is what a fresh allocation would fault in again at the next one."""
+    return _PROCESS_RINGS[role]
+
+
+class BucketReceiver:
+    """An engine worker's side: the plan's tensors, in order, as views into the received buckets.
+
+    One bucket is always in flight ahead of the one being consumed (receive-prefetch). Buffers come from
+    ``ring`` (:func:`process_ring` unless given; ``BufferRing(0)``: a fresh buffer per bucket, the earlier
+    receiver), which hands a buffer out again only once no view of it is left: a loader may keep views of a
+    layer that straddles two buckets until the rest of it arrives (vLLM's layerwise reload does). After a
+    failure (a checksum, or the consumer stopping early), :meth:`drain` (or :meth:`abandon`) receives the
+    buckets left so the sender and the other receivers are not left blocked.
     """
 
-    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any) -> None:
+    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any,
+                 ring: BufferRing | None = None) -> None:
         self.group, self.plan, self.device = group, plan, device
+        self.ring = ring if ring is not None else process_ring()
+        self._keep_bytes = keep_bytes(plan)
         self.received = 0  # buckets taken off the wire
         self.delivered = 0  # tensors handed to the consumer
         self.current: str | None = None  # the last tensor handed over
         self._inflight: tuple[Any, Any] | None = None
 
     def _post(self, index: int) -> None:
-        buf = torch.empty(self.plan.buckets[index].nbytes + TRAILER, dtype=torch.uint8, device=self.device)
+        nbytes = self.plan.buckets[index].nbytes + TRAILER
+        buf = self.ring.acquire(nbytes, self._keep_bytes, self.device)
         self._inflight = (buf, self.group.broadcast(buf))
 
     def _take(self, index: int) -> Any:

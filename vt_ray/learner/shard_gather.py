@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Shard
 
-from vt_ray.common.weight_stream import ALIGN, StreamPlan
+from vt_ray.common.weight_stream import ALIGN, StreamPlan, process_ring
 
 
 def _aligned(n: int) -> int:
@@ -115,9 +115,13 @@ class ShardGatherer:
         self._layouts = [self._layout(names) for names in self._names]
         self._next = 0  # the bucket the next call must ask for
         self._posted: dict[int, _Posted] = {}
-        self._spare: list[torch.Tensor] = []  # staging buffers of finished buckets, reused two buckets later
-        shared = [size for (_, size), names in zip(self._layouts, self._names, strict=True) if len(names) > 1]
-        self._size = max(shared, default=0)  # every staging buffer this size at least, so that it is reusable
+        self._ring = process_ring("staging")  # two staging buffers, reused bucket after bucket and sync after sync
+        # every staging buffer this size at least, so that it is reusable: the largest of the buckets within the
+        # planned bucket size (a tensor of exactly that size alone in its bucket included); an oversized
+        # tensor's bucket gets a buffer of its own
+        within = [size for (_, size), bucket in zip(self._layouts, plan.buckets, strict=True)
+                  if (bucket.nbytes <= plan.bucket_bytes if plan.bucket_bytes else len(bucket.tensors) > 1)]
+        self._size = max(within, default=0)
 
     def _layout(self, names: list[str]) -> tuple[dict[str, ShardSpan], int]:
         flat = [n for n in names if _flat_shardable(self.state[n], self.mesh)]
@@ -126,11 +130,8 @@ class ShardGatherer:
         return dict(zip(flat, spans, strict=True)), size
 
     def _staging(self, size: int) -> torch.Tensor:
-        while self._spare:  # a fresh large buffer costs its page faults again: reuse when it is big enough
-            spare = self._spare.pop()
-            if spare.numel() >= size:
-                return spare[:size]
-        return torch.empty(max(size, self._size, 1), dtype=torch.uint8, device=self.device)[:size]
+        """A fresh large buffer costs its page faults again: take one no view of which is left (the ring checks)."""
+        return self._ring.acquire(size, max(self._size, 1), self.device)
 
     def _post(self, index: int) -> None:
         """Rank 0 posts a receive per piece straight into its place and copies its own; the others send."""
@@ -171,5 +172,3 @@ class ShardGatherer:
                 yield tensor.to_local() if staging is None else spans[name].full(staging, tensor.dtype, tensor.shape)
             else:
                 yield tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # its own collective
-        if staging is not None:
-            self._spare.append(staging._base if staging._base is not None else staging)

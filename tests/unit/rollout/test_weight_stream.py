@@ -23,11 +23,13 @@ from vt_ray.common.weight_stream import (
     ALIGN,
     BucketReceiver,
     BucketSender,
+    BufferRing,
     StreamGroup,
     StreamPlan,
     StreamSession,
     WeightStreamError,
     plan_buckets,
+    process_ring,
 )
 from vt_ray.learner.rendezvous import free_port
 
@@ -61,14 +63,15 @@ def test_plan_keeps_order_aligns_every_tensor_and_never_splits_one() -> None:
 
 def _stream(tensors: dict[str, torch.Tensor], plan: StreamPlan, receivers: int,
             consume: Callable[[BucketReceiver, int], Any], corrupt: Callable[[int, torch.Tensor], None] | None = None,
-            ) -> tuple[dict[int, Any], dict[int, BaseException]]:
-    """Rank 0 sends ``tensors`` to ``receivers`` threads; ``consume(receiver, rank)`` is each one's result."""
+            ring: BufferRing | None = None) -> tuple[dict[int, Any], dict[int, BaseException]]:
+    """Rank 0 sends ``tensors`` to ``receivers`` threads (their buffers from ``ring``, the process's by default);
+    ``consume(receiver, rank)`` is each one's result."""
     session = StreamSession("127.0.0.1", free_port(), "test", 1 + receivers, timeout_s=30)
     results: dict[int, Any] = {}
     errors: dict[int, BaseException] = {}
 
     def receive(rank: int) -> None:
-        receiver = BucketReceiver(StreamGroup(session, rank), plan, "cpu")
+        receiver = BucketReceiver(StreamGroup(session, rank), plan, "cpu", ring)
         try:
             results[rank] = consume(receiver, rank)
         except Exception as err:
@@ -146,6 +149,58 @@ def test_a_receiver_that_stops_early_drains_and_its_peer_still_gets_everything()
     results, errors = _stream(tensors, _plan(tensors), 2, consume)
     assert list(errors) == [1] and "loader failed" in str(errors[1])
     assert all(torch.equal(results[2][k], v) for k, v in tensors.items())
+
+
+def test_the_buffer_ring_never_hands_out_a_buffer_something_still_views() -> None:
+    ring = BufferRing(capacity=2)
+    first = ring.acquire(100, 128, "cpu")
+    kept = first[64:96].view(torch.float32).view(2, 4)  # a view of another dtype and shape, as a loader keeps one
+    del first
+    second = ring.acquire(100, 128, "cpu")
+    assert second.data_ptr() != kept.data_ptr() - 64  # the first buffer is still viewed: not handed out
+    del second
+    again = ring.acquire(120, 128, "cpu")  # the second is free again (nothing views it)
+    assert ring.fresh == 2 and ring.reused == 1 and again.numel() == 120
+    del again, kept
+    assert {ring.acquire(128, 128, "cpu").data_ptr() for _ in range(3)} <= {b.data_ptr() for b, _ in ring._kept}
+    assert ring.fresh == 2  # both buffers came back once no view of them was left
+    big = ring.acquire(1000, 128, "cpu")  # larger than a kept buffer (an oversized tensor): its own, never kept
+    assert big.numel() == 1000 and all(b.numel() == 128 for b, _ in ring._kept)
+    held = [ring.acquire(64, 128, "cpu") for _ in range(3)]  # more at once than it keeps: fresh ones, all distinct
+    assert len({b.data_ptr() for b in held}) == 3 and len(ring._kept) == 2
+    never = BufferRing(0)  # the earlier receiver: a fresh buffer every time
+    assert [never.acquire(8, 8, "cpu").numel() for _ in range(2)] == [8, 8] and never.fresh == 2 and not never._kept
+
+
+def test_reused_buffers_deliver_two_consecutive_syncs_bit_for_bit_even_to_a_loader_that_keeps_every_view() -> None:
+    ring = BufferRing()
+    first = _tensors()
+    second = {k: v + 1 if v.is_floating_point() else v * 2 for k, v in first.items()}
+    plan = _plan(first)
+
+    def keep_views(receiver: BucketReceiver, rank: int) -> dict[str, torch.Tensor]:
+        return dict(receiver.tensors())  # like vLLM's reload holding a layer's views: nothing may be overwritten
+
+    oversized = sum(len(b.tensors) == 1 and b.nbytes > 4096 for b in plan.buckets)
+    fresh, sent_fresh = [], []
+    sending = process_ring("send")  # the sender's two buffers, the process's own
+    for tensors, consume in ((first, _copy_all), (second, keep_views), (first, _copy_all), (second, _copy_all)):
+        before, sent_before = ring.fresh, sending.fresh
+        results, errors = _stream(tensors, plan, 1, consume, ring=ring)
+        sent_fresh.append(sending.fresh - sent_before)
+        assert not errors
+        assert all(torch.equal(results[1][k].view(-1).view(torch.uint8), v.view(-1).view(torch.uint8))
+                   for k, v in tensors.items())
+        del results  # the loader lets its views go
+        fresh.append(ring.fresh - before)
+    assert oversized == 1 and len(plan.buckets) - oversized > ring.capacity
+    # The first sync fills the ring; the one whose loader keeps every view needs fresh buffers past the ring's
+    # (none overwritten under a view: checked above). After it, every bucket but the oversized one reuses a
+    # buffer, but for an instant after a sync a group's worker thread may still hold its last buckets (the ring
+    # then makes a fresh one, as it must): at most two per sync. The earlier receiver: 7 fresh per sync.
+    assert fresh[0] >= ring.capacity + oversized and fresh[1] >= len(plan.buckets) - ring.capacity
+    assert sum(fresh[2:]) <= 2 * (oversized + 2)
+    assert sum(sent_fresh[1:]) <= 3  # the sender mostly finds its two buffers again (without the ring: 6)
 
 
 def test_stream_names_send_a_tied_tensor_once_under_the_embedding_name() -> None:
