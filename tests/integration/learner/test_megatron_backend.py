@@ -10,8 +10,8 @@ batch. One Ray session checks, in order:
 * ``save_hf`` gives a directory transformers loads (no missing or unexpected key) with the exported weights;
 * a dist_checkpointing checkpoint: a step, then load and the same step again gives the same metrics, exactly.
 
-Then TP=1 on two ranks (data parallel) against the FSDP2 worker, and GRPO through the driver against the suite's
-FSDP2 run of the same command.
+Then TP=1 on two ranks (data parallel) against the FSDP2 worker, GRPO through the driver against the suite's
+FSDP2 run of the same command, and SFT through the driver (``vt_ray sft``) against the same command on FSDP2.
 """
 
 from __future__ import annotations
@@ -256,3 +256,36 @@ def test_megatron_data_parallel_and_pipeline_match_fsdp2(ray_cluster, tiny_model
     if pipeline:
         assert {k: v for k, v in again.items() if k != "step_time_s"} == {
             k: v for k, v in first.items() if k != "step_time_s"}
+
+
+@pytest.mark.slow
+def test_sft_through_the_driver_with_megatron_matches_the_fsdp2_run(
+        tiny_model_dir: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    """``python -m vt_ray sft`` with ``learner.backend=megatron`` at TP=2 (two learner ranks) against the same
+    command on FSDP2: the same batches from the same weights, so every step's loss and grad norm must agree to
+    float32 tolerance (the steps after the first also say the two backends applied the same AdamW update), and
+    the megatron run exports an HF model and writes megatron's dist_checkpointing checkpoint."""
+    import sys
+
+    from train_runs import ROOT, run_cli
+    from vt_ray.trainer.metrics import read_metrics
+
+    def sft(out: Path, *extra: str) -> list[dict]:
+        proc = run_cli([sys.executable, "-m", "vt_ray", "sft", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
+                        f"model.path={tiny_model_dir}", f"data.train_file={synthetic_dir / 'train.jsonl'}",
+                        f"sft.output_dir={out}", "sft.epochs=1", "sft.batch_size=4", "trainer.wandb_mode=disabled",
+                        *extra])
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        return read_metrics(out / "metrics.jsonl")
+
+    ours = sft(tmp_path / "megatron", "learner.backend=megatron", "learner.megatron.tensor_parallel_size=2")
+    theirs = sft(tmp_path / "fsdp2")
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs] and len(ours) >= 3
+    for mine, ref in zip(ours, theirs):
+        for key in ("loss", "grad_norm", "num_tokens"):
+            assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7), (mine["step"], key)
+    assert ours[-1]["loss"] < ours[0]["loss"]  # it trained
+    assert (tmp_path / "megatron" / "hf" / "config.json").is_file()
+    # megatron's dist_checkpointing layout (common.pt, metadata.json), which the FSDP2 run's DCP checkpoint lacks
+    assert list((tmp_path / "megatron" / "checkpoints").glob("step_*/common.pt"))
+    assert not list((tmp_path / "fsdp2" / "checkpoints").glob("step_*/common.pt"))
