@@ -19,7 +19,7 @@ class TransformerImpl(StrEnum):
     local = "local"
 
 
-class Recompute(StrEnum):
+class RecomputeGranularity(StrEnum):
     """megatron-core's ``recompute_granularity``: what ``learner.activation_checkpointing`` recomputes."""
 
     full = "full"  # whole layers: only each recompute unit's input is kept
@@ -62,7 +62,7 @@ class MegatronConfig:
     transformer_impl: TransformerImpl = TransformerImpl.auto
     """Layer modules: auto (transformer-engine when CUDA and TE are present, else local) | transformer_engine |
     local (megatron-core's own modules with SDPA attention: what runs on CPU)."""
-    recompute_granularity: Recompute = Recompute.full
+    recompute_granularity: RecomputeGranularity = RecomputeGranularity.full
     """With ``learner.activation_checkpointing``: full (whole layers recomputed in the backward, per
     ``recompute_method``) | selective (the core attention only). Read only when checkpointing is on."""
     recompute_method: RecomputeMethod = RecomputeMethod.uniform
@@ -75,7 +75,7 @@ class MegatronConfig:
         check(self.tensor_parallel_size >= 1, "learner.megatron.tensor_parallel_size", "must be >= 1")
         check(self.pipeline_parallel_size >= 1, "learner.megatron.pipeline_parallel_size", "must be >= 1")
         set_choice(self, "transformer_impl", TransformerImpl, "learner.megatron.transformer_impl")
-        set_choice(self, "recompute_granularity", Recompute, "learner.megatron.recompute_granularity")
+        set_choice(self, "recompute_granularity", RecomputeGranularity, "learner.megatron.recompute_granularity")
         set_choice(self, "recompute_method", RecomputeMethod, "learner.megatron.recompute_method")
         check(self.recompute_num_layers >= 1, "learner.megatron.recompute_num_layers", "must be >= 1")
 
