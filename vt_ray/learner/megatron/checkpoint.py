@@ -27,6 +27,7 @@ import queue
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.distributed as dist
@@ -85,10 +86,10 @@ def _param_keys(model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> d
     return {pid: sharded.key for pid, sharded in ids.items()}
 
 
-def _optim_common(model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """What is not a tensor: each parameter's AdamW step counter (by global key) and the group hyperparameters."""
+def _optim_common(keys: dict[int, str], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What is not a tensor: each parameter's AdamW step counter (by global key, :func:`_param_keys`) and the
+    group hyperparameters."""
     state = optimizer.state_dict()
-    keys = _param_keys(model_sd, optimizer)
     return {"steps": {keys[i]: float(s["step"]) for i, s in state["state"].items()},
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]}
 
@@ -114,12 +115,8 @@ def _writer_results_in_process() -> Iterator[None]:
     results the same way."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    held = filesystem_async._results_queue
-    filesystem_async._results_queue = queue.Queue()
-    try:
+    with mock.patch.object(filesystem_async, "_results_queue", queue.Queue()):
         yield
-    finally:
-        filesystem_async._results_queue = held
 
 
 def write_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, tmp: Path, rank: int) -> list[str]:
@@ -127,10 +124,11 @@ def write_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, tmp: Path, ra
     from megatron.core import dist_checkpointing
 
     sharded_state = _sharded_state(vl, optimizer)
+    keys = _param_keys(sharded_state["model"], optimizer)  # before the save applies (replaces) the factories
     with checkpointing_on_cpu(), _writer_results_in_process():
         dist_checkpointing.save(sharded_state, str(tmp))
     common = tmp / OPTIM_COMMON.format(rank=rank)
-    common.write_text(json.dumps(_optim_common(_sharded_model(vl), optimizer)))
+    common.write_text(json.dumps(_optim_common(keys, optimizer)))
     return [common.name, *(p.name for p in tmp.glob(f"__{rank}_*.distcp"))]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -70,12 +71,8 @@ def cuda_device_is_cpu() -> Iterator[None]:
     if torch.cuda.is_available():
         yield
         return
-    original = torch.cuda.current_device
-    torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment,return-value]
-    try:
+    with mock.patch.object(torch.cuda, "current_device", lambda: torch.device("cpu")):
         yield
-    finally:
-        torch.cuda.current_device = original
 
 
 @contextlib.contextmanager
@@ -87,13 +84,8 @@ def checkpointing_on_cpu() -> Iterator[None]:
     if torch.cuda.is_available():
         yield
         return
-    original = torch.cuda.synchronize
-    torch.cuda.synchronize = lambda device=None: None
-    try:
-        with cuda_device_is_cpu():
-            yield
-    finally:
-        torch.cuda.synchronize = original
+    with mock.patch.object(torch.cuda, "synchronize", lambda device=None: None), cuda_device_is_cpu():
+        yield
 
 
 @contextlib.contextmanager
@@ -145,10 +137,8 @@ def recompute_on_cpu() -> Iterator[None]:
         return
     from megatron.core.tensor_parallel import random as megatron_random
 
-    get_state, set_state = megatron_random._get_cuda_rng_state, megatron_random._set_cuda_rng_state
-    megatron_random._get_cuda_rng_state = lambda *args, **kwargs: None
-    megatron_random._set_cuda_rng_state = lambda *args, **kwargs: None
-    try:
+    def nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    with mock.patch.multiple(megatron_random, _get_cuda_rng_state=nothing, _set_cuda_rng_state=nothing):
         yield
-    finally:
-        megatron_random._get_cuda_rng_state, megatron_random._set_cuda_rng_state = get_state, set_state
