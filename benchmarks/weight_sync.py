@@ -262,6 +262,8 @@ rank 0 fresh send and staging buffers per sync; nothing kept between syncs);
 (:func:`_send_packed`), ``wire_old`` the same with the earlier receiver (a fresh buffer per bucket); ``ipc``: the
 stream over ``rollout.weight_sync=ipc``, ``ipc_transfer`` the same with the engine only acknowledging."""
 COLLECTIVE_MODES = ("stream", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire", "wire_old")
+LOADING_MODES = ("stream", "stream_old", "stream_fresh", "ipc")
+"""The streamed modes that load a new version into the engines (the others drop the buckets or time the wire)."""
 IPC_MODES = ("ipc", "ipc_transfer")
 
 
@@ -382,7 +384,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             for mode in modes:
                 version += 1
                 backend = "ipc" if mode in IPC_MODES else collective
-                if mode in ("stream", "stream_old", "stream_fresh", "ipc"):
+                if mode in LOADING_MODES:
                     attach(backend)
                 if mode == "stream_fresh":  # its resting memory is measured without the rings' buffers
                     _earlier_buffers(sender, engine, True)
@@ -400,7 +402,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                         rollout.update_weights(blob, version)
                         row["push_and_load_s"] = time.perf_counter() - t0
                         del blob
-                    elif mode in ("stream", "stream_old", "stream_fresh", "ipc"):
+                    elif mode in LOADING_MODES:
                         row.update(rollout.stream_weights(version))
                     elif mode in ("transfer", "transfer_old", "ipc_transfer"):  # received and dropped, no load
                         row.update(_transfer_only(learner, engine, plan, backend))
@@ -422,7 +424,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                            gb_per_s=nbytes / row["sync_s"] / 1e9)
                 if mode == "stream_fresh":
                     _earlier_buffers(sender, engine, False)
-                if mode in ("blob", "stream", "stream_old", "stream_fresh", "ipc") and (
+                if mode in ("blob", *LOADING_MODES) and (
                         set(rollout.weight_versions()) != {version}):
                     raise RuntimeError(f"{mode}: the engine does not serve version {version}")
                 runs.append(row)
