@@ -28,6 +28,10 @@ STRATEGIES = tuple(PlacementStrategy)
 MODEL_SIZES = ("", "3B", "7B", "32B", "72B")
 
 
+MAX_WORKERS = 100_000
+"""More actors of one role than any Ray cluster runs: a larger count is a typo, refused before the placement
+groups are built (one bundle per worker; a fuzzed 10^12 ran the loader out of memory)."""
+
 @dataclass(frozen=True)
 class GpuRoleResources:
     """A GPU role (rollout engines, FSDP learner ranks): ``num_workers`` actors of one bundle each."""
@@ -89,7 +93,8 @@ class ResourcesConfig:
         set_choice(self, "placement_strategy", PlacementStrategy, "resources.placement_strategy")
         for role in ("rollout", "learner"):
             self._check_gpu_role(role, getattr(self, role))
-        check(self.reward.num_workers >= 1, "resources.reward.num_workers", "must be >= 1")
+        check(1 <= self.reward.num_workers <= MAX_WORKERS, "resources.reward.num_workers",
+              f"must be 1 to {MAX_WORKERS}")
         check(self.reward.cpus_per_worker > 0, "resources.reward.cpus_per_worker", "must be > 0")
         check(self.reward.cpus_per_worker <= self.cpus_per_node, "resources.reward.cpus_per_worker",
               f"exceeds cpus_per_node ({self.cpus_per_node}): a bundle cannot span nodes")
@@ -105,7 +110,7 @@ class ResourcesConfig:
 
     def _check_gpu_role(self, role: str, res: GpuRoleResources) -> None:
         key = f"resources.{role}"
-        check(res.num_workers >= 1, f"{key}.num_workers", "must be >= 1")
+        check(1 <= res.num_workers <= MAX_WORKERS, f"{key}.num_workers", f"must be 1 to {MAX_WORKERS}")
         check(res.cpus_per_worker >= 0, f"{key}.cpus_per_worker", "must be >= 0")
         g = res.gpus_per_worker
         check(g >= 0, f"{key}.gpus_per_worker", "must be >= 0")

@@ -265,3 +265,12 @@ def test_activations_without_checkpointing_add_the_measured_transients_and_the_p
     checkpointed = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, activation_checkpointing=True))
     assert "transients" not in next(t.formula for b in plan_memory(checkpointed, 4).budgets for t in b.terms
                                     if t.name == "activations")
+
+
+@pytest.mark.parametrize("key", ["resources.learner.num_workers", "resources.rollout.num_workers",
+                                 "resources.reward.num_workers"])
+def test_a_worker_count_past_any_cluster_fails_at_load_naming_the_key(key: str) -> None:
+    # a fuzzed 10^12 learner ranks used to build one placement bundle per rank and run out of memory
+    with pytest.raises(ConfigError) as info:
+        load_config(SCALE_1, [f"{key}={10**12}"])
+    assert info.value.key == key
