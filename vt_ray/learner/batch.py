@@ -67,6 +67,13 @@ class PixelRefs:
         rows = [used.setdefault(r, len(used)) for r in self.rows[start:end]]
         return PixelRefs([self.refs[r] for r in used], rows)
 
+    @staticmethod
+    def concat(parts: Sequence[PixelRefs]) -> PixelRefs:
+        """The references of stacked batches, each distinct one once (a prompt split over two shards)."""
+        index: dict[Any, int] = {}
+        rows = [index.setdefault(part.refs[r], len(index)) for part in parts for r in part.rows]
+        return PixelRefs(list(index), rows)
+
 
 @dataclass(slots=True)  # slots: assigning a misspelt field (batch.old_logprob = ...) raises
 class TrainBatch:
@@ -277,6 +284,21 @@ class TrainBatch:
             pixel_values=torch.cat(pictures) if pictures else self.pixel_values,
         )
 
+    def fetch_pixels(self) -> tuple[TrainBatch, dict[str, PromptPixels]]:
+        """The stored pixels of a by-reference batch, each distinct prompt fetched once and kept compact (uint8
+        as stored, not expanded per sample), and this batch with its references renamed to the keys of that dict
+        (the objects' hex ids). Unlike object references, both pickle: ranks can exchange them over
+        ``torch.distributed`` (a Ray reference pickled outside Ray's own serializer loses its owner, and
+        fetching it hangs). ``materialised`` with ``{key: pixels.tensor()}`` as ``fetched`` expands them."""
+        if self.pixel_refs is None:
+            return self, {}
+        import ray
+
+        refs = self.pixel_refs.refs
+        keys = [ref.hex() for ref in refs]
+        stored: list[PromptPixels] = ray.get(list(refs))
+        return replace(self, pixel_refs=PixelRefs(keys, self.pixel_refs.rows)), dict(zip(keys, stored))
+
     def first_response_position(self) -> int:
         """Smallest index of a response token over the batch (the loss never needs logits before it)."""
         cols = self.response_mask.sum(0).nonzero()
@@ -287,7 +309,8 @@ class TrainBatch:
         """Stack batches (re-padding to the widest); the inverse of :meth:`split`."""
         if not batches:
             raise ValueError("nothing to concatenate")
-        if any(b.pixel_refs is not None for b in batches):  # the pixels are elsewhere: stack what is here
+        by_reference = all(b.pixel_refs is not None for b in batches)  # stacked as references, pixels stay away
+        if not by_reference and any(b.pixel_refs is not None for b in batches):  # mixed: stack the pixels
             batches = [b.materialised() for b in batches]
         width = max(b.input_ids.shape[1] for b in batches)
         pad_id = batches[0].pad_token_id
@@ -319,6 +342,7 @@ class TrainBatch:
             seq_extras={k: torch.cat([b.seq_extras[k] for b in batches]) for k in first.seq_extras},
             uids=[u for b in batches for u in b.uids],
             pad_token_id=pad_id,
+            pixel_refs=PixelRefs.concat([b.pixel_refs for b in batches if b.pixel_refs]) if by_reference else None,
         )
         for k in TrainBatch.TOKEN_FIELDS:
             setattr(out, k, None if getattr(first, k) is None else cat(lambda b, k=k: getattr(b, k), 0))

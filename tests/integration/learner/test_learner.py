@@ -15,7 +15,7 @@ import torch
 from learner_examples import make_examples  # tests/ is on sys.path (rootdir conftest)
 from vt_ray.config.loader import load_config
 from vt_ray.config.roles import LearnerRoleConfig
-from vt_ray.learner.batch import Example
+from vt_ray.learner.batch import Example, TrainBatch
 from vt_ray.learner.collate import collate
 
 
@@ -217,6 +217,16 @@ def test_pixels_by_reference_give_the_driver_path_bit_for_bit(tiny_model_dir: Pa
         assert second_shard.pixel_refs.rows == [0, 0] and len(second_shard.pixel_refs.refs) == 1  # only its own
         for k, v in old.model_inputs().items():
             assert torch.equal(v, new.model_inputs()[k]), k  # a backend that never calls materialised()
+        # The Megatron group's path: each shard's pixels fetched compact, exchanged, stacked by key; the first
+        # video's prompt is in both pieces and is kept once.
+        keyed = [new.select(0, 1).fetch_pixels(), new.select(1, len(new)).fetch_pixels()]
+        pooled = TrainBatch.concat([b for b, _ in keyed])
+        stored = {k: p for _, part in keyed for k, p in part.items()}
+        assert pooled.pixel_refs is not None and len(pooled.pixel_refs.refs) == len(stored) == 3
+        assert all(isinstance(k, str) for k in pooled.pixel_refs.refs)  # no Ray reference left to pickle
+        whole = pooled.materialised({k: p.tensor() for k, p in stored.items()})
+        for name in fields:
+            assert torch.equal(getattr(old, name), getattr(whole, name)), name
 
         worker = _learner(tiny_model_dir, "learner.reference=none", "algorithm.use_kl_loss=false")
         assert torch.equal(worker.compute_logprobs(old, num_micro=3), worker.compute_logprobs(new, num_micro=3))

@@ -130,6 +130,17 @@ def test_split_select_concat_round_trip(processor) -> None:
     assert batch.split(7)[5:] == [None, None]
 
 
+def test_pixel_refs_stack_keeping_each_prompt_once() -> None:
+    """Stacked shards keep one reference per distinct prompt (a group split over two shards shares one)."""
+    from vt_ray.learner.batch import PixelRefs
+
+    whole = PixelRefs(["a", "b", "c"], [0, 0, 1, 2, 2])
+    pieces = [whole.select(0, 1), whole.select(1, 4), whole.select(4, 5)]
+    assert [p.refs for p in pieces] == [["a"], ["a", "b", "c"], ["c"]]
+    back = PixelRefs.concat(pieces)
+    assert back.refs == whole.refs and back.rows == whole.rows
+
+
 # ---- config and schedule ---------------------------------------------------------------------------------
 def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
     f = [lr_factor(s, warmup=2, total=10, min_ratio=0.1) for s in range(12)]

@@ -116,17 +116,26 @@ class MegatronWorker(RankCommon):
         return sum(math.prod(shape) for shape in self.view.shapes.values())
 
     # ---- the model-parallel group's data -----------------------------------------------------------------
-    def _pooled(self, shard: TrainBatch) -> tuple[TrainBatch, slice]:
+    def _pooled(self, shard: TrainBatch) -> tuple[TrainBatch, slice, dict[Any, torch.Tensor]]:
         """The shards of this rank's model-parallel group (TP x PP) as one batch (its ranks run the same
-        forward), and this rank's rows in it."""
+        forward), this rank's rows in it, and the float32 pixels of its distinct prompts (``fetched`` for
+        ``TrainBatch.materialised``: each micro-batch expands only its own rows' copies).
+
+        Pixels by reference are fetched once per prompt here and the group exchanges them compact (one stored
+        copy per prompt), not expanded to one float32 copy per sample (G per video) as a materialised shard
+        would be."""
+        shard, stored = shard.fetch_pixels()
         size = self.tp * self.pp
         if size == 1:
-            return shard, slice(0, len(shard))
-        shards: list[Any] = [None] * size
-        dist.all_gather_object(shards, shard, group=self.mp_group)
+            return shard, slice(0, len(shard)), {key: p.tensor() for key, p in stored.items()}
+        gathered: list[Any] = [None] * size
+        dist.all_gather_object(gathered, (shard, stored), group=self.mp_group)
+        shards = [s for s, _ in gathered]
+        pixels = {key: p for _, group_stored in gathered for key, p in group_stored.items()}
         me = dist.get_rank(self.mp_group)
         start = sum(len(s) for s in shards[:me])
-        return TrainBatch.concat(shards), slice(start, start + len(shard))
+        fetched = {key: p.tensor() for key, p in pixels.items()}
+        return TrainBatch.concat(shards), slice(start, start + len(shard)), fetched
 
     def _model(self, which: str) -> Any:
         model = {"policy": self.policy, "reference": self.reference}.get(which)
@@ -140,19 +149,18 @@ class MegatronWorker(RankCommon):
         ``num_micro`` is the FSDP2 ranks' lock-step count; here the TP group runs its pooled batch in
         micro-batches of ``learner.micro_batch_size`` (no collective spans TP groups)."""
         hang_point("learner.compute_logprobs", self.rank)
-        shard = shard.materialised()  # pixels by reference: fetched once per call, before the TP gather
         model = self._model(which).eval()
-        pooled, mine = self._pooled(shard)
+        pooled, mine, fetched = self._pooled(shard)
         width = pooled.input_ids.shape[1]
         micro = pooled.chunks(self.lcfg.micro_batch_size)
         if self.pp > 1:
             from vt_ray.learner.megatron import logprobs, pipeline
 
-            inputs = [model.stage_inputs(mb) for mb in micro]
+            inputs = [model.stage_inputs(mb.materialised(fetched)) for mb in micro]
             outs = pipeline.run(model.lm, inputs, lambda i, out: (
                 out.sum() * 0, logprobs.logprobs_from_output(out, inputs[i], None)[0].cpu()), forward_only=True)
         else:
-            outs = [model.logprobs(mb)[0].cpu() for mb in micro]
+            outs = [model.logprobs(mb.materialised(fetched))[0].cpu() for mb in micro]
         full = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs])
         return full[mine, : shard.input_ids.shape[1]]
 
@@ -163,12 +171,11 @@ class MegatronWorker(RankCommon):
         hang_point("learner.train_step", self.rank)
         crash_point("learner.train_step", self.rank)
         started = time.perf_counter()
-        shard = shard.materialised()
         loss_fn = self._loss_fn(loss_name)
         counts = torch.tensor([float(shard.num_tokens), float(shard.num_sequences)])
         dist.all_reduce(counts)
         norm = LossNorm(num_tokens=int(counts[0]), num_sequences=int(counts[1]))
-        pooled, _ = self._pooled(shard)
+        pooled, _, fetched = self._pooled(shard)
 
         self.policy.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -193,14 +200,14 @@ class MegatronWorker(RankCommon):
             if self.pp > 1:
                 from vt_ray.learner.megatron import logprobs, pipeline
 
-                inputs = [self.policy.stage_inputs(mb, wants_entropy) for mb in micro]
+                inputs = [self.policy.stage_inputs(mb.materialised(fetched), wants_entropy) for mb in micro]
                 pipeline.run(self.policy.lm, inputs, lambda i, out: (
                     mb_loss(micro[i], *logprobs.logprobs_from_output(out, inputs[i], wants_entropy)), None),
                     forward_only=False)
                 sums, maxes = pipeline.from_last_stage((sums, maxes))  # the loss exists on the last stage only
             else:
                 for mb in micro:
-                    mb_loss(mb, *self.policy.logprobs(mb, wants_entropy)).backward()
+                    mb_loss(mb, *self.policy.logprobs(mb.materialised(fetched), wants_entropy)).backward()
         self._sum_data_parallel_grads()
         grad_norm = self._clip_grad_norm()
         lr = float(self.scheduler.get_last_lr()[0])
