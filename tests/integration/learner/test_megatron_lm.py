@@ -21,7 +21,10 @@ megatron's groups down, and runs TP=2. Checked here, in the pytest process, agai
   second AdamW step from the loaded state equals the saving layout's own second step;
 * activation recompute (megatron's ``recompute_granularity`` full and selective, ``learner.activation_checkpointing``;
   on CPU under ``cpu.recompute_on_cpu``): the same loss and gradients as without, and fewer bytes saved for
-  backward.
+  backward;
+* the vision tower in Megatron (``learner.megatron.vision_impl: megatron``, vt_ray/learner/megatron/vision.py)
+  against the HF tower at TP=1 and TP=2: features, the whole model's log-probs, loss, gradients and grad norm,
+  the ``visual.*`` round trip and the HF view, and its checkpoint saved at TP=1 and loaded at TP=2.
 """
 
 from __future__ import annotations

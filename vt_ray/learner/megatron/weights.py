@@ -2,7 +2,9 @@
 partition dims for the tensor-parallel split and merge.
 
 mbridge (0.15.1, installed without its dependencies) knows Qwen2.5-VL's mapping: q/k/v interleaved per query
-group into ``linear_qkv``, gate/up stacked into ``linear_fc1``. Two things around it are ours:
+group into ``linear_qkv``, gate/up stacked into ``linear_fc1``, for the language model (``language_model.*``) and
+the vision tower (``vision_model.*`` <-> ``visual.*``, :mod:`vt_ray.learner.megatron.vision`; the ``prefix``
+argument below). Two things around it are ours:
 
 * mbridge reads a transformers-4 config (language keys at the top level, ``rope_scaling``); transformers 5
   nests them under ``text_config`` with ``rope_parameters``. :func:`make_bridge` gives it a copy in the old
