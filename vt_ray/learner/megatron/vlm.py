@@ -23,7 +23,8 @@ from vt_ray.learner.megatron.weights import LANGUAGE, HfCheckpoint, load_hf_weig
 
 
 class MegatronVL(torch.nn.Module):
-    """``lm`` (GPTModel shard) + ``visual`` (HF tower); ``bridge`` converts names (mbridge)."""
+    """``lm`` (GPTModel shard) + ``visual`` (the HF tower, or this rank's shard of the Megatron one); ``bridge``
+    converts names (mbridge)."""
 
     def __init__(self, lm: Any, visual: torch.nn.Module, hf_config: Any, dedup_videos: bool = False) -> None:
         super().__init__()
