@@ -1,4 +1,4 @@
-"""One-command check of the Megatron language model against Hugging Face, on GPU or CPU (issue 20).
+"""One-command check of the Megatron language model (and vision tower) against Hugging Face, on GPU or CPU (issue 20).
 
     .venv/bin/python tools/megatron_check.py --tp 2                      # tiny random model, built here
     .venv/bin/python tools/megatron_check.py --tp 4 --model DIR --dtype bfloat16 --impl transformer_engine
@@ -7,7 +7,9 @@ Spawns ``--tp`` ranks (NCCL and one GPU each when CUDA is there, gloo on CPU oth
 the chosen layer spec (``auto``: transformer-engine on GPU when installed), loads the checkpoint, and checks:
 the HF -> Megatron -> HF round trip is exact (in the run's dtype), and per-token log-probs on random text with
 text and with multimodal (video-like) positions match ``Qwen2_5_VLForConditionalGeneration``'s within
-``--tol``. Prints one line per check; exit status 1 on a failure. On CPU it runs what
+``--tol``; with ``--vision``, the vision tower in Megatron too (``learner.megatron.vision_impl: megatron``, same
+spec and dtype): its ``visual.*`` round trip, and its features on a windowed video grid against the HF tower's
+within ``--tol``. Prints one line per check; exit status 1 on a failure. On CPU it runs what
 tests/integration/learner/test_megatron_lm.py runs; the TE spec, NCCL and bf16 paths are what it is for, and
 were not run on this project's CPU machines.
 """
@@ -38,6 +40,13 @@ def _inputs(vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     return ids.to(device), text.to(device), video[:, None].expand(3, batch, length).contiguous().to(device)
 
 
+def _video(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2 x 8 x 12-patch video: two 112-pixel windows a frame (one padded), and the full-attention blocks."""
+    grid = torch.tensor([[2, 8, 12]])
+    pixels = torch.randn(int(grid.prod()), 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(1))
+    return grid.to(device), pixels.to(device, dtype)
+
+
 def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
@@ -58,6 +67,18 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     bridge = weights.make_bridge(config)
     weights.load_hf_weights(lm, bridge, checkpoint)
     exported = dict(weights.export_hf_weights(lm, bridge))
+    features = None
+    if args.vision:
+        from vt_ray.learner.megatron import vision
+
+        # megatron's local RMSNorm keeps float32 weights under a bf16 params_dtype (its output then meets a bf16
+        # linear); the whole tower in the run's dtype, as megatron's Float16Module would cast it
+        tower = vision.build_vision_model(config, args.tp, dtype=dtype, use_te=use_te).to(device, dtype)
+        weights.load_hf_weights(tower, bridge, checkpoint, vision.PREFIX)
+        exported.update(weights.export_hf_weights(tower, bridge, vision.PREFIX))
+        grid, pixels = _video(device, dtype)
+        with torch.no_grad():
+            features = tower.eval()(pixels, grid_thw=grid).float().cpu()
     unequal = [k for k, v in exported.items() if not torch.equal(v.cpu(), checkpoint.get(k).to(dtype))]
     ids, text_pos, video_pos = _inputs(int(config.text_config.vocab_size), device)
     lm.eval()
@@ -75,6 +96,10 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
                 logits = hf(input_ids=ids, position_ids=pos, use_cache=False).logits.float()
                 ref = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0].cpu()
                 report[f"logprobs_{name}_max_diff"] = (ours[name] - ref).abs().max().item()
+            if features is not None:
+                grid, pixels = _video(device, dtype)
+                ref = hf.model.visual(pixels, grid_thw=grid).pooler_output.float().cpu()
+                report["vision_features_max_diff"] = (features - ref).abs().max().item()
         Path(out).write_text(json.dumps(report))
     dist.barrier()
     parallel.destroy_model_parallel()
@@ -87,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tp", type=int, default=2, help="tensor-parallel ranks (GPUs on a GPU node)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--impl", default="auto", choices=["auto", "transformer_engine", "local"])
+    ap.add_argument("--vision", action="store_true", help="check the vision tower in Megatron too")
     ap.add_argument("--tol", type=float, default=None, help="log-prob tolerance (default 1e-5 float32, 0.1 bf16)")
     args = ap.parse_args(argv)
     tol = args.tol if args.tol is not None else (1e-5 if args.dtype == "float32" else 0.1)
@@ -110,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         f"log-probs, text positions, within {tol:g}": report["logprobs_text_max_diff"] < tol,
         f"log-probs, multimodal positions, within {tol:g}": report["logprobs_video_max_diff"] < tol,
     }
+    if args.vision:
+        checks[f"vision tower features, within {tol:g}"] = report["vision_features_max_diff"] < tol
     print(json.dumps(report))
     for name, ok in checks.items():
         print(f"{'OK  ' if ok else 'FAIL'} {name}")

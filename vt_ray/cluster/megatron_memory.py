@@ -3,8 +3,10 @@
 The terms describe the backend as written (vt_ray/learner/megatron/, docs/megatron.md; Korthikanti et al. 2022
 for the activation split), with t = TP, p = PP, d = learner ranks / (t p), c = compute dtype bytes:
 - Parameters of the peak pipeline stage P_s: its layers/p decoder layers over t, the embedding (first stage)
-  and the lm_head (last stage) over t (vocab-parallel), the vision tower whole on the first stage (every TP rank
-  runs the same Hugging Face tower on the same pixels). Master weights are float32: 4 P_s.
+  and the lm_head (last stage) over t (vocab-parallel), the vision tower on the first stage: whole with
+  ``learner.megatron.vision_impl: hf`` (every TP rank runs the same Hugging Face tower on the same pixels), over t
+  with ``megatron`` (its norms, patch embedding and row-parallel biases, replicated, are a rounding error here).
+  Master weights are float32: 4 P_s.
 - Gradients: 4 P_s (float32, freed after the step: only the train phase holds them).
 - Optimizer: 8 P_s (a torch AdamW's m and v on the local shards, replicated over d: megatron's distributed
   optimizer, which would shard fp32 state over d, needs CUDA streams in megatron-core 0.16.1 and is not used).
@@ -13,7 +15,8 @@ for the activation split), with t = TP, p = PP, d = learner ranks / (t p), c = c
   first stage stores ``layers`` layers' worth. Without sequence parallelism a layer's norm inputs and residual
   (2h) are replicated over TP and the rest (5h + 2 kv_dim + 4I) split: c S b (2h + (5h + 2kv + 4I)/t) per layer.
   With activation checkpointing: c S b h per layer input kept, plus two layers recomputed. Logits (last stage):
-  (c + 8) R b V / t, vocab-parallel. Vision (first stage): as the FSDP2 plan.
+  (c + 8) R b V / t, vocab-parallel. Vision (first stage): as the FSDP2 plan (whole, with either tower: an
+  overestimate for ``vision_impl: megatron``, whose attention and MLP activations split over t too).
 The first and the last stage are both sized; the larger is the learner's budget (they differ only for p > 1).
 """
 
@@ -66,7 +69,7 @@ def _stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, first: bool, l
     params = layers * s.text_layer_params // lay.tp
     params += (s.vocab * s.hidden // lay.tp) * (int(first) + int(last and not s.tie_embeddings))
     if first:
-        params += s.vision_params
+        params += s.vision_params // lay.tp if cfg.learner.megatron.vision_impl == "megatron" else s.vision_params
     seq, resp, b, h = cfg.data.max_prompt_tokens + cfg.rollout.max_tokens, cfg.rollout.max_tokens, micro_batch, s.hidden
     per_layer = c * seq * b * (2 * h + (5 * h + 2 * s.kv_dim + 4 * s.intermediate) / lay.tp)
     stage_index = 0 if first else lay.pp - 1

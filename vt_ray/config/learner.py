@@ -33,6 +33,13 @@ class RecomputeMethod(StrEnum):
     block = "block"  # the first recompute_num_layers layers of each pipeline stage; the rest keep everything
 
 
+class VisionImpl(StrEnum):
+    """The Megatron learner's vision tower (``learner.megatron.vision_impl``)."""
+
+    hf = "hf"  # the Hugging Face module, whole and replicated on every TP rank
+    megatron = "megatron"  # mbridge's Megatron ViT, split over the TP group (vt_ray/learner/megatron/vision.py)
+
+
 class DistBackend(StrEnum):
     auto = "auto"
     gloo = "gloo"
@@ -70,6 +77,9 @@ class MegatronConfig:
     ``recompute_num_layers`` layers of each pipeline stage)."""
     recompute_num_layers: int = 1
     """``full`` only: layers per recompute unit (uniform) or recomputed layers per stage (block)."""
+    vision_impl: VisionImpl = VisionImpl.hf
+    """The vision tower: hf (the Hugging Face module, replicated on every TP rank) | megatron (megatron-core
+    modules, split over the TP group: TP must divide the tower's heads and MLP width too)."""
 
     def __post_init__(self) -> None:
         check(self.tensor_parallel_size >= 1, "learner.megatron.tensor_parallel_size", "must be >= 1")
@@ -77,6 +87,7 @@ class MegatronConfig:
         set_choice(self, "transformer_impl", TransformerImpl, "learner.megatron.transformer_impl")
         set_choice(self, "recompute_granularity", RecomputeGranularity, "learner.megatron.recompute_granularity")
         set_choice(self, "recompute_method", RecomputeMethod, "learner.megatron.recompute_method")
+        set_choice(self, "vision_impl", VisionImpl, "learner.megatron.vision_impl")
         check(self.recompute_num_layers >= 1, "learner.megatron.recompute_num_layers", "must be >= 1")
 
     def check_model(self, model_path: str, learner_ranks: int) -> None:
@@ -96,6 +107,10 @@ class MegatronConfig:
             check(pp == 1 or not text.get("tie_word_embeddings"), "learner.megatron.pipeline_parallel_size",
                   f"{pp} stages: the model ties its embeddings (tie_word_embeddings, {model_path}/config.json), "
                   "which the Megatron backend runs with 1 stage only")
+            vision = _vision_config(model_path) if self.vision_impl == VisionImpl.megatron else None
+            if vision is not None:
+                self.check_vision(int(vision["num_heads"]), int(vision["intermediate_size"]),
+                                  f"({model_path}/config.json)")
         self.check_ranks(learner_ranks)
 
     def check_ranks(self, learner_ranks: int) -> None:
@@ -104,6 +119,14 @@ class MegatronConfig:
         check(learner_ranks % (tp * pp) == 0, "learner.megatron.tensor_parallel_size",
               f"tensor_parallel_size x pipeline_parallel_size = {tp * pp} does not divide the "
               f"{learner_ranks} learner ranks (resources.learner.num_workers)")
+
+    def check_vision(self, heads: int, mlp_width: int, source: str) -> None:
+        """With ``vision_impl: megatron`` TP splits the vision tower too: it must divide its heads and MLP width."""
+        tp = self.tensor_parallel_size
+        for what, n in {"attention heads": heads, "MLP width": mlp_width}.items():
+            check(n % tp == 0, "learner.megatron.tensor_parallel_size",
+                  f"{tp} does not divide the vision tower's {n} {what} {source} (learner.megatron.vision_impl="
+                  "megatron splits the tower; hf keeps it whole)")
 
     def check_shape(self, heads: int, kv_heads: int, vocab: int, layers: int, source: str) -> None:
         """TP must divide the heads, KV heads and vocabulary, PP the layers, of the model ``source`` names (the
@@ -136,6 +159,15 @@ def _text_config(model_path: str) -> dict[str, Any] | None:
         return None
     # the top level's tie_word_embeddings first, as model.TextShape.from_hf reads it (transformers 5 writes it there)
     return {**text, "tie_word_embeddings": bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings")))}
+
+
+def _vision_config(model_path: str) -> dict[str, Any] | None:
+    """The ``vision_config`` of a Qwen2.5-VL ``config.json``; None when there is no readable file or section."""
+    try:
+        vision = json.loads((Path(model_path) / "config.json").read_text()).get("vision_config")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return vision if isinstance(vision, dict) and "num_heads" in vision else None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ megatron's groups down, and runs TP=2. Checked here, in the pytest process, agai
   second AdamW step from the loaded state equals the saving layout's own second step;
 * activation recompute (megatron's ``recompute_granularity`` full and selective, ``learner.activation_checkpointing``;
   on CPU under ``cpu.recompute_on_cpu``): the same loss and gradients as without, and fewer bytes saved for
-  backward.
+  backward;
+* the vision tower in Megatron (``learner.megatron.vision_impl: megatron``, vt_ray/learner/megatron/vision.py)
+  against the HF tower at TP=1 and TP=2: features, the whole model's log-probs, loss, gradients and grad norm,
+  the ``visual.*`` round trip and the HF view, and its checkpoint saved at TP=1 and loaded at TP=2.
 """
 
 from __future__ import annotations
@@ -167,6 +170,87 @@ def _recompute_runs(tp: int, model_dir: str, ids: torch.Tensor, positions: torch
     return out
 
 
+def _hf_named(vl: Any, tensor_of: Any) -> dict[str, torch.Tensor]:
+    """``tensor_of(param)`` for every parameter of ``vl`` (its gradient, an AdamW moment), merged over the TP
+    shards and named as the HF checkpoint, by the export code itself (each parameter's data swapped for it).
+    Collective over TP."""
+    from vt_ray.learner.megatron import weights
+
+    held = {p: p.data for p in vl.parameters()}
+    try:
+        for p in vl.parameters():
+            p.data = tensor_of(p)
+        return weights.full_hf_state_dict(vl.lm, vl.bridge, vl.visual)
+    finally:
+        for p, data in held.items():
+            p.data = data
+
+
+def _vision_batch(model_dir: str) -> Any:
+    """Three video prompts over 112x168 frames: 8x12 patches a frame, so the tower's window attention (8x8-patch
+    windows) splits each frame into a full and a padded window."""
+    from transformers import AutoProcessor
+
+    from learner_examples import make_examples
+    from vt_ray.learner.collate import collate
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    return collate(processor, make_examples(processor, 3, seed=1, frames_shape=(4, 112, 168, 3)))
+
+
+def _vision_runs(tp: int, model_dir: str, hf_visual: torch.nn.Module, out_dir: str) -> dict[str, Any]:
+    """``learner.megatron.vision_impl: megatron`` against ``hf`` at this TP size: the tower's features on two
+    grids against the HF tower's; the whole model's log-probs, SFT loss, gradients (in HF names) and global
+    gradient norm on a video batch; the export of the untrained model (``full_hf_state_dict`` and ``HfView``);
+    a dist_checkpointing save after one AdamW step (TP=1), loaded at TP=2."""
+    import torch.distributed as dist
+
+    from vt_ray.learner.losses import LossNorm, sft_loss
+    from vt_ray.learner.megatron import checkpoint, optim, weights
+    from vt_ray.learner.megatron.hf_view import HfView
+    from vt_ray.learner.megatron.vision import PREFIX
+    from vt_ray.learner.megatron.vlm import MegatronVL
+
+    cpu = torch.device("cpu")
+    vls = {impl: MegatronVL.load(model_dir, tp, False, cpu, vision_impl=impl) for impl in ("hf", "megatron")}
+    out: dict[str, Any] = {"vision_local_params": sum(p.numel() for p in vls["megatron"].visual.parameters()),
+                           "vision_used": sorted(weights.load_hf_weights(vls["megatron"].visual, vls["megatron"].bridge,
+                                                                         weights.HfCheckpoint(model_dir), PREFIX))}
+    grid = torch.tensor([[2, 8, 12], [1, 4, 4]])
+    pixels = torch.randn(int(grid.prod(-1).sum()), 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out["features"] = {"megatron": vls["megatron"].visual(pixels, grid_thw=grid),
+                           "hf": hf_visual(pixels, grid_thw=grid).pooler_output}
+    out["exported"] = {impl: weights.full_hf_state_dict(vl.lm, vl.bridge, vl.visual) for impl, vl in vls.items()}
+    out["view"] = {impl: HfView(vl).state_dict(vl) for impl, vl in vls.items()}
+    batch = _vision_batch(model_dir)
+    norm_counts = LossNorm(num_tokens=batch.num_tokens, num_sequences=batch.num_sequences)
+    for impl, vl in vls.items():
+        vl.train()
+        lp, _ = vl.logprobs(batch)
+        loss, _ = sft_loss(lp, batch, norm_counts)
+        loss.backward()
+        out[impl] = {"lp": lp.detach(), "loss": loss.item(), "grad_norm": float(optim.grad_norm(vl)),
+                     "grads": _hf_named(vl, lambda p: p.grad)}
+    vl = vls["megatron"]
+    ckpt = Path(out_dir) / f"vision_ckpt_tp{tp}"
+    if tp == 1:  # one AdamW step, saved; TP=2 loads it below
+        opt = torch.optim.AdamW(vl.parameters(), lr=ADAMW_LR, weight_decay=0.0)
+        opt.step()
+        ckpt.mkdir(exist_ok=True)
+        dist.barrier()
+        checkpoint.write_shards(vl, opt, ckpt, dist.get_rank())
+        out["saved"] = {"weights": _hf_named(vl, lambda p: p.data),
+                        "exp_avg": _hf_named(vl, lambda p: opt.state[p]["exp_avg"])}
+    else:
+        fresh = MegatronVL.load(model_dir, tp, False, cpu, vision_impl="megatron")
+        opt = torch.optim.AdamW(fresh.parameters(), lr=ADAMW_LR, weight_decay=0.0)
+        checkpoint.read_shards(fresh, opt, Path(out_dir) / "vision_ckpt_tp1", dist.get_rank())
+        out["loaded"] = {"weights": _hf_named(fresh, lambda p: p.data),
+                         "exp_avg": _hf_named(fresh, lambda p: opt.state[p]["exp_avg"])}
+    return out
+
+
 def _checkpoint_dir(out_dir: str, tp: int) -> Path:
     return Path(out_dir) / f"megatron_ckpt_tp{tp}"
 
@@ -276,6 +360,7 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
                 out["lp_batch_after_sft"] = logprobs.batch_token_logprobs(lm, visual, batch, config)
     out["steps"] = results
     out["recompute"] = _recompute_runs(tp, model_dir, ids, video_pos)
+    out["vision"] = _vision_runs(tp, model_dir, visual, out_dir)
     parallel.destroy_model_parallel()
     return out
 
@@ -567,3 +652,43 @@ def test_activation_recompute_keeps_the_gradients_and_saves_activations(runs: li
         print(f"TP={tp} rank {rank} saved bytes:", {m: got[m]["saved_bytes"] for m in got})
         assert got["full"]["saved_bytes"] < 0.5 * base["saved_bytes"]
         assert got["selective"]["saved_bytes"] < base["saved_bytes"]
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_megatron_vision_tower_matches_the_hf_tower(runs: list[dict[str, Any]], hf: dict[str, Any], tp: int) -> None:
+    """``learner.megatron.vision_impl: megatron`` (mbridge's ViT on megatron-core's local modules, split over
+    the TP group) against the HF tower: features on a windowed video grid and an image grid; the whole model's
+    log-probs, SFT loss, every gradient (HF names) and the global gradient norm on a video batch, equal to the
+    HF-tower path; only the ``visual.*`` tensors read for the tower, and exported back bit for bit."""
+    checkpoint = hf["checkpoint"]
+    vision = sorted(k for k in checkpoint if k.startswith("visual."))
+    for rank in range(WORLD):
+        run = runs[rank][f"tp{tp}"]["vision"]
+        assert run["vision_used"] == vision
+        features = run["features"]
+        assert features["hf"].abs().max().item() > 0.1
+        diff = (features["megatron"] - features["hf"]).abs().max().item()
+        assert diff < 1e-6, f"TP={tp} rank {rank}: vision features {diff:.2e} from the HF tower's"
+        exported = run["exported"]["megatron"]
+        assert sorted(exported) == sorted(checkpoint)
+        assert [k for k in vision if not torch.equal(exported[k], checkpoint[k])] == []
+        assert _max_diff(run["view"]["megatron"], run["view"]["hf"]) == 0.0  # what engines and save_hf get
+        ours, theirs = run["megatron"], run["hf"]
+        assert (ours["lp"] - theirs["lp"]).abs().max().item() < 1e-5
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
+        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-6)
+        assert max(g.abs().max().item() for k, g in theirs["grads"].items() if k.startswith("visual.")) > 1e-2
+        diff = _max_diff(ours["grads"], theirs["grads"])
+        assert diff < 1e-6, f"TP={tp} rank {rank}: gradients {diff:.2e} from the HF-tower path"
+    if tp == 2:  # the tower's matrices really are split
+        assert runs[0]["tp2"]["vision"]["vision_local_params"] < 0.7 * runs[0]["tp1"]["vision"]["vision_local_params"]
+
+
+def test_megatron_vision_tower_checkpoint_reshards(runs: list[dict[str, Any]]) -> None:
+    """The Megatron tower in megatron's sharded state dict: saved at TP=1 after an AdamW step, loaded at TP=2, the
+    weights and first moments of the whole model (tower included) come back bit for bit."""
+    for rank in range(WORLD):
+        saved, loaded = runs[rank]["tp1"]["vision"]["saved"], runs[rank]["tp2"]["vision"]["loaded"]
+        for part in ("weights", "exp_avg"):
+            assert _max_diff(loaded[part], saved[part]) == 0.0, (rank, part)
+        assert max(saved["exp_avg"][k].abs().max().item() for k in saved["exp_avg"] if k.startswith("visual.")) > 0

@@ -196,6 +196,10 @@ def test_megatron_stage_parameters_add_up_to_the_model() -> None:
     # the first stage: a quarter of the layers and the embedding over TP 8, plus the whole vision tower
     expected = (20 * shape.text_layer_params + shape.vocab * shape.hidden) // 8 + shape.vision_params
     assert split.name == "first stage" and abs(split.params - expected) <= 8
+    # the Megatron vision tower (vision_impl megatron) is split over TP 8 too
+    meg = load_config(MEGATRON_72B, ["learner.megatron.vision_impl=megatron"])
+    tower_split = peak_stage(meg, shape, MegatronLayout.of(meg, shape), 1, 2, True, True, 0.0)
+    assert abs(split.params - tower_split.params - (shape.vision_params - shape.vision_params // 8)) <= 8
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

@@ -36,6 +36,7 @@ def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
     ("learner.megatron.recompute_granularity=layer", "learner.megatron.recompute_granularity", "'layer'"),
     ("learner.megatron.recompute_method=every", "learner.megatron.recompute_method", "'every'"),
     ("learner.megatron.recompute_num_layers=0", "learner.megatron.recompute_num_layers", ">= 1"),
+    ("learner.megatron.vision_impl=timm", "learner.megatron.vision_impl", "'timm'"),
     # uniform units must tile each stage's layers (2 layers here); block may not ask for more than there are
     ("learner.megatron.recompute_num_layers=3", "learner.megatron.recompute_num_layers", "does not divide the 2"),
     ("learner.megatron.recompute_method=block learner.megatron.recompute_num_layers=2 "
@@ -75,3 +76,20 @@ def test_pipeline_stages_refuse_tied_embeddings(tmp_path: Path, tiny_model_dir: 
     with pytest.raises(ConfigError, match="ties its embeddings") as err:
         _load(tmp_path, "learner.megatron.pipeline_parallel_size=2")
     assert err.value.key == "learner.megatron.pipeline_parallel_size"
+
+
+def test_a_megatron_vision_tower_must_split_too(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """With vision_impl megatron, TP splits the vision tower: it must divide its heads (2 here) and MLP width;
+    the HF tower (the default) is kept whole, so the same layout loads with it."""
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["text_config"].update(num_attention_heads=4, num_key_value_heads=4)  # the language model splits 4 ways
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    four = ("learner.megatron.tensor_parallel_size=4", "resources.learner.num_workers=4",
+            "resources.learner.cpus_per_worker=0.5")
+    cfg = _load(tmp_path, *four)
+    assert cfg.learner.megatron.vision_impl == "hf"
+    assert _load(tmp_path, "learner.megatron.tensor_parallel_size=2",
+                 "learner.megatron.vision_impl=megatron").learner.megatron.vision_impl == "megatron"
+    with pytest.raises(ConfigError, match="vision tower's 2 attention heads") as err:
+        _load(tmp_path, *four, "learner.megatron.vision_impl=megatron")
+    assert err.value.key == "learner.megatron.tensor_parallel_size"

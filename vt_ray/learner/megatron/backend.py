@@ -98,9 +98,9 @@ class MegatronWorker(RankCommon):
         use_te = use_transformer_engine(self.lcfg.megatron.transformer_impl)
         self.model_path = model_path or self.cfg.model.path
         self.processor = AutoProcessor.from_pretrained(self.model_path)
-        dedup = self.lcfg.dedup_videos
+        dedup, vision = self.lcfg.dedup_videos, self.lcfg.megatron.vision_impl
         self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device, dedup, self.pp,
-                                      recompute_of(self.cfg)).train()
+                                      recompute_of(self.cfg), vision_impl=vision).train()
         self.hf_config = self.policy.hf_config
         if self.pp > 1 and self.policy.lm.share_embeddings_and_output_weights:
             raise ValueError("learner.megatron.pipeline_parallel_size: a model with tied embeddings (tie_word_"
@@ -109,8 +109,8 @@ class MegatronWorker(RankCommon):
         placement = self.lcfg.reference if reference is None else reference
         if placement != "none":
             ref_path = self.lcfg.reference_path or self.model_path
-            self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device, dedup,
-                                             self.pp).eval().requires_grad_(False)
+            self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device, dedup, self.pp,
+                                             vision_impl=vision).eval().requires_grad_(False)
         self.view = HfView(self.policy)
         self._build_optimizer(self.policy.parameters(), total_steps, lr)
         return sum(math.prod(shape) for shape in self.view.shapes.values())

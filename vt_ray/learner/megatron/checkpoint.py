@@ -2,7 +2,8 @@
 
 ``dist_checkpointing`` saves a *sharded state dict*: every tensor with its global key and this rank's place in
 the global tensor (``ShardedTensor``), so a checkpoint written at one TP size can be read at another. The
-language model gives its own (``GPTModel.sharded_state_dict``); the HF vision tower's tensors are added as
+language model gives its own (``GPTModel.sharded_state_dict``), and so does the Megatron vision tower
+(``vision_impl: megatron``, TP-sharded like the language model); the HF tower's tensors are added as
 replicated ``ShardedTensor``s (one writer: the replica with id 0); the torch AdamW state is mapped onto the
 parameters' sharding with megatron's ``optim_state_to_sharding_state`` (what its own FP32 optimizer does). The
 per-parameter step counter and the param-group hyperparameters are kept out of it (``exclude_keys``, a
@@ -43,6 +44,10 @@ def _sharded_model(vl: MegatronVL) -> dict[str, Any]:
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
     state: dict[str, Any] = dict(vl.lm.sharded_state_dict(prefix="lm."))
+    if "visual" in vl.megatron_parts():  # the Megatron tower: TP-sharded, megatron keys it
+        tower: Any = vl.visual
+        state.update(tower.sharded_state_dict(prefix="visual."))
+        return state
     replica = (0, parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_data_parallel_rank())
     for name, tensor in vl.visual.state_dict(keep_vars=True).items():
         key = f"visual.{name}"

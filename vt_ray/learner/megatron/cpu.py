@@ -32,8 +32,10 @@ class SDPACoreAttention(torch.nn.Module):
 
     q, k, v arrive as ``[s, b, heads, head_dim]`` (this rank's heads and query groups); returns
     ``[s, b, heads * head_dim]``. Causal masks use SDPA's ``is_causal``; other masks are megatron's boolean
-    ``True = masked``. Attention dropout follows the config (0 for RL fine-tuning); a dropout that agrees
-    across TP ranks would need megatron's RNG tracker, so a non-zero one is refused.
+    ``True = masked``. Packed sequences (``packed_seq_params``, the ``thd`` layout: q, k, v ``[tokens, heads,
+    head_dim]``) attend each within itself, one SDPA call per sequence: the Megatron vision tower's windows and
+    frames. Attention dropout follows the config (0 for RL fine-tuning); a dropout that agrees across TP ranks
+    would need megatron's RNG tracker, so a non-zero one is refused.
     """
 
     def __init__(self, config: Any, layer_number: int, attn_mask_type: Any, attention_type: str,
@@ -50,15 +52,34 @@ class SDPACoreAttention(torch.nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, attn_mask_type: Any = None,
                 attention_bias: torch.Tensor | None = None, packed_seq_params: Any = None) -> torch.Tensor:
-        if packed_seq_params is not None or attention_bias is not None:
-            raise NotImplementedError("SDPACoreAttention: packed sequences and attention bias need the TE spec")
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
+        if attention_bias is not None:
+            raise NotImplementedError("SDPACoreAttention: attention bias needs the TE spec")
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
         causal = getattr(mask_type, "name", "") == "causal"
+        if packed_seq_params is not None:
+            return self._packed(query, key, value, packed_seq_params, causal)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
         mask = None if causal or attention_mask is None else ~attention_mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale,
                                              enable_gqa=q.size(1) != k.size(1))
         return out.permute(2, 0, 1, 3).reshape(out.size(2), out.size(0), -1)
+
+    def _packed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packed: Any,
+                causal: bool) -> torch.Tensor:
+        """Packed sequences (``qkv_format="thd"``: q, k, v ``[tokens, heads, head_dim]``, boundaries in
+        ``cu_seqlens_q``): each sequence attends only to itself, as flash-attention's varlen kernel does. The
+        vision tower's windows and frames (mbridge's Qwen2.5-VL ViT) come this way. One SDPA call per sequence,
+        as the HF tower's SDPA path does; returns ``[tokens, heads * head_dim]``."""
+        if packed.qkv_format != "thd" or not torch.equal(packed.cu_seqlens_q, packed.cu_seqlens_kv):
+            raise NotImplementedError("SDPACoreAttention: packed self-attention in the thd format only")
+        bounds = packed.cu_seqlens_q.tolist()
+        pieces = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))  # [heads, s, d]
+            pieces.append(F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=self.softmax_scale,
+                                                         enable_gqa=q.size(0) != k.size(0)).transpose(0, 1))
+        out = torch.cat(pieces)
+        return out.reshape(out.size(0), -1)
 
 
 @contextlib.contextmanager

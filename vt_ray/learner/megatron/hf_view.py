@@ -1,5 +1,7 @@
 """The Megatron policy under the names the FSDP2 learner's Hugging Face model uses: what rollout engines
-receive (the streamed weight sync), ``export_state_dict`` returns and ``save_hf`` writes.
+receive (the streamed weight sync), ``export_state_dict`` returns and ``save_hf`` writes. The Megatron vision
+tower (``learner.megatron.vision_impl: megatron``) goes through mbridge's mapping and the TP gather as the
+language model does; the HF tower's tensors are read as they are.
 
 Names and shapes come from the transformers model built on the meta device (no storage), in its
 ``state_dict`` order; each maps to its checkpoint name through transformers' own conversion mapping
@@ -41,14 +43,17 @@ class HfView:
         first = parallel_state.is_pipeline_first_stage()
         self.names = list(state)
         self.stream_names = stream_names(meta)  # every tensor once (a tied lm_head is left to the embedding)
-        owner = {hf: param for param, hfs in hf_names_of(vl.lm, vl.bridge).items() for hf in hfs}
-        self.source: dict[str, tuple[str, str]] = {}
+        # checkpoint name -> (attribute of the Megatron module holding it, its parameter name)
+        owner = {hf: (attr, param) for attr, (module, prefix) in vl.megatron_parts().items()
+                 for param, hfs in hf_names_of(module, vl.bridge, prefix).items() for hf in hfs}
+        # HF name -> (Megatron module attribute or "" for the HF tower, parameter or tower key, checkpoint name)
+        self.source: dict[str, tuple[str, str, str]] = {}
         for name, tensor in state.items():
             checkpoint_name = next(iter(revert_weight_conversion(meta, {name: tensor})))
             if checkpoint_name in owner:
-                self.source[name] = (owner[checkpoint_name], checkpoint_name)
-            elif checkpoint_name.startswith("visual.") and first:  # the tower lives on the first stage
-                self.source[name] = ("", checkpoint_name.removeprefix("visual."))
+                self.source[name] = (*owner[checkpoint_name], checkpoint_name)
+            elif checkpoint_name.startswith("visual.") and first:  # the HF tower lives on the first stage
+                self.source[name] = ("", checkpoint_name.removeprefix("visual."), "")
         for group in tied_parameter_groups(meta):  # lm_head tied to the embedding: one Megatron tensor
             known = [self.source[n] for n in group if n in self.source]
             for name in group:
@@ -94,19 +99,20 @@ class HfView:
         """A coroutine: sent a name this stage holds, it answers the full tensor. Collective over the TP group:
         each Megatron parameter is all-gathered when its first HF name comes; its other pieces (q/k/v, gate/up)
         wait until theirs."""
-        params = dict(vl.lm.named_parameters())
+        parts = {attr: (dict(module.named_parameters()), prefix, layer_offset(module))
+                 for attr, (module, prefix) in vl.megatron_parts().items()}
         tower = vl.visual.state_dict()
-        offset = layer_offset(vl.lm)
         pending: dict[str, torch.Tensor] = {}
         out: torch.Tensor | None = None
         while True:
             name = yield out
-            param, key = self.source[name]
-            if not param:
-                out = tower[key].detach()
+            attr, param, key = self.source[name]
+            if not attr:
+                out = tower[param].detach()
                 continue
             if key not in pending:
-                pending.update(gather_param(param, params[param], vl.bridge, offset))
+                params, prefix, offset = parts[attr]
+                pending.update(gather_param(param, params[param], vl.bridge, offset, prefix))
             out = pending.pop(key)
 
     def state_dict(self, vl: MegatronVL) -> dict[str, torch.Tensor]:

@@ -1,9 +1,11 @@
-"""Image and video tokens into the Megatron language model, from the Hugging Face vision tower.
+"""Image and video tokens into the Megatron language model, from the vision tower.
 
-This slice keeps the vision tower as the HF module (``model.visual``: same weights, same code as the FSDP2
-learner); what Megatron needs is Qwen2.5-VL's merge step: the placeholder tokens' embeddings are replaced by the
-tower's features, in sequence order, before the decoder. ``GPTModel(decoder_input=...)`` takes those embeddings
-instead of running its own embedding layer. Every TP rank runs the (replicated) tower on the same pixels.
+The tower is the HF module (``model.visual``: same weights, same code as the FSDP2 learner) or the Megatron one
+(``learner.megatron.vision_impl: megatron``, :mod:`vt_ray.learner.megatron.vision`), called the same way and
+giving the same features; what Megatron needs is Qwen2.5-VL's merge step: the placeholder tokens' embeddings
+are replaced by the tower's features, in sequence order, before the decoder. ``GPTModel(decoder_input=...)``
+takes those embeddings instead of running its own embedding layer. Every TP rank runs the tower (its copy, or
+its shard) on the same pixels.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ def decoder_input(lm: Any, input_ids: torch.Tensor, features: dict[int, torch.Te
 
 def vision_features(visual: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor,
                     dedup: bool = False) -> torch.Tensor:
-    """[n_tokens, hidden] merged patch features of the HF Qwen2.5-VL vision tower, all images (or videos) in
-    order. ``dedup`` (``learner.dedup_videos``): the tower sees each distinct video once and its features are
+    """[n_tokens, hidden] merged patch features of the Qwen2.5-VL vision tower (HF or Megatron), all images (or
+    videos) in order. ``dedup`` (``learner.dedup_videos``): the tower sees each distinct video once and its features are
     repeated for every copy (a GRPO group's responses share one video), as
     :mod:`vt_ray.learner.vision_dedup` does for the FSDP2 learner's HF model."""
     from vt_ray.learner.vision_dedup import distinct_videos, select_videos

@@ -1,8 +1,10 @@
 """One Qwen2.5-VL for the Megatron learner: this rank's tensor-parallel shard of the language model (a
-megatron-core ``GPTModel``) and the Hugging Face vision tower (replicated on every TP rank), as one module, so
-the optimizer, ``train()``/``eval()`` and checkpoints see both.
+megatron-core ``GPTModel``) and the vision tower, as one module, so the optimizer, ``train()``/``eval()`` and
+checkpoints see both. The tower (``learner.megatron.vision_impl``) is the Hugging Face module, replicated on
+every TP rank (``hf``), or mbridge's Megatron ViT, split over the TP group as the language model is
+(``megatron``, :mod:`vt_ray.learner.megatron.vision`).
 
-Why the tower can train replicated: the decoder's input is replicated over the TP group and megatron all-reduces
+Why the HF tower can train replicated: the decoder's input is replicated over the TP group and megatron all-reduces
 its gradient (the first column-parallel linear's input, the vocab-parallel embedding's output), so every TP
 rank gets the same, full gradient for the tower and applies the same AdamW update to its copy.
 """
@@ -17,11 +19,12 @@ from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.megatron.logprobs import StageInputs, batch_logprobs_and_entropy, causal_mask, stage_inputs
 from vt_ray.learner.megatron.model import Recompute, TextShape, build_language_model, load_hf_config
 from vt_ray.learner.megatron.multimodal import decoder_input
-from vt_ray.learner.megatron.weights import HfCheckpoint, load_hf_weights, make_bridge
+from vt_ray.learner.megatron.weights import LANGUAGE, HfCheckpoint, load_hf_weights, make_bridge
 
 
 class MegatronVL(torch.nn.Module):
-    """``lm`` (GPTModel shard) + ``visual`` (HF tower); ``bridge`` converts names (mbridge)."""
+    """``lm`` (GPTModel shard) + ``visual`` (the HF tower, or this rank's shard of the Megatron one); ``bridge``
+    converts names (mbridge)."""
 
     def __init__(self, lm: Any, visual: torch.nn.Module, hf_config: Any, dedup_videos: bool = False) -> None:
         super().__init__()
@@ -30,27 +33,47 @@ class MegatronVL(torch.nn.Module):
 
     @classmethod
     def load(cls, path: str, tensor_parallel: int, use_te: bool, device: torch.device,
-             dedup_videos: bool = False, pipeline_parallel: int = 1, recompute: Recompute | None = None
-             ) -> MegatronVL:
+             dedup_videos: bool = False, pipeline_parallel: int = 1, recompute: Recompute | None = None,
+             vision_impl: str = "hf") -> MegatronVL:
         """The checkpoint at ``path``: the language model split over the TP group and into pipeline stages (every
-        rank reads the tensors it needs, weights.load_hf_weights), the vision tower whole on the first stage (an
-        empty module on the others). ``recompute``: megatron's activation recompute in training. Collective over
-        megatron's groups."""
+        rank reads the tensors it needs, weights.load_hf_weights), the vision tower on the first stage (an
+        empty module on the others): ``vision_impl`` ``hf`` (whole) or ``megatron`` (this TP rank's shard, only
+        the ``visual.*`` tensors read, through mbridge's mapping). ``recompute``: megatron's activation recompute
+        of the language model in training. Collective over megatron's groups."""
         from megatron.core import parallel_state
-
-        from vt_ray.models.hf_load import load_vl_model
 
         hf_config = load_hf_config(path)
         lm = build_language_model(TextShape.from_hf(hf_config), tensor_parallel=tensor_parallel,
                                   pipeline_parallel=pipeline_parallel, use_te=use_te, recompute=recompute)
         vl = cls(lm, torch.nn.Module(), hf_config, dedup_videos)
-        load_hf_weights(lm, vl.bridge, HfCheckpoint(path))
+        checkpoint = HfCheckpoint(path)
+        load_hf_weights(lm, vl.bridge, checkpoint)
         if not parallel_state.is_pipeline_first_stage():
             return vl.to(device)
+        if vision_impl == "megatron":
+            from vt_ray.learner.megatron import vision
+
+            vl.visual = vision.build_vision_model(hf_config, tensor_parallel, use_te=use_te)
+            load_hf_weights(vl.visual, vl.bridge, checkpoint, prefix=vision.PREFIX)
+            return vl.to(device)
+        if vision_impl != "hf":
+            raise ValueError(f"learner.megatron.vision_impl: {vision_impl!r} (hf | megatron)")
+        from vt_ray.models.hf_load import load_vl_model
+
         # The tower from transformers' own loader (same module and attention as the FSDP2 learner). It reads the
-        # whole checkpoint once at setup; reading only ``visual.*`` is left for large models (docs/megatron.md).
+        # whole checkpoint once at setup (vision_impl megatron reads only ``visual.*``).
         vl.visual = load_vl_model(path, torch.float32).model.visual
         return vl.to(device)
+
+    def megatron_parts(self) -> dict[str, tuple[torch.nn.Module, str]]:
+        """The Megatron modules on this rank, by attribute (``lm``, and ``visual`` when it is the Megatron
+        tower), each with its mbridge prefix: what goes through mbridge's mapping and the TP gather."""
+        from vt_ray.learner.megatron.vision import PREFIX, is_megatron_tower
+
+        parts: dict[str, tuple[torch.nn.Module, str]] = {"lm": (self.lm, LANGUAGE)}
+        if is_megatron_tower(self.visual):
+            parts["visual"] = (self.visual, PREFIX)
+        return parts
 
     def logprobs(self, batch: TrainBatch, entropy: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, L] response-token log-probs (and entropy when asked) of a learner batch."""

@@ -2,7 +2,9 @@
 partition dims for the tensor-parallel split and merge.
 
 mbridge (0.15.1, installed without its dependencies) knows Qwen2.5-VL's mapping: q/k/v interleaved per query
-group into ``linear_qkv``, gate/up stacked into ``linear_fc1``. Two things around it are ours:
+group into ``linear_qkv``, gate/up stacked into ``linear_fc1``, for the language model (``language_model.*``) and
+the vision tower (``vision_model.*`` <-> ``visual.*``, :mod:`vt_ray.learner.megatron.vision`; the ``prefix``
+argument below). Two things around it are ours:
 
 * mbridge reads a transformers-4 config (language keys at the top level, ``rope_scaling``); transformers 5
   nests them under ``text_config`` with ``rope_parameters``. :func:`make_bridge` gives it a copy in the old
@@ -64,13 +66,18 @@ def make_bridge(hf_config: Any) -> Any:
     return AutoBridge.from_config(_transformers4_layout(hf_config), dtype=torch.float32)
 
 
-def bridge_name(local_name: str, layer_offset: int = 0) -> str:
-    """Our ``GPTModel`` parameter name -> mbridge's Megatron name (global layer number, TE-fused norm names)."""
+LANGUAGE = "language_model"
+"""mbridge's name for the language model (the vision tower's is ``vision.PREFIX``)."""
+
+
+def bridge_name(local_name: str, layer_offset: int = 0, prefix: str = LANGUAGE) -> str:
+    """Our parameter name -> mbridge's Megatron name (global layer number, TE-fused norm names), for the
+    ``GPTModel`` (``prefix`` ``language_model``) or the Megatron vision tower (``vision_model``)."""
     m = _LAYER.match(local_name)
     if m is None:
-        return "language_model." + local_name
+        return f"{prefix}.{local_name}"
     layer, rest = int(m.group(1)) + layer_offset, m.group(2)
-    return f"language_model.decoder.layers.{layer}.{_FUSED_NORMS.get(rest, rest)}"
+    return f"{prefix}.decoder.layers.{layer}.{_FUSED_NORMS.get(rest, rest)}"
 
 
 def _is_glu_fc1(name: str) -> bool:
@@ -138,8 +145,9 @@ def _tp() -> tuple[int, int, Any]:
 
 
 @torch.no_grad()
-def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint) -> list[str]:
+def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint, prefix: str = LANGUAGE) -> list[str]:
     """Fill this rank's shard of every parameter from the HF checkpoint; returns the HF names it read.
+    ``prefix``: which of mbridge's models ``model`` is (the language model, or ``vision.PREFIX``).
 
     Every rank reads the full tensors it needs and keeps its piece (fine up to a few billion parameters per
     node; a rank-0 read plus scatter is what 72B wants, left for issue 20).
@@ -147,7 +155,7 @@ def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint) -> list[s
     rank, size, _ = _tp()
     offset, used = _layer_offset(model), []
     for name, param in model.named_parameters():
-        mcore = bridge_name(name, offset)
+        mcore = bridge_name(name, offset, prefix)
         hf_names = bridge._weight_name_mapping_mcore_to_hf(mcore)
         full = bridge._weight_to_mcore_format(mcore, [checkpoint.get(h) for h in hf_names])
         piece = split_for_rank(full, param, name, rank, size)
@@ -160,7 +168,8 @@ def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint) -> list[s
 
 
 @torch.no_grad()
-def gather_param(name: str, param: torch.Tensor, bridge: Any, layer_offset: int = 0) -> list[tuple[str, torch.Tensor]]:
+def gather_param(name: str, param: torch.Tensor, bridge: Any, layer_offset: int = 0,
+                 prefix: str = LANGUAGE) -> list[tuple[str, torch.Tensor]]:
     """(HF name, full tensor) of one Megatron parameter (q/k/v and gate/up give several), its TP shards merged:
     an all-gather over the TP group, so every TP rank must call it for the same parameter. Each tensor is its
     own copy (mbridge's pieces are views of one tensor; safetensors refuses shared storage)."""
@@ -171,14 +180,15 @@ def gather_param(name: str, param: torch.Tensor, bridge: Any, layer_offset: int 
         dist.all_gather(shards, local, group=group)
     else:
         shards = [local]
-    hf_names, tensors = bridge._weight_to_hf_format(bridge_name(name, layer_offset), merge_shards(shards, param, name))
+    full = merge_shards(shards, param, name)
+    hf_names, tensors = bridge._weight_to_hf_format(bridge_name(name, layer_offset, prefix), full)
     return [(hf_name, tensor.clone()) for hf_name, tensor in zip(hf_names, tensors)]
 
 
-def hf_names_of(model: Any, bridge: Any) -> dict[str, list[str]]:
+def hf_names_of(model: Any, bridge: Any, prefix: str = LANGUAGE) -> dict[str, list[str]]:
     """Megatron parameter name -> the HF checkpoint names it holds (mbridge's mapping), in parameter order."""
     offset = _layer_offset(model)
-    return {name: list(bridge._weight_name_mapping_mcore_to_hf(bridge_name(name, offset)))
+    return {name: list(bridge._weight_name_mapping_mcore_to_hf(bridge_name(name, offset, prefix)))
             for name, _ in model.named_parameters()}
 
 
@@ -186,20 +196,25 @@ def layer_offset(model: Any) -> int:
     return _layer_offset(model)
 
 
-def export_hf_weights(model: Any, bridge: Any) -> Iterator[tuple[str, torch.Tensor]]:
+def export_hf_weights(model: Any, bridge: Any, prefix: str = LANGUAGE) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, full tensor) for every language-model parameter, TP shards merged; every TP rank must iterate
     it (the merge is an all-gather), every rank gets the full tensors. Each is its own copy: training on after
     an export does not change it, and safetensors can save it (no shared storage)."""
     offset = _layer_offset(model)
     for name, param in model.named_parameters():
-        yield from gather_param(name, param, bridge, offset)
+        yield from gather_param(name, param, bridge, offset, prefix)
 
 
 def full_hf_state_dict(model: Any, bridge: Any, visual: torch.nn.Module | None) -> dict[str, torch.Tensor]:
     """The whole Qwen2.5-VL in checkpoint names: the language model merged from its TP shards (collective, as
-    :func:`export_hf_weights`) plus the HF vision tower's tensors under ``visual.`` (the names
-    ``save_pretrained`` writes). What a rollout engine or ``save_hf`` needs."""
+    :func:`export_hf_weights`) plus the vision tower's tensors under ``visual.`` (the names ``save_pretrained``
+    writes): the Megatron tower's merged and converted by mbridge as the language model's, the HF tower's as
+    they are. What a rollout engine or ``save_hf`` needs."""
+    from vt_ray.learner.megatron.vision import PREFIX, is_megatron_tower
+
     state = dict(export_hf_weights(model, bridge))
-    if visual is not None:
+    if visual is not None and is_megatron_tower(visual):
+        state.update(export_hf_weights(visual, bridge, PREFIX))
+    elif visual is not None:
         state.update({f"visual.{k}": v.detach().clone() for k, v in visual.state_dict().items()})
     return state
