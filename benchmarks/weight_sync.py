@@ -403,8 +403,12 @@ def _earlier_buffers(sender: Any, engine: Any, earlier: bool) -> None:
 def modes_for(size: str, args: argparse.Namespace) -> list[str]:
     """CPU: every mode (all processes share the node, so ipc runs too); GPU: the NCCL stream between separate
     GPUs, or, colocated, CUDA IPC alone (NCCL cannot pair two processes of one GPU). No blob for
-    ``--stream-only`` sizes."""
-    streams = IPC_MODES if args.colocate else COLLECTIVE_MODES if args.gpu else COLLECTIVE_MODES + IPC_MODES
+    ``--stream-only`` sizes. No ``stream_held`` on GPU: it patches the receive in the engine actor's process,
+    which is the vLLM worker's only with the in-process engine of the CPU layout."""
+    streams: tuple[str, ...] = (IPC_MODES if args.colocate else COLLECTIVE_MODES if args.gpu
+                                else COLLECTIVE_MODES + IPC_MODES)
+    if args.gpu:
+        streams = tuple(m for m in streams if m != "stream_held")
     return [m for m in MODES if (m in streams or (m == "blob" and size not in args.stream_only))
             and (not args.modes or m in args.modes)]
 
