@@ -12,6 +12,9 @@
   send buffer, so nothing is gathered or packed, and the receiver of ``transfer``): the wire's GB/s, next to a
   plain gloo broadcast of the same bytes between the same two actors. ``wire_old``: the same with the earlier
   receiver (a fresh buffer per bucket, where the receiver now reuses a ring kept between syncs).
+* ``stream_held``: the stream with the earlier receive: the engine's ring makes a fresh buffer whenever vLLM's
+  reload still holds a tensor of every kept one, where it now first moves those tensors off the oldest buffer,
+  and the first tensor is held for the whole load, as the vLLM extension did.
 * ``stream_fresh``: the stream with the earlier buffers on both ends (the engine's a fresh buffer per bucket,
   learner rank 0's send and staging buffers fresh per sync): what keeping them saves, in time and peak memory.
 * ``ipc`` (``rollout.weight_sync: ipc``): the same buckets handed to the engine as shared buffers by the learner
@@ -27,8 +30,14 @@ engine's peak RSS above their resting RSS; the object store's peak; and, as each
 same bytes between the same two actors through a plain gloo broadcast and through the ipc transport alone,
 alternately.
 
+For every loading sync the engine's row also says where its peak came from: the vLLM layer during whose reload
+step it was reached, that layer's loaded MiB and how far the peak stood above the RSS before it
+(:func:`watch_reload`).
+
 Run: ``.venv/bin/python -m benchmarks.weight_sync`` (defaults: sizes tiny, 0p3b and 0p5b, the last on the stream
-alone since the blob path does not fit there; 3 repetitions, 64 MB buckets; about 6 minutes on 2 quiet cores).
+alone since the blob path does not fit there beside two learner ranks; 3 repetitions, 64 MB buckets; about 6
+minutes on 2 quiet cores). ``--learners 1`` runs the blob path at every size, 0p5b included (one learner rank
+leaves it the memory), beside the stream.
 ``--sizes tiny --reps 2`` is a quick check; ``--modes wire wire_old`` runs only those modes. On a GPU node
 ``--gpu --sizes /path/to/Qwen2.5-VL-7B-Instruct``
 runs the same comparison over NCCL in bfloat16, and ``--gpu --colocate`` the colocated layout (every engine on
@@ -78,11 +87,75 @@ def read_peak(_: Any = None) -> int:
 
 
 def ring_counts(_: Any = None) -> dict[str, int]:
-    """This process's bucket-buffer rings: buffers allocated (``fresh``) and handed out again (``reused``)."""
+    """This process's bucket-buffer rings: buffers allocated (``fresh``), handed out again (``reused``), and the
+    bytes of tensors a loader still held that were moved off a buffer so it could be reused
+    (``relocated_bytes``)."""
     from vt_ray.common.weight_stream import process_ring
 
     return {f"{role}_{kind}": getattr(process_ring(role), kind) for role in ("receive", "send", "staging")
-            for kind in ("fresh", "reused")}
+            for kind in ("fresh", "reused", "relocated_bytes")}
+
+
+# ---- where an engine's peak comes from: vLLM's layerwise reload, layer by layer ---------------------------------
+_RECORD = "vt_ray_bench_layers"
+"""The attribute of vLLM's ``layerwise`` module (one per process, whether this module is imported or ``__main__``
+shipped by value) listing, per layer processed since the last :func:`reload_peak_layer`: (layer class, bytes of
+its loaded tensors, RSS before it, peak RSS before it, peak RSS after it)."""
+
+
+def _rss_and_peak() -> tuple[int, int]:
+    """This process's RSS and peak RSS (bytes) from ``/proc/self/status`` alone: cheap enough to read around
+    every layer (``read_process`` also walks ``smaps_rollup``, tens of milliseconds in a large process)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+
+
+def watch_reload(_: Any = None) -> bool:
+    """Wrap vLLM's per-layer reload step (``layerwise._layerwise_process``: materialise the layer, load its
+    buffered tensors, repack) in this process to record what each layer adds to the peak RSS; once per process.
+    Read-only: peaks are not reset (the sync's own peak is measured around it). False when vLLM is absent."""
+    try:
+        from vllm.model_executor.model_loader.reload import layerwise
+    except ImportError:
+        return False
+    original = layerwise._layerwise_process
+    if getattr(original, "watched", False):
+        return True
+    record: list[tuple[str, int, int, int, int]] = []
+    setattr(layerwise, _RECORD, record)
+
+    def watched(layer: Any, info: Any) -> None:
+        import torch
+
+        loaded = sum(v.numel() * v.element_size() for _, bound in info.loaded_weights
+                     for v in bound.arguments.values() if isinstance(v, torch.Tensor) and not v.is_meta)
+        rss, peak_before = _rss_and_peak()
+        original(layer, info)
+        record.append((type(layer).__name__, loaded, rss, peak_before, _rss_and_peak()[1]))
+
+    watched.watched = True  # type: ignore[attr-defined]
+    layerwise._layerwise_process = watched
+    return True
+
+
+def reload_peak_layer(_: Any = None) -> dict[str, Any]:
+    """The layer during whose reload this process reached its peak RSS (since the last reset): its class, the MiB
+    of its loaded tensors and the MiB the peak stood above the RSS before that layer. Empty when the peak was
+    reached outside every layer's step (receiving, or after the load). Clears the record."""
+    try:
+        from vllm.model_executor.model_loader.reload import layerwise
+    except ImportError:
+        return {}
+    peak = _rss_and_peak()[1]
+    record = getattr(layerwise, _RECORD, [])
+    layers = list(record)
+    record.clear()
+    for name, loaded, rss_before, peak_before, peak_after in layers:
+        if peak_before < peak <= peak_after:
+            return {"engine_peak_layer": name, "engine_peak_layer_loaded_mib": loaded / 2**20,
+                    "engine_peak_layer_added_mib": (peak - rss_before) / 2**20,
+                    "engine_largest_layer_mib": max(r[1] for r in layers) / 2**20}
+    return {}
 
 
 def _own_memory() -> ProcessMemory:
@@ -253,18 +326,55 @@ def _use_gather(learner: Any, gather: str) -> None:
     ray.get([a.__ray_call__.remote(lambda w: setattr(w, "stream_gather", gather)) for a in learner.actors])
 
 
-MODES = ("blob", "stream", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire", "wire_old", "ipc",
-         "ipc_transfer")
+MODES = ("blob", "stream", "stream_held", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire",
+         "wire_old", "ipc", "ipc_transfer")
 """``stream_old``/``transfer_old``: the earlier sender (one ``full_tensor()`` all-gather per tensor);
 ``stream_fresh``: the stream with the earlier buffers (the engine's receiver a fresh buffer per bucket, learner
 rank 0 fresh send and staging buffers per sync; nothing kept between syncs);
+``stream_held``: the stream with the earlier receive (no tensor a loader holds is moved off its buffer, the first
+one held for the whole load: :func:`_earlier_receive`);
 ``transfer``: the stream with every bucket dropped on arrival (no load); ``wire``: the wire alone
 (:func:`_send_packed`), ``wire_old`` the same with the earlier receiver (a fresh buffer per bucket); ``ipc``: the
 stream over ``rollout.weight_sync=ipc``, ``ipc_transfer`` the same with the engine only acknowledging."""
-COLLECTIVE_MODES = ("stream", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire", "wire_old")
-LOADING_MODES = ("stream", "stream_old", "stream_fresh", "ipc")
+COLLECTIVE_MODES = ("stream", "stream_held", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire",
+                    "wire_old")
+LOADING_MODES = ("stream", "stream_held", "stream_old", "stream_fresh", "ipc")
 """The streamed modes that load a new version into the engines (the others drop the buckets or time the wire)."""
 IPC_MODES = ("ipc", "ipc_transfer")
+
+
+def _earlier_receive(engine: Any, earlier: bool) -> None:
+    """``earlier``: the engine's receive as it was before tensors held past their bucket were moved off its
+    buffers, for the next sync: the ring makes a fresh buffer whenever every kept one is still held
+    (``relocate`` off), and the stream's first tensor stays referenced for the whole load (the vLLM extension
+    kept it in a local, which kept bucket 0's buffer out of the ring until the end). Otherwise the current
+    receive."""
+    import ray
+
+    def engine_side(_: Any) -> None:
+        import functools
+
+        from vt_ray.common import weight_stream
+
+        weight_stream.process_ring().relocate = not earlier
+        current = weight_stream.BucketReceiver.tensors
+        original = getattr(current, "__wrapped__", current)
+        if not earlier:
+            weight_stream.BucketReceiver.tensors = original  # type: ignore[method-assign]
+            return
+
+        @functools.wraps(original)
+        def holding_first(self: Any) -> Any:
+            stream = original(self)
+            first = next(stream, None)
+            if first is None:
+                return
+            yield first
+            yield from stream
+
+        weight_stream.BucketReceiver.tensors = holding_first  # type: ignore[method-assign]
+
+    ray.get(engine.__ray_call__.remote(engine_side))
 
 
 def _earlier_buffers(sender: Any, engine: Any, earlier: bool) -> None:
@@ -293,8 +403,12 @@ def _earlier_buffers(sender: Any, engine: Any, earlier: bool) -> None:
 def modes_for(size: str, args: argparse.Namespace) -> list[str]:
     """CPU: every mode (all processes share the node, so ipc runs too); GPU: the NCCL stream between separate
     GPUs, or, colocated, CUDA IPC alone (NCCL cannot pair two processes of one GPU). No blob for
-    ``--stream-only`` sizes."""
-    streams = IPC_MODES if args.colocate else COLLECTIVE_MODES if args.gpu else COLLECTIVE_MODES + IPC_MODES
+    ``--stream-only`` sizes. No ``stream_held`` on GPU: it patches the receive in the engine actor's process,
+    which is the vLLM worker's only with the in-process engine of the CPU layout."""
+    streams: tuple[str, ...] = (IPC_MODES if args.colocate else COLLECTIVE_MODES if args.gpu
+                                else COLLECTIVE_MODES + IPC_MODES)
+    if args.gpu:
+        streams = tuple(m for m in streams if m != "stream_held")
     return [m for m in MODES if (m in streams or (m == "blob" and size not in args.stream_only))
             and (not args.modes or m in args.modes)]
 
@@ -354,6 +468,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
         rollout.check_weight_plan()
         nbytes = StreamPlan.from_dict(plan).total_bytes
         engine, sender = rollout.actors[0], learner.actors[0]
+        ray.get(engine.__ray_call__.remote(watch_reload))
         procs = {"learner0": sender, "engine": engine}
         runs: list[dict[str, Any]] = []
         if "blob" in modes:
@@ -388,6 +503,8 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                     attach(backend)
                 if mode == "stream_fresh":  # its resting memory is measured without the rings' buffers
                     _earlier_buffers(sender, engine, True)
+                if mode == "stream_held":
+                    _earlier_receive(engine, True)
                 rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
                 rest["driver"] = reset_peak()
                 rings = {name: ray.get(a.__ray_call__.remote(ring_counts)) for name, a in procs.items()}
@@ -413,6 +530,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                     row["sync_s"] = time.perf_counter() - start
                 peaks = {name: ray.get(a.__ray_call__.remote(read_peak)) for name, a in procs.items()}
                 peaks["driver"] = read_peak()
+                row.update(ray.get(engine.__ray_call__.remote(reload_peak_layer)))
                 row.update({f"{name}_peak_gib": (peaks[name] - rest[name]) / 2**30 for name in peaks})
                 row.update({f"{name}_rest_gib": rest[name] / 2**30 for name in rest})
                 for name, a in procs.items():  # buffers each process's rings made and reused during this sync
@@ -424,6 +542,8 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                            gb_per_s=nbytes / row["sync_s"] / 1e9)
                 if mode == "stream_fresh":
                     _earlier_buffers(sender, engine, False)
+                if mode == "stream_held":
+                    _earlier_receive(engine, False)
                 if mode in ("blob", *LOADING_MODES) and (
                         set(rollout.weight_versions()) != {version}):
                     raise RuntimeError(f"{mode}: the engine does not serve version {version}")
@@ -488,8 +608,12 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         rows = [r for r in result["runs"] if r["mode"] == mode]
         if not rows:
             continue
-        keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
+        keys = [k for k in rows[0] if isinstance(rows[0][k], float) and all(k in r for r in rows)]
         out[mode] = {k: statistics.median(r[k] for r in rows) for k in keys}
+        for key in ("engine_receive_fresh", "engine_receive_relocated_bytes"):  # only written when not zero
+            out[mode][key] = float(statistics.median(r.get(key, 0) for r in rows))
+        layers = [r["engine_peak_layer"] for r in rows if "engine_peak_layer" in r]
+        out[mode]["engine_peak_layers"] = layers  # per repetition: the vLLM layer whose reload set the peak
     nbytes = result["bytes"]
 
     def median(key: str) -> float | None:
@@ -524,6 +648,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     out["speedup_vs_old_sender"] = ratio("stream_old", "stream")
     out["transfer_speedup_vs_old_sender"] = ratio("transfer_old", "transfer")
     out["speedup_vs_fresh_receiver"] = ratio("stream_fresh", "stream")
+    out["speedup_vs_held_receiver"] = ratio("stream_held", "stream")
     out["ipc_speedup_vs_blob"] = ratio("blob", "ipc")
     out["ipc_speedup_vs_stream"] = ratio("stream", "ipc")
     return out
@@ -557,6 +682,8 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
                 if summary["speedup_vs_old_sender"] and summary["transfer_speedup_vs_old_sender"]:
                     ups.append(f"{summary['speedup_vs_old_sender']:.2f}x vs old (transfer "
                                f"{summary['transfer_speedup_vs_old_sender']:.2f}x)")
+                if summary["speedup_vs_held_receiver"]:
+                    ups.append(f"{summary['speedup_vs_held_receiver']:.2f}x vs the earlier receive")
                 if summary["speedup_vs_fresh_receiver"]:
                     ups.append(f"{summary['speedup_vs_fresh_receiver']:.2f}x vs the earlier receiver")
                 if summary["speedup_vs_blob"]:
@@ -576,6 +703,15 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
             if f"{mode}_gb_per_s" in summary:
                 print(f"{size:>6} {mode:>8}: {summary[f'{mode}_gb_per_s']:.2f} GB/s, "
                       f"{summary[f'{mode}_share_of_raw']:.0%} of the raw broadcast ({label})")
+        for mode in LOADING_MODES:  # the engine's excursion during a loading sync, and where it comes from
+            if mode in summary:
+                m = summary[mode]
+                layer = (f"peak reached in vLLM's reload of a {m['engine_peak_layer_loaded_mib']:.0f} MiB "
+                         f"{m['engine_peak_layers'][0]} layer, {m['engine_peak_layer_added_mib']:.0f} MiB above the "
+                         f"RSS before it" if "engine_peak_layer_added_mib" in m else "peak outside vLLM's layer steps")
+                print(f"{size:>6} {mode:>12}: engine +{m['engine_peak_gib'] * 1024:.0f} MiB, "
+                      f"{m['engine_receive_fresh']:.0f} fresh receive buffers, "
+                      f"{m['engine_receive_relocated_bytes'] / 2**10:.0f} KiB of held tensors moved; {layer}")
         limits = [f"{name} {summary[key]:.2f} GB/s" for name, key in (("gloo/nccl broadcast", "raw_broadcast_gb_per_s"),
                                                                       ("ipc", "raw_ipc_gb_per_s")) if summary[key]]
         print(f"{size:>6} the same bytes through each transport alone: {', '.join(limits) or '-'}")
@@ -584,8 +720,9 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "0p3b", "0p5b"])
-    parser.add_argument("--stream-only", nargs="*", default=["0p5b"],
-                        help="sizes measured on the stream alone (the blob path does not fit in memory)")
+    parser.add_argument("--stream-only", nargs="*", default=None,
+                        help="sizes measured on the stream alone (default: 0p5b with two or more learner ranks, where "
+                        "the blob path does not fit in 24 GiB; none with --learners 1)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
                         help="run only these modes (default: every mode the layout allows)")
     parser.add_argument("--reps", type=int, default=3)
@@ -597,6 +734,8 @@ def main() -> None:
     parser.add_argument("--colocate", action="store_true", help="with --gpu: an engine on every learner rank's GPU "
                         "(resources.colocate), blob against CUDA IPC")
     args = parser.parse_args()
+    if args.stream_only is None:
+        args.stream_only = ["0p5b"] if args.learners >= 2 else []
     if args.colocate and not args.gpu:
         parser.error("--colocate needs --gpu (on CPU every run already shares the node: ipc is measured there)")
 

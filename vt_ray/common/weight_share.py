@@ -50,9 +50,11 @@ from vt_ray.common.weight_stream import (
     BucketReceiver,
     BucketSender,
     BufferRing,
+    HandedOut,
     StreamGroup,
     StreamPlan,
     WeightStreamError,
+    bucket_tensor,
     keep_bytes,
     pack_bucket,
     process_ring,
@@ -297,6 +299,7 @@ class SharedBucketReceiver:
         self.received = 0  # buckets announced and taken
         self.delivered = 0  # tensors handed to the consumer
         self.current: str | None = None  # the last tensor handed over
+        self.handed = HandedOut()  # private copies the consumer may still hold (the ring moves them when short)
         self._notes: deque[tuple[torch.Tensor, Any]] = deque()  # posted announcements not yet taken
         self._posted = 0
         self._acks: list[tuple[torch.Tensor, Any]] = []
@@ -339,14 +342,14 @@ class SharedBucketReceiver:
             self._take(index)
             buf = self._shared(index)
             if self.private:
-                buf = self.ring.acquire(buf.numel(), self._keep_bytes, buf.device).copy_(buf)
+                buf = self.ring.acquire(buf.numel(), self._keep_bytes, buf.device, self.handed).copy_(buf)
                 self._ack()  # copied out: the sender may reuse the buffer while this bucket is loaded
             verify_bucket(buf, bucket, index, len(buckets))
+            self.handed.start_bucket(buf)
             for spec in bucket.tensors:
                 self.current = spec.name
                 self.delivered += 1
-                yield spec.name, buf[spec.offset: spec.offset + spec.nbytes].view(getattr(torch, spec.dtype)
-                                                                                  ).view(spec.shape)
+                yield spec.name, self.handed.add(bucket_tensor(buf, spec))
             if not self.private:
                 self._ack()  # the consumer asked for more: it is done with this bucket's views
         self._close()

@@ -19,6 +19,8 @@ the next one. Building it costs a few milliseconds on CPU (measured in ``benchma
 from __future__ import annotations
 
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -274,33 +276,110 @@ def _storage_users(tensor: torch.Tensor) -> int:
     return int(torch._C._storage_Use_Count(tensor.untyped_storage()._cdata))
 
 
+def bucket_tensor(buf: torch.Tensor, spec: TensorSlot) -> torch.Tensor:
+    """Tensor ``spec`` of a received bucket ``buf``, on ``buf``'s memory (zero copy). Built on the storage rather
+    than as an autograd view of ``buf``: a view keeps a reference to its base's memory for as long as it lives,
+    even after :class:`HandedOut` moved it onto memory of its own."""
+    dtype = getattr(torch, spec.dtype)
+    start = buf.storage_offset() * buf.element_size() + spec.offset  # bytes; 64-byte aligned, so a whole element
+    strides: list[int] = []
+    step = 1
+    for size in reversed(spec.shape):  # contiguous
+        strides.insert(0, step)
+        step *= size
+    return torch.empty(0, dtype=dtype, device=buf.device).set_(buf.untyped_storage(), start // dtype.itemsize,
+                                                               spec.shape, strides)
+
+
+class HandedOut:
+    """The tensors a receiver handed to its consumer, bucket by bucket (weak references: nothing is kept alive).
+
+    A consumer may keep tensors past their bucket: vLLM's layerwise reload holds a layer's tensors until the
+    whole layer has arrived (a layer split across two buckets), and its loader's nested iterators hold the last
+    tensor of a finished module for a while. Each such tensor keeps its whole bucket buffer out of the ring.
+    :meth:`release_oldest`, called by :meth:`BufferRing.acquire` before it would allocate, moves the tensors still
+    alive of the oldest bucket onto memory of their own (``set_`` onto a copy: the consumer's tensor objects keep
+    their values, shapes and dtypes), so their buffer can be reused: a copy of those few tensors instead of a
+    fresh bucket-sized buffer."""
+
+    def __init__(self) -> None:
+        self._buckets: deque[tuple[int, list[weakref.ref[torch.Tensor]]]] = deque()  # (buffer address, tensors)
+
+    def start_bucket(self, buf: torch.Tensor) -> None:
+        """The tensors added next are views of ``buf``'s memory."""
+        self._buckets.append((buf.untyped_storage().data_ptr(), []))
+
+    def add(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Record ``tensor`` (of the bucket last started) as handed over; returns it."""
+        self._buckets[-1][1].append(weakref.ref(tensor))
+        return tensor
+
+    def release_oldest(self, buffers: set[int]) -> int | None:
+        """Move the still-alive tensors of the oldest recorded bucket held in one of ``buffers`` (addresses) off
+        it, and forget that bucket and older ones (a bucket in another buffer, one not kept, is never copied:
+        that would free nothing); returns the bytes copied, or None when no such bucket is left."""
+        while self._buckets:
+            address, refs = self._buckets.popleft()
+            if address not in buffers:
+                continue
+            moved = 0
+            with torch.no_grad():
+                for ref in refs:
+                    tensor = ref()
+                    if tensor is not None:
+                        copy = tensor.clone()
+                        tensor.set_(copy.untyped_storage(), copy.storage_offset(), copy.shape, copy.stride())
+                        moved += copy.numel() * copy.element_size()
+            return moved
+        return None
+
+
 class BufferRing:
     """Bucket buffers reused across buckets and syncs: a fresh 64 MB buffer costs its page faults (the kernel
     zeroes every page on first touch) on every bucket, about as long as the bucket takes on the wire.
 
     A buffer is handed out again only when nothing but the ring refers to its memory, checked on the storage's
-    use count: a view that a loader keeps (vLLM's layerwise reload holds a layer's tensors until the layer is
-    complete) keeps its buffer out of use, whatever the loader does with it. If every kept buffer is still
-    viewed, a fresh one is made (and the least recently used one is let go, to be freed with its last view).
+    use count: a tensor that a loader keeps (vLLM's layerwise reload holds a layer's tensors until the layer is
+    complete) keeps its buffer out of use, whatever the loader does with it. If every kept buffer is still in
+    use, the receiver's :class:`HandedOut` (``handed``) first moves the tensors its consumer still holds of the
+    oldest buckets onto memory of their own (``relocate``, the default); only if that frees no buffer is a fresh
+    one made (and the least recently used one let go, to be freed with its last view).
     Buckets larger than ``keep_bytes`` (a tensor bigger than a bucket) get a buffer of their own, never kept.
     Thread-safe: the receivers of one process may share it."""
 
-    def __init__(self, capacity: int = RING_BUFFERS) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int = RING_BUFFERS, relocate: bool = True) -> None:
+        self.capacity, self.relocate = capacity, relocate
         self._kept: list[tuple[torch.Tensor, int]] = []  # (buffer, its use count when only the ring holds it)
         self._lock = threading.Lock()
         self.reused = 0  # buffers handed out again
         self.fresh = 0  # buffers allocated
+        self.relocated_bytes = 0  # bytes of held tensors moved off a kept buffer so that it could be reused
 
-    def acquire(self, nbytes: int, keep_bytes: int, device: Any) -> torch.Tensor:
+    def _free(self, nbytes: int, device: Any) -> torch.Tensor | None:
+        for i, (buf, alone) in enumerate(self._kept):
+            if buf.device == torch.device(device) and buf.numel() >= nbytes and _storage_users(buf) == alone:
+                self._kept.append(self._kept.pop(i))  # most recently used last
+                self.reused += 1
+                return buf[:nbytes]
+        return None
+
+    def acquire(self, nbytes: int, keep_bytes: int, device: Any, handed: HandedOut | None = None) -> torch.Tensor:
         """A uint8 buffer of ``nbytes`` (a view of a kept one when one is free and large enough); kept buffers
-        are allocated ``keep_bytes`` long, so that each fits every bucket of the plan but the oversized ones."""
+        are allocated ``keep_bytes`` long, so that each fits every bucket of the plan but the oversized ones.
+        ``handed``: what the caller's consumer may still hold, released oldest bucket first before a fresh
+        buffer is made."""
         with self._lock:
-            for i, (buf, alone) in enumerate(self._kept):
-                if buf.device == torch.device(device) and buf.numel() >= nbytes and _storage_users(buf) == alone:
-                    self._kept.append(self._kept.pop(i))  # most recently used last
-                    self.reused += 1
-                    return buf[:nbytes]
+            found = self._free(nbytes, device)
+            if nbytes <= keep_bytes and self.relocate and handed is not None:
+                kept = {buf.untyped_storage().data_ptr() for buf, _ in self._kept}
+                while found is None and len(self._kept) >= self.capacity:
+                    moved = handed.release_oldest(kept)
+                    if moved is None:
+                        break
+                    self.relocated_bytes += moved
+                    found = self._free(nbytes, device)
+            if found is not None:
+                return found
             self.fresh += 1
             if nbytes > keep_bytes or self.capacity == 0:
                 return torch.empty(nbytes, dtype=torch.uint8, device=device)
@@ -339,7 +418,9 @@ class BucketReceiver:
     One bucket is always in flight ahead of the one being consumed (receive-prefetch). Buffers come from
     ``ring`` (:func:`process_ring` unless given; ``BufferRing(0)``: a fresh buffer per bucket, the earlier
     receiver), which hands a buffer out again only once no view of it is left: a loader may keep views of a
-    layer that straddles two buckets until the rest of it arrives (vLLM's layerwise reload does). After a
+    layer that straddles two buckets until the rest of it arrives (vLLM's layerwise reload does); when no kept
+    buffer is free, the tensors the consumer still holds of the oldest buckets are moved off theirs first
+    (:class:`HandedOut`). After a
     failure (a checksum, or the consumer stopping early), :meth:`drain` (or :meth:`abandon`) receives the
     buckets left so the sender and the other receivers are not left blocked.
     """
@@ -352,11 +433,12 @@ class BucketReceiver:
         self.received = 0  # buckets taken off the wire
         self.delivered = 0  # tensors handed to the consumer
         self.current: str | None = None  # the last tensor handed over
+        self.handed = HandedOut()  # what the consumer may still hold, moved off a buffer the ring needs back
         self._inflight: tuple[Any, Any] | None = None
 
     def _post(self, index: int) -> None:
         nbytes = self.plan.buckets[index].nbytes + TRAILER
-        buf = self.ring.acquire(nbytes, self._keep_bytes, self.device)
+        buf = self.ring.acquire(nbytes, self._keep_bytes, self.device, self.handed)
         self._inflight = (buf, self.group.broadcast(buf))
 
     def _take(self, index: int) -> Any:
@@ -377,11 +459,11 @@ class BucketReceiver:
             if index + 1 < len(buckets):
                 self._post(index + 1)
             verify_bucket(buf, bucket, index, len(buckets))
+            self.handed.start_bucket(buf)
             for spec in bucket.tensors:
-                dtype = getattr(torch, spec.dtype)
                 self.current = spec.name
                 self.delivered += 1
-                yield spec.name, buf[spec.offset: spec.offset + spec.nbytes].view(dtype).view(spec.shape)
+                yield spec.name, self.handed.add(bucket_tensor(buf, spec))
 
     def abandon(self) -> None:
         """After a failure on this side: :meth:`drain`, unless the peers are gone too (nothing left to unblock)."""

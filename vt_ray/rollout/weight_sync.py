@@ -243,12 +243,14 @@ class WeightSyncExtension:
         stream = receiver.tensors()
         started = False
         try:
-            first = next(stream, None)
-            if first is None:
+            head = [next(stream, None)]
+            if head[0] is None:
                 return 0
 
             def tensors() -> Any:
-                yield first
+                # popped, not held: a reference kept for the whole load would keep bucket 0's buffer out of the
+                # receiver's ring until the end (it then had to allocate fresh buffers)
+                yield head.pop()
                 crash_point("rollout.receive_weights", engine_rank)  # tests: an engine lost mid-stream
                 yield from stream
 

@@ -21,13 +21,16 @@ import torch
 from stream_helpers import mixed_tensors, plan_of, stream_to  # tests/ is on sys.path (rootdir conftest)
 from vt_ray.common.weight_stream import (
     ALIGN,
+    RING_BUFFERS,
     BucketReceiver,
     BucketSender,
     BufferRing,
+    HandedOut,
     StreamGroup,
     StreamPlan,
     StreamSession,
     WeightStreamError,
+    bucket_tensor,
     plan_buckets,
     process_ring,
 )
@@ -172,8 +175,40 @@ def test_the_buffer_ring_never_hands_out_a_buffer_something_still_views() -> Non
     assert [never.acquire(8, 8, "cpu").numel() for _ in range(2)] == [8, 8] and never.fresh == 2 and not never._kept
 
 
+def test_the_ring_moves_what_a_consumer_holds_of_old_buckets_before_it_makes_a_fresh_buffer() -> None:
+    ring, handed = BufferRing(capacity=2), HandedOut()
+    plan = plan_buckets([("a", (4, 4), "float32"), ("b", (2,), "int64"), ("c", (4, 4), "float32")], 128)
+    values = {"a": torch.randn(4, 4), "b": torch.tensor([3, -7]), "c": torch.randn(4, 4)}
+    held = []
+    for bucket in plan.buckets:  # fill both kept buffers; the consumer keeps a tensor of each
+        buf = ring.acquire(bucket.nbytes, 128, "cpu", handed)
+        handed.start_bucket(buf)
+        for spec in bucket.tensors:
+            tensor = handed.add(bucket_tensor(buf, spec))
+            tensor.copy_(values[spec.name])
+            held.append((spec.name, tensor))
+        del buf
+    assert len(plan.buckets) == 2 and ring.fresh == 2
+    before = [t.data_ptr() for _, t in held]
+    again = ring.acquire(128, 128, "cpu", handed)  # both buffers held: the oldest bucket's tensors are moved
+    assert ring.fresh == 2 and ring.reused == 1 and ring.relocated_bytes == 64 + 16
+    assert [n for (n, t), address in zip(held, before, strict=True) if t.data_ptr() != address] == ["a", "b"]
+    again.fill_(255)  # the reused buffer is overwritten: the moved tensors keep their values, dtypes and shapes
+    assert all(torch.equal(t, values[n]) and t.dtype == values[n].dtype for n, t in held)
+    derived = held[-1][1][1:]  # a view the consumer made of a tensor: it cannot be moved, so its buffer is not reused
+    del again
+    first = ring.acquire(128, 128, "cpu", handed)  # the first buffer, free again
+    third = ring.acquire(128, 128, "cpu", handed)  # "c" moved, but the derived view still pins its buffer
+    assert ring.fresh == 3 and torch.equal(derived, values["c"][1:]) and third.data_ptr() != derived.data_ptr()
+    assert held[-1][1].data_ptr() != before[-1] and first.numel() == 128
+    never = BufferRing(capacity=1, relocate=False)  # relocation off: a fresh buffer, nothing moved
+    kept = bucket_tensor(never.acquire(64, 64, "cpu"), plan.buckets[0].tensors[0])
+    handed = HandedOut()
+    never.acquire(64, 64, "cpu", handed)
+    assert never.fresh == 2 and never.relocated_bytes == 0 and kept.numel() == 16
+
+
 def test_reused_buffers_deliver_two_consecutive_syncs_bit_for_bit_even_to_a_loader_that_keeps_every_view() -> None:
-    ring = BufferRing()
     first = _tensors()
     second = {k: v + 1 if v.is_floating_point() else v * 2 for k, v in first.items()}
     plan = _plan(first)
@@ -182,25 +217,35 @@ def test_reused_buffers_deliver_two_consecutive_syncs_bit_for_bit_even_to_a_load
         return dict(receiver.tensors())  # like vLLM's reload holding a layer's views: nothing may be overwritten
 
     oversized = sum(len(b.tensors) == 1 and b.nbytes > 4096 for b in plan.buckets)
-    fresh, sent_fresh = [], []
-    sending = process_ring("send")  # the sender's two buffers, the process's own
-    for tensors, consume in ((first, _copy_all), (second, keep_views), (first, _copy_all), (second, _copy_all)):
-        before, sent_before = ring.fresh, sending.fresh
-        results, errors = _stream(tensors, plan, 1, consume, ring=ring)
-        sent_fresh.append(sending.fresh - sent_before)
-        assert not errors
-        assert all(torch.equal(results[1][k].view(-1).view(torch.uint8), v.view(-1).view(torch.uint8))
-                   for k, v in tensors.items())
-        del results  # the loader lets its views go
-        fresh.append(ring.fresh - before)
-    assert oversized == 1 and len(plan.buckets) - oversized > ring.capacity
-    # The first sync fills the ring; the one whose loader keeps every view needs fresh buffers past the ring's
-    # (none overwritten under a view: checked above). After it, every bucket but the oversized one reuses a
-    # buffer, but for an instant after a sync a group's worker thread may still hold its last buckets (the ring
-    # then makes a fresh one, as it must): at most two per sync. The earlier receiver: 7 fresh per sync.
-    assert fresh[0] >= ring.capacity + oversized and fresh[1] >= len(plan.buckets) - ring.capacity
-    assert sum(fresh[2:]) <= 2 * (oversized + 2)
-    assert sum(sent_fresh[1:]) <= 3  # the sender mostly finds its two buffers again (without the ring: 6)
+    assert oversized == 1 and len(plan.buckets) - oversized > RING_BUFFERS
+    for relocate in (True, False):  # tensors a loader keeps moved off their buffer, or fresh buffers instead
+        ring = BufferRing(relocate=relocate)
+        fresh, moved, sent_fresh = [], [], []
+        sending = process_ring("send")  # the sender's two buffers, the process's own
+        for tensors, consume in ((first, _copy_all), (second, keep_views), (first, _copy_all), (second, _copy_all)):
+            before, moved_before, sent_before = ring.fresh, ring.relocated_bytes, sending.fresh
+            results, errors = _stream(tensors, plan, 1, consume, ring=ring)
+            sent_fresh.append(sending.fresh - sent_before)
+            assert not errors
+            assert all(torch.equal(results[1][k].view(-1).view(torch.uint8), v.view(-1).view(torch.uint8))
+                       for k, v in tensors.items())
+            del results  # the loader lets its views go
+            fresh.append(ring.fresh - before)
+            moved.append(ring.relocated_bytes - moved_before)
+        # The first sync fills the ring. For the loader that keeps every tensor, the receiver moves the tensors
+        # of the oldest buckets onto memory of their own (their bytes, not a bucket-sized buffer each) and reuses
+        # their buffers: only the oversized bucket is fresh. Without that, it needs a fresh buffer per bucket past
+        # the ring's (none overwritten under a view either way: checked above). After it, every bucket but the
+        # oversized one reuses a buffer, but for an instant after a sync a group's worker thread may still hold
+        # its last buckets (the ring then makes a fresh one, as it must): at most two per sync.
+        assert fresh[0] >= ring.capacity + oversized
+        if relocate:
+            held = sum(b.nbytes for b in plan.buckets if b.nbytes <= 4096)  # the oversized tensor is never moved
+            assert fresh[1] == oversized and 0 < moved[1] < held and moved[0] == moved[2] == moved[3] == 0
+        else:
+            assert fresh[1] >= len(plan.buckets) - ring.capacity and moved == [0, 0, 0, 0]
+        assert sum(fresh[2:]) <= 2 * (oversized + 2)
+        assert sum(sent_fresh[1:]) <= 3  # the sender mostly finds its two buffers again (without the ring: 6)
 
 
 def test_stream_names_send_a_tied_tensor_once_under_the_embedding_name() -> None:
