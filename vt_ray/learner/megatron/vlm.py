@@ -17,6 +17,7 @@ from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.megatron.logprobs import StageInputs, batch_logprobs_and_entropy, causal_mask, stage_inputs
 from vt_ray.learner.megatron.model import Recompute, TextShape, build_language_model, load_hf_config
 from vt_ray.learner.megatron.multimodal import decoder_input
+from vt_ray.learner.megatron.optim import Float32Masters
 from vt_ray.learner.megatron.weights import HfCheckpoint, load_hf_weights, make_bridge
 
 
@@ -27,14 +28,24 @@ class MegatronVL(torch.nn.Module):
         super().__init__()
         self.lm, self.visual, self.hf_config, self.dedup_videos = lm, visual, hf_config, dedup_videos
         self.bridge = make_bridge(hf_config)
+        # The optimizer's float32 copies when the model is bf16 (set by the backend; the weight export and the
+        # checkpoint read them, so what leaves the learner is the float32 state, as FSDP2's sharded masters).
+        self.masters: Float32Masters | None = None
+
+    def master_of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The float32 master of a parameter (the tensor itself without masters, or when it is float32)."""
+        return tensor if self.masters is None else self.masters.master_of(tensor)
 
     @classmethod
     def load(cls, path: str, tensor_parallel: int, use_te: bool, device: torch.device,
-             dedup_videos: bool = False, pipeline_parallel: int = 1, recompute: Recompute | None = None
-             ) -> MegatronVL:
+             dedup_videos: bool = False, pipeline_parallel: int = 1, recompute: Recompute | None = None,
+             dtype: torch.dtype = torch.float32, trained: bool = False) -> MegatronVL:
         """The checkpoint at ``path``: the language model split over the TP group and into pipeline stages (every
         rank reads the tensors it needs, weights.load_hf_weights), the vision tower whole on the first stage (an
-        empty module on the others). ``recompute``: megatron's activation recompute in training. Collective over
+        empty module on the others), both with parameters in ``dtype`` (megatron's ``params_dtype``; its local
+        RMSNorm keeps float32 weights). ``trained``: the optimizer's float32 masters too (``masters``, from the
+        checkpoint's values, not their bf16 rounding). ``recompute``: megatron's activation recompute in
+        training (and transformers' gradient checkpointing in the vision tower's blocks). Collective over
         megatron's groups."""
         from megatron.core import parallel_state
 
@@ -42,15 +53,26 @@ class MegatronVL(torch.nn.Module):
 
         hf_config = load_hf_config(path)
         lm = build_language_model(TextShape.from_hf(hf_config), tensor_parallel=tensor_parallel,
-                                  pipeline_parallel=pipeline_parallel, use_te=use_te, recompute=recompute)
+                                  pipeline_parallel=pipeline_parallel, dtype=dtype, use_te=use_te,
+                                  recompute=recompute)
         vl = cls(lm, torch.nn.Module(), hf_config, dedup_videos)
-        load_hf_weights(lm, vl.bridge, HfCheckpoint(path))
-        if not parallel_state.is_pipeline_first_stage():
-            return vl.to(device)
-        # The tower from transformers' own loader (same module and attention as the FSDP2 learner). It reads the
-        # whole checkpoint once at setup; reading only ``visual.*`` is left for large models (docs/megatron.md).
-        vl.visual = load_vl_model(path, torch.float32).model.visual
-        return vl.to(device)
+        float32: dict[int, torch.Tensor] = {}
+        load_hf_weights(lm, vl.bridge, HfCheckpoint(path), float32)
+        if parallel_state.is_pipeline_first_stage():
+            # The tower from transformers' own loader (same module and attention as the FSDP2 learner). It reads
+            # the whole checkpoint once at setup; reading only ``visual.*`` is left for large models
+            # (docs/megatron.md). Loaded in float32 and cast, so its masters keep the checkpoint's values.
+            vl.visual = load_vl_model(path, torch.float32).model.visual
+            if recompute is not None:  # the tower's blocks recompute too (transformers' own, as the FSDP2 learner)
+                enable = vl.visual.gradient_checkpointing_enable  # a transformers PreTrainedModel method
+                enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+            if dtype != torch.float32:
+                float32.update((id(p), p.detach()) for p in vl.visual.parameters())  # .to() replaces p.data
+                vl.visual.to(dtype)
+        vl.to(device)
+        if trained:
+            vl.masters = Float32Masters(vl.parameters(), {k: v.to(device) for k, v in float32.items()})
+        return vl
 
     def logprobs(self, batch: TrainBatch, entropy: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, L] response-token log-probs (and entropy when asked) of a learner batch."""
