@@ -6,17 +6,21 @@ for the activation split), with t = TP, p = PP, d = learner ranks / (t p), c = c
   and the lm_head (last stage) over t (vocab-parallel), the vision tower on the first stage: whole with
   ``learner.megatron.vision_impl: hf`` (every TP rank runs the same Hugging Face tower on the same pixels), over t
   with ``megatron`` (its norms, patch embedding and row-parallel biases, replicated, are a rounding error here).
-  Master weights are float32: 4 P_s.
-- Gradients: 4 P_s (float32, freed after the step: only the train phase holds them).
+  float32 compute: 4 P_s (the parameters are the masters). bf16 compute (``learner.param_dtype``): c P_s bf16
+  parameters + 4 P_s float32 masters.
+- Gradients: 4 P_s (float32, freed after the step: only the train phase holds them). With bf16 the backward
+  leaves c P_s, each copied into its master's float32 gradient and freed: 4 P_s at the peak.
 - Optimizer: 8 P_s (a torch AdamW's m and v on the local shards, replicated over d: megatron's distributed
   optimizer, which would shard fp32 state over d, needs CUDA streams in megatron-core 0.16.1 and is not used).
 - Reference: c P_s (the same layout, forward only) when the recipe keeps one on the GPU.
 - Activations (1F1B schedule): stage i holds p - i micro-batches in flight, each through layers/p layers, so the
   first stage stores ``layers`` layers' worth. Without sequence parallelism a layer's norm inputs and residual
   (2h) are replicated over TP and the rest (5h + 2 kv_dim + 4I) split: c S b (2h + (5h + 2kv + 4I)/t) per layer.
-  With activation checkpointing: c S b h per layer input kept, plus two layers recomputed. Logits (last stage):
-  (c + 8) R b V / t, vocab-parallel. Vision (first stage): as the FSDP2 plan (whole, with either tower: an
-  overestimate for ``vision_impl: megatron``, whose attention and MLP activations split over t too).
+  With activation checkpointing (megatron's full recompute): c S b h per layer input kept, plus two layers
+  recomputed. Logits (last stage): (c + 8) R b V / t, vocab-parallel. Vision (first stage): as the FSDP2 plan
+  (whole, with either tower: an overestimate for ``vision_impl: megatron``, whose attention and MLP activations
+  split over t too). Without checkpointing, the FSDP2 plan's backward transients too: ``transients`` x (text +
+  logits + vision).
 The first and the last stage are both sized; the larger is the learner's budget (they differ only for p > 1).
 """
 
@@ -60,11 +64,16 @@ class StageMemory:
     activation_note: str
 
     def total(self, c: int, reference: bool) -> float:
-        return self.params * (4 + 4 + 8 + (c if reference else 0)) + self.activations
+        return self.params * (param_bytes(c) + 4 + 8 + (c if reference else 0)) + self.activations
+
+
+def param_bytes(c: int) -> int:
+    """Parameter bytes per parameter: float32 (its own master), or c-byte parameters + a float32 master."""
+    return 4 if c == 4 else c + 4
 
 
 def _stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, first: bool, last: bool, micro_batch: int,
-           c: int, checkpointing: bool, vision_activations: float) -> StageMemory:
+           c: int, checkpointing: bool, vision_activations: float, transients: float) -> StageMemory:
     layers = s.layers // lay.pp
     params = layers * s.text_layer_params // lay.tp
     params += (s.vocab * s.hidden // lay.tp) * (int(first) + int(last and not s.tie_embeddings))
@@ -80,19 +89,26 @@ def _stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, first: bool, l
         text, note = in_flight_layers * per_layer, "every in-flight layer's saved tensors"
     logits = (c + 8) * resp * b * s.vocab / lay.tp if last else 0.0
     vision = vision_activations if first else 0.0
+    extra = 0.0 if checkpointing else transients * (text + logits + vision)
     name = "only stage" if lay.pp == 1 else ("first stage" if first else "last stage")
     note = (f"{name}, S={seq}, b={b}: {note} {text / GIB:.2f} + logits {logits / GIB:.2f} (vocab/TP) "
             f"+ vision {vision / GIB:.2f}")
-    return StageMemory(name, params, text + logits + vision, note)
+    if extra:
+        note += f" + transients {transients:g} x saved {extra / GIB:.2f}"
+    return StageMemory(name, params, text + logits + vision + extra, note)
 
 
 def peak_stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, micro_batch: int, c: int,
-               checkpointing: bool, reference: bool, vision_activations: float) -> StageMemory:
-    """The stage (first or last) whose learner memory is larger."""
-    stages = [_stage(cfg, s, lay, True, lay.pp == 1, micro_batch, c, checkpointing, vision_activations)]
+               checkpointing: bool, reference: bool, vision_activations: float,
+               transients: float = 0.0) -> StageMemory:
+    """The stage (first or last) whose learner memory is larger. ``transients``: the backward's peak beyond the
+    saved tensors, as a share of them, without checkpointing (the planner's ``BACKWARD_TRANSIENTS``)."""
+    stages = [_stage(cfg, s, lay, True, lay.pp == 1, micro_batch, c, checkpointing, vision_activations,
+                     transients)]
     if lay.pp > 1:
-        stages.append(_stage(cfg, s, lay, False, True, micro_batch, c, checkpointing, vision_activations))
+        stages.append(_stage(cfg, s, lay, False, True, micro_batch, c, checkpointing, vision_activations,
+                             transients))
     return max(stages, key=lambda st: st.total(c, reference))
 
 
-__all__ = ["MegatronLayout", "StageMemory", "peak_stage"]
+__all__ = ["MegatronLayout", "StageMemory", "param_bytes", "peak_stage"]

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vt_ray.cluster.megatron_memory import MegatronLayout, peak_stage
+from vt_ray.cluster.megatron_memory import MegatronLayout, param_bytes, peak_stage
 from vt_ray.cluster.model_shapes import ModelShape, resolve_shape
 from vt_ray.common.errors import check
 from vt_ray.config.schema import RecipeConfig
@@ -162,11 +162,14 @@ def _megatron_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int, vision: 
     """The learner terms of a Megatron layout (vt_ray.cluster.megatron_memory says how each is computed)."""
     c, checkpointing, ref_on_gpu = _learner_settings(cfg)
     lay = MegatronLayout.of(cfg, s)
-    st = peak_stage(cfg, s, lay, micro_batch, c, checkpointing, ref_on_gpu, vision)
+    st = peak_stage(cfg, s, lay, micro_batch, c, checkpointing, ref_on_gpu, vision, BACKWARD_TRANSIENTS)
     p_s = f"P_s={st.params / 1e9:.2f}B ({st.name}), TP={lay.tp}, PP={lay.pp}, DP={lay.dp}"
+    params = ("4P_s (fp32, the optimizer's own)" if c == 4 else f"{c}P_s (bf16) + 4P_s (fp32 masters)")
+    grads = ("4P_s (fp32, this rank's shards)" if c == 4
+             else f"4P_s (fp32 master grads; the {c}P_s bf16 ones freed as they are copied)")
     return {
-        "parameters": Term("parameters", _gib(4 * st.params), f"4P_s (fp32 master); {p_s}"),
-        "gradients": Term("gradients", _gib(4 * st.params), "4P_s (fp32, this rank's shards)"),
+        "parameters": Term("parameters", _gib(param_bytes(c) * st.params), f"{params}; {p_s}"),
+        "gradients": Term("gradients", _gib(4 * st.params), grads),
         "optimizer": Term("optimizer", _gib(8 * st.params), "8P_s (AdamW m, v in fp32, not sharded over DP)"),
         "reference": Term("reference", _gib(c * st.params) if ref_on_gpu else 0.0,
                           f"{c}P_s (same layout, forward only)" if ref_on_gpu

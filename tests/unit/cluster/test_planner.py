@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,6 +182,22 @@ def test_megatron_tp2_for_7b_is_refused_beside_vllm() -> None:
     plan = plan_memory(load_config(MEGATRON_7B, ["learner.megatron.tensor_parallel_size=2"]))
     found = plan.first_overflow()
     assert found is not None and found[0].title.startswith("colocated GPU, rollout phase")
+
+
+def test_megatron_bf16_counts_float32_masters_and_transients_without_recompute() -> None:
+    """bf16 parameters (2 B) + float32 masters (4 B) + AdamW moments (8 B) per local parameter; float32: the
+    parameters are the masters (4 B). Without recompute the backward's transients are added to the activations."""
+    def terms(overrides: list[str]) -> dict[str, Any]:
+        plan = plan_memory(load_config(MEGATRON_72B, overrides))
+        return {t.name: t for t in next(b for b in plan.budgets if b.title.startswith("learner GPU")).terms}
+
+    bf16, fp32 = terms([]), terms(["learner.param_dtype=float32"])
+    assert bf16["parameters"].gib == pytest.approx(6 / 8 * bf16["optimizer"].gib)
+    assert bf16["gradients"].gib == pytest.approx(4 / 8 * bf16["optimizer"].gib)
+    assert fp32["parameters"].gib == pytest.approx(4 / 8 * fp32["optimizer"].gib) == fp32["gradients"].gib
+    assert "fp32 masters" in bf16["parameters"].formula
+    no_recompute = terms(["learner.activation_checkpointing=false"])["activations"]
+    assert "transients 0.4" in no_recompute.formula and "transients" not in bf16["activations"].formula
 
 
 def test_megatron_stage_parameters_add_up_to_the_model() -> None:

@@ -157,7 +157,9 @@ def test_the_megatron_backend_refuses_what_it_cannot_run_naming_the_key() -> Non
     refuse_unsupported(load_config(None, base))
     refuse_unsupported(load_config(None, [*base, "learner.megatron.pipeline_parallel_size=2"]))  # runs now
     refuse_unsupported(load_config(None, [*base, "learner.activation_checkpointing=true"]))  # megatron's recompute
-    for override, key in (("learner.param_dtype=bfloat16", "learner.param_dtype"),):
+    refuse_unsupported(load_config(None, [*base, "learner.param_dtype=bfloat16"]))  # float32 masters
+    for override, key in (("learner.param_dtype=float16", "learner.param_dtype"),
+                          ("learner.reduce_dtype=bfloat16", "learner.reduce_dtype")):
         with pytest.raises(ValueError, match=key):
             refuse_unsupported(load_config(None, [*base, override]))
 

@@ -12,6 +12,13 @@ over the data-parallel group before the step. With PP > 1 the micro-batches go t
 Same semantics as the FSDP2 worker: the same loss functions and metric keys (``resolve_loss``; shares summed
 over micro-batches and ranks), AdamW on the local shards with the same hyperparameters and lr schedule, the
 global gradient norm over TP shards (``optim.clip_grad_norm``), a skipped update on a non-finite norm.
+
+Mixed precision (``learner.param_dtype: bfloat16``): the policy's and the reference's parameters are bf16
+(megatron's ``params_dtype``; the vision tower too), the optimizer steps float32 masters
+(:class:`~vt_ray.learner.megatron.optim.Float32Masters`: gradients copied in, the data-parallel sum, norm,
+clipping and AdamW on them, copied back), log-probs and losses are float32 (megatron's vocab-parallel
+cross-entropy upcasts the logits, as the FSDP2 learner's ``.float()``). The weight export and checkpoints read
+the masters.
 """
 
 from __future__ import annotations
@@ -45,9 +52,12 @@ log = logging.getLogger(__name__)
 def refuse_unsupported(cfg: LearnerRoleConfig) -> None:
     """What this backend does not run yet fails at setup, naming the key."""
     lcfg = cfg.learner
-    if lcfg.param_dtype != "float32" or lcfg.reduce_dtype != "float32":
-        raise ValueError("learner.param_dtype / learner.reduce_dtype: the Megatron backend computes in float32 "
-                         "(mixed precision needs megatron's Float16Module and DDP, not wired yet; docs/megatron.md)")
+    if lcfg.param_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"learner.param_dtype: the Megatron backend computes in float32 or bfloat16, not "
+                         f"{lcfg.param_dtype} (float16 needs a loss scaler, not wired; docs/megatron.md)")
+    if lcfg.reduce_dtype != "float32":
+        raise ValueError("learner.reduce_dtype: the Megatron backend sums gradients over data-parallel replicas in "
+                         "float32, on the master gradients (docs/megatron.md)")
 
 
 def recompute_of(cfg: LearnerRoleConfig) -> Any:
@@ -99,8 +109,9 @@ class MegatronWorker(RankCommon):
         self.model_path = model_path or self.cfg.model.path
         self.processor = AutoProcessor.from_pretrained(self.model_path)
         dedup, vision = self.lcfg.dedup_videos, self.lcfg.megatron.vision_impl
+        dtype = DTYPES[self.lcfg.param_dtype]
         self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device, dedup, self.pp,
-                                      recompute_of(self.cfg), vision_impl=vision).train()
+                                      recompute_of(self.cfg), vision_impl=vision, dtype=dtype, trained=True).train()
         self.hf_config = self.policy.hf_config
         if self.pp > 1 and self.policy.lm.share_embeddings_and_output_weights:
             raise ValueError("learner.megatron.pipeline_parallel_size: a model with tied embeddings (tie_word_"
@@ -110,9 +121,11 @@ class MegatronWorker(RankCommon):
         if placement != "none":
             ref_path = self.lcfg.reference_path or self.model_path
             self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device, dedup, self.pp,
-                                             vision_impl=vision).eval().requires_grad_(False)
+                                             vision_impl=vision, dtype=dtype).eval().requires_grad_(False)
         self.view = HfView(self.policy)
-        self._build_optimizer(self.policy.parameters(), total_steps, lr)
+        # The optimizer's parameters: float32 masters of the bf16 ones (a float32 parameter is its own).
+        assert self.policy.masters is not None
+        self._build_optimizer(self.policy.masters.masters, total_steps, lr)
         return sum(math.prod(shape) for shape in self.view.shapes.values())
 
     # ---- the model-parallel group's data -----------------------------------------------------------------
@@ -178,6 +191,7 @@ class MegatronWorker(RankCommon):
         pooled, _, fetched = self._pooled(shard)
 
         self.policy.train()
+        self.policy.zero_grad(set_to_none=True)
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {"loss": 0.0}
         maxes: dict[str, float] = {}
@@ -208,12 +222,15 @@ class MegatronWorker(RankCommon):
             else:
                 for mb in micro:
                     mb_loss(mb, *self.policy.logprobs(mb.materialised(fetched), wants_entropy)).backward()
-        self._sum_data_parallel_grads()
-        grad_norm = self._clip_grad_norm()
+        masters = self.policy.masters
+        masters.grads_to_masters()  # float32 from here on (bf16 model)
+        self._sum_data_parallel_grads(masters.masters)
+        grad_norm = self._clip_grad_norm(masters.masters)
         lr = float(self.scheduler.get_last_lr()[0])
         finite = math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
+            masters.masters_to_params()
         else:
             log.warning("learner[%d] step %d: non-finite grad norm, update skipped", self.rank, self.step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -226,20 +243,21 @@ class MegatronWorker(RankCommon):
                    step_time_s=time.perf_counter() - started)
         return out
 
-    def _sum_data_parallel_grads(self) -> None:
+    def _sum_data_parallel_grads(self, params: list[torch.Tensor]) -> None:
         """Data-parallel replicas hold gradients of their own data: the step needs their sum (one all-reduce
-        per parameter; megatron's bucketed DDP is the GPU-scale version, left for later)."""
+        per parameter, in float32 on the masters; megatron's bucketed DDP is the GPU-scale version, left for
+        later)."""
         if self.dp_size == 1:
             return
-        for param in self.policy.parameters():
+        for param in params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             dist.all_reduce(param.grad, group=self.dp_group)
 
-    def _clip_grad_norm(self) -> float:
+    def _clip_grad_norm(self, params: list[torch.Tensor]) -> float:
         from vt_ray.learner.megatron.optim import clip_grad_norm
 
-        return clip_grad_norm(self.policy, self.lcfg.grad_clip, self.tp_group, self.pp_group)
+        return clip_grad_norm(params, self.lcfg.grad_clip, self.tp_group, self.pp_group)
 
     # ---- export and the streamed weight sync -------------------------------------------------------------------
     def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:

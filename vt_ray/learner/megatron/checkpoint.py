@@ -16,6 +16,12 @@ counters are keyed by the same global keys (not by the rank's parameter index, w
 merged over every rank's JSON, so a rank of the new layout finds the counter of each parameter it holds; a
 parameter with no counter in the checkpoint fails the load, naming its key.
 
+**Mixed precision.** With a bf16 model the optimizer's parameters are float32 masters
+(:class:`~vt_ray.learner.megatron.optim.Float32Masters`): the AdamW moments are mapped onto the *model*
+parameter each master copies (megatron's ``MixedPrecisionOptimizer.sharded_state_dict`` does the same), and
+the masters themselves are saved under ``optimizer.state.fp32_param.<key>`` with that parameter's sharding, so
+a resume restores the float32 state exactly (not the bf16 rounding of it), at any TP/PP layout.
+
 The checkpoint protocol around it (temp dir, manifest, RNG, trainer state, commit) is the FSDP2 learner's
 (:func:`vt_ray.learner.checkpoint_io.save_step` / ``load_step``).
 """
@@ -64,31 +70,50 @@ def _init_adamw_state(optimizer: torch.optim.Optimizer) -> None:
                                           "exp_avg_sq": torch.zeros_like(param)}
 
 
-def _sharded_optim(model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    from megatron.core.dist_checkpointing.optimizer import (
-        get_param_id_to_sharded_param_map,
-        optim_state_to_sharding_state,
-    )
+def _model_params(vl: MegatronVL, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The model parameters in the optimizer's parameter order: those whose sharded keys the optimizer state
+    takes (the bf16 parameter of each float32 master, when the model has masters)."""
+    if vl.masters is not None:
+        return vl.masters.params
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def _param_map(vl: MegatronVL, model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[int, Any]:
+    """The optimizer's parameter index -> the model parameter's ``ShardedTensor`` (or factory)."""
+    from megatron.core.dist_checkpointing.optimizer import get_param_id_to_sharded_param_map
+
+    return get_param_id_to_sharded_param_map(model_sd, _model_params(vl, optimizer))
+
+
+def _sharded_optim(ids: dict[int, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from megatron.core.dist_checkpointing.optimizer import optim_state_to_sharding_state
 
     state = optimizer.state_dict()
-    ids = get_param_id_to_sharded_param_map(model_sd, (p for g in optimizer.param_groups for p in g["params"]))
     optim_state_to_sharding_state(state, ids, exclude_keys=("step",))
     return state
 
 
-def _sharded_state(vl: MegatronVL, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The sharded state dict ``dist_checkpointing`` saves and loads: the model's and the optimizer's."""
+def _sharded_masters(vl: MegatronVL, ids: dict[int, Any]) -> dict[int, Any]:
+    """The float32 masters that are copies (a bf16 model), by optimizer parameter index, each under its model
+    parameter's key and sharding (several parameters share a key: the layers of a stage are one global
+    tensor)."""
+    from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
+
+    if vl.masters is None:
+        return {}
+    return {i: make_sharded_optimizer_tensor(ids[i], master, "optimizer.state.fp32_param")
+            for i, master in vl.masters.copies()}
+
+
+def _sharded_state(vl: MegatronVL, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[int, str]]:
+    """The sharded state dict ``dist_checkpointing`` saves and loads (the model's, the optimizer's and the float32
+    masters), and the optimizer's parameter index -> the parameter's global checkpoint key (the same at every
+    layout; read before a save or load applies, and replaces, the factories)."""
     _init_adamw_state(optimizer)  # a checkpoint before the first step still has every key
     model_sd = _sharded_model(vl)
-    return {"model": model_sd, "optim": _sharded_optim(model_sd, optimizer)}
-
-
-def _param_keys(model_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[int, str]:
-    """The optimizer's parameter index -> the parameter's global checkpoint key (the same at every layout)."""
-    from megatron.core.dist_checkpointing.optimizer import get_param_id_to_sharded_param_map
-
-    ids = get_param_id_to_sharded_param_map(model_sd, (p for g in optimizer.param_groups for p in g["params"]))
-    return {pid: sharded.key for pid, sharded in ids.items()}
+    ids = _param_map(vl, model_sd, optimizer)
+    keys = {pid: sharded.key for pid, sharded in ids.items()}
+    return {"model": model_sd, "optim": _sharded_optim(ids, optimizer), "masters": _sharded_masters(vl, ids)}, keys
 
 
 def _optim_common(keys: dict[int, str], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -128,8 +153,7 @@ def write_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, tmp: Path, ra
     """Model and optimizer shards into ``tmp`` (collective); returns the files this rank wrote."""
     from megatron.core import dist_checkpointing
 
-    sharded_state = _sharded_state(vl, optimizer)
-    keys = _param_keys(sharded_state["model"], optimizer)  # before the save applies (replaces) the factories
+    sharded_state, keys = _sharded_state(vl, optimizer)
     with checkpointing_on_cpu(), _writer_results_in_process():
         dist_checkpointing.save(sharded_state, str(tmp))
     common = tmp / OPTIM_COMMON.format(rank=rank)
@@ -143,15 +167,20 @@ def read_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, found: Path, r
     optimizer keeps pointing at them."""
     from megatron.core import dist_checkpointing
 
-    sharded_state = _sharded_state(vl, optimizer)
+    sharded_state, keys = _sharded_state(vl, optimizer)
     targets = {key: getattr(sharded, "data", None) for key, sharded in sharded_state["model"].items()}
-    keys = _param_keys(sharded_state["model"], optimizer)  # before the load applies (replaces) the factories
+    masters = {index: sharded.data for index, sharded in sharded_state["masters"].items()}
     with checkpointing_on_cpu():
         loaded = dist_checkpointing.load(sharded_state, str(found))
     for key, tensor in loaded["model"].items():
         target = targets.get(key)
         if isinstance(target, torch.Tensor) and target is not tensor:  # extra state (not tensors) stays as built
             target.copy_(tensor)
+    for index, tensor in loaded["masters"].items():
+        if tensor is not masters[index]:
+            masters[index].copy_(tensor)
+    if vl.masters is not None:
+        vl.masters.masters_to_params()  # the model is the masters rounded (the saved bf16 weights, exactly)
     steps, groups = _saved_steps(found)
     optim = loaded["optim"]
     optim["param_groups"] = [{**g, **c} for g, c in zip(optimizer.state_dict()["param_groups"], groups)]

@@ -7,7 +7,9 @@ Names and shapes come from the transformers model built on the meta device (no s
 ``state_dict`` order; each maps to its checkpoint name through transformers' own conversion mapping
 (``revert_weight_conversion``, what ``save_pretrained`` applies), and the checkpoint name to the Megatron
 parameter that holds it through mbridge's mapping. A tensor's full value is gathered from the TP shards only
-when a bucket needs it (:func:`vt_ray.learner.megatron.weights.gather_param`).
+when a bucket needs it (:func:`vt_ray.learner.megatron.weights.gather_param`). A bf16 policy is read from its
+float32 masters (``MegatronVL.masters``), so the export is cast to the rollout dtype from float32, as the FSDP2
+learner's (its sharded masters are float32).
 """
 
 from __future__ import annotations
@@ -99,9 +101,11 @@ class HfView:
         """A coroutine: sent a name this stage holds, it answers the full tensor. Collective over the TP group:
         each Megatron parameter is all-gathered when its first HF name comes; its other pieces (q/k/v, gate/up)
         wait until theirs."""
-        parts = {attr: (dict(module.named_parameters()), prefix, layer_offset(module))
+        # The float32 masters when the model is bf16 (vl.masters): the export is the optimizer's state, as FSDP2's
+        parts = {attr: ({name: vl.master_of(p) for name, p in module.named_parameters()}, prefix,
+                        layer_offset(module))
                  for attr, (module, prefix) in vl.megatron_parts().items()}
-        tower = vl.visual.state_dict()
+        tower = {name: vl.master_of(t) for name, t in vl.visual.state_dict(keep_vars=True).items()}
         pending: dict[str, torch.Tensor] = {}
         out: torch.Tensor | None = None
         while True:

@@ -1,4 +1,5 @@
-"""Gradient norm and clipping over tensor-parallel shards, for a plain torch optimizer on the local shards.
+"""Gradient norm and clipping over tensor-parallel shards, for a plain torch optimizer on the local shards, and
+float32 master weights for a bf16 model (:class:`Float32Masters`).
 
 Why not megatron's: on 0.16.1 ``get_megatron_optimizer`` needs megatron's DDP, whose gradient buffers use CUDA
 streams, and ``clip_grad_norm_fp32`` asserts ``torch.cuda.FloatTensor`` (measured, notes/megatron-cpu.md). With
@@ -10,23 +11,93 @@ counts once, not once per rank.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+Params = torch.nn.Module | Iterable[torch.Tensor]
+# What megatron marks on a tensor-parallel parameter (and the split, merge, norm and checkpoint read back).
+TP_ATTRIBUTES = ("tensor_model_parallel", "partition_dim", "partition_stride", "shared")
 
-def grad_norm(model: torch.nn.Module, tp_group: Any = None, pp_group: Any = None) -> torch.Tensor:
-    """The L2 norm of the full model's gradient, the same on every TP rank (a float32 scalar). With pipeline
-    stages (``pp_group``), each stage holds other parameters: their squares are summed over the stages."""
+
+def _params(params: Params) -> list[torch.Tensor]:
+    return list(params.parameters() if isinstance(params, torch.nn.Module) else params)
+
+
+class Float32Masters:
+    """Float32 master copies of a bf16 model's parameters: the optimizer's parameters (mixed precision).
+
+    The model computes in its parameters' dtype; after the backward each gradient is copied into its master's
+    ``grad`` in float32 (and the bf16 one freed), the norm, clipping and AdamW run on the masters, and the
+    stepped masters are copied back (rounded to the model's dtype). An update smaller than bf16's resolution
+    still accumulates in the master. A float32 parameter is its own master (megatron's local RMSNorm keeps its
+    weight float32 under ``params_dtype=bfloat16``; an all-float32 model has no copies at all).
+
+    Why our own: megatron-core 0.16.1's ``Float16OptimizerWithFloat16Params`` cannot be built on a CPU build
+    (its constructor puts the unit loss scale on ``device='cuda'``: "Torch not compiled with CUDA enabled",
+    measured with a bf16 CPU parameter and ``OptimizerConfig(bf16=True)``), its parameter check accepts only
+    ``torch.cuda.*Tensor`` types, and its ``clip_grad_norm_fp32`` asserts CUDA tensors. Same algorithm (its
+    ``_copy_model_grads_to_main_grads`` / ``_copy_main_params_to_model_params``), on any device.
+    """
+
+    def __init__(self, params: Params, initial: dict[int, torch.Tensor] | None = None) -> None:
+        """``initial``: float32 values by ``id(param)`` (the checkpoint's, before their rounding to bf16);
+        a parameter without one starts from its own value."""
+        self.params = _params(params)
+        self.masters: list[torch.Tensor] = []
+        initial = initial or {}
+        for param in self.params:
+            if param.dtype == torch.float32:
+                self.masters.append(param)
+                continue
+            value = initial.get(id(param), param.detach().float())
+            master = torch.nn.Parameter(value, requires_grad=param.requires_grad)
+            for attr in TP_ATTRIBUTES:
+                if hasattr(param, attr):
+                    setattr(master, attr, getattr(param, attr))
+            self.masters.append(master)
+        self._master_of = {id(p): m for p, m in zip(self.params, self.masters)}
+
+    def master_of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The master of a model parameter (the tensor itself when it has none: a buffer, a float32 one)."""
+        return self._master_of.get(id(tensor), tensor)
+
+    def copies(self) -> list[tuple[int, torch.Tensor]]:
+        """(index, master) of every master that is a separate float32 copy (what a checkpoint must add)."""
+        return [(i, m) for i, (p, m) in enumerate(zip(self.params, self.masters)) if m is not p]
+
+    @torch.no_grad()
+    def grads_to_masters(self) -> None:
+        """Each model gradient into its master's ``grad`` (float32); the model's gradient is freed."""
+        for param, master in zip(self.params, self.masters):
+            if master is param:
+                continue
+            master.grad = None if param.grad is None else param.grad.float()
+            param.grad = None
+
+    @torch.no_grad()
+    def masters_to_params(self) -> None:
+        """The masters into the model's parameters, in the model's dtype."""
+        for param, master in zip(self.params, self.masters):
+            if master is not param:
+                param.copy_(master)
+
+
+def grad_norm(params: Params, tp_group: Any = None, pp_group: Any = None) -> torch.Tensor:
+    """The L2 norm of the full model's gradient, the same on every TP rank (a float32 scalar). ``params``: the
+    model or the tensors holding its gradients (its float32 masters). With pipeline stages (``pp_group``), each
+    stage holds other parameters: their squares are summed over the stages."""
     if tp_group is None:
         from megatron.core import parallel_state
 
         tp_group = parallel_state.get_tensor_model_parallel_group()
-    device = next(model.parameters()).device  # NCCL reduces CUDA tensors only
+    params = _params(params)
+    device = params[0].device  # NCCL reduces CUDA tensors only
     sharded = torch.zeros((), dtype=torch.float32, device=device)
     replicated = torch.zeros((), dtype=torch.float32, device=device)
-    for param in model.parameters():
+    for param in params:
         if param.grad is None:
             continue
         squares = param.grad.detach().float().pow(2).sum()
@@ -42,13 +113,14 @@ def grad_norm(model: torch.nn.Module, tp_group: Any = None, pp_group: Any = None
     return total.sqrt()
 
 
-def clip_grad_norm(model: torch.nn.Module, max_norm: float, tp_group: Any = None, pp_group: Any = None) -> float:
+def clip_grad_norm(params: Params, max_norm: float, tp_group: Any = None, pp_group: Any = None) -> float:
     """Scale gradients so their global norm is at most ``max_norm`` (<= 0: only measure); returns the norm
     before clipping. Same rule as ``torch.nn.utils.clip_grad_norm_``."""
-    norm = grad_norm(model, tp_group, pp_group)
+    params = _params(params)
+    norm = grad_norm(params, tp_group, pp_group)
     if max_norm > 0:
         scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-        for param in model.parameters():
+        for param in params:
             if param.grad is not None:
                 param.grad.mul_(scale)
     return float(norm)

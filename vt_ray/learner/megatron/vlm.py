@@ -19,6 +19,7 @@ from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.megatron.logprobs import StageInputs, batch_logprobs_and_entropy, causal_mask, stage_inputs
 from vt_ray.learner.megatron.model import Recompute, TextShape, build_language_model, load_hf_config
 from vt_ray.learner.megatron.multimodal import decoder_input
+from vt_ray.learner.megatron.optim import Float32Masters
 from vt_ray.learner.megatron.weights import LANGUAGE, HfCheckpoint, load_hf_weights, make_bridge
 
 
@@ -30,40 +31,70 @@ class MegatronVL(torch.nn.Module):
         super().__init__()
         self.lm, self.visual, self.hf_config, self.dedup_videos = lm, visual, hf_config, dedup_videos
         self.bridge = make_bridge(hf_config)
+        # The optimizer's float32 copies when the model is bf16 (set by the backend; the weight export and the
+        # checkpoint read them, so what leaves the learner is the float32 state, as FSDP2's sharded masters).
+        self.masters: Float32Masters | None = None
+
+    def master_of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The float32 master of a parameter (the tensor itself without masters, or when it is float32)."""
+        return tensor if self.masters is None else self.masters.master_of(tensor)
 
     @classmethod
     def load(cls, path: str, tensor_parallel: int, use_te: bool, device: torch.device,
              dedup_videos: bool = False, pipeline_parallel: int = 1, recompute: Recompute | None = None,
-             vision_impl: str = "hf") -> MegatronVL:
+             vision_impl: str = "hf", dtype: torch.dtype = torch.float32, trained: bool = False) -> MegatronVL:
         """The checkpoint at ``path``: the language model split over the TP group and into pipeline stages (every
         rank reads the tensors it needs, weights.load_hf_weights), the vision tower on the first stage (an
         empty module on the others): ``vision_impl`` ``hf`` (whole) or ``megatron`` (this TP rank's shard, only
-        the ``visual.*`` tensors read, through mbridge's mapping). ``recompute``: megatron's activation recompute
-        of the language model in training. Collective over megatron's groups."""
+        the ``visual.*`` tensors read, through mbridge's mapping). Parameters in ``dtype`` (megatron's
+        ``params_dtype``; its local RMSNorm keeps float32 weights). ``trained``: the optimizer's float32 masters
+        too (``masters``, from the checkpoint's values, not their bf16 rounding). ``recompute``: megatron's
+        activation recompute of the language model in training (and transformers' gradient checkpointing in the
+        HF tower's blocks). Collective over megatron's groups."""
         from megatron.core import parallel_state
 
         hf_config = load_hf_config(path)
         lm = build_language_model(TextShape.from_hf(hf_config), tensor_parallel=tensor_parallel,
-                                  pipeline_parallel=pipeline_parallel, use_te=use_te, recompute=recompute)
+                                  pipeline_parallel=pipeline_parallel, dtype=dtype, use_te=use_te,
+                                  recompute=recompute)
         vl = cls(lm, torch.nn.Module(), hf_config, dedup_videos)
         checkpoint = HfCheckpoint(path)
-        load_hf_weights(lm, vl.bridge, checkpoint)
-        if not parallel_state.is_pipeline_first_stage():
-            return vl.to(device)
+        float32: dict[int, torch.Tensor] = {}
+        load_hf_weights(lm, vl.bridge, checkpoint, float32_copies=float32)
+        if parallel_state.is_pipeline_first_stage():
+            vl.visual = vl._load_tower(path, checkpoint, vision_impl, tensor_parallel, use_te, dtype, recompute,
+                                       float32)
+        vl.to(device)
+        if trained:
+            vl.masters = Float32Masters(vl.parameters(), {k: v.to(device) for k, v in float32.items()})
+        return vl
+
+    def _load_tower(self, path: str, checkpoint: HfCheckpoint, vision_impl: str, tensor_parallel: int,
+                    use_te: bool, dtype: torch.dtype, recompute: Recompute | None,
+                    float32: dict[int, torch.Tensor]) -> torch.nn.Module:
+        """The vision tower of the first stage in ``dtype``; ``float32`` gains the checkpoint's float32 values of
+        its parameters that are not float32 (their masters)."""
         if vision_impl == "megatron":
             from vt_ray.learner.megatron import vision
 
-            vl.visual = vision.build_vision_model(hf_config, tensor_parallel, use_te=use_te)
-            load_hf_weights(vl.visual, vl.bridge, checkpoint, prefix=vision.PREFIX)
-            return vl.to(device)
+            tower = vision.build_vision_model(self.hf_config, tensor_parallel, dtype=dtype, use_te=use_te)
+            load_hf_weights(tower, self.bridge, checkpoint, prefix=vision.PREFIX, float32_copies=float32)
+            return tower
         if vision_impl != "hf":
             raise ValueError(f"learner.megatron.vision_impl: {vision_impl!r} (hf | megatron)")
         from vt_ray.models.hf_load import load_vl_model
 
         # The tower from transformers' own loader (same module and attention as the FSDP2 learner). It reads the
-        # whole checkpoint once at setup (vision_impl megatron reads only ``visual.*``).
-        vl.visual = load_vl_model(path, torch.float32).model.visual
-        return vl.to(device)
+        # whole checkpoint once at setup (vision_impl megatron reads only ``visual.*``). Loaded in float32 and
+        # cast, so its masters keep the checkpoint's values.
+        tower = load_vl_model(path, torch.float32).model.visual
+        if recompute is not None:  # the tower's blocks recompute too (transformers' own, as the FSDP2 learner)
+            enable = tower.gradient_checkpointing_enable  # a transformers PreTrainedModel method
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if dtype != torch.float32:
+            float32.update((id(p), p.detach()) for p in tower.parameters())  # .to() replaces p.data
+            tower.to(dtype)
+        return tower
 
     def megatron_parts(self) -> dict[str, tuple[torch.nn.Module, str]]:
         """The Megatron modules on this rank, by attribute (``lm``, and ``visual`` when it is the Megatron

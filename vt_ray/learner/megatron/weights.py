@@ -145,9 +145,12 @@ def _tp() -> tuple[int, int, Any]:
 
 
 @torch.no_grad()
-def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint, prefix: str = LANGUAGE) -> list[str]:
+def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint, prefix: str = LANGUAGE,
+                    float32_copies: dict[int, torch.Tensor] | None = None) -> list[str]:
     """Fill this rank's shard of every parameter from the HF checkpoint; returns the HF names it read.
     ``prefix``: which of mbridge's models ``model`` is (the language model, or ``vision.PREFIX``).
+    ``float32_copies``: filled with the checkpoint's values in float32 for each parameter that is not float32
+    (keyed by ``id(param)``), the master weights of a bf16 model before any rounding to bf16.
 
     Every rank reads the full tensors it needs and keeps its piece (fine up to a few billion parameters per
     node; a rank-0 read plus scatter is what 72B wants, left for issue 20).
@@ -163,6 +166,8 @@ def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint, prefix: s
             raise ValueError(f"{name}: checkpoint gives {tuple(piece.shape)} on TP rank {rank}, the model has "
                              f"{tuple(param.shape)}")
         param.copy_(piece)
+        if float32_copies is not None and param.dtype != torch.float32:
+            float32_copies[id(param)] = torch.empty_like(param, dtype=torch.float32).copy_(piece)
         used.extend(hf_names)
     return used
 
