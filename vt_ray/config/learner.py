@@ -70,6 +70,10 @@ class MegatronConfig:
     ``recompute_num_layers`` layers of each pipeline stage)."""
     recompute_num_layers: int = 1
     """``full`` only: layers per recompute unit (uniform) or recomputed layers per stage (block)."""
+    sequence_parallel: bool = False
+    """megatron's sequence parallelism: the activations outside attention and MLP (norms, residual, dropout) split
+    along the sequence over the TP group instead of replicated (per-layer activations / TP). Needs
+    ``tensor_parallel_size`` > 1."""
 
     def __post_init__(self) -> None:
         check(self.tensor_parallel_size >= 1, "learner.megatron.tensor_parallel_size", "must be >= 1")
@@ -78,6 +82,9 @@ class MegatronConfig:
         set_choice(self, "recompute_granularity", RecomputeGranularity, "learner.megatron.recompute_granularity")
         set_choice(self, "recompute_method", RecomputeMethod, "learner.megatron.recompute_method")
         check(self.recompute_num_layers >= 1, "learner.megatron.recompute_num_layers", "must be >= 1")
+        check(not self.sequence_parallel or self.tensor_parallel_size > 1, "learner.megatron.sequence_parallel",
+              "splits the sequence over the tensor-parallel group: it needs learner.megatron.tensor_parallel_size "
+              f"> 1 (got {self.tensor_parallel_size})")
 
     def check_model(self, model_path: str, learner_ranks: int) -> None:
         """The layout against the model's shape (``<model_path>/config.json``, when it is on this machine) and the

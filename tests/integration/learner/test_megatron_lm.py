@@ -167,6 +167,48 @@ def _recompute_runs(tp: int, model_dir: str, ids: torch.Tensor, positions: torch
     return out
 
 
+def _sequence_parallel_runs(model_dir: str, visual: torch.nn.Module, ids: torch.Tensor,
+                            positions: torch.Tensor) -> dict[str, Any]:
+    """TP=2 without and with sequence parallelism: log-probs of an odd-length sequence (padded to a multiple of
+    TP for the forward), then an SFT step on the learner batch with a trained copy of the vision tower (its
+    features merged into the decoder input before the sequence is split): loss, the norms' gradients before and
+    after ``optim.finalize_grads`` (the TP sum), grad norm, the tower's gradients, weights after a clipped SGD
+    step."""
+    import copy
+
+    from vt_ray.learner.losses import LossNorm, sft_loss
+    from vt_ray.learner.megatron import logprobs, model, optim, weights
+    from vt_ray.learner.megatron.cpu import sequence_parallel_on_cpu
+
+    config = model.load_hf_config(model_dir)
+    out: dict[str, Any] = {}
+    for sp in (False, True):
+        lm = model.build_language_model(model.TextShape.from_hf(config), tensor_parallel=2, sequence_parallel=sp)
+        bridge = weights.make_bridge(config)
+        weights.load_hf_weights(lm, bridge, weights.HfCheckpoint(model_dir))
+        tower = copy.deepcopy(visual).requires_grad_(True)
+        lm.eval()
+        batch = _learner_batch(model_dir)
+        norm_counts = LossNorm(num_tokens=batch.num_tokens, num_sequences=batch.num_sequences)
+        with sequence_parallel_on_cpu():
+            with torch.no_grad():
+                odd = logprobs.next_token_logprobs(lm, ids[:, : LENGTH - 1], positions[..., : LENGTH - 1])
+            lm.train()
+            loss, _ = sft_loss(logprobs.batch_token_logprobs(lm, tower, batch, config), batch, norm_counts)
+            loss.backward()
+        marked = [n for n, p in lm.named_parameters() if getattr(p, "sequence_parallel", False)]
+        local_norm_grads = {n: p.grad.clone() for n, p in lm.named_parameters() if n.endswith("layernorm.weight")}
+        optim.finalize_grads(lm)
+        norm = optim.clip_grad_norm(lm, CLIP)
+        tower_grads = {n: p.grad.clone() for n, p in tower.named_parameters()}
+        torch.optim.SGD([*lm.parameters(), *tower.parameters()], lr=SGD_LR).step()
+        out[f"sp{int(sp)}"] = {
+            "lp_odd": odd, "loss": loss.item(), "grad_norm": norm, "marked": marked,
+            "local_norm_grads": local_norm_grads, "tower_grads": tower_grads, "length": batch.input_ids.shape[1],
+            "weights": dict(weights.export_hf_weights(lm, bridge))}
+    return out
+
+
 def _checkpoint_dir(out_dir: str, tp: int) -> Path:
     return Path(out_dir) / f"megatron_ckpt_tp{tp}"
 
@@ -276,6 +318,8 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
                 out["lp_batch_after_sft"] = logprobs.batch_token_logprobs(lm, visual, batch, config)
     out["steps"] = results
     out["recompute"] = _recompute_runs(tp, model_dir, ids, video_pos)
+    if tp == 2:
+        out["sequence_parallel"] = _sequence_parallel_runs(model_dir, visual, ids, video_pos)
     parallel.destroy_model_parallel()
     return out
 
@@ -567,3 +611,29 @@ def test_activation_recompute_keeps_the_gradients_and_saves_activations(runs: li
         print(f"TP={tp} rank {rank} saved bytes:", {m: got[m]["saved_bytes"] for m in got})
         assert got["full"]["saved_bytes"] < 0.5 * base["saved_bytes"]
         assert got["selective"]["saved_bytes"] < base["saved_bytes"]
+
+
+def test_sequence_parallel_matches_tensor_parallel_alone(runs: list[dict[str, Any]]) -> None:
+    """TP=2 with megatron's sequence parallelism (``learner.megatron.sequence_parallel``) against TP=2 without:
+    the same log-probs on an odd-length sequence (padded to a multiple of TP for the forward), the same SFT loss,
+    grad norm, trained vision tower's gradients and weights after the step. Each rank's norm gradients cover its
+    half of the sequence only (they differ from the full ones) until ``finalize_grads`` sums them over TP."""
+    for rank in range(WORLD):
+        got = runs[rank]["tp2"]["sequence_parallel"]
+        off, on = got["sp0"], got["sp1"]
+        assert off["marked"] == [] and len(on["marked"]) == 5  # 2 layers x 2 norms + the final norm
+        assert (LENGTH - 1) % 2 == 1 and on["lp_odd"].shape == off["lp_odd"].shape == (BATCH, LENGTH - 2)
+        assert (on["lp_odd"] - off["lp_odd"]).abs().max().item() < 1e-5
+        assert on["loss"] == pytest.approx(off["loss"], abs=1e-6)
+        assert on["grad_norm"] == pytest.approx(off["grad_norm"], rel=1e-5)
+        # before the TP sum, a rank's norm gradients are its sequence half's: far from the full gradient
+        local = _max_diff(on["local_norm_grads"], off["local_norm_grads"])
+        assert local > 1e-3, f"rank {rank}: norm gradients before the TP sum {local:.2e} from the full ones"
+        tower = _max_diff(on["tower_grads"], off["tower_grads"])
+        assert tower < 1e-5 and max(g.abs().max().item() for g in off["tower_grads"].values()) > 1e-4
+        diff = _max_diff(on["weights"], off["weights"])
+        print(f"rank {rank} sequence parallel vs not: lp {(on['lp_odd'] - off['lp_odd']).abs().max().item():.1e}, "
+              f"loss {abs(on['loss'] - off['loss']):.1e}, grad norm {abs(on['grad_norm'] - off['grad_norm']):.1e}, "
+              f"tower grads {tower:.1e}, weights {diff:.1e}, norm grads before the TP sum {local:.1e}, "
+              f"batch length {on['length']}")
+        assert diff < 1e-5, f"rank {rank}: weights after the step, sequence parallel vs not: {diff:.2e}"

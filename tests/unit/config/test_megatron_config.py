@@ -20,6 +20,9 @@ def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
     cfg = _load(tiny_model_dir, "learner.megatron.tensor_parallel_size=2")
     assert (cfg.learner.megatron.tensor_parallel_size, cfg.learner.megatron.pipeline_parallel_size) == (2, 1)
     assert cfg.learner.megatron.transformer_impl == "auto"
+    assert cfg.learner.megatron.sequence_parallel is False
+    cfg = _load(tiny_model_dir, "learner.megatron.tensor_parallel_size=2", "learner.megatron.sequence_parallel=true")
+    assert cfg.learner.megatron.sequence_parallel is True
     cfg = _load(tiny_model_dir, "learner.megatron.pipeline_parallel_size=2")
     assert cfg.learner.megatron.pipeline_parallel_size == 2
     cfg = _load(tiny_model_dir, "learner.activation_checkpointing=true", "learner.megatron.recompute_method=block",
@@ -36,6 +39,8 @@ def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
     ("learner.megatron.recompute_granularity=layer", "learner.megatron.recompute_granularity", "'layer'"),
     ("learner.megatron.recompute_method=every", "learner.megatron.recompute_method", "'every'"),
     ("learner.megatron.recompute_num_layers=0", "learner.megatron.recompute_num_layers", ">= 1"),
+    # sequence parallelism splits the sequence over the TP group: nothing to split it over at TP 1
+    ("learner.megatron.sequence_parallel=true", "learner.megatron.sequence_parallel", "tensor_parallel_size > 1"),
     # uniform units must tile each stage's layers (2 layers here); block may not ask for more than there are
     ("learner.megatron.recompute_num_layers=3", "learner.megatron.recompute_num_layers", "does not divide the 2"),
     ("learner.megatron.recompute_method=block learner.megatron.recompute_num_layers=2 "
