@@ -103,10 +103,6 @@ class MegatronWorker(RankCommon):
         self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device, dedup, self.pp,
                                       recompute_of(self.cfg), sequence_parallel).train()
         self.hf_config = self.policy.hf_config
-        if self.pp > 1 and self.policy.lm.share_embeddings_and_output_weights:
-            raise ValueError("learner.megatron.pipeline_parallel_size: a model with tied embeddings (tie_word_"
-                             "embeddings) needs the embedding-group gradient all-reduce across stages, not wired "
-                             "yet; run it with pipeline_parallel_size 1 (docs/megatron.md)")
         placement = self.lcfg.reference if reference is None else reference
         if placement != "none":
             ref_path = self.lcfg.reference_path or self.model_path

@@ -70,13 +70,27 @@ class SDPACoreAttention(torch.nn.Module):
 def cuda_device_is_cpu() -> Iterator[None]:
     """Inside, ``torch.cuda.current_device()`` returns the CPU device instead of failing (CPU builds only).
 
-    Held only while the model is built: ``MultimodalRotaryEmbedding`` places ``inv_freq`` there. With CUDA
-    present nothing changes.
+    Held while the model is built (``MultimodalRotaryEmbedding`` places ``inv_freq`` there) and by the contexts
+    below. With CUDA present nothing changes.
     """
     if torch.cuda.is_available():
         yield
         return
     with mock.patch.object(torch.cuda, "current_device", lambda: torch.device("cpu")):
+        yield
+
+
+@contextlib.contextmanager
+def building_on_cpu() -> Iterator[None]:
+    """Inside, a ``GPTModel`` is built on a CPU build: :func:`cuda_device_is_cpu`, and ``Tensor.cuda()`` returns
+    the tensor itself. With tied embeddings and pipeline stages, megatron's ``setup_embeddings_and_output_layer``
+    moves the last stage's copy of the embedding to the GPU (``weight.data = weight.data.cuda()``) before
+    all-reducing it with the first stage's (its initial sync; the checkpoint load overwrites both copies next).
+    With CUDA present nothing changes."""
+    if torch.cuda.is_available():
+        yield
+        return
+    with cuda_device_is_cpu(), mock.patch.object(torch.Tensor, "cuda", lambda self, *args, **kwargs: self):
         yield
 
 

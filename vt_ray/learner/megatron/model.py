@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vt_ray.learner.megatron.cpu import cuda_device_is_cpu
+from vt_ray.learner.megatron.cpu import building_on_cpu
 from vt_ray.learner.megatron.spec import block_spec, transformer_engine_usable
 
 
@@ -145,7 +145,7 @@ def build_language_model(shape: TextShape, tensor_parallel: int = 1, pipeline_pa
         use_te = transformer_engine_usable()
     config = transformer_config(shape, tensor_parallel, pipeline_parallel, dtype, use_te, recompute,
                                 sequence_parallel)
-    with cuda_device_is_cpu():
+    with building_on_cpu():
         model = GPTModel(
             config=config, transformer_layer_spec=block_spec(config, use_te), vocab_size=shape.vocab,
             max_sequence_length=shape.max_positions, position_embedding_type="mrope",
