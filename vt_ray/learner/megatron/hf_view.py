@@ -55,7 +55,8 @@ class HfView:
         if len(self.stage_ranks) > 1:
             found = [None] * len(self.stage_ranks)
             dist.all_gather_object(found, self.source, group=self.pp_group)
-        self.source, self.stage_of = {}, {}
+        self.source = {}
+        self.stage_of: dict[str, int] = {}
         for stage, source in enumerate(found):  # a name two stages hold (a tied embedding's copy): the first's
             for name, where in source.items():
                 if name not in self.stage_of:
