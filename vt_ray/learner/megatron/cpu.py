@@ -7,7 +7,8 @@ embedding and cross-entropy and the TP collectives run over gloo unchanged. Two 
   a CUDA ``GlobalMemoryBuffer``. :class:`SDPACoreAttention` replaces it in the layer spec with
   ``F.scaled_dot_product_attention``, which needs neither (and is faster on CPU).
 * ``MultimodalRotaryEmbedding.__init__`` creates ``inv_freq`` on ``torch.cuda.current_device()``.
-  :func:`cuda_device_is_cpu` answers ``cpu`` there while the model is built, nothing else.
+  :func:`cuda_device_is_cpu` answers ``cpu`` there while the model is built (:func:`building_on_cpu`, which also
+  makes ``Tensor.cuda()`` a no-op for megatron's initial sync of a tied embedding's copy across stages).
 
 Pipeline parallelism (megatron's schedules and p2p communication, over gloo) needs three more, all held only
 around the schedule (:func:`pipeline_on_cpu`). ``batch_isend_irecv`` itself runs on gloo unchanged.
