@@ -180,7 +180,6 @@ def use_cpu_rng_tracker() -> None:
     megatron_random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
 
 
-
 @contextlib.contextmanager
 def sequence_parallel_on_cpu() -> Iterator[None]:
     """Inside, megatron's sequence-parallel communication runs on a CPU build: the all-gathers and
