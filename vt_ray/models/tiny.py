@@ -40,6 +40,8 @@ class TinySize:
 
 SIZES = {
     "tiny": TinySize(),
+    # 4 decoder layers: one per stage at pipeline_parallel_size 4 (tests/integration/learner/manual_megatron_layouts.py)
+    "tiny4": TinySize(layers=4),
     # 25.6M params; the size used for speed runs in the notes.
     "small": TinySize(512, 1024, 6, 8, 4, (8, 12, 12), 4, 256, 4),
 }
