@@ -47,7 +47,9 @@ def decoder_input(lm: Any, input_ids: torch.Tensor, features: dict[int, torch.Te
         return embeddings
     from megatron.core.tensor_parallel import scatter_to_sequence_parallel_region
 
-    return scatter_to_sequence_parallel_region(embeddings)
+    # the scatter returns a view, which would keep the full embeddings alive through the forward: megatron's
+    # embedding clones its slice for the same reason (clone_scatter_output_in_embedding)
+    return scatter_to_sequence_parallel_region(embeddings).clone()
 
 
 def vision_features(visual: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor,
