@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/megatron_check.py --tp 2                      # tiny random model, built here
     .venv/bin/python tools/megatron_check.py --tp 4 --model DIR --dtype bfloat16 --impl transformer_engine
+    .venv/bin/python tools/megatron_check.py --tp 2 --sequence-parallel    # megatron's sequence parallelism
 
 Spawns ``--tp`` ranks (NCCL and one GPU each when CUDA is there, gloo on CPU otherwise), builds the model with
 the chosen layer spec (``auto``: transformer-engine on GPU when installed), loads the checkpoint, and checks:
@@ -9,9 +10,10 @@ the HF -> Megatron -> HF round trip is exact (in the run's dtype), and per-token
 text and with multimodal (video-like) positions match ``Qwen2_5_VLForConditionalGeneration``'s within
 ``--tol``; with ``--vision``, the vision tower in Megatron too (``learner.megatron.vision_impl: megatron``, same
 spec and dtype): its ``visual.*`` round trip, and its features on a windowed video grid against the HF tower's
-within ``--tol``. Prints one line per check; exit status 1 on a failure. On CPU it runs what
-tests/integration/learner/test_megatron_lm.py runs; the TE spec, NCCL and bf16 paths are what it is for, and
-were not run on this project's CPU machines.
+within ``--tol``; with ``--sequence-parallel``, the model built sequence parallel, the sequence split over the TP
+ranks (the inputs are 63 tokens long, so the forward pads them). Prints one line per check; exit status 1 on a
+failure. On CPU it runs what tests/integration/learner/test_megatron_lm.py runs; the TE spec, NCCL and bf16 paths
+are what it is for, and were not run on this project's CPU machines.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: vt_ray of this tree
 
 
-def _inputs(vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _inputs(vocab: int, device: torch.device, length: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from vt_ray.models.mrope import TEXT, VIDEO, sequence_positions
 
-    batch, length = 2, 64
+    batch = 2
     ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
     text = torch.arange(length).expand(3, batch, length).clone()
     types = [TEXT] * 8 + [VIDEO] * 32 + [TEXT] * (length - 40)
@@ -61,7 +63,8 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     dtype = getattr(torch, args.dtype)
     config = model.load_hf_config(args.model)
     use_te = spec.use_transformer_engine(args.impl)
-    lm = model.build_language_model(model.TextShape.from_hf(config), args.tp, dtype=dtype, use_te=use_te)
+    lm = model.build_language_model(model.TextShape.from_hf(config), args.tp, dtype=dtype, use_te=use_te,
+                                    sequence_parallel=args.sequence_parallel)
     lm = lm.to(device)
     checkpoint = weights.HfCheckpoint(args.model)
     bridge = weights.make_bridge(config)
@@ -80,9 +83,12 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
         with torch.no_grad():
             features = tower.eval()(pixels, grid_thw=grid).float().cpu()
     unequal = [k for k, v in exported.items() if not torch.equal(v.cpu(), checkpoint.get(k).to(dtype))]
-    ids, text_pos, video_pos = _inputs(int(config.text_config.vocab_size), device)
+    # sequence parallel: a length no TP size divides, so the forward pads it
+    ids, text_pos, video_pos = _inputs(int(config.text_config.vocab_size), device, 63 if args.sequence_parallel else 64)
     lm.eval()
-    with torch.no_grad():
+    from vt_ray.learner.megatron.cpu import sequence_parallel_on_cpu
+
+    with torch.no_grad(), sequence_parallel_on_cpu():  # nothing changes with CUDA
         ours = {"text": logprobs.next_token_logprobs(lm, ids, text_pos).cpu(),
                 "video": logprobs.next_token_logprobs(lm, ids, video_pos).cpu()}
     if rank == 0:
@@ -90,7 +96,8 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
 
         hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.model, dtype=dtype).to(device).eval()
         report = {"impl": "transformer_engine" if use_te else "local", "device": device.type, "tp": args.tp,
-                  "dtype": args.dtype, "tensors": len(exported), "round_trip_unequal": unequal}
+                  "dtype": args.dtype, "sequence_parallel": args.sequence_parallel, "tensors": len(exported),
+                  "round_trip_unequal": unequal}
         with torch.no_grad():
             for name, pos in (("text", text_pos), ("video", video_pos)):
                 logits = hf(input_ids=ids, position_ids=pos, use_cache=False).logits.float()
@@ -113,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--impl", default="auto", choices=["auto", "transformer_engine", "local"])
     ap.add_argument("--vision", action="store_true", help="check the vision tower in Megatron too")
+    ap.add_argument("--sequence-parallel", action="store_true",
+                    help="build the model with megatron's sequence parallelism (needs --tp > 1)")
     ap.add_argument("--tol", type=float, default=None, help="log-prob tolerance (default 1e-5 float32, 0.1 bf16)")
     args = ap.parse_args(argv)
     tol = args.tol if args.tol is not None else (1e-5 if args.dtype == "float32" else 0.1)

@@ -15,12 +15,13 @@ for the activation split), with t = TP, p = PP, d = learner ranks / (t p), c = c
 - Reference: c P_s (the same layout, forward only) when the recipe keeps one on the GPU.
 - Activations (1F1B schedule): stage i holds p - i micro-batches in flight, each through layers/p layers, so the
   first stage stores ``layers`` layers' worth. Without sequence parallelism a layer's norm inputs and residual
-  (2h) are replicated over TP and the rest (5h + 2 kv_dim + 4I) split: c S b (2h + (5h + 2kv + 4I)/t) per layer.
-  With activation checkpointing (megatron's full recompute): c S b h per layer input kept, plus two layers
-  recomputed. Logits (last stage): (c + 8) R b V / t, vocab-parallel. Vision (first stage): as the FSDP2 plan
-  (whole, with either tower: an overestimate for ``vision_impl: megatron``, whose attention and MLP activations
-  split over t too). Without checkpointing, the FSDP2 plan's backward transients too: ``transients`` x (text +
-  logits + vision).
+  (2h) are replicated over TP and the rest (5h + 2 kv_dim + 4I) split: c S b (2h + (5h + 2kv + 4I)/t) per layer;
+  with sequence parallelism (``learner.megatron.sequence_parallel``) those are split along the sequence too:
+  c S b (7h + 2kv + 4I)/t. With activation checkpointing (megatron's full recompute): c S b h per layer input
+  kept (/t with sequence parallelism: the layer inputs are sequence slices), plus two layers recomputed. Logits
+  (last stage): (c + 8) R b V / t, vocab-parallel. Vision (first stage): as the FSDP2 plan (whole, with either
+  tower: an overestimate for ``vision_impl: megatron``, whose attention and MLP activations split over t too).
+  Without checkpointing, the FSDP2 plan's backward transients too: ``transients`` x (text + logits + vision).
 The first and the last stage are both sized; the larger is the learner's budget (they differ only for p > 1).
 """
 
@@ -39,6 +40,7 @@ class MegatronLayout:
     tp: int
     pp: int
     dp: int
+    sequence_parallel: bool = False
 
     @classmethod
     def of(cls, cfg: RecipeConfig, shape: ModelShape) -> MegatronLayout:
@@ -48,10 +50,10 @@ class MegatronLayout:
         tp, pp, ranks = section.tensor_parallel_size, section.pipeline_parallel_size, cfg.resources.learner.num_workers
         section.check_shape(shape.heads, shape.kv_heads, shape.vocab, shape.layers, f"({shape.name})")
         section.check_ranks(ranks)
-        return cls(tp, pp, ranks // (tp * pp))
+        return cls(tp, pp, ranks // (tp * pp), section.sequence_parallel)
 
     def describe(self) -> str:
-        return f"Megatron TP {self.tp} x PP {self.pp} x DP {self.dp}"
+        return f"Megatron TP {self.tp}{' (SP)' if self.sequence_parallel else ''} x PP {self.pp} x DP {self.dp}"
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,15 @@ def _stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, first: bool, l
     if first:
         params += s.vision_params // lay.tp if cfg.learner.megatron.vision_impl == "megatron" else s.vision_params
     seq, resp, b, h = cfg.data.max_prompt_tokens + cfg.rollout.max_tokens, cfg.rollout.max_tokens, micro_batch, s.hidden
-    per_layer = c * seq * b * (2 * h + (5 * h + 2 * s.kv_dim + 4 * s.intermediate) / lay.tp)
+    split = 5 * h + 2 * s.kv_dim + 4 * s.intermediate  # attention and MLP inside: split over TP
+    replicated = 2 * h  # norm inputs and residual: replicated over TP, or sequence slices with SP
+    sp = lay.tp if lay.sequence_parallel else 1
+    per_layer = c * seq * b * (replicated / sp + split / lay.tp)
     stage_index = 0 if first else lay.pp - 1
     in_flight_layers = (lay.pp - stage_index) * layers  # 1F1B: p - i micro-batches through this stage's layers
     if checkpointing:
-        text, note = c * in_flight_layers * seq * b * h + 2 * per_layer, "layer inputs in flight + 2 recomputed"
+        text = c * in_flight_layers * seq * b * h / sp + 2 * per_layer
+        note = "layer inputs in flight + 2 recomputed"
     else:
         text, note = in_flight_layers * per_layer, "every in-flight layer's saved tensors"
     logits = (c + 8) * resp * b * s.vocab / lay.tp if last else 0.0

@@ -57,15 +57,14 @@ class ReferencePlacement(StrEnum):
 class MegatronConfig:
     """The Megatron-core learner's parallel layout (``learner.backend: megatron``; vt_ray/learner/megatron/,
     docs/megatron.md). Checked against the model when the recipe loads, so a layout that cannot split the model
-    fails there (PP > 1 with tied embeddings too, which the backend does not run yet; its setup refuses it again
-    for a model whose config.json was not on the loading machine), naming the key."""
+    fails there, naming the key."""
 
     tensor_parallel_size: int = 1
     """Ranks each layer's matrices are split over (attention heads, KV heads, MLP columns, vocabulary). Must
     divide the attention heads, the KV heads and the vocabulary size."""
     pipeline_parallel_size: int = 1
     """Pipeline stages the decoder layers are split into (megatron's 1F1B schedule); must divide the layers.
-    A model with tied embeddings runs with 1 only."""
+    With tied embeddings the last stage keeps a copy of the embedding (megatron's), kept equal to it."""
     transformer_impl: TransformerImpl = TransformerImpl.auto
     """Layer modules: auto (transformer-engine when CUDA and TE are present, else local) | transformer_engine |
     local (megatron-core's own modules with SDPA attention: what runs on CPU)."""
@@ -80,6 +79,10 @@ class MegatronConfig:
     vision_impl: VisionImpl = VisionImpl.hf
     """The vision tower: hf (the Hugging Face module, replicated on every TP rank) | megatron (megatron-core
     modules, split over the TP group: TP must divide the tower's heads and MLP width too)."""
+    sequence_parallel: bool = False
+    """megatron's sequence parallelism: the activations outside attention and MLP (norms, residual, dropout) split
+    along the sequence over the TP group instead of replicated (per-layer activations / TP). Needs
+    ``tensor_parallel_size`` > 1."""
 
     def __post_init__(self) -> None:
         check(self.tensor_parallel_size >= 1, "learner.megatron.tensor_parallel_size", "must be >= 1")
@@ -89,6 +92,9 @@ class MegatronConfig:
         set_choice(self, "recompute_method", RecomputeMethod, "learner.megatron.recompute_method")
         set_choice(self, "vision_impl", VisionImpl, "learner.megatron.vision_impl")
         check(self.recompute_num_layers >= 1, "learner.megatron.recompute_num_layers", "must be >= 1")
+        check(not self.sequence_parallel or self.tensor_parallel_size > 1, "learner.megatron.sequence_parallel",
+              "splits the sequence over the tensor-parallel group: it needs learner.megatron.tensor_parallel_size "
+              f"> 1 (got {self.tensor_parallel_size})")
 
     def check_model(self, model_path: str, learner_ranks: int) -> None:
         """The layout against the model's shape (``<model_path>/config.json``, when it is on this machine) and the
@@ -102,11 +108,6 @@ class MegatronConfig:
             heads = int(text["num_attention_heads"])
             self.check_shape(heads, int(text.get("num_key_value_heads") or heads), int(text["vocab_size"]),
                              int(text["num_hidden_layers"]), f"({model_path}/config.json)")
-            # Tied embeddings put one tensor on the first and the last stage; the gradient all-reduce between
-            # them (megatron's embedding group) is not wired (docs/megatron.md).
-            check(pp == 1 or not text.get("tie_word_embeddings"), "learner.megatron.pipeline_parallel_size",
-                  f"{pp} stages: the model ties its embeddings (tie_word_embeddings, {model_path}/config.json), "
-                  "which the Megatron backend runs with 1 stage only")
             vision = _vision_config(model_path) if self.vision_impl == VisionImpl.megatron else None
             if vision is not None:
                 self.check_vision(int(vision["num_heads"]), int(vision["intermediate_size"]),
@@ -157,8 +158,7 @@ def _text_config(model_path: str) -> dict[str, Any] | None:
     text = config.get("text_config") or config
     if not isinstance(text, dict) or "num_attention_heads" not in text:
         return None
-    # the top level's tie_word_embeddings first, as model.TextShape.from_hf reads it (transformers 5 writes it there)
-    return {**text, "tie_word_embeddings": bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings")))}
+    return text
 
 
 def _vision_config(model_path: str) -> dict[str, Any] | None:

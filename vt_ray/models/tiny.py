@@ -40,6 +40,8 @@ class TinySize:
 
 SIZES = {
     "tiny": TinySize(),
+    # 4 decoder layers: one per stage at pipeline_parallel_size 4 (tests/integration/learner/manual_megatron_layouts.py)
+    "tiny4": TinySize(layers=4),
     # 25.6M params; the size used for speed runs in the notes.
     "small": TinySize(512, 1024, 6, 8, 4, (8, 12, 12), 4, 256, 4),
 }
@@ -49,7 +51,8 @@ MIN_PIXELS = 4 * 28 * 28
 MAX_PIXELS = 128 * 28 * 28
 
 
-def build_config(vocab_len: int, ids: dict[str, int], size: TinySize) -> Qwen2_5_VLConfig:
+def build_config(vocab_len: int, ids: dict[str, int], size: TinySize,
+                 tie_embeddings: bool = False) -> Qwen2_5_VLConfig:
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=((vocab_len + 63) // 64) * 64,
@@ -83,7 +86,7 @@ def build_config(vocab_len: int, ids: dict[str, int], size: TinySize) -> Qwen2_5
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
         dtype="float32",
     )
 
@@ -92,8 +95,9 @@ def _token_id(tok: Any, token: str) -> int:
     return cast(int, tok.convert_tokens_to_ids(token))  # one token in, one id out (the stub says int | list[int])
 
 
-def make_tiny_model(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
-    """Write model + processor to ``out``; returns it. Float32 weights: exact logprob checks and CPU training."""
+def make_tiny_model(out: str | Path, seed: int = 0, size: str = "tiny", tie_embeddings: bool = False) -> Path:
+    """Write model + processor to ``out``; returns it. Float32 weights: exact logprob checks and CPU training.
+    ``tie_embeddings``: the output layer is the token embedding (``tie_word_embeddings``, as Qwen2.5-VL-3B)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
@@ -106,7 +110,7 @@ def make_tiny_model(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
         chat_template=CHAT_TEMPLATE,
     )
     ids.update({t: _token_id(tok, t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")})
-    config = build_config(len(tok), ids, SIZES[size])
+    config = build_config(len(tok), ids, SIZES[size], tie_embeddings)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     eos = [ids["<|im_end|>"], ids["<|endoftext|>"]]

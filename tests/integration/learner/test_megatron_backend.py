@@ -1,6 +1,7 @@
 """``learner.backend: megatron`` (vt_ray/learner/megatron/backend.py) as the learner group runs it: two Ray
-ranks, tensor parallel 2 over gloo, on the tiny Qwen2.5-VL, against the FSDP2 worker on the same weights and
-batch. One Ray session checks, in order:
+ranks, tensor parallel 2 over gloo with megatron's sequence parallelism (the driver tests below run TP=2 without
+it), on the tiny Qwen2.5-VL, against the FSDP2 worker on the same weights and batch. One Ray session checks, in
+order:
 
 * reference and policy log-probs equal the FSDP2 worker's;
 * a GRPO step (clipped surrogate, KL to the reference, an entropy bonus: the vocab-parallel entropy's gradient)
@@ -110,13 +111,17 @@ def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_
 
     batch = grpo_batch(tiny_model_dir)
     cfg = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "learner.backend=megatron",
-                             "learner.megatron.tensor_parallel_size=2", "resources.learner.num_workers=2",
+                             "learner.megatron.tensor_parallel_size=2", "learner.megatron.sequence_parallel=true",
+                             "resources.learner.num_workers=2",
                              "learner.megatron.vision_impl=megatron",  # the tower split too (the HF one: dp2/pp2)
                              "rollout.backend=hf", "rollout.weight_bucket_mb=0.25"])
     learner = LearnerGroup(cfg)
     rollout = RolloutGroup(cfg, num_workers=1, num_cpus=0, timeout_s=300, max_restarts=0)
     try:
         params = learner.setup(total_steps=STEPS)
+        sequence_parallel = ray_cluster.get([a.__ray_call__.remote(lambda w: w.policy.lm.config.sequence_parallel)
+                                             for a in learner.actors])
+        assert sequence_parallel == [True, True]
         meg = run_learner(learner, batch, group=True)
         # the Megatron vision tower is split over TP; its replicated tensors (norms, patch embedding, row-parallel
         # biases) got the same gradient on both TP ranks, so they still hold the same copy, bit for bit

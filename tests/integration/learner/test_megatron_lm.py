@@ -277,6 +277,88 @@ def _checkpoint_dir(out_dir: str, tp: int, dtype: str = "float32") -> Path:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def _sequence_parallel_runs(model_dir: str, visual: torch.nn.Module, ids: torch.Tensor,
+                            positions: torch.Tensor) -> dict[str, Any]:
+    """TP=2 without and with sequence parallelism: log-probs of an odd-length sequence (padded to a multiple of
+    TP for the forward), then an SFT step on the learner batch with a trained copy of the vision tower (its
+    features merged into the decoder input before the sequence is split): loss, the norms' gradients before and
+    after ``optim.finalize_grads`` (the TP sum), grad norm, the tower's gradients, weights after a clipped SGD
+    step."""
+    import copy
+
+    from vt_ray.learner.losses import LossNorm, sft_loss
+    from vt_ray.learner.megatron import logprobs, model, optim, weights
+    from vt_ray.learner.megatron.cpu import sequence_parallel_on_cpu
+
+    config = model.load_hf_config(model_dir)
+    out: dict[str, Any] = {}
+    for sp in (False, True):
+        lm = model.build_language_model(model.TextShape.from_hf(config), tensor_parallel=2, sequence_parallel=sp)
+        bridge = weights.make_bridge(config)
+        weights.load_hf_weights(lm, bridge, weights.HfCheckpoint(model_dir))
+        tower = copy.deepcopy(visual).requires_grad_(True)
+        lm.eval()
+        batch = _learner_batch(model_dir)
+        norm_counts = LossNorm(num_tokens=batch.num_tokens, num_sequences=batch.num_sequences)
+        with sequence_parallel_on_cpu():
+            with torch.no_grad():
+                odd = logprobs.next_token_logprobs(lm, ids[:, : LENGTH - 1], positions[..., : LENGTH - 1])
+            lm.train()
+            loss, _ = sft_loss(logprobs.batch_token_logprobs(lm, tower, batch, config), batch, norm_counts)
+            loss.backward()
+        marked = [n for n, p in lm.named_parameters() if getattr(p, "sequence_parallel", False)]
+        local_norm_grads = {n: p.grad.clone() for n, p in lm.named_parameters() if n.endswith("layernorm.weight")}
+        optim.finalize_grads(lm)
+        norm = optim.clip_grad_norm(lm, CLIP)
+        tower_grads = {n: p.grad.clone() for n, p in tower.named_parameters()}
+        torch.optim.SGD([*lm.parameters(), *tower.parameters()], lr=SGD_LR).step()
+        out[f"sp{int(sp)}"] = {
+            "lp_odd": odd, "loss": loss.item(), "grad_norm": norm, "marked": marked,
+            "local_norm_grads": local_norm_grads, "tower_grads": tower_grads, "length": batch.input_ids.shape[1],
+            "weights": dict(weights.export_hf_weights(lm, bridge))}
+    return out
+
+
+def _tied_pipeline(model_dir: str) -> dict[str, Any]:
+    """A model with tied embeddings at PP=2 (one layer per stage): the embedding on the first stage, megatron's
+    copy of it as the output layer on the last, both loaded from the checkpoint's one embedding tensor. One
+    forward and backward through megatron's schedule (the mean NLL, text on video positions), ``finalize_grads``
+    (the two copies' gradients summed over the embedding group), the clipped global norm over both stages (the
+    copy counted once), an SGD step; this stage's weights exported in HF names."""
+    from megatron.core import parallel_state
+
+    from vt_ray.learner.megatron import logprobs, model, multimodal, optim, parallel, pipeline, weights
+
+    parallel.init_model_parallel(pipeline_parallel=2)
+    config = model.load_hf_config(model_dir)
+    shape = model.TextShape.from_hf(config)
+    ids, _, video_pos = _inputs(shape.vocab)
+    lm = model.build_language_model(shape, pipeline_parallel=2)
+    bridge = weights.make_bridge(config)
+    weights.load_hf_weights(lm, bridge, weights.HfCheckpoint(model_dir))
+    loaded = dict(weights.export_hf_weights(lm, bridge))
+    lm.train()
+    inputs = [logprobs.StageInputs(ids, video_pos, torch.roll(ids, -1, dims=1), torch.ones_like(ids, dtype=torch.bool),
+                                   lambda: multimodal.decoder_input(lm, ids, {}))]
+
+    def nll(_: int, out: torch.Tensor) -> tuple[torch.Tensor, float]:
+        loss = out[:, :-1].float().mean()  # the per-token cross-entropy: the mean NLL
+        return loss, loss.item()
+
+    loss = pipeline.run(lm, inputs, nll, forward_only=False)[0]
+    tied = lm.shared_embedding_or_output_weight()
+    local_grad = tied.grad.clone()
+    optim.finalize_grads(lm)
+    summed_grad = tied.grad.clone()
+    norm = optim.clip_grad_norm(lm, CLIP, pp_group=parallel_state.get_pipeline_model_parallel_group())
+    torch.optim.SGD(lm.parameters(), lr=SGD_LR).step()
+    out = {"stage": parallel_state.get_pipeline_model_parallel_rank(), "loaded": loaded, "loss": loss,
+           "grad_norm": norm, "local_grad": local_grad, "summed_grad": summed_grad,
+           "weights": dict(weights.export_hf_weights(lm, bridge))}
+    parallel.destroy_model_parallel()
+    return out
+
+
 def _resume(tp: int, source_tp: int, model_dir: str, visual: torch.nn.Module, out_dir: str) -> dict[str, Any]:
     """At TP=``tp``, per dtype: a fresh model and AdamW (bf16: over float32 masters), the TP=``source_tp``
     checkpoint loaded into them (resharded by dist_checkpointing), their state, and a second AdamW step from
@@ -402,6 +484,8 @@ def _run_tp(tp: int, model_dir: str, visual: torch.nn.Module, image: dict[str, t
     out["steps"] = results
     out["recompute"] = _recompute_runs(tp, model_dir, ids, video_pos)
     out["vision"] = _vision_runs(tp, model_dir, visual, out_dir)
+    if tp == 2:
+        out["sequence_parallel"] = _sequence_parallel_runs(model_dir, visual, ids, video_pos)
     parallel.destroy_model_parallel()
     return out
 
@@ -461,7 +545,7 @@ def _bf16_learners(rank: int, model_dir: str) -> dict[str, Any]:
     return out
 
 
-def _rank_main(rank: int, port: int, model_dir: str, out_dir: str) -> None:
+def _rank_main(rank: int, port: int, model_dir: str, out_dir: str, tied_dir: str) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -477,18 +561,19 @@ def _rank_main(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     result["tp2_from_tp1"] = _resume(2, 1, model_dir, visual, out_dir)
     result["tp1_from_tp2"] = _resume(1, 2, model_dir, visual, out_dir)
     result["bf16_learners"] = _bf16_learners(rank, model_dir)
+    result["tied_pp2"] = _tied_pipeline(tied_dir)
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
 
 
-def _spawn(out_dir: Path, model_dir: Path) -> None:
+def _spawn(out_dir: Path, model_dir: Path, tied_dir: Path) -> None:
     """Run :func:`_rank_main` on WORLD processes; fail (and kill them) if they are not done in TIMEOUT_S."""
     import torch.multiprocessing as mp
 
     from vt_ray.learner.rendezvous import free_port
 
-    ctx = mp.start_processes(_rank_main, args=(free_port(), str(model_dir), str(out_dir)), nprocs=WORLD,
+    ctx = mp.start_processes(_rank_main, args=(free_port(), str(model_dir), str(out_dir), str(tied_dir)), nprocs=WORLD,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=max(0.0, deadline - time.monotonic())):
@@ -500,11 +585,20 @@ def _spawn(out_dir: Path, model_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def tied_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with ``tie_word_embeddings`` (as Qwen2.5-VL-3B): its checkpoint has no ``lm_head``."""
+    from vt_ray.models.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tied") / "model", seed=1, tie_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir: Path, tied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+         ) -> list[dict[str, Any]]:
     pytest.importorskip("megatron.core")
     pytest.importorskip("mbridge")
     out = tmp_path_factory.mktemp("megatron")
-    _spawn(out, tiny_model_dir)
+    _spawn(out, tiny_model_dir, tied_model_dir)
     runs = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     runs[0]["hf_after_sft"] = out / "hf_after_sft"
     return runs
@@ -838,3 +932,68 @@ def test_bf16_megatron_tp2_matches_the_fsdp2_bf16_learner(runs: list[dict[str, A
     # the engines get the rollout dtype, cast from the float32 masters (what FSDP2 exports from its masters)
     assert all(v.dtype == torch.bfloat16 and torch.equal(v, exported["float32"][k].to(torch.bfloat16))
                for k, v in exported["bfloat16"].items())
+
+
+def test_sequence_parallel_matches_tensor_parallel_alone(runs: list[dict[str, Any]]) -> None:
+    """TP=2 with megatron's sequence parallelism (``learner.megatron.sequence_parallel``) against TP=2 without:
+    the same log-probs on an odd-length sequence (padded to a multiple of TP for the forward), the same SFT loss,
+    grad norm, trained vision tower's gradients and weights after the step. Each rank's norm gradients cover its
+    half of the sequence only (they differ from the full ones) until ``finalize_grads`` sums them over TP."""
+    for rank in range(WORLD):
+        got = runs[rank]["tp2"]["sequence_parallel"]
+        off, on = got["sp0"], got["sp1"]
+        assert off["marked"] == [] and len(on["marked"]) == 5  # 2 layers x 2 norms + the final norm
+        assert (LENGTH - 1) % 2 == 1 and on["lp_odd"].shape == off["lp_odd"].shape == (BATCH, LENGTH - 2)
+        assert (on["lp_odd"] - off["lp_odd"]).abs().max().item() < 1e-5
+        assert on["loss"] == pytest.approx(off["loss"], abs=1e-6)
+        assert on["grad_norm"] == pytest.approx(off["grad_norm"], rel=1e-5)
+        # before the TP sum, a rank's norm gradients are its sequence half's: far from the full gradient
+        local = _max_diff(on["local_norm_grads"], off["local_norm_grads"])
+        assert local > 1e-3, f"rank {rank}: norm gradients before the TP sum {local:.2e} from the full ones"
+        tower = _max_diff(on["tower_grads"], off["tower_grads"])
+        assert tower < 1e-5 and max(g.abs().max().item() for g in off["tower_grads"].values()) > 1e-4
+        diff = _max_diff(on["weights"], off["weights"])
+        print(f"rank {rank} sequence parallel vs not: lp {(on['lp_odd'] - off['lp_odd']).abs().max().item():.1e}, "
+              f"loss {abs(on['loss'] - off['loss']):.1e}, grad norm {abs(on['grad_norm'] - off['grad_norm']):.1e}, "
+              f"tower grads {tower:.1e}, weights {diff:.1e}, norm grads before the TP sum {local:.1e}, "
+              f"batch length {on['length']}")
+        assert diff < 1e-5, f"rank {rank}: weights after the step, sequence parallel vs not: {diff:.2e}"
+
+
+def test_tied_embeddings_across_two_pipeline_stages_match_hf(runs: list[dict[str, Any]], tied_model_dir: Path) -> None:
+    """Tied embeddings at PP=2 against the HF model (which ties them natively): both stages load the one embedding
+    tensor, the loss and the clipped grad norm (the last stage's copy counted once) equal HF's, each copy's
+    gradient before ``finalize_grads`` is only its part of the tied weight's, and after the SGD step both copies
+    equal HF's tied weight, and each other bit for bit."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tied_model_dir, dtype=torch.float32)
+    checkpoint = load_file(str(tied_model_dir / "model.safetensors"))
+    embed = next(k for k in checkpoint if k.endswith("embed_tokens.weight"))
+    assert not any(k.startswith("lm_head") for k in checkpoint)  # tied: the checkpoint holds the embedding only
+    ids, _, video_pos = _inputs(model.config.text_config.vocab_size)
+    model.train()
+    logits = model(input_ids=ids, position_ids=video_pos, use_cache=False).logits.float()
+    loss = _nll(logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0])
+    loss.backward()
+    full_grad = model.get_input_embeddings().weight.grad.clone()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP).item()
+    torch.optim.SGD(model.parameters(), lr=SGD_LR).step()
+    trained = model.get_input_embeddings().weight.detach()
+
+    first, last = (next(r["tied_pp2"] for r in runs if r["tied_pp2"]["stage"] == s) for s in (0, 1))
+    assert torch.equal(first["loaded"][embed], checkpoint[embed])
+    assert torch.equal(last["loaded"][embed], checkpoint[embed])  # the copy, from the same tensor
+    for stage in (first, last):
+        assert stage["loss"] == pytest.approx(loss.item(), abs=1e-5)
+        assert stage["grad_norm"] == pytest.approx(norm, rel=1e-5)
+        assert (stage["summed_grad"] - full_grad).abs().max().item() < 1e-6
+        assert (stage["local_grad"] - full_grad).abs().max().item() > 1e-4  # one part of it only
+    assert norm > CLIP and (trained - checkpoint[embed]).abs().max().item() > 1e-3  # a clipped step that moved it
+    assert (first["weights"][embed] - trained).abs().max().item() < 1e-6
+    assert torch.equal(last["weights"][embed], first["weights"][embed])
+    print(f"tied PP=2 vs HF: loss {abs(first['loss'] - loss.item()):.1e}, grad norm "
+          f"{abs(first['grad_norm'] - norm):.1e} (of {norm:.3f}), summed grad "
+          f"{(first['summed_grad'] - full_grad).abs().max().item():.1e}, embedding after the step "
+          f"{(first['weights'][embed] - trained).abs().max().item():.1e}")

@@ -219,6 +219,32 @@ def test_megatron_stage_parameters_add_up_to_the_model() -> None:
     assert abs(split.params - tower_split.params - (shape.vision_params - shape.vision_params // 8)) <= 8
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_megatron_sequence_parallel_splits_the_replicated_activations_over_tp(checkpointing: bool) -> None:
+    """Without SP a layer keeps its norm inputs and residual (2h per token) on every TP rank; with SP each rank
+    keeps its sequence slice: c S b 2h (1 - 1/t) less per layer in flight (and, checkpointing, the layer inputs
+    c S b h are split too)."""
+    from vt_ray.cluster.megatron_memory import MegatronLayout, peak_stage
+
+    shape = KNOWN_SHAPES["72B"]
+    flags = [f"learner.activation_checkpointing={str(checkpointing).lower()}"]
+    off = load_config(MEGATRON_72B, flags)
+    on = load_config(MEGATRON_72B, [*flags, "learner.megatron.sequence_parallel=true"])
+    lay_off, lay_on = MegatronLayout.of(off, shape), MegatronLayout.of(on, shape)
+    assert lay_on.sequence_parallel and "TP 8 (SP)" in lay_on.describe()
+    first_off = peak_stage(off, shape, lay_off, 1, 2, checkpointing, False, 0.0)
+    first_on = peak_stage(on, shape, lay_on, 1, 2, checkpointing, False, 0.0)
+    assert first_on.params == first_off.params
+    c, t, b, h = 2, lay_on.tp, 1, shape.hidden
+    seq = on.data.max_prompt_tokens + on.rollout.max_tokens
+    saved_per_layer = c * seq * b * 2 * h * (1 - 1 / t)
+    if checkpointing:  # layer inputs of every layer in flight, plus the two recomputed layers' replicated part
+        expected = c * shape.layers * seq * b * h * (1 - 1 / t) + 2 * saved_per_layer
+    else:  # 1F1B: the first stage holds `layers` layers' worth
+        expected = shape.layers * saved_per_layer
+    assert first_off.activations - first_on.activations == pytest.approx(expected, rel=1e-9)
+
+
 @pytest.mark.parametrize(("overrides", "key"), [
     (["learner.megatron.tensor_parallel_size=16", "learner.megatron.pipeline_parallel_size=1"],
      "learner.megatron.tensor_parallel_size"),  # 16 does not divide the 8 KV heads

@@ -20,6 +20,9 @@ def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
     cfg = _load(tiny_model_dir, "learner.megatron.tensor_parallel_size=2")
     assert (cfg.learner.megatron.tensor_parallel_size, cfg.learner.megatron.pipeline_parallel_size) == (2, 1)
     assert cfg.learner.megatron.transformer_impl == "auto"
+    assert cfg.learner.megatron.sequence_parallel is False
+    cfg = _load(tiny_model_dir, "learner.megatron.tensor_parallel_size=2", "learner.megatron.sequence_parallel=true")
+    assert cfg.learner.megatron.sequence_parallel is True
     cfg = _load(tiny_model_dir, "learner.megatron.pipeline_parallel_size=2")
     assert cfg.learner.megatron.pipeline_parallel_size == 2
     cfg = _load(tiny_model_dir, "learner.activation_checkpointing=true", "learner.megatron.recompute_method=block",
@@ -37,6 +40,8 @@ def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
     ("learner.megatron.recompute_method=every", "learner.megatron.recompute_method", "'every'"),
     ("learner.megatron.recompute_num_layers=0", "learner.megatron.recompute_num_layers", ">= 1"),
     ("learner.megatron.vision_impl=timm", "learner.megatron.vision_impl", "'timm'"),
+    # sequence parallelism splits the sequence over the TP group: nothing to split it over at TP 1
+    ("learner.megatron.sequence_parallel=true", "learner.megatron.sequence_parallel", "tensor_parallel_size > 1"),
     # uniform units must tile each stage's layers (2 layers here); block may not ask for more than there are
     ("learner.megatron.recompute_num_layers=3", "learner.megatron.recompute_num_layers", "does not divide the 2"),
     ("learner.megatron.recompute_method=block learner.megatron.recompute_num_layers=2 "
@@ -67,15 +72,14 @@ def test_the_layout_must_divide_the_learner_ranks(tiny_model_dir: Path) -> None:
     assert err.value.key == "learner.megatron.tensor_parallel_size"
 
 
-def test_pipeline_stages_refuse_tied_embeddings(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """The first stage's embedding and the last stage's output layer would be one tensor: not run yet."""
+def test_pipeline_stages_run_tied_embeddings(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The first stage's embedding and the last stage's output layer are one tensor: the last stage keeps
+    megatron's copy (vt_ray/learner/megatron/optim.py finalize_grads keeps the two equal), so the layout loads."""
     config = json.loads((tiny_model_dir / "config.json").read_text())
     config["tie_word_embeddings"] = True
     (tmp_path / "config.json").write_text(json.dumps(config))
-    _load(tmp_path, "learner.megatron.tensor_parallel_size=2")  # one stage: fine
-    with pytest.raises(ConfigError, match="ties its embeddings") as err:
-        _load(tmp_path, "learner.megatron.pipeline_parallel_size=2")
-    assert err.value.key == "learner.megatron.pipeline_parallel_size"
+    cfg = _load(tmp_path, "learner.megatron.pipeline_parallel_size=2")
+    assert cfg.learner.megatron.pipeline_parallel_size == 2
 
 
 def test_a_megatron_vision_tower_must_split_too(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -110,18 +110,17 @@ class MegatronWorker(RankCommon):
         self.processor = AutoProcessor.from_pretrained(self.model_path)
         dedup, vision = self.lcfg.dedup_videos, self.lcfg.megatron.vision_impl
         dtype = DTYPES[self.lcfg.param_dtype]
+        sequence_parallel = self.lcfg.megatron.sequence_parallel
         self.policy = MegatronVL.load(self.model_path, self.tp, use_te, self.device, dedup, self.pp,
-                                      recompute_of(self.cfg), vision_impl=vision, dtype=dtype, trained=True).train()
+                                      recompute_of(self.cfg), vision_impl=vision, dtype=dtype, trained=True,
+                                      sequence_parallel=sequence_parallel).train()
         self.hf_config = self.policy.hf_config
-        if self.pp > 1 and self.policy.lm.share_embeddings_and_output_weights:
-            raise ValueError("learner.megatron.pipeline_parallel_size: a model with tied embeddings (tie_word_"
-                             "embeddings) needs the embedding-group gradient all-reduce across stages, not wired "
-                             "yet; run it with pipeline_parallel_size 1 (docs/megatron.md)")
         placement = self.lcfg.reference if reference is None else reference
         if placement != "none":
             ref_path = self.lcfg.reference_path or self.model_path
             self.reference = MegatronVL.load(ref_path, self.tp, use_te, self.device, dedup, self.pp,
-                                             vision_impl=vision, dtype=dtype).eval().requires_grad_(False)
+                                             vision_impl=vision, dtype=dtype, sequence_parallel=sequence_parallel
+                                             ).eval().requires_grad_(False)
         self.view = HfView(self.policy)
         # The optimizer's parameters: float32 masters of the bf16 ones (a float32 parameter is its own).
         assert self.policy.masters is not None
@@ -162,18 +161,21 @@ class MegatronWorker(RankCommon):
         ``num_micro`` is the FSDP2 ranks' lock-step count; here the TP group runs its pooled batch in
         micro-batches of ``learner.micro_batch_size`` (no collective spans TP groups)."""
         hang_point("learner.compute_logprobs", self.rank)
+        from vt_ray.learner.megatron.cpu import sequence_parallel_on_cpu
+
         model = self._model(which).eval()
         pooled, mine, fetched = self._pooled(shard)
         width = pooled.input_ids.shape[1]
         micro = pooled.chunks(self.lcfg.micro_batch_size)
-        if self.pp > 1:
-            from vt_ray.learner.megatron import logprobs, pipeline
+        with sequence_parallel_on_cpu():
+            if self.pp > 1:
+                from vt_ray.learner.megatron import logprobs, pipeline
 
-            inputs = [model.stage_inputs(mb.materialised(fetched)) for mb in micro]
-            outs = pipeline.run(model.lm, inputs, lambda i, out: (
-                out.sum() * 0, logprobs.logprobs_from_output(out, inputs[i], None)[0].cpu()), forward_only=True)
-        else:
-            outs = [model.logprobs(mb.materialised(fetched))[0].cpu() for mb in micro]
+                inputs = [model.stage_inputs(mb.materialised(fetched)) for mb in micro]
+                outs = pipeline.run(model.lm, inputs, lambda i, out: (
+                    out.sum() * 0, logprobs.logprobs_from_output(out, inputs[i], None)[0].cpu()), forward_only=True)
+            else:
+                outs = [model.logprobs(mb.materialised(fetched))[0].cpu() for mb in micro]
         full = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs])
         return full[mine, : shard.input_ids.shape[1]]
 
@@ -208,9 +210,10 @@ class MegatronWorker(RankCommon):
             return loss  # a share of the whole mini-batch: summed over micro-batches, never averaged
 
         micro = pooled.chunks(self.lcfg.micro_batch_size)
-        from vt_ray.learner.megatron.cpu import recompute_on_cpu
+        from vt_ray.learner.megatron.cpu import recompute_on_cpu, sequence_parallel_on_cpu
 
-        with recompute_on_cpu():  # the backward recomputes layers (learner.activation_checkpointing)
+        # the backward recomputes layers (learner.activation_checkpointing) and gathers sequence slices
+        with recompute_on_cpu(), sequence_parallel_on_cpu():
             if self.pp > 1:
                 from vt_ray.learner.megatron import logprobs, pipeline
 
@@ -222,6 +225,9 @@ class MegatronWorker(RankCommon):
             else:
                 for mb in micro:
                     mb_loss(mb, *self.policy.logprobs(mb.materialised(fetched), wants_entropy)).backward()
+        from vt_ray.learner.megatron.optim import finalize_grads
+
+        finalize_grads(self.policy.lm)  # sequence-parallel norms over TP, a tied embedding's copies over PP
         masters = self.policy.masters
         masters.grads_to_masters()  # float32 from here on (bf16 model)
         self._sum_data_parallel_grads(masters.masters)
@@ -296,8 +302,11 @@ class MegatronWorker(RankCommon):
     def probe_logprobs(self, text: str) -> list[float]:
         """The policy's log-probs of ``text`` (float64 softmax over the gathered vocabulary). Collective."""
         assert self.policy is not None
+        from vt_ray.learner.megatron.cpu import sequence_parallel_on_cpu
+
         ids = self.processor.tokenizer(text, return_tensors="pt")["input_ids"].to(self.device)
-        out = self.policy.eval().text_logprobs(ids).tolist()
+        with sequence_parallel_on_cpu():
+            out = self.policy.eval().text_logprobs(ids).tolist()
         self.policy.train()
         return out
 

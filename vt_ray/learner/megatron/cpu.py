@@ -7,10 +7,16 @@ embedding and cross-entropy and the TP collectives run over gloo unchanged. Two 
   a CUDA ``GlobalMemoryBuffer``. :class:`SDPACoreAttention` replaces it in the layer spec with
   ``F.scaled_dot_product_attention``, which needs neither (and is faster on CPU).
 * ``MultimodalRotaryEmbedding.__init__`` creates ``inv_freq`` on ``torch.cuda.current_device()``.
-  :func:`cuda_device_is_cpu` answers ``cpu`` there while the model is built, nothing else.
+  :func:`cuda_device_is_cpu` answers ``cpu`` there while the model is built (:func:`building_on_cpu`, which also
+  makes ``Tensor.cuda()`` a no-op for megatron's initial sync of a tied embedding's copy across stages).
 
 Pipeline parallelism (megatron's schedules and p2p communication, over gloo) needs three more, all held only
 around the schedule (:func:`pipeline_on_cpu`). ``batch_isend_irecv`` itself runs on gloo unchanged.
+
+Sequence parallelism forks megatron's CUDA RNG tracker around the decoder (``TransformerBlock.forward``) and the
+embedding's dropout (:func:`use_cpu_rng_tracker`, at setup), and its gathers and reduce-scatters along the
+sequence allocate on ``torch.cuda.current_device()`` (:func:`sequence_parallel_on_cpu`, held around forwards and
+backwards).
 
 Activation recompute (``tensor_parallel.checkpoint``) saves and restores the CUDA RNG state around the
 recomputed forward: :func:`recompute_on_cpu`, held around the training forward and backward.
@@ -86,13 +92,27 @@ class SDPACoreAttention(torch.nn.Module):
 def cuda_device_is_cpu() -> Iterator[None]:
     """Inside, ``torch.cuda.current_device()`` returns the CPU device instead of failing (CPU builds only).
 
-    Held only while the model is built: ``MultimodalRotaryEmbedding`` places ``inv_freq`` there. With CUDA
-    present nothing changes.
+    Held while the model is built (``MultimodalRotaryEmbedding`` places ``inv_freq`` there) and by the contexts
+    below. With CUDA present nothing changes.
     """
     if torch.cuda.is_available():
         yield
         return
     with mock.patch.object(torch.cuda, "current_device", lambda: torch.device("cpu")):
+        yield
+
+
+@contextlib.contextmanager
+def building_on_cpu() -> Iterator[None]:
+    """Inside, a ``GPTModel`` is built on a CPU build: :func:`cuda_device_is_cpu`, and ``Tensor.cuda()`` returns
+    the tensor itself. With tied embeddings and pipeline stages, megatron's ``setup_embeddings_and_output_layer``
+    moves the last stage's copy of the embedding to the GPU (``weight.data = weight.data.cuda()``) before
+    all-reducing it with the first stage's (its initial sync; the checkpoint load overwrites both copies next).
+    With CUDA present nothing changes."""
+    if torch.cuda.is_available():
+        yield
+        return
+    with cuda_device_is_cpu(), mock.patch.object(torch.Tensor, "cuda", lambda self, *args, **kwargs: self):
         yield
 
 
@@ -162,4 +182,31 @@ def recompute_on_cpu() -> Iterator[None]:
         return None
 
     with mock.patch.multiple(megatron_random, _get_cuda_rng_state=nothing, _set_cuda_rng_state=nothing):
+        yield
+
+
+def use_cpu_rng_tracker() -> None:
+    """On a CPU build, install megatron's RNG tracker whose ``fork()`` does nothing (its inference tracker).
+
+    megatron forks a "model-parallel" CUDA RNG state around the decoder when sequence parallelism is on (so that
+    dropout inside differs across TP ranks' sequence slices) and in its local core attention; the state is added
+    by ``model_parallel_cuda_manual_seed``, which needs CUDA, so the fork fails with "cuda rng state
+    model-parallel-rng is not added". Every dropout here is 0 (``model.transformer_config``; :class:`SDPACore
+    Attention` refuses another), so there is nothing to fork. With CUDA nothing changes (the real tracker is
+    seeded instead, :func:`vt_ray.learner.megatron.parallel.init_model_parallel`)."""
+    if torch.cuda.is_available():
+        return
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    megatron_random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+
+
+@contextlib.contextmanager
+def sequence_parallel_on_cpu() -> Iterator[None]:
+    """Inside, megatron's sequence-parallel communication runs on a CPU build: the all-gathers and
+    reduce-scatters along the sequence (``tensor_parallel.mappings``, the column-parallel linears' gathered input,
+    forward and backward) allocate their outputs, and megatron's global scratch buffer its storage, on
+    ``torch.cuda.current_device()`` (answered ``cpu``, as :func:`cuda_device_is_cpu`). Held around forwards and
+    backwards (the backward gathers too). With CUDA present nothing changes."""
+    with cuda_device_is_cpu():
         yield

@@ -56,21 +56,25 @@ class HfView:
                 self.source[name] = (*owner[checkpoint_name], checkpoint_name)
             elif checkpoint_name.startswith("visual.") and first:  # the HF tower lives on the first stage
                 self.source[name] = ("", checkpoint_name.removeprefix("visual."), "")
-        for group in tied_parameter_groups(meta):  # lm_head tied to the embedding: one Megatron tensor
-            known = [self.source[n] for n in group if n in self.source]
-            for name in group:
-                if known:
-                    self.source.setdefault(name, known[0])
         # Pipeline stages: each holds some names; every stage learns which stage holds each (the others' sources
-        # are only looked up by their own stage).
-        self.stage_of = {name: self.stage for name in self.source}
+        # are only looked up by their own stage), the same on every rank.
+        found: list[Any] = [self.source]
         if len(self.stage_ranks) > 1:
-            found: list[Any] = [None] * len(self.stage_ranks)
+            found = [None] * len(self.stage_ranks)
             dist.all_gather_object(found, self.source, group=self.pp_group)
-            for stage, source in enumerate(found):
-                for name, where in source.items():
-                    self.source.setdefault(name, where)
-                    self.stage_of.setdefault(name, stage)
+        self.source = {}
+        self.stage_of: dict[str, int] = {}
+        for stage, source in enumerate(found):  # a name two stages hold (a tied embedding's copy): the first's
+            for name, where in source.items():
+                if name not in self.stage_of:
+                    self.source[name], self.stage_of[name] = where, stage
+        # lm_head tied to the embedding with one stage: one Megatron tensor answers for both names (after the
+        # merge, so that every rank picks the same stage for a name)
+        for group in tied_parameter_groups(meta):
+            known = [n for n in group if n in self.source]
+            for name in group:
+                if known and name not in self.source:
+                    self.source[name], self.stage_of[name] = self.source[known[0]], self.stage_of[known[0]]
         missing = [n for n in self.names if n not in self.source]
         if missing:
             raise ValueError(f"no Megatron parameter or vision-tower tensor holds {missing[:5]}")

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from vt_ray.learner.batch import TrainBatch
-from vt_ray.learner.megatron.multimodal import decoder_input, vision_features
+from vt_ray.learner.megatron import multimodal
+from vt_ray.learner.megatron.multimodal import decoder_input, pad_sequence, vision_features
 from vt_ray.models.mrope import rope_index
 
 
@@ -29,11 +30,16 @@ def next_token_logprobs(model: Any, input_ids: torch.Tensor, position_ids: torch
                         decoder_input: torch.Tensor | None = None) -> torch.Tensor:
     """[B, L-1]: log p(input_ids[:, t+1] | input_ids[:, :t+1]). ``position_ids`` are Qwen2.5-VL's multimodal
     positions, [3, B, L] (text-only: three equal rows); ``decoder_input`` the embeddings with image/video
-    features merged in (:func:`vt_ray.learner.megatron.multimodal.decoder_input`), None for text only."""
+    features merged in (:func:`vt_ray.learner.megatron.multimodal.decoder_input`), None for text only. With
+    sequence parallelism the sequence is padded for the forward (:func:`.multimodal.pad_sequence`)."""
+    length = input_ids.shape[1]
+    input_ids, position_ids = pad_sequence(model, input_ids), pad_sequence(model, position_ids)
+    if decoder_input is None and model.config.sequence_parallel:
+        decoder_input = multimodal.decoder_input(model, input_ids, {})  # the embedding does not split it here
     labels = torch.roll(input_ids, -1, dims=1)
     loss = model(input_ids, position_ids, causal_mask(input_ids.shape[1]).to(input_ids.device), labels=labels,
                  decoder_input=decoder_input)
-    return -loss[:, :-1].float()
+    return -loss[:, : length - 1].float()
 
 
 def batch_token_logprobs(lm: Any, visual: torch.nn.Module, batch: TrainBatch, hf_config: Any,
@@ -63,9 +69,10 @@ def batch_logprobs_and_entropy(lm: Any, visual: torch.nn.Module, batch: TrainBat
 @dataclass
 class StageInputs:
     """What one forward of the language model needs on every pipeline stage: token ids and multimodal
-    positions (RoPE is applied in every layer), the labels (the last stage's vocab-parallel cross-entropy;
-    None when the logits are wanted), and ``embeddings()``: the decoder input with the vision tower's features
-    merged in, computed only where it is called (the first stage, which holds the embedding and the tower)."""
+    positions (RoPE is applied in every layer; both padded for sequence parallelism, ``response_mask`` not), the
+    labels (the last stage's vocab-parallel cross-entropy; None when the logits are wanted), and
+    ``embeddings()``: the decoder input with the vision tower's features merged in, computed only where it is
+    called (the first stage, which holds the embedding and the tower)."""
 
     ids: torch.Tensor
     positions: torch.Tensor
@@ -95,22 +102,26 @@ def stage_inputs(lm: Any, visual: torch.nn.Module | None, batch: TrainBatch, hf_
                                                                  dedup_videos)
         return decoder_input(lm, ids, features)
 
+    mask = batch.response_mask.to(ids.device).bool()
+    ids, positions = pad_sequence(lm, ids), pad_sequence(lm, positions.to(ids.device))  # sequence parallelism
     labels = torch.roll(ids, -1, dims=1) if entropy is None else None
-    return StageInputs(ids, positions.to(ids.device), labels, batch.response_mask.to(ids.device).bool(), embeddings)
+    return StageInputs(ids, positions, labels, mask, embeddings)
 
 
 def logprobs_from_output(output: torch.Tensor, inputs: StageInputs, entropy: str | None
                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[B, L] response-token log-probs (and entropy) from the last stage's output: the per-token cross-entropy
-    [B, L] when ``inputs.labels`` were given, else this TP rank's vocabulary slice of the logits [B, L, V/TP]."""
+    [B, L] when ``inputs.labels`` were given, else this TP rank's vocabulary slice of the logits [B, L, V/TP]
+    (L: the batch's length; a forward padded for sequence parallelism gives more, dropped here)."""
     mask = inputs.response_mask
+    output = output[:, : mask.shape[1]]
     if inputs.labels is not None:
         full = F.pad(-output[:, :-1].float(), (1, 0))  # t: log p(token t | tokens < t)
         return torch.where(mask, full, torch.zeros_like(full)), None
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     logits = output.float()[:, :-1]
-    labels = inputs.ids[:, 1:]
+    labels = inputs.ids[:, 1 : mask.shape[1]]
     # megatron's cross-entropy writes into its input: give it a copy, the entropy below still needs the logits.
     logprobs = F.pad(-vocab_parallel_cross_entropy(logits.clone(), labels), (1, 0))
     with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vt_ray.learner.megatron.cpu import cuda_device_is_cpu
-from vt_ray.learner.megatron.spec import layer_spec, transformer_engine_usable
+from vt_ray.learner.megatron.cpu import building_on_cpu
+from vt_ray.learner.megatron.spec import block_spec, transformer_engine_usable
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Recompute:
 
 def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                        dtype: torch.dtype = torch.float32, use_te: bool = False,
-                       recompute: Recompute | None = None) -> Any:
+                       recompute: Recompute | None = None, sequence_parallel: bool = False) -> Any:
     """The ``TransformerConfig``. Dropout is 0 (RL fine-tuning, and what the HF model runs with).
 
     Fused kernels: only the bias-SwiGLU and bias-dropout-add fusions, and only with TE on CUDA (they are CUDA
@@ -90,7 +90,8 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
     megatron's DDP allocates; we step a torch optimizer), the RoPE fusion (not checked with mrope), the masked
     softmax fusion (for megatron's own attention, which neither spec here uses) and persistent layer norm
     (apex). Without CUDA, parameters are created on the CPU. ``recompute``: activation recompute in training
-    (the backward recomputes what the forward did not keep; on CPU under :func:`.cpu.recompute_on_cpu`)."""
+    (the backward recomputes what the forward did not keep; on CPU under :func:`.cpu.recompute_on_cpu`).
+    ``sequence_parallel``: megatron's sequence parallelism (``learner.megatron.sequence_parallel``, TP > 1)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     fused = use_te and torch.cuda.is_available()
@@ -101,7 +102,8 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
         add_bias_linear=False, add_qkv_bias=True, mrope_section=list(shape.mrope_section),
         hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=tensor_parallel, pipeline_model_parallel_size=pipeline_parallel,
-        sequence_parallel=False, params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        sequence_parallel=sequence_parallel,
+        params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         use_cpu_initialization=not torch.cuda.is_available(),
         # perform_initialization stays on: megatron marks weights ``tensor_model_parallel``/``partition_dim`` only
         # inside its init functions, and the weight split and merge read those marks. The init itself is a
@@ -125,25 +127,30 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
 
 def build_language_model(shape: TextShape, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                          dtype: torch.dtype = torch.float32, use_te: bool | None = None,
-                         recompute: Recompute | None = None) -> Any:
+                         recompute: Recompute | None = None, sequence_parallel: bool = False) -> Any:
     """This rank's ``GPTModel`` (its TP shard; parameters uninitialised until weights are loaded).
 
     Needs :func:`vt_ray.learner.megatron.parallel.init_model_parallel` first. With pipeline stages, this
     stage's layers only (the embedding on the first, the output layer on the last); megatron's schedule runs
     them (:mod:`vt_ray.learner.megatron.pipeline`).
+
+    With ``sequence_parallel`` the decoder takes its input split along the sequence, which the embedding does not
+    do here (``scatter_embedding_sequence_parallel=False``): the image/video features are merged into the full
+    embeddings first and :func:`vt_ray.learner.megatron.multimodal.decoder_input` splits the result.
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     if use_te is None:
         use_te = transformer_engine_usable()
-    config = transformer_config(shape, tensor_parallel, pipeline_parallel, dtype, use_te, recompute)
-    with cuda_device_is_cpu():
+    config = transformer_config(shape, tensor_parallel, pipeline_parallel, dtype, use_te, recompute,
+                                sequence_parallel)
+    with building_on_cpu():
         model = GPTModel(
-            config=config, transformer_layer_spec=layer_spec(use_te), vocab_size=shape.vocab,
+            config=config, transformer_layer_spec=block_spec(config, use_te), vocab_size=shape.vocab,
             max_sequence_length=shape.max_positions, position_embedding_type="mrope",
             rotary_base=shape.rope_theta, share_embeddings_and_output_weights=shape.tie_embeddings,
-            parallel_output=True,
+            parallel_output=True, scatter_embedding_sequence_parallel=False,
             pre_process=parallel_state.is_pipeline_first_stage(), post_process=parallel_state.is_pipeline_last_stage(),
         )
     return model

@@ -15,16 +15,43 @@ from typing import Any
 import torch
 
 
+def sequence_multiple(lm: Any) -> int:
+    """What the sequence length must be a multiple of: the TP size with sequence parallelism (the decoder's input
+    is split into equal slices, one per TP rank), else 1."""
+    config = lm.config
+    return int(config.tensor_model_parallel_size) if config.sequence_parallel else 1
+
+
+def pad_sequence(lm: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (token ids [B, L] or positions [3, B, L]) right-padded with zeros along its last dimension to a
+    multiple of :func:`sequence_multiple`. Batches are right-padded already and attention is causal, so the extra
+    tokens never reach a real token's output; callers drop their outputs."""
+    extra = -tensor.shape[-1] % sequence_multiple(lm)
+    return torch.nn.functional.pad(tensor, (0, extra)) if extra else tensor
+
+
 def decoder_input(lm: Any, input_ids: torch.Tensor, features: dict[int, torch.Tensor]) -> torch.Tensor:
     """[L, B, hidden] embeddings of ``input_ids`` ([B, L]) with each placeholder token id in ``features``
-    replaced by its rows (``[n, hidden]``, in batch-major sequence order: HF's ``masked_scatter`` order)."""
+    replaced by its rows (``[n, hidden]``, in batch-major sequence order: HF's ``masked_scatter`` order).
+
+    With sequence parallelism: ``input_ids`` padded by :func:`pad_sequence` and this TP rank's slice of the
+    sequence, ``[L / TP, B, hidden]`` (megatron's ``scatter_to_sequence_parallel_region``: its backward
+    all-gathers the slices' gradients, so every TP rank's vision tower gets the full gradient, as without)."""
+    input_ids = pad_sequence(lm, input_ids)
     embeddings = lm.embedding(input_ids=input_ids, position_ids=None).transpose(0, 1)  # [B, L, hidden]
     for token_id, rows in features.items():
         mask = input_ids == token_id
         if int(mask.sum()) != rows.shape[0]:
             raise ValueError(f"{int(mask.sum())} placeholder tokens (id {token_id}) but {rows.shape[0]} feature rows")
         embeddings = embeddings.masked_scatter(mask[..., None], rows.to(embeddings.dtype))
-    return embeddings.transpose(0, 1).contiguous()
+    embeddings = embeddings.transpose(0, 1).contiguous()
+    if not lm.config.sequence_parallel:
+        return embeddings
+    from megatron.core.tensor_parallel import scatter_to_sequence_parallel_region
+
+    # the scatter returns a view, which would keep the full embeddings alive through the forward: megatron's
+    # embedding clones its slice for the same reason (clone_scatter_output_in_embedding)
+    return scatter_to_sequence_parallel_region(embeddings).clone()
 
 
 def vision_features(visual: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor,

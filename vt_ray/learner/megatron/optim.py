@@ -7,6 +7,10 @@ tensor parallelism only, ``torch.optim.AdamW`` over each rank's shards is the sa
 weights (AdamW is elementwise); the global gradient norm is the one thing that must be assembled across ranks:
 a partitioned parameter contributes its local squares (summed over the TP group), a replicated one (the norms)
 counts once, not once per rank.
+
+:func:`finalize_grads` is the part of megatron's ``finalize_model_grads`` that is not the data-parallel reduction
+(that one needs megatron's DDP wrapper): the sequence-parallel norms' gradients summed over the TP group, the
+tied embedding's two copies' gradients summed over the first and last pipeline stages.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ def grad_norm(params: Params, tp_group: Any = None, pp_group: Any = None) -> tor
     sharded = torch.zeros((), dtype=torch.float32, device=device)
     replicated = torch.zeros((), dtype=torch.float32, device=device)
     for param in params:
-        if param.grad is None:
+        if param.grad is None or getattr(param, "shared", False):  # a tied embedding's last-stage copy: once
             continue
         squares = param.grad.detach().float().pow(2).sum()
         if getattr(param, "tensor_model_parallel", False):
@@ -124,3 +128,34 @@ def clip_grad_norm(params: Params, max_norm: float, tp_group: Any = None, pp_gro
             if param.grad is not None:
                 param.grad.mul_(scale)
     return float(norm)
+
+
+def finalize_grads(lm: Any) -> None:
+    """After the backward, before the norm and the step (megatron's ``_allreduce_non_tensor_model_parallel_grads``
+    and ``_allreduce_word_embedding_grads``, for a ``GPTModel`` not wrapped in megatron's DDP):
+
+    * sequence parallelism: each TP rank's replicated norm weights (marked ``sequence_parallel``) got the gradient
+      of its own slice of the sequence; their sum over the TP group is the full gradient (one flattened
+      all-reduce);
+    * tied embeddings across pipeline stages: the first stage's embedding and the last stage's copy of it (its
+      output layer) each got a part of the tied weight's gradient; both get the sum (an all-reduce over megatron's
+      embedding group), so both copies take the same step and stay equal."""
+    from megatron.core import parallel_state
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    if lm.config.sequence_parallel and dist.get_world_size(tp_group) > 1:
+        grads = [p.grad for p in lm.parameters() if getattr(p, "sequence_parallel", False) and p.grad is not None]
+        if grads:
+            flat = _flatten_dense_tensors(grads)
+            dist.all_reduce(flat, group=tp_group)
+            for grad, summed in zip(grads, _unflatten_dense_tensors(flat, grads)):
+                grad.copy_(summed)
+    embedding_group = parallel_state.get_embedding_group(check_initialized=False)
+    if (lm.share_embeddings_and_output_weights and embedding_group is not None
+            and dist.get_world_size(embedding_group) > 1
+            and dist.get_rank() in dist.get_process_group_ranks(embedding_group)):
+        weight = lm.shared_embedding_or_output_weight()
+        if weight.grad is None:  # every member must join the all-reduce
+            weight.grad = torch.zeros_like(weight)
+        dist.all_reduce(weight.grad, group=embedding_group)

@@ -19,6 +19,10 @@ def init_model_parallel(tensor_parallel: int = 1, pipeline_parallel: int = 1, se
                                              pipeline_model_parallel_size=pipeline_parallel)
     if torch.cuda.is_available():
         megatron_tp.model_parallel_cuda_manual_seed(seed)
+    else:
+        from vt_ray.learner.megatron.cpu import use_cpu_rng_tracker
+
+        use_cpu_rng_tracker()
 
 
 def destroy_model_parallel() -> None:

@@ -18,7 +18,7 @@ import torch
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.megatron.logprobs import StageInputs, batch_logprobs_and_entropy, causal_mask, stage_inputs
 from vt_ray.learner.megatron.model import Recompute, TextShape, build_language_model, load_hf_config
-from vt_ray.learner.megatron.multimodal import decoder_input
+from vt_ray.learner.megatron.multimodal import decoder_input, pad_sequence
 from vt_ray.learner.megatron.optim import Float32Masters
 from vt_ray.learner.megatron.weights import LANGUAGE, HfCheckpoint, load_hf_weights, make_bridge
 
@@ -42,7 +42,8 @@ class MegatronVL(torch.nn.Module):
     @classmethod
     def load(cls, path: str, tensor_parallel: int, use_te: bool, device: torch.device,
              dedup_videos: bool = False, pipeline_parallel: int = 1, recompute: Recompute | None = None,
-             vision_impl: str = "hf", dtype: torch.dtype = torch.float32, trained: bool = False) -> MegatronVL:
+             vision_impl: str = "hf", dtype: torch.dtype = torch.float32, trained: bool = False,
+             sequence_parallel: bool = False) -> MegatronVL:
         """The checkpoint at ``path``: the language model split over the TP group and into pipeline stages (every
         rank reads the tensors it needs, weights.load_hf_weights), the vision tower on the first stage (an
         empty module on the others): ``vision_impl`` ``hf`` (whole) or ``megatron`` (this TP rank's shard, only
@@ -50,13 +51,14 @@ class MegatronVL(torch.nn.Module):
         ``params_dtype``; its local RMSNorm keeps float32 weights). ``trained``: the optimizer's float32 masters
         too (``masters``, from the checkpoint's values, not their bf16 rounding). ``recompute``: megatron's
         activation recompute of the language model in training (and transformers' gradient checkpointing in the
-        HF tower's blocks). Collective over megatron's groups."""
+        HF tower's blocks); ``sequence_parallel``: megatron's sequence parallelism (TP > 1). Collective over
+        megatron's groups."""
         from megatron.core import parallel_state
 
         hf_config = load_hf_config(path)
         lm = build_language_model(TextShape.from_hf(hf_config), tensor_parallel=tensor_parallel,
                                   pipeline_parallel=pipeline_parallel, dtype=dtype, use_te=use_te,
-                                  recompute=recompute)
+                                  recompute=recompute, sequence_parallel=sequence_parallel)
         vl = cls(lm, torch.nn.Module(), hf_config, dedup_videos)
         checkpoint = HfCheckpoint(path)
         float32: dict[int, torch.Tensor] = {}
@@ -124,21 +126,24 @@ class MegatronVL(torch.nn.Module):
         from megatron.core import parallel_state
 
         positions = torch.arange(ids.shape[1], device=ids.device).expand(3, 1, -1)
+        padded, positions = pad_sequence(self.lm, ids), pad_sequence(self.lm, positions)  # sequence parallelism
         if parallel_state.get_pipeline_model_parallel_world_size() > 1:
             from vt_ray.learner.megatron import pipeline
 
-            inputs = StageInputs(ids, positions, None, torch.ones_like(ids, dtype=torch.bool),
-                                 lambda: decoder_input(self.lm, ids, {}))
+            inputs = StageInputs(padded, positions, None, torch.ones_like(ids, dtype=torch.bool),
+                                 lambda: decoder_input(self.lm, padded, {}))
             return pipeline.run(self.lm, [inputs], lambda _, out: (out.sum() * 0, self._full_logprobs(ids, out)),
                                 forward_only=True)[0]
-        return self._full_logprobs(ids, self.lm(ids, positions, causal_mask(ids.shape[1]).to(ids.device)))
+        output = self.lm(padded, positions, causal_mask(padded.shape[1]).to(ids.device),
+                         decoder_input=decoder_input(self.lm, padded, {}))
+        return self._full_logprobs(ids, output)
 
     @staticmethod
     def _full_logprobs(ids: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
         from megatron.core import parallel_state
 
-        logits = output[0].contiguous()  # [T, V/TP]
+        logits = output[0, : ids.shape[1]].contiguous()  # [T, V/TP] (a sequence-parallel forward's padding dropped)
         group = parallel_state.get_tensor_model_parallel_group()
         # TP rank r holds vocabulary slice r. megatron's own gather allocates on the CUDA device: gathered here.
         pieces = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]

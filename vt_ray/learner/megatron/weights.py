@@ -40,6 +40,7 @@ _FUSED_NORMS = {
     "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
     "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
 }
+_OUTPUT_LAYER = "language_model.output_layer.weight"
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 
@@ -63,7 +64,15 @@ def make_bridge(hf_config: Any) -> Any:
     needs transformer-engine). Needs megatron's parallel state initialised."""
     from mbridge import AutoBridge
 
-    return AutoBridge.from_config(_transformers4_layout(hf_config), dtype=torch.float32)
+    bridge = AutoBridge.from_config(_transformers4_layout(hf_config), dtype=torch.float32)
+    # mbridge 0.15.1 maps a tied output layer to the embedding by writing into its *class's* name table: a bridge
+    # made afterwards for an untied model would map its lm_head to the embedding too. This bridge keeps its own
+    # table; the class's goes back to mbridge's default.
+    table = type(bridge)._DIRECT_MAPPING
+    bridge._DIRECT_MAPPING = dict(table)
+    if _OUTPUT_LAYER in table:
+        table[_OUTPUT_LAYER] = "lm_head.weight"
+    return bridge
 
 
 LANGUAGE = "language_model"
@@ -153,7 +162,8 @@ def load_hf_weights(model: Any, bridge: Any, checkpoint: HfCheckpoint, prefix: s
     (keyed by ``id(param)``), the master weights of a bf16 model before any rounding to bf16.
 
     Every rank reads the full tensors it needs and keeps its piece (fine up to a few billion parameters per
-    node; a rank-0 read plus scatter is what 72B wants, left for issue 20).
+    node; a rank-0 read plus scatter is what 72B wants, left for issue 20). A tied output layer on the last
+    pipeline stage (megatron's copy of the embedding) reads the embedding's tensor: mbridge maps it there.
     """
     rank, size, _ = _tp()
     offset, used = _layer_offset(model), []
