@@ -26,15 +26,6 @@ from vt_ray.config.roles import LearnerRoleConfig
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tied_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vt_ray.models.tiny import make_tiny_model
 

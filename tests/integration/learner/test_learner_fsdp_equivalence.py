@@ -23,15 +23,6 @@ OVERRIDES = [f"learner.lr={LR}", "learner.grad_clip=5.0", "learner.reference=sha
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def batch(tiny_model_dir: Path):
     from transformers import AutoProcessor
 

@@ -48,15 +48,6 @@ def test_registering_the_megatron_backend_imports_no_megatron_core() -> None:
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def grpo_batch(model_dir: Path) -> TrainBatch:
     """Five video prompts with responses; advantages of both signs (the driver's old/reference log-probs are
     filled in by the test from each learner's own passes)."""
