@@ -8,8 +8,9 @@
 * ``stream_old``: the same stream with the earlier sender, one ``DTensor.full_tensor()`` all-gather per tensor.
 * ``stream_twocopy``: the same stream with the sender before rank 0 gathered into its send buffers: every
   bucket's shards land in a staging buffer, from which each tensor is copied into the send buffer (``staged``).
-* ``transfer`` / ``transfer_old``: those streams with the engine dropping each bucket on arrival (checksummed,
-  received with prefetch, not loaded), which splits the stream's time into transfer and the engine's load.
+* ``transfer`` / ``transfer_twocopy`` / ``transfer_old``: those streams with the engine dropping each bucket on
+  arrival (checksummed, received with prefetch, not loaded), which splits the stream's time into transfer and the
+  engine's load.
 * ``wire``: the wire alone through the stream's own code (a ``BucketSender`` whose tensors are views of its own
   send buffer, so nothing is gathered or packed, and the receiver of ``transfer``): the wire's GB/s, next to a
   plain gloo broadcast of the same bytes between the same two actors. ``wire_old``: the same with the earlier
@@ -328,10 +329,11 @@ def _use_gather(learner: Any, gather: str) -> None:
     ray.get([a.__ray_call__.remote(lambda w: setattr(w, "stream_gather", gather)) for a in learner.actors])
 
 
-MODES = ("blob", "stream", "stream_twocopy", "stream_held", "stream_old", "stream_fresh", "transfer", "transfer_old",
-         "wire", "wire_old", "ipc", "ipc_transfer")
+MODES = ("blob", "stream", "stream_twocopy", "stream_held", "stream_old", "stream_fresh", "transfer",
+         "transfer_twocopy", "transfer_old", "wire", "wire_old", "ipc", "ipc_transfer")
 """``stream_old``/``transfer_old``: the earlier sender (one ``full_tensor()`` all-gather per tensor);
-``stream_twocopy``: the sender through rank 0's staging buffers, then a copy into the send buffer (``staged``);
+``stream_twocopy``/``transfer_twocopy``: the sender through rank 0's staging buffers, then a copy into the send
+buffer (``staged``);
 ``stream_fresh``: the stream with the earlier buffers (the engine's receiver a fresh buffer per bucket, learner
 rank 0 fresh send and staging buffers per sync; nothing kept between syncs);
 ``stream_held``: the stream with the earlier receive (no tensor a loader holds is moved off its buffer, the first
@@ -340,13 +342,13 @@ one held for the whole load: :func:`_earlier_receive`);
 (:func:`_send_packed`), ``wire_old`` the same with the earlier receiver (a fresh buffer per bucket); ``ipc``: the
 stream over ``rollout.weight_sync=ipc``, ``ipc_transfer`` the same with the engine only acknowledging."""
 COLLECTIVE_MODES = ("stream", "stream_twocopy", "stream_held", "stream_old", "stream_fresh", "transfer",
-                    "transfer_old", "wire", "wire_old")
+                    "transfer_twocopy", "transfer_old", "wire", "wire_old")
 LOADING_MODES = ("stream", "stream_twocopy", "stream_held", "stream_old", "stream_fresh", "ipc")
 """The streamed modes that load a new version into the engines (the others drop the buckets or time the wire)."""
 IPC_MODES = ("ipc", "ipc_transfer")
 
 
-GATHER_OF = {"stream_twocopy": "staged"}
+GATHER_OF = {"stream_twocopy": "staged", "transfer_twocopy": "staged"}
 """The learner's shard gather (``weight_stream.GATHERS``) of the modes that do not use the current one."""
 
 
@@ -529,7 +531,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                         del blob
                     elif mode in LOADING_MODES:
                         row.update(rollout.stream_weights(version))
-                    elif mode in ("transfer", "transfer_old", "ipc_transfer"):  # received and dropped, no load
+                    elif mode.startswith(("transfer", "ipc_transfer")):  # received and dropped, no load
                         row.update(_transfer_only(learner, engine, plan, backend))
                         version -= 1
                     else:
@@ -636,6 +638,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             out[f"{mode}_gb_per_s"] = nbytes / out[mode]["wire_s"] / 1e9
             out[f"{mode}_share_of_raw"] = out[f"{mode}_gb_per_s"] / raw
     for sender, stream_mode, transfer_mode, limit in (("new", "stream", "transfer", raw),
+                                                      ("twocopy", "stream_twocopy", "transfer_twocopy", raw),
                                                       ("old", "stream_old", "transfer_old", raw),
                                                       ("ipc_sender", "ipc", "ipc_transfer", raw_ipc)):
         if stream_mode not in out or transfer_mode not in out:
@@ -656,6 +659,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     out["speedup_vs_blob"] = ratio("blob", "stream")
     out["speedup_vs_old_sender"] = ratio("stream_old", "stream")
     out["speedup_vs_twocopy_sender"] = ratio("stream_twocopy", "stream")
+    out["transfer_speedup_vs_twocopy_sender"] = ratio("transfer_twocopy", "transfer")
     out["twocopy_speedup_vs_blob"] = ratio("blob", "stream_twocopy")
     if "stream" in out and "stream_twocopy" in out:  # rank 0's loop over buckets, gathering and packing
         out["pack_speedup_vs_twocopy_sender"] = out["stream_twocopy"]["pack_s"] / out["stream"]["pack_s"]
@@ -686,7 +690,7 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
     print(f"\n{'size':>6} {'sender':>6} {'sync s':>7} {'GB/s':>5} {'gather+pack s':>13} {'load s':>7} "
           f"{'transfer GB/s':>13} {'wire GB/s':>9} {'raw GB/s':>8} {'wire/raw':>8}  speed-up")
     for size, summary in summaries.items():
-        for sender, label in (("old", "old"), ("new", "new"), ("ipc_sender", "ipc")):
+        for sender, label in (("old", "old"), ("twocopy", "2copy"), ("new", "new"), ("ipc_sender", "ipc")):
             if sender not in summary:
                 continue
             m = summary[sender]
@@ -718,9 +722,11 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
             new, two = summary["stream"], summary["stream_twocopy"]
             vs_blob = (f"; against blob {summary['speedup_vs_blob']:.2f}x (two-copy sender "
                        f"{summary['twocopy_speedup_vs_blob']:.2f}x)" if summary["speedup_vs_blob"] else "")
+            transfer = (f"; transfer (no load) {summary['transfer_speedup_vs_twocopy_sender']:.2f}x"
+                        if summary["transfer_speedup_vs_twocopy_sender"] else "")
             print(f"{size:>6} stream {new['sync_s']:.3f} s against stream_twocopy {two['sync_s']:.3f} s: "
                   f"{summary['speedup_vs_twocopy_sender']:.2f}x; rank 0's loop {new['pack_s']:.3f} against "
-                  f"{two['pack_s']:.3f} s ({summary['pack_speedup_vs_twocopy_sender']:.2f}x){vs_blob}")
+                  f"{two['pack_s']:.3f} s ({summary['pack_speedup_vs_twocopy_sender']:.2f}x){transfer}{vs_blob}")
         for mode, label in (("wire_old", "earlier receiver (a fresh buffer per bucket)"),
                             ("wire", "reused receive buffers")):
             if f"{mode}_gb_per_s" in summary:
