@@ -130,9 +130,10 @@ class ShardGatherer:
 
     On rank 0, ``into`` (set by the sender's caller: ``BucketSender.buffer``) gives bucket ``i``'s send buffer;
     with ``direct``, a bucket whose sharded tensors already have the plan's dtype is received straight into it
-    at the plan's offsets (the tensors yielded are views of the send buffer, which the sender then does not copy).
-    Every other bucket goes through one of rank 0's two staging buffers, reused bucket after bucket, or, with a
-    single rank, is yielded as the rank's own tensors."""
+    at the plan's offsets (the tensors yielded are views of the send buffer, which the sender then does not copy),
+    and a single rank yields its own tensors for the others (nothing to receive). Every other bucket goes through
+    one of rank 0's two staging buffers, reused bucket after bucket (without ``direct``: every bucket, as the
+    sender before did)."""
 
     def __init__(self, state: dict[str, Any], plan: StreamPlan, mesh: Any, device: torch.device,
                  direct: bool = True) -> None:
@@ -143,6 +144,7 @@ class ShardGatherer:
         self._names = [[slot.name for slot in bucket.tensors] for bucket in plan.buckets]
         self._flat = {n for names in self._names for n in names if _flat_shardable(state[n], mesh)}
         self._layouts = [self._layout(names) for names in self._names]
+        self.direct = direct
         self._direct = [direct and self._same_dtype(bucket) for bucket in plan.buckets]
         self._next = 0  # the bucket the next call must ask for
         self._posted: dict[int, _Posted] = {}
@@ -182,7 +184,7 @@ class ShardGatherer:
             staging = self.into(index)  # the send buffer itself, laid out as the plan says
             spans = {slot.name: slot_span(slot, self.world) for slot in self.plan.buckets[index].tensors
                      if slot.name in spans}
-        elif self.rank == 0 and self.world > 1:
+        elif self.rank == 0 and (self.world > 1 or not self.direct):
             staging = self._staging(size)
         elif self.rank == 0:  # a single rank: its shards are the full tensors, handed to the sender as they are
             self._posted[index] = _Posted(None, {}, [])
