@@ -6,8 +6,11 @@
   of its own while the other learner ranks send it each bucket's shards (``vt_ray.learner.shard_gather``, the next
   bucket's while this one is on the wire); the driver carries only the plan.
 * ``stream_old``: the same stream with the earlier sender, one ``DTensor.full_tensor()`` all-gather per tensor.
-* ``transfer`` / ``transfer_old``: those streams with the engine dropping each bucket on arrival (checksummed,
-  received with prefetch, not loaded), which splits the stream's time into transfer and the engine's load.
+* ``stream_twocopy``: the same stream with the sender before rank 0 gathered into its send buffers: every
+  bucket's shards land in a staging buffer, from which each tensor is copied into the send buffer (``staged``).
+* ``transfer`` / ``transfer_twocopy`` / ``transfer_old``: those streams with the engine dropping each bucket on
+  arrival (checksummed, received with prefetch, not loaded), which splits the stream's time into transfer and the
+  engine's load.
 * ``wire``: the wire alone through the stream's own code (a ``BucketSender`` whose tensors are views of its own
   send buffer, so nothing is gathered or packed, and the receiver of ``transfer``): the wire's GB/s, next to a
   plain gloo broadcast of the same bytes between the same two actors. ``wire_old``: the same with the earlier
@@ -326,9 +329,11 @@ def _use_gather(learner: Any, gather: str) -> None:
     ray.get([a.__ray_call__.remote(lambda w: setattr(w, "stream_gather", gather)) for a in learner.actors])
 
 
-MODES = ("blob", "stream", "stream_held", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire",
-         "wire_old", "ipc", "ipc_transfer")
+MODES = ("blob", "stream", "stream_twocopy", "stream_held", "stream_old", "stream_fresh", "transfer",
+         "transfer_twocopy", "transfer_old", "wire", "wire_old", "ipc", "ipc_transfer")
 """``stream_old``/``transfer_old``: the earlier sender (one ``full_tensor()`` all-gather per tensor);
+``stream_twocopy``/``transfer_twocopy``: the sender through rank 0's staging buffers, then a copy into the send
+buffer (``staged``);
 ``stream_fresh``: the stream with the earlier buffers (the engine's receiver a fresh buffer per bucket, learner
 rank 0 fresh send and staging buffers per sync; nothing kept between syncs);
 ``stream_held``: the stream with the earlier receive (no tensor a loader holds is moved off its buffer, the first
@@ -336,11 +341,15 @@ one held for the whole load: :func:`_earlier_receive`);
 ``transfer``: the stream with every bucket dropped on arrival (no load); ``wire``: the wire alone
 (:func:`_send_packed`), ``wire_old`` the same with the earlier receiver (a fresh buffer per bucket); ``ipc``: the
 stream over ``rollout.weight_sync=ipc``, ``ipc_transfer`` the same with the engine only acknowledging."""
-COLLECTIVE_MODES = ("stream", "stream_held", "stream_old", "stream_fresh", "transfer", "transfer_old", "wire",
-                    "wire_old")
-LOADING_MODES = ("stream", "stream_held", "stream_old", "stream_fresh", "ipc")
+COLLECTIVE_MODES = ("stream", "stream_twocopy", "stream_held", "stream_old", "stream_fresh", "transfer",
+                    "transfer_twocopy", "transfer_old", "wire", "wire_old")
+LOADING_MODES = ("stream", "stream_twocopy", "stream_held", "stream_old", "stream_fresh", "ipc")
 """The streamed modes that load a new version into the engines (the others drop the buckets or time the wire)."""
 IPC_MODES = ("ipc", "ipc_transfer")
+
+
+GATHER_OF = {"stream_twocopy": "staged", "transfer_twocopy": "staged"}
+"""The learner's shard gather (``weight_stream.GATHERS``) of the modes that do not use the current one."""
 
 
 def _earlier_receive(engine: Any, earlier: bool) -> None:
@@ -475,6 +484,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             rollout.update_weights(learner.export_safetensors(dtype), 1)  # warm-ups, untimed: first-call costs
         # the streams' own warm-ups, one per sender and transport: (backend, gather)
         warm_ups = ([(collective, "per_tensor"), (collective, "flat")] if "stream" in modes else []) + (
+            [(collective, "staged")] if "stream_twocopy" in modes else []) + (
             [("ipc", "flat")] if "ipc" in modes else [])
         version = 1
 
@@ -508,7 +518,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                 rest = {name: ray.get(a.__ray_call__.remote(reset_peak)) for name, a in procs.items()}
                 rest["driver"] = reset_peak()
                 rings = {name: ray.get(a.__ray_call__.remote(ring_counts)) for name, a in procs.items()}
-                _use_gather(learner, "per_tensor" if mode.endswith("_old") else "flat")
+                _use_gather(learner, GATHER_OF.get(mode, "per_tensor" if mode.endswith("_old") else "flat"))
                 with PlasmaPeak() as plasma:
                     start = time.perf_counter()
                     row: dict[str, Any] = {"size": size, "mode": mode, "rep": rep}
@@ -521,7 +531,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
                         del blob
                     elif mode in LOADING_MODES:
                         row.update(rollout.stream_weights(version))
-                    elif mode in ("transfer", "transfer_old", "ipc_transfer"):  # received and dropped, no load
+                    elif mode.startswith(("transfer", "ipc_transfer")):  # received and dropped, no load
                         row.update(_transfer_only(learner, engine, plan, backend))
                         version -= 1
                     else:
@@ -556,7 +566,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             rollout.update_weights(learner.export_safetensors(dtype), version)
             probes["blob"] = rollout.probe_logprobs(PROBE_TEXT)
         for path, backend, gather in (("stream_old", collective, "per_tensor"), ("stream", collective, "flat"),
-                                      ("ipc", "ipc", "flat")):
+                                      ("stream_twocopy", collective, "staged"), ("ipc", "ipc", "flat")):
             if path not in modes:
                 continue
             stream_by(backend, gather)
@@ -587,6 +597,7 @@ def measure_size(size: str, args: argparse.Namespace, work: Path) -> dict[str, A
             "bucket_mb": args.bucket_mb, "learners": args.learners, "runs": runs,
             "stream_equals_blob_probe": same("stream", "blob"),
             "stream_equals_old_stream_probe": same("stream", "stream_old"),
+            "stream_equals_twocopy_stream_probe": same("stream", "stream_twocopy"),
             "ipc_equals_stream_probe": same("ipc", "stream"),
             "ipc_equals_blob_probe": same("ipc", "blob"),
             "probe_engine_vs_learner_max_abs": None if by_stream is None or reference is None else max(
@@ -627,6 +638,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             out[f"{mode}_gb_per_s"] = nbytes / out[mode]["wire_s"] / 1e9
             out[f"{mode}_share_of_raw"] = out[f"{mode}_gb_per_s"] / raw
     for sender, stream_mode, transfer_mode, limit in (("new", "stream", "transfer", raw),
+                                                      ("twocopy", "stream_twocopy", "transfer_twocopy", raw),
                                                       ("old", "stream_old", "transfer_old", raw),
                                                       ("ipc_sender", "ipc", "ipc_transfer", raw_ipc)):
         if stream_mode not in out or transfer_mode not in out:
@@ -646,6 +658,11 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
     out["speedup_vs_blob"] = ratio("blob", "stream")
     out["speedup_vs_old_sender"] = ratio("stream_old", "stream")
+    out["speedup_vs_twocopy_sender"] = ratio("stream_twocopy", "stream")
+    out["transfer_speedup_vs_twocopy_sender"] = ratio("transfer_twocopy", "transfer")
+    out["twocopy_speedup_vs_blob"] = ratio("blob", "stream_twocopy")
+    if "stream" in out and "stream_twocopy" in out:  # rank 0's loop over buckets, gathering and packing
+        out["pack_speedup_vs_twocopy_sender"] = out["stream_twocopy"]["pack_s"] / out["stream"]["pack_s"]
     out["transfer_speedup_vs_old_sender"] = ratio("transfer_old", "transfer")
     out["speedup_vs_fresh_receiver"] = ratio("stream_fresh", "stream")
     out["speedup_vs_held_receiver"] = ratio("stream_held", "stream")
@@ -673,7 +690,7 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
     print(f"\n{'size':>6} {'sender':>6} {'sync s':>7} {'GB/s':>5} {'gather+pack s':>13} {'load s':>7} "
           f"{'transfer GB/s':>13} {'wire GB/s':>9} {'raw GB/s':>8} {'wire/raw':>8}  speed-up")
     for size, summary in summaries.items():
-        for sender, label in (("old", "old"), ("new", "new"), ("ipc_sender", "ipc")):
+        for sender, label in (("old", "old"), ("twocopy", "2copy"), ("new", "new"), ("ipc_sender", "ipc")):
             if sender not in summary:
                 continue
             m = summary[sender]
@@ -682,6 +699,9 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
                 if summary["speedup_vs_old_sender"] and summary["transfer_speedup_vs_old_sender"]:
                     ups.append(f"{summary['speedup_vs_old_sender']:.2f}x vs old (transfer "
                                f"{summary['transfer_speedup_vs_old_sender']:.2f}x)")
+                if summary["speedup_vs_twocopy_sender"]:
+                    ups.append(f"{summary['speedup_vs_twocopy_sender']:.2f}x vs the two-copy sender (rank 0's "
+                               f"loop {summary['pack_speedup_vs_twocopy_sender']:.2f}x)")
                 if summary["speedup_vs_held_receiver"]:
                     ups.append(f"{summary['speedup_vs_held_receiver']:.2f}x vs the earlier receive")
                 if summary["speedup_vs_fresh_receiver"]:
@@ -698,6 +718,15 @@ def print_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
                   f"{_fmt(None if ipc else summary.get('wire_gb_per_s'), '9.2f', 9)} "
                   f"{_fmt(summary['raw_ipc_gb_per_s' if ipc else 'raw_broadcast_gb_per_s'], '8.2f', 8)} "
                   f"{_fmt(None if ipc else summary.get('wire_share_of_raw'), '8.0%', 8)}  {', '.join(ups)}")
+        if summary.get("speedup_vs_twocopy_sender"):  # printed whether or not the split above could be
+            new, two = summary["stream"], summary["stream_twocopy"]
+            vs_blob = (f"; against blob {summary['speedup_vs_blob']:.2f}x (two-copy sender "
+                       f"{summary['twocopy_speedup_vs_blob']:.2f}x)" if summary["speedup_vs_blob"] else "")
+            transfer = (f"; transfer (no load) {summary['transfer_speedup_vs_twocopy_sender']:.2f}x"
+                        if summary["transfer_speedup_vs_twocopy_sender"] else "")
+            print(f"{size:>6} stream {new['sync_s']:.3f} s against stream_twocopy {two['sync_s']:.3f} s: "
+                  f"{summary['speedup_vs_twocopy_sender']:.2f}x; rank 0's loop {new['pack_s']:.3f} against "
+                  f"{two['pack_s']:.3f} s ({summary['pack_speedup_vs_twocopy_sender']:.2f}x){transfer}{vs_blob}")
         for mode, label in (("wire_old", "earlier receiver (a fresh buffer per bucket)"),
                             ("wire", "reused receive buffers")):
             if f"{mode}_gb_per_s" in summary:

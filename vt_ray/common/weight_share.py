@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from vt_ray.common.weight_stream import (
+    SEND_BUFFERS,
     TRAILER,
     BucketReceiver,
     BucketSender,
@@ -379,11 +380,13 @@ class SharedBucketReceiver:
 
 
 # ---- the choice where senders and receivers are built ---------------------------------------------------------
-def open_sender(group: StreamGroup, plan: StreamPlan, device: Any) -> BucketSender | SharedBucketSender:
-    """The session's sender: shared buffers for an ``ipc`` session, the collective's broadcast otherwise."""
+def open_sender(group: StreamGroup, plan: StreamPlan, device: Any,
+                buffers: int = SEND_BUFFERS) -> BucketSender | SharedBucketSender:
+    """The session's sender: shared buffers for an ``ipc`` session (two, written by packing only: its ack order
+    leaves no room to hand one out ahead), the collective's broadcast from ``buffers`` buffers otherwise."""
     if group.backend == "ipc":
         return SharedBucketSender(group, plan, device)
-    return BucketSender(group, plan, device)
+    return BucketSender(group, plan, device, buffers=buffers)
 
 
 def open_receiver(group: StreamGroup, plan: StreamPlan, private: bool = True

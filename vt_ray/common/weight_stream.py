@@ -199,16 +199,25 @@ def _checksum(payload: Any) -> Any:
     return payload.view(torch.int64).sum()
 
 
+def _in_place(tensor: Any, slot: Any) -> bool:
+    """``tensor`` already is ``slot`` (same memory, dtype, shape and strides): a gatherer wrote it there."""
+    return bool(tensor.data_ptr() == slot.data_ptr() and tensor.dtype == slot.dtype
+                and tensor.device == slot.device and tensor.stride() == slot.stride())
+
+
 def pack_bucket(buf: Any, bucket: Bucket, index: int, tensors: Iterable[Any]) -> None:
     """Copy bucket ``index``'s ``tensors`` (the plan's order and shapes, any device and float width: each is cast
-    into the plan's dtype) into ``buf`` and append the checksum; a tensor is released once copied. A tensor the
-    plan does not describe fails naming bucket and tensor."""
+    into the plan's dtype) into ``buf`` and append the checksum; a tensor is released once copied, and one that
+    already sits in its place in ``buf`` (the shard gather received it there) is not copied. A tensor the plan
+    does not describe fails naming bucket and tensor."""
     for spec, tensor in zip(bucket.tensors, tensors, strict=True):
         target = getattr(torch, spec.dtype)
         if tuple(tensor.shape) != spec.shape or tensor.is_floating_point() != target.is_floating_point:
             raise WeightStreamError(f"tensor {spec.name!r} is {tensor.dtype} {list(tensor.shape)}, the plan "
                                     f"says {spec.dtype} {list(spec.shape)}", index, spec.name)
-        buf[spec.offset: spec.offset + spec.nbytes].view(target).view(spec.shape).copy_(tensor)
+        slot = buf[spec.offset: spec.offset + spec.nbytes].view(target).view(spec.shape)
+        if not _in_place(tensor, slot):
+            slot.copy_(tensor)
         del tensor
     buf[bucket.nbytes:].view(torch.int64)[0] = _checksum(buf[: bucket.nbytes])
 
@@ -222,36 +231,67 @@ def verify_bucket(buf: Any, bucket: Bucket, index: int, count: int) -> None:
                                 "stream is refused from there on", index, first)
 
 
-class BucketSender:
-    """Rank 0's side: pack tensors into one of two reused buffers while the other is on the wire. The two
-    buffers come from ``ring`` (the process's ``send`` ring unless given), so the next sync finds them faulted
-    in; a bucket larger than they are (one oversized tensor) gets a buffer of its own."""
+SEND_BUFFERS = 2
+"""Send buffers a sender packs into in turn: one being packed while the other is on the wire."""
+SEND_BUFFERS_AHEAD = 3
+"""Send buffers when a gatherer writes the next bucket straight into its send buffer (:meth:`BucketSender.buffer`)
+while this one is packed: that one, this one, and the one before still on the wire."""
 
-    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any, ring: BufferRing | None = None) -> None:
+
+class BucketSender:
+    """Rank 0's side: pack tensors into one of ``buffers`` reused buffers while the others are on the wire. The
+    buffers come from ``ring`` (the process's ``send`` ring unless given), so the next sync finds them faulted
+    in; a bucket larger than they are (one oversized tensor) gets a buffer of its own. A gatherer may ask for a
+    bucket's buffer ahead (:meth:`buffer`) and write tensors straight into their places: those are not copied
+    again."""
+
+    def __init__(self, group: StreamGroup, plan: StreamPlan, device: Any, ring: BufferRing | None = None,
+                 buffers: int = SEND_BUFFERS) -> None:
         self.group, self.plan, self.device = group, plan, device
         ring = ring if ring is not None else process_ring("send")
         self._keep = keep_bytes(plan)
-        self._buffers = [ring.acquire(self._keep, self._keep, device) for _ in range(2)]
-        self._work: list[Any] = [None, None]
+        self._buffers = [ring.acquire(self._keep, self._keep, device) for _ in range(buffers)]
+        self._work: list[Any] = [None] * buffers
+        self._ready: dict[int, torch.Tensor] = {}  # buffers handed out by buffer(), their bucket not yet sent
+        self._failed: Exception | None = None  # a send that failed (a receiver gone): raised by the next send
+
+    def buffer(self, index: int) -> torch.Tensor:
+        """The buffer (payload and trailer, uint8) bucket ``index`` will be sent from, free to be written: its
+        previous bucket has left. The same one until :meth:`send` sends it. Never raises for the wire: a gatherer
+        asks for it ahead, from code that must go on gathering with its peers; the failure of that previous send
+        is raised by the next :meth:`send` (the sync is lost anyway, so what is written then does not matter)."""
+        if index not in self._ready:
+            slot = index % len(self._buffers)
+            if self._work[slot] is not None:
+                try:
+                    self._work[slot].wait()  # that buffer's previous bucket has left
+                except Exception as err:
+                    self._failed = self._failed or err
+                self._work[slot] = None
+            need = self.plan.buckets[index].nbytes + TRAILER
+            self._ready[index] = (self._buffers[slot][:need] if need <= self._keep
+                                  else torch.empty(need, dtype=torch.uint8, device=self.device))
+        return self._ready[index]
 
     def send(self, index: int, tensors: Iterable[Any],
              corrupt: Callable[[int, Any], None] | None = None) -> None:
         """Send bucket ``index`` holding ``tensors`` (in the plan's order and shapes, any device and float
-        width: each is cast into the plan's dtype as it is copied into the buffer). ``tensors`` may be a
-        generator: each tensor is released once copied, so the sender holds two buffers and one tensor."""
+        width: each is cast into the plan's dtype as it is copied into the buffer, unless it already is its
+        place there). ``tensors`` may be a generator: each tensor is released once copied, so the sender holds
+        its buffers and one tensor."""
         bucket = self.plan.buckets[index]
-        slot = index % 2
-        if self._work[slot] is not None:
-            self._work[slot].wait()  # that buffer's previous bucket has left
-        need = bucket.nbytes + TRAILER
-        buf = (self._buffers[slot][:need] if need <= self._keep
-               else torch.empty(need, dtype=torch.uint8, device=self.device))
+        buf = self.buffer(index)
+        del self._ready[index]
+        if self._failed is not None:
+            raise self._failed
         pack_bucket(buf, bucket, index, tensors)
         if corrupt is not None:  # tests: a fault after the checksum, as a bad wire or a bad copy would be
             corrupt(index, buf)
-        self._work[slot] = self.group.broadcast(buf)
+        self._work[index % len(self._buffers)] = self.group.broadcast(buf)
 
     def finish(self) -> None:
+        if self._failed is not None:
+            raise self._failed
         for work in self._work:
             if work is not None:
                 work.wait()
@@ -261,7 +301,8 @@ class BucketSender:
         bucket fails now ("connection closed") rather than after the session's timeout."""
         import gc
 
-        self._work = [None, None]
+        self._work = [None] * len(self._buffers)
+        self._ready = {}
         self.group.close()
         gc.collect()  # the process group's destructor is what closes the sockets
 
@@ -395,7 +436,7 @@ class BufferRing:
             self._kept = []
 
 
-_PROCESS_RINGS = {"receive": BufferRing(), "send": BufferRing(2), "staging": BufferRing(2)}
+_PROCESS_RINGS = {"receive": BufferRing(), "send": BufferRing(SEND_BUFFERS_AHEAD), "staging": BufferRing(2)}
 
 
 def keep_bytes(plan: StreamPlan) -> int:
@@ -407,7 +448,8 @@ def keep_bytes(plan: StreamPlan) -> int:
 
 def process_ring(role: str = "receive") -> BufferRing:
     """This process's bucket buffers for ``role``, kept between syncs: ``receive`` (an engine worker's, three),
-    ``send`` (a sender's two) and ``staging`` (learner rank 0's two shard-gather buffers). What they hold between
+    ``send`` (a sender's two, three when the shard gather writes into them) and ``staging`` (learner rank 0's
+    two shard-gather buffers, used when the gather cannot write into the send buffers). What they hold between
     syncs is what a fresh allocation would fault in again at the next one."""
     return _PROCESS_RINGS[role]
 

@@ -3,11 +3,19 @@
 ``DTensor.full_tensor()`` per tensor is one blocking all-gather per tensor: hundreds of collectives per sync,
 each sending every shard to every rank although only rank 0 sends the bucket on. Here, per bucket, every other
 rank posts one point-to-point send per local ``Shard(0)`` piece (no copy), and rank 0 posts the matching
-receives straight into the piece's place in a staging buffer laid out tensor after tensor (each tensor's
+receives straight into the piece's place in a buffer laid out tensor after tensor (each tensor's
 ``torch.chunk`` pieces in rank order, so the full tensor is a view) and copies its own pieces in. Everything is
 posted at once, and the next bucket's transfer before this bucket is handed to the sender, so it overlaps rank
-0's packing and broadcast. Only rank 0 receives; the staging buffers (two) are reused bucket after bucket: a
-fresh large buffer costs its page faults on every bucket. On this machine gloo's gather and all-gather ran at
+0's packing and broadcast. Only rank 0 receives.
+
+Which buffer: when the bucket goes on the wire in the dtype its tensors have (float32 learners feeding float32
+engines), rank 0 lays the pieces out exactly as the plan lays the bucket out (:func:`slot_span`) and receives
+them into the sender's own buffer for that bucket (``into``, :meth:`BucketSender.buffer`): the bucket is sent
+from where the pieces landed, with no second copy. Otherwise (a cast on the way, or a sender that cannot hand
+its buffer out ahead: ``ipc``) into one of two staging buffers of its own, tensor after tensor, from which the
+sender casts and packs; with a single rank there is nothing to receive, and its own full tensors go to the
+sender as they are. The buffers are reused bucket after bucket: a fresh large buffer costs its page faults on
+every bucket. On this machine gloo's gather and all-gather ran at
 0.2-0.5 GB/s on bucket-sized messages, its point-to-point messages at 1-2 GB/s (``benchmarks/weight_sync.py``
 measures the sender against the per-tensor one).
 
@@ -17,7 +25,7 @@ The layout (:func:`stage_layout`, :class:`ShardSpan`, :func:`place_piece`) works
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Shard
 
-from vt_ray.common.weight_stream import ALIGN, StreamPlan, process_ring
+from vt_ray.common.weight_stream import ALIGN, Bucket, StreamPlan, TensorSlot, process_ring
 
 
 def _aligned(n: int) -> int:
@@ -71,6 +79,18 @@ def stage_layout(shapes: Sequence[tuple[Sequence[int], int]], world: int) -> tup
     return spans, used
 
 
+def slot_span(slot: TensorSlot, world: int) -> ShardSpan:
+    """Where tensor ``slot`` (at least one dimension) and each rank's ``Shard(0)`` piece of it sit in the bucket's
+    send buffer, as the plan lays it out: a gather that places its pieces by these spans leaves the bucket packed."""
+    if not slot.shape:
+        raise ValueError(f"{slot.name}: a 0-dim tensor cannot be sharded on dim 0")
+    rows = slot.shape[0]
+    row_bytes = getattr(torch, slot.dtype).itemsize
+    for d in slot.shape[1:]:
+        row_bytes *= d
+    return ShardSpan(slot.offset, rows, row_bytes, -(-rows // world))
+
+
 def place_piece(staging: torch.Tensor, span: ShardSpan, rank: int, local: torch.Tensor) -> None:
     """Copy rank ``rank``'s local shard of one tensor into its place in ``staging``."""
     want = span.rank_rows(rank)
@@ -87,10 +107,11 @@ def _flat_shardable(tensor: Any, mesh: Any) -> bool:
 
 
 class _Posted:
-    """One bucket's transfer in flight: rank 0's staging buffer (``None`` elsewhere) and the pending messages."""
+    """One bucket's transfer in flight: rank 0's buffer (``None`` elsewhere, or with nothing to receive), where
+    each tensor sits in it, and the pending messages."""
 
-    def __init__(self, staging: torch.Tensor | None, works: list[Any]) -> None:
-        self.staging, self.works = staging, works
+    def __init__(self, staging: torch.Tensor | None, spans: dict[str, ShardSpan], works: list[Any]) -> None:
+        self.staging, self.spans, self.works = staging, spans, works
 
     def wait(self) -> torch.Tensor | None:
         for work in self.works:
@@ -105,14 +126,26 @@ class ShardGatherer:
     Tensors that are not ``Shard(0)`` DTensors over the 1-D ``mesh`` come as they are (plain tensors) or
     through their own ``full_tensor()``, in plan order on every rank. Collective over the mesh's group; buckets
     must be asked for in plan order, each iterator consumed before the next is asked for (``send_buckets`` does
-    both). Rank 0 holds two staging buffers (this bucket's and the next one's), reused bucket after bucket."""
+    both).
 
-    def __init__(self, state: dict[str, Any], plan: StreamPlan, mesh: Any, device: torch.device) -> None:
+    On rank 0, ``into`` (set by the sender's caller: ``BucketSender.buffer``) gives bucket ``i``'s send buffer;
+    with ``direct``, a bucket whose sharded tensors already have the plan's dtype is received straight into it
+    at the plan's offsets (the tensors yielded are views of the send buffer, which the sender then does not copy),
+    and a single rank yields its own tensors for the others (nothing to receive). Every other bucket goes through
+    one of rank 0's two staging buffers, reused bucket after bucket (without ``direct``: every bucket, as the
+    sender before did)."""
+
+    def __init__(self, state: dict[str, Any], plan: StreamPlan, mesh: Any, device: torch.device,
+                 direct: bool = True) -> None:
         self.state, self.plan, self.mesh, self.device = state, plan, mesh, device
         self.group = mesh.get_group()
         self.rank, self.world = dist.get_rank(self.group), dist.get_world_size(self.group)
+        self.into: Callable[[int], torch.Tensor] | None = None
         self._names = [[slot.name for slot in bucket.tensors] for bucket in plan.buckets]
+        self._flat = {n for names in self._names for n in names if _flat_shardable(state[n], mesh)}
         self._layouts = [self._layout(names) for names in self._names]
+        self.direct = direct
+        self._direct = [direct and self._same_dtype(bucket) for bucket in plan.buckets]
         self._next = 0  # the bucket the next call must ask for
         self._posted: dict[int, _Posted] = {}
         self._ring = process_ring("staging")  # two staging buffers, reused bucket after bucket and sync after sync
@@ -123,8 +156,18 @@ class ShardGatherer:
                   if (bucket.nbytes <= plan.bucket_bytes if plan.bucket_bytes else len(bucket.tensors) > 1)]
         self._size = max(within, default=0)
 
+    @property
+    def writes_into_sender(self) -> bool:
+        """Whether some bucket would be received straight into its send buffer, given ``into``."""
+        return any(self._direct)
+
+    def _same_dtype(self, bucket: Bucket) -> bool:
+        """Every sharded tensor of ``bucket`` goes on the wire in its own dtype: its pieces can land in place."""
+        return all(str(self.state[slot.name].dtype).removeprefix("torch.") == slot.dtype
+                   for slot in bucket.tensors if slot.name in self._flat)
+
     def _layout(self, names: list[str]) -> tuple[dict[str, ShardSpan], int]:
-        flat = [n for n in names if _flat_shardable(self.state[n], self.mesh)]
+        flat = [n for n in names if n in self._flat]
         spans, size = stage_layout([(tuple(self.state[n].shape), self.state[n].dtype.itemsize) for n in flat],
                                    self.world)
         return dict(zip(flat, spans, strict=True)), size
@@ -136,7 +179,16 @@ class ShardGatherer:
     def _post(self, index: int) -> None:
         """Rank 0 posts a receive per piece straight into its place and copies its own; the others send."""
         spans, size = self._layouts[index]
-        staging = self._staging(size) if self.rank == 0 else None
+        staging: torch.Tensor | None = None
+        if self.rank == 0 and self.into is not None and self._direct[index]:
+            staging = self.into(index)  # the send buffer itself, laid out as the plan says
+            spans = {slot.name: slot_span(slot, self.world) for slot in self.plan.buckets[index].tensors
+                     if slot.name in spans}
+        elif self.rank == 0 and (self.world > 1 or not self.direct):
+            staging = self._staging(size)
+        elif self.rank == 0:  # a single rank: its shards are the full tensors, handed to the sender as they are
+            self._posted[index] = _Posted(None, {}, [])
+            return
         works = []
         for name, span in spans.items():
             local = self.state[name].to_local().to(self.device)  # a no-op unless the shards are offloaded to CPU
@@ -150,7 +202,7 @@ class ShardGatherer:
                                      f"{span.rows} rows gives it {span.rank_rows(self.rank)}")
                 works.append(dist.isend(local.contiguous().view(-1).view(torch.uint8), group=self.group,
                                         group_dst=0))
-        self._posted[index] = _Posted(staging, works)
+        self._posted[index] = _Posted(staging, spans, works)
 
     def __call__(self, names: list[str]) -> Iterator[torch.Tensor]:
         index = self._next
@@ -164,11 +216,13 @@ class ShardGatherer:
         return self._bucket(index)
 
     def _bucket(self, index: int) -> Iterator[torch.Tensor]:
-        spans, _ = self._layouts[index]
-        staging = self._posted.pop(index).wait()
+        posted = self._posted.pop(index)
+        staging = posted.wait()
         for name in self._names[index]:
             tensor = self.state[name]
-            if name in spans:
-                yield tensor.to_local() if staging is None else spans[name].full(staging, tensor.dtype, tensor.shape)
-            else:
+            if name not in self._flat:
                 yield tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # its own collective
+            elif staging is None:  # another rank's own piece (it only sends), or a single rank's full tensor
+                yield tensor.to_local()
+            else:
+                yield posted.spans[name].full(staging, tensor.dtype, tensor.shape)

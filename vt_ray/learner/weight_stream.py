@@ -2,8 +2,9 @@
 shards one bucket at a time and have rank 0 broadcast each bucket to the engines
 (:mod:`vt_ray.common.weight_stream` is the wire). No rank ever holds the whole model: a bucket's full tensors
 exist on rank 0 only while that bucket is packed (:mod:`vt_ray.learner.shard_gather` moves each bucket's shards
-in one flat transfer, the next bucket's while this one is sent), and rank 0 keeps two send buffers that it
-reuses across buckets and syncs.
+in one flat transfer, the next bucket's while this one is sent, straight into the send buffer when no cast is
+needed), and rank 0 keeps its send buffers (two, three when the gather writes into them) across buckets and
+syncs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from torch.distributed.tensor import DTensor
 
 from vt_ray.common.weight_share import SharedBucketSender, open_sender
 from vt_ray.common.weight_stream import (
+    SEND_BUFFERS,
+    SEND_BUFFERS_AHEAD,
     BucketSender,
     StreamGroup,
     StreamPlan,
@@ -49,10 +52,12 @@ def plan_policy(model: torch.nn.Module, dtype: torch.dtype, bucket_bytes: int) -
     return plan_buckets(specs, bucket_bytes)
 
 
-GATHERS = ("flat", "per_tensor")
+GATHERS = ("flat", "staged", "per_tensor")
 """How :func:`send_policy` gathers FSDP2 shards: ``flat`` (one transfer per bucket onto rank 0,
-:mod:`vt_ray.learner.shard_gather`) or ``per_tensor`` (one ``full_tensor()`` all-gather per tensor, the
-earlier sender; ``benchmarks/weight_sync.py`` measures both)."""
+:mod:`vt_ray.learner.shard_gather`, straight into the send buffer where no cast is needed), ``staged`` (the
+same always through rank 0's staging buffers, then copied into the send buffer: the sender before that) or
+``per_tensor`` (one ``full_tensor()`` all-gather per tensor, the earlier sender; ``benchmarks/weight_sync.py``
+measures them side by side)."""
 
 
 def send_policy(model: torch.nn.Module, plan: StreamPlan, session: StreamSession | None, rank: int,
@@ -63,8 +68,9 @@ def send_policy(model: torch.nn.Module, plan: StreamPlan, session: StreamSession
     mesh = next((t.device_mesh for t in state.values() if isinstance(t, DTensor) and t.device_mesh.ndim == 1), None)
     if gather not in GATHERS:
         raise ValueError(f"gather must be one of {GATHERS}, got {gather!r}")
-    if gather == "flat" and mesh is not None:
-        return send_buckets(ShardGatherer(state, plan, mesh, device), plan, session, rank, device, corrupt, store)
+    if gather in ("flat", "staged") and mesh is not None:
+        gatherer = ShardGatherer(state, plan, mesh, device, direct=gather == "flat")
+        return send_buckets(gatherer, plan, session, rank, device, corrupt, store)
 
     def gathered(names: list[str]) -> Iterator[torch.Tensor]:
         for name in names:
@@ -81,6 +87,7 @@ def send_buckets(gathered: Callable[[list[str]], Iterator[torch.Tensor]], plan: 
     the full tensors of those names, in order, running the backend's collectives as it goes); a rank given a
     ``session`` (rank 0; with ``ipc`` sessions every rank that has engines on its GPU or node) casts them to the
     plan's dtypes and delivers the bucket: a broadcast, or shared buffers (:mod:`vt_ray.common.weight_share`).
+    A :class:`ShardGatherer` that can is given the broadcast's send buffers to gather into (no second copy).
     Returns this rank's timings: the group join, gathering and packing (``pack_s``) and the time left waiting on
     the wire (``wire_wait_s``)."""
     import time
@@ -89,11 +96,16 @@ def send_buckets(gathered: Callable[[list[str]], Iterator[torch.Tensor]], plan: 
     started = time.perf_counter()
     sender: BucketSender | SharedBucketSender | None = None
     failure: Exception | None = None
+    ahead = isinstance(gathered, ShardGatherer) and gathered.writes_into_sender
     if session is not None:
         try:
-            sender = open_sender(StreamGroup(session, 0, store), plan, device)
+            sender = open_sender(StreamGroup(session, 0, store), plan, device,
+                                 SEND_BUFFERS_AHEAD if ahead else SEND_BUFFERS)
         except Exception as err:  # an engine never joined: keep gathering with the peers, then raise
             failure = err
+    if ahead and isinstance(sender, BucketSender):  # not ipc: its ack order leaves no buffer free ahead
+        assert isinstance(gathered, ShardGatherer)
+        gathered.into = sender.buffer
     timings["join_s"] = time.perf_counter() - started
     with torch.no_grad():
         for index, bucket in enumerate(plan.buckets):
@@ -105,6 +117,8 @@ def send_buckets(gathered: Callable[[list[str]], Iterator[torch.Tensor]], plan: 
                 except Exception as err:  # a receiver died mid-stream: rank 0 must not leave the all-gathers
                     failure = err
                     sender.abort()  # but the engines still waiting fail now, not after weight_sync_timeout_s
+                    if isinstance(gathered, ShardGatherer):
+                        gathered.into = None  # the rest of the gathers into staging buffers
             for _ in tensors:  # every rank takes part in every all-gather (other ranks, and rank 0 after a failure)
                 pass
             timings["pack_s"] += time.perf_counter() - t0

@@ -186,7 +186,8 @@ def test_weights_stream_from_two_fsdp_ranks_to_engines_bit_for_bit_and_survive_a
     for bit; an engine killed mid-stream is restarted and the group streams again; a bucket corrupted on the
     wire makes both attempts fail, the error names rank and tensor and the group refuses to generate until a
     complete sync; a restarted engine catches up with a stream of its own. Then the same through shared buffers
-    (``ipc``): bit-equal states, a corrupted bucket refused by both engines, no shared-memory segment left."""
+    (``ipc``): bit-equal states, a corrupted bucket refused by both engines, no shared-memory segment left; and a
+    bfloat16 plan (rank 0 casts through its staging buffers, where float32 shards land in its send buffers)."""
     import os
 
     from vt_ray.learner.group import LearnerGroup
@@ -269,6 +270,15 @@ def test_weights_stream_from_two_fsdp_ranks_to_engines_bit_for_bit_and_survive_a
         assert info.value.rank == 0 and info.value.tensor in {t[0] for b in plan["buckets"] for t in b["tensors"]}
         assert rollout.weight_versions() == [UNKNOWN_VERSION, UNKNOWN_VERSION]
         assert set(SHM_DIR.glob(f"{SHM_PREFIX}*")) == segments  # unlinked after the good and the failed syncs
+
+        # a bfloat16 plan from float32 learners: no shard lands in a send buffer, rank 0 casts from its staging
+        set_env(learner.actors[0], VT_RAY_CORRUPT_AT=None)
+        plan16 = learner.weight_plan("bfloat16", cfg.rollout.weight_bucket_mb)
+        rollout.attach_weight_source(learner, plan16, "gloo")
+        rollout.stream_weights(6)
+        assert rollout.weight_versions() == [6, 6]
+        for state in engine_states():
+            assert all(torch.equal(state[k], v.bfloat16().float()) for k, v in want.items())
     finally:
         rollout.shutdown()
         learner.shutdown()

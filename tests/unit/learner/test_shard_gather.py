@@ -1,15 +1,17 @@
 """The staging layout of the streamed sync's shard gather (vt_ray.learner.shard_gather), on plain tensors:
 every rank's ``Shard(0)`` piece (``torch.chunk``, as FSDP2 splits parameters) placed where the layout says
 rebuilds each full tensor bit for bit, with uneven and empty pieces, mixed dtypes and a tensor larger than a
-bucket; the transfer itself runs in the integration tests (two FSDP2 ranks)."""
+bucket; pieces placed by the plan's own layout (``slot_span``) leave the bucket exactly as the sender packs it
+(the gather then writes straight into the send buffer); the transfer itself runs in the integration tests (two
+FSDP2 ranks)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vt_ray.common.weight_stream import ALIGN
-from vt_ray.learner.shard_gather import ShardSpan, place_piece, stage_layout
+from vt_ray.common.weight_stream import ALIGN, TRAILER, pack_bucket, plan_buckets
+from vt_ray.learner.shard_gather import ShardSpan, place_piece, slot_span, stage_layout
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -51,3 +53,29 @@ def test_a_piece_of_the_wrong_size_and_a_0_dim_tensor_are_refused() -> None:
         place_piece(staging, span, 1, torch.zeros(4, 3))
     with pytest.raises(ValueError, match="0-dim"):
         stage_layout([((), 4)], 2)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_pieces_placed_by_the_plans_layout_leave_the_bucket_packed_bit_for_bit(world: int) -> None:
+    tensors = _tensors()
+    plan = plan_buckets([(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in tensors.items()],
+                        1 << 20)  # one bucket: every tensor at its plan offset
+    bucket = plan.buckets[0]
+    want = torch.zeros(bucket.nbytes + TRAILER, dtype=torch.uint8)
+    pack_bucket(want, bucket, 0, tensors.values())  # the sender's own copy of every tensor
+    buf = torch.full_like(want, 0xAB)  # garbage where nothing is placed (alignment padding)
+    views = []
+    for slot, tensor in zip(bucket.tensors, tensors.values(), strict=True):
+        span = slot_span(slot, world)
+        pieces = list(torch.chunk(tensor, world, dim=0))
+        pieces += [tensor[:0]] * (world - len(pieces))
+        for rank, piece in enumerate(pieces):
+            place_piece(buf, span, rank, piece)
+        views.append(span.full(buf, tensor.dtype, tensor.shape))
+    for slot in bucket.tensors:  # the padding is the only difference left
+        want[slot.offset + slot.nbytes: slot.offset + -(-slot.nbytes // ALIGN) * ALIGN] = 0xAB
+    pack_bucket(want, bucket, 0, tensors.values())  # checksum over the same padding
+    pack_bucket(buf, bucket, 0, views)  # in place: nothing to copy, the checksum appended
+    assert torch.equal(buf, want)
+    with pytest.raises(ValueError, match="0-dim"):
+        slot_span(plan_buckets([("scalar", (), "float32")], 64).buckets[0].tensors[0], world)

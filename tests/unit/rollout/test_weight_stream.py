@@ -22,6 +22,7 @@ from stream_helpers import mixed_tensors, plan_of, stream_to  # tests/ is on sys
 from vt_ray.common.weight_stream import (
     ALIGN,
     RING_BUFFERS,
+    SEND_BUFFERS_AHEAD,
     BucketReceiver,
     BucketSender,
     BufferRing,
@@ -64,11 +65,28 @@ def test_plan_keeps_order_aligns_every_tensor_and_never_splits_one() -> None:
         plan_buckets([("odd", (2,), "complex64")], 1024)
 
 
+def _written_ahead(sender: BucketSender, plan: StreamPlan, index: int, tensors: dict[str, torch.Tensor]
+                   ) -> list[torch.Tensor]:
+    """What the shard gather does with a bucket that needs no cast: write each floating tensor straight into its
+    place in the bucket's send buffer (asked for ahead) and hand over views of it; other tensors as they are."""
+    buf = sender.buffer(index)
+    out = []
+    for slot in plan.buckets[index].tensors:
+        tensor = tensors[slot.name]
+        if tensor.is_floating_point():
+            place = buf[slot.offset: slot.offset + slot.nbytes].view(tensor.dtype).view(tensor.shape)
+            place.copy_(tensor)
+            tensor = place
+        out.append(tensor)
+    return out
+
+
 def _stream(tensors: dict[str, torch.Tensor], plan: StreamPlan, receivers: int,
             consume: Callable[[BucketReceiver, int], Any], corrupt: Callable[[int, torch.Tensor], None] | None = None,
-            ring: BufferRing | None = None) -> tuple[dict[int, Any], dict[int, BaseException]]:
+            ring: BufferRing | None = None, ahead: bool = False) -> tuple[dict[int, Any], dict[int, BaseException]]:
     """Rank 0 sends ``tensors`` to ``receivers`` threads (their buffers from ``ring``, the process's by default);
-    ``consume(receiver, rank)`` is each one's result."""
+    ``consume(receiver, rank)`` is each one's result. ``ahead``: the sender's buffers are written as the shard
+    gather writes them, the next bucket's before this one is sent (three send buffers)."""
     session = StreamSession("127.0.0.1", free_port(), "test", 1 + receivers, timeout_s=30)
     results: dict[int, Any] = {}
     errors: dict[int, BaseException] = {}
@@ -84,9 +102,13 @@ def _stream(tensors: dict[str, torch.Tensor], plan: StreamPlan, receivers: int,
     threads = [threading.Thread(target=receive, args=(r,)) for r in range(1, 1 + receivers)]
     for t in threads:
         t.start()
-    sender = BucketSender(StreamGroup(session, 0), plan, "cpu")
+    sender = BucketSender(StreamGroup(session, 0), plan, "cpu", buffers=SEND_BUFFERS_AHEAD if ahead else 2)
+    count = len(plan.buckets)
+    written = {0: _written_ahead(sender, plan, 0, tensors)} if ahead and count else {}
     for index, bucket in enumerate(plan.buckets):
-        sender.send(index, [tensors[t.name] for t in bucket.tensors], corrupt)
+        if ahead and index + 1 < count:
+            written[index + 1] = _written_ahead(sender, plan, index + 1, tensors)  # before this bucket leaves
+        sender.send(index, written.pop(index) if ahead else [tensors[t.name] for t in bucket.tensors], corrupt)
     sender.finish()
     for t in threads:
         t.join(timeout=60)
@@ -98,9 +120,10 @@ def _copy_all(receiver: BucketReceiver, rank: int) -> dict[str, torch.Tensor]:
     return {name: t.clone() for name, t in receiver.tensors()}
 
 
-def test_every_receiver_gets_every_tensor_bit_for_bit() -> None:
+@pytest.mark.parametrize("ahead", [False, True], ids=["packed", "written_into_send_buffers"])
+def test_every_receiver_gets_every_tensor_bit_for_bit(ahead: bool) -> None:
     tensors = _tensors()
-    results, errors = _stream(tensors, _plan(tensors), 2, _copy_all)
+    results, errors = _stream(tensors, _plan(tensors), 2, _copy_all, ahead=ahead)
     # a float32 master sent under a bfloat16 plan is cast as it is packed (the learner feeding a bf16 engine)
     wide = {"w": torch.randn(40, 3, generator=torch.Generator().manual_seed(1))}
     cast, cast_errors = _stream(wide, plan_buckets([("w", (40, 3), "bfloat16")], 4096), 1, _copy_all)
@@ -114,7 +137,8 @@ def test_every_receiver_gets_every_tensor_bit_for_bit() -> None:
             assert torch.equal(got.view(-1).view(torch.uint8), want.view(-1).view(torch.uint8)), name
 
 
-def test_a_corrupted_bucket_is_refused_by_every_receiver_naming_bucket_and_tensor() -> None:
+@pytest.mark.parametrize("ahead", [False, True], ids=["packed", "written_into_send_buffers"])
+def test_a_corrupted_bucket_is_refused_by_every_receiver_naming_bucket_and_tensor(ahead: bool) -> None:
     tensors = _tensors()
     plan = _plan(tensors)
     bad = len(plan.buckets) // 2
@@ -129,7 +153,7 @@ def test_a_corrupted_bucket_is_refused_by_every_receiver_naming_bucket_and_tenso
         for name, _ in receiver.tensors():
             seen[rank].append(name)
 
-    results, errors = _stream(tensors, plan, 2, consume, corrupt=flip)
+    results, errors = _stream(tensors, plan, 2, consume, corrupt=flip, ahead=ahead)
     first = plan.buckets[bad].tensors[0].name
     for rank in (1, 2):
         err = errors[rank]
