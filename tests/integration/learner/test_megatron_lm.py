@@ -519,8 +519,11 @@ def _bf16_learners(rank: int, model_dir: str) -> dict[str, Any]:
     assert shard is not None
     out: dict[str, Any] = {}
     for backend in ("fsdp2", "megatron"):
+        # the Megatron run with its own vision tower and sequence parallelism too: each composes with bf16 (the
+        # tower cast whole, as the HF one; a bf16 params_dtype alone left its norms and patch embedding float32)
         cfg = load_config(None, [f"model.path={model_dir}", *BF16_OVERRIDES, f"learner.backend={backend}",
-                                 "learner.megatron.tensor_parallel_size=2"])
+                                 "learner.megatron.tensor_parallel_size=2", "learner.megatron.vision_impl=megatron",
+                                 "learner.megatron.sequence_parallel=true"])
         worker: Any = (MegatronWorker if backend == "megatron" else LearnerWorker)(LearnerRoleConfig.of(cfg), rank,
                                                                                    WORLD)
         started = time.perf_counter()

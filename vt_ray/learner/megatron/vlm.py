@@ -79,9 +79,26 @@ class MegatronVL(torch.nn.Module):
         if vision_impl == "megatron":
             from vt_ray.learner.megatron import vision
 
-            tower = vision.build_vision_model(self.hf_config, tensor_parallel, dtype=dtype, use_te=use_te)
-            load_hf_weights(tower, self.bridge, checkpoint, prefix=vision.PREFIX, float32_copies=float32)
-            return tower
+            # built and loaded in float32, then cast whole as the HF tower is: megatron's local RMSNorm and
+            # mbridge's patch embedding stay float32 under a bf16 params_dtype, and their float32 outputs would
+            # meet bf16 linears
+            tower = vision.build_vision_model(self.hf_config, tensor_parallel, use_te=use_te)
+            load_hf_weights(tower, self.bridge, checkpoint, prefix=vision.PREFIX)
+        elif vision_impl == "hf":
+            from vt_ray.models.hf_load import load_vl_model
+
+            # The tower from transformers' own loader (same module and attention as the FSDP2 learner). It reads
+            # the whole checkpoint once at setup (vision_impl megatron reads only ``visual.*``).
+            tower = load_vl_model(path, torch.float32).model.visual
+            if recompute is not None:  # the tower's blocks recompute too (transformers' own, as the FSDP2 learner)
+                enable = tower.gradient_checkpointing_enable  # a transformers PreTrainedModel method
+                enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            raise ValueError(f"learner.megatron.vision_impl: {vision_impl!r} (hf | megatron)")
+        if dtype != torch.float32:  # the masters keep the checkpoint's float32 values
+            float32.update((id(p), p.detach()) for p in tower.parameters())  # .to() replaces p.data
+            tower.to(dtype)
+        return tower
         if vision_impl != "hf":
             raise ValueError(f"learner.megatron.vision_impl: {vision_impl!r} (hf | megatron)")
         from vt_ray.models.hf_load import load_vl_model
