@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_megatron_backend import OVERRIDES, STEPS, TOL, grpo_batch, run_learner
+from test_megatron_backend import OVERRIDES, STEPS, TOL, grpo_batch, run_learner, step_across_a_resume
 
 from vt_ray.config.loader import load_config
 from vt_ray.config.roles import LearnerRoleConfig
@@ -98,12 +98,7 @@ def test_layout(ray_cluster, tiny_model_dir: Path, tied_dir: Path, four_layer_di
         calls_s = time.perf_counter() - t1
         probe = learner.probe_logprobs("a short probe text") if hasattr(learner, "probe_logprobs") else None
         hf_dir = learner.save_hf(str(tmp_path / "hf"), "float32")
-        learner.save_checkpoint(str(tmp_path / "ckpt"), {"data_position": 3})
-        first = learner.train_step(batch, "sft")
-        first_weights = learner.export_state_dict("float32")
-        assert learner.load_checkpoint(str(tmp_path / "ckpt")) == {"data_position": 3}
-        again = learner.train_step(batch, "sft")
-        again_weights = learner.export_state_dict("float32")
+        first, first_weights, again, again_weights = step_across_a_resume(learner, batch, tmp_path / "ckpt", 3)
     finally:
         learner.shutdown()
     measured = {key: (meg[key] - fsdp[key]).abs().max().item() for key in ("ref", "old", "after")}

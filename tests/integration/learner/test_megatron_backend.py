@@ -77,6 +77,21 @@ def run_learner(learner: Any, batch: TrainBatch, group: bool) -> dict[str, Any]:
     return out
 
 
+Weights = dict[str, torch.Tensor]
+
+
+def step_across_a_resume(learner: Any, batch: TrainBatch, ckpt: Path, position: int
+                         ) -> tuple[dict[str, float], Weights, dict[str, float], Weights]:
+    """A checkpoint, an SFT step, the checkpoint loaded, the same step again: (the first step's metrics, the
+    weights after it, the repeated step's metrics, the weights after that)."""
+    learner.save_checkpoint(str(ckpt), {"data_position": position})
+    first = learner.train_step(batch, "sft")
+    first_weights = learner.export_state_dict("float32")
+    assert learner.load_checkpoint(str(ckpt)) == {"data_position": position}
+    again = learner.train_step(batch, "sft")
+    return first, first_weights, again, learner.export_state_dict("float32")
+
+
 @pytest.fixture(scope="module")
 def fsdp2_run(tiny_model_dir: Path) -> dict[str, Any]:
     """The in-process FSDP2 worker's log-probs, GRPO and SFT steps and weights on :func:`grpo_batch`: the
@@ -131,12 +146,7 @@ def test_megatron_tp2_matches_fsdp2_streams_saves_and_resumes(ray_cluster, tiny_
         engine = ray_cluster.get(rollout.actors[0].__ray_call__.remote(lambda w: w.engine.model.state_dict()))
         hf_dir = learner.save_hf(str(tmp_path / "hf"), "float32")
         # resume: a checkpoint, a step, the checkpoint loaded, the same step again
-        learner.save_checkpoint(str(tmp_path / "ckpt"), {"data_position": 7})
-        first = learner.train_step(batch, "sft")
-        first_weights = learner.export_state_dict("float32")
-        assert learner.load_checkpoint(str(tmp_path / "ckpt")) == {"data_position": 7}
-        again = learner.train_step(batch, "sft")
-        resumed_weights = learner.export_state_dict("float32")
+        first, first_weights, again, resumed_weights = step_across_a_resume(learner, batch, tmp_path / "ckpt", 7)
     finally:
         rollout.shutdown()
         learner.shutdown()
