@@ -99,21 +99,6 @@ class MegatronVL(torch.nn.Module):
             float32.update((id(p), p.detach()) for p in tower.parameters())  # .to() replaces p.data
             tower.to(dtype)
         return tower
-        if vision_impl != "hf":
-            raise ValueError(f"learner.megatron.vision_impl: {vision_impl!r} (hf | megatron)")
-        from vt_ray.models.hf_load import load_vl_model
-
-        # The tower from transformers' own loader (same module and attention as the FSDP2 learner). It reads the
-        # whole checkpoint once at setup (vision_impl megatron reads only ``visual.*``). Loaded in float32 and
-        # cast, so its masters keep the checkpoint's values.
-        tower = load_vl_model(path, torch.float32).model.visual
-        if recompute is not None:  # the tower's blocks recompute too (transformers' own, as the FSDP2 learner)
-            enable = tower.gradient_checkpointing_enable  # a transformers PreTrainedModel method
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if dtype != torch.float32:
-            float32.update((id(p), p.detach()) for p in tower.parameters())  # .to() replaces p.data
-            tower.to(dtype)
-        return tower
 
     def megatron_parts(self) -> dict[str, tuple[torch.nn.Module, str]]:
         """The Megatron modules on this rank, by attribute (``lm``, and ``visual`` when it is the Megatron
