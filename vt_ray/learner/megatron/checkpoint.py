@@ -117,8 +117,8 @@ def _sharded_state(vl: MegatronVL, optimizer: torch.optim.Optimizer) -> tuple[di
 
 
 def _optim_common(keys: dict[int, str], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """What is not a tensor: each parameter's AdamW step counter (by global key, :func:`_param_keys`) and the
-    group hyperparameters."""
+    """What is not a tensor: each parameter's AdamW step counter (by global key, ``keys`` from
+    :func:`_sharded_state`) and the group hyperparameters."""
     state = optimizer.state_dict()
     return {"steps": {keys[i]: float(s["step"]) for i, s in state["state"].items()},
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]}
