@@ -19,6 +19,7 @@ import torch
 
 from vt_ray.common.timeouts import ActorInfo
 from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.step_batch import StepCall
 
 
 @runtime_checkable
@@ -51,6 +52,27 @@ class LearnerBackend(Protocol):
     def train_step(self, shard: TrainBatch, num_micro: int, loss_name: str = "sft") -> dict[str, float]:
         """One optimizer step over the whole mini-batch (every rank runs ``num_micro`` micro-batches);
         metrics of the mini-batch, the same on every rank."""
+        ...
+
+    # A training step's batch, sent once per step (vt_ray.learner.step_batch): RankCommon
+    # (vt_ray/learner/rank_common.py) has these four on top of compute_logprobs/train_step; a backend of its own
+    # inherits them or writes them.
+    def cache_step(self, step: str, shard: TrainBatch) -> None:
+        """Hold this rank's shard of the training step ``step`` for the step's later calls."""
+        ...
+
+    def step_logprobs(self, step: str, num_micro: int, which: str = "policy", keep: bool = True) -> torch.Tensor:
+        """``compute_logprobs`` of the cached step shard; ``keep``: left on it as ``old_logprobs``/``ref_logprobs``
+        for the step's train calls."""
+        ...
+
+    def step_train(self, call: StepCall, num_micro: int, loss_name: str = "grpo") -> dict[str, float]:
+        """``train_step`` on the rows of the cached step shard that ``call`` names, with the call's advantages
+        and kept rows (:func:`vt_ray.learner.step_batch.assemble`)."""
+        ...
+
+    def drop_steps(self, step: str | None = None) -> list[str]:
+        """Forget the step ``step`` (None: all); the steps still held."""
         ...
 
     def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:

@@ -1,7 +1,9 @@
 """N learner ranks as Ray actors forming one torch.distributed group, behind whole-batch calls.
 
 The group shards a mini-batch over ranks (contiguous, sizes differing by at most one) and tells every rank
-how many micro-batches to run, so all ranks run the same number of FSDP forward/backward passes. Every remote
+how many micro-batches to run, so all ranks run the same number of FSDP forward/backward passes. A GRPO step's
+calls go through :meth:`LearnerGroup.open_step` instead: each rank's shard is put once per step and the calls
+name rows of it (:mod:`vt_ray.learner.step_batch`). Every remote
 wait has a deadline; a rank that fails or times out raises an error naming the role, method and rank (a rank
 that dies mid-collective otherwise looks like a silent hang of its peers). A timeout raises
 :class:`LearnerTimeout`, a :class:`~vt_ray.common.timeouts.StepTimeout` carrying the Python stacks of the
@@ -13,9 +15,11 @@ The deadline is ``timeout_s``: the trainer starts the group with its long first-
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import ray
@@ -27,6 +31,7 @@ from vt_ray.config.backends import LEARNER_BACKENDS
 from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.config.schema import RecipeConfig
 from vt_ray.learner.batch import TrainBatch
+from vt_ray.learner.step_batch import StepCall, minibatch_rows
 
 ROLE = "learner"
 
@@ -68,6 +73,7 @@ class LearnerGroup(WorkerGroup):
             remote_options={"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker},
             actor_options=actor_options, runtime_env=runtime_env, wait_ready=False,
         )
+        self._step_ids = itertools.count()
 
     def setup(self, *, total_steps: int, model_path: str | None = None, lr: float | None = None,
               reference: str | None = None) -> int:
@@ -90,26 +96,41 @@ class LearnerGroup(WorkerGroup):
         results = self.wait(dict(enumerate(refs)), method)
         return [results[rank] for rank in range(len(refs))]
 
-    def _shards(self, batch: TrainBatch) -> tuple[list[ray.ObjectRef], list[bool], int]:
-        """One shard per rank (a zero-loss filler for a rank left without samples), which shards are real,
-        and the micro-batch count every rank runs."""
+    def _num_micro(self, rows: Iterable[int]) -> int:
+        """Micro-batches every rank runs when the ranks hold ``rows`` rows each (a rank with none runs a filler)."""
+        return math.ceil(max(max(rows), 1) / self.cfg.learner.micro_batch_size)
+
+    def _filled(self, batch: TrainBatch) -> tuple[list[TrainBatch], list[bool]]:
+        """One shard per rank (a zero-loss filler for a rank left without samples) and which shards are real."""
         if len(batch) == 0:
             raise ValueError("empty batch")
         shards = batch.split(self.world_size)
-        real = [s is not None for s in shards]
-        filled = [s if s is not None else batch.without_loss() for s in shards]
-        num_micro = math.ceil(max(len(s) for s in filled) / self.cfg.learner.micro_batch_size)
-        return [ray.put(s) for s in filled], real, num_micro
+        return [s if s is not None else batch.without_loss() for s in shards], [s is not None for s in shards]
 
-    def train_step(self, batch: TrainBatch, loss_name: str = "sft") -> dict[str, float]:
-        """One optimizer step on the whole mini-batch; metrics of the mini-batch (same on every rank)."""
-        refs, _, num_micro = self._shards(batch)
-        per_rank = self._per_rank("train_step", [a.train_step.remote(r, num_micro, loss_name)
-                                                 for a, r in zip(self.actors, refs)])
+    def _shards(self, batch: TrainBatch) -> tuple[list[ray.ObjectRef], list[bool], int]:
+        """Each rank's shard in the object store, which shards are real, and the micro-batch count every rank
+        runs."""
+        filled, real = self._filled(batch)
+        return [ray.put(s) for s in filled], real, self._num_micro(len(s) for s in filled)
+
+    def _metrics(self, per_rank: list[dict[str, float]]) -> dict[str, float]:
+        """The mini-batch's metrics (every rank reduced the same ones)."""
         keys = [sorted(m) for m in per_rank]
         if any(k != keys[0] for k in keys):  # the ranks reduced different tensors: their figures are not comparable
             raise RuntimeError(f"learner ranks returned different metric keys: {dict(enumerate(keys))}")
         return per_rank[0]
+
+    def train_step(self, batch: TrainBatch, loss_name: str = "sft") -> dict[str, float]:
+        """One optimizer step on the whole mini-batch, its shards put for this call (SFT's batches are each
+        trained once); metrics of the mini-batch (same on every rank)."""
+        refs, _, num_micro = self._shards(batch)
+        return self._metrics(self._per_rank("train_step", [a.train_step.remote(r, num_micro, loss_name)
+                                                           for a, r in zip(self.actors, refs)]))
+
+    def open_step(self, batch: TrainBatch) -> LearnerStep:
+        """``batch`` on the ranks for a training step's calls, each rank's shard put once (:class:`LearnerStep`:
+        use it as a context manager, so the ranks drop it at the end)."""
+        return LearnerStep(self, batch, f"step-{next(self._step_ids)}")
 
     def compute_logprobs(self, batch: TrainBatch, which: str = "policy") -> torch.Tensor:
         """[B, L] per-token log-probs of the batch's response tokens under the policy or the reference."""
@@ -188,6 +209,7 @@ class LearnerGroup(WorkerGroup):
         aside and reported: :func:`vt_ray.learner.checkpoint.select`). None when there is no checkpoint."""
         from vt_ray.learner import checkpoint as ckpt
 
+        self.call("drop_steps")  # a step interrupted before the resume leaves nothing behind
         target = Path(path)
         if not ckpt.is_step_dir(target):
             selection = ckpt.select(target)
@@ -204,3 +226,83 @@ class LearnerGroup(WorkerGroup):
             self.call("shutdown", timeout_s=min(self.timeout_s, 60.0))
         finally:
             self.kill_all()
+
+
+class LearnerStep:
+    """One training step's batch on the learner ranks (:meth:`LearnerGroup.open_step`).
+
+    Opening puts each rank's shard (token ids, masks, per-token extras, pixel references) into the object store,
+    once, and each rank caches it under the step's key. The step's calls then send rows and small per-row
+    values only (:class:`~vt_ray.learner.step_batch.StepCall`); the log-prob passes leave their results on the
+    ranks for the train calls. Mini-batch ``k`` of ``n`` is the ``k``-th slice of every rank's shard
+    (:func:`~vt_ray.learner.step_batch.minibatch_rows`). Closing (the ``with`` block's end, an error too) drops the
+    step on every rank."""
+
+    def __init__(self, group: LearnerGroup, batch: TrainBatch, key: str) -> None:
+        self.group, self.key = group, key
+        filled, real = group._filled(batch)
+        self.sizes = [len(s) if r else 0 for s, r in zip(filled, real)]  # the step's rows on each rank
+        self.offsets = [sum(self.sizes[:rank]) for rank in range(len(filled))]  # where they start in ``batch``
+        self.width = int(batch.input_ids.shape[1])
+        self._logprob_micro = group._num_micro(len(s) for s in filled)
+        self._caching = {rank: actor.cache_step.remote(key, ray.put(shard))
+                         for rank, (actor, shard) in enumerate(zip(group.actors, filled))}
+
+    def _cached(self) -> None:
+        """Wait (once) until every rank holds the step: a failure to cache surfaces as itself."""
+        if self._caching:
+            caching, self._caching = self._caching, {}
+            self.group.wait(caching, "cache_step")
+
+    def submit_logprobs(self, whiches: Sequence[str], keep: bool = True) -> Callable[[], dict[str, torch.Tensor]]:
+        """[B, L] log-probs of the step's batch under each of ``whiches`` (policy, reference), sent now and waited
+        for by the returned call (the driver scores the rewards meanwhile). ``keep``: the ranks keep them for the
+        train calls (the old-policy and reference log-probs of the loss)."""
+        calls = {w: [a.step_logprobs.remote(self.key, self._logprob_micro, w, keep) for a in self.group.actors]
+                 for w in whiches}  # all sent now; each pass is then waited for with its own deadline
+
+        def wait() -> dict[str, torch.Tensor]:
+            self._cached()
+            out = {}
+            for w, refs in calls.items():
+                parts = self.group._per_rank("step_logprobs", refs)
+                out[w] = torch.cat([torch.nn.functional.pad(p, (0, self.width - p.shape[1]))
+                                    for p, size in zip(parts, self.sizes) if size])
+            return out
+
+        return wait
+
+    def logprobs(self, whiches: Sequence[str], keep: bool = True) -> dict[str, torch.Tensor]:
+        return self.submit_logprobs(whiches, keep)()
+
+    def train(self, part: int, parts: int, loss_name: str = "grpo", advantages: torch.Tensor | None = None,
+              keep: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimizer step on mini-batch ``part`` of ``parts``; ``advantages`` ([B] float) and ``keep`` ([B]
+        bool, rows whose loss counts) are the whole batch's, each rank is sent its rows' values. Metrics of the
+        mini-batch."""
+
+        def rows(values: torch.Tensor | None, rank: int, start: int, end: int) -> torch.Tensor | None:
+            at = self.offsets[rank]  # cloned: a pickled view would carry the whole batch's storage
+            return None if values is None else values[at + start : at + end].clone()
+
+        bounds = minibatch_rows(self.sizes, parts)[part]
+        calls = [StepCall(self.key, start, end, rows(advantages, rank, start, end), rows(keep, rank, start, end))
+                 for rank, (start, end) in enumerate(bounds)]
+        num_micro = self.group._num_micro(end - start for start, end in bounds)
+        self._cached()
+        return self.group._metrics(self.group._per_rank(
+            "step_train", [a.step_train.remote(c, num_micro, loss_name) for a, c in zip(self.group.actors, calls)]))
+
+    def close(self, failed: bool = False) -> None:
+        """Every rank drops the step. After a failure the drops are sent and not waited for: a rank stuck in the
+        failed collective runs them when (if) it returns, and a replaced rank held nothing."""
+        refs = {rank: a.drop_steps.remote(self.key) for rank, a in enumerate(self.group.actors)}
+        if not failed:
+            self.group.wait(refs, "drop_steps")
+
+    def __enter__(self) -> LearnerStep:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close(failed=exc_type is not None)

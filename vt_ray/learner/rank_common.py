@@ -1,6 +1,6 @@
 """What every learner backend's rank does the same way, whatever shards the model: micro-batching a shard,
-reducing a step's metrics, the optimizer and schedule, the weight-stream store, and writing a Hugging Face
-directory.
+reducing a step's metrics, the optimizer and schedule, the step's cached batch (:mod:`vt_ray.learner.step_batch`),
+the weight-stream store, and writing a Hugging Face directory.
 
 Factored out of :class:`vt_ray.learner.worker.LearnerWorker` so the Megatron backend
 (:mod:`vt_ray.learner.megatron.backend`) reports the same metrics and writes the same files, not a copy.
@@ -24,6 +24,7 @@ from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.losses import LossFn, resolve_loss
 from vt_ray.learner.rendezvous import free_port, node_ip
 from vt_ray.learner.schedule import lr_factor, warmup_steps
+from vt_ray.learner.step_batch import StepCache, StepCall
 
 
 def micro_batches(shard: TrainBatch, num_micro: int, size: int) -> tuple[list[TrainBatch], list[bool]]:
@@ -62,9 +63,10 @@ def reduce_metrics(sums: dict[str, float], maxes: dict[str, float], group: Any =
 
 class RankCommon:
     """What every learner backend's rank has in the same form: its identity and device, the rendezvous address,
-    the loss lookup, AdamW with the lr schedule, rank 0's weight-stream store (started on first use, kept for
-    every later sync) and the Hugging Face export. A backend sets ``hf_config``, ``model_path`` and
-    ``processor`` in ``setup`` and has an ``export_state_dict``."""
+    the loss lookup, AdamW with the lr schedule, the step's cached batch, rank 0's weight-stream store (started
+    on first use, kept for every later sync) and the Hugging Face export. A backend sets ``hf_config``,
+    ``model_path`` and ``processor`` in ``setup`` and has ``compute_logprobs``, ``train_step`` and
+    ``export_state_dict``."""
 
     hf_config: Any
     model_path: str
@@ -82,6 +84,7 @@ class RankCommon:
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.step = 0
         self._losses: dict[str, LossFn] = {}
+        self.step_cache = StepCache(rank)
 
     def ready(self) -> ActorInfo:
         """Where this rank runs (pid, node, stack dump file): the group needs it to dump a stuck rank."""
@@ -112,8 +115,36 @@ class RankCommon:
         )
         self.step = 0
 
+    def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self, shard: TrainBatch, num_micro: int, loss_name: str = "sft") -> dict[str, float]:
+        raise NotImplementedError
+
     def export_state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    # ---- a step's batch, sent once per step (vt_ray.learner.step_batch) -------------------------------------
+    def cache_step(self, step: str, shard: TrainBatch) -> None:
+        """Hold this rank's shard of the step ``step`` for the step's later calls."""
+        self.step_cache.put(step, shard)
+
+    def step_logprobs(self, step: str, num_micro: int, which: str = "policy", keep: bool = True) -> torch.Tensor:
+        """:meth:`compute_logprobs` of the cached step shard; ``keep``: also left on the shard (``old_logprobs``
+        or ``ref_logprobs``) for the step's train calls."""
+        logprobs = self.compute_logprobs(self.step_cache.get(step), num_micro, which)
+        if keep:
+            self.step_cache.keep_logprobs(step, which, logprobs)
+        return logprobs
+
+    def step_train(self, call: StepCall, num_micro: int, loss_name: str = "grpo") -> dict[str, float]:
+        """:meth:`train_step` on the rows of the cached step shard that ``call`` names."""
+        return self.train_step(self.step_cache.call(call), num_micro, loss_name)
+
+    def drop_steps(self, step: str | None = None) -> list[str]:
+        """Forget the step ``step`` (None: every step); returns the steps still held."""
+        self.step_cache.drop(step)
+        return self.step_cache.keys()
 
     def export_safetensors(self, dtype: str | None = None) -> bytes | None:
         """Rank 0: the state dict as one safetensors blob, the rollout engines' weight-update format."""

@@ -8,7 +8,7 @@ The learner calls are in :func:`update_policy`; the math between them (:func:`ad
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,10 @@ from vt_ray.config.schema import RecipeConfig
 from vt_ray.rollout.types import RolloutResult
 from vt_ray.trainer.responses import Responses
 from vt_ray.trainer.settings import minibatches_per_step
+
+if TYPE_CHECKING:
+    from vt_ray.learner.batch import TrainBatch
+    from vt_ray.learner.group import LearnerStep
 
 
 def frames_of(result: RolloutResult) -> np.ndarray | None:
@@ -67,6 +71,13 @@ def update_policy(cfg: RecipeConfig, processor: Any, learner: Any, data: Respons
         for r in data.results for c in r.completions
     ]
     batch = collate(processor, examples)
+    with learner.open_step(batch) as step:  # each rank's shard goes to the object store once for the step
+        return _update(cfg, step, batch, data)
+
+
+def _update(cfg: RecipeConfig, step: LearnerStep, batch: TrainBatch, data: Responses
+            ) -> tuple[dict[str, float], dict[str, float]]:
+    """:func:`update_policy`'s learner calls on the step's batch ``step`` (``batch`` is its driver-side copy)."""
     timings: dict[str, float] = {}
     metrics: dict[str, float] = {}
     start = time.perf_counter()
@@ -75,35 +86,30 @@ def update_policy(cfg: RecipeConfig, processor: Any, learner: Any, data: Respons
     updates = tc.update_epochs * minibatches_per_step(cfg)
     passes = (["policy"] if acfg.policy_logprob_pass(updates) else []) + (
         ["reference"] if acfg.needs_reference else [])
-    pending = learner.submit_logprobs_passes(batch, passes) if passes else dict  # one put of the batch
+    pending = step.submit_logprobs(passes) if passes else dict  # the ranks keep them for the train calls
     scoring = data.wait_scores()  # overlapped with the log-prob passes (sync mode without refill)
     if "time/reward_s" in scoring:
         timings["time/reward_s"] = scoring.pop("time/reward_s")
     metrics.update(scoring)
     scores = data.scored_tensor()
     logprobs: dict[str, torch.Tensor] = pending()
-    if "policy" in logprobs:
-        batch.old_logprobs = logprobs["policy"]
-        if acfg.log_logprob_mismatch and batch.behaviour_logprobs is not None:
-            stats = mismatch_stats(batch.old_logprobs, batch.behaviour_logprobs, mask, max(float(mask.sum()), 1.0))
-            metrics.update({k.replace("actor/", "rollout/"): float(v) for k, v in stats.items()})
-    if "reference" in logprobs:
-        batch.ref_logprobs = logprobs["reference"]
+    old_logprobs, ref_logprobs = logprobs.get("policy"), logprobs.get("reference")
+    if old_logprobs is not None and acfg.log_logprob_mismatch and batch.behaviour_logprobs is not None:
+        stats = mismatch_stats(old_logprobs, batch.behaviour_logprobs, mask, max(float(mask.sum()), 1.0))
+        metrics.update({k.replace("actor/", "rollout/"): float(v) for k, v in stats.items()})
     timings["time/logprobs_s"] = time.perf_counter() - start
-    if batch.ref_logprobs is not None and acfg.use_kl_in_reward:
-        current = batch.old_logprobs if batch.old_logprobs is not None else learner.compute_logprobs(batch, "policy")
-        scores, kl_metrics = apply_kl_in_reward(acfg, scores, current, batch.ref_logprobs, mask)
+    if ref_logprobs is not None and acfg.use_kl_in_reward:
+        current = old_logprobs if old_logprobs is not None else step.logprobs(["policy"], keep=False)["policy"]
+        scores, kl_metrics = apply_kl_in_reward(acfg, scores, current, ref_logprobs, mask)
         metrics.update(kl_metrics)
     adv, keep, adv_metrics = advantages(acfg, scores, data)
     metrics.update(adv_metrics)
     data.advantages = adv.float().tolist()
-    batch.advantages = adv.float()
-    batch.response_mask = mask * keep.float()[:, None]
     start = time.perf_counter()
-    size = tc.mini_batch_size or len(batch)
+    minibatches = -(-len(batch) // (tc.mini_batch_size or len(batch)))  # the k-th of every rank's rows each
     update: list[dict[str, float]] = []
     for _ in range(tc.update_epochs):
-        for mini in batch.chunks(size):
-            update.append(learner.train_step(mini, "grpo"))
+        for part in range(minibatches):
+            update.append(step.train(part, minibatches, "grpo", advantages=adv.float(), keep=keep.bool()))
     timings["time/update_s"] = time.perf_counter() - start
     return with_update_metrics(metrics, update), timings
