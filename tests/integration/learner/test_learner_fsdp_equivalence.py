@@ -19,7 +19,9 @@ from vt_ray.learner.schedule import lr_factor
 
 STEPS = 2
 LR = 1e-3
-OVERRIDES = [f"learner.lr={LR}", "learner.grad_clip=5.0", "learner.reference=sharded", "learner.timeout_s=300"]
+MIN_LR_RATIO = 0.1  # steps after the schedule's STEPS still move the weights
+OVERRIDES = [f"learner.lr={LR}", "learner.grad_clip=5.0", "learner.reference=sharded", "learner.timeout_s=300",
+             f"learner.min_lr_ratio={MIN_LR_RATIO}"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,8 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.slow
-def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tiny_model_dir: Path, batch) -> None:
+def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tiny_model_dir: Path, batch,
+                                                                tmp_path: Path) -> None:
     from vt_ray.learner.group import LearnerCallError, LearnerGroup
     from vt_ray.learner.worker import LearnerWorker
 
@@ -80,6 +83,7 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
         lp_one = group.compute_logprobs(one, which="policy")
         # an update where rank 1 holds only a filler: both ranks reduce the same metric keys (no size mismatch)
         step_one = group.train_step(one, "sft")
+        per_call, step_path, not_cached = grpo_both_ways(group, batch, tmp_path)
         group.timeout_s = 1e-3  # a call that cannot answer in time names role, method and rank
         with pytest.raises(LearnerCallError, match=r"learner\[\d\]\.compute_logprobs: no answer within"):
             group.compute_logprobs(batch, which="policy")
@@ -136,6 +140,15 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
     assert step_one["num_sequences"] == 1 and step_one["sft/nll"] > 0 and step_one["loss"] > 0
     assert not torch.allclose(policy_lp1, ref_lp1, atol=1e-3)  # the update moved the policy, not the reference
 
+    # one GRPO step (one mini-batch: both paths group the rows alike) from the same checkpoint, both ways
+    (lps, metrics, weights), (step_lps, step_metrics, step_weights) = per_call, step_path
+    assert all(torch.equal(step_lps[w], lps[w]) for w in ("policy", "reference"))
+    metrics.pop("step_time_s"), step_metrics.pop("step_time_s")
+    assert step_metrics == metrics and metrics["num_sequences"] == 4  # one of the 5 rows is not kept
+    assert metrics["lr"] == LR * MIN_LR_RATIO and metrics["grad_norm"] > 0  # the step moved the weights
+    assert all(torch.equal(step_weights[k], v) for k, v in weights.items())
+    assert not_cached == {"after a resume": [[], []], "after the step": [[], []]}
+
     assert torch.allclose(fast_lp_before, ref_lp1, atol=1e-5)  # before any update the policy is the reference
     for m, f in zip(metrics2, fast_metrics):
         assert (f["loss"] == pytest.approx(m["loss"], abs=1e-5)
@@ -143,6 +156,35 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
     assert not torch.allclose(fast_lps[0], fast_lps[1], atol=1e-3)  # each forward saw the latest update
     assert torch.allclose(fast_lps[-1], policy_lp1, atol=1e-5)
     assert max_diff(fast_weights, weights1) < 1e-5
+
+
+def grpo_both_ways(group, batch, tmp_path: Path) -> tuple[tuple, tuple, dict[str, list[list[str]]]]:
+    """One GRPO step from the same checkpoint through the per-call path (old and reference log-probs on the
+    driver, shards put per call) and through a step cached on the ranks (``open_step``): each way's log-probs,
+    metrics and weights; and the steps the ranks still hold after a resume that interrupted a step and after a
+    step."""
+    from dataclasses import replace
+
+    from vt_ray.learner.group import LearnerCallError
+
+    adv, keep = torch.tensor([1.0, -0.5, 0.25, -1.0, 0.5]), torch.tensor([True, True, False, True, True])
+    start = group.save_checkpoint(str(tmp_path / "ckpt"))  # not before the first step: DCP would init Adam's state
+    interrupted = group.open_step(batch)  # a step the resume below interrupts
+    interrupted.logprobs(["policy"])
+    lps = group.compute_logprobs_passes(batch, ["policy", "reference"])
+    sent = replace(batch, old_logprobs=lps["policy"], ref_logprobs=lps["reference"], advantages=adv,
+                   response_mask=batch.response_mask * keep.float()[:, None])
+    per_call = (lps, group.train_step(sent, "grpo"), group.export_state_dict())
+
+    group.load_checkpoint(start)  # a resume drops what an interrupted step left
+    held = {"after a resume": group.call("drop_steps", "none")}
+    with pytest.raises(LearnerCallError, match=r"(?s)\.step_train: .*rank \d: step 'step-0' is not cached"):
+        interrupted.train(0, 1, "grpo", advantages=adv, keep=keep)
+    with group.open_step(batch) as step:
+        step_lps = step.logprobs(["policy", "reference"])
+        step_path = (step_lps, step.train(0, 1, "grpo", advantages=adv, keep=keep), group.export_state_dict())
+    held["after the step"] = group.call("drop_steps", "none")
+    return per_call, step_path, held
 
 
 @pytest.mark.slow
