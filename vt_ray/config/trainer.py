@@ -44,7 +44,10 @@ class TrainerConfig:
     """Passes of policy updates over each step's responses (paper GRPO: 1, on-policy)."""
     mini_batch_size: int = 0
     """Responses per optimizer step (0: all of the step's responses, one optimizer step per epoch). With more
-    than one mini-batch or epoch, old log-probs are recomputed by the learner and the ratio is clipped."""
+    than one mini-batch or epoch, old log-probs are recomputed by the learner and the ratio is clipped. The
+    step's ceil(responses / size) mini-batches are as equal as can be (sizes differ by at most one); mini-batch
+    k is the k-th slice of every learner rank's share of the step, the same rows every epoch
+    (docs/data-path.md)."""
     val_every: int = 0
     """Validate on data.val_file every K steps (0: only at the end)."""
     val_samples: int = 0
