@@ -3,9 +3,9 @@
 The group shards a mini-batch over ranks (contiguous, sizes differing by at most one) and tells every rank
 how many micro-batches to run, so all ranks run the same number of FSDP forward/backward passes. A GRPO step's
 calls go through :meth:`LearnerGroup.open_step` instead: each rank's shard is put once per step and the calls
-name rows of it (:mod:`vt_ray.learner.step_batch`). Every remote
-wait has a deadline; a rank that fails or times out raises an error naming the role, method and rank (a rank
-that dies mid-collective otherwise looks like a silent hang of its peers). A timeout raises
+name rows of it (:mod:`vt_ray.learner.step_batch`). Every remote wait has a deadline; a rank that fails or
+times out raises an error naming the role, method and rank (a rank that dies mid-collective otherwise looks
+like a silent hang of its peers). A timeout raises
 :class:`LearnerTimeout`, a :class:`~vt_ray.common.timeouts.StepTimeout` carrying the Python stacks of the
 ranks still pending (faulthandler), like the rollout and reward groups.
 
