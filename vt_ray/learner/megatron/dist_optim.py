@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -72,7 +73,7 @@ class FlatLayout:
     sizes: tuple[int, ...]
     dp: int
 
-    @property
+    @cached_property
     def offsets(self) -> list[int]:
         out, at = [], 0
         for size in self.sizes:
