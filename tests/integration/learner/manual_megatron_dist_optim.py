@@ -10,7 +10,9 @@ run at TP=1 x DP=4 (distributed optimizer) loads it and takes the last two steps
 
 ``tp2dp2``: TP=2 with sequence parallelism x DP=2 (TP-partitioned and replicated parameters in the norm);
 ``pp2dp2``: PP=2 x DP=2 on a model with tied embeddings (the last stage's ``shared`` copy left out of the norm,
-the two copies kept equal). Prints the figures; exits 1 when plain and distributed differ by more than 1e-6.
+the two copies kept equal); ``tp2dp2_vision``: TP=2 x DP=2 with the Megatron vision tower (TP-split too; its
+resume at TP=1 x DP=4 loads it with the Megatron tower too). Prints the figures; exits 1 when plain and
+distributed differ by more than 1e-6.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ OVERRIDES = ["learner.lr=1e-3", "learner.grad_clip=0.5", "learner.warmup_steps=0
              "learner.micro_batch_size=2", "algorithm.entropy_coef=0.01", "learner.backend=megatron",
              f"resources.learner.num_workers={WORLD}", "resources.cpus_per_node=16"]
 LAYOUTS = {"tp2dp2": ["learner.megatron.tensor_parallel_size=2", "learner.megatron.sequence_parallel=true"],
-           "pp2dp2": ["learner.megatron.pipeline_parallel_size=2"]}
+           "pp2dp2": ["learner.megatron.pipeline_parallel_size=2"],
+           "tp2dp2_vision": ["learner.megatron.tensor_parallel_size=2", "learner.megatron.vision_impl=megatron"]}
 DISTRIBUTED = "learner.megatron.distributed_optimizer=true"
 
 
@@ -66,7 +69,7 @@ def _rank_main(rank: int, port: int, model_dir: str, out: str, layout: str, dtyp
     runs: dict[str, Any] = {}
     base = [f"learner.param_dtype={dtype}"]
     for name, extra in (("plain", LAYOUTS[layout]), ("distributed", [*LAYOUTS[layout], DISTRIBUTED]),
-                        ("dp4_resumed", [DISTRIBUTED])):
+                        ("dp4_resumed", [DISTRIBUTED, *(e for e in LAYOUTS[layout] if "vision_impl" in e)])):
         worker = _worker(rank, model_dir, base + extra)
         if name == "dp4_resumed":
             assert worker.load_checkpoint(str(Path(out) / "ckpt")) == {"data_position": 1}
