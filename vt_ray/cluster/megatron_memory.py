@@ -10,8 +10,11 @@ for the activation split), with t = TP, p = PP, d = learner ranks / (t p), c = c
   parameters + 4 P_s float32 masters.
 - Gradients: 4 P_s (float32, freed after the step: only the train phase holds them). With bf16 the backward
   leaves c P_s, each copied into its master's float32 gradient and freed: 4 P_s at the peak.
-- Optimizer: 8 P_s (a torch AdamW's m and v on the local shards, replicated over d: megatron's distributed
-  optimizer, which would shard fp32 state over d, needs CUDA streams in megatron-core 0.16.1 and is not used).
+- Optimizer: 8 P_s (a torch AdamW's m and v on the local shards, replicated over d).
+- With ``learner.megatron.distributed_optimizer`` (vt_ray/learner/megatron/dist_optim.py, ZeRO-1) each of the d
+  replicas keeps a 1/d slice of the float32 masters and of the moments: parameters c P_s + 4 P_s / d (the
+  float32 slice is a copy in either dtype), gradients c P_s (the model's, until the reduce-scatter) + 4 P_s / d
+  (the slice's), optimizer 8 P_s / d.
 - Reference: c P_s (the same layout, forward only) when the recipe keeps one on the GPU.
 - Activations (1F1B schedule): stage i holds p - i micro-batches in flight, each through layers/p layers, so the
   first stage stores ``layers`` layers' worth. Without sequence parallelism a layer's norm inputs and residual
@@ -41,6 +44,7 @@ class MegatronLayout:
     pp: int
     dp: int
     sequence_parallel: bool = False
+    distributed_optimizer: bool = False
 
     @classmethod
     def of(cls, cfg: RecipeConfig, shape: ModelShape) -> MegatronLayout:
@@ -50,10 +54,17 @@ class MegatronLayout:
         tp, pp, ranks = section.tensor_parallel_size, section.pipeline_parallel_size, cfg.resources.learner.num_workers
         section.check_shape(shape.heads, shape.kv_heads, shape.vocab, shape.layers, f"({shape.name})")
         section.check_ranks(ranks)
-        return cls(tp, pp, ranks // (tp * pp), section.sequence_parallel)
+        return cls(tp, pp, ranks // (tp * pp), section.sequence_parallel, section.distributed_optimizer)
 
     def describe(self) -> str:
-        return f"Megatron TP {self.tp}{' (SP)' if self.sequence_parallel else ''} x PP {self.pp} x DP {self.dp}"
+        sliced = " (distributed optimizer)" if self.distributed_optimizer else ""
+        return f"Megatron TP {self.tp}{' (SP)' if self.sequence_parallel else ''} x PP {self.pp} x DP {self.dp}{sliced}"
+
+    def state_bytes(self, c: int) -> tuple[float, float, float]:
+        """Bytes per local parameter of (parameters, gradients, optimizer) at c-byte compute."""
+        if self.distributed_optimizer:
+            return c + 4 / self.dp, c + 4 / self.dp, 8 / self.dp
+        return param_bytes(c), 4, 8
 
 
 @dataclass(frozen=True)
@@ -64,9 +75,10 @@ class StageMemory:
     params: int
     activations: float
     activation_note: str
+    per_param: float = 0.0  # parameters + gradients + optimizer bytes per parameter (MegatronLayout.state_bytes)
 
     def total(self, c: int, reference: bool) -> float:
-        return self.params * (param_bytes(c) + 4 + 8 + (c if reference else 0)) + self.activations
+        return self.params * (self.per_param + (c if reference else 0)) + self.activations
 
 
 def param_bytes(c: int) -> int:
@@ -101,7 +113,7 @@ def _stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, first: bool, l
             f"+ vision {vision / GIB:.2f}")
     if extra:
         note += f" + transients {transients:g} x saved {extra / GIB:.2f}"
-    return StageMemory(name, params, text + logits + vision + extra, note)
+    return StageMemory(name, params, text + logits + vision + extra, note, sum(lay.state_bytes(c)))
 
 
 def peak_stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, micro_batch: int, c: int,

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vt_ray.cluster.megatron_memory import MegatronLayout, param_bytes, peak_stage
+from vt_ray.cluster.megatron_memory import MegatronLayout, peak_stage
 from vt_ray.cluster.model_shapes import ModelShape, resolve_shape
 from vt_ray.common.errors import check
 from vt_ray.config.schema import RecipeConfig
@@ -167,10 +167,16 @@ def _megatron_terms(cfg: RecipeConfig, s: ModelShape, micro_batch: int, vision: 
     params = ("4P_s (fp32, the optimizer's own)" if c == 4 else f"{c}P_s (bf16) + 4P_s (fp32 masters)")
     grads = ("4P_s (fp32, this rank's shards)" if c == 4
              else f"4P_s (fp32 master grads; the {c}P_s bf16 ones freed as they are copied)")
+    moments = "8P_s (AdamW m, v in fp32, not sharded over DP)"
+    if lay.distributed_optimizer:  # vt_ray/learner/megatron/dist_optim.py
+        params = f"{c}P_s + 4P_s/DP (this replica's slice of the fp32 masters)"
+        grads = f"{c}P_s (the model's, until the reduce-scatter) + 4P_s/DP (the slice's)"
+        moments = "8P_s/DP (AdamW m, v of this replica's slice: distributed optimizer)"
+    param_b, grad_b, optim_b = lay.state_bytes(c)
     return {
-        "parameters": Term("parameters", _gib(param_bytes(c) * st.params), f"{params}; {p_s}"),
-        "gradients": Term("gradients", _gib(4 * st.params), grads),
-        "optimizer": Term("optimizer", _gib(8 * st.params), "8P_s (AdamW m, v in fp32, not sharded over DP)"),
+        "parameters": Term("parameters", _gib(param_b * st.params), f"{params}; {p_s}"),
+        "gradients": Term("gradients", _gib(grad_b * st.params), grads),
+        "optimizer": Term("optimizer", _gib(optim_b * st.params), moments),
         "reference": Term("reference", _gib(c * st.params) if ref_on_gpu else 0.0,
                           f"{c}P_s (same layout, forward only)" if ref_on_gpu
                           else "no reference on GPU (KL off or offloaded)"),

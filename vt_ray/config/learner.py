@@ -83,6 +83,10 @@ class MegatronConfig:
     """megatron's sequence parallelism: the activations outside attention and MLP (norms, residual, dropout) split
     along the sequence over the TP group instead of replicated (per-layer activations / TP). Needs
     ``tensor_parallel_size`` > 1."""
+    distributed_optimizer: bool = False
+    """megatron's distributed optimizer (ZeRO-1): each data-parallel replica keeps only its 1/DP slice of the
+    float32 masters and AdamW moments; gradients are reduce-scattered, the stepped slices all-gathered
+    (vt_ray/learner/megatron/dist_optim.py). Same update; checkpoints in the same format either way."""
 
     def __post_init__(self) -> None:
         check(self.tensor_parallel_size >= 1, "learner.megatron.tensor_parallel_size", "must be >= 1")
@@ -243,6 +247,10 @@ class LearnerConfig:
               f"{self.backend!r} is a torch.distributed backend: that key is learner.dist_backend now; "
               "learner.backend names the training backend (fsdp2, or package.module:Class)")
         LEARNER_BACKENDS.check(self.backend)
+        check(not self.megatron.distributed_optimizer or self.backend == "megatron",
+              "learner.megatron.distributed_optimizer",
+              f"shards the Megatron learner's optimizer state; learner.backend is {self.backend!r} (FSDP2 shards "
+              "its optimizer state already)")
         set_choice(self, "dist_backend", DistBackend, "learner.dist_backend")
         set_choice(self, "param_dtype", Dtype, "learner.param_dtype")
         set_choice(self, "reduce_dtype", Dtype, "learner.reduce_dtype")

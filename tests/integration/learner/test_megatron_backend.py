@@ -218,12 +218,15 @@ def test_grpo_through_the_driver_with_megatron_matches_the_fsdp2_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [[], ["learner.megatron.pipeline_parallel_size=2",
-                                         "learner.activation_checkpointing=true"]], ids=["dp2", "pp2"])
+@pytest.mark.parametrize("layout", [["learner.megatron.distributed_optimizer=true"],
+                                    ["learner.megatron.pipeline_parallel_size=2",
+                                     "learner.activation_checkpointing=true"]], ids=["dp2", "pp2"])
 def test_megatron_data_parallel_and_pipeline_match_fsdp2(ray_cluster, tiny_model_dir: Path, tmp_path: Path,
                                                          fsdp2_run: dict[str, Any], layout: list[str]) -> None:
     """Two ranks, ``tensor_parallel_size: 1``. ``dp2`` (the section's default): two data-parallel replicas, each
-    with its own shard of the batch, gradients summed over the data-parallel group. ``pp2``: two pipeline stages
+    with its own shard of the batch, with the distributed optimizer (``learner.megatron.distributed_optimizer``:
+    gradients reduce-scattered over the data-parallel group, each replica stepping half of the float32 state; the
+    plain optimizer's DP sum takes the same steps, bit for bit: test_megatron_lm.py). ``pp2``: two pipeline stages
     (one decoder layer each; the embedding and the vision tower on the first, the output layer and the loss on
     the last), the pooled batch's three micro-batches through megatron's 1F1B schedule over gloo, log-probs and
     metrics broadcast from the last stage, the weights exported from both stages, and a dist_checkpointing
@@ -232,7 +235,7 @@ def test_megatron_data_parallel_and_pipeline_match_fsdp2(ray_cluster, tiny_model
     log-probs, GRPO and SFT steps as the FSDP2 worker (which keeps its activations)."""
     from vt_ray.learner.group import LearnerGroup
 
-    pipeline = bool(layout)
+    pipeline = "learner.megatron.pipeline_parallel_size=2" in layout
     batch = grpo_batch(tiny_model_dir)
     cfg = load_config(None, [f"model.path={tiny_model_dir}", *OVERRIDES, "learner.backend=megatron",
                              "resources.learner.num_workers=2", *layout])
@@ -242,6 +245,8 @@ def test_megatron_data_parallel_and_pipeline_match_fsdp2(ray_cluster, tiny_model
         recompute = ray_cluster.get([a.__ray_call__.remote(lambda w: w.policy.lm.config.recompute_granularity)
                                      for a in learner.actors])
         assert recompute == (["full", "full"] if pipeline else [None, None])
+        sliced = ray_cluster.get([a.__ray_call__.remote(lambda w: w.dist_optim is not None) for a in learner.actors])
+        assert sliced == [not pipeline] * 2
         meg = run_learner(learner, batch, group=True)
         if pipeline:  # each stage writes its own layers; the resumed step must repeat the first exactly
             learner.save_checkpoint(str(tmp_path / "ckpt"), {"data_position": 3})

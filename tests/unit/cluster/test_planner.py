@@ -200,6 +200,25 @@ def test_megatron_bf16_counts_float32_masters_and_transients_without_recompute()
     assert "transients 0.4" in no_recompute.formula and "transients" not in bf16["activations"].formula
 
 
+def test_megatron_distributed_optimizer_shards_masters_and_moments_over_dp() -> None:
+    """``learner.megatron.distributed_optimizer``: each of the DP replicas keeps 1/DP of the float32 masters
+    (4 B) and moments (8 B); the bf16 parameters and their gradients stay whole. The 7B recipe's TP 2 x DP 4,
+    refused without it (the rollout phase overflows), fits with it."""
+    def terms(overrides: list[str]) -> dict[str, Any]:
+        plan = plan_memory(load_config(MEGATRON_7B, overrides))
+        return {t.name: t for t in next(b for b in plan.budgets if "train phase" in b.title).terms}
+
+    plain, sliced = terms([]), terms(["learner.megatron.distributed_optimizer=true"])  # TP 4 x DP 2, bf16
+    assert sliced["optimizer"].gib == pytest.approx(plain["optimizer"].gib / 2)
+    assert sliced["parameters"].gib == pytest.approx(plain["parameters"].gib * (2 + 4 / 2) / (2 + 4))
+    assert sliced["gradients"].gib == pytest.approx(plain["gradients"].gib * (2 + 4 / 2) / 4)
+    assert "DP" in sliced["optimizer"].formula
+    tp2 = ["learner.megatron.tensor_parallel_size=2"]
+    assert plan_memory(load_config(MEGATRON_7B, tp2)).first_overflow() is not None
+    assert plan_memory(load_config(MEGATRON_7B, [*tp2, "learner.megatron.distributed_optimizer=true"])
+                       ).first_overflow() is None
+
+
 def test_megatron_stage_parameters_add_up_to_the_model() -> None:
     from vt_ray.cluster.megatron_memory import MegatronLayout, peak_stage
 

@@ -97,3 +97,18 @@ def test_a_megatron_vision_tower_must_split_too(tmp_path: Path, tiny_model_dir: 
     with pytest.raises(ConfigError, match="vision tower's 2 attention heads") as err:
         _load(tmp_path, *four, "learner.megatron.vision_impl=megatron")
     assert err.value.key == "learner.megatron.tensor_parallel_size"
+
+
+def test_the_distributed_optimizer_is_a_megatron_switch(tiny_model_dir: Path) -> None:
+    """``learner.megatron.distributed_optimizer`` (vt_ray/learner/megatron/dist_optim.py): off by default, a bool,
+    and only for the Megatron backend (FSDP2 shards its optimizer state already): the recipe fails when it loads,
+    naming the key."""
+    assert _load(tiny_model_dir).learner.megatron.distributed_optimizer is False
+    on = _load(tiny_model_dir, "learner.backend=megatron", "learner.megatron.distributed_optimizer=true")
+    assert on.learner.megatron.distributed_optimizer is True
+    with pytest.raises(ConfigError, match="'fsdp2'") as err:
+        _load(tiny_model_dir, "learner.megatron.distributed_optimizer=true")
+    assert err.value.key == "learner.megatron.distributed_optimizer"
+    with pytest.raises(ConfigError) as err:
+        _load(tiny_model_dir, "learner.backend=megatron", "learner.megatron.distributed_optimizer=sometimes")
+    assert err.value.key == "learner.megatron.distributed_optimizer"

@@ -29,3 +29,20 @@ def test_step_counters_of_every_stage_are_merged(tmp_path: Path) -> None:
 
 def test_no_side_files_means_no_counters(tmp_path: Path) -> None:
     assert _saved_steps(tmp_path) == ({}, [])
+
+
+def test_the_distributed_optimizers_writer_is_the_main_replica_of_its_piece() -> None:
+    """With the distributed optimizer one data-parallel replica writes each parameter's state: its replica id's
+    data-parallel index (the last) becomes 0, the TP/PP ones stay (a TP-replicated tensor is still written by TP
+    rank 0 only)."""
+    import torch
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, is_main_replica
+
+    from vt_ray.learner.megatron.checkpoint import _written_here
+
+    replicated = ShardedTensor.from_rank_offsets("norm", torch.zeros(4), replica_id=(0, 1, 1))
+    written = _written_here(replicated)
+    assert written.replica_id == (0, 1, 0) and not is_main_replica(written.replica_id)
+    split = ShardedTensor.from_rank_offsets("qkv", torch.zeros(4), (0, 1, 2), replica_id=(0, 0, 3))
+    assert not is_main_replica(split.replica_id) and is_main_replica(_written_here(split).replica_id)
+    assert _written_here(split).global_shape == (8,)

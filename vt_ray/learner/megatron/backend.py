@@ -77,6 +77,7 @@ class MegatronWorker(RankCommon):
         super().__init__(cfg, rank, world_size)
         self.policy: Any = None
         self.reference: Any = None
+        self.dist_optim: Any = None  # learner.megatron.distributed_optimizer
 
     # ---- setup -------------------------------------------------------------------------------------------
     def setup(self, master_addr: str = "127.0.0.1", master_port: int | None = None, *, total_steps: int = 1,
@@ -124,7 +125,11 @@ class MegatronWorker(RankCommon):
         self.view = HfView(self.policy)
         # The optimizer's parameters: float32 masters of the bf16 ones (a float32 parameter is its own).
         assert self.policy.masters is not None
-        self._build_optimizer(self.policy.masters.masters, total_steps, lr)
+        self.dist_optim = self._distributed_optimizer() if self.lcfg.megatron.distributed_optimizer else None
+        params = self.policy.masters.masters if self.dist_optim is None else [self.dist_optim.slice]
+        self._build_optimizer(params, total_steps, lr)
+        if self.dist_optim is not None:
+            self.dist_optim.bind(self.optimizer)
         return sum(math.prod(shape) for shape in self.view.shapes.values())
 
     # ---- the model-parallel group's data -----------------------------------------------------------------
@@ -228,15 +233,22 @@ class MegatronWorker(RankCommon):
         from vt_ray.learner.megatron.optim import finalize_grads
 
         finalize_grads(self.policy.lm)  # sequence-parallel norms over TP, a tied embedding's copies over PP
-        masters = self.policy.masters
-        masters.grads_to_masters()  # float32 from here on (bf16 model)
-        self._sum_data_parallel_grads(masters.masters)
-        grad_norm = self._clip_grad_norm(masters.masters)
+        masters, dist_optim = self.policy.masters, self.dist_optim
+        if dist_optim is not None:  # reduce-scattered into this rank's slice of the float32 masters
+            dist_optim.reduce_gradients()
+            grad_norm = dist_optim.clip_grad_norm(self.lcfg.grad_clip)
+        else:
+            masters.grads_to_masters()  # float32 from here on (bf16 model)
+            self._sum_data_parallel_grads(masters.masters)
+            grad_norm = self._clip_grad_norm(masters.masters)
         lr = float(self.scheduler.get_last_lr()[0])
         finite = math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
-            masters.masters_to_params()
+            if dist_optim is not None:
+                dist_optim.slices_to_params()  # every replica's stepped slice, all-gathered
+            else:
+                masters.masters_to_params()
         else:
             log.warning("learner[%d] step %d: non-finite grad norm, update skipped", self.rank, self.step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -259,6 +271,18 @@ class MegatronWorker(RankCommon):
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             dist.all_reduce(param.grad, group=self.dp_group)
+
+    def _distributed_optimizer(self) -> Any:
+        """``learner.megatron.distributed_optimizer``: this data-parallel rank's slice of the float32 masters
+        (vt_ray/learner/megatron/dist_optim.py); the policy's whole masters are dropped."""
+        from vt_ray.learner.megatron.dist_optim import DistributedOptimizer
+
+        policy = self.policy
+        assert policy.masters is not None
+        sharded = DistributedOptimizer(policy.masters.params, policy.masters.masters, self.dp_group, self.tp_group,
+                                       self.pp_group)
+        policy.masters, policy.sharded_masters = None, sharded
+        return sharded
 
     def _clip_grad_norm(self, params: list[torch.Tensor]) -> float:
         from vt_ray.learner.megatron.optim import clip_grad_norm
@@ -314,14 +338,16 @@ class MegatronWorker(RankCommon):
     def save_checkpoint(self, root: str, extra_state: dict[str, Any] | None = None) -> str:
         from vt_ray.learner.megatron.checkpoint import write_shards
 
-        return save_step(lambda tmp: write_shards(self.policy, self.optimizer, tmp, self.rank), self.scheduler,
+        optimizer = self.dist_optim or self.optimizer
+        return save_step(lambda tmp: write_shards(self.policy, optimizer, tmp, self.rank), self.scheduler,
                          step=self.step, rank=self.rank, world_size=self.world_size, root=root,
                          keep_last=self.lcfg.keep_last, extra_state=extra_state)
 
     def load_checkpoint(self, path: str) -> dict[str, Any] | None:
         from vt_ray.learner.megatron.checkpoint import read_shards
 
-        loaded = load_step(lambda found: read_shards(self.policy, self.optimizer, found, self.rank),
+        optimizer = self.dist_optim or self.optimizer
+        loaded = load_step(lambda found: read_shards(self.policy, optimizer, found, self.rank),
                            self.scheduler, rank=self.rank, path=path)
         if loaded is None:
             return None

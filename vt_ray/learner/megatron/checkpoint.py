@@ -22,6 +22,13 @@ parameter each master copies (megatron's ``MixedPrecisionOptimizer.sharded_state
 the masters themselves are saved under ``optimizer.state.fp32_param.<key>`` with that parameter's sharding, so
 a resume restores the float32 state exactly (not the bf16 rounding of it), at any TP/PP layout.
 
+**The distributed optimizer** (``learner.megatron.distributed_optimizer``, :mod:`~vt_ray.learner.megatron.dist_optim`)
+writes the same tensors under the same keys: each parameter's moments (and float32 master) are put together from
+the data-parallel slices one parameter at a time and written by one replica (the owner of the parameter's first
+element, its replica id's data-parallel index set to 0), and a load reads the whole state of the parameters
+that cross this rank's slice and keeps its pieces. So a checkpoint written with it loads without it, and the
+other way, and at another DP size.
+
 The checkpoint protocol around it (temp dir, manifest, RNG, trainer state, commit) is the FSDP2 learner's
 (:func:`vt_ray.learner.checkpoint_io.save_step` / ``load_step``).
 """
@@ -40,6 +47,7 @@ import torch
 import torch.distributed as dist
 
 from vt_ray.learner.megatron.cpu import checkpointing_on_cpu
+from vt_ray.learner.megatron.dist_optim import DistributedOptimizer
 from vt_ray.learner.megatron.vlm import MegatronVL
 
 OPTIM_COMMON = "optim_common_rank{rank}.json"
@@ -149,33 +157,127 @@ def _writer_results_in_process() -> Iterator[None]:
         yield
 
 
-def write_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, tmp: Path, rank: int) -> list[str]:
+def _written_here(sharded: Any) -> Any:
+    """A sharded tensor (or factory) this data-parallel replica writes: its replica id's data-parallel index (the
+    last) set to 0, so it is the main replica of its piece."""
+    from dataclasses import replace
+
+    replica = sharded.replica_id
+    return replace(sharded, replica_id=(*replica[:-1], 0) if isinstance(replica, tuple) else 0)
+
+
+def _sharded_sliced(vl: MegatronVL, sliced: DistributedOptimizer, saving: bool
+                    ) -> tuple[dict[str, Any], dict[int, str]]:
+    """:func:`_sharded_state` for the distributed optimizer: the same keys as a plain AdamW's, from whole
+    per-parameter tensors. Saving: every parameter's state is put together on every replica one at a time
+    (collective), and kept by the replica that writes it; loading: zeros to read into, for the parameters that
+    cross this rank's slice."""
+    from megatron.core.dist_checkpointing.optimizer import (
+        get_param_id_to_sharded_param_map,
+        make_sharded_optimizer_tensor,
+    )
+
+    model_sd = _sharded_model(vl)
+    ids = get_param_id_to_sharded_param_map(model_sd, sliced.params)
+    keys = {pid: sharded.key for pid, sharded in ids.items()}
+    optim: dict[int, dict[str, Any]] = {}
+    masters: dict[int, Any] = {}
+    for pid, param in enumerate(sliced.params):
+        if saving:
+            values = sliced.full_state(pid)
+            if sliced.layout.writer(pid) != sliced.dp_rank:
+                continue
+            where = _written_here(ids[pid])
+        else:
+            if not sliced.layout.touches(pid, sliced.dp_rank):
+                continue
+            names = ("exp_avg", "exp_avg_sq") + (("master",) if param.dtype != torch.float32 else ())
+            values = {name: torch.zeros(param.shape, dtype=torch.float32, device=param.device) for name in names}
+            where = ids[pid]
+        optim[pid] = {name: make_sharded_optimizer_tensor(where, values[name], f"optimizer.state.{name}")
+                      for name in ("exp_avg", "exp_avg_sq")}
+        if "master" in values:
+            masters[pid] = make_sharded_optimizer_tensor(where, values["master"], "optimizer.state.fp32_param")
+    return {"model": model_sd, "optim": optim, "masters": masters}, keys
+
+
+def _sliced_common(keys: dict[int, str], sliced: DistributedOptimizer) -> dict[str, Any]:
+    """:func:`_optim_common` for the distributed optimizer: one step counter for every parameter."""
+    assert sliced.adamw is not None
+    groups = sliced.adamw.state_dict()["param_groups"]
+    return {"steps": {key: sliced.step_count for key in keys.values()},
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in groups]}
+
+
+def write_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer | DistributedOptimizer, tmp: Path,
+                 rank: int) -> list[str]:
     """Model and optimizer shards into ``tmp`` (collective); returns the files this rank wrote."""
     from megatron.core import dist_checkpointing
 
-    sharded_state, keys = _sharded_state(vl, optimizer)
+    if isinstance(optimizer, DistributedOptimizer):
+        sharded_state, keys = _sharded_sliced(vl, optimizer, saving=True)
+        common_state = _sliced_common(keys, optimizer)
+    else:
+        sharded_state, keys = _sharded_state(vl, optimizer)
+        common_state = _optim_common(keys, optimizer)
     with checkpointing_on_cpu(), _writer_results_in_process():
         dist_checkpointing.save(sharded_state, str(tmp))
     common = tmp / OPTIM_COMMON.format(rank=rank)
-    common.write_text(json.dumps(_optim_common(keys, optimizer)))
+    common.write_text(json.dumps(common_state))
     return [common.name, *(p.name for p in tmp.glob(f"__{rank}_*.distcp"))]
 
 
+def _read_model(loaded: dict[str, Any], targets: dict[str, Any]) -> None:
+    for key, tensor in loaded.items():
+        target = targets.get(key)
+        if isinstance(target, torch.Tensor) and target is not tensor:  # extra state (not tensors) stays as built
+            target.copy_(tensor)
+
+
 @torch.no_grad()
-def read_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer, found: Path, rank: int) -> None:
+def _read_sliced(vl: MegatronVL, sliced: DistributedOptimizer, found: Path) -> None:
+    """:func:`read_shards` for the distributed optimizer: the model whole, the optimizer state of the parameters
+    crossing this rank's slice whole, of which it keeps its pieces."""
+    from megatron.core import dist_checkpointing
+
+    sharded_state, keys = _sharded_sliced(vl, sliced, saving=False)
+    targets = {key: getattr(sharded, "data", None) for key, sharded in sharded_state["model"].items()}
+    wanted = list(sharded_state["optim"])  # the result also holds what the checkpoint's common dict has there
+    with checkpointing_on_cpu():  # each replica reads only the parameters crossing its slice: no full cover
+        loaded = dist_checkpointing.load(sharded_state, str(found), validate_access_integrity=False)
+    _read_model(loaded["model"], targets)
+    sliced.masters_from_params()  # a float32 parameter is its own master; a bf16 one's is read next
+    for pid in wanted:
+        master = {"master": loaded["masters"][pid]} if pid in loaded["masters"] else {}
+        sliced.load_full(pid, {**loaded["optim"][pid], **master})
+    steps, groups = _saved_steps(found)
+    missing = [key for key in keys.values() if key not in steps]
+    if missing:
+        raise KeyError(f"checkpoint {found}: no AdamW step counter for {missing[0]!r}")
+    # one counter for the slice: the parameters' (equal, unless a plain run at DP 1 never stepped one)
+    sliced.set_step(max(steps[key] for key in keys.values()))
+    assert sliced.adamw is not None
+    for group, saved in zip(sliced.adamw.param_groups, groups):
+        group.update(saved)
+    dist.barrier()
+
+
+@torch.no_grad()
+def read_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer | DistributedOptimizer, found: Path,
+                rank: int) -> None:
     """Restore model and optimizer from ``found`` (collective). Parameters are copied in place, so the
     optimizer keeps pointing at them."""
     from megatron.core import dist_checkpointing
 
+    if isinstance(optimizer, DistributedOptimizer):
+        _read_sliced(vl, optimizer, found)
+        return
     sharded_state, keys = _sharded_state(vl, optimizer)
     targets = {key: getattr(sharded, "data", None) for key, sharded in sharded_state["model"].items()}
     masters = {index: sharded.data for index, sharded in sharded_state["masters"].items()}
     with checkpointing_on_cpu():
         loaded = dist_checkpointing.load(sharded_state, str(found))
-    for key, tensor in loaded["model"].items():
-        target = targets.get(key)
-        if isinstance(target, torch.Tensor) and target is not tensor:  # extra state (not tensors) stays as built
-            target.copy_(tensor)
+    _read_model(loaded["model"], targets)
     for index, tensor in loaded["masters"].items():
         if tensor is not masters[index]:
             masters[index].copy_(tensor)

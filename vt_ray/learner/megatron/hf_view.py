@@ -105,22 +105,22 @@ class HfView:
         """A coroutine: sent a name this stage holds, it answers the full tensor. Collective over the TP group:
         each Megatron parameter is all-gathered when its first HF name comes; its other pieces (q/k/v, gate/up)
         wait until theirs."""
-        # The float32 masters when the model is bf16 (vl.masters): the export is the optimizer's state, as FSDP2's
-        parts = {attr: ({name: vl.master_of(p) for name, p in module.named_parameters()}, prefix,
-                        layer_offset(module))
+        # The float32 masters when the model is bf16 (vl.master_of): the export is the optimizer's state, as
+        # FSDP2's; looked up when a tensor is gathered (sharded masters are put together one at a time)
+        parts = {attr: (dict(module.named_parameters()), prefix, layer_offset(module))
                  for attr, (module, prefix) in vl.megatron_parts().items()}
-        tower = {name: vl.master_of(t) for name, t in vl.visual.state_dict(keep_vars=True).items()}
+        tower = vl.visual.state_dict(keep_vars=True)
         pending: dict[str, torch.Tensor] = {}
         out: torch.Tensor | None = None
         while True:
             name = yield out
             attr, param, key = self.source[name]
             if not attr:
-                out = tower[param].detach()
+                out = vl.master_of(tower[param]).detach()
                 continue
             if key not in pending:
                 params, prefix, offset = parts[attr]
-                pending.update(gather_param(param, params[param], vl.bridge, offset, prefix))
+                pending.update(gather_param(param, vl.master_of(params[param]), vl.bridge, offset, prefix))
             out = pending.pop(key)
 
     def state_dict(self, vl: MegatronVL) -> dict[str, torch.Tensor]:

@@ -34,9 +34,15 @@ class MegatronVL(torch.nn.Module):
         # The optimizer's float32 copies when the model is bf16 (set by the backend; the weight export and the
         # checkpoint read them, so what leaves the learner is the float32 state, as FSDP2's sharded masters).
         self.masters: Float32Masters | None = None
+        # With the distributed optimizer (learner.megatron.distributed_optimizer) the masters are sharded over
+        # the data-parallel replicas instead: its master_of puts a whole one together (dist_optim.py).
+        self.sharded_masters: Any = None
 
     def master_of(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The float32 master of a parameter (the tensor itself without masters, or when it is float32)."""
+        """The float32 master of a parameter (the tensor itself without masters, or when it is float32).
+        Collective over the data-parallel group with the distributed optimizer."""
+        if self.sharded_masters is not None:
+            return self.sharded_masters.master_of(tensor)
         return tensor if self.masters is None else self.masters.master_of(tensor)
 
     @classmethod
