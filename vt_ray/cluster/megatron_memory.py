@@ -89,8 +89,9 @@ def _stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, first: bool, l
     params += (s.vocab * s.hidden // lay.tp) * (int(first) + int(last and not s.tie_embeddings))
     if first:
         params += s.vision_params // lay.tp if cfg.learner.megatron.vision_impl == "megatron" else s.vision_params
-    seq, resp, b, h = cfg.data.max_prompt_tokens + cfg.rollout.max_tokens, cfg.rollout.max_tokens, micro_batch, s.hidden
-    seq, resp = seq / lay.cp, resp / lay.cp  # context parallelism: each rank holds its share of every sequence
+    b, h = micro_batch, s.hidden
+    # context parallelism: each rank holds its share of every sequence
+    seq, resp = (cfg.data.max_prompt_tokens + cfg.rollout.max_tokens) / lay.cp, cfg.rollout.max_tokens / lay.cp
     split = 5 * h + 2 * s.kv_dim + 4 * s.intermediate  # attention and MLP inside: split over TP
     replicated = 2 * h  # norm inputs and residual: replicated over TP, or sequence slices with SP
     sp = lay.tp if lay.sequence_parallel else 1
