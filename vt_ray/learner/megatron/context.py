@@ -23,6 +23,7 @@ functions see the whole ``[B, L]`` batch on every CP rank, as without CP.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -54,6 +55,16 @@ def restore_order(length: int, cp: int) -> torch.Tensor:
 def causal_allowed(query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
     """[q, k] boolean, True where a query may attend to a key (SDPA's convention): the key is not after it."""
     return key_positions[None, :] <= query_positions[:, None]
+
+
+@functools.lru_cache(maxsize=8)
+def causal_bias(local_length: int, cp: int, rank: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """:func:`causal_allowed` for CP rank ``rank``'s queries against the gathered keys, as SDPA's additive float
+    mask (0 or -inf) in the attention's dtype. Cached: every layer (and step) passes the same tensor, so autograd
+    keeps one copy for the backward, not one per layer (SDPA saves the float form of a boolean mask per call)."""
+    length = local_length * cp
+    allowed = causal_allowed(local_positions(length, cp, rank), gathered_order(length, cp))
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf")).to(device)
 
 
 # ---- this process's CP group -----------------------------------------------------------------------------------

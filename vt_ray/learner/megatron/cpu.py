@@ -86,8 +86,9 @@ class SDPACoreAttention(torch.nn.Module):
 
         q_pos, k_pos = context.query_and_key_positions(query.shape[0], query.device)
         key, value = context.gather_kv(key), context.gather_kv(value)
-        if causal:
-            allowed = context.causal_allowed(q_pos, k_pos)
+        allowed: torch.Tensor | None
+        if causal:  # one cached tensor for every layer: the backward keeps one copy
+            allowed = context.causal_bias(query.shape[0], context.size(), context.rank(), query.dtype, query.device)
         elif attention_mask is not None:
             allowed = ~attention_mask[..., q_pos[:, None], k_pos[None, :]]
         else:
