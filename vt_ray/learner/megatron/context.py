@@ -120,7 +120,7 @@ class _GatherKV(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # reduced in place: never autograd's own buffer
         dist.all_reduce(grad, group=ctx.cp_group)
         me = dist.get_rank(ctx.cp_group)
         return grad.narrow(ctx.dim, me * ctx.local, ctx.local).contiguous(), None, None
