@@ -14,8 +14,9 @@ equal chunks; CP rank r keeps chunks r and 2 CP - 1 - r, so with causal attentio
 
 Attention on CPU (:class:`vt_ray.learner.megatron.cpu.SDPACoreAttention`): the local queries attend to every
 rank's keys and values, all-gathered over the CP group (:func:`gather_kv`), with a causal mask built from the
-queries' and keys' global positions (:func:`causal_allowed`). With transformer-engine on GPU, TE's attention does
-its own ring exchange (``TransformerConfig.context_parallel_size``); nothing here runs there but the split.
+queries' and keys' global positions (:func:`causal_allowed`, cached as :func:`causal_bias`). With
+transformer-engine on GPU, TE's attention does its own ring exchange (``TransformerConfig.context_parallel_size``):
+there the split and the per-token gather below run, the K/V gather and the mask do not.
 
 Per-token results (log-probs, entropy) come back to sequence order by :func:`gather_sequence`, so the loss
 functions see the whole ``[B, L]`` batch on every CP rank, as without CP.
