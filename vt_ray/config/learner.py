@@ -81,8 +81,8 @@ class MegatronConfig:
     modules, split over the TP group: TP must divide the tower's heads and MLP width too)."""
     context_parallel_size: int = 1
     """Ranks each sequence is split over (context parallelism: megatron's load-balanced 2 CP chunks, keys and
-    values exchanged in attention); the learner's ranks must be a multiple of TP x CP x PP. With the HF vision
-    tower only (``vision_impl: hf``)."""
+    values exchanged in attention); the learner's ranks must be a multiple of TP x CP x PP. The vision tower
+    (either) runs whole on every CP rank."""
     sequence_parallel: bool = False
     """megatron's sequence parallelism: the activations outside attention and MLP (norms, residual, dropout) split
     along the sequence over the TP group instead of replicated (per-layer activations / TP). Needs
@@ -97,9 +97,6 @@ class MegatronConfig:
         set_choice(self, "vision_impl", VisionImpl, "learner.megatron.vision_impl")
         check(self.recompute_num_layers >= 1, "learner.megatron.recompute_num_layers", "must be >= 1")
         check(self.context_parallel_size >= 1, "learner.megatron.context_parallel_size", "must be >= 1")
-        check(self.context_parallel_size == 1 or self.vision_impl == VisionImpl.hf,
-              "learner.megatron.context_parallel_size", "> 1 runs with learner.megatron.vision_impl=hf only "
-              "(megatron's vision tower would slice its rotary embeddings by CP rank)")
         check(not self.sequence_parallel or self.tensor_parallel_size > 1, "learner.megatron.sequence_parallel",
               "splits the sequence over the tensor-parallel group: it needs learner.megatron.tensor_parallel_size "
               f"> 1 (got {self.tensor_parallel_size})")

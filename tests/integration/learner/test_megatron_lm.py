@@ -555,10 +555,10 @@ CP_OVERRIDES = ["learner.lr=1e-3", "learner.grad_clip=0.5", "learner.warmup_step
 
 def _context_parallel_learners(rank: int, model_dir: str) -> dict[str, Any]:
     """The Megatron worker (float32, TP=1) at CP=1, the two ranks data-parallel replicas, and at CP=2, the two
-    ranks splitting every sequence (``learner.megatron.context_parallel_size``), each rank on its shard of one
-    GRPO batch of video prompts (the HF vision tower trained): the policy's log-probs, two GRPO steps (entropy
-    bonus: the vocab-parallel entropy path) and an SFT step, the log-probs after them and the exported weights;
-    and the CP=2 worker's group sizes."""
+    ranks splitting every sequence (``learner.megatron.context_parallel_size``) and the vision tower Megatron's,
+    each rank on its shard of one GRPO batch of video prompts (the vision tower trained): the policy's log-probs,
+    two GRPO steps (entropy bonus: the vocab-parallel entropy path) and an SFT step, the log-probs after them and
+    the exported weights; and the CP=2 worker's group sizes."""
     from transformers import AutoProcessor
 
     from learner_examples import make_examples
@@ -575,7 +575,10 @@ def _context_parallel_learners(rank: int, model_dir: str) -> dict[str, Any]:
     assert shard is not None
     out: dict[str, Any] = {"length": int(batch.input_ids.shape[1])}
     for cp in (1, 2):
-        cfg = load_config(None, [f"model.path={model_dir}", *CP_OVERRIDES,
+        # CP=2 with the Megatron vision tower (its modules read megatron's parallel state; it must run whole on
+        # every CP rank): its features equal the HF tower's to float noise, so CP=1 runs the HF one
+        tower = "megatron" if cp == 2 else "hf"
+        cfg = load_config(None, [f"model.path={model_dir}", *CP_OVERRIDES, f"learner.megatron.vision_impl={tower}",
                                  f"learner.megatron.context_parallel_size={cp}"])
         worker = MegatronWorker(LearnerRoleConfig.of(cfg), rank, WORLD)
         started = time.perf_counter()
@@ -1055,7 +1058,7 @@ def test_context_parallel_matches_data_parallel_on_the_same_batch(runs: list[dic
     load-balanced layout; keys and values all-gathered in attention) against CP=1 (the two ranks data-parallel
     replicas) on the same weights and shards: the same log-probs, three steps' loss, grad norm and metrics (the
     gradients summed over DP x CP, the metrics over DP only: one replica), the same log-probs and weights (the
-    trained vision tower's too) after them."""
+    trained vision tower's too: Megatron's at CP=2, run whole on each CP rank, the HF one at CP=1) after them."""
     for rank in range(WORLD):
         got = runs[rank]["context_parallel"]
         one, two = got["cp1"], got["cp2"]
