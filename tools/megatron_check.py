@@ -144,9 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available() and torch.cuda.device_count() < world:
             print(f"need {world} GPUs, found {torch.cuda.device_count()}", file=sys.stderr)
             return 1
-        if args.vision and args.cp > 1:
-            print("--vision with --cp > 1: the Megatron vision tower does not run context parallel", file=sys.stderr)
-            return 1
         out = str(Path(tmp) / "report.json")
         mp.spawn(_rank, args=(args, free_port(), out), nprocs=world, join=True)
         report = json.loads(Path(out).read_text())
