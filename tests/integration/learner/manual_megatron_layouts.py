@@ -71,6 +71,8 @@ LAYOUTS = {
                          "learner.activation_checkpointing=true"], False),
     "cp2": (2, ["learner.megatron.context_parallel_size=2"], False),
     "cp2_recompute": (2, ["learner.megatron.context_parallel_size=2", "learner.activation_checkpointing=true"], False),
+    "cp2_megatron_tower": (2, ["learner.megatron.context_parallel_size=2", "learner.megatron.vision_impl=megatron"],
+                           False),
     "tp2_cp2": (4, ["learner.megatron.tensor_parallel_size=2", "learner.megatron.context_parallel_size=2"], False),
     "tp2_sp_cp2": (4, ["learner.megatron.tensor_parallel_size=2", "learner.megatron.sequence_parallel=true",
                        "learner.megatron.context_parallel_size=2"], False),
