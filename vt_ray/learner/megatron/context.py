@@ -58,7 +58,7 @@ def causal_allowed(query_positions: torch.Tensor, key_positions: torch.Tensor) -
     return key_positions[None, :] <= query_positions[:, None]
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)  # [L / CP, L] each: a few at most (micro-batches differ in length)
 def causal_bias(local_length: int, cp: int, rank: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """:func:`causal_allowed` for CP rank ``rank``'s queries against the gathered keys, as SDPA's additive float
     mask (0 or -inf) in the attention's dtype. Cached: every layer (and step) passes the same tensor, so autograd
