@@ -3,15 +3,18 @@
     .venv/bin/python tools/megatron_check.py --tp 2                      # tiny random model, built here
     .venv/bin/python tools/megatron_check.py --tp 4 --model DIR --dtype bfloat16 --impl transformer_engine
     .venv/bin/python tools/megatron_check.py --tp 2 --sequence-parallel    # megatron's sequence parallelism
+    .venv/bin/python tools/megatron_check.py --tp 1 --cp 2                 # context parallelism
 
-Spawns ``--tp`` ranks (NCCL and one GPU each when CUDA is there, gloo on CPU otherwise), builds the model with
-the chosen layer spec (``auto``: transformer-engine on GPU when installed), loads the checkpoint, and checks:
+Spawns ``--tp`` x ``--cp`` ranks (NCCL and one GPU each when CUDA is there, gloo on CPU otherwise), builds the
+model with the chosen layer spec (``auto``: transformer-engine on GPU when installed), loads the checkpoint, and checks:
 the HF -> Megatron -> HF round trip is exact (in the run's dtype), and per-token log-probs on random text with
 text and with multimodal (video-like) positions match ``Qwen2_5_VLForConditionalGeneration``'s within
 ``--tol``; with ``--vision``, the vision tower in Megatron too (``learner.megatron.vision_impl: megatron``, same
 spec and dtype): its ``visual.*`` round trip, and its features on a windowed video grid against the HF tower's
 within ``--tol``; with ``--sequence-parallel``, the model built sequence parallel, the sequence split over the TP
-ranks (the inputs are 63 tokens long, so the forward pads them). Prints one line per check; exit status 1 on a
+ranks (the inputs are 63 tokens long, so the forward pads them); with ``--cp`` > 1, each sequence split over
+the context-parallel ranks (megatron's load-balanced chunks; TE's CP attention on GPU, the all-gathered keys and
+values of ``SDPACoreAttention`` on CPU), the inputs 63 tokens long too. Prints one line per check; exit status 1 on a
 failure. On CPU it runs what tests/integration/learner/test_megatron_lm.py runs; the TE spec, NCCL and bf16 paths
 are what it is for, and were not run on this project's CPU machines.
 """
@@ -55,11 +58,11 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     if cuda:
         torch.cuda.set_device(device)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=args.tp)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=args.tp * args.cp)
 
     from vt_ray.learner.megatron import logprobs, model, parallel, spec, weights
 
-    parallel.init_model_parallel(args.tp)
+    parallel.init_model_parallel(args.tp, context_parallel=args.cp)
     dtype = getattr(torch, args.dtype)
     config = model.load_hf_config(args.model)
     use_te = spec.use_transformer_engine(args.impl)
@@ -83,8 +86,9 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
         with torch.no_grad():
             features = tower.eval()(pixels, grid_thw=grid).float().cpu()
     unequal = [k for k, v in exported.items() if not torch.equal(v.cpu(), checkpoint.get(k).to(dtype))]
-    # sequence parallel: a length no TP size divides, so the forward pads it
-    ids, text_pos, video_pos = _inputs(int(config.text_config.vocab_size), device, 63 if args.sequence_parallel else 64)
+    # sequence or context parallel: a length no TP or 2 CP size divides, so the forward pads it
+    odd = args.sequence_parallel or args.cp > 1
+    ids, text_pos, video_pos = _inputs(int(config.text_config.vocab_size), device, 63 if odd else 64)
     lm.eval()
     from vt_ray.learner.megatron.cpu import sequence_parallel_on_cpu
 
@@ -96,6 +100,7 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
 
         hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.model, dtype=dtype).to(device).eval()
         report = {"impl": "transformer_engine" if use_te else "local", "device": device.type, "tp": args.tp,
+                  "cp": args.cp,
                   "dtype": args.dtype, "sequence_parallel": args.sequence_parallel, "tensors": len(exported),
                   "round_trip_unequal": unequal}
         with torch.no_grad():
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vision", action="store_true", help="check the vision tower in Megatron too")
     ap.add_argument("--sequence-parallel", action="store_true",
                     help="build the model with megatron's sequence parallelism (needs --tp > 1)")
+    ap.add_argument("--cp", type=int, default=1, help="context-parallel ranks (the world is --tp x --cp)")
     ap.add_argument("--tol", type=float, default=None, help="log-prob tolerance (default 1e-5 float32, 0.1 bf16)")
     args = ap.parse_args(argv)
     tol = args.tol if args.tol is not None else (1e-5 if args.dtype == "float32" else 0.1)
@@ -134,11 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             from vt_ray.models.tiny import make_tiny_model
 
             args.model = str(make_tiny_model(Path(tmp) / "tiny"))
-        if torch.cuda.is_available() and torch.cuda.device_count() < args.tp:
-            print(f"need {args.tp} GPUs, found {torch.cuda.device_count()}", file=sys.stderr)
+        world = args.tp * args.cp
+        if torch.cuda.is_available() and torch.cuda.device_count() < world:
+            print(f"need {world} GPUs, found {torch.cuda.device_count()}", file=sys.stderr)
             return 1
         out = str(Path(tmp) / "report.json")
-        mp.spawn(_rank, args=(args, free_port(), out), nprocs=args.tp, join=True)
+        mp.spawn(_rank, args=(args, free_port(), out), nprocs=world, join=True)
         report = json.loads(Path(out).read_text())
     checks = {
         "round trip HF -> Megatron -> HF exact": not report["round_trip_unequal"],

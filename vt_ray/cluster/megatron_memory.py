@@ -26,6 +26,11 @@ for the activation split), with t = TP, p = PP, d = learner ranks / (t p), c = c
   tower: an overestimate for ``vision_impl: megatron``, whose attention and MLP activations split over t too).
   Without checkpointing, the FSDP2 plan's backward transients too: ``transients`` x (text + logits + vision).
 The first and the last stage are both sized; the larger is the learner's budget (they differ only for p > 1).
+Context parallelism (``learner.megatron.context_parallel_size``, CP): d = learner ranks / (t CP p), and the text
+activations and logits are those of S / CP and R / CP tokens (each CP rank keeps its chunks of every sequence);
+the vision tower's are not divided (every CP rank runs it whole). Not counted: the keys and values of the whole
+sequence each layer attends to (TE's ring exchanges them chunk by chunk; the CPU path all-gathers them, 2 kv_dim
+per token per layer).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class MegatronLayout:
     dp: int
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
+    cp: int = 1
 
     @classmethod
     def of(cls, cfg: RecipeConfig, shape: ModelShape) -> MegatronLayout:
@@ -52,18 +58,24 @@ class MegatronLayout:
         ``resources.model_size`` table: the recipe loader can only check a ``config.json`` on this machine)."""
         section = cfg.learner.megatron
         tp, pp, ranks = section.tensor_parallel_size, section.pipeline_parallel_size, cfg.resources.learner.num_workers
+        cp = section.context_parallel_size
         section.check_shape(shape.heads, shape.kv_heads, shape.vocab, shape.layers, f"({shape.name})")
         section.check_ranks(ranks)
-        return cls(tp, pp, ranks // (tp * pp), section.sequence_parallel, section.distributed_optimizer)
+        return cls(tp, pp, ranks // (tp * cp * pp), section.sequence_parallel, section.distributed_optimizer, cp)
 
     def describe(self) -> str:
+        cp = f" x CP {self.cp}" if self.cp > 1 else ""
         sliced = " (distributed optimizer)" if self.distributed_optimizer else ""
-        return f"Megatron TP {self.tp}{' (SP)' if self.sequence_parallel else ''} x PP {self.pp} x DP {self.dp}{sliced}"
+        return (f"Megatron TP {self.tp}{' (SP)' if self.sequence_parallel else ''}{cp} x PP {self.pp} x DP {self.dp}"
+                f"{sliced}")
 
     def state_bytes(self, c: int) -> tuple[float, float, float]:
-        """Bytes per local parameter of (parameters, gradients, optimizer) at c-byte compute."""
+        """Bytes per local parameter of (parameters, gradients, optimizer) at c-byte compute. The distributed
+        optimizer shards the float32 masters and moments over the data- and context-parallel ranks (the ranks
+        that hold the same parameters)."""
         if self.distributed_optimizer:
-            return c + 4 / self.dp, c + 4 / self.dp, 8 / self.dp
+            shards = self.dp * self.cp
+            return c + 4 / shards, c + 4 / shards, 8 / shards
         return param_bytes(c), 4, 8
 
 
@@ -93,7 +105,9 @@ def _stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, first: bool, l
     params += (s.vocab * s.hidden // lay.tp) * (int(first) + int(last and not s.tie_embeddings))
     if first:
         params += s.vision_params // lay.tp if cfg.learner.megatron.vision_impl == "megatron" else s.vision_params
-    seq, resp, b, h = cfg.data.max_prompt_tokens + cfg.rollout.max_tokens, cfg.rollout.max_tokens, micro_batch, s.hidden
+    b, h = micro_batch, s.hidden
+    # context parallelism: each rank holds its share of every sequence
+    seq, resp = (cfg.data.max_prompt_tokens + cfg.rollout.max_tokens) / lay.cp, cfg.rollout.max_tokens / lay.cp
     split = 5 * h + 2 * s.kv_dim + 4 * s.intermediate  # attention and MLP inside: split over TP
     replicated = 2 * h  # norm inputs and residual: replicated over TP, or sequence slices with SP
     sp = lay.tp if lay.sequence_parallel else 1
@@ -109,7 +123,8 @@ def _stage(cfg: RecipeConfig, s: ModelShape, lay: MegatronLayout, first: bool, l
     vision = vision_activations if first else 0.0
     extra = 0.0 if checkpointing else transients * (text + logits + vision)
     name = "only stage" if lay.pp == 1 else ("first stage" if first else "last stage")
-    note = (f"{name}, S={seq}, b={b}: {note} {text / GIB:.2f} + logits {logits / GIB:.2f} (vocab/TP) "
+    per_cp = f" (/CP {lay.cp})" if lay.cp > 1 else ""
+    note = (f"{name}, S={seq:g}{per_cp}, b={b}: {note} {text / GIB:.2f} + logits {logits / GIB:.2f} (vocab/TP) "
             f"+ vision {vision / GIB:.2f}")
     if extra:
         note += f" + transients {transients:g} x saved {extra / GIB:.2f}"

@@ -79,6 +79,10 @@ class MegatronConfig:
     vision_impl: VisionImpl = VisionImpl.hf
     """The vision tower: hf (the Hugging Face module, replicated on every TP rank) | megatron (megatron-core
     modules, split over the TP group: TP must divide the tower's heads and MLP width too)."""
+    context_parallel_size: int = 1
+    """Ranks each sequence is split over (context parallelism: megatron's load-balanced 2 CP chunks, keys and
+    values exchanged in attention); the learner's ranks must be a multiple of TP x CP x PP. The vision tower
+    (either) runs whole on every CP rank."""
     sequence_parallel: bool = False
     """megatron's sequence parallelism: the activations outside attention and MLP (norms, residual, dropout) split
     along the sequence over the TP group instead of replicated (per-layer activations / TP). Needs
@@ -96,6 +100,7 @@ class MegatronConfig:
         set_choice(self, "recompute_method", RecomputeMethod, "learner.megatron.recompute_method")
         set_choice(self, "vision_impl", VisionImpl, "learner.megatron.vision_impl")
         check(self.recompute_num_layers >= 1, "learner.megatron.recompute_num_layers", "must be >= 1")
+        check(self.context_parallel_size >= 1, "learner.megatron.context_parallel_size", "must be >= 1")
         check(not self.sequence_parallel or self.tensor_parallel_size > 1, "learner.megatron.sequence_parallel",
               "splits the sequence over the tensor-parallel group: it needs learner.megatron.tensor_parallel_size "
               f"> 1 (got {self.tensor_parallel_size})")
@@ -106,6 +111,7 @@ class MegatronConfig:
         above the config layer."""
         tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
         if tp * pp == 1 and self.recompute_num_layers == 1:  # nothing to split: any model fits
+            self.check_ranks(learner_ranks)
             return
         text = _text_config(model_path)
         if text is not None:
@@ -119,11 +125,14 @@ class MegatronConfig:
         self.check_ranks(learner_ranks)
 
     def check_ranks(self, learner_ranks: int) -> None:
-        """TP x PP must divide the learner's ranks (the rest are data-parallel replicas)."""
-        tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
+        """TP x PP, and TP x CP x PP, must divide the learner's ranks (the rest are data-parallel replicas)."""
+        tp, pp, cp = self.tensor_parallel_size, self.pipeline_parallel_size, self.context_parallel_size
         check(learner_ranks % (tp * pp) == 0, "learner.megatron.tensor_parallel_size",
               f"tensor_parallel_size x pipeline_parallel_size = {tp * pp} does not divide the "
               f"{learner_ranks} learner ranks (resources.learner.num_workers)")
+        check(learner_ranks % (tp * cp * pp) == 0, "learner.megatron.context_parallel_size",
+              f"tensor_parallel_size x context_parallel_size x pipeline_parallel_size = {tp * cp * pp} does not "
+              f"divide the {learner_ranks} learner ranks (resources.learner.num_workers)")
 
     def check_vision(self, heads: int, mlp_width: int, source: str) -> None:
         """With ``vision_impl: megatron`` TP splits the vision tower too: it must divide its heads and MLP width."""

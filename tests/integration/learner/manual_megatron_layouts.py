@@ -69,6 +69,15 @@ LAYOUTS = {
     "four_dp2": (2, [], "four"),
     "sp_recompute": (2, ["learner.megatron.tensor_parallel_size=2", "learner.megatron.sequence_parallel=true",
                          "learner.activation_checkpointing=true"], False),
+    "cp2": (2, ["learner.megatron.context_parallel_size=2"], False),
+    "cp2_recompute": (2, ["learner.megatron.context_parallel_size=2", "learner.activation_checkpointing=true"], False),
+    "cp2_megatron_tower": (2, ["learner.megatron.context_parallel_size=2", "learner.megatron.vision_impl=megatron"],
+                           False),
+    "tp2_cp2": (4, ["learner.megatron.tensor_parallel_size=2", "learner.megatron.context_parallel_size=2"], False),
+    "tp2_sp_cp2": (4, ["learner.megatron.tensor_parallel_size=2", "learner.megatron.sequence_parallel=true",
+                       "learner.megatron.context_parallel_size=2"], False),
+    "cp2_dp2": (4, ["learner.megatron.context_parallel_size=2"], False),
+    "pp2_cp2": (4, ["learner.megatron.pipeline_parallel_size=2", "learner.megatron.context_parallel_size=2"], False),
 }
 
 

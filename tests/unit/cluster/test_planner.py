@@ -264,6 +264,25 @@ def test_megatron_sequence_parallel_splits_the_replicated_activations_over_tp(ch
     assert first_off.activations - first_on.activations == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_megatron_context_parallel_divides_the_text_activations_by_cp(checkpointing: bool) -> None:
+    """Each CP rank keeps 1/CP of every sequence: its layers' activations and logits are a CP-th; the vision
+    tower (run whole on every CP rank) and the parameters are not divided; CP ranks come out of DP."""
+    from vt_ray.cluster.megatron_memory import MegatronLayout, peak_stage
+
+    shape = KNOWN_SHAPES["7B"]
+    flags = [f"learner.activation_checkpointing={str(checkpointing).lower()}"]
+    off = load_config(MEGATRON_7B, flags)
+    on = load_config(MEGATRON_7B, [*flags, "learner.megatron.context_parallel_size=2"])
+    lay_off, lay_on = MegatronLayout.of(off, shape), MegatronLayout.of(on, shape)
+    assert (lay_off.dp, lay_on.dp, lay_on.cp) == (2, 1, 2) and "TP 4 x CP 2 x PP 1" in lay_on.describe()
+    vision = 1e9
+    st_off, st_on = (peak_stage(cfg, shape, lay, 1, 2, checkpointing, False, vision)
+                     for cfg, lay in ((off, lay_off), (on, lay_on)))
+    assert st_on.params == st_off.params
+    assert st_on.activations - vision == pytest.approx((st_off.activations - vision) / 2, rel=1e-9)
+
+
 @pytest.mark.parametrize(("overrides", "key"), [
     (["learner.megatron.tensor_parallel_size=16", "learner.megatron.pipeline_parallel_size=1"],
      "learner.megatron.tensor_parallel_size"),  # 16 does not divide the 8 KV heads

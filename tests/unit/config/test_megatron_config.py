@@ -25,6 +25,9 @@ def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
     assert cfg.learner.megatron.sequence_parallel is True
     cfg = _load(tiny_model_dir, "learner.megatron.pipeline_parallel_size=2")
     assert cfg.learner.megatron.pipeline_parallel_size == 2
+    assert cfg.learner.megatron.context_parallel_size == 1
+    cfg = _load(tiny_model_dir, "learner.megatron.context_parallel_size=2")
+    assert cfg.learner.megatron.context_parallel_size == 2
     cfg = _load(tiny_model_dir, "learner.activation_checkpointing=true", "learner.megatron.recompute_method=block",
                 "learner.megatron.recompute_num_layers=2")
     assert (cfg.learner.megatron.recompute_granularity, cfg.learner.megatron.recompute_num_layers) == ("full", 2)
@@ -40,6 +43,12 @@ def test_layouts_that_split_the_model_load(tiny_model_dir: Path) -> None:
     ("learner.megatron.recompute_method=every", "learner.megatron.recompute_method", "'every'"),
     ("learner.megatron.recompute_num_layers=0", "learner.megatron.recompute_num_layers", ">= 1"),
     ("learner.megatron.vision_impl=timm", "learner.megatron.vision_impl", "'timm'"),
+    # context parallelism: TP x CP x PP must divide the learner's 2 ranks
+    ("learner.megatron.context_parallel_size=0", "learner.megatron.context_parallel_size", ">= 1"),
+    ("learner.megatron.context_parallel_size=4", "learner.megatron.context_parallel_size",
+     "context_parallel_size x pipeline_parallel_size = 4 does not divide the 2 learner ranks"),
+    ("learner.megatron.context_parallel_size=2 learner.megatron.tensor_parallel_size=2",
+     "learner.megatron.context_parallel_size", "= 4 does not divide the 2"),
     # sequence parallelism splits the sequence over the TP group: nothing to split it over at TP 1
     ("learner.megatron.sequence_parallel=true", "learner.megatron.sequence_parallel", "tensor_parallel_size > 1"),
     # uniform units must tile each stage's layers (2 layers here); block may not ask for more than there are

@@ -2,7 +2,8 @@
 
 One job per module: :mod:`.cpu` (the small fixes that let megatron-core's local modules run without CUDA),
 :mod:`.spec` (layer spec: transformer-engine on GPU, local + SDPA attention elsewhere), :mod:`.parallel`
-(process groups), :mod:`.model` (a ``GPTModel`` with Qwen2.5-VL's shape and multimodal RoPE),
+(process groups), :mod:`.context` (context parallelism: the sequence split, the K/V and per-token gathers),
+:mod:`.model` (a ``GPTModel`` with Qwen2.5-VL's shape and multimodal RoPE),
 :mod:`.weights` (HF <-> Megatron through mbridge's converters, split and merged over tensor-parallel ranks by
 megatron's own partition dims), :mod:`.logprobs` (per-token log-probs from vocab-parallel logits).
 

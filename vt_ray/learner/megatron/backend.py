@@ -2,8 +2,9 @@
 tensor- and pipeline-parallel language model plus the Hugging Face vision tower (:class:`~vt_ray.learner.megatron.vlm.
 MegatronVL`), behind the same contract as the FSDP2 worker (:class:`vt_ray.learner.backend_api.LearnerBackend`).
 
-Layout: ``learner.megatron.tensor_parallel_size`` (TP) x ``pipeline_parallel_size`` (PP) ranks share each
-model; the ``world / (TP PP)`` model-parallel groups are data-parallel replicas. The learner group shards a
+Layout: ``learner.megatron.tensor_parallel_size`` (TP) x ``context_parallel_size`` (CP) x
+``pipeline_parallel_size`` (PP) ranks share each model; the ``world / (TP CP PP)`` groups are data-parallel
+replicas (CP: :mod:`vt_ray.learner.megatron.context`). The learner group shards a
 mini-batch over *all* ranks, so the ranks of one model-parallel group first pool their shards
 (``all_gather_object``; they must run the same forward) and each answers for its own rows; gradients are summed
 over the data-parallel group before the step. With PP > 1 the micro-batches go through megatron's 1F1B schedule
@@ -96,15 +97,14 @@ class MegatronWorker(RankCommon):
                            master_port, self.lcfg.timeout_s)
         self.tp = self.lcfg.megatron.tensor_parallel_size
         self.pp = self.lcfg.megatron.pipeline_parallel_size
-        init_model_parallel(tensor_parallel=self.tp, pipeline_parallel=self.pp, seed=self.cfg.seed)
+        self.cp = self.lcfg.megatron.context_parallel_size
+        init_model_parallel(tensor_parallel=self.tp, pipeline_parallel=self.pp, seed=self.cfg.seed,
+                            context_parallel=self.cp)
         from megatron.core import parallel_state
 
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.pp_group = parallel_state.get_pipeline_model_parallel_group()
-        # The ranks that share one model (TP x PP) run the same forward on the same pooled batch.
-        self.mp_group = parallel_state.get_model_parallel_group()
-        self.dp_group = parallel_state.get_data_parallel_group()
-        self.dp_size = dist.get_world_size(self.dp_group)
+        self._context_parallel_groups(parallel_state)
         torch.manual_seed(self.cfg.seed + parallel_state.get_data_parallel_rank())
         use_te = use_transformer_engine(self.lcfg.megatron.transformer_impl)
         self.model_path = model_path or self.cfg.model.path
@@ -132,9 +132,23 @@ class MegatronWorker(RankCommon):
             self.dist_optim.bind(self.optimizer)
         return sum(math.prod(shape) for shape in self.view.shapes.values())
 
+    def _context_parallel_groups(self, parallel_state: Any) -> None:
+        """The groups that context parallelism changes. ``mp_group``: the ranks that share one model (TP x CP x
+        PP), which run the same forward on the same pooled batch. ``dp_group``: the replicas, over which metrics
+        are reduced (CP ranks hold the same figures: the loss runs on the CP-gathered log-probs). ``grad_group``:
+        the data-parallel *and* context-parallel ranks, over which gradients are summed (each CP rank's are those
+        of its own tokens; megatron's ``get_data_parallel_group(with_context_parallel=True)``)."""
+        from vt_ray.learner.megatron.parallel import replica_group
+
+        self.mp_group, self.mp_size = replica_group()
+        self.dp_group = parallel_state.get_data_parallel_group()
+        self.dp_size = dist.get_world_size(self.dp_group)
+        self.grad_group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+        self.grad_group_size = dist.get_world_size(self.grad_group)
+
     # ---- the model-parallel group's data -----------------------------------------------------------------
     def _pooled(self, shard: TrainBatch) -> tuple[TrainBatch, slice, dict[Any, torch.Tensor]]:
-        """The shards of this rank's model-parallel group (TP x PP) as one batch (its ranks run the same
+        """The shards of this rank's model-parallel group (TP x CP x PP) as one batch (its ranks run the same
         forward), this rank's rows in it, and the float32 pixels of its distinct prompts (``fetched`` for
         ``TrainBatch.materialised``: each micro-batch expands only its own rows' copies).
 
@@ -142,7 +156,7 @@ class MegatronWorker(RankCommon):
         copy per prompt), not expanded to one float32 copy per sample (G per video) as a materialised shard
         would be."""
         shard, stored = shard.fetch_pixels()
-        size = self.tp * self.pp
+        size = self.mp_size
         if size == 1:
             return shard, slice(0, len(shard)), {key: p.tensor() for key, p in stored.items()}
         gathered: list[Any] = [None] * size
@@ -262,24 +276,26 @@ class MegatronWorker(RankCommon):
         return out
 
     def _sum_data_parallel_grads(self, params: list[torch.Tensor]) -> None:
-        """Data-parallel replicas hold gradients of their own data: the step needs their sum (one all-reduce
-        per parameter, in float32 on the masters; megatron's bucketed DDP is the GPU-scale version, left for
-        later)."""
-        if self.dp_size == 1:
+        """Data-parallel replicas hold gradients of their own data, context-parallel ranks those of their own
+        tokens: the step needs their sum (one all-reduce per parameter over ``grad_group``, in float32 on the
+        masters; megatron's bucketed DDP is the GPU-scale version, left for later)."""
+        if self.grad_group_size == 1:
             return
         for param in params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
-            dist.all_reduce(param.grad, group=self.dp_group)
+            dist.all_reduce(param.grad, group=self.grad_group)
 
     def _distributed_optimizer(self) -> Any:
-        """``learner.megatron.distributed_optimizer``: this data-parallel rank's slice of the float32 masters
-        (vt_ray/learner/megatron/dist_optim.py); the policy's whole masters are dropped."""
+        """``learner.megatron.distributed_optimizer``: this rank's slice of the float32 masters
+        (vt_ray/learner/megatron/dist_optim.py), sliced over ``grad_group`` (the data- and context-parallel ranks:
+        all hold the same parameters, as megatron's own distributed optimizer shards over DP x CP); the policy's
+        whole masters are dropped."""
         from vt_ray.learner.megatron.dist_optim import DistributedOptimizer
 
         policy = self.policy
         assert policy.masters is not None
-        sharded = DistributedOptimizer(policy.masters.params, policy.masters.masters, self.dp_group, self.tp_group,
+        sharded = DistributedOptimizer(policy.masters.params, policy.masters.masters, self.grad_group, self.tp_group,
                                        self.pp_group)
         policy.masters, policy.sharded_masters = None, sharded
         return sharded

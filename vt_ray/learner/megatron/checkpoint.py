@@ -62,7 +62,8 @@ def _sharded_model(vl: MegatronVL) -> dict[str, Any]:
         tower: Any = vl.visual
         state.update(tower.sharded_state_dict(prefix="visual."))
         return state
-    replica = (0, parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_data_parallel_rank())
+    replica = (0, parallel_state.get_tensor_model_parallel_rank(),  # CP ranks hold copies too (megatron's own ids)
+               parallel_state.get_data_parallel_rank(with_context_parallel=True))
     for name, tensor in vl.visual.state_dict(keep_vars=True).items():
         key = f"visual.{name}"
         state[key] = ShardedTensor.from_rank_offsets(key, tensor, replica_id=replica)

@@ -64,9 +64,37 @@ class SDPACoreAttention(torch.nn.Module):
         causal = getattr(mask_type, "name", "") == "causal"
         if packed_seq_params is not None:
             return self._packed(query, key, value, packed_seq_params, causal)
+        from vt_ray.learner.megatron import context
+
+        if context.size() > 1:
+            return self._context_parallel(query, key, value, attention_mask, causal)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
         mask = None if causal or attention_mask is None else ~attention_mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale,
+                                             enable_gqa=q.size(1) != k.size(1))
+        return out.permute(2, 0, 1, 3).reshape(out.size(2), out.size(0), -1)
+
+    def _context_parallel(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """Context parallelism (:mod:`vt_ray.learner.megatron.context`): this rank holds its chunks of the
+        sequence; its queries attend to every CP rank's keys and values, all-gathered over the CP group (the
+        backward sums their gradients back, ``context.gather_kv``), under a mask from global positions: causal
+        (a key not after the query), or megatron's full-sequence boolean mask (True = masked) read at this rank's
+        query rows and the gathered keys' columns. Memory ``[b, heads, s / CP, s]`` scores per rank, as
+        megatron's all-gather CP (``cp_comm_type="all_gather"``), not TE's ring."""
+        from vt_ray.learner.megatron import context
+
+        q_pos, k_pos = context.query_and_key_positions(query.shape[0], query.device)
+        key, value = context.gather_kv(key), context.gather_kv(value)
+        allowed: torch.Tensor | None
+        if causal:  # one cached tensor for every layer: the backward keeps one copy
+            allowed = context.causal_bias(query.shape[0], context.size(), context.rank(), query.dtype, query.device)
+        elif attention_mask is not None:
+            allowed = ~attention_mask[..., q_pos[:, None], k_pos[None, :]]
+        else:
+            allowed = None
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.softmax_scale,
                                              enable_gqa=q.size(1) != k.size(1))
         return out.permute(2, 0, 1, 3).reshape(out.size(2), out.size(0), -1)
 
@@ -207,6 +235,17 @@ def sequence_parallel_on_cpu() -> Iterator[None]:
     reduce-scatters along the sequence (``tensor_parallel.mappings``, the column-parallel linears' gathered input,
     forward and backward) allocate their outputs, and megatron's global scratch buffer its storage, on
     ``torch.cuda.current_device()`` (answered ``cpu``, as :func:`cuda_device_is_cpu`). Held around forwards and
-    backwards (the backward gathers too). With CUDA present nothing changes."""
-    with cuda_device_is_cpu():
+    backwards (the backward gathers too). Also context parallelism's one CUDA assumption: megatron's rotary
+    embedding slices its output by CP rank with ``get_pos_emb_on_this_cp_rank``, which pins memory and moves its
+    index to CUDA (:func:`vt_ray.learner.megatron.context.rope_slice_on_cpu`, the same slice, stands in). With
+    CUDA present nothing changes."""
+    if torch.cuda.is_available():
+        yield
+        return
+    from megatron.core.models.common.embeddings import rotary_pos_embedding
+
+    from vt_ray.learner.megatron.context import rope_slice_on_cpu
+
+    with cuda_device_is_cpu(), mock.patch.object(rotary_pos_embedding, "get_pos_emb_on_this_cp_rank",
+                                                 rope_slice_on_cpu):
         yield

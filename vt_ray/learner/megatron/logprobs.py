@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vt_ray.learner.batch import TrainBatch
-from vt_ray.learner.megatron import multimodal
+from vt_ray.learner.megatron import context, multimodal
 from vt_ray.learner.megatron.multimodal import decoder_input, pad_sequence, vision_features
 from vt_ray.models.mrope import rope_index
 
@@ -31,15 +31,16 @@ def next_token_logprobs(model: Any, input_ids: torch.Tensor, position_ids: torch
     """[B, L-1]: log p(input_ids[:, t+1] | input_ids[:, :t+1]). ``position_ids`` are Qwen2.5-VL's multimodal
     positions, [3, B, L] (text-only: three equal rows); ``decoder_input`` the embeddings with image/video
     features merged in (:func:`vt_ray.learner.megatron.multimodal.decoder_input`), None for text only. With
-    sequence parallelism the sequence is padded for the forward (:func:`.multimodal.pad_sequence`)."""
+    sequence (or context) parallelism the sequence is padded for the forward (:func:`.multimodal.pad_sequence`);
+    with context parallelism ``decoder_input`` is this CP rank's part and the result is gathered back."""
     length = input_ids.shape[1]
     input_ids, position_ids = pad_sequence(model, input_ids), pad_sequence(model, position_ids)
-    if decoder_input is None and model.config.sequence_parallel:
+    if decoder_input is None and (model.config.sequence_parallel or model.config.context_parallel_size > 1):
         decoder_input = multimodal.decoder_input(model, input_ids, {})  # the embedding does not split it here
-    labels = torch.roll(input_ids, -1, dims=1)
+    labels = context.split(torch.roll(input_ids, -1, dims=1), 1)
     loss = model(input_ids, position_ids, causal_mask(input_ids.shape[1]).to(input_ids.device), labels=labels,
                  decoder_input=decoder_input)
-    return -loss[:, : length - 1].float()
+    return -context.gather_sequence(loss)[:, : length - 1].float()
 
 
 def batch_token_logprobs(lm: Any, visual: torch.nn.Module, batch: TrainBatch, hf_config: Any,
@@ -69,8 +70,9 @@ def batch_logprobs_and_entropy(lm: Any, visual: torch.nn.Module, batch: TrainBat
 @dataclass
 class StageInputs:
     """What one forward of the language model needs on every pipeline stage: token ids and multimodal
-    positions (RoPE is applied in every layer; both padded for sequence parallelism, ``response_mask`` not), the
-    labels (the last stage's vocab-parallel cross-entropy; None when the logits are wanted), and
+    positions (RoPE is applied in every layer; both padded for sequence and context parallelism, ``response_mask``
+    not; both whole with context parallelism: megatron's rotary embedding keeps its CP rank's positions), the
+    labels (the last stage's vocab-parallel cross-entropy, this CP rank's; None when the logits are wanted), and
     ``embeddings()``: the decoder input with the vision tower's features merged in, computed only where it is
     called (the first stage, which holds the embedding and the tower)."""
 
@@ -104,7 +106,7 @@ def stage_inputs(lm: Any, visual: torch.nn.Module | None, batch: TrainBatch, hf_
 
     mask = batch.response_mask.to(ids.device).bool()
     ids, positions = pad_sequence(lm, ids), pad_sequence(lm, positions.to(ids.device))  # sequence parallelism
-    labels = torch.roll(ids, -1, dims=1) if entropy is None else None
+    labels = context.split(torch.roll(ids, -1, dims=1), 1) if entropy is None else None
     return StageInputs(ids, positions, labels, mask, embeddings)
 
 
@@ -112,7 +114,10 @@ def logprobs_from_output(output: torch.Tensor, inputs: StageInputs, entropy: str
                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[B, L] response-token log-probs (and entropy) from the last stage's output: the per-token cross-entropy
     [B, L] when ``inputs.labels`` were given, else this TP rank's vocabulary slice of the logits [B, L, V/TP]
-    (L: the batch's length; a forward padded for sequence parallelism gives more, dropped here)."""
+    (L: the batch's length; a forward padded for sequence parallelism gives more, dropped here). With context
+    parallelism, :func:`_context_parallel_logprobs`."""
+    if context.size() > 1:
+        return _context_parallel_logprobs(output, inputs, entropy)
     mask = inputs.response_mask
     output = output[:, : mask.shape[1]]
     if inputs.labels is not None:
@@ -128,6 +133,29 @@ def logprobs_from_output(output: torch.Tensor, inputs: StageInputs, entropy: str
         ent = F.pad(vocab_parallel_entropy(logits), (1, 0))
     zero = torch.zeros_like(logprobs)
     return torch.where(mask, logprobs, zero), torch.where(mask, ent, zero)
+
+
+def _context_parallel_logprobs(output: torch.Tensor, inputs: StageInputs, entropy: str | None
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`logprobs_from_output` when this rank holds its CP chunks of the sequence: the log-probs (and
+    entropy) of the next token at this rank's positions, from its per-token cross-entropy or its vocabulary
+    slice of the logits, gathered over the CP group into sequence order (:func:`.context.gather_sequence`: every CP
+    rank then computes the same loss on the whole ``[B, L]``, and the backward keeps each rank's own tokens)."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    mask = inputs.response_mask
+    ent = None
+    if inputs.labels is not None:
+        next_lp = -output.float()  # [B, L/CP]: log p(the next token) at this rank's positions
+    else:
+        logits = output.float()
+        labels = context.split(torch.roll(inputs.ids, -1, dims=1), 1)
+        next_lp = -vocab_parallel_cross_entropy(logits.clone(), labels)  # it writes into its input
+        with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+            ent = F.pad(context.gather_sequence(vocab_parallel_entropy(logits))[:, : mask.shape[1] - 1], (1, 0))
+    logprobs = F.pad(context.gather_sequence(next_lp)[:, : mask.shape[1] - 1], (1, 0))  # t: log p(token t | < t)
+    zero = torch.zeros_like(logprobs)
+    return torch.where(mask, logprobs, zero), None if ent is None else torch.where(mask, ent, zero)
 
 
 def vocab_parallel_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,8 @@ class Recompute:
 
 def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                        dtype: torch.dtype = torch.float32, use_te: bool = False,
-                       recompute: Recompute | None = None, sequence_parallel: bool = False) -> Any:
+                       recompute: Recompute | None = None, sequence_parallel: bool = False,
+                       context_parallel: int = 1) -> Any:
     """The ``TransformerConfig``. Dropout is 0 (RL fine-tuning, and what the HF model runs with).
 
     Fused kernels: only the bias-SwiGLU and bias-dropout-add fusions, and only with TE on CUDA (they are CUDA
@@ -91,7 +92,11 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
     softmax fusion (for megatron's own attention, which neither spec here uses) and persistent layer norm
     (apex). Without CUDA, parameters are created on the CPU. ``recompute``: activation recompute in training
     (the backward recomputes what the forward did not keep; on CPU under :func:`.cpu.recompute_on_cpu`).
-    ``sequence_parallel``: megatron's sequence parallelism (``learner.megatron.sequence_parallel``, TP > 1)."""
+    ``sequence_parallel``: megatron's sequence parallelism (``learner.megatron.sequence_parallel``, TP > 1).
+    ``context_parallel``: the CP size (``learner.megatron.context_parallel_size``): with TE on GPU, TE's attention
+    exchanges keys and values over megatron's CP group itself (written, not run here: no GPU); on CPU the local
+    spec's :class:`~vt_ray.learner.megatron.cpu.SDPACoreAttention` all-gathers them
+    (:mod:`vt_ray.learner.megatron.context`)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     fused = use_te and torch.cuda.is_available()
@@ -102,7 +107,7 @@ def transformer_config(shape: TextShape, tensor_parallel: int = 1, pipeline_para
         add_bias_linear=False, add_qkv_bias=True, mrope_section=list(shape.mrope_section),
         hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=tensor_parallel, pipeline_model_parallel_size=pipeline_parallel,
-        sequence_parallel=sequence_parallel,
+        sequence_parallel=sequence_parallel, context_parallel_size=context_parallel,
         params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         use_cpu_initialization=not torch.cuda.is_available(),
         # perform_initialization stays on: megatron marks weights ``tensor_model_parallel``/``partition_dim`` only
@@ -136,7 +141,9 @@ def build_language_model(shape: TextShape, tensor_parallel: int = 1, pipeline_pa
 
     With ``sequence_parallel`` the decoder takes its input split along the sequence, which the embedding does not
     do here (``scatter_embedding_sequence_parallel=False``): the image/video features are merged into the full
-    embeddings first and :func:`vt_ray.learner.megatron.multimodal.decoder_input` splits the result.
+    embeddings first and :func:`vt_ray.learner.megatron.multimodal.decoder_input` splits the result. The same
+    for context parallelism (megatron's CP group, from :func:`.parallel.init_model_parallel`: its size is read
+    from there).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -144,7 +151,7 @@ def build_language_model(shape: TextShape, tensor_parallel: int = 1, pipeline_pa
     if use_te is None:
         use_te = transformer_engine_usable()
     config = transformer_config(shape, tensor_parallel, pipeline_parallel, dtype, use_te, recompute,
-                                sequence_parallel)
+                                sequence_parallel, parallel_state.get_context_parallel_world_size())
     with building_on_cpu():
         model = GPTModel(
             config=config, transformer_layer_spec=block_spec(config, use_te), vocab_size=shape.vocab,

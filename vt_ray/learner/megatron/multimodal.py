@@ -17,9 +17,12 @@ import torch
 
 def sequence_multiple(lm: Any) -> int:
     """What the sequence length must be a multiple of: the TP size with sequence parallelism (the decoder's input
-    is split into equal slices, one per TP rank), else 1."""
+    is split into equal slices, one per TP rank), times 2 CP with context parallelism (2 CP equal chunks,
+    :mod:`vt_ray.learner.megatron.context`), else 1."""
     config = lm.config
-    return int(config.tensor_model_parallel_size) if config.sequence_parallel else 1
+    tp = int(config.tensor_model_parallel_size) if config.sequence_parallel else 1
+    cp = int(config.context_parallel_size)
+    return tp * (2 * cp if cp > 1 else 1)
 
 
 def pad_sequence(lm: Any, tensor: torch.Tensor) -> torch.Tensor:
@@ -36,7 +39,12 @@ def decoder_input(lm: Any, input_ids: torch.Tensor, features: dict[int, torch.Te
 
     With sequence parallelism: ``input_ids`` padded by :func:`pad_sequence` and this TP rank's slice of the
     sequence, ``[L / TP, B, hidden]`` (megatron's ``scatter_to_sequence_parallel_region``: its backward
-    all-gathers the slices' gradients, so every TP rank's vision tower gets the full gradient, as without)."""
+    all-gathers the slices' gradients, so every TP rank's vision tower gets the full gradient, as without).
+
+    With context parallelism: this CP rank's tokens (:func:`.context.split`; then the sequence-parallel slice of
+    those), the features merged first, so every CP rank runs the tower on all the pixels. Its tower then gets the
+    gradient of its own tokens only; the sum over the CP group (the data-parallel sum runs over data x context
+    parallel ranks) is the full one."""
     input_ids = pad_sequence(lm, input_ids)
     embeddings = lm.embedding(input_ids=input_ids, position_ids=None).transpose(0, 1)  # [B, L, hidden]
     for token_id, rows in features.items():
@@ -45,6 +53,10 @@ def decoder_input(lm: Any, input_ids: torch.Tensor, features: dict[int, torch.Te
             raise ValueError(f"{int(mask.sum())} placeholder tokens (id {token_id}) but {rows.shape[0]} feature rows")
         embeddings = embeddings.masked_scatter(mask[..., None], rows.to(embeddings.dtype))
     embeddings = embeddings.transpose(0, 1).contiguous()
+    if lm.config.context_parallel_size > 1:
+        from vt_ray.learner.megatron import context
+
+        embeddings = context.split(embeddings, 0)
     if not lm.config.sequence_parallel:
         return embeddings
     from megatron.core.tensor_parallel import scatter_to_sequence_parallel_region

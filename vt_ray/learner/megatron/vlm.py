@@ -140,21 +140,28 @@ class MegatronVL(torch.nn.Module):
 
             inputs = StageInputs(padded, positions, None, torch.ones_like(ids, dtype=torch.bool),
                                  lambda: decoder_input(self.lm, padded, {}))
-            return pipeline.run(self.lm, [inputs], lambda _, out: (out.sum() * 0, self._full_logprobs(ids, out)),
+            return pipeline.run(self.lm, [inputs], lambda _, out: (out.sum() * 0,
+                                                                   self._full_logprobs(ids, padded, out)),
                                 forward_only=True)[0]
         output = self.lm(padded, positions, causal_mask(padded.shape[1]).to(ids.device),
                          decoder_input=decoder_input(self.lm, padded, {}))
-        return self._full_logprobs(ids, output)
+        return self._full_logprobs(ids, padded, output)
 
     @staticmethod
-    def _full_logprobs(ids: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    def _full_logprobs(ids: torch.Tensor, padded: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """From this rank's output ``[1, L', V/TP]`` (L' the padded length, or this CP rank's part of it): the
+        log-prob of each next token at its positions, gathered over CP into sequence order, cut to ``T-1``."""
         import torch.distributed as dist
         from megatron.core import parallel_state
 
-        logits = output[0, : ids.shape[1]].contiguous()  # [T, V/TP] (a sequence-parallel forward's padding dropped)
+        from vt_ray.learner.megatron import context
+
+        logits = output[0].contiguous()  # [L', V/TP]
+        labels = context.split(torch.roll(padded, -1, dims=1), 1)[0]  # the next token at each of these positions
         group = parallel_state.get_tensor_model_parallel_group()
         # TP rank r holds vocabulary slice r. megatron's own gather allocates on the CUDA device: gathered here.
         pieces = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]
         dist.all_gather(pieces, logits, group=group)
         full = torch.cat(pieces, dim=-1).double()
-        return full[:-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+        next_lp = full.log_softmax(-1).gather(-1, labels[:, None])[:, 0]
+        return context.gather_sequence(next_lp[None])[0, : ids.shape[1] - 1]
