@@ -110,9 +110,8 @@ class _GatherKV(torch.autograd.Function):
     """All-gather along ``dim`` over the CP group, in rank order (:func:`gathered_order`).
 
     Backward: this rank's queries produced a gradient for *every* rank's keys and values; rank s's own K/V
-    need the sum of those over all CP ranks. torch's gloo backend has no reduce-scatter, so: all-reduce the
-    full gradient, keep this rank's slice (each rank sends the full tensor: 2x the bytes of a reduce-scatter,
-    the same result)."""
+    need the sum of those over all CP ranks: a reduce-scatter along the sequence (gloo has one since torch 2.13;
+    along another ``dim`` than 0, an all-reduce and this rank's slice)."""
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor, dim: int, cp_group: Any) -> torch.Tensor:
@@ -121,6 +120,12 @@ class _GatherKV(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        if ctx.dim == 0:
+            from vt_ray.learner.megatron.parallel import reduce_scatter_into
+
+            out = grad.new_empty((ctx.local, *grad.shape[1:]))
+            reduce_scatter_into(out, grad.contiguous(), ctx.cp_group)
+            return out, None, None
         grad = grad.clone(memory_format=torch.contiguous_format)  # reduced in place: never autograd's own buffer
         dist.all_reduce(grad, group=ctx.cp_group)
         me = dist.get_rank(ctx.cp_group)

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from vt_ray.learner.megatron.optim import TP_ATTRIBUTES
+from vt_ray.learner.megatron.parallel import all_gather_into, reduce_scatter_into
 
 # Elements per rank per bucket of the reduce-scatter and all-gather (a DP x BUCKET float32 transient).
 BUCKET = 1 << 22
@@ -186,7 +187,7 @@ class DistributedOptimizer:
             if self.dp == 1:
                 grad[start:stop] = send[0]
             else:
-                _reduce_scatter(grad[start:stop], send.reshape(-1), self.dp_group)
+                reduce_scatter_into(grad[start:stop], send.reshape(-1), self.dp_group)
         for param in self.params:
             param.grad = None
         self.slice.grad = grad
@@ -228,7 +229,7 @@ class DistributedOptimizer:
             if self.dp == 1:
                 received[0] = self.slice.data[start:stop]
             else:
-                _all_gather(received.reshape(-1), self.slice.data[start:stop].contiguous(), self.dp_group)
+                all_gather_into(received.reshape(-1), self.slice.data[start:stop].contiguous(), self.dp_group)
             for rank in range(self.dp):
                 for piece in self.layout.pieces_in(rank, start, stop):
                     at = piece.slice_start - start
@@ -309,16 +310,6 @@ class DistributedOptimizer:
         state = self._state()
         return {"masters": self.slice.numel() * 4,
                 "moments": sum(state[k].numel() * state[k].element_size() for k in ("exp_avg", "exp_avg_sq"))}
-
-
-def _reduce_scatter(output: torch.Tensor, source: torch.Tensor, group: Any) -> None:
-    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor  # torch < 2.13
-    reduce_scatter(output, source, group=group)
-
-
-def _all_gather(output: torch.Tensor, source: torch.Tensor, group: Any) -> None:
-    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # torch < 2.13
-    all_gather(output, source, group=group)
 
 
 __all__ = ["BUCKET", "DistributedOptimizer", "FlatLayout", "Piece", "norm_class"]
