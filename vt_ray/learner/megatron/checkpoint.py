@@ -269,6 +269,9 @@ def read_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer | DistributedOp
     optimizer keeps pointing at them."""
     from megatron.core import dist_checkpointing
 
+    from vt_ray.learner.megatron.megatron_optim import refuse_megatron_checkpoint
+
+    refuse_megatron_checkpoint(found)  # learner.megatron.optimizer_impl: megatron's format, not this one
     if isinstance(optimizer, DistributedOptimizer):
         _read_sliced(vl, optimizer, found)
         return
