@@ -35,8 +35,8 @@ What it replaces, and how it differs from the vt_ray path:
   read the model's parameters (``policy.masters`` is None): in a bf16 run they export the bf16 rounding, not the
   float32 masters the vt_ray path exports; and megatron's masters start from the bf16 parameters, not the
   checkpoint's float32 values;
-* checkpoints: ``optimizer.sharded_state_dict(model_sharded_state_dict)`` (``fully_sharded_model_space``:
-  reshardable) through ``dist_checkpointing``, a format of its own: a marker file (:data:`MARKER`) says which
+* checkpoints: ``optimizer.sharded_state_dict(model_sharded_state_dict)`` (``fully_reshardable``:
+  :data:`SHARDING`) through ``dist_checkpointing``, a format of its own: a marker file (:data:`MARKER`) says which
   optimizer wrote a checkpoint, and resuming across the two implementations is refused, naming the key.
 """
 
@@ -59,6 +59,9 @@ from vt_ray.learner.schedule import lr_factor, warmup_steps
 KEY = "learner.megatron.optimizer_impl"
 # Written next to the shards by the megatron path; its presence (or absence) refuses a resume across the two.
 MARKER = "megatron_optimizer.json"
+# Reshardable at any TP/PP/DP layout (the state gathered on DP rank 0 at save). 0.16.1's default,
+# fully_sharded_model_space, fails its own check ("ShardedTensor.flattened_range is not supported").
+SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def require_cuda(cuda_available: bool | None = None) -> None:
@@ -141,6 +144,18 @@ def trained_modules(policy: Any) -> list[torch.nn.Module]:
     return [parts["lm"][0]] + ([parts["visual"][0]] if "visual" in parts else [])
 
 
+@torch.no_grad()
+def _parameters_to_bf16(module: torch.nn.Module) -> None:
+    """Every float32 parameter of a bf16 model in bf16 (megatron's local RMSNorm keeps float32 weights under a
+    bf16 ``params_dtype``), as megatron's ``Float16Module`` casts a model (buffers, e.g. RoPE's frequencies, stay).
+    megatron-core 0.16.1's ``DistributedOptimizer`` orders a param group's main parameters float32 first, bf16
+    next, but indexes them (``model_param_group_index_map``) in buffer order: with both dtypes in a group its
+    checkpoint maps a parameter to another's state (a size mismatch at save, seen in a CPU run with CUDA faked)."""
+    for param in module.parameters():
+        if param.dtype == torch.float32:
+            param.data = param.data.to(torch.bfloat16)
+
+
 class MegatronOptimizer:
     """The DDP wrappers of :func:`trained_modules`, megatron's optimizer over them and our lr schedule."""
 
@@ -152,6 +167,8 @@ class MegatronOptimizer:
         self.policy = policy
         self.chunks = []
         for module in trained_modules(policy):
+            if lcfg.param_dtype == "bfloat16":
+                _parameters_to_bf16(module)
             config: Any = module.config
             if not config.calculate_per_token_loss:  # sum the replicas' gradients (see the module docstring)
                 config = copy.copy(config)
@@ -198,7 +215,24 @@ class MegatronOptimizer:
         from vt_ray.learner.megatron.checkpoint import _sharded_model
 
         model = _sharded_model(self.policy)
-        return {"model": model, "optimizer": self.optimizer.sharded_state_dict(model, is_loading=is_loading)}
+        return {"model": model, "optimizer": self.optimizer.sharded_state_dict(model, is_loading=is_loading,
+                                                                               metadata=SHARDING)}
+
+    @staticmethod
+    def _refuse_torch_adam_resume() -> None:
+        """Without transformer-engine or apex megatron-core 0.16.1 steps torch's Adam(W), whose per-parameter
+        ``step`` its load mishandles: ``fully_reshardable`` fails with ``KeyError: 'step'``
+        (``DistributedOptimizer._set_main_param_and_optimizer_states``; ``dp_reshardable`` copies the same way and
+        takes one dtype per buffer), a fresh optimizer's ``state_dict`` asserts one ``step``, and ``load_state_dict``
+        gives every parameter the same ``step`` tensor, which torch's Adam then increments once per parameter (the
+        second step after a resume differs). All seen in a CPU run with CUDA faked
+        (tests/integration/learner/manual_megatron_optim_fake_cuda.py). Refused, naming the key."""
+        from megatron.core.optimizer import distrib_optimizer
+
+        if not distrib_optimizer.HAVE_APEX_OR_TE:
+            raise RuntimeError(f"{KEY}=megatron: megatron-core without transformer-engine or apex cannot resume its "
+                               "optimizer (torch's Adam 'step' is not restored by its checkpoint load): install "
+                               "transformer-engine, or use optimizer_impl=vt_ray")
 
     def write_shards(self, tmp: Path, rank: int) -> list[str]:
         """Model and megatron's optimizer state into ``tmp`` (collective); returns the files this rank wrote."""
@@ -221,6 +255,7 @@ class MegatronOptimizer:
         if not (found / MARKER).exists():
             raise ValueError(f"checkpoint {found} was written with {KEY}=vt_ray (its optimizer state is another "
                              f"format): resume it with {KEY}=vt_ray")
+        self._refuse_torch_adam_resume()
         sharded = self._sharded(is_loading=True)
         targets = {key: getattr(s, "data", None) for key, s in sharded["model"].items()}
         loaded = dist_checkpointing.load(sharded, str(found))
