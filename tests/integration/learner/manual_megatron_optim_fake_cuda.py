@@ -15,10 +15,10 @@ apex megatron steps torch's AdamW, whose resume megatron-core 0.16.1 mishandles 
 _refuse_torch_adam_resume`` refuses it): here the load is patched as TE's path would behave (the missing
 ``step`` skipped in the state copy, one ``step`` tensor per parameter), so the resume can be checked.
 
-Ranks: ``WORLD`` (default 2) gloo ranks; the layout's overrides as arguments (the rest is data parallel). Three
-steps per run (GRPO, GRPO, SFT; lr warmup over 2 steps, clipping at 0.5) with the vt_ray optimizer, with
-megatron's (a checkpoint after the first step), and megatron's again resumed from that checkpoint for the last
-two steps.
+Ranks: ``WORLD`` (default 2) gloo ranks (``TIED=1``: a model with tied embeddings); the layout's overrides as
+arguments (the rest is data parallel). Three steps per run (GRPO, GRPO, SFT; lr warmup over 2 steps, clipping at
+0.5) with the vt_ray optimizer, with megatron's (a checkpoint after the first step), and megatron's again
+resumed from that checkpoint for the last two steps.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 WORLD = int(os.environ.get("WORLD", "2"))
+TIED = os.environ.get("TIED") == "1"  # a model with tied embeddings (the last pipeline stage's copy)
 
 
 class CpuForCuda(TorchFunctionMode):
@@ -161,12 +162,12 @@ def main() -> int:
     dtype, layout = (sys.argv[1] if len(sys.argv) > 1 else "float32"), sys.argv[2:]
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: learner_examples for the spawned ranks
     with tempfile.TemporaryDirectory(prefix="megatron_optim_") as out:
-        model_dir = make_tiny_model(Path(out) / "model", seed=1)
+        model_dir = make_tiny_model(Path(out) / "model", seed=1, tie_embeddings=TIED)
         mp.start_processes(_rank_main, args=(free_port(), str(model_dir), out, dtype, layout), nprocs=WORLD,
                            start_method="spawn")
         runs = torch.load(Path(out) / "runs.pt", weights_only=True)
     ours, theirs, resumed = runs["vt_ray"], runs["megatron"], runs["megatron_resumed"]
-    print(f"{WORLD} ranks {dtype} {' '.join(layout)}: vt_ray / megatron")
+    print(f"{WORLD} ranks {dtype} {' '.join(layout)}{' tied' if TIED else ''}: vt_ray / megatron")
     for i, (a, b) in enumerate(zip(ours["steps"], theirs["steps"])):
         print(f"  step {i}: loss {a['loss']:.9f} / {b['loss']:.9f}, grad norm {a['grad_norm']:.9f} / "
               f"{b['grad_norm']:.9f}, lr {a['lr']:.1e} / {b['lr']:.1e}")

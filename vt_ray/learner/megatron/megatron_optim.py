@@ -1,12 +1,16 @@
 """``learner.megatron.optimizer_impl: megatron``: megatron-core's own ``DistributedDataParallel`` and
 ``DistributedOptimizer`` (GPU only) in place of ours (:mod:`~vt_ray.learner.megatron.dist_optim`).
 
-Written against megatron-core 0.16.1's source and **never run**: this project has no GPU, and megatron's DDP
+Written against megatron-core 0.16.1's source and **never run on a GPU**: this project has none, and megatron's DDP
 allocates its gradient buffers on ``torch.cuda.current_device()`` and its optimizer refuses parameters whose
 ``type()`` is not ``torch.cuda.*Tensor``. What is tested here (tests/unit/learner/test_megatron_optim.py): the
 translation of our config into megatron's ``DistributedDataParallelConfig`` / ``OptimizerConfig``, the lr
 schedule applied to its param groups, and the refusal without CUDA. ``tools/megatron_check.py
---megatron-optimizer`` compares it with ``optimizer_impl: vt_ray`` on a GPU node.
+--megatron-optimizer`` compares it with ``optimizer_impl: vt_ray`` on a GPU node. By hand, megatron's own code
+ran on CPU with CUDA faked (tests/integration/learner/manual_megatron_optim_fake_cuda.py: device 'cuda' mapped
+to the CPU, megatron's tensor-type checks answered): it matches the vt_ray path and resumes exactly; that run
+found the three megatron-core 0.16.1 problems worked around or refused below. The real CUDA path (TE's fused
+Adam, NCCL, CUDA streams with ``overlap_grad_reduce``) has not run.
 
 What it replaces, and how it differs from the vt_ray path:
 
@@ -34,10 +38,14 @@ What it replaces, and how it differs from the vt_ray path:
   parameters and all-gathers them after each step, so the weight sync, ``export_state_dict`` and ``save_hf``
   read the model's parameters (``policy.masters`` is None): in a bf16 run they export the bf16 rounding, not the
   float32 masters the vt_ray path exports; and megatron's masters start from the bf16 parameters, not the
-  checkpoint's float32 values;
+  checkpoint's float32 values. In a bf16 run every trained parameter is bf16, the norms' too (the vt_ray path
+  keeps megatron's local RMSNorm weights float32): megatron's optimizer mis-maps a param group mixing dtypes in
+  its checkpoint (:func:`_parameters_to_bf16`);
 * checkpoints: ``optimizer.sharded_state_dict(model_sharded_state_dict)`` (``fully_reshardable``:
-  :data:`SHARDING`) through ``dist_checkpointing``, a format of its own: a marker file (:data:`MARKER`) says which
-  optimizer wrote a checkpoint, and resuming across the two implementations is refused, naming the key.
+  :data:`SHARDING`; 0.16.1's default format fails its own check) through ``dist_checkpointing``, a format of its
+  own: a marker file (:data:`MARKER`) says which optimizer wrote a checkpoint, and resuming across the two
+  implementations is refused, naming the key. Without TE or apex (torch's Adam) megatron cannot resume its
+  optimizer: refused (:meth:`MegatronOptimizer._refuse_torch_adam_resume`).
 """
 
 from __future__ import annotations
