@@ -81,3 +81,16 @@ def test_a_resume_across_the_two_optimizers_is_refused_naming_the_key(tmp_path: 
     reader = megatron_optim.MegatronOptimizer.__new__(megatron_optim.MegatronOptimizer)  # no CUDA: no DDP
     with pytest.raises(ValueError, match="optimizer_impl=vt_ray"):
         reader.read_shards(plain)
+
+
+def test_a_bf16_run_casts_the_float32_parameters_and_keeps_the_buffers() -> None:
+    """megatron's optimizer mis-maps a param group mixing float32 and bf16 in its checkpoint: in a bf16 run every
+    trained parameter becomes bf16 (as megatron's Float16Module casts them), buffers (RoPE frequencies) stay."""
+    module = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    module.weight.data = module.weight.data.float()  # as megatron's local RMSNorm keeps its weight
+    module.register_buffer("inv_freq", torch.ones(2))
+    weight = module.weight
+    megatron_optim._parameters_to_bf16(module)
+    assert module.weight is weight  # the same Parameter: hooks and optimizer references stay valid
+    assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+    assert module.inv_freq.dtype == torch.float32
