@@ -15,6 +15,9 @@ apex megatron steps torch's AdamW, whose resume megatron-core 0.16.1 mishandles 
 _refuse_torch_adam_resume`` refuses it): here the load is patched as TE's path would behave (the missing
 ``step`` skipped in the state copy, one ``step`` tensor per parameter), so the resume can be checked.
 
+``OVERLAP=1``: megatron's runs with ``learner.megatron.overlap_grad_reduce`` (its bucket collectives started
+from the backward hooks, asynchronously; the CUDA stream faked too).
+
 Ranks: ``WORLD`` (default 2) gloo ranks (``TIED=1``: a model with tied embeddings); the layout's overrides as
 arguments (the rest is data parallel). Three steps per run (GRPO, GRPO, SFT; lr warmup over 2 steps, clipping at
 0.5) with the vt_ray optimizer, with megatron's (a checkpoint after the first step), and megatron's again
@@ -38,6 +41,17 @@ from torch.overrides import TorchFunctionMode
 
 WORLD = int(os.environ.get("WORLD", "2"))
 TIED = os.environ.get("TIED") == "1"  # a model with tied embeddings (the last pipeline stage's copy)
+OVERLAP = os.environ.get("OVERLAP") == "1"  # megatron's run with learner.megatron.overlap_grad_reduce
+
+
+class _Stream:
+    """A CUDA stream that is not one (``OVERLAP``: megatron's DDP runs its bucket collectives on its own stream)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, other: Any) -> None:
+        pass
 
 
 class CpuForCuda(TorchFunctionMode):
@@ -94,7 +108,11 @@ def fake_cuda() -> Iterator[None]:
                       mock.patch.object(torch.Tensor, "type", _cuda_type),
                       mock.patch.object(torch.cuda, "current_device", lambda: torch.device("cpu")),
                       mock.patch.object(torch.cuda, "synchronize", lambda *a: None),
-                      mock.patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self)):
+                      mock.patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self),
+                      mock.patch.object(torch.cuda, "Stream", _Stream),
+                      mock.patch.object(torch.cuda, "stream", lambda stream: contextlib.nullcontext()),
+                      mock.patch.object(torch.cuda, "default_stream", lambda *a: _Stream()),
+                      mock.patch.object(torch.cuda, "current_stream", lambda *a: _Stream())):
             stack.enter_context(patch)
         stack.enter_context(CpuForCuda())
         yield
@@ -128,6 +146,7 @@ def _rank_main(rank: int, port: int, model_dir: str, out: str, dtype: str, layou
         role = LearnerRoleConfig.of(load_config(None, overrides))
         if name != "vt_ray":  # the config refuses it without GPU workers: set after the load
             object.__setattr__(role.learner.megatron, "optimizer_impl", "megatron")
+            object.__setattr__(role.learner.megatron, "overlap_grad_reduce", OVERLAP)
         worker = MegatronWorker(role, rank, WORLD)
         with fake_cuda() if name != "vt_ray" else contextlib.nullcontext():
             worker.setup(total_steps=4)
@@ -167,7 +186,8 @@ def main() -> int:
                            start_method="spawn")
         runs = torch.load(Path(out) / "runs.pt", weights_only=True)
     ours, theirs, resumed = runs["vt_ray"], runs["megatron"], runs["megatron_resumed"]
-    print(f"{WORLD} ranks {dtype} {' '.join(layout)}{' tied' if TIED else ''}: vt_ray / megatron")
+    flags = (" tied" if TIED else "") + (" overlap" if OVERLAP else "")
+    print(f"{WORLD} ranks {dtype} {' '.join(layout)}{flags}: vt_ray / megatron")
     for i, (a, b) in enumerate(zip(ours["steps"], theirs["steps"])):
         print(f"  step {i}: loss {a['loss']:.9f} / {b['loss']:.9f}, grad norm {a['grad_norm']:.9f} / "
               f"{b['grad_norm']:.9f}, lr {a['lr']:.1e} / {b['lr']:.1e}")
