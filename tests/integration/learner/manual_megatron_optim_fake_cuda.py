@@ -21,7 +21,7 @@ from the backward hooks, asynchronously; the CUDA stream faked too).
 Ranks: ``WORLD`` (default 2) gloo ranks (``TIED=1``: a model with tied embeddings); the layout's overrides as
 arguments (the rest is data parallel). Three steps per run (GRPO, GRPO, SFT; lr warmup over 2 steps, clipping at
 0.5) with the vt_ray optimizer, with megatron's (a checkpoint after the first step), and megatron's again
-resumed from that checkpoint for the last two steps.
+resumed from that checkpoint for the last two steps; then ``optimizer_impl: vt_ray`` must refuse that checkpoint.
 """
 
 from __future__ import annotations
@@ -162,6 +162,14 @@ def _rank_main(rank: int, port: int, model_dir: str, out: str, dtype: str, layou
                 steps += [worker.train_step(shard, 1, loss) for loss in ("grpo", "sft")]
             runs[name] = {"steps": steps, "export": worker.export_state_dict("float32")}
         destroy_model_parallel()
+    refused = MegatronWorker(LearnerRoleConfig.of(load_config(None, overrides)), rank, WORLD)  # optimizer_impl vt_ray
+    refused.setup(total_steps=4)
+    try:
+        refused.load_checkpoint(str(Path(out) / "ckpt"))
+        runs["refused"] = ""
+    except ValueError as err:  # megatron's checkpoint is another format
+        runs["refused"] = str(err)
+    destroy_model_parallel()
     if rank == 0:
         torch.save(runs, Path(out) / "runs.pt")
     dist.barrier()
@@ -196,6 +204,7 @@ def main() -> int:
     apart = _max_diff(ours["export"], theirs["export"])
     print(f"  exported weights after three steps, vt_ray vs megatron: max |diff| {apart:.2e}")
     print(f"  megatron vs megatron resumed: max |diff| {_max_diff(theirs['export'], resumed['export']):.2e}")
+    print(f"  its checkpoint loaded with optimizer_impl vt_ray: {runs['refused'] or 'NOT refused'}")
     return 0
 
 

@@ -62,11 +62,17 @@ import torch
 import torch.distributed as dist
 
 from vt_ray.config.learner import LearnerConfig
+from vt_ray.learner.megatron.checkpoint import (
+    MEGATRON_OPTIMIZER_MARKER,
+    OPTIMIZER_IMPL,
+    _read_model,
+    _sharded_model,
+    refuse_megatron_checkpoint,
+)
 from vt_ray.learner.schedule import lr_factor, warmup_steps
 
-KEY = "learner.megatron.optimizer_impl"
-# Written next to the shards by the megatron path; its presence (or absence) refuses a resume across the two.
-MARKER = "megatron_optimizer.json"
+KEY = OPTIMIZER_IMPL
+MARKER = MEGATRON_OPTIMIZER_MARKER  # next to the shards: refuses a resume across the two optimizers
 # Reshardable at any TP/PP/DP layout (the state gathered on DP rank 0 at save). 0.16.1's default,
 # fully_sharded_model_space, fails its own check ("ShardedTensor.flattened_range is not supported").
 SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -220,8 +226,6 @@ class MegatronOptimizer:
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def _sharded(self, is_loading: bool) -> dict[str, Any]:
-        from vt_ray.learner.megatron.checkpoint import _sharded_model
-
         model = _sharded_model(self.policy)
         return {"model": model, "optimizer": self.optimizer.sharded_state_dict(model, is_loading=is_loading,
                                                                                metadata=SHARDING)}
@@ -258,8 +262,6 @@ class MegatronOptimizer:
         """Restore model and optimizer from ``found`` (collective); refuses a checkpoint of the vt_ray optimizer."""
         from megatron.core import dist_checkpointing
 
-        from vt_ray.learner.megatron.checkpoint import _read_model
-
         if not (found / MARKER).exists():
             raise ValueError(f"checkpoint {found} was written with {KEY}=vt_ray (its optimizer state is another "
                              f"format): resume it with {KEY}=vt_ray")
@@ -270,13 +272,6 @@ class MegatronOptimizer:
         _read_model(loaded["model"], targets)
         self.optimizer.load_state_dict(loaded["optimizer"])
         dist.barrier()
-
-
-def refuse_megatron_checkpoint(found: Path) -> None:
-    """The vt_ray optimizer's load: a checkpoint of megatron's optimizer is another format."""
-    if (found / MARKER).exists():
-        raise ValueError(f"checkpoint {found} was written with {KEY}=megatron (megatron-core's optimizer state "
-                         f"format): resume it with {KEY}=megatron")
 
 
 __all__ = ["KEY", "MARKER", "MegatronOptimizer", "ScheduledLr", "ddp_config", "optimizer_config",
