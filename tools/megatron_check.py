@@ -4,6 +4,7 @@
     .venv/bin/python tools/megatron_check.py --tp 4 --model DIR --dtype bfloat16 --impl transformer_engine
     .venv/bin/python tools/megatron_check.py --tp 2 --sequence-parallel    # megatron's sequence parallelism
     .venv/bin/python tools/megatron_check.py --tp 1 --cp 2                 # context parallelism
+    .venv/bin/python tools/megatron_check.py --tp 2 --megatron-optimizer   # GPU only: megatron's DistributedOptimizer
 
 Spawns ``--tp`` x ``--cp`` ranks (NCCL and one GPU each when CUDA is there, gloo on CPU otherwise), builds the
 model with the chosen layer spec (``auto``: transformer-engine on GPU when installed), loads the checkpoint, and checks:
@@ -17,6 +18,13 @@ the context-parallel ranks (megatron's load-balanced chunks; TE's CP attention o
 values of ``SDPACoreAttention`` on CPU), the inputs 63 tokens long too. Prints one line per check; exit status 1 on a
 failure. On CPU it runs what tests/integration/learner/test_megatron_lm.py runs; the TE spec, NCCL and bf16 paths
 are what it is for, and were not run on this project's CPU machines.
+
+``--megatron-optimizer`` (GPU only: ``2 x --tp`` GPUs) checks ``learner.megatron.optimizer_impl: megatron``
+(megatron-core's DDP + DistributedOptimizer, vt_ray/learner/megatron/megatron_optim.py) instead: the Megatron
+learner at TP=``--tp`` x DP=2 with the Megatron vision tower takes three steps (GRPO, GRPO, SFT) on the same batch
+with ``optimizer_impl: vt_ray`` (our ZeRO-1) and with ``megatron``, and prints each step's loss and gradient norm
+side by side and the exported weights' largest difference; it fails when the losses or norms part by more than
+``--tol`` relative (default 1e-4 float32, 2e-2 bf16). Written, never run (no GPU here); on CPU it says so and exits 2.
 """
 
 from __future__ import annotations
@@ -118,6 +126,79 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _optimizer_rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
+    """One rank of ``--megatron-optimizer``: the Megatron learner with each optimizer in turn, three steps."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # learner_examples: a test helper
+    from transformers import AutoProcessor
+
+    from learner_examples import make_examples
+    from vt_ray.config.loader import load_config
+    from vt_ray.config.roles import LearnerRoleConfig
+    from vt_ray.learner.collate import collate
+    from vt_ray.learner.megatron.backend import MegatronWorker
+    from vt_ray.learner.megatron.parallel import destroy_model_parallel
+
+    world = 2 * args.tp
+    torch.cuda.set_device(rank)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+    processor = AutoProcessor.from_pretrained(args.model)
+    batch = collate(processor, make_examples(processor, 4 * world, seed=1))
+    batch.advantages = torch.linspace(-1.0, 1.0, len(batch))
+    shard = batch.split(world)[rank]
+    assert shard is not None
+    common = [f"model.path={args.model}", "learner.backend=megatron", f"learner.param_dtype={args.dtype}",
+              f"learner.megatron.tensor_parallel_size={args.tp}", f"learner.megatron.transformer_impl={args.impl}",
+              "learner.megatron.vision_impl=megatron", "learner.megatron.distributed_optimizer=true",
+              "learner.lr=1e-3", "learner.grad_clip=0.5", "learner.reference=none", "learner.micro_batch_size=2",
+              f"resources.learner.num_workers={world}", f"resources.gpus_per_node={world}",
+              "resources.learner.gpus_per_worker=1",
+              f"resources.cpus_per_node={8 * world}"]
+    runs = {}
+    for impl in ("vt_ray", "megatron"):
+        extra = [f"learner.megatron.optimizer_impl={impl}"]
+        worker = MegatronWorker(LearnerRoleConfig.of(load_config(None, common + extra)), rank, world)
+        worker.setup(total_steps=4)
+        shard.old_logprobs = worker.compute_logprobs(shard, 1, "policy")
+        shard.ref_logprobs = shard.old_logprobs.clone()
+        steps = [worker.train_step(shard, 1, loss) for loss in ("grpo", "grpo", "sft")]
+        runs[impl] = {"steps": steps, "export": worker.export_state_dict("float32")}
+        destroy_model_parallel()
+    if rank == 0:
+        torch.save(runs, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def check_megatron_optimizer(args: argparse.Namespace, tol: float) -> int:
+    """``--megatron-optimizer``: ours against megatron-core's, three steps each (see the module docstring)."""
+    import torch.multiprocessing as mp
+
+    from vt_ray.learner.rendezvous import free_port
+
+    world = 2 * args.tp
+    if not torch.cuda.is_available() or torch.cuda.device_count() < world:
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        print(f"--megatron-optimizer: megatron-core's DistributedOptimizer needs CUDA: {world} GPUs (TP={args.tp} x "
+              f"DP=2), found {found}; not run", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "runs.pt")
+        mp.spawn(_optimizer_rank, args=(args, free_port(), out), nprocs=world, join=True)
+        runs = torch.load(out, weights_only=True)
+    ours, theirs = runs["vt_ray"], runs["megatron"]
+    ok = True
+    for i, (a, b) in enumerate(zip(ours["steps"], theirs["steps"])):
+        for key in ("loss", "grad_norm"):
+            rel = abs(a[key] - b[key]) / max(abs(a[key]), 1e-12)
+            ok &= rel <= tol
+            print(f"step {i} {key}: vt_ray {a[key]:.9f}  megatron {b[key]:.9f}  rel diff {rel:.2e}")
+    weights = max((ours["export"][k] - theirs["export"][k]).abs().max().item() for k in ours["export"])
+    print(f"exported weights after three steps: max |diff| {weights:.3e}")
+    print(f"{'OK  ' if ok else 'FAIL'} optimizer_impl megatron against vt_ray, losses and grad norms within {tol:g}")
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="", help="Qwen2.5-VL HF directory (default: a tiny random one, built here)")
@@ -128,8 +209,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sequence-parallel", action="store_true",
                     help="build the model with megatron's sequence parallelism (needs --tp > 1)")
     ap.add_argument("--cp", type=int, default=1, help="context-parallel ranks (the world is --tp x --cp)")
-    ap.add_argument("--tol", type=float, default=None, help="log-prob tolerance (default 1e-5 float32, 0.1 bf16)")
+    ap.add_argument("--megatron-optimizer", action="store_true",
+                    help="GPU only (2 x --tp GPUs): learner.megatron.optimizer_impl megatron against vt_ray, three "
+                         "steps at TP=--tp x DP=2")
+    ap.add_argument("--tol", type=float, default=None, help="log-prob tolerance (default 1e-5 float32, 0.1 bf16); "
+                    "with --megatron-optimizer the relative loss / grad-norm tolerance (1e-4 float32, 2e-2 bf16)")
     args = ap.parse_args(argv)
+    if args.megatron_optimizer:
+        tol = args.tol if args.tol is not None else (1e-4 if args.dtype == "float32" else 2e-2)
+        if not torch.cuda.is_available():  # before building a model: nothing of it can run
+            return check_megatron_optimizer(args, tol)
+        with tempfile.TemporaryDirectory() as tmp:
+            if not args.model:
+                from vt_ray.models.tiny import make_tiny_model
+
+                args.model = str(make_tiny_model(Path(tmp) / "tiny"))
+            return check_megatron_optimizer(args, tol)
     tol = args.tol if args.tol is not None else (1e-5 if args.dtype == "float32" else 0.1)
     import torch.multiprocessing as mp
 

@@ -40,6 +40,13 @@ class VisionImpl(StrEnum):
     megatron = "megatron"  # mbridge's Megatron ViT, split over the TP group (vt_ray/learner/megatron/vision.py)
 
 
+class OptimizerImpl(StrEnum):
+    """The Megatron learner's optimizer (``learner.megatron.optimizer_impl``)."""
+
+    vt_ray = "vt_ray"  # ours: torch AdamW, our DP sum or ZeRO-1 (dist_optim.py); any device
+    megatron = "megatron"  # megatron-core's DDP + DistributedOptimizer: CUDA only (megatron_optim.py)
+
+
 class DistBackend(StrEnum):
     auto = "auto"
     gloo = "gloo"
@@ -91,6 +98,14 @@ class MegatronConfig:
     """megatron's distributed optimizer (ZeRO-1): each data-parallel replica keeps only its 1/DP slice of the
     float32 masters and AdamW moments; gradients are reduce-scattered, the stepped slices all-gathered
     (vt_ray/learner/megatron/dist_optim.py). Same update; checkpoints in the same format either way."""
+    optimizer_impl: OptimizerImpl = OptimizerImpl.vt_ray
+    """vt_ray (ours, above: runs anywhere) | megatron (megatron-core's ``DistributedDataParallel`` and
+    ``DistributedOptimizer``, vt_ray/learner/megatron/megatron_optim.py: CUDA only, written and not run here; needs
+    ``distributed_optimizer: true`` and ``vision_impl: megatron``; its checkpoints are megatron's format, which the
+    vt_ray optimizer does not resume, nor the other way)."""
+    overlap_grad_reduce: bool = False
+    """``optimizer_impl: megatron`` only: megatron's DDP reduce-scatters gradient buckets during the backward of
+    the last micro-batch (on its own CUDA stream) instead of after it."""
 
     def __post_init__(self) -> None:
         check(self.tensor_parallel_size >= 1, "learner.megatron.tensor_parallel_size", "must be >= 1")
@@ -101,6 +116,16 @@ class MegatronConfig:
         set_choice(self, "vision_impl", VisionImpl, "learner.megatron.vision_impl")
         check(self.recompute_num_layers >= 1, "learner.megatron.recompute_num_layers", "must be >= 1")
         check(self.context_parallel_size >= 1, "learner.megatron.context_parallel_size", "must be >= 1")
+        set_choice(self, "optimizer_impl", OptimizerImpl, "learner.megatron.optimizer_impl")
+        if self.optimizer_impl == OptimizerImpl.megatron:
+            check(self.distributed_optimizer, "learner.megatron.optimizer_impl",
+                  "megatron is megatron-core's distributed optimizer: set learner.megatron.distributed_optimizer=true")
+            check(self.vision_impl == VisionImpl.megatron, "learner.megatron.optimizer_impl",
+                  "megatron wraps every trained module in megatron's DDP; the HF vision tower is not a megatron "
+                  "module: set learner.megatron.vision_impl=megatron")
+        check(not self.overlap_grad_reduce or self.optimizer_impl == OptimizerImpl.megatron,
+              "learner.megatron.overlap_grad_reduce",
+              "is megatron's DDP: needs learner.megatron.optimizer_impl=megatron")
         check(not self.sequence_parallel or self.tensor_parallel_size > 1, "learner.megatron.sequence_parallel",
               "splits the sequence over the tensor-parallel group: it needs learner.megatron.tensor_parallel_size "
               f"> 1 (got {self.tensor_parallel_size})")
@@ -123,6 +148,17 @@ class MegatronConfig:
                 self.check_vision(int(vision["num_heads"]), int(vision["intermediate_size"]),
                                   f"({model_path}/config.json)")
         self.check_ranks(learner_ranks)
+
+    def check_device(self, gpus_per_worker: float, dist_backend: str) -> None:
+        """``optimizer_impl: megatron`` needs a CUDA device per learner rank and NCCL (its gradient buffers and
+        streams are CUDA): refused at load when the recipe already says there is none."""
+        if self.optimizer_impl != OptimizerImpl.megatron:
+            return
+        check(gpus_per_worker > 0, "learner.megatron.optimizer_impl",
+              "megatron (megatron-core's DistributedOptimizer) needs CUDA: resources.learner.gpus_per_worker is 0 "
+              "(use optimizer_impl=vt_ray on CPU)")
+        check(dist_backend != DistBackend.gloo, "learner.megatron.optimizer_impl",
+              "megatron (megatron-core's DistributedOptimizer) runs on NCCL, not learner.dist_backend=gloo")
 
     def check_ranks(self, learner_ranks: int) -> None:
         """TP x PP, and TP x CP x PP, must divide the learner's ranks (the rest are data-parallel replicas)."""

@@ -307,6 +307,7 @@ class RecipeConfig:
               f"{self.trainer.mode} overlaps generation with the update; rollout.enable_sleep_mode frees the engines "
               "while the learner trains (a colocated layout): use trainer.mode=sync there")
         self.learner.megatron.check_model(self.model.path, self.resources.learner.num_workers)
+        self.learner.megatron.check_device(self.resources.learner.gpus_per_worker, self.learner.dist_backend)
         if self.rollout.weight_sync == WeightSync.ipc:
             check_ipc_layout(self.resources, self.rollout)
         algo = self.algorithm  # algorithm keys that depend on the rollout section (issue 18)

@@ -121,3 +121,32 @@ def test_the_distributed_optimizer_is_a_megatron_switch(tiny_model_dir: Path) ->
     with pytest.raises(ConfigError) as err:
         _load(tiny_model_dir, "learner.backend=megatron", "learner.megatron.distributed_optimizer=sometimes")
     assert err.value.key == "learner.megatron.distributed_optimizer"
+
+
+_MEGATRON_OPTIM = ("learner.backend=megatron", "learner.megatron.distributed_optimizer=true",
+                   "learner.megatron.vision_impl=megatron", "learner.megatron.optimizer_impl=megatron")
+_ON_GPUS = ("resources.gpus_per_node=4", "resources.learner.gpus_per_worker=1", "resources.rollout.gpus_per_worker=1")
+
+
+def test_megatrons_optimizer_is_opt_in_and_refused_where_it_cannot_run(tiny_model_dir: Path) -> None:
+    """``learner.megatron.optimizer_impl: megatron`` (vt_ray/learner/megatron/megatron_optim.py, CUDA only): the
+    default is ours; megatron's needs the distributed optimizer, the Megatron vision tower, GPU learner workers and
+    not gloo; each refusal names the key when the recipe loads."""
+    assert _load(tiny_model_dir).learner.megatron.optimizer_impl == "vt_ray"
+    on = _load(tiny_model_dir, *_MEGATRON_OPTIM, *_ON_GPUS, "learner.megatron.overlap_grad_reduce=true")
+    assert (on.learner.megatron.optimizer_impl, on.learner.megatron.overlap_grad_reduce) == ("megatron", True)
+    for dropped, words in (("learner.megatron.distributed_optimizer=true", "distributed_optimizer=true"),
+                           ("learner.megatron.vision_impl=megatron", "vision_impl=megatron")):
+        with pytest.raises(ConfigError, match=words) as err:
+            _load(tiny_model_dir, *(o for o in _MEGATRON_OPTIM if o != dropped), *_ON_GPUS)
+        assert err.value.key == "learner.megatron.optimizer_impl"
+    for extra, words in (((), "needs CUDA"), ((*_ON_GPUS, "learner.dist_backend=gloo"), "gloo")):
+        with pytest.raises(ConfigError, match=words) as err:
+            _load(tiny_model_dir, *_MEGATRON_OPTIM, *extra)
+        assert err.value.key == "learner.megatron.optimizer_impl"
+    with pytest.raises(ConfigError) as err:
+        _load(tiny_model_dir, "learner.backend=megatron", "learner.megatron.overlap_grad_reduce=true")
+    assert err.value.key == "learner.megatron.overlap_grad_reduce"
+    with pytest.raises(ConfigError) as err:
+        _load(tiny_model_dir, "learner.backend=megatron", "learner.megatron.optimizer_impl=apex")
+    assert err.value.key == "learner.megatron.optimizer_impl"

@@ -24,6 +24,7 @@ the masters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -79,6 +80,7 @@ class MegatronWorker(RankCommon):
         self.policy: Any = None
         self.reference: Any = None
         self.dist_optim: Any = None  # learner.megatron.distributed_optimizer
+        self.megatron_optim: Any = None  # learner.megatron.optimizer_impl: megatron (megatron_optim.py, GPU only)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def setup(self, master_addr: str = "127.0.0.1", master_port: int | None = None, *, total_steps: int = 1,
@@ -93,6 +95,10 @@ class MegatronWorker(RankCommon):
         from vt_ray.learner.megatron.vlm import MegatronVL
 
         refuse_unsupported(self.cfg)
+        if self.lcfg.megatron.optimizer_impl == "megatron":
+            from vt_ray.learner.megatron.megatron_optim import require_cuda
+
+            require_cuda()  # before any model is built
         init_process_group(self.lcfg.dist_backend, self.device, self.rank, self.world_size, master_addr,
                            master_port, self.lcfg.timeout_s)
         self.tp = self.lcfg.megatron.tensor_parallel_size
@@ -125,6 +131,12 @@ class MegatronWorker(RankCommon):
         self.view = HfView(self.policy)
         # The optimizer's parameters: float32 masters of the bf16 ones (a float32 parameter is its own).
         assert self.policy.masters is not None
+        if self.lcfg.megatron.optimizer_impl == "megatron":  # megatron-core's DDP + DistributedOptimizer
+            from vt_ray.learner.megatron.megatron_optim import MegatronOptimizer
+
+            self.megatron_optim = MegatronOptimizer(self.policy, self.lcfg, total_steps, lr)
+            self.optimizer, self.scheduler, self.step = self.megatron_optim.optimizer, self.megatron_optim.schedule, 0
+            return sum(math.prod(shape) for shape in self.view.shapes.values())
         self.dist_optim = self._distributed_optimizer() if self.lcfg.megatron.distributed_optimizer else None
         params = self.policy.masters.masters if self.dist_optim is None else [self.dist_optim.slice]
         self._build_optimizer(params, total_steps, lr)
@@ -242,8 +254,27 @@ class MegatronWorker(RankCommon):
                     forward_only=False)
                 sums, maxes = pipeline.from_last_stage((sums, maxes))  # the loss exists on the last stage only
             else:
-                for mb in micro:
-                    mb_loss(mb, *self.policy.logprobs(mb.materialised(fetched), wants_entropy)).backward()
+                for i, mb in enumerate(micro):
+                    with self._grad_sync(last=i == len(micro) - 1):
+                        mb_loss(mb, *self.policy.logprobs(mb.materialised(fetched), wants_entropy)).backward()
+        if self.megatron_optim is not None:
+            grad_norm, lr, finite = self.megatron_optim.step()
+        else:
+            grad_norm, lr, finite = self._step_optimizer()
+        self.step += 1
+        # Every TP rank of a replica holds the same figures: sum over the replicas only.
+        out = reduce_metrics(sums, maxes, self.dp_group)
+        out.update(grad_norm=grad_norm, lr=lr, step=float(self.step), skipped=float(not finite),
+                   num_tokens=float(norm.num_tokens), num_sequences=float(norm.num_sequences),
+                   step_time_s=time.perf_counter() - started)
+        return out
+
+    def _grad_sync(self, last: bool) -> Any:
+        """Around one micro-batch's backward: megatron's DDP syncs gradients after the last one only."""
+        return contextlib.nullcontext() if self.megatron_optim is None else self.megatron_optim.micro_batch(last)
+
+    def _step_optimizer(self) -> tuple[float, float, bool]:
+        """The vt_ray optimizer's step after the backward: the gradient norm, the lr and whether it stepped."""
         from vt_ray.learner.megatron.optim import finalize_grads
 
         finalize_grads(self.policy.lm)  # sequence-parallel norms over TP, a tied embedding's copies over PP
@@ -267,13 +298,7 @@ class MegatronWorker(RankCommon):
             log.warning("learner[%d] step %d: non-finite grad norm, update skipped", self.rank, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.step += 1
-        # Every TP rank of a replica holds the same figures: sum over the replicas only.
-        out = reduce_metrics(sums, maxes, self.dp_group)
-        out.update(grad_norm=grad_norm, lr=lr, step=float(self.step), skipped=float(not finite),
-                   num_tokens=float(norm.num_tokens), num_sequences=float(norm.num_sequences),
-                   step_time_s=time.perf_counter() - started)
-        return out
+        return grad_norm, lr, finite
 
     def _sum_data_parallel_grads(self, params: list[torch.Tensor]) -> None:
         """Data-parallel replicas hold gradients of their own data, context-parallel ranks those of their own
@@ -355,7 +380,9 @@ class MegatronWorker(RankCommon):
         from vt_ray.learner.megatron.checkpoint import write_shards
 
         optimizer = self.dist_optim or self.optimizer
-        return save_step(lambda tmp: write_shards(self.policy, optimizer, tmp, self.rank), self.scheduler,
+        write = (lambda tmp: write_shards(self.policy, optimizer, tmp, self.rank)) if self.megatron_optim is None \
+            else (lambda tmp: self.megatron_optim.write_shards(tmp, self.rank))
+        return save_step(write, self.scheduler,
                          step=self.step, rank=self.rank, world_size=self.world_size, root=root,
                          keep_last=self.lcfg.keep_last, extra_state=extra_state)
 
@@ -363,8 +390,9 @@ class MegatronWorker(RankCommon):
         from vt_ray.learner.megatron.checkpoint import read_shards
 
         optimizer = self.dist_optim or self.optimizer
-        loaded = load_step(lambda found: read_shards(self.policy, optimizer, found, self.rank),
-                           self.scheduler, rank=self.rank, path=path)
+        read = (lambda found: read_shards(self.policy, optimizer, found, self.rank)) if self.megatron_optim is None \
+            else self.megatron_optim.read_shards
+        loaded = load_step(read, self.scheduler, rank=self.rank, path=path)
         if loaded is None:
             return None
         self.step, extra = loaded

@@ -51,6 +51,17 @@ from vt_ray.learner.megatron.dist_optim import DistributedOptimizer
 from vt_ray.learner.megatron.vlm import MegatronVL
 
 OPTIM_COMMON = "optim_common_rank{rank}.json"
+OPTIMIZER_IMPL = "learner.megatron.optimizer_impl"
+# Written next to the shards by optimizer_impl: megatron (megatron_optim.py), whose optimizer state is
+# megatron-core's own format: its presence (or absence) refuses a resume across the two optimizers.
+MEGATRON_OPTIMIZER_MARKER = "megatron_optimizer.json"
+
+
+def refuse_megatron_checkpoint(found: Path) -> None:
+    """The vt_ray optimizer's load: a checkpoint of megatron's optimizer is another format."""
+    if (found / MEGATRON_OPTIMIZER_MARKER).exists():
+        raise ValueError(f"checkpoint {found} was written with {OPTIMIZER_IMPL}=megatron (megatron-core's optimizer "
+                         f"state format): resume it with {OPTIMIZER_IMPL}=megatron")
 
 
 def _sharded_model(vl: MegatronVL) -> dict[str, Any]:
@@ -270,6 +281,7 @@ def read_shards(vl: MegatronVL, optimizer: torch.optim.Optimizer | DistributedOp
     optimizer keeps pointing at them."""
     from megatron.core import dist_checkpointing
 
+    refuse_megatron_checkpoint(found)  # learner.megatron.optimizer_impl: megatron's format, not this one
     if isinstance(optimizer, DistributedOptimizer):
         _read_sliced(vl, optimizer, found)
         return
