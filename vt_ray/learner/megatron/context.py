@@ -121,7 +121,7 @@ class _GatherKV(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         if ctx.dim == 0:
-            from vt_ray.learner.megatron.parallel import reduce_scatter_into
+            from vt_ray.learner.megatron.collectives import reduce_scatter_into
 
             out = grad.new_empty((ctx.local, *grad.shape[1:]))
             reduce_scatter_into(out, grad.contiguous(), ctx.cp_group)

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vt_ray.learner.megatron.collectives import all_gather_into, reduce_scatter_into
 from vt_ray.learner.megatron.optim import TP_ATTRIBUTES
-from vt_ray.learner.megatron.parallel import all_gather_into, reduce_scatter_into
 
 # Elements per rank per bucket of the reduce-scatter and all-gather (a DP x BUCKET float32 transient).
 BUCKET = 1 << 22

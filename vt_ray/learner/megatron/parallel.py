@@ -55,15 +55,3 @@ def replica_group() -> tuple[Any, int]:
             mine = group
     return mine, dp_ranks.count(parallel_state.get_data_parallel_rank())
 
-
-def reduce_scatter_into(output: Any, source: Any, group: Any) -> None:
-    """``output`` = this rank's slice (along dim 0) of ``source`` summed over ``group``: NCCL and, since torch
-    2.13, gloo (``reduce_scatter_single``; ``reduce_scatter_tensor`` before)."""
-    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-    reduce_scatter(output, source, group=group)
-
-
-def all_gather_into(output: Any, source: Any, group: Any) -> None:
-    """``output`` = every rank's ``source`` concatenated along dim 0, in rank order (gloo and NCCL)."""
-    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    all_gather(output, source, group=group)
