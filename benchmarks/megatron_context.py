@@ -20,47 +20,26 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.megatron_recompute import build
+from benchmarks.megatron_recompute import build, saved_mib, step
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 
 
-def _step(lm: Any, ids: Any, positions: Any, pack: Any = None) -> float:
+def _step(lm: Any, ids: Any, positions: Any) -> float:
     """One forward and backward (the mean next-token NLL over the whole sequence, gathered over CP)."""
-    import torch
-
-    from vt_ray.learner.megatron import logprobs
     from vt_ray.learner.megatron.cpu import sequence_parallel_on_cpu
 
-    lm.zero_grad(set_to_none=True)
-    started = time.perf_counter()
-    with sequence_parallel_on_cpu():
-        if pack is None:
-            loss = -logprobs.next_token_logprobs(lm, ids, positions).mean()
-        else:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = -logprobs.next_token_logprobs(lm, ids, positions).mean()
-        loss.backward()
-    return time.perf_counter() - started
+    return step(lm, ids, positions, cpu_fix=sequence_parallel_on_cpu)
 
 
 def _saved_mib(lm: Any, ids: Any, positions: Any) -> float:
-    params = {p.untyped_storage().data_ptr() for p in lm.parameters()}
-    saved: dict[int, int] = {}
+    from vt_ray.learner.megatron.cpu import sequence_parallel_on_cpu
 
-    def pack(t: Any) -> Any:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
-        return t
-
-    _step(lm, ids, positions, pack)
-    return sum(saved.values()) / 2**20
+    return saved_mib(lm, ids, positions, sequence_parallel_on_cpu)
 
 
 def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:

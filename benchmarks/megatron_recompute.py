@@ -54,8 +54,9 @@ def build(mode: str, args: argparse.Namespace) -> Any:
     return lm
 
 
-def step(lm: Any, ids: Any, positions: Any, pack: Any = None) -> float:
-    """One forward and backward (gradients left in ``lm``); with ``pack``, autograd's saved tensors go through it."""
+def step(lm: Any, ids: Any, positions: Any, pack: Any = None, cpu_fix: Any = None) -> float:
+    """One forward and backward (gradients left in ``lm``); with ``pack``, autograd's saved tensors go through it.
+    ``cpu_fix``: the context the pass runs in (default ``cpu.recompute_on_cpu``)."""
     import torch
 
     from vt_ray.learner.megatron import logprobs
@@ -63,7 +64,7 @@ def step(lm: Any, ids: Any, positions: Any, pack: Any = None) -> float:
 
     lm.zero_grad(set_to_none=True)
     started = time.perf_counter()
-    with recompute_on_cpu():
+    with (cpu_fix or recompute_on_cpu)():
         if pack is None:
             loss = -logprobs.next_token_logprobs(lm, ids, positions).mean()
         else:
@@ -73,7 +74,7 @@ def step(lm: Any, ids: Any, positions: Any, pack: Any = None) -> float:
     return time.perf_counter() - started
 
 
-def saved_mib(lm: Any, ids: Any, positions: Any) -> float:
+def saved_mib(lm: Any, ids: Any, positions: Any, cpu_fix: Any = None) -> float:
     """MiB the forward keeps for backward: each storage once, parameters left out."""
     params = {p.untyped_storage().data_ptr() for p in lm.parameters()}
     saved: dict[int, int] = {}
@@ -84,7 +85,7 @@ def saved_mib(lm: Any, ids: Any, positions: Any) -> float:
             saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
         return t
 
-    step(lm, ids, positions, pack)
+    step(lm, ids, positions, pack, cpu_fix)
     return sum(saved.values()) / 2**20
 
 
