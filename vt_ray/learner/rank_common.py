@@ -23,7 +23,7 @@ from vt_ray.config.roles import LearnerRoleConfig
 from vt_ray.learner.batch import TrainBatch
 from vt_ray.learner.losses import LossFn, resolve_loss
 from vt_ray.learner.rendezvous import free_port, node_ip
-from vt_ray.learner.schedule import lr_factor, warmup_steps
+from vt_ray.learner.schedule import lr_schedule
 from vt_ray.learner.step_batch import StepCache, StepCall
 
 
@@ -108,11 +108,8 @@ class RankCommon:
             eps=self.lcfg.eps,
             weight_decay=self.lcfg.weight_decay,
         )
-        warmup = warmup_steps(total_steps, self.lcfg.warmup_steps, self.lcfg.warmup_ratio)
-        min_ratio = self.lcfg.min_lr_ratio
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warmup, total_steps, min_ratio)
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(
+            total_steps, self.lcfg.warmup_steps, self.lcfg.warmup_ratio, self.lcfg.min_lr_ratio))
         self.step = 0
 
     def compute_logprobs(self, shard: TrainBatch, num_micro: int, which: str = "policy") -> torch.Tensor:

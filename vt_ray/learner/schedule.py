@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
 def warmup_steps(total_steps: int, steps: int, ratio: float) -> int:
@@ -20,3 +21,10 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_schedule(total_steps: int, warmup: int, warmup_ratio: float, min_ratio: float) -> Callable[[int], float]:
+    """The peak-lr multiplier of each step (:func:`lr_factor`, the warmup resolved once by :func:`warmup_steps`):
+    what the learner's ``LambdaLR`` and the Megatron optimizer's schedule both follow."""
+    steps = warmup_steps(total_steps, warmup, warmup_ratio)
+    return lambda step: lr_factor(step, steps, total_steps, min_ratio)

@@ -69,7 +69,7 @@ from vt_ray.learner.megatron.checkpoint import (
     _sharded_model,
     refuse_megatron_checkpoint,
 )
-from vt_ray.learner.schedule import lr_factor, warmup_steps
+from vt_ray.learner.schedule import lr_schedule
 
 KEY = OPTIMIZER_IMPL
 MARKER = MEGATRON_OPTIMIZER_MARKER  # next to the shards: refuses a resume across the two optimizers
@@ -128,9 +128,8 @@ class ScheduledLr:
     @classmethod
     def of(cls, param_groups: Callable[[], list[dict[str, Any]]], lcfg: LearnerConfig, total_steps: int,
            lr: float | None = None) -> ScheduledLr:
-        warmup = warmup_steps(total_steps, lcfg.warmup_steps, lcfg.warmup_ratio)
         return cls(param_groups, lcfg.lr if lr is None else lr,
-                   lambda s: lr_factor(s, warmup, total_steps, lcfg.min_lr_ratio))
+                   lr_schedule(total_steps, lcfg.warmup_steps, lcfg.warmup_ratio, lcfg.min_lr_ratio))
 
     def _apply(self) -> None:
         for group in self.param_groups():
