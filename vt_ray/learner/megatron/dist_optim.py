@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from vt_ray.learner.megatron.collectives import all_gather_into, reduce_scatter_into
-from vt_ray.learner.megatron.optim import TP_ATTRIBUTES
+from vt_ray.learner.megatron.optim import TP_ATTRIBUTES, clip_coefficient, total_norm
 
 # Elements per rank per bucket of the reduce-scatter and all-gather (a DP x BUCKET float32 transient).
 BUCKET = 1 << 22
@@ -203,13 +203,7 @@ class DistributedOptimizer:
                 squares[0 if kind == "tensor_parallel" else 1] += self._view(piece, self.slice.grad).pow(2).sum()
         if self.dp > 1:
             dist.all_reduce(squares, group=self.dp_group)
-        sharded, replicated = squares[0].clone(), squares[1]
-        if self.tp_group is not None and dist.get_world_size(self.tp_group) > 1:
-            dist.all_reduce(sharded, group=self.tp_group)
-        total = sharded + replicated
-        if self.pp_group is not None and dist.get_world_size(self.pp_group) > 1:
-            dist.all_reduce(total, group=self.pp_group)
-        return total.sqrt()
+        return total_norm(squares[0].clone(), squares[1], self.tp_group, self.pp_group)
 
     @torch.no_grad()
     def clip_grad_norm(self, max_norm: float) -> float:
@@ -217,7 +211,7 @@ class DistributedOptimizer:
         norm = self.grad_norm()
         if max_norm > 0:
             assert self.slice.grad is not None
-            self.slice.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+            self.slice.grad.mul_(clip_coefficient(norm, max_norm))
         return float(norm)
 
     @torch.no_grad()

@@ -109,12 +109,24 @@ def grad_norm(params: Params, tp_group: Any = None, pp_group: Any = None) -> tor
             sharded += squares
         else:
             replicated += squares
-    if dist.get_world_size(tp_group) > 1:
+    return total_norm(sharded, replicated, tp_group, pp_group)
+
+
+def total_norm(sharded: torch.Tensor, replicated: torch.Tensor, tp_group: Any, pp_group: Any) -> torch.Tensor:
+    """The global norm from this rank's gradient squares: of TP-partitioned parameters (``sharded``: summed over
+    the TP group, reduced in place) and of replicated ones (counted once), summed over the pipeline stages."""
+    if tp_group is not None and dist.get_world_size(tp_group) > 1:
         dist.all_reduce(sharded, group=tp_group)
     total = sharded + replicated
     if pp_group is not None and dist.get_world_size(pp_group) > 1:
         dist.all_reduce(total, group=pp_group)
     return total.sqrt()
+
+
+def clip_coefficient(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """What the gradients are multiplied by to bring their global ``norm`` to at most ``max_norm`` (> 0):
+    ``torch.nn.utils.clip_grad_norm_``'s rule."""
+    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
 
 
 def clip_grad_norm(params: Params, max_norm: float, tp_group: Any = None, pp_group: Any = None) -> float:
@@ -123,7 +135,7 @@ def clip_grad_norm(params: Params, max_norm: float, tp_group: Any = None, pp_gro
     params = _params(params)
     norm = grad_norm(params, tp_group, pp_group)
     if max_norm > 0:
-        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        scale = clip_coefficient(norm, max_norm)
         for param in params:
             if param.grad is not None:
                 param.grad.mul_(scale)
