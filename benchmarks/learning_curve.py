@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vt_ray.learning import CHANCE, RECIPE, LearningSpec, check_spec, run_learning
+from vt_ray.learning import BASES, CHANCE, RECIPE, LearningSpec, check_spec, run_learning
 
 PANELS = (  # (curve key, title, x key) per subplot
     ("val_accuracy", "held-out accuracy (greedy)", "val"),
@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-control", action="store_true", help="skip the blank-frame control runs")
     p.add_argument("--task", choices=("color", "order"), default="color",
                    help="color: which colour fills the screen; order: which colour came first")
+    p.add_argument("--base", choices=BASES, default="random",
+                   help="random: the tiny random model; reader: first taught to read lettered options on text "
+                        "(vt_ray.trainer.reading), SFT keeps --lookups look-ups (for shuffled options)")
+    p.add_argument("--lookups", type=int, default=192, help="dark-video look-ups in SFT's data with --base reader")
+    p.add_argument("--withhold-answers", action="store_true",
+                   help="SFT trains the task's traces except their answer, instead of on a random answer letter")
     p.add_argument("--combine", nargs="+", metavar="JSON", default=None,
                    help="run nothing: merge earlier learning_curve.json files (e.g. seeds run separately) into "
                         "OUT's JSON, plots and table")
@@ -60,7 +66,8 @@ def specs(args: argparse.Namespace) -> list[LearningSpec]:
     return [
         LearningSpec(out=out / order / f"seed{seed}", seed=seed, option_order=order, num_train=args.num_train,
                      num_val=args.num_val, model_size=args.model_size, recipe=Path(args.recipe),
-                     overrides=list(args.overrides), control=not args.no_control, target=args.target, task=args.task)
+                     overrides=list(args.overrides), control=not args.no_control, target=args.target, task=args.task,
+                     base=args.base, lookups=args.lookups, withhold_answers=args.withhold_answers)
         for order in args.option_order for seed in args.seeds
     ]
 
@@ -125,7 +132,7 @@ def _save(fig: Any, path: Path) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'order':<9}{'seed':>5}{'SFT acc':>9}{'final acc [95% CI]':>22}{'letter':>8}{'best':>7}{'t->target':>11}"
+    head = (f"{'order':<16}{'seed':>5}{'SFT acc':>9}{'final acc [95% CI]':>22}{'letter':>8}{'best':>7}{'t->target':>11}"
             f"{'GRPO s':>8}{'control final':>15}  verdict")
     lines = [head]
     for r in results:
@@ -134,12 +141,18 @@ def table(results: list[dict[str, Any]]) -> str:
         hit = f"{g['target_elapsed_s']:.0f}s@{g['target_step']}" if g.get("target_step") is not None else "-"
         ctrl = f"{c['final_accuracy']:.3f}" if c.get("final_accuracy") is not None else "-"
         lines.append(
-            f"{r['option_order']:<9}{r['seed']:>5}{g['start_accuracy']:>9.3f}"
+            f"{_order_label(r):<16}{r['seed']:>5}{g['start_accuracy']:>9.3f}"
             f"{g['final_accuracy']:>10.3f} [{g['final_ci95'][0]:.2f}-{g['final_ci95'][1]:.2f}]"
             f"{(g['final_accuracy_letter'] or 0):>8.3f}{g['best_accuracy']:>7.3f}{hit:>11}{r['times_s']['grpo']:>8.0f}"
             f"{ctrl:>15}  {g['verdict'].split(':')[0]}"
         )
     return "\n".join(lines)
+
+
+def _order_label(run: dict[str, Any]) -> str:
+    """The option order, and the base when it is not the random model (older JSON has no base)."""
+    base = run.get("base", "random")
+    return run["option_order"] if base == "random" else f"{run['option_order']}+{base}"
 
 
 def combine(paths: list[str], out: Path) -> int:

@@ -37,23 +37,14 @@ def think_trace(caption: str, colour: str, letter: str, lead: str) -> str:
                          Step("think", f"{lead} {colour} is option {letter}.")], letter)
 
 
-def lookup_samples(count: int, seed: str, video: str) -> list[Any]:
-    """Text look-ups over a dark video: the question names the colour; options shuffled; the correct letter."""
-    from vt_ray.data.learnable import SPEC, TASK_COLORS
-    from vt_ray.data.schema import OPTION_LETTERS, VideoSample
+def lookup_samples(count: int, seed: int | str, video: str) -> list[Any]:
+    """The task's look-ups (:func:`vt_ray.data.learnable.lookup_samples`) with this probe's think, which ends in
+    "<colour> is option <letter>"."""
+    from vt_ray.data.learnable import LOOKUP_CAPTION
+    from vt_ray.data.learnable import lookup_samples as task_lookups
 
-    rng = random.Random(seed)
-    out = []
-    for i in range(count):
-        colour, options = TASK_COLORS[i % len(TASK_COLORS)], list(TASK_COLORS)
-        rng.shuffle(options)
-        letter = OPTION_LETTERS[options.index(colour)]
-        out.append(VideoSample(
-            uid=f"lookup-{seed}-{i:05d}", video=video, question=f"Which option is {colour}?", answer=letter,
-            options=options, duration=SPEC.seconds, windows=[[0.0, SPEC.seconds]], captions=["The screen is dark."],
-            trace=think_trace("The screen is dark.", colour, letter, f"The question names {colour}."),
-            source="lookup", category="lookup", extra={"color": colour}))
-    return out
+    return task_lookups(count, seed, video, trace=lambda colour, letter: think_trace(
+        LOOKUP_CAPTION, colour, letter, f"The question names {colour}."))
 
 
 def write_sft_file(data: Path, count: int, seed: int) -> Path:
@@ -71,7 +62,7 @@ def write_sft_file(data: Path, count: int, seed: int) -> Path:
         colour, letter = s.extra["color"], s.trace.split("<answer>")[1][0]  # the task's random SFT letter
         samples.append(replace(s, trace=think_trace(f"The screen is mostly {colour}.", colour, letter,
                                                     f"The main colour is {colour}.")))
-    samples += lookup_samples(count, f"lookup-{seed}", dark)
+    samples += lookup_samples(count, seed, dark)
     random.Random(seed).shuffle(samples)
     write_samples(data / "train_sft.jsonl", samples)
     return data / "train_sft.jsonl"

@@ -20,6 +20,7 @@ from vt_ray.config.schema import RecipeConfig
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "learn_color_cpu.yaml"
 CHANCE = 0.25  # four options, balanced letters
+BASES = ("random", "reader")
 
 # metrics.jsonl keys -> curve names (train keys on every step, val keys on validation steps)
 TRAIN_KEYS = {
@@ -57,6 +58,17 @@ class LearningSpec:
     control: bool = True
     target: float = 0.9
     task: str = "color"  # or "order": which colour came first (vt_ray.data.learnable)
+    # "reader": the base model is first taught to read lettered options on text (vt_ray.trainer.reading) and
+    # SFT keeps ``lookups`` dark-video look-ups in its data; "random": the tiny random model as built
+    base: str = "random"
+    lookups: int = 192
+    # SFT trains the task's traces except their answer (no loss on it) instead of on a random answer letter
+    withhold_answers: bool = False
+
+    @property
+    def sft_file(self) -> Path | None:
+        """SFT's own data file when it differs from the task's train split (look-ups or withheld answers)."""
+        return self.out / "data" / "train_sft.jsonl" if self.base == "reader" or self.withhold_answers else None
 
 
 def read_curve(metrics_file: Path) -> dict[str, list[Any]]:
@@ -132,12 +144,16 @@ def check_spec(spec: LearningSpec) -> RecipeConfig:
     from vt_ray.data.learnable import LearnableTaskConfig
 
     LearnableTaskConfig(spec.num_train, spec.num_val, spec.option_order, spec.seed, spec.task)
+    if spec.base not in BASES:
+        raise ValueError(f"base must be one of {BASES}, got {spec.base!r}")
+    if spec.lookups < 0:
+        raise ValueError(f"lookups must be >= 0, got {spec.lookups}")
     return learning_recipe(spec)
 
 
 def build_inputs(spec: LearningSpec) -> dict[str, Any]:
     """The tiny model and the task's real and blank datasets (seconds; same seed, same bytes)."""
-    from vt_ray.data.learnable import LearnableTaskConfig, make_learnable_dataset
+    from vt_ray.data.learnable import LearnableTaskConfig, make_learnable_dataset, write_sft_file
     from vt_ray.models.tiny import make_tiny_model
 
     task = LearnableTaskConfig(spec.num_train, spec.num_val, spec.option_order, spec.seed, spec.task)
@@ -145,13 +161,27 @@ def build_inputs(spec: LearningSpec) -> dict[str, Any]:
     stats = make_learnable_dataset(spec.out / "data", task)
     if spec.control:
         make_learnable_dataset(spec.out / "data_blank", task, blank=True)
+    if spec.sft_file is not None:
+        write_sft_file(spec.out / "data", spec.lookups if spec.base == "reader" else 0, spec.seed,
+                       spec.withhold_answers)
     return stats
+
+
+def run_reading_stage(spec: LearningSpec) -> dict[str, Any]:
+    """The reader base: the tiny model taught to read options on text before any video (in place)."""
+    from dataclasses import asdict
+
+    from vt_ray.trainer.reading import teach_reading
+
+    result = teach_reading(spec.out / "model", learning_recipe(spec).prompt, spec.seed)
+    return {**asdict(result), "reads": result.reads}
 
 
 def run_sft_stage(spec: LearningSpec) -> tuple[Path, dict[str, Any]]:
     from vt_ray.trainer.sft import finished_sft, run_sft
 
-    result = run_sft(learning_recipe(spec))
+    extra = [f"sft.train_file={spec.sft_file}"] if spec.sft_file is not None else []
+    result = run_sft(learning_recipe(spec, *extra))
     return finished_sft(result), {"steps": result.steps, "loss_first": result.first_loss, "loss_last": result.last_loss}
 
 
@@ -183,9 +213,11 @@ def run_learning(spec: LearningSpec) -> dict[str, Any]:
         return value
 
     stats = timed("inputs", lambda: build_inputs(spec))
-    sft_dir, sft = timed("sft", lambda: run_sft_stage(spec))
     out: dict[str, Any] = {"seed": spec.seed, "task": spec.task, "option_order": spec.option_order,
-                           "data": stats["splits"], "sft": sft}
+                           "base": spec.base, "withhold_answers": spec.withhold_answers, "data": stats["splits"]}
+    if spec.base == "reader":
+        out["reading"] = timed("reading", lambda: run_reading_stage(spec))
+    sft_dir, out["sft"] = timed("sft", lambda: run_sft_stage(spec))
     out["grpo"] = timed("grpo", lambda: run_grpo_stage(spec, sft_dir, "grpo", blank=False))
     if spec.control:
         out["control"] = timed("control", lambda: run_grpo_stage(spec, sft_dir, "control", blank=True))

@@ -20,6 +20,10 @@ The SFT target (``trace``) describes what the video shows (a ``<caption>`` with 
 Video-Thinker's traces do) but its ``<answer>`` is a seeded random letter: after SFT the model knows the
 format and looks at the video, but held-out accuracy is at chance, so any rise is GRPO's doing. (Measured: SFT
 targets that ignore the video entirely teach the model to ignore the pixels, and GRPO did not recover them.)
+
+*Look-ups* (:func:`lookup_samples`) are the reading skill a pretrained model brings to shuffled options: "Which
+option is red?" over a dark video, the answer the letter the options give red. The colour is named in the
+question, never shown in the pixels, so they teach reading a list, not the video's binding.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vt_ray.data.schema import OPTION_LETTERS, VideoSample, write_samples
+from vt_ray.data.schema import OPTION_LETTERS, WITHHOLD_ANSWER, VideoSample, read_samples, write_samples
 from vt_ray.data.synthetic import BACKGROUND, COLORS, SHAPES, Sprite, VideoSpec, render_frames, write_mp4
 from vt_ray.trace import Step, render_trace
 
@@ -86,6 +91,56 @@ def sft_trace(color: str, letter: str, then: str | None = None) -> str:
         steps = [Step("time", "", (0.0, half)), Step("caption", f"The screen is {color}, then {then}."),
                  Step("think", f"First {color}, then {then}.")]
     return render_trace(steps, letter)
+
+
+LOOKUP_CAPTION = "The screen is dark."
+
+
+def lookup_question(color: str) -> str:
+    return f"Which option is {color}?"
+
+
+def lookup_trace(color: str, letter: str) -> str:
+    """A look-up's target: nothing in the video, the colour taken from the question, the letter it is listed
+    under. Same tags and shape as :func:`sft_trace`, so the reading carries over to the task's traces."""
+    return render_trace([Step("time", "", (0.0, SPEC.seconds)), Step("caption", LOOKUP_CAPTION),
+                         Step("think", f"The colour is {color}.")], letter)
+
+
+def lookup_samples(count: int, seed: int | str, video: str,
+                   trace: Callable[[str, str], str] = lookup_trace) -> list[VideoSample]:
+    """``count`` look-ups (colours balanced, options shuffled) over ``video`` (a dark clip); ``trace(colour,
+    letter)`` writes each target."""
+    rng = random.Random(f"lookup-{seed}")
+    samples = []
+    for i in range(count):
+        color, options = TASK_COLORS[i % len(TASK_COLORS)], list(TASK_COLORS)
+        rng.shuffle(options)
+        letter = OPTION_LETTERS[options.index(color)]
+        samples.append(VideoSample(
+            uid=f"lookup-{seed}-{i:05d}", video=video, question=lookup_question(color), answer=letter,
+            options=options, duration=SPEC.seconds, windows=[[0.0, SPEC.seconds]], captions=[LOOKUP_CAPTION],
+            trace=trace(color, letter), source="lookup", category="lookup", extra={"color": color}))
+    return samples
+
+
+def write_sft_file(data: str | Path, lookups: int, seed: int, withhold_answers: bool) -> Path:
+    """``data/train_sft.jsonl``: the task's train split plus ``lookups`` look-ups over ``data/videos/dark.mp4``
+    (shuffled together), so SFT keeps a reading base model reading while it learns the format.
+    ``withhold_answers``: the task's traces are trained on all but their answer (the look-ups keep theirs)."""
+    from dataclasses import replace
+
+    data = Path(data)
+    dark = "videos/dark.mp4"
+    write_mp4(data / dark, np.full((SPEC.num_frames, SPEC.height, SPEC.width, 3), BACKGROUND, dtype=np.uint8),
+              SPEC.fps)
+    task = read_samples(data / "train.jsonl")
+    if withhold_answers:
+        task = [replace(s, extra={**s.extra, WITHHOLD_ANSWER: True}) for s in task]
+    samples = [*task, *lookup_samples(lookups, seed, dark)]
+    random.Random(f"sft-lookups-{seed}").shuffle(samples)
+    write_samples(data / "train_sft.jsonl", samples)
+    return data / "train_sft.jsonl"
 
 
 def _order_frames(first: str, second: str) -> np.ndarray:

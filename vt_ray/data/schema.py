@@ -21,6 +21,11 @@ class SampleFormatError(ValueError):
     """A dataset line does not follow the schema; names the file and line."""
 
 
+WITHHOLD_ANSWER = "withhold_answer"
+"""``VideoSample.extra`` key: true = SFT trains on the trace except the answer, whose tokens stay in the context
+with no loss (issue 16's "answer withheld" SFT: format and captions are taught, the answer is left to GRPO)."""
+
+
 @dataclass
 class VideoSample:
     uid: str

@@ -49,6 +49,9 @@ class Example:
     """video | image: an image sample's ``frames`` is [1, H, W, 3] and its prompt has an image placeholder."""
     encoded: EncodedPrompt | None = None
     """The prompt already encoded by the rollout worker, pixels by reference: collate then never sees pixels."""
+    loss_mask: Sequence[int] | None = None
+    """Per response token, 0 where SFT must not train (a withheld answer: the token is in the context, its
+    loss is not); None trains on every response token."""
 
 
 @dataclass

@@ -53,10 +53,16 @@ def collate(processor: Any, examples: Sequence[Example]) -> TrainBatch:
         prompt_ids = enc["input_ids"][0]
         response = torch.as_tensor(list(ex.response_ids), dtype=torch.long)
         n_prompt, n_resp = len(prompt_ids), len(response)
+        trained = torch.ones(n_resp)
+        if ex.loss_mask is not None:
+            if len(ex.loss_mask) != n_resp:
+                raise ValueError(f"example {ex.uid!r}: loss_mask has {len(ex.loss_mask)} values for {n_resp} "
+                                 "response tokens")
+            trained = torch.as_tensor(list(ex.loss_mask), dtype=torch.float32)
         row = {
             "input_ids": torch.cat([prompt_ids, response]),
             "attention_mask": torch.ones(n_prompt + n_resp, dtype=torch.long),
-            "response_mask": torch.cat([torch.zeros(n_prompt), torch.ones(n_resp)]),
+            "response_mask": torch.cat([torch.zeros(n_prompt), trained]),
         }
         if "mm_token_type_ids" in enc:
             row["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"][0], torch.zeros(n_resp, dtype=torch.long)])

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vt_ray.config.schema import RecipeConfig
-from vt_ray.data.schema import VideoSample
+from vt_ray.data.schema import WITHHOLD_ANSWER, VideoSample
 from vt_ray.learner.batch import Example
 from vt_ray.prompts.chat import prompt_text
 
@@ -52,6 +52,15 @@ def load_sft_samples(path: str | Path, data_format: str = "project", root: str |
 def response_text(sample: VideoSample) -> str:
     assert sample.trace is not None
     return sample.trace.strip() + END_OF_TURN
+
+
+def answer_loss_mask(tokenizer: Any, response: str) -> list[int]:
+    """1 per response token, 0 on the tokens that overlap the last ``<answer>``'s content (character offsets:
+    our tokenizer merges the letter with the tag's ``>``)."""
+    start = response.rindex("<answer>") + len("<answer>")
+    end = response.index("</answer>", start)
+    enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+    return [0 if a < end and b > start else 1 for a, b in enc["offset_mapping"]]
 
 
 def epoch_order(num_samples: int, epoch: int, seed: int) -> list[int]:
@@ -89,6 +98,8 @@ class SftExampleBuilder:
 
         prompt = prompt_text(self.processor, sample, self.cfg.prompt)
         ids = self.processor.tokenizer(response_text(sample), add_special_tokens=False)["input_ids"]
+        mask = answer_loss_mask(self.processor.tokenizer, response_text(sample)) \
+            if sample.extra.get(WITHHOLD_ANSWER) else None
         if sample.media == "image":
             from vt_ray.video.budget import fit_image_to_budget
 
@@ -102,7 +113,7 @@ class SftExampleBuilder:
             if image is None:
                 self.skipped.add("overlong")
                 return None
-            return Example(prompt, image.frames, ids, {}, uid=sample.uid, media="image")
+            return Example(prompt, image.frames, ids, {}, uid=sample.uid, media="image", loss_mask=mask)
         try:
             fitted = fit_to_budget(sample.video, prompt, self.processor.tokenizer, self.cfg.video, self.budget)
         except VideoError as err:
@@ -112,7 +123,7 @@ class SftExampleBuilder:
         if fitted.video is None:
             self.skipped.add("overlong")
             return None
-        return Example(prompt, fitted.video.frames, ids, fitted.video.vllm_metadata(), uid=sample.uid)
+        return Example(prompt, fitted.video.frames, ids, fitted.video.vllm_metadata(), uid=sample.uid, loss_mask=mask)
 
     def build_many(self, samples: Sequence[VideoSample]) -> list[Example]:
         return [ex for ex in (self.build(s) for s in samples) if ex is not None]
