@@ -4,10 +4,11 @@ model brings to multiple choice, which our randomly initialised one lacks.
 Why: with options shuffled per sample (:mod:`vt_ray.data.learnable`), answering needs a look-up through the
 prompt (find the colour among the options, answer the letter in front of it). A 2-layer transformer does that
 with an induction-style circuit that forms only after a long plateau. Measured on this machine (tiny model,
-AdamW 1e-3, 64 examples a step): in the recipe's chat format (~155 tokens) the look-up stayed at chance for
-2,100 steps; in a short form (~36 tokens) it formed after 800-1,200 steps; then 500-1,000 steps in the chat format
-carry it over (at 1e-3 the chat phase swung between 0.45 and 0.78 held-out accuracy: it runs at 3e-4). So it is
-taught in those two phases, each run until a held-out batch passes ``target``.
+AdamW 1e-3, 32-64 examples a step): in the recipe's chat format (~155 tokens) the look-up stayed at chance for
+2,100 steps; in a short form (~36 tokens) it formed after 750-1,200 steps; then ~200 steps in the chat format at
+3e-4 carry it over (at 1e-3 that phase swung between 0.45 and 0.78 held-out accuracy for 1,000 steps). So it is
+taught in those two phases, each run until a held-out batch passes ``target``. (It reads; the SFT after it
+erases the reading: docs/learning.md.)
 
 This is base-model pretraining on text (no video, no Ray, one process), as a hub model's is: the examples name
 the colour in the question ("Which option is red?"), so the binding of a *video's* colour to a letter is never
