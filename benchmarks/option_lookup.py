@@ -49,14 +49,10 @@ def lookup_samples(count: int, seed: int | str, video: str) -> list[Any]:
 
 def write_sft_file(data: Path, count: int, seed: int) -> Path:
     """The task's train split with "<colour> is option <random letter>" thinks, plus ``count`` look-ups."""
-    import numpy as np
-
-    from vt_ray.data.learnable import SPEC
+    from vt_ray.data.learnable import write_dark_video
     from vt_ray.data.schema import read_samples, write_samples
-    from vt_ray.data.synthetic import BACKGROUND, write_mp4
 
-    dark = "videos/dark.mp4"
-    write_mp4(data / dark, np.full((SPEC.num_frames, SPEC.height, SPEC.width, 3), BACKGROUND, np.uint8), SPEC.fps)
+    dark = write_dark_video(data)
     samples = []
     for s in read_samples(data / "train.jsonl"):
         colour, letter = s.extra["color"], s.trace.split("<answer>")[1][0]  # the task's random SFT letter

@@ -107,6 +107,15 @@ def lookup_trace(color: str, letter: str) -> str:
                          Step("think", f"The colour is {color}.")], letter)
 
 
+def lookup_sample(color: str, options: list[str], video: str, uid: str = "lookup",
+                  trace: Callable[[str, str], str] = lookup_trace) -> VideoSample:
+    """One look-up: "Which option is ``color``?" over ``video``, answered by the letter ``options`` give it."""
+    letter = OPTION_LETTERS[options.index(color)]
+    return VideoSample(uid=uid, video=video, question=lookup_question(color), answer=letter, options=options,
+                       duration=SPEC.seconds, windows=[[0.0, SPEC.seconds]], captions=[LOOKUP_CAPTION],
+                       trace=trace(color, letter), source="lookup", category="lookup", extra={"color": color})
+
+
 def lookup_samples(count: int, seed: int | str, video: str,
                    trace: Callable[[str, str], str] = lookup_trace) -> list[VideoSample]:
     """``count`` look-ups (colours balanced, options shuffled) over ``video`` (a dark clip); ``trace(colour,
@@ -116,12 +125,16 @@ def lookup_samples(count: int, seed: int | str, video: str,
     for i in range(count):
         color, options = TASK_COLORS[i % len(TASK_COLORS)], list(TASK_COLORS)
         rng.shuffle(options)
-        letter = OPTION_LETTERS[options.index(color)]
-        samples.append(VideoSample(
-            uid=f"lookup-{seed}-{i:05d}", video=video, question=lookup_question(color), answer=letter,
-            options=options, duration=SPEC.seconds, windows=[[0.0, SPEC.seconds]], captions=[LOOKUP_CAPTION],
-            trace=trace(color, letter), source="lookup", category="lookup", extra={"color": color}))
+        samples.append(lookup_sample(color, options, video, f"lookup-{seed}-{i:05d}", trace))
     return samples
+
+
+def write_dark_video(data: Path) -> str:
+    """``data/videos/dark.mp4``, uniformly dark frames (the look-ups' video); returns its relative path."""
+    dark = "videos/dark.mp4"
+    write_mp4(data / dark, np.full((SPEC.num_frames, SPEC.height, SPEC.width, 3), BACKGROUND, dtype=np.uint8),
+              SPEC.fps)
+    return dark
 
 
 def write_sft_file(data: str | Path, lookups: int, seed: int, withhold_answers: bool) -> Path:
@@ -131,9 +144,7 @@ def write_sft_file(data: str | Path, lookups: int, seed: int, withhold_answers: 
     from dataclasses import replace
 
     data = Path(data)
-    dark = "videos/dark.mp4"
-    write_mp4(data / dark, np.full((SPEC.num_frames, SPEC.height, SPEC.width, 3), BACKGROUND, dtype=np.uint8),
-              SPEC.fps)
+    dark = write_dark_video(data)
     task = read_samples(data / "train.jsonl")
     if withhold_answers:
         task = [replace(s, extra={**s.extra, WITHHOLD_ANSWER: True}) for s in task]

@@ -97,9 +97,9 @@ class SftExampleBuilder:
         from vt_ray.video.errors import VideoError
 
         prompt = prompt_text(self.processor, sample, self.cfg.prompt)
-        ids = self.processor.tokenizer(response_text(sample), add_special_tokens=False)["input_ids"]
-        mask = answer_loss_mask(self.processor.tokenizer, response_text(sample)) \
-            if sample.extra.get(WITHHOLD_ANSWER) else None
+        response = response_text(sample)
+        ids = self.processor.tokenizer(response, add_special_tokens=False)["input_ids"]
+        mask = answer_loss_mask(self.processor.tokenizer, response) if sample.extra.get(WITHHOLD_ANSWER) else None
         if sample.media == "image":
             from vt_ray.video.budget import fit_image_to_budget
 

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from vt_ray.config.schema import PromptConfig
-from vt_ray.data.learnable import TASK_COLORS, lookup_question, lookup_trace
-from vt_ray.data.schema import OPTION_LETTERS
+from vt_ray.data.learnable import TASK_COLORS, lookup_sample
+from vt_ray.prompts.chat import user_text
 
 PHASES = ("short", "chat")
 
@@ -52,13 +52,11 @@ def reading_example(rng: random.Random, phase: str, prompt: PromptConfig, tokeni
     the recipe's system and user turns as the pipeline renders them, minus the video placeholder."""
     options, color = list(TASK_COLORS), rng.choice(TASK_COLORS)
     rng.shuffle(options)
-    letter = OPTION_LETTERS[options.index(color)]
-    lines = "\n".join(f"{OPTION_LETTERS[i]}. {o}" for i, o in enumerate(options))
-    trace = lookup_trace(color, letter)
+    sample = lookup_sample(color, options, video="")
+    trace = sample.trace or ""
     if phase == "short":
-        return f"{lookup_question(color)}\n{lines}\n{trace[trace.index('<think>'):]}"
-    user = prompt.question_template.format(question=lookup_question(color), options=lines).strip()
-    turns = [{"role": "system", "content": prompt.system}, {"role": "user", "content": user}]
+        return f"{sample.question}\n{sample.options_text()}\n{trace[trace.index('<think>'):]}"
+    turns = [{"role": "system", "content": prompt.system}, {"role": "user", "content": user_text(sample, prompt)}]
     head = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
     return head + trace
 
