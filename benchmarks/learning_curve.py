@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lookups", type=int, default=192, help="dark-video look-ups in SFT's data with --base reader")
     p.add_argument("--withhold-answers", action="store_true",
                    help="SFT trains the task's traces except their answer, instead of on a random answer letter")
+    p.add_argument("--lookup-answer-weight", type=float, default=1.0,
+                   help="SFT's loss weight on a look-up's answer token with --base reader (one token of ~48)")
     p.add_argument("--combine", nargs="+", metavar="JSON", default=None,
                    help="run nothing: merge earlier learning_curve.json files (e.g. seeds run separately) into "
                         "OUT's JSON, plots and table")
@@ -67,7 +69,8 @@ def specs(args: argparse.Namespace) -> list[LearningSpec]:
         LearningSpec(out=out / order / f"seed{seed}", seed=seed, option_order=order, num_train=args.num_train,
                      num_val=args.num_val, model_size=args.model_size, recipe=Path(args.recipe),
                      overrides=list(args.overrides), control=not args.no_control, target=args.target, task=args.task,
-                     base=args.base, lookups=args.lookups, withhold_answers=args.withhold_answers)
+                     base=args.base, lookups=args.lookups, withhold_answers=args.withhold_answers,
+                     lookup_answer_weight=args.lookup_answer_weight)
         for order in args.option_order for seed in args.seeds
     ]
 

@@ -64,6 +64,8 @@ class LearningSpec:
     lookups: int = 192
     # SFT trains the task's traces except their answer (no loss on it) instead of on a random answer letter
     withhold_answers: bool = False
+    # SFT's loss weight on a look-up's answer token (--base reader): the reading is one token of a ~48-token trace
+    lookup_answer_weight: float = 1.0
 
     @property
     def sft_file(self) -> Path | None:
@@ -148,6 +150,8 @@ def check_spec(spec: LearningSpec) -> RecipeConfig:
         raise ValueError(f"base must be one of {BASES}, got {spec.base!r}")
     if spec.lookups < 0:
         raise ValueError(f"lookups must be >= 0, got {spec.lookups}")
+    if spec.lookup_answer_weight < 0:
+        raise ValueError(f"lookup_answer_weight must be >= 0, got {spec.lookup_answer_weight}")
     return learning_recipe(spec)
 
 
@@ -163,7 +167,7 @@ def build_inputs(spec: LearningSpec) -> dict[str, Any]:
         make_learnable_dataset(spec.out / "data_blank", task, blank=True)
     if spec.sft_file is not None:
         write_sft_file(spec.out / "data", spec.lookups if spec.base == "reader" else 0, spec.seed,
-                       spec.withhold_answers)
+                       spec.withhold_answers, spec.lookup_answer_weight)
     return stats
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vt_ray.data.schema import OPTION_LETTERS, WITHHOLD_ANSWER, VideoSample, read_samples, write_samples
+from vt_ray.data.schema import ANSWER_WEIGHT, OPTION_LETTERS, VideoSample, read_samples, write_samples
 from vt_ray.data.synthetic import BACKGROUND, COLORS, SHAPES, Sprite, VideoSpec, render_frames, write_mp4
 from vt_ray.trace import Step, render_trace
 
@@ -137,18 +137,20 @@ def write_dark_video(data: Path) -> str:
     return dark
 
 
-def write_sft_file(data: str | Path, lookups: int, seed: int, withhold_answers: bool) -> Path:
+def write_sft_file(data: str | Path, lookups: int, seed: int, withhold_answers: bool,
+                   lookup_answer_weight: float = 1.0) -> Path:
     """``data/train_sft.jsonl``: the task's train split plus ``lookups`` look-ups over ``data/videos/dark.mp4``
     (shuffled together), so SFT keeps a reading base model reading while it learns the format.
-    ``withhold_answers``: the task's traces are trained on all but their answer (the look-ups keep theirs)."""
+    ``withhold_answers``: the task's traces are trained on all but their answer (the look-ups keep theirs);
+    ``lookup_answer_weight``: SFT's loss weight on a look-up's answer token (the reading's one token of ~48)."""
     from dataclasses import replace
 
+    def weighted(samples: list[VideoSample], weight: float) -> list[VideoSample]:
+        return samples if weight == 1.0 else [replace(s, extra={**s.extra, ANSWER_WEIGHT: weight}) for s in samples]
+
     data = Path(data)
-    dark = write_dark_video(data)
-    task = read_samples(data / "train.jsonl")
-    if withhold_answers:
-        task = [replace(s, extra={**s.extra, WITHHOLD_ANSWER: True}) for s in task]
-    samples = [*task, *lookup_samples(lookups, seed, dark)]
+    task = weighted(read_samples(data / "train.jsonl"), 0.0 if withhold_answers else 1.0)
+    samples = [*task, *weighted(lookup_samples(lookups, seed, write_dark_video(data)), lookup_answer_weight)]
     random.Random(f"sft-lookups-{seed}").shuffle(samples)
     write_samples(data / "train_sft.jsonl", samples)
     return data / "train_sft.jsonl"

@@ -21,9 +21,11 @@ class SampleFormatError(ValueError):
     """A dataset line does not follow the schema; names the file and line."""
 
 
-WITHHOLD_ANSWER = "withhold_answer"
-"""``VideoSample.extra`` key: true = SFT trains on the trace except the answer, whose tokens stay in the context
-with no loss (issue 16's "answer withheld" SFT: format and captions are taught, the answer is left to GRPO)."""
+ANSWER_WEIGHT = "answer_weight"
+"""``VideoSample.extra`` key: SFT's loss weight on the tokens of the trace's answer (default 1; the rest of the
+trace keeps 1). 0 withholds the answer: its tokens stay in the context with no loss (issue 16's "answer withheld"
+SFT: format and captions are taught, the answer is left to GRPO); above 1 stresses a one-token answer against a
+~48-token trace (the reading look-ups, :mod:`vt_ray.data.learnable`)."""
 
 
 @dataclass

@@ -49,9 +49,10 @@ class Example:
     """video | image: an image sample's ``frames`` is [1, H, W, 3] and its prompt has an image placeholder."""
     encoded: EncodedPrompt | None = None
     """The prompt already encoded by the rollout worker, pixels by reference: collate then never sees pixels."""
-    loss_mask: Sequence[int] | None = None
-    """Per response token, 0 where SFT must not train (a withheld answer: the token is in the context, its
-    loss is not); None trains on every response token."""
+    loss_mask: Sequence[float] | None = None
+    """Per response token, SFT's loss weight: 0 where it must not train (a withheld answer: the token is in the
+    context, its loss is not), above 1 where it stresses a token (it then counts that many times in the token
+    mean); None trains on every response token once."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vt_ray.config.schema import RecipeConfig
-from vt_ray.data.schema import WITHHOLD_ANSWER, VideoSample
+from vt_ray.data.schema import ANSWER_WEIGHT, VideoSample
 from vt_ray.learner.batch import Example
 from vt_ray.prompts.chat import prompt_text
 
@@ -54,13 +54,13 @@ def response_text(sample: VideoSample) -> str:
     return sample.trace.strip() + END_OF_TURN
 
 
-def answer_loss_mask(tokenizer: Any, response: str) -> list[int]:
-    """1 per response token, 0 on the tokens that overlap the last ``<answer>``'s content (character offsets:
-    our tokenizer merges the letter with the tag's ``>``)."""
+def answer_loss_mask(tokenizer: Any, response: str, weight: float = 0.0) -> list[float]:
+    """1 per response token, ``weight`` on the tokens that overlap the last ``<answer>``'s content (character
+    offsets: our tokenizer merges the letter with the tag's ``>``)."""
     start = response.rindex("<answer>") + len("<answer>")
     end = response.index("</answer>", start)
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
-    return [0 if a < end and b > start else 1 for a, b in enc["offset_mapping"]]
+    return [weight if a < end and b > start else 1.0 for a, b in enc["offset_mapping"]]
 
 
 def epoch_order(num_samples: int, epoch: int, seed: int) -> list[int]:
@@ -99,7 +99,8 @@ class SftExampleBuilder:
         prompt = prompt_text(self.processor, sample, self.cfg.prompt)
         response = response_text(sample)
         ids = self.processor.tokenizer(response, add_special_tokens=False)["input_ids"]
-        mask = answer_loss_mask(self.processor.tokenizer, response) if sample.extra.get(WITHHOLD_ANSWER) else None
+        weight = float(sample.extra.get(ANSWER_WEIGHT, 1.0))
+        mask = None if weight == 1.0 else answer_loss_mask(self.processor.tokenizer, response, weight)
         if sample.media == "image":
             from vt_ray.video.budget import fit_image_to_budget
 

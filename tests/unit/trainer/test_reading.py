@@ -32,12 +32,12 @@ def test_sft_with_look_ups_keeps_the_task_and_adds_the_look_ups(tmp_path: Path) 
     from vt_ray.data.learnable import LearnableTaskConfig, make_learnable_dataset
 
     make_learnable_dataset(tmp_path, LearnableTaskConfig(num_train=8, num_val=4, option_order="shuffled"))
-    from vt_ray.data.schema import WITHHOLD_ANSWER
+    from vt_ray.data.schema import ANSWER_WEIGHT
 
     path = write_sft_file(tmp_path, lookups=12, seed=0, withhold_answers=False)
     samples = read_samples(path)
     assert sorted(s.source for s in samples).count("lookup") == 12
-    assert not any(s.extra.get(WITHHOLD_ANSWER) for s in samples)
+    assert not any(ANSWER_WEIGHT in s.extra for s in samples)  # every token weighs 1
     assert {s.uid for s in read_samples(tmp_path / "train.jsonl")} <= {s.uid for s in samples}
     assert (tmp_path / "videos" / "dark.mp4").stat().st_size > 0
 
@@ -92,15 +92,18 @@ def test_the_base_is_checked_before_any_work(tmp_path: Path) -> None:
         check_spec(LearningSpec(out=tmp_path, base="pretrained"))
     with pytest.raises(ValueError, match="lookups"):
         check_spec(LearningSpec(out=tmp_path, base="reader", lookups=-1))
+    with pytest.raises(ValueError, match="lookup_answer_weight"):
+        check_spec(LearningSpec(out=tmp_path, base="reader", lookup_answer_weight=-1.0))
 
 
 def test_a_withheld_answer_is_in_the_context_but_carries_no_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The task's traces in the reader's SFT file train everything but the answer; the look-ups train it."""
+    """The task's traces in the reader's SFT file train everything but the answer; the look-ups train it, with
+    the weight asked for."""
     import numpy as np
     from transformers import AutoProcessor
 
     from vt_ray.data.learnable import LearnableTaskConfig, make_learnable_dataset
-    from vt_ray.data.schema import WITHHOLD_ANSWER, resolve_video_paths
+    from vt_ray.data.schema import resolve_video_paths
     from vt_ray.learner.collate import collate
     from vt_ray.learner.sft_data import SftExampleBuilder, answer_loss_mask
 
@@ -111,15 +114,16 @@ def test_a_withheld_answer_is_in_the_context_but_carries_no_loss(tiny_model_dir:
     ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     assert len(mask) == len(ids) and mask.count(0) == 1
     assert tokenizer.decode([ids[mask.index(0)]]).endswith("B")
+    assert answer_loss_mask(tokenizer, response, 3.0) == [3.0 if m == 0 else 1.0 for m in mask]
 
     make_learnable_dataset(tmp_path, LearnableTaskConfig(num_train=4, num_val=4, option_order="shuffled"))
-    sft_file = write_sft_file(tmp_path, lookups=4, seed=0, withhold_answers=True)
+    sft_file = write_sft_file(tmp_path, lookups=4, seed=0, withhold_answers=True, lookup_answer_weight=5.0)
     samples = resolve_video_paths(read_samples(sft_file), tmp_path)
     builder = SftExampleBuilder(learning_recipe(LearningSpec(out=tmp_path)), processor)
     examples = builder.build_many(samples)
     batch = collate(processor, examples)
     for i, (sample, example) in enumerate(zip(samples, examples)):
         trained = batch.response_mask[i].sum().item()
-        assert trained == len(example.response_ids) - (1 if sample.extra.get(WITHHOLD_ANSWER) else 0)
-        assert bool(sample.extra.get(WITHHOLD_ANSWER)) == (sample.source == "learnable")
-    assert np.isclose(batch.response_mask.sum().item(), sum(len(e.response_ids) for e in examples) - 4)
+        # a task trace: its answer token weighs 0 (one less); a look-up's weighs 5 (four more)
+        assert trained == len(example.response_ids) + (4 if sample.source == "lookup" else -1), sample.uid
+    assert np.isclose(batch.response_mask.sum().item(), sum(len(e.response_ids) for e in examples) - 4 + 4 * 4)
