@@ -1,9 +1,10 @@
 """The learner's input: prompt (with a video or an image) + response token ids, collated into right-padded tensors.
 
 Every per-token tensor is aligned with ``input_ids``: position ``t`` holds the quantity for token ``t`` (its
-log-prob given tokens ``< t``). ``response_mask`` is 1 exactly on response tokens, so SFT and GRPO losses are
-masked sums over the same positions the rollout engine sampled. Right padding keeps the prompt positions of a
-sample independent of the batch it lands in (Qwen2.5-VL's 3D rope index reads the attention mask).
+log-prob given tokens ``< t``). ``response_mask`` is 1 on response tokens and 0 elsewhere, so SFT and GRPO losses
+are masked sums over the same positions the rollout engine sampled; an SFT example's ``loss_mask`` may weight its
+response tokens instead (0 = in the context, no loss; W = counted W times). Right padding keeps the prompt
+positions of a sample independent of the batch it lands in (Qwen2.5-VL's 3D rope index reads the attention mask).
 
 :func:`vt_ray.learner.collate.collate` builds one from examples. A batch is a plain dataclass of CPU tensors:
 cheap to pickle through Ray, and sliceable by sample so the group can shard a mini-batch over ranks and a rank can
@@ -83,7 +84,7 @@ class PixelRefs:
 class TrainBatch:
     input_ids: torch.Tensor  # [B, L] long, right padded with pad_token_id
     attention_mask: torch.Tensor  # [B, L] long
-    response_mask: torch.Tensor  # [B, L] float32, 1 on response tokens
+    response_mask: torch.Tensor  # [B, L] float32, 1 on response tokens (SFT: the example's loss weights)
     pixel_values_videos: torch.Tensor  # [N_patches, D] float32, video samples' patches concatenated in order
     video_grid_thw: torch.Tensor  # [B_video, 3] long, one per video sample
     second_per_grid_ts: torch.Tensor  # [B_video] float32
@@ -118,7 +119,8 @@ class TrainBatch:
 
     @property
     def num_tokens(self) -> int:
-        """Response tokens (the loss positions)."""
+        """Response tokens (the loss positions), each counted by its weight; truncated to an int (exact for
+        the whole-number weights used so far)."""
         return int(self.response_mask.sum().item())
 
     @property

@@ -31,7 +31,7 @@ class LossNorm:
     """Counts over the whole mini-batch (all micro-batches on all ranks), real samples only."""
 
     num_tokens: int
-    """Response tokens (sum of response_mask)."""
+    """Response tokens (sum of response_mask: a weighted SFT token counts its weight)."""
     num_sequences: int
     """Sequences."""
 
