@@ -27,6 +27,7 @@ from vt_ray.learning import BASES, CHANCE, RECIPE, LearningSpec, check_spec, run
 
 PANELS = (  # (curve key, title, x key) per subplot
     ("val_accuracy", "held-out accuracy (greedy)", "val"),
+    ("val_caption_similarity", "held-out caption similarity (ROUGE-L)", "val"),
     ("train_reward", "train reward (accuracy + format)", "train"),
     ("train_format", "train format reward", "train"),
     ("kl_to_reference", "KL to reference (k3)", "train"),
@@ -84,11 +85,12 @@ def plot(results: list[dict[str, Any]], order: str, out: Path) -> list[str]:
 
     runs = [r for r in results if r["option_order"] == order]
     written = []
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
+    axes.flat[-1].set_visible(False)  # seven panels
     for ax, (key, title, kind) in zip(axes.flat, PANELS):
         for color, style, label, c in _series(runs):
             xs = c["val_step"] if kind == "val" else c["step"]
-            pts = [(x, y) for x, y in zip(xs, c[key]) if y is not None]
+            pts = [(x, y) for x, y in zip(xs, c.get(key) or []) if y is not None]  # older JSON may lack a key
             if pts:
                 ax.plot(*zip(*pts), style, color=color, marker="o" if kind == "val" else None, ms=3, label=label)
         if not ax.lines:  # e.g. KL with algorithm.kl_coef 0: say so instead of an empty frame

@@ -38,6 +38,7 @@ VAL_KEYS = {
     "val/accuracy": "val_accuracy",
     "val/accuracy_letter": "val_accuracy_letter",
     "val/format": "val_format",
+    "val/caption_similarity": "val_caption_similarity",  # does the policy still say what it sees?
     "val/valid_share": "val_valid_share",
     "val/samples": "val_samples",
 }
