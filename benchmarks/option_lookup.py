@@ -68,14 +68,15 @@ def probe(model_dir: Path, data: Path, recipe: Any, count: int) -> dict[str, dic
     """Teacher-forced: the letter distribution after "... <colour> is option " for held-out videos and fresh
     look-ups (mean P(correct letter), argmax accuracy, mean distribution over A-D)."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     from vt_ray.data.schema import OPTION_LETTERS, read_samples, resolve_video_paths
     from vt_ray.learner.sft_data import SftExampleBuilder
+    from vt_ray.models.hf_load import load_vl_model
     from vt_ray.prompts.encode import encode_prompt
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_vl_model(str(model_dir), torch.float32).eval()  # the released video RoPE, as vLLM and the learner
     builder = SftExampleBuilder(recipe, processor)
     letters = [processor.tokenizer.convert_tokens_to_ids(letter) for letter in OPTION_LETTERS[:4]]
     sets = {

@@ -23,16 +23,17 @@ from typing import Any
 
 def probe(model_dir: Path, data: Path, count: int) -> dict[str, float]:
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     from vt_ray.data.learnable import TASK_COLORS, lookup_samples, lookup_trace, sft_trace
     from vt_ray.data.schema import OPTION_LETTERS, read_samples, resolve_video_paths
     from vt_ray.learner.sft_data import SftExampleBuilder
     from vt_ray.learning import LearningSpec, learning_recipe
+    from vt_ray.models.hf_load import load_vl_model
     from vt_ray.prompts.encode import encode_prompt
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_vl_model(str(model_dir), torch.float32).eval()  # the released video RoPE, as vLLM and the learner
     builder = SftExampleBuilder(learning_recipe(LearningSpec(out=data.parent)), processor)
     tok = processor.tokenizer
     answers = [tok.convert_tokens_to_ids(">" + letter) for letter in OPTION_LETTERS[:4]]  # "<answer>B": ">B"

@@ -84,12 +84,14 @@ def teach_reading(model_dir: str | Path, prompt: PromptConfig, seed: int, *,
     """Train ``model_dir``'s model in place on look-ups (short, then chat); returns what it reached. A phase
     that does not pass ``target`` within its ``max_steps`` is reported (``ReadingResult.reads`` false), not
     raised: the learning benchmark then shows what GRPO does from a model that half reads."""
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from vt_ray.models.hf_load import load_vl_model
 
     started = time.perf_counter()
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).train()
+    model = load_vl_model(str(model_dir), torch.float32).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr[0], weight_decay=0.0)
     result = ReadingResult()
     for phase, limit, phase_lr in zip(PHASES, max_steps, lr):

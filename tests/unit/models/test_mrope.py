@@ -63,3 +63,25 @@ def test_stock_transformers_still_differs_after_a_long_video(tiny_model_dir) -> 
     ours, _ = rope_index(*args, spatial_merge=2, tokens_per_second=2)
     assert torch.equal(stock[:, :, :18], ours[:, :, :18])  # identical up to the end of the video
     assert not torch.equal(stock[:, :, 18:], ours[:, :, 18:])
+
+
+def test_every_tool_that_runs_video_through_a_transformers_model_loads_it_with_the_released_positions() -> None:
+    """transformers 5.x places the text after a video elsewhere than vLLM and our learner do; a model loaded with a
+    bare ``from_pretrained`` and fed a video reads its own traces as noise (found in benchmarks/reader_probe.py,
+    whose figures were wrong for a season). Every load goes through ``vt_ray.models.hf_load`` except these,
+    which never compute a position-dependent figure from a video prompt."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    exempt = {
+        "vt_ray/models/hf_load.py": "the one place",
+        "benchmarks/learner_load_memory.py": "measures load memory, runs no forward",
+        "benchmarks/activation_bytes.py": "measures activation bytes: positions change no tensor size",
+        "tools/megatron_check.py": "passes explicit position_ids to both models",
+    }
+    bare = re.compile(r"(AutoModelForImageTextToText|Qwen2_5_VLForConditionalGeneration)\.from_pretrained\(")
+    offenders = [str(p.relative_to(root)) for d in ("vt_ray", "benchmarks", "tools", "data_pipeline")
+                 for p in sorted((root / d).rglob("*.py")) if bare.search(p.read_text())]
+    assert offenders, "the pattern no longer matches anything: update this test with the loader"
+    assert sorted(set(offenders) - set(exempt)) == []
