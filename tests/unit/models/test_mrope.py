@@ -68,8 +68,8 @@ def test_stock_transformers_still_differs_after_a_long_video(tiny_model_dir) -> 
 def test_every_tool_that_runs_video_through_a_transformers_model_loads_it_with_the_released_positions() -> None:
     """transformers 5.x places the text after a video elsewhere than vLLM and our learner do; a model loaded with a
     bare ``from_pretrained`` and fed a video reads its own traces as noise (found in benchmarks/reader_probe.py,
-    whose figures were wrong for a season). Every load goes through ``vt_ray.models.hf_load`` except these,
-    which never compute a position-dependent figure from a video prompt."""
+    whose figures in docs/learning.md were taken that way until it was fixed). Every load goes through
+    ``vt_ray.models.hf_load`` except these, which never compute a position-dependent figure from a video prompt."""
     import re
     from pathlib import Path
 
