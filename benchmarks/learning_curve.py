@@ -28,7 +28,7 @@ from vt_ray.learning import BASES, CHANCE, RECIPE, LearningSpec, check_spec, run
 PANELS = (  # (curve key, title, x key) per subplot
     ("val_accuracy", "held-out accuracy (greedy)", "val"),
     ("val_caption_similarity", "held-out caption similarity (ROUGE-L)", "val"),
-    ("train_reward", "train reward (accuracy + format)", "train"),
+    ("train_reward", "train reward (total: accuracy + format + any weighted extra)", "train"),
     ("train_format", "train format reward", "train"),
     ("kl_to_reference", "KL to reference (k3)", "train"),
     ("entropy", "policy entropy", "train"),
