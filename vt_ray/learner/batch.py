@@ -118,10 +118,10 @@ class TrainBatch:
         return int(self.input_ids.shape[0])
 
     @property
-    def num_tokens(self) -> int:
-        """Response tokens (the loss positions), each counted by its weight; truncated to an int (exact for
-        the whole-number weights used so far)."""
-        return int(self.response_mask.sum().item())
+    def num_tokens(self) -> float:
+        """Response tokens (the loss positions), each counted by its weight (a float: an SFT answer weighted
+        0.5 counts half a token, so the loss denominator matches the weighted sum it divides)."""
+        return float(self.response_mask.sum().item())
 
     @property
     def num_sequences(self) -> int:

@@ -30,8 +30,8 @@ from vt_ray.learner.batch import TrainBatch
 class LossNorm:
     """Counts over the whole mini-batch (all micro-batches on all ranks), real samples only."""
 
-    num_tokens: int
-    """Response tokens (sum of response_mask: a weighted SFT token counts its weight)."""
+    num_tokens: float
+    """Response tokens (sum of response_mask: a weighted SFT token counts its weight, fractions included)."""
     num_sequences: int
     """Sequences."""
 

@@ -162,7 +162,7 @@ class LearnerWorker(RankCommon):
         fetched: dict[Any, torch.Tensor] = {}  # pixels by reference: each prompt's fetched once per call
         counts = torch.tensor([float(shard.num_tokens), float(shard.num_sequences)])
         dist.all_reduce(counts)
-        norm = LossNorm(num_tokens=int(counts[0]), num_sequences=int(counts[1]))
+        norm = LossNorm(num_tokens=float(counts[0]), num_sequences=int(counts[1]))
 
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)

@@ -52,6 +52,16 @@ def test_collate_loss_mask_covers_exactly_the_response(processor) -> None:
     assert batch.pixel_values_videos.shape[0] == int(batch.video_grid_thw.prod(-1).sum())
 
 
+def test_num_tokens_counts_a_fractional_weight_as_it_is(processor) -> None:
+    """The loss divides a weighted sum by ``num_tokens``: an SFT token weighted 0.5 must count 0.5, not be
+    truncated away with the rest of the count (it was an int)."""
+    batch = collate(processor, make_examples(processor, 2))
+    whole = batch.num_tokens
+    first = int(batch.response_mask[0].nonzero()[0, 0])
+    batch.response_mask[0, first] = 0.5
+    assert batch.num_tokens == pytest.approx(whole - 0.5)
+
+
 def test_collate_passes_sampling_metadata_like_vllm(processor) -> None:
     """Seconds per temporal patch come from how frames were sampled: 4 of 120 frames at 30 fps = 1 fps."""
     ex = make_examples(processor, 1)[0]

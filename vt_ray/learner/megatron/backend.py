@@ -220,7 +220,7 @@ class MegatronWorker(RankCommon):
         loss_fn = self._loss_fn(loss_name)
         counts = torch.tensor([float(shard.num_tokens), float(shard.num_sequences)])
         dist.all_reduce(counts)
-        norm = LossNorm(num_tokens=int(counts[0]), num_sequences=int(counts[1]))
+        norm = LossNorm(num_tokens=float(counts[0]), num_sequences=int(counts[1]))
         pooled, _, fetched = self._pooled(shard)
 
         self.policy.train()
