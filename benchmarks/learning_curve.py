@@ -149,9 +149,15 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{_order_label(r):<16}{r['seed']:>5}{g['start_accuracy']:>9.3f}"
             f"{g['final_accuracy']:>10.3f} [{g['final_ci95'][0]:.2f}-{g['final_ci95'][1]:.2f}]"
             f"{(g['final_accuracy_letter'] or 0):>8.3f}{g['best_accuracy']:>7.3f}{hit:>11}{r['times_s']['grpo']:>8.0f}"
-            f"{ctrl:>15}  {g['verdict'].split(':')[0]}"
+            f"{ctrl:>15}  {g['verdict'].split(':')[0]}{_by_letter(g)}"
         )
     return "\n".join(lines)
+
+
+def _by_letter(summary: dict[str, Any]) -> str:
+    """Final letter-only accuracy per gold letter ("A .75 B .25 ..."): which option positions the policy reads."""
+    by = summary.get("final_accuracy_by_gold_letter") or {}
+    return ("  (by gold letter: " + " ".join(f"{g} {v:.2f}" for g, v in by.items()) + ")") if by else ""
 
 
 def _order_label(run: dict[str, Any]) -> str:

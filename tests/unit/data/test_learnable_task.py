@@ -143,3 +143,31 @@ def test_order_task_needs_the_order_of_the_frames(tmp_path: Path) -> None:
         assert parse_trace(s.trace).violations == ()
     with pytest.raises(ValueError, match="task must be one of"):
         LearnableTaskConfig(task="count")
+
+
+def test_shuffled_options_are_graded_on_letters_only_unless_overridden(tmp_path: Path) -> None:
+    """With shuffled options an answer that names the colour skips the binding the task tests: letters only."""
+    from vt_ray.learning import LearningSpec, learning_recipe
+
+    assert learning_recipe(LearningSpec(out=tmp_path, option_order="shuffled")).reward.answer_rules == "video_r1"
+    assert learning_recipe(LearningSpec(out=tmp_path)).reward.answer_rules == "sample"  # fixed: the measured runs
+    overridden = LearningSpec(out=tmp_path, option_order="shuffled", overrides=["reward.answer_rules=sample"])
+    assert learning_recipe(overridden).reward.answer_rules == "sample"
+
+
+def test_the_summary_reports_accuracy_by_gold_letter_when_validation_logged_it(tmp_path: Path) -> None:
+    """A policy that reads the first and last options only (0.5 overall) shows in the per-letter figures."""
+    import json
+
+    from benchmarks.learning_curve import _by_letter
+
+    row = {"step": 0, "val/accuracy": 0.5, "val/samples": 64.0, "time/elapsed_s": 1.0,
+           **{f"val/accuracy_letter/{g}": v for g, v in zip("ABCD", (0.75, 0.25, 0.25, 0.75))}}
+    (tmp_path / "new.jsonl").write_text(json.dumps(row) + "\n")
+    summary = summarize(read_curve(tmp_path / "new.jsonl"), target=0.8)
+    assert summary["final_accuracy_by_gold_letter"] == {"A": 0.75, "B": 0.25, "C": 0.25, "D": 0.75}
+    assert _by_letter(summary) == "  (by gold letter: A 0.75 B 0.25 C 0.25 D 0.75)"
+    older = {k: v for k, v in row.items() if "/accuracy_letter/" not in k}  # metrics from before the key
+    (tmp_path / "old.jsonl").write_text(json.dumps(older) + "\n")
+    old_summary = summarize(read_curve(tmp_path / "old.jsonl"), target=0.8)
+    assert old_summary["final_accuracy_by_gold_letter"] == {} and _by_letter(old_summary) == ""
