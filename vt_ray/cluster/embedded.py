@@ -124,6 +124,17 @@ class EmbeddedCluster:
         text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
         return "\n".join(text.splitlines()[-lines:]) + f"\n(logs: {self.temp_dir})"
 
+    def death_report(self, lines: int = 40) -> str:
+        """Why the node went away when ``ray start`` exited before :meth:`stop` signalled it: ``--block`` ends the
+        node when one of its processes dies and logs which one, its exit code or signal and its log's tail. Printed
+        by :meth:`stop`, so a CI log explains such a crash after the machine is gone (Ray's periodic state dumps
+        left out: they fill the tail and say nothing about the death)."""
+        code = self.proc.returncode if self.proc is not None else None
+        text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else "(no output)"
+        kept = [line for line in text.splitlines() if "[state-dump]" not in line]
+        return "\n".join([f"[ray] the local cluster's `ray start` exited on its own (code {code}) before it was "
+                          f"stopped; logs kept in {self.temp_dir}. Its output ends:", *kept[-lines:]])
+
     def stop(self, keep_logs: bool = False, grace_s: float = 30.0) -> None:
         """Disconnect, SIGTERM ``ray start --block`` (it drains the node and stops its processes), SIGKILL what
         is left of the session. Removes the temp dir unless ``keep_logs`` (or VT_RAY_KEEP_TMP=1). Safe to call twice."""
@@ -132,6 +143,9 @@ class EmbeddedCluster:
         if self._stopped:
             return
         self._stopped = True
+        if self.proc is not None and self.proc.poll() is not None:  # not by us: a raylet or the GCS died
+            keep_logs = True
+            print(self.death_report(), file=sys.stderr, flush=True)
         if ray.is_initialized():
             ray.shutdown()
         if self.proc is not None:
