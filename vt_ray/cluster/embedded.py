@@ -120,9 +120,12 @@ class EmbeddedCluster:
             raise
         return self
 
+    def _log_lines(self) -> list[str]:
+        """``ray start``'s output so far, by line (none before it wrote any)."""
+        return self.log_path.read_text(errors="replace").splitlines() if self.log_path.is_file() else []
+
     def _tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
-        return "\n".join(text.splitlines()[-lines:]) + f"\n(logs: {self.temp_dir})"
+        return "\n".join(self._log_lines()[-lines:]) + f"\n(logs: {self.temp_dir})"
 
     def death_report(self, lines: int = 40) -> str:
         """Why the node went away when ``ray start`` exited before :meth:`stop` signalled it: ``--block`` ends the
@@ -130,8 +133,7 @@ class EmbeddedCluster:
         by :meth:`stop`, so a CI log explains such a crash after the machine is gone (Ray's periodic state dumps
         left out: they fill the tail and say nothing about the death)."""
         code = self.proc.returncode if self.proc is not None else None
-        text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else "(no output)"
-        kept = [line for line in text.splitlines() if "[state-dump]" not in line]
+        kept = [line for line in self._log_lines() if "[state-dump]" not in line] or ["(no output)"]
         return "\n".join([f"[ray] the local cluster's `ray start` exited on its own (code {code}) before it was "
                           f"stopped; logs kept in {self.temp_dir}. Its output ends:", *kept[-lines:]])
 
