@@ -46,6 +46,7 @@ def test_a_node_that_dies_under_the_driver_is_reported_with_its_logs_kept() -> N
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_clean_stop_is_silent_and_removes_the_logs() -> None:
     """The report is for deaths only: a node stopped by us says nothing and leaves no temp dir."""
     script = ("from vt_ray.cluster.embedded import EmbeddedCluster\n"
