@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from vt_ray.cluster.local_cluster import free_ports, reset_ray_auth_cache, stop_ray_start
+from vt_ray.cluster.local_cluster import exit_report, free_ports, reset_ray_auth_cache, stop_ray_start
 
 PR_SET_PDEATHSIG = 1
 
@@ -128,14 +128,9 @@ class EmbeddedCluster:
         return "\n".join(self._log_lines()[-lines:]) + f"\n(logs: {self.temp_dir})"
 
     def death_report(self, lines: int = 40) -> str:
-        """Why the node went away when ``ray start`` exited before :meth:`stop` signalled it: ``--block`` ends the
-        node when one of its processes dies and logs which one, its exit code or signal and its log's tail. Printed
-        by :meth:`stop`, so a CI log explains such a crash after the machine is gone (Ray's periodic state dumps
-        left out: they fill the tail and say nothing about the death)."""
+        """Why the node went away when ``ray start`` exited before :meth:`stop` signalled it (printed by it)."""
         code = self.proc.returncode if self.proc is not None else None
-        kept = [line for line in self._log_lines() if "[state-dump]" not in line] or ["(no output)"]
-        return "\n".join([f"[ray] the local cluster's `ray start` exited on its own (code {code}) before it was "
-                          f"stopped; logs kept in {self.temp_dir}. Its output ends:", *kept[-lines:]])
+        return exit_report("the local cluster", code, self._log_lines(), self.temp_dir, lines)
 
     def stop(self, keep_logs: bool = False, grace_s: float = 30.0) -> None:
         """Disconnect, SIGTERM ``ray start --block`` (it drains the node and stops its processes), SIGKILL what

@@ -171,11 +171,22 @@ class LocalRayCluster:
             tails.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(tails)
 
+    def dead_nodes(self) -> list[tuple[NodeSpec, subprocess.Popen[bytes]]]:
+        """The nodes whose ``ray start --block`` has exited although :meth:`stop` has not signalled it yet."""
+        return [(node, proc) for node, proc in zip([self.head, *self.workers], self.procs) if proc.poll() is not None]
+
     def stop(self) -> None:
         """Disconnect, SIGTERM each ``ray start`` session (workers first), SIGKILL what is left, remove the
-        temp dir and restore the environment. Safe to call twice."""
+        temp dir and restore the environment. Safe to call twice. A node that died under the run (its
+        ``ray start`` exited first) gets its own account printed to stderr, and the logs are kept."""
         import ray
 
+        dead = self.dead_nodes()
+        for node, proc in dead:
+            log_path = self.temp_dir / f"{node.name}.log"
+            lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
+            print(exit_report(f"node {node.name!r}", proc.returncode, lines, self.temp_dir), file=sys.stderr,
+                  flush=True)
         if ray.is_initialized():
             ray.shutdown()
         for proc in reversed(self.procs):  # workers first, while the head's GCS still answers their drain
@@ -184,7 +195,7 @@ class LocalRayCluster:
         for log in self._logs:
             log.close()
         self._logs.clear()
-        if not os.environ.get("VT_RAY_KEEP_TMP"):  # debugging: keep the session logs
+        if not dead and not os.environ.get("VT_RAY_KEEP_TMP"):  # debugging: keep the session logs
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         for key, value in self._saved_env.items():
             if value is None:
@@ -201,6 +212,16 @@ class LocalRayCluster:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def exit_report(who: str, code: int | None, log_lines: list[str], temp_dir: Path, lines: int = 40) -> str:
+    """Why a node went away when its ``ray start --block`` exited before it was stopped: ``--block`` ends the node
+    when one of its processes dies and logs which one, its exit code or signal and its log's tail. Printed by
+    the clusters' ``stop()``, so a CI log explains such a crash after the machine is gone (Ray's periodic state
+    dumps left out: they fill the tail and say nothing about the death)."""
+    kept = [line for line in log_lines if "[state-dump]" not in line] or ["(no output)"]
+    return "\n".join([f"[ray] {who}: `ray start` exited on its own (code {code}) before it was stopped; logs kept "
+                      f"in {temp_dir}. Its output ends:", *kept[-lines:]])
 
 
 def reset_ray_auth_cache() -> None:

@@ -7,6 +7,7 @@ The training run across these nodes waits for the trainer; this checks the place
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,43 @@ def test_roles_placed_across_local_nodes() -> None:
         cluster.stop()
     assert _pids_mentioning(temp_dir) == [], "every process of the local cluster must be gone"
     assert not Path(temp_dir).exists()
+
+
+def _raylet_of(session: int) -> list:
+    """The raylet processes of the ``ray start`` session ``session`` (its process group)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if proc.info["name"] == "raylet" and os.getpgid(proc.pid) == session:
+                found.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_worker_node_that_dies_under_the_run_is_reported_with_its_logs_kept(capfd: pytest.CaptureFixture) -> None:
+    """SIGKILL a worker's raylet (as an OOM killer would): ``stop()`` prints that node's own account (which
+    process died and how) and keeps the logs, where a clean stop removes them (the test above)."""
+    cluster = LocalRayCluster(NodeSpec("head", 0), [NodeSpec("w1", 1)])
+    try:
+        cluster.start()
+        worker = cluster.procs[1]
+        raylets = _raylet_of(worker.pid)
+        assert len(raylets) == 1, raylets
+        raylets[0].kill()
+        worker.wait(timeout=120)  # `ray start --block` ends the node when its raylet dies: a deadline, not a sleep
+        assert [node.name for node, _ in cluster.dead_nodes()] == ["w1"]
+    finally:
+        cluster.stop()
+    try:
+        err = capfd.readouterr().err
+        report = err[err.index("node 'w1': `ray start` exited on its own"):]
+        assert f"logs kept in {cluster.temp_dir}" in report
+        assert "raylet" in report and "signal 9" in report  # which process died, and how
+        assert "node 'head'" not in err  # the head was stopped by us: nothing to report
+        assert (cluster.temp_dir / "w1.log").is_file()
+    finally:
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
