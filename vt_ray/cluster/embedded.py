@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from vt_ray.cluster.local_cluster import exit_report, free_ports, reset_ray_auth_cache, stop_ray_start
+from vt_ray.cluster.local_cluster import exit_report, free_ports, log_lines, reset_ray_auth_cache, stop_ray_start
 
 PR_SET_PDEATHSIG = 1
 
@@ -120,17 +120,13 @@ class EmbeddedCluster:
             raise
         return self
 
-    def _log_lines(self) -> list[str]:
-        """``ray start``'s output so far, by line (none before it wrote any)."""
-        return self.log_path.read_text(errors="replace").splitlines() if self.log_path.is_file() else []
-
     def _tail(self, lines: int = 20) -> str:
-        return "\n".join(self._log_lines()[-lines:]) + f"\n(logs: {self.temp_dir})"
+        return "\n".join(log_lines(self.log_path)[-lines:]) + f"\n(logs: {self.temp_dir})"
 
     def death_report(self, lines: int = 40) -> str:
         """Why the node went away when ``ray start`` exited before :meth:`stop` signalled it (printed by it)."""
         code = self.proc.returncode if self.proc is not None else None
-        return exit_report("the local cluster", code, self._log_lines(), self.temp_dir, lines)
+        return exit_report("the local cluster", code, log_lines(self.log_path), self.temp_dir, lines)
 
     def stop(self, keep_logs: bool = False, grace_s: float = 30.0) -> None:
         """Disconnect, SIGTERM ``ray start --block`` (it drains the node and stops its processes), SIGKILL what

@@ -168,7 +168,7 @@ class LocalRayCluster:
     def _log_tails(self, lines: int = 15) -> str:
         tails = []
         for log in sorted(self.temp_dir.glob("*.log")):  # ray start's output per node (not the session logs)
-            tails.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+            tails.append(f"--- {log.name}\n" + "\n".join(log_lines(log)[-lines:]))
         return "\n".join(tails)
 
     def dead_nodes(self) -> list[tuple[NodeSpec, subprocess.Popen[bytes]]]:
@@ -183,8 +183,7 @@ class LocalRayCluster:
 
         dead = self.dead_nodes()
         for node, proc in dead:
-            log_path = self.temp_dir / f"{node.name}.log"
-            lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
+            lines = log_lines(self.temp_dir / f"{node.name}.log")
             print(exit_report(f"node {node.name!r}", proc.returncode, lines, self.temp_dir), file=sys.stderr,
                   flush=True)
         if ray.is_initialized():
@@ -212,6 +211,11 @@ class LocalRayCluster:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def log_lines(path: Path) -> list[str]:
+    """A ``ray start``'s output so far, by line (none before it wrote any)."""
+    return path.read_text(errors="replace").splitlines() if path.is_file() else []
 
 
 def exit_report(who: str, code: int | None, log_lines: list[str], temp_dir: Path, lines: int = 40) -> str:
