@@ -96,6 +96,15 @@ class AlgorithmConfig:
     """paper: bonus when p > p~ (Eq. 1) | code: when p >= 0.8 p~ (Video-R1's released trainer)."""
     tgrpo_shuffled_n: int = 0
     """Shuffled responses per prompt; 0 = rollout.n (the paper's two groups of G; the released code uses G/2)."""
+    option_rotations: int = 1
+    """Option-rotation groups for multiple-choice prompts: each prompt is rolled out under this many rotations
+    of its options (``rollout.n`` / k responses each; k = the number of options puts the gold answer under every
+    letter once), and the advantage baseline is taken over all of them together. A policy that favours a letter
+    whatever the options say then scores the group mean on average, so its letter preference gets no net push;
+    only answers that follow the options' content are reinforced. Why: with one option order per group, a
+    letter the policy already favours is rewarded in the groups where it happens to be gold, while most groups
+    where it is wrong have no correct sample and so no signal to push it down; GRPO drifts into option-position
+    habits (measured in docs/learning.md). 1 = off (one option order per group, the paper)."""
     use_kl_loss: bool = True
     """KL to the reference as a loss term with ``kl_coef`` (paper: a KL penalty, coefficient 0.04)."""
     use_kl_in_reward: bool = False
@@ -154,6 +163,7 @@ class AlgorithmConfig:
         check(self.tgrpo_alpha >= 0, "algorithm.tgrpo_alpha", "must be >= 0")
         set_choice(self, "tgrpo_rule", TgrpoRule, "algorithm.tgrpo_rule")
         check(self.tgrpo_shuffled_n >= 0, "algorithm.tgrpo_shuffled_n", "must be >= 0 (0 = rollout.n)")
+        check(self.option_rotations >= 1, "algorithm.option_rotations", "must be >= 1 (1 = off)")
         check(self.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
         check(
             not (self.use_kl_loss and self.use_kl_in_reward),

@@ -316,6 +316,10 @@ class RecipeConfig:
             object.__setattr__(algo, "tis_cap", STALE_TIS_CAP if overlapped else 0.0)  # frozen: resolved once, at load
         check(not algo.dynamic_sampling or self.rollout.n >= 2, "algorithm.dynamic_sampling",
               "needs rollout.n >= 2 (a group of one never has unequal rewards)")
+        check(self.rollout.n % algo.option_rotations == 0, "algorithm.option_rotations",
+              f"{algo.option_rotations} must divide rollout.n ({self.rollout.n}): each rotation gets n / k responses")
+        check(algo.option_rotations == 1 or not algo.dynamic_sampling, "algorithm.option_rotations",
+              "DAPO dynamic sampling keeps or drops one option order at a time; it cannot split a rotation group")
         check(algo.overlong_buffer_len < self.rollout.max_tokens, "algorithm.overlong_buffer_len",
               f"must be < rollout.max_tokens ({self.rollout.max_tokens})")
         check(

@@ -74,6 +74,25 @@ class VideoSample:
         """Options as the prompt shows them: one ``A. text`` per line."""
         return "\n".join(f"{OPTION_LETTERS[i]}. {text}" for i, text in enumerate(self.options))
 
+    def option_rotations(self, k: int) -> list[VideoSample]:
+        """``k`` copies of this sample whose options are rotated by evenly spaced shifts (``k`` = the number of
+        options puts the gold answer under every letter once); the first is this sample itself, the others get
+        the uid ``<uid>~rot<shift>``. Samples without options are copied unchanged (uids still distinct).
+        GRPO's option-rotation groups (``algorithm.option_rotations``) are built from them."""
+        if k < 1:
+            raise ValueError(f"option_rotations needs k >= 1, got {k}")
+        m = len(self.options)
+        rotated = [self]
+        for j in range(1, k):
+            shift = (j * m) // k if m else j
+            if self.answer_type != "multiple_choice" or not m:
+                rotated.append(replace(self, uid=f"{self.uid}~rot{shift}"))
+                continue
+            gold = (OPTION_LETTERS.index(self.answer) - shift) % m
+            options = self.options[shift:] + self.options[:shift]
+            rotated.append(replace(self, uid=f"{self.uid}~rot{shift}", options=options, answer=OPTION_LETTERS[gold]))
+        return rotated
+
     def reward_target(self) -> RewardTarget:
         """What a response to this sample is scored against (the ground truth, without the video)."""
         return RewardTarget(

@@ -32,6 +32,9 @@ class Responses:
     """Reward results, one per response (filled by the driver after scoring)."""
     scores: torch.Tensor | None = None
     """[N] shaped scores the advantages start from (total reward, non-finite zeroed, DAPO/T-GRPO shaping)."""
+    baseline_groups: list[int] = field(default_factory=list)
+    """One per response: the group its advantage baseline is taken over. Empty = ``group_ids`` (one prompt, one
+    group); with ``algorithm.option_rotations`` the rotations of one prompt share a group."""
     advantages: list[float] = field(default_factory=list)
     """One per response, filled by the update (the report's rollout viewer shows them)."""
     pending_scores: Callable[[], dict[str, float]] | None = None
@@ -50,6 +53,11 @@ class Responses:
             if r.encoded is not None:
                 r.encoded.pixels = None
 
+    @property
+    def advantage_groups(self) -> list[int]:
+        """The group of each response for the advantage baseline (see ``baseline_groups``)."""
+        return self.baseline_groups or self.group_ids
+
     def scored_tensor(self) -> torch.Tensor:
         """``scores``, once the driver has scored the responses (using them before is a bug)."""
         if self.scores is None:
@@ -57,7 +65,10 @@ class Responses:
         return self.scores
 
     def select_groups(self, groups: list[int]) -> Responses:
-        """Only the prompts ``groups`` (indices into ``results``), renumbered 0.. in the given order."""
+        """Only the prompts ``groups`` (indices into ``results``), renumbered 0.. in the given order (one prompt,
+        one baseline group: dynamic sampling does not run with option rotations)."""
+        if self.baseline_groups:
+            raise ValueError("select_groups would split option-rotation groups")
         new_id = {g: i for i, g in enumerate(groups)}
         rows = [i for g in groups for i, gid in enumerate(self.group_ids) if gid == g]
         return Responses(
@@ -73,16 +84,20 @@ class Responses:
         return {g: [i for i, gid in enumerate(self.group_ids) if gid == g] for g in range(len(self.results))}
 
     @staticmethod
-    def flatten(results: list[RolloutResult], samples: list[VideoSample]) -> Responses:
-        """One row per completion of ``results`` (unscored)."""
-        texts, groups, tokens, truncated = [], [], [], []
+    def flatten(results: list[RolloutResult], samples: list[VideoSample],
+                prompt_groups: list[int] | None = None) -> Responses:
+        """One row per completion of ``results`` (unscored). ``prompt_groups``: the baseline group of each result
+        (the option rotations of one prompt share one); None = each result its own."""
+        texts, groups, tokens, truncated, baseline = [], [], [], [], []
         for g, r in enumerate(results):
             for c in r.completions:
                 texts.append(c.text)
                 groups.append(g)
+                baseline.append(g if prompt_groups is None else prompt_groups[g])
                 tokens.append(len(c.token_ids))
                 truncated.append(c.finish_reason == "length")
-        return Responses(results, samples, texts, groups, tokens, truncated)
+        return Responses(results, samples, texts, groups, tokens, truncated,
+                         baseline_groups=[] if prompt_groups is None else baseline)
 
     @staticmethod
     def concat(parts: list[Responses]) -> Responses:
@@ -92,6 +107,8 @@ class Responses:
             out.results += part.results
             out.samples += part.samples
             out.texts += part.texts
+            if part.baseline_groups:
+                raise ValueError("concat would renumber option-rotation groups")
             out.group_ids += [g + offset for g in part.group_ids]
             out.token_counts += part.token_counts
             out.truncated += part.truncated

@@ -122,11 +122,11 @@ class RolloutPhase:
         """Generate (skips refilled), score and shape one round of prompts. Returns (responses with ``scored`` and
         ``scores``, skip counts, metrics incl. time/rollout_s and time/reward_s of this round)."""
         t0 = time.perf_counter()
-        results, samples, skipped = self.generate(prompts, step)
+        results, samples, skipped, prompt_groups = self.generate(prompts, step)
         t1 = time.perf_counter()
         if not results:
             return None, skipped, {"time/rollout_s": t1 - t0, "time/reward_s": 0.0}
-        data = Responses.flatten(results, samples)
+        data = Responses.flatten(results, samples, prompt_groups)
         finish = self.score(data, results, samples)
         metrics = {"time/rollout_s": t1 - t0}
         if self.deferred:
@@ -164,22 +164,31 @@ class RolloutPhase:
         return finish
 
     def generate(self, first: list[VideoSample], step: int
-                 ) -> tuple[list[RolloutResult], list[VideoSample], Counter[str]]:
-        """Responses for ``len(first)`` prompts: skipped samples are counted, remembered and replaced."""
-        want, by_uid = len(first), {s.uid: s for s in first}
+                 ) -> tuple[list[RolloutResult], list[VideoSample], Counter[str], list[int] | None]:
+        """Responses for ``len(first)`` prompts, each under its ``algorithm.option_rotations`` option orders:
+        skipped samples are counted (once per prompt), remembered and replaced. Returns (results, the sample
+        each result answers, skip counts, each result's prompt index, i.e. its baseline group; None without
+        rotations)."""
+        k, want = self.cfg.algorithm.option_rotations, len(first)
+        asked: dict[str, tuple[VideoSample, str]] = {}  # uid of a rotation -> (the rotation, its prompt's uid)
         results: list[RolloutResult] = []
         skipped: Counter[str] = Counter()
         todo = first
         for _ in range(MAX_REFILL_ROUNDS + 1):
-            out = self.rollout.generate(todo, sampling_for_training(self.cfg, step),
+            rotations = [(v, s.uid) for s in todo for v in s.option_rotations(k)]
+            asked.update((v.uid, (v, base)) for v, base in rotations)
+            out = self.rollout.generate([v for v, _ in rotations], sampling_for_training(self.cfg, step),
                                         learner_inputs=self.cfg.trainer.pixel_path == "rollout")
-            results += out.results
-            for s in out.skipped:
-                self.sampler.mark_skipped(s.uid, s.reason)
+            lost = {asked[s.uid][1]: s for s in out.skipped}  # a prompt loses all its rotations
+            results += [r for r in out.results if asked[r.uid][1] not in lost]
+            for base, s in lost.items():
+                self.sampler.mark_skipped(base, s.reason)
                 skipped[s.reason] += 1
                 log.warning("skipped %s (%s): %s", s.video, s.reason, s.detail)
-            if len(results) >= want or not out.skipped:
+            prompts = list(dict.fromkeys(asked[r.uid][1] for r in results))  # in order of first result
+            if len(prompts) >= want or not lost:
                 break
-            todo = self.sampler.take(want - len(results))
-            by_uid.update((s.uid, s) for s in todo)
-        return results, [by_uid[r.uid] for r in results], skipped
+            todo = self.sampler.take(want - len(prompts))
+        index = {base: i for i, base in enumerate(dict.fromkeys(asked[r.uid][1] for r in results))}
+        groups = [index[asked[r.uid][1]] for r in results] if k > 1 else None
+        return results, [asked[r.uid][0] for r in results], skipped, groups

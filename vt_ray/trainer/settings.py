@@ -17,9 +17,11 @@ def step_seed(cfg: RecipeConfig, step: int) -> int:
 
 
 def sampling_for_training(cfg: RecipeConfig, step: int = 0) -> SamplingSettings:
+    """A training step's sampling: ``rollout.n`` responses per prompt, split over its option rotations."""
     r, a = cfg.rollout, cfg.algorithm
-    shuffled = (a.tgrpo_shuffled_n or r.n) if a.tgrpo else 0
-    return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, stop=list(r.stop),
+    shuffled = (a.tgrpo_shuffled_n or r.n // a.option_rotations) if a.tgrpo else 0
+    return SamplingSettings(n=r.n // a.option_rotations, temperature=r.temperature, top_p=r.top_p,
+                            max_tokens=r.max_tokens, stop=list(r.stop),
                             shuffled_n=shuffled, shuffle_seed=step_seed(cfg, step),
                             min_tokens=r.min_tokens, ignore_eos=r.ignore_eos)
 

@@ -30,7 +30,8 @@ def step_metrics(batch: StepBatch, timings: dict[str, float], skip_totals: Count
         "response/length_mean": sum(data.token_counts) / len(data.token_counts),
         "response/length_max": float(max(data.token_counts)),
         "response/truncated_share": sum(data.truncated) / len(data.truncated),
-        "data/prompts": float(len(data.results)),
+        "data/prompts": float(len(set(data.advantage_groups))),  # an option-rotation group is one prompt
+        "data/option_orders": float(len(data.results)),  # = data/prompts x algorithm.option_rotations
         "data/responses": float(len(data.texts)),
         "data/consumed_total": float(batch.sampler_after["consumed"]),
         "rollout/actor_restarts": float(actor_restarts),

@@ -39,7 +39,7 @@ def advantages(acfg: AlgorithmConfig, scores: torch.Tensor, data: Responses
     """Group-relative advantages of ``scores`` and the responses that count in the loss (DAPO's overlong filter
     drops truncated ones): (advantages, keep mask, metrics)."""
     lengths = torch.tensor(data.token_counts, dtype=torch.float32)
-    adv, keep, adv_metrics = compute_grpo_advantages(acfg, scores, data.group_ids, lengths)
+    adv, keep, adv_metrics = compute_grpo_advantages(acfg, scores, data.advantage_groups, lengths)
     if acfg.overlong_filter:  # DAPO overlong filtering: truncated responses do not count in the loss
         from vt_ray.algo.shaping import overlong_filter
         keep, adv_metrics["dapo/overlong_filtered_frac"] = overlong_filter(keep, data.truncated)

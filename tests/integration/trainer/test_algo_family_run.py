@@ -47,3 +47,36 @@ def test_tgrpo_dapo_gspo_run_through_the_driver(tiny_model_dir: Path, synthetic_
         assert 0 <= m["rollout/engine_learner_abs_diff_mean"] <= m["rollout/engine_learner_abs_diff_max"] < 1e-2
         assert m["rollout/engine_learner_k3_kl"] < 1e-4  # float32 vLLM and float32 learner agree closely
         assert m["actor/tis_weight_mean"] == pytest.approx(1.0, abs=1e-2)
+
+
+@pytest.mark.slow
+def test_option_rotation_groups_run_through_the_driver(tiny_model_dir: Path, synthetic_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """``algorithm.option_rotations``: each prompt goes to the real engines under 4 option orders, each order is
+    scored against its own gold letter, and the advantage baseline spans the four."""
+    cmd = [
+        sys.executable, "-m", "vt_ray", "train", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
+        f"model.path={tiny_model_dir}", f"data.train_file={synthetic_dir / 'train.jsonl'}",
+        f"data.val_file={tmp_path / 'no_validation.jsonl'}", f"run.output_dir={tmp_path}", "run.name=rotations",
+        "trainer.total_steps=1", "trainer.save_every=10", "trainer.wandb_mode=disabled", "trainer.prompts_per_step=2",
+        "trainer.rollouts_per_step=8", "rollout.max_tokens=16", "rollout.n=8", "algorithm.option_rotations=4",
+        "reward.format_mode=graded", "reward.length_penalty_weight=1", "reward.length_max_words=8",
+        "reward.length_buffer_words=6",  # dense rewards for a random model, so the groups' rewards differ
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    step = {r["step"]: r for r in read_metrics(tmp_path / "rotations" / "metrics.jsonl")}[1]
+    assert (step["data/prompts"], step["data/option_orders"], step["data/responses"]) == (2, 8, 16)
+    records = [r for r in read_metrics(tmp_path / "rotations" / "rollouts.jsonl") if r["split"] == "train"]
+    by_prompt: dict[str, list[dict]] = {}
+    for r in records:
+        by_prompt.setdefault(r["uid"].split("~rot")[0], []).append(r)
+    assert sorted(len(v) for v in by_prompt.values()) == [4, 4]
+    per_order = [sum(x["advantage"] for x in r["responses"]) for r in records]
+    assert any(abs(s) > 1e-3 for s in per_order)  # a baseline per option order would zero every one of these
+    for rotations in by_prompt.values():
+        gold = {r["options"][ord(r["answer"]) - ord("A")] for r in rotations}
+        assert len(gold) == 1 and sorted(r["answer"] for r in rotations) == ["A", "B", "C", "D"]
+        assert all(len(r["responses"]) == 2 for r in rotations)  # rollout.n / 4 per option order
+        advantages = [x["advantage"] for r in rotations for x in r["responses"]]
+        assert abs(sum(advantages)) < 1e-4 and any(abs(a) > 1e-3 for a in advantages)  # one baseline for all 8
