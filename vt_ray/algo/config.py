@@ -100,11 +100,13 @@ class AlgorithmConfig:
     """Option-rotation groups for multiple-choice prompts: each prompt is rolled out under this many rotations
     of its options (``rollout.n`` / k responses each; k = the number of options puts the gold answer under every
     letter once), and the advantage baseline is taken over all of them together. A policy that favours a letter
-    whatever the options say then scores the group mean on average, so its letter preference gets no net push;
-    only answers that follow the options' content are reinforced. Why: with one option order per group, a
-    letter the policy already favours is rewarded in the groups where it happens to be gold, while most groups
-    where it is wrong have no correct sample and so no signal to push it down; GRPO drifts into option-position
-    habits (measured in docs/learning.md). 1 = off (one option order per group, the paper)."""
+    whatever the options say then scores the group mean on average, so the accuracy reward gives its letter
+    preference no net push (a letter-agnostic term such as the format reward still rewards whichever letter is
+    written: measured, it can settle a policy whose answers start out of format on one letter). Why: with one
+    option order per group, a letter the policy already favours is rewarded in the groups where it happens to be
+    gold, while most groups where it is wrong have no correct sample and so no signal to push it down; GRPO
+    drifts into option-position habits (measured in docs/learning.md). 1 = off (one option order per group, the
+    paper)."""
     use_kl_loss: bool = True
     """KL to the reference as a loss term with ``kl_coef`` (paper: a KL penalty, coefficient 0.04)."""
     use_kl_in_reward: bool = False
