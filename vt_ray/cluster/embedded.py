@@ -126,7 +126,7 @@ class EmbeddedCluster:
     def death_report(self, lines: int = 40) -> str:
         """Why the node went away when ``ray start`` exited before :meth:`stop` signalled it (printed by it)."""
         code = self.proc.returncode if self.proc is not None else None
-        return exit_report("the local cluster", code, log_lines(self.log_path), self.temp_dir, lines)
+        return exit_report("the local cluster", code, self.log_path, self.temp_dir, lines)
 
     def stop(self, keep_logs: bool = False, grace_s: float = 30.0) -> None:
         """Disconnect, SIGTERM ``ray start --block`` (it drains the node and stops its processes), SIGKILL what

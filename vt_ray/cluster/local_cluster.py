@@ -183,9 +183,8 @@ class LocalRayCluster:
 
         dead = self.dead_nodes()
         for node, proc in dead:
-            lines = log_lines(self.temp_dir / f"{node.name}.log")
-            print(exit_report(f"node {node.name!r}", proc.returncode, lines, self.temp_dir), file=sys.stderr,
-                  flush=True)
+            print(exit_report(f"node {node.name!r}", proc.returncode, self.temp_dir / f"{node.name}.log",
+                              self.temp_dir), file=sys.stderr, flush=True)
         if ray.is_initialized():
             ray.shutdown()
         for proc in reversed(self.procs):  # workers first, while the head's GCS still answers their drain
@@ -218,12 +217,12 @@ def log_lines(path: Path) -> list[str]:
     return path.read_text(errors="replace").splitlines() if path.is_file() else []
 
 
-def exit_report(who: str, code: int | None, log_lines: list[str], temp_dir: Path, lines: int = 40) -> str:
+def exit_report(who: str, code: int | None, log: Path, temp_dir: Path, lines: int = 40) -> str:
     """Why a node went away when its ``ray start --block`` exited before it was stopped: ``--block`` ends the node
     when one of its processes dies and logs which one, its exit code or signal and its log's tail. Printed by
     the clusters' ``stop()``, so a CI log explains such a crash after the machine is gone (Ray's periodic state
-    dumps left out: they fill the tail and say nothing about the death)."""
-    kept = [line for line in log_lines if "[state-dump]" not in line] or ["(no output)"]
+    dumps left out: they fill the tail and say nothing about the death). ``log``: that ``ray start``'s output."""
+    kept = [line for line in log_lines(log) if "[state-dump]" not in line] or ["(no output)"]
     return "\n".join([f"[ray] {who}: `ray start` exited on its own (code {code}) before it was stopped; logs kept "
                       f"in {temp_dir}. Its output ends:", *kept[-lines:]])
 

@@ -88,16 +88,15 @@ class Responses:
                 prompt_groups: list[int] | None = None) -> Responses:
         """One row per completion of ``results`` (unscored). ``prompt_groups``: the baseline group of each result
         (the option rotations of one prompt share one); None = each result its own."""
-        texts, groups, tokens, truncated, baseline = [], [], [], [], []
+        texts, groups, tokens, truncated = [], [], [], []
         for g, r in enumerate(results):
             for c in r.completions:
                 texts.append(c.text)
                 groups.append(g)
-                baseline.append(g if prompt_groups is None else prompt_groups[g])
                 tokens.append(len(c.token_ids))
                 truncated.append(c.finish_reason == "length")
         return Responses(results, samples, texts, groups, tokens, truncated,
-                         baseline_groups=[] if prompt_groups is None else baseline)
+                         baseline_groups=[] if prompt_groups is None else [prompt_groups[g] for g in groups])
 
     @staticmethod
     def concat(parts: list[Responses]) -> Responses:

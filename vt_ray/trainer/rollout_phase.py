@@ -189,6 +189,6 @@ class RolloutPhase:
             if len(prompts) >= want or not lost:
                 break
             todo = self.sampler.take(want - len(prompts))
-        index = {base: i for i, base in enumerate(dict.fromkeys(asked[r.uid][1] for r in results))}
+        index = {base: i for i, base in enumerate(prompts)}
         groups = [index[asked[r.uid][1]] for r in results] if k > 1 else None
         return results, [asked[r.uid][0] for r in results], skipped, groups

@@ -15,24 +15,32 @@ from vt_ray.trainer.metrics import read_metrics
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.slow
-def test_tgrpo_dapo_gspo_run_through_the_driver(tiny_model_dir: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+def _train_one_step(tiny_model_dir: Path, synthetic_dir: Path, out: Path, name: str, *overrides: str) -> Path:
+    """One training step of the tiny recipe through the real driver, with dense rewards for a random model (it never
+    writes a valid trace, so a group's rewards still differ); returns the run directory."""
     cmd = [
         sys.executable, "-m", "vt_ray", "train", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
         f"model.path={tiny_model_dir}", f"data.train_file={synthetic_dir / 'train.jsonl'}",
-        f"data.val_file={tmp_path / 'no_validation.jsonl'}", f"run.output_dir={tmp_path}", "run.name=family",
-        "trainer.total_steps=1", "trainer.save_every=10", "trainer.wandb_mode=disabled", "trainer.prompts_per_step=3",
-        "trainer.mini_batch_size=6", "rollout.max_tokens=32", "rollout.n=4",
-        # dense rewards for a random model (it never writes a valid trace), so groups differ
-        "reward.format_mode=graded", "reward.length_penalty_weight=1", "reward.length_max_words=24",
-        "reward.length_buffer_words=20",
-        "algorithm.tgrpo=true", "algorithm.tgrpo_shuffled_n=2",
-        "algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=1", "algorithm.overlong_buffer_len=8",
-        "algorithm.policy_loss=gspo", "algorithm.loss_agg_mode=seq-mean-token-mean", "algorithm.tis_cap=2",
+        f"data.val_file={out / 'no_validation.jsonl'}", f"run.output_dir={out}", f"run.name={name}",
+        "trainer.total_steps=1", "trainer.save_every=10", "trainer.wandb_mode=disabled",
+        "reward.format_mode=graded", "reward.length_penalty_weight=1", *overrides,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = {r["step"]: r for r in read_metrics(tmp_path / "family" / "metrics.jsonl")}
+    return out / name
+
+
+@pytest.mark.slow
+def test_tgrpo_dapo_gspo_run_through_the_driver(tiny_model_dir: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    run = _train_one_step(
+        tiny_model_dir, synthetic_dir, tmp_path, "family",
+        "trainer.prompts_per_step=3", "trainer.mini_batch_size=6", "rollout.max_tokens=32", "rollout.n=4",
+        "reward.length_max_words=24", "reward.length_buffer_words=20",
+        "algorithm.tgrpo=true", "algorithm.tgrpo_shuffled_n=2",
+        "algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=1", "algorithm.overlong_buffer_len=8",
+        "algorithm.policy_loss=gspo", "algorithm.loss_agg_mode=seq-mean-token-mean", "algorithm.tis_cap=2",
+    )
+    rows = {r["step"]: r for r in read_metrics(run / "metrics.jsonl")}
     assert sorted(rows) == [1]
     for step, m in rows.items():
         # T-GRPO: 2 shuffled responses per prompt of the first round, scored, never trained on
@@ -54,20 +62,14 @@ def test_option_rotation_groups_run_through_the_driver(tiny_model_dir: Path, syn
                                                        tmp_path: Path) -> None:
     """``algorithm.option_rotations``: each prompt goes to the real engines under 4 option orders, each order is
     scored against its own gold letter, and the advantage baseline spans the four."""
-    cmd = [
-        sys.executable, "-m", "vt_ray", "train", f"recipe={ROOT / 'recipes/tiny_cpu.yaml'}",
-        f"model.path={tiny_model_dir}", f"data.train_file={synthetic_dir / 'train.jsonl'}",
-        f"data.val_file={tmp_path / 'no_validation.jsonl'}", f"run.output_dir={tmp_path}", "run.name=rotations",
-        "trainer.total_steps=1", "trainer.save_every=10", "trainer.wandb_mode=disabled", "trainer.prompts_per_step=2",
-        "trainer.rollouts_per_step=8", "rollout.max_tokens=16", "rollout.n=8", "algorithm.option_rotations=4",
-        "reward.format_mode=graded", "reward.length_penalty_weight=1", "reward.length_max_words=8",
-        "reward.length_buffer_words=6",  # dense rewards for a random model, so the groups' rewards differ
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    step = {r["step"]: r for r in read_metrics(tmp_path / "rotations" / "metrics.jsonl")}[1]
+    run = _train_one_step(
+        tiny_model_dir, synthetic_dir, tmp_path, "rotations",
+        "trainer.prompts_per_step=2", "trainer.rollouts_per_step=8", "rollout.max_tokens=16", "rollout.n=8",
+        "reward.length_max_words=8", "reward.length_buffer_words=6", "algorithm.option_rotations=4",
+    )
+    step = {r["step"]: r for r in read_metrics(run / "metrics.jsonl")}[1]
     assert (step["data/prompts"], step["data/option_orders"], step["data/responses"]) == (2, 8, 16)
-    records = [r for r in read_metrics(tmp_path / "rotations" / "rollouts.jsonl") if r["split"] == "train"]
+    records = [r for r in read_metrics(run / "rollouts.jsonl") if r["split"] == "train"]
     by_prompt: dict[str, list[dict]] = {}
     for r in records:
         by_prompt.setdefault(r["uid"].split("~rot")[0], []).append(r)
