@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vt_ray.data.learnable import SFT_ANSWERS
 from vt_ray.learning import BASES, CHANCE, RECIPE, LearningSpec, check_spec, run_learning
 
 PANELS = (  # (curve key, title, x key) per subplot
@@ -54,10 +55,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="random: the tiny random model; reader: first taught to read lettered options on text "
                         "(vt_ray.trainer.reading), SFT keeps --lookups look-ups (for shuffled options)")
     p.add_argument("--lookups", type=int, default=192, help="dark-video look-ups in SFT's data with --base reader")
-    p.add_argument("--withhold-answers", action="store_true",
-                   help="SFT trains the task's traces except their answer, instead of on a random answer letter")
+    p.add_argument("--sft-answers", choices=SFT_ANSWERS, default="random",
+                   help="what SFT teaches at the task traces' answer: random (a seeded random letter), withheld "
+                        "(no loss on it) or uniform (every option letter, each at 1/k weight)")
+    p.add_argument("--withhold-answers", dest="sft_answers", action="store_const", const="withheld",
+                   help="the same as --sft-answers withheld")
     p.add_argument("--lookup-answer-weight", type=float, default=1.0,
                    help="SFT's loss weight on a look-up's answer token with --base reader (one token of ~48)")
+    p.add_argument("--video-lookups", type=int, default=0,
+                   help="with --base reader: SFT this many look-ups alone over the dark video before the task's SFT "
+                        "(carries the reading into a prompt with a video)")
+    p.add_argument("--video-lookup-epochs", type=int, default=6, help="epochs of that look-up SFT")
+    p.add_argument("--sft-override", action="append", default=[], metavar="key=value",
+                   help="a recipe override for the SFT stages only (repeatable), e.g. learner.warmup_steps=50")
     p.add_argument("--combine", nargs="+", metavar="JSON", default=None,
                    help="run nothing: merge earlier learning_curve.json files (e.g. seeds run separately) into "
                         "OUT's JSON, plots and table")
@@ -70,7 +80,9 @@ def specs(args: argparse.Namespace) -> list[LearningSpec]:
         LearningSpec(out=out / order / f"seed{seed}", seed=seed, option_order=order, num_train=args.num_train,
                      num_val=args.num_val, model_size=args.model_size, recipe=Path(args.recipe),
                      overrides=list(args.overrides), control=not args.no_control, target=args.target, task=args.task,
-                     base=args.base, lookups=args.lookups, withhold_answers=args.withhold_answers,
+                     base=args.base, lookups=args.lookups, sft_answers=args.sft_answers,
+                     video_lookups=args.video_lookups, video_lookup_epochs=args.video_lookup_epochs,
+                     sft_overrides=list(args.sft_override),
                      lookup_answer_weight=args.lookup_answer_weight)
         for order in args.option_order for seed in args.seeds
     ]

@@ -32,7 +32,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,20 +137,57 @@ def write_dark_video(data: Path) -> str:
     return dark
 
 
-def write_sft_file(data: str | Path, lookups: int, seed: int, withhold_answers: bool,
-                   lookup_answer_weight: float = 1.0) -> Path:
-    """``data/train_sft.jsonl``: the task's train split plus ``lookups`` look-ups over ``data/videos/dark.mp4``
-    (shuffled together), so SFT keeps a reading base model reading while it learns the format.
-    ``withhold_answers``: the task's traces are trained on all but their answer (the look-ups keep theirs);
-    ``lookup_answer_weight``: SFT's loss weight on a look-up's answer token (the reading's one token of ~48)."""
-    from dataclasses import replace
+SFT_ANSWERS = ("random", "withheld", "uniform")
+"""What SFT teaches in the task traces' ``<answer>``: the seeded random letter the trace carries; nothing
+(``withheld``: no loss on it); or every option letter equally (``uniform``: see :func:`every_letter`)."""
 
-    def weighted(samples: list[VideoSample], weight: float) -> list[VideoSample]:
-        return samples if weight == 1.0 else [replace(s, extra={**s.extra, ANSWER_WEIGHT: weight}) for s in samples]
+
+def every_letter(sample: VideoSample) -> list[VideoSample]:
+    """The sample once per option letter as its trace's answer, each with 1/k of the answer's loss weight.
+
+    Why: in expectation SFT then fits a uniform distribution over the letters at the task's answer, the same
+    for every video. So held-out accuracy starts at chance with every answer a valid letter, and no per-video
+    letter is memorised (a random letter is: fitting it means ignoring the options). A withheld answer leaves
+    the slot untrained: measured, seeds 1 and 2 then answered in words, and GRPO's format and accuracy terms
+    pushed them onto whichever letter they wrote first. The copies also train the rest of the trace k times an
+    epoch; the documented command divides ``sft.epochs`` by k and multiplies ``--lookups`` by k to keep the
+    budget (docs/learning.md)."""
+    assert sample.trace is not None
+    head = sample.trace.strip()
+    head = head[: head.rindex("<answer>")]
+    letters = OPTION_LETTERS[: len(sample.options)]
+    weight = float(sample.extra.get(ANSWER_WEIGHT, 1.0)) / len(letters)
+    return [replace(sample, uid=f"{sample.uid}~ans{letter}", trace=f"{head}<answer>{letter}</answer>",
+                    extra={**sample.extra, ANSWER_WEIGHT: weight}) for letter in letters]
+
+
+def with_answer_weight(samples: list[VideoSample], weight: float) -> list[VideoSample]:
+    """``samples`` whose answer tokens weigh ``weight`` in SFT's loss (1: unchanged)."""
+    return samples if weight == 1.0 else [replace(s, extra={**s.extra, ANSWER_WEIGHT: weight}) for s in samples]
+
+
+def write_lookups_file(path: Path, lookups: list[VideoSample], answer_weight: float) -> Path:
+    """``path``: ``lookups`` alone, their answer token at ``answer_weight`` (the reader's SFT in the video context)."""
+    write_samples(path, with_answer_weight(lookups, answer_weight))
+    return path
+
+
+def write_sft_file(data: str | Path, lookups: int, seed: int, answers: str = "random",
+                   lookup_answer_weight: float = 1.0) -> Path:
+    """``data/train_sft.jsonl``: the task's train split (its answers as ``answers`` says, one of
+    :data:`SFT_ANSWERS`) plus ``lookups`` look-ups over ``data/videos/dark.mp4`` (shuffled together), so SFT
+    keeps a reading base model reading while it learns the format. ``lookup_answer_weight``: SFT's loss
+    weight on a look-up's answer token (the reading's one token of ~48)."""
+    if answers not in SFT_ANSWERS:
+        raise ValueError(f"sft answers must be one of {SFT_ANSWERS}, got {answers!r}")
 
     data = Path(data)
-    task = weighted(read_samples(data / "train.jsonl"), 0.0 if withhold_answers else 1.0)
-    samples = [*task, *weighted(lookup_samples(lookups, seed, write_dark_video(data)), lookup_answer_weight)]
+    task = read_samples(data / "train.jsonl")
+    if answers == "withheld":
+        task = with_answer_weight(task, 0.0)
+    elif answers == "uniform":
+        task = [copy for s in task for copy in every_letter(s)]
+    samples = [*task, *with_answer_weight(lookup_samples(lookups, seed, write_dark_video(data)), lookup_answer_weight)]
     random.Random(f"sft-lookups-{seed}").shuffle(samples)
     write_samples(data / "train_sft.jsonl", samples)
     return data / "train_sft.jsonl"

@@ -34,7 +34,7 @@ def test_sft_with_look_ups_keeps_the_task_and_adds_the_look_ups(tmp_path: Path) 
     make_learnable_dataset(tmp_path, LearnableTaskConfig(num_train=8, num_val=4, option_order="shuffled"))
     from vt_ray.data.schema import ANSWER_WEIGHT
 
-    path = write_sft_file(tmp_path, lookups=12, seed=0, withhold_answers=False)
+    path = write_sft_file(tmp_path, lookups=12, seed=0)
     samples = read_samples(path)
     assert sorted(s.source for s in samples).count("lookup") == 12
     assert not any(ANSWER_WEIGHT in s.extra for s in samples)  # every token weighs 1
@@ -84,7 +84,7 @@ def test_teach_reading_trains_the_answer_token_and_saves_in_place(tiny_model_dir
 def test_sft_reads_its_own_file_only_with_look_ups_or_withheld_answers(tmp_path: Path) -> None:
     assert LearningSpec(out=tmp_path).sft_file is None
     assert LearningSpec(out=tmp_path, base="reader").sft_file == tmp_path / "data" / "train_sft.jsonl"
-    assert LearningSpec(out=tmp_path, withhold_answers=True).sft_file == tmp_path / "data" / "train_sft.jsonl"
+    assert LearningSpec(out=tmp_path, sft_answers="withheld").sft_file == tmp_path / "data" / "train_sft.jsonl"
 
 
 def test_the_base_is_checked_before_any_work(tmp_path: Path) -> None:
@@ -94,6 +94,31 @@ def test_the_base_is_checked_before_any_work(tmp_path: Path) -> None:
         check_spec(LearningSpec(out=tmp_path, base="reader", lookups=-1))
     with pytest.raises(ValueError, match="lookup_answer_weight"):
         check_spec(LearningSpec(out=tmp_path, base="reader", lookup_answer_weight=-1.0))
+    with pytest.raises(ValueError, match="sft_answers must be one of"):
+        check_spec(LearningSpec(out=tmp_path, sft_answers="withhold"))
+
+
+def test_uniform_answers_give_every_task_trace_each_letter_once_at_a_quarter_weight(tmp_path: Path) -> None:
+    """SFT fits every letter equally at the task's answer: no video carries a letter of its own."""
+    from collections import Counter
+
+    from vt_ray.data.learnable import LearnableTaskConfig, make_learnable_dataset
+    from vt_ray.data.schema import ANSWER_WEIGHT
+
+    make_learnable_dataset(tmp_path, LearnableTaskConfig(num_train=8, num_val=4, option_order="shuffled"))
+    task = read_samples(tmp_path / "train.jsonl")
+    samples = read_samples(write_sft_file(tmp_path, lookups=4, seed=0, answers="uniform", lookup_answer_weight=5.0))
+    copies = [s for s in samples if s.source != "lookup"]
+    assert len(copies) == 4 * len(task)
+    for original in task:
+        own = [s for s in copies if s.uid.split("~")[0] == original.uid]
+        assert sorted(parse_trace(s.trace).answer for s in own) == ["A", "B", "C", "D"]
+        head = original.trace[: original.trace.rindex("<answer>")]
+        assert all(s.trace.startswith(head) and s.extra[ANSWER_WEIGHT] == 0.25 for s in own)
+        assert {(s.answer, tuple(s.options)) for s in own} == {(original.answer, tuple(original.options))}
+    assert Counter(s.extra.get(ANSWER_WEIGHT) for s in samples if s.source == "lookup") == {5.0: 4}
+    with pytest.raises(ValueError, match="sft answers must be one of"):
+        write_sft_file(tmp_path, lookups=0, seed=0, answers="none")
 
 
 def test_a_withheld_answer_is_in_the_context_but_carries_no_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -117,7 +142,7 @@ def test_a_withheld_answer_is_in_the_context_but_carries_no_loss(tiny_model_dir:
     assert answer_loss_mask(tokenizer, response, 3.0) == [3.0 if m == 0 else 1.0 for m in mask]
 
     make_learnable_dataset(tmp_path, LearnableTaskConfig(num_train=4, num_val=4, option_order="shuffled"))
-    sft_file = write_sft_file(tmp_path, lookups=4, seed=0, withhold_answers=True, lookup_answer_weight=5.0)
+    sft_file = write_sft_file(tmp_path, lookups=4, seed=0, answers="withheld", lookup_answer_weight=5.0)
     samples = resolve_video_paths(read_samples(sft_file), tmp_path)
     builder = SftExampleBuilder(learning_recipe(LearningSpec(out=tmp_path)), processor)
     examples = builder.build_many(samples)
@@ -127,3 +152,25 @@ def test_a_withheld_answer_is_in_the_context_but_carries_no_loss(tiny_model_dir:
         # a task trace: its answer token weighs 0 (one less); a look-up's weighs 5 (four more)
         assert trained == len(example.response_ids) + (4 if sample.source == "lookup" else -1), sample.uid
     assert np.isclose(batch.response_mask.sum().item(), sum(len(e.response_ids) for e in examples) - 4 + 4 * 4)
+
+
+def test_the_video_reading_stage_and_sft_only_overrides_are_checked_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="video_lookups needs base 'reader'"):
+        check_spec(LearningSpec(out=tmp_path, video_lookups=8))
+    with pytest.raises(ValueError, match="video_lookup_epochs"):
+        check_spec(LearningSpec(out=tmp_path, base="reader", video_lookups=8, video_lookup_epochs=0))
+    with pytest.raises(Exception, match="learner.warmup_stepz"):
+        check_spec(LearningSpec(out=tmp_path, sft_overrides=["learner.warmup_stepz=5"]))
+    spec = LearningSpec(out=tmp_path, sft_overrides=["learner.warmup_steps=50"])
+    assert check_spec(spec).learner.warmup_steps == 0  # GRPO's recipe keeps its own schedule
+
+
+def test_the_video_reading_file_holds_only_look_ups_at_their_answer_weight(tmp_path: Path) -> None:
+    from vt_ray.data.learnable import write_lookups_file
+    from vt_ray.data.schema import ANSWER_WEIGHT
+
+    lookups = lookup_samples(8, "video-0", "videos/dark.mp4")
+    samples = read_samples(write_lookups_file(tmp_path / "lookups_sft.jsonl", lookups, 16.0))
+    assert [s.uid for s in samples] == [s.uid for s in lookups]
+    assert all(s.source == "lookup" and s.extra[ANSWER_WEIGHT] == 16.0 for s in samples)
+    assert all(parse_trace(s.trace).answer == s.answer for s in samples)
