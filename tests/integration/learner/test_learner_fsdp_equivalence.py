@@ -20,6 +20,10 @@ from vt_ray.learner.schedule import lr_factor
 STEPS = 2
 LR = 1e-3
 MIN_LR_RATIO = 0.1  # steps after the schedule's STEPS still move the weights
+# AdamW's first steps are about lr * sign(grad): float32 rounding of near-zero gradients (summed in another order
+# by two ranks, or by another CPU's kernels) shows at lr scale. Measured 2.2e-5 between FSDP2 and one learner on
+# an AMX/AVX-512 VM (under 1e-5 on others); a lost, doubled or stale gradient moves weights by about LR.
+WEIGHT_NOISE = 0.05 * LR
 OVERRIDES = [f"learner.lr={LR}", "learner.grad_clip=5.0", "learner.reference=sharded", "learner.timeout_s=300",
              f"learner.min_lr_ratio={MIN_LR_RATIO}"]
 
@@ -131,8 +135,8 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
 
     initial = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
     assert max_diff(weights1, initial) > 1e-4  # the steps moved the weights
-    assert max_diff(weights1, plain_weights) < 1e-5
-    assert max_diff(weights2, weights1) < 1e-5
+    assert max_diff(weights1, plain_weights) < WEIGHT_NOISE
+    assert max_diff(weights2, weights1) < WEIGHT_NOISE
     assert torch.allclose(ref_lp2, ref_lp1, atol=1e-5)
     assert torch.allclose(policy_lp2, policy_lp1, atol=1e-5)
     assert lp_one.shape == one.input_ids.shape
@@ -155,7 +159,7 @@ def test_two_fsdp_learners_match_one_learner_and_plain_training(ray_cluster, tin
                 and f["grad_norm"] == pytest.approx(m["grad_norm"], rel=1e-5))
     assert not torch.allclose(fast_lps[0], fast_lps[1], atol=1e-3)  # each forward saw the latest update
     assert torch.allclose(fast_lps[-1], policy_lp1, atol=1e-5)
-    assert max_diff(fast_weights, weights1) < 1e-5
+    assert max_diff(fast_weights, weights1) < WEIGHT_NOISE
 
 
 def grpo_both_ways(group, batch, tmp_path: Path) -> tuple[tuple, tuple, dict[str, list[list[str]]]]:

@@ -880,7 +880,8 @@ def test_one_adamw_step_tp2_matches_tp1(runs: list[dict[str, Any]], hf: dict[str
     assert len(noise) == 2
     kept = {k: v for k, v in tp1["weights"].items() if k not in noise}
     diff = _max_diff(kept, {k: tp2["weights"][k] for k in kept})
-    assert diff < 1e-5, f"AdamW TP=2 vs TP=1: {diff:.2e}"
+    # the rest of the rounding at lr scale: measured 1.07e-5 on an AMX/AVX-512 VM (under 1e-5 on others)
+    assert diff < 0.05 * ADAMW_LR, f"AdamW TP=2 vs TP=1: {diff:.2e}"
     moved = _max_diff(kept, {k: hf["checkpoint"][k] for k in kept})
     assert moved > 0.9 * ADAMW_LR  # the step moved the weights by about lr
     # Every rank exported the same full weights.
@@ -1134,15 +1135,23 @@ def test_distributed_optimizer_steps_resumes_and_halves_the_optimizer_state(runs
     steps (loss, grad norm, lr, every metric) and the same weights after them as the plain optimizer (the float32
     masters when the model is bf16: the export reads them), each rank keeping half of the AdamW moments and of
     the float32 masters; and a checkpoint written with it resumes without it, and the other way, to the same next
-    two steps. Measured: equal, bit for bit, in both dtypes (the gradient norm sums the same squares in
-    another order; 1e-6 leaves room for that)."""
+    two steps. Measured: equal, bit for bit, in both dtypes on most machines (the gradient norm sums the same
+    squares in another order; 1e-6 leaves room for that). In bfloat16 on an AMX/AVX-512 VM the clip scale's last
+    float32 bit flipped a bf16 rounding of a weight after the first step, and the later steps' loss moved by
+    1.7e-4 (relative) and AdamW's sign-like updates moved the masters apart by 5.5e-4 (about one lr). So in
+    bfloat16 the first step is held to 1e-6, the later ones to 1e-3 (bf16 resolves 7.8e-3) and the weights to
+    two lr steps; a resume is still bit for bit in both dtypes."""
+    rel = 1e-6 if dtype == "float32" else 1e-3
     for rank in range(WORLD):
         run = runs[rank]["dist_optim"]
         print(f"rank {rank}: {run['seconds']:.1f} s for the distributed-optimizer runs")
         plain, sliced = run[f"{dtype}/False"], run[f"{dtype}/True"]
-        _same_steps(sliced["steps"], plain["steps"], 1e-6)
+        _same_steps(sliced["steps"][:1], plain["steps"][:1], 1e-6)
+        _same_steps(sliced["steps"], plain["steps"], rel)
         if rank == 0:  # the export is rank 0's
-            assert _max_diff(sliced["export"], plain["export"]) < 1e-6
+            diff = _max_diff(sliced["export"], plain["export"])
+            print(f"{dtype}: distributed vs plain optimizer, weights after three steps {diff:.1e}")
+            assert diff < (1e-6 if dtype == "float32" else 2 * plain["steps"][-1]["lr"])
         assert plain["steps"][-1]["grad_norm"] > 1.0 and plain["steps"][0]["loss"] != plain["steps"][-1]["loss"]
         print(dtype, "optimizer bytes per rank, plain -> distributed:", plain["bytes"], sliced["bytes"])
         moments = plain["bytes"]["moments"]
@@ -1207,7 +1216,9 @@ def test_the_distributed_optimizer_slices_over_the_context_parallel_ranks(runs: 
         for ours, theirs in zip(sliced["steps"], plain["steps"], strict=True):
             for key, value in theirs.items():
                 if key != "step_time_s":
-                    assert ours[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+                    # the gradient norm's other summation order: measured 1.0e-6 relative in pg_loss on an
+                    # AMX/AVX-512 VM (bit for bit elsewhere)
+                    assert ours[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
     diff = _max_diff(runs[0]["context_parallel"]["cp2_sliced"]["export"], runs[0]["context_parallel"]["cp2"]["export"])
     print(f"CP=2, distributed optimizer vs plain: weights after three steps {diff:.1e}")
     # the gradient norm sums its squares in another order (slices, not tensors): the clip scale differs in the last
