@@ -13,8 +13,12 @@ the driver or exhaust nothing recover in the next segment, the others inside the
 - each step's prompts (the per-sample ledger, ``samples.jsonl``) equal the fault-free run's: none lost, none
   trained twice;
 - every per-step figure but wall times and restart counters, and the final weights, are compared with the
-  fault-free run (``max_abs_weight_diff``; on CPU float32 every fault here is expected to give 0: restarted
-  rollout engines are reseeded with the step's seed, so even a re-sampled share is the same sample).
+  fault-free run (``max_abs_weight_diff``; on CPU float32 every fault here gave 0 on most machines: restarted
+  rollout engines are reseeded with the step's seed, so even a re-sampled share is the same sample). On a
+  2-core AMX/AVX-512 VM two runs of the same command differed in float noise from the second update on
+  (grad norm 1.8e-7 relative, KL 1e-6, weights 5.4e-6 at lr 1e-4), with the same samples, rewards and data
+  order; so figures pass within ``FIGURE_RTOL`` and the weights within ``WEIGHT_LR_SHARE`` of one lr step
+  (``weights_within_noise``), while ``weights_equal`` still says whether they are equal bit for bit.
 
 It prints and writes (``--out``, default ``outputs/bench/chaos_soak.json``) the faults, restarts, kills
 survived, seconds lost per fault (chaos wall time minus fault-free wall time, per fault) and the checks.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -35,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +65,12 @@ IGNORED = ("time/", "memory/", "rollout/actor_restarts", "trainer/restarts")
 # differed between two runs of the same command while every training figure stayed equal).
 NOISE = ("rollout/engine_learner_", "actor/engine_learner_", "rollout/probe_logprob_")
 NOISE_TOLERANCE = 1e-6
+# Every other float figure: a resume that lost, doubled or reordered a sample moves them by percents; float
+# noise between two runs was measured at 1e-6 relative at most (module docstring).
+FIGURE_RTOL = 1e-5
+# AdamW's early updates are about lr * sign(grad), so float noise in near-zero gradients shows at a share of lr
+# (measured 0.054 lr); a lost or doubled step moves weights by about lr.
+WEIGHT_LR_SHARE = 0.2
 
 
 def is_training_figure(key: str) -> bool:
@@ -66,9 +79,11 @@ def is_training_figure(key: str) -> bool:
 
 
 def same_figure(key: str, a: Any, b: Any) -> bool:
-    """Equal bit for bit, or within NOISE_TOLERANCE for the mismatch diagnostics."""
-    if key.startswith(NOISE) and isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= NOISE_TOLERANCE
+    """Within NOISE_TOLERANCE for the mismatch diagnostics, FIGURE_RTOL for other floats, else equal."""
+    if isinstance(a, float) and isinstance(b, float):
+        if key.startswith(NOISE):
+            return abs(a - b) <= NOISE_TOLERANCE
+        return math.isclose(a, b, rel_tol=FIGURE_RTOL, abs_tol=1e-12)
     return a == b
 
 
@@ -184,6 +199,7 @@ def compare(reference: Path, chaos: Path, steps: int) -> dict[str, Any]:
     })
     ref_w, w = _weights(reference), _weights(chaos)
     max_diff = max(((ref_w[k].float() - w[k].float()).abs().max().item() for k in ref_w if k in w), default=None)
+    lr = float(yaml.safe_load((reference / "recipe.yaml").read_text())["learner"]["lr"])
     return {
         "steps_logged_once": logged == list(range(steps + 1)),
         "ledger_steps_once": [r["step"] for r in ledger] == list(range(1, steps + 1)),
@@ -194,6 +210,7 @@ def compare(reference: Path, chaos: Path, steps: int) -> dict[str, Any]:
         "weights_same_keys": set(ref_w) == set(w),
         "max_abs_weight_diff": max_diff,
         "weights_equal": max_diff == 0.0 and set(ref_w) == set(w),
+        "weights_within_noise": max_diff is not None and max_diff <= WEIGHT_LR_SHARE * lr and set(ref_w) == set(w),
     }
 
 

@@ -85,8 +85,8 @@ def test_short_chaos_soak_loses_and_doubles_nothing_and_ends_on_the_same_weights
     # The crash during the step-4 save left the step-2 checkpoint as the latest, the partial save beside it ...
     assert left[0]["latest"] == "step_00000002" and left[0]["partial"] == [".tmp_step_00000004"], left[0]
     # ... and steps 1-4 logged with the seed of the fault-free run: every figure but wall times and memory peaks
-    # bit for bit, the engine-vs-learner mismatch diagnostics (vLLM's float noise, ~1e-7) to 1e-6
-    # (chaos_soak.same_figure).
+    # to float noise (chaos_soak.same_figure: bit for bit on most machines, 1e-6 relative on an AMX VM), the
+    # engine-vs-learner mismatch diagnostics (vLLM's float noise, ~1e-7) to 1e-6.
     reference = logged_steps(straight_dir)
     for step in (1, 2, 3, 4):
         training = {k: v for k, v in reference[step].items() if is_training_figure(k)}
@@ -99,7 +99,7 @@ def test_short_chaos_soak_loses_and_doubles_nothing_and_ends_on_the_same_weights
     assert checks["steps_logged_once"] and checks["ledger_steps_once"] and checks["data_order_equal"], checks
     assert checks["samples_lost"] == 0 and checks["samples_doubled"] == 0
     assert checks["metrics_differing"] == [], checks
-    assert checks["weights_equal"], checks["max_abs_weight_diff"]
+    assert checks["weights_within_noise"], checks["max_abs_weight_diff"]  # bit for bit on most machines
     run_dir = tmp_path / "chaos" / "t"
     assert rollout_keys(run_dir) == rollout_keys(straight_dir)  # the report's rollouts are truncated on resume too
     assert step_uids(run_dir) == step_uids(straight_dir)
